@@ -8,7 +8,7 @@
  * Spec: Devicetree Specification v0.4, chapter 5 (Flattened Devicetree Format).
  */
 import { NodevmmError } from '../errors';
-import { ByteWriter, hex } from '../util/bytes';
+import { hex } from '../util/bytes';
 
 export const FDT_MAGIC = 0xd00dfeed;
 export const FDT_VERSION = 17;
@@ -72,8 +72,8 @@ function checkNoNul(what: string, s: string): void {
  * const dtb = w.finish({ bootCpuId: 0 });
  */
 export class FdtWriter {
-  private readonly struct = new ByteWriter(1024);
-  private readonly strings = new ByteWriter(256);
+  private readonly struct = new BeBuffer(1024);
+  private readonly strings = new BeBuffer(256);
   private readonly stringOffsets = new Map<string, number>();
   private readonly stack: OpenNode[] = [];
   private readonly usedPhandles = new Set<number>();
@@ -162,7 +162,7 @@ export class FdtWriter {
   /** Strings, each NUL-terminated, back to back (spec §2.2.4.1 `<stringlist>`). */
   propertyStringList(name: string, values: readonly string[]): void {
     const enc = new TextEncoder();
-    const w = new ByteWriter(64);
+    const w = new BeBuffer(64);
     for (const s of values) {
       checkNoNul(`string in property ${JSON.stringify(name)}:`, s);
       w.bytes(enc.encode(s)).u8(0);
@@ -214,12 +214,12 @@ export class FdtWriter {
     const offDtStrings = offDtStruct + structBytes.length;
     const totalSize = offDtStrings + stringBytes.length;
 
-    const out = new ByteWriter(totalSize);
+    const out = new BeBuffer(totalSize);
     out.u32be(FDT_MAGIC).u32be(totalSize).u32be(offDtStruct).u32be(offDtStrings).u32be(offMemRsvmap);
     out.u32be(FDT_VERSION).u32be(FDT_LAST_COMP_VERSION).u32be(options.bootCpuId);
     out.u32be(stringBytes.length).u32be(structBytes.length);
     for (const r of reserves) out.u64be(r.address).u64be(r.size);
-    out.u64be(0).u64be(0);
+    out.u64be(0n).u64be(0n);
     out.bytes(structBytes).bytes(stringBytes);
     return out.finish();
   }
@@ -244,6 +244,62 @@ export class FdtWriter {
 
   private checkNotFinished(): void {
     if (this.finished) throw usage('ERR_FDT_FINISHED', 'fdt writer was already finished; start a new FdtWriter');
+  }
+}
+
+/**
+ * Big-endian growable buffer. Not ByteWriter: its u8/u32be/bytes evaluate
+ * `this.dv`/`this.buf` before `reserve()` swaps in a larger buffer, so any
+ * write that makes it grow throws a RangeError (reported to the owner of
+ * lib/util/bytes.ts). This one reserves first, then writes.
+ */
+class BeBuffer {
+  private buf: Uint8Array;
+  private len = 0;
+  constructor(capacity: number) {
+    this.buf = new Uint8Array(Math.max(16, capacity));
+  }
+  get length(): number {
+    return this.len;
+  }
+  private reserve(n: number): number {
+    const at = this.len;
+    if (at + n > this.buf.length) {
+      const grown = new Uint8Array(Math.max(at + n, this.buf.length * 2));
+      grown.set(this.buf.subarray(0, at));
+      this.buf = grown;
+    }
+    this.len = at + n;
+    return at;
+  }
+  u8(v: number): this {
+    const at = this.reserve(1);
+    this.buf[at] = v;
+    return this;
+  }
+  u32be(v: number): this {
+    const at = this.reserve(4);
+    new DataView(this.buf.buffer).setUint32(at, v >>> 0, false);
+    return this;
+  }
+  u64be(v: bigint): this {
+    const at = this.reserve(8);
+    new DataView(this.buf.buffer).setBigUint64(at, v, false);
+    return this;
+  }
+  bytes(b: Uint8Array): this {
+    const at = this.reserve(b.length);
+    this.buf.set(b, at);
+    return this;
+  }
+  /** Zero padding up to a multiple of `n` (new buffer space is already zero). */
+  align(n: number): this {
+    const r = this.len % n;
+    if (r !== 0) this.reserve(n - r);
+    return this;
+  }
+  finish(): Uint8Array {
+    return this.buf.slice(0, this.len);
   }
 }
 
