@@ -1,0 +1,120 @@
+/**
+ * Every fixed guest-physical address of an x86_64 Linux Direct boot, in one
+ * file. The low map follows OpenVMM's (GDT 0x1000, zero page 0x2000, cmdline
+ * 0x3000, page tables 0x4000, ACPI 0x19000, RSDP 0xE0000, kernel 1 MiB).
+ * This module only names addresses and splits RAM around the MMIO gap; it
+ * writes nothing. Spec: Linux boot.rst "64-bit boot protocol", PVH ABI.
+ *
+ *   GPA                         contents                          E820
+ *   0x0000_0000 - 0x0000_0FFF   unused (real-mode IVT area)         RAM
+ *   0x0000_1000 - 0x0000_1FFF   GDT (4 descriptors, 32 bytes)       RAM
+ *   0x0000_2000 - 0x0000_2FFF   zero page (boot_params, 4096 B)     RAM
+ *   0x0000_3000 - 0x0000_3FFF   command line (<= 4096 B with NUL)   RAM
+ *   0x0000_4000 - 0x0000_9FFF   page tables: PML4, PDPT, 4 PDs      RAM
+ *   0x0000_A000 - 0x0000_AFFF   PVH hvm_start_info + modlist + memmap RAM
+ *   0x0000_B000 - 0x0001_7FFF   long command line (kernels whose
+ *                               cmdline_size is > 4095)             RAM
+ *   0x0001_8000 - 0x0001_8FFF   left free (OpenVMM's nominal RSDP page for its ACPI builder)  RAM
+ *   0x0001_9000 - (caller)      ACPI tables, built in lib/acpi       ACPI
+ *   (ACPI end)  - 0x0009_FFFF   free low RAM (SMP trampoline)        RAM
+ *   0x000A_0000 - 0x000F_FFFF   legacy VGA / ROM hole; RSDP 0xE0000  reserved
+ *   0x0010_0000 - gap start     kernel (bzImage payload at 1 MiB,
+ *                               vmlinux at its p_paddr), initrd      RAM
+ *   0xF800_0000 - 0xFFFF_FFFF   MMIO gap: IOAPIC 0xFEC0_0000,
+ *                               LAPIC 0xFEE0_0000, device windows    (absent)
+ *   0x1_0000_0000 - ...         RAM above 4 GiB when memory > gap    RAM
+ */
+import { ConfigError } from '../../errors';
+import { GiB, KiB, MiB, hex } from '../../util/bytes';
+
+export const PAGE_SIZE = 4 * KiB;
+
+export const GDT_START = 0x1000;
+export const ZERO_PAGE_START = 0x2000;
+export const ZERO_PAGE_SIZE = PAGE_SIZE;
+export const CMDLINE_START = 0x3000;
+/** One page, NUL included: holds every x86 kernel whose cmdline_size is <= 4095. */
+export const CMDLINE_SIZE = PAGE_SIZE;
+
+export const PML4_START = 0x4000;
+export const PDPT_START = PML4_START + PAGE_SIZE;
+export const PD_START = PDPT_START + PAGE_SIZE;
+/** Four page directories of 512 × 2 MiB map exactly 0-4 GiB. */
+export const PD_COUNT = 4;
+export const PAGE_TABLES_START = PML4_START;
+export const PAGE_TABLES_SIZE = (2 + PD_COUNT) * PAGE_SIZE;
+
+export const PVH_START_INFO_START = PAGE_TABLES_START + PAGE_TABLES_SIZE;
+export const PVH_START_INFO_SIZE = PAGE_SIZE;
+
+/**
+ * A longer command line goes here, so that 0x3000 stays the common case and
+ * nothing else moves; 52 KiB is far above any x86 COMMAND_LINE_SIZE so far.
+ */
+export const CMDLINE_LONG_START = PVH_START_INFO_START + PVH_START_INFO_SIZE;
+export const CMDLINE_LONG_SIZE = 0x18000 - CMDLINE_LONG_START;
+
+export const ACPI_TABLES_START = 0x19000;
+/**
+ * VGA memory and option ROMs on a PC; reserved in E820 because the fixed-range
+ * MTRRs make it uncached. ACPI tables must end below it.
+ */
+export const LEGACY_HOLE_START = 0xa0000;
+export const LEGACY_HOLE_SIZE = 0x100000 - LEGACY_HOLE_START;
+/** Linux scans 0xE0000-0xFFFFF for "RSD PTR " and also gets this address in acpi_rsdp_addr. */
+export const RSDP_START = 0xe0000;
+
+export const HIGH_MEMORY_START = 1 * MiB;
+/** boot.rst: the protected-mode kernel of a bzImage is loaded at 0x100000. */
+export const BZIMAGE_LOAD_START = HIGH_MEMORY_START;
+/** The 64-bit entry of a bzImage is 0x200 bytes into the protected-mode payload. */
+export const BZIMAGE_ENTRY_OFFSET = 0x200;
+
+export const FOUR_GIB = 4 * GiB;
+/**
+ * The 32-bit MMIO gap is the top 128 MiB below 4 GiB, as in OpenVMM. It holds
+ * IOAPIC/LAPIC and 4 KiB virtio-mmio slots with room to spare while keeping
+ * 3.875 GiB of RAM below 4 GiB; PCIe ECAM (256 MiB) would go above RAM.
+ */
+export const MMIO_GAP_START = 0xf800_0000;
+export const MMIO_GAP_SIZE = FOUR_GIB - MMIO_GAP_START;
+export const IOAPIC_START = 0xfec0_0000;
+export const LAPIC_START = 0xfee0_0000;
+export const HIGH_RAM_START = FOUR_GIB;
+
+/** 2 MiB: the leaf size of the boot page tables and the initrd alignment. */
+export const RAM_ALIGN = 2 * MiB;
+export const INITRD_ALIGN = 2 * MiB;
+
+export interface RamRange {
+  gpa: number;
+  size: number;
+}
+
+/**
+ * RAM for `memoryBytes` of guest memory: one range from 0 up to the MMIO gap,
+ * and the remainder from 4 GiB. Memory must be a multiple of 2 MiB.
+ */
+export function ramRangesFor(memoryBytes: number): RamRange[] {
+  if (!Number.isSafeInteger(memoryBytes) || memoryBytes < RAM_ALIGN || memoryBytes % RAM_ALIGN !== 0) {
+    throw new ConfigError([{ path: 'memory', message: `memory is ${memoryBytes} bytes and must be a positive multiple of 2 MiB` }]);
+  }
+  const low = Math.min(memoryBytes, MMIO_GAP_START);
+  const ranges: RamRange[] = [{ gpa: 0, size: low }];
+  if (memoryBytes > low) ranges.push({ gpa: HIGH_RAM_START, size: memoryBytes - low });
+  return ranges;
+}
+
+/** One row of the report a loader returns: what it put where. */
+export interface LayoutItem {
+  name: string;
+  gpa: number;
+  size: number;
+}
+
+export function formatLayout(items: readonly LayoutItem[]): string {
+  return [...items]
+    .sort((a, b) => a.gpa - b.gpa)
+    .map((i) => `${hex(i.gpa).padStart(12)} - ${hex(i.gpa + i.size - 1).padStart(12)}  ${i.name}`)
+    .join('\n');
+}
