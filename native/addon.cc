@@ -1,3 +1,68 @@
+// Addon entry: exports the /dev/kvm functions, GuestRam, Vm (Vcpu objects
+// come from vm.createVcpu), and the layout constants the TS mirror checks.
 #include <napi.h>
-static Napi::Object Init(Napi::Env env, Napi::Object exports) { return exports; }
+
+#include "exit_mailbox.h"
+#include "guest_ram.h"
+#include "kvm_vm.h"
+
+namespace nodevmm {
+void DestroyAllVms(Napi::Env env);
+}
+
+namespace {
+
+Napi::Value Layout(const Napi::CallbackInfo& info) {
+  using namespace nodevmm;
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("mailboxSize", sizeof(ExitMailbox));
+  o.Set("mailboxState", offsetof(ExitMailbox, state));
+  o.Set("mailboxKind", offsetof(ExitMailbox, kind));
+  o.Set("mailboxIsWrite", offsetof(ExitMailbox, is_write));
+  o.Set("mailboxSize_", offsetof(ExitMailbox, size));
+  o.Set("mailboxAddress", offsetof(ExitMailbox, address));
+  o.Set("mailboxData", offsetof(ExitMailbox, data));
+  o.Set("mailboxExitsToJs", offsetof(ExitMailbox, exits_to_js));
+  o.Set("mailboxExitsNative", offsetof(ExitMailbox, exits_native));
+  o.Set("mailboxExitsPosted", offsetof(ExitMailbox, exits_posted));
+  o.Set("ringHead", offsetof(VcpuShared, ring_head));
+  o.Set("ringTail", offsetof(VcpuShared, ring_tail));
+  o.Set("ring", offsetof(VcpuShared, ring));
+  o.Set("ringEntries", kRingEntries);
+  o.Set("postedWriteSize", sizeof(PostedWrite));
+  o.Set("vcpuSharedSize", sizeof(VcpuShared));
+  o.Set("controlNotifyPending", offsetof(VmControl, notify_pending));
+  o.Set("controlEventCount", offsetof(VmControl, event_count));
+  o.Set("controlUnclaimedReads", offsetof(VmControl, unclaimed_reads));
+  o.Set("controlUnclaimedWrites", offsetof(VmControl, unclaimed_writes));
+  o.Set("controlShadow", offsetof(VmControl, shadow));
+  o.Set("controlShadowSize", sizeof(VmControl::shadow));
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  nodevmm::InitSystem(env, exports);
+  exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
+  exports.Set("Vm", nodevmm::Vm::Init(env));
+  exports.Set("Vcpu", nodevmm::Vcpu::Init(env));
+  exports.Set("layout", Napi::Function::New(env, Layout, "layout"));
+  exports.Set("backend", Napi::String::New(env, "kvm"));
+  exports.Set("arch", Napi::String::New(env,
+#if defined(__x86_64__)
+                                        "x86_64"
+#elif defined(__aarch64__)
+                                        "aarch64"
+#else
+                                        "unknown"
+#endif
+                                        ));
+  // Stop every vCPU thread and unmap guest RAM before this environment's
+  // V8 isolate goes away (process exit or worker termination).
+  napi_add_env_cleanup_hook(env, [](void* arg) { nodevmm::DestroyAllVms(*static_cast<Napi::Env*>(arg)); delete static_cast<Napi::Env*>(arg); }, new Napi::Env(env));
+  return exports;
+}
+
+}  // namespace
+
 NODE_API_MODULE(nodevmm, Init)

@@ -1,0 +1,31 @@
+// Shared helpers for the nodevmm addon: errno -> JS error conversion and
+// argument unpacking. Errors thrown from here carry `code` (errno name),
+// `errno`, `syscall` and `ioctl`, which lib/hv/native.ts turns into KvmError.
+#pragma once
+
+#include <napi.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace nodevmm {
+
+// Name of an errno value ("EINVAL"), or "E<number>" when unknown.
+const char* ErrnoName(int err);
+
+// Throw a JS Error for a failed syscall/ioctl. `what` is a short human
+// description of the operation ("create vcpu 3"). Returns an empty value so
+// callers can `return ThrowErrno(...)`.
+Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* ioctl_name, const std::string& what);
+
+// Throw a plain usage error (TypeError) with a code.
+Napi::Value ThrowUsage(Napi::Env env, const std::string& message);
+
+// Read a JS number or bigint as uint64 (bigint is exact; numbers must be safe integers).
+bool GetU64(const Napi::Value& v, uint64_t* out);
+
+inline Napi::BigInt Big(Napi::Env env, uint64_t v) { return Napi::BigInt::New(env, v); }
+
+}  // namespace nodevmm

@@ -1,0 +1,63 @@
+// The exit mailbox: one per vCPU, shared between the vCPU thread and JS as an
+// external ArrayBuffer (lib/hv/exit-mailbox.ts mirrors these offsets and
+// asserts them at load time through `mailboxLayout()`).
+//
+// Protocol for an exit that a TypeScript device must answer:
+//   vCPU thread: fill kind/address/size/data, store state=PENDING (release),
+//                wake JS (coalesced), spin briefly, then futex-wait on state.
+//   JS:          read the record, run the device, write `data` for reads,
+//                call completeExit(i), which stores state=DONE and wakes the
+//                thread only if it went to sleep.
+// No JS objects are created per exit; the event loop sees one task per batch.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace nodevmm {
+
+enum MailboxState : int32_t {
+  kMailboxIdle = 0,     // the vCPU owns the record
+  kMailboxPending = 1,  // JS must handle it
+  kMailboxDone = 2,     // JS answered; the vCPU may continue
+  kMailboxAborted = 3,  // the VM is being torn down; the vCPU must stop
+};
+
+enum ExitKind : uint32_t {
+  kExitKindPio = 1,
+  kExitKindMmio = 2,
+};
+
+struct alignas(64) ExitMailbox {
+  std::atomic<int32_t> state;   // 0
+  uint32_t kind;                // 4  ExitKind
+  uint32_t is_write;            // 8
+  uint32_t size;                // 12 access size in bytes (1, 2, 4, 8)
+  uint64_t address;             // 16 port number or GPA
+  uint64_t data;                // 24 value written, or value JS returns for a read
+  std::atomic<int32_t> sleeping;// 32 the vCPU is (about to be) in futex-wait
+  uint32_t vcpu_index;          // 36
+  uint64_t exits_to_js;         // 40 statistics, written by the vCPU thread only
+  uint64_t exits_native;        // 48
+  uint64_t exits_posted;        // 56
+};
+
+static_assert(offsetof(ExitMailbox, kind) == 4, "mailbox layout");
+static_assert(offsetof(ExitMailbox, address) == 16, "mailbox layout");
+static_assert(offsetof(ExitMailbox, data) == 24, "mailbox layout");
+static_assert(offsetof(ExitMailbox, sleeping) == 32, "mailbox layout");
+static_assert(offsetof(ExitMailbox, exits_to_js) == 40, "mailbox layout");
+static_assert(sizeof(ExitMailbox) == 64, "mailbox layout");
+
+// A posted write queued by a vCPU for JS to apply later (write-only device
+// registers whose effect no read depends on, e.g. a UART's THR).
+struct PostedWrite {
+  uint32_t kind;      // ExitKind
+  uint32_t size;
+  uint64_t address;
+  uint64_t data;
+};
+static_assert(sizeof(PostedWrite) == 24, "posted write layout");
+
+}  // namespace nodevmm

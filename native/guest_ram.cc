@@ -1,0 +1,182 @@
+#include "guest_ram.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common.h"
+
+namespace nodevmm {
+
+namespace {
+// One ArrayBuffer per GiB: V8's limit on a single buffer is well above that
+// on 64-bit hosts, but typed-array lengths and some APIs still assume < 2^32.
+constexpr uint64_t kDefaultViewSize = 1ull << 30;
+}  // namespace
+
+Napi::Function GuestRam::Init(Napi::Env env) {
+  return DefineClass(env, "GuestRam",
+                     {
+                         InstanceMethod("views", &GuestRam::Views),
+                         InstanceMethod("release", &GuestRam::Release),
+                         InstanceMethod("advise", &GuestRam::Advise),
+                         InstanceAccessor("size", &GuestRam::GetSize, nullptr),
+                         InstanceAccessor("fd", &GuestRam::GetFd, nullptr),
+                     });
+}
+
+// new GuestRam(size, { memfd?: boolean, name?: string })
+GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(info) {
+  Napi::Env env = info.Env();
+  uint64_t size = 0;
+  if (info.Length() < 1 || !GetU64(info[0], &size) || size == 0 || (size & 0xfff)) {
+    ThrowUsage(env, "guest ram size must be a positive multiple of 4096");
+    return;
+  }
+  bool use_memfd = false;
+  std::string name = "nodevmm-ram";
+  if (info.Length() > 1 && info[1].IsObject()) {
+    Napi::Object o = info[1].As<Napi::Object>();
+    use_memfd = o.Get("memfd").ToBoolean();
+    if (o.Get("name").IsString()) name = o.Get("name").As<Napi::String>().Utf8Value();
+  }
+  void* p = MAP_FAILED;
+  if (use_memfd) {
+    int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+    if (fd < 0) {
+      ThrowErrno(env, errno, "memfd_create", nullptr, "create guest ram memfd");
+      return;
+    }
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      int err = errno;
+      close(fd);
+      ThrowErrno(env, err, "ftruncate", nullptr, "size guest ram memfd");
+      return;
+    }
+    // SAFETY: fd is a fresh memfd of exactly `size` bytes.
+    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      close(fd);
+      ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
+      return;
+    }
+    memfd_ = fd;
+  } else {
+    // SAFETY: anonymous private mapping; MAP_NORESERVE so a large guest only
+    // costs the pages it touches.
+    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      ThrowErrno(env, errno, "mmap", nullptr, "map guest ram");
+      return;
+    }
+  }
+  host_ = static_cast<uint8_t*>(p);
+  size_ = size;
+  deferred_ = std::make_shared<Deferred>();
+  deferred_->host = host_;
+  deferred_->size = size_;
+  // Guest RAM is not worth dumping into a core file.
+  madvise(host_, size_, MADV_DONTDUMP);
+}
+
+GuestRam::~GuestRam() {
+  // Runs at GC or environment teardown. Views hold no reference to this
+  // object, so unmapping here could strand a live view: defer if any remain.
+  if (host_) {
+    if (deferred_->live.load() == 0) {
+      munmap(host_, size_);
+    } else {
+      deferred_->unmap_when_last = true;
+    }
+    host_ = nullptr;
+  }
+  if (memfd_ >= 0) close(memfd_);
+}
+
+// views(maxViewSize?) -> ArrayBuffer[] covering the whole range in order.
+Napi::Value GuestRam::Views(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!host_) return ThrowUsage(env, "guest ram was released");
+  uint64_t chunk = kDefaultViewSize;
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!GetU64(info[0], &chunk) || chunk == 0 || (chunk & 0xfff)) return ThrowUsage(env, "view size must be a positive multiple of 4096");
+  }
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (uint64_t off = 0; off < size_; off += chunk, i++) {
+    uint64_t len = std::min(chunk, size_ - off);
+    std::shared_ptr<Deferred>* hint = new std::shared_ptr<Deferred>(deferred_);
+    deferred_->live++;
+    // SAFETY: [host_+off, +len) lies inside our live mapping; the finalizer
+    // only drops the hint, and unmaps if the owner already asked for it.
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+        env, host_ + off, len,
+        [](Napi::Env, void*, std::shared_ptr<Deferred>* d) {
+          Deferred* dd = d->get();
+          if (--dd->live == 0 && dd->unmap_when_last.load()) munmap(dd->host, dd->size);
+          delete d;
+        },
+        hint);
+    views_.push_back(Napi::Weak(ab));
+    out.Set(i, ab);
+  }
+  return out;
+}
+
+void GuestRam::ReleaseImpl(Napi::Env env) {
+  if (!host_) return;
+  bool all_detached = true;
+  for (auto& ref : views_) {
+    if (ref.IsEmpty()) continue;
+    Napi::Value v = ref.Value();
+    if (v.IsEmpty() || v.IsUndefined()) continue;
+    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+    if (ab.IsDetached()) continue;
+    napi_status st = napi_detach_arraybuffer(env, ab);
+    if (st != napi_ok) all_detached = false;
+  }
+  views_.clear();
+  if (all_detached && deferred_->live.load() == 0) {
+    munmap(host_, size_);
+  } else if (all_detached) {
+    // Detached buffers never touch the memory again, but their finalizers
+    // still hold the hint: unmap now, and tell them not to.
+    munmap(host_, size_);
+    deferred_->host = nullptr;
+  } else {
+    // SAFETY: MAP_FIXED over our own range swaps in empty pages; a straggler
+    // view then reads zeros instead of faulting, and the old pages are freed.
+    mmap(host_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    deferred_->unmap_when_last = true;
+  }
+  host_ = nullptr;
+  if (memfd_ >= 0) {
+    close(memfd_);
+    memfd_ = -1;
+  }
+}
+
+Napi::Value GuestRam::Release(const Napi::CallbackInfo& info) {
+  ReleaseImpl(info.Env());
+  return info.Env().Undefined();
+}
+
+// advise("dontneed" | "hugepage", offset, length)
+Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!host_) return ThrowUsage(env, "guest ram was released");
+  std::string what = info[0].ToString().Utf8Value();
+  uint64_t off = 0, len = size_;
+  if (info.Length() > 1 && !GetU64(info[1], &off)) return ThrowUsage(env, "offset must be an integer");
+  if (info.Length() > 2 && !GetU64(info[2], &len)) return ThrowUsage(env, "length must be an integer");
+  if (off > size_ || len > size_ - off || (off & 0xfff)) return ThrowUsage(env, "advise range outside guest ram");
+  int advice = what == "dontneed" ? MADV_DONTNEED : what == "hugepage" ? MADV_HUGEPAGE : -1;
+  if (advice < 0) return ThrowUsage(env, "unknown advice " + what);
+  if (madvise(host_ + off, len, advice) != 0) return ThrowErrno(env, errno, "madvise", nullptr, "advise guest ram");
+  return env.Undefined();
+}
+
+Napi::Value GuestRam::GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(size_)); }
+Napi::Value GuestRam::GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), memfd_); }
+
+}  // namespace nodevmm

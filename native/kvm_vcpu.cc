@@ -1,0 +1,514 @@
+// JS handle for a KVM vCPU: register state get/set (KVM_GET/SET_*), CPUID,
+// and the thread controls. Register ioctls are refused while the vCPU's
+// thread is inside KVM_RUN: KVM would block them until the guest exits.
+#include <linux/futex.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <type_traits>
+
+#include "common.h"
+#include "kvm_vm.h"
+
+namespace nodevmm {
+
+Napi::FunctionReference* Vcpu::constructor = nullptr;
+
+Napi::Function Vcpu::Init(Napi::Env env) {
+  Napi::Function f = DefineClass(env, "Vcpu",
+                                 {
+                                     InstanceMethod("getRegs", &Vcpu::GetRegs),
+                                     InstanceMethod("setRegs", &Vcpu::SetRegs),
+                                     InstanceMethod("getSregs", &Vcpu::GetSregs),
+                                     InstanceMethod("setSregs", &Vcpu::SetSregs),
+                                     InstanceMethod("getFpu", &Vcpu::GetFpu),
+                                     InstanceMethod("setFpu", &Vcpu::SetFpu),
+                                     InstanceMethod("getMsrs", &Vcpu::GetMsrs),
+                                     InstanceMethod("setMsrs", &Vcpu::SetMsrs),
+                                     InstanceMethod("getLapic", &Vcpu::GetLapic),
+                                     InstanceMethod("setLapic", &Vcpu::SetLapic),
+                                     InstanceMethod("getXcrs", &Vcpu::GetXcrs),
+                                     InstanceMethod("setXcrs", &Vcpu::SetXcrs),
+                                     InstanceMethod("getVcpuEvents", &Vcpu::GetVcpuEvents),
+                                     InstanceMethod("setVcpuEvents", &Vcpu::SetVcpuEvents),
+                                     InstanceMethod("getMpState", &Vcpu::GetMpState),
+                                     InstanceMethod("setMpState", &Vcpu::SetMpState),
+                                     InstanceMethod("setCpuid2", &Vcpu::SetCpuid2),
+                                     InstanceMethod("translate", &Vcpu::Translate),
+                                     InstanceMethod("setGuestDebug", &Vcpu::SetGuestDebug),
+                                     InstanceMethod("sharedBuffer", &Vcpu::SharedBuffer),
+                                     InstanceMethod("start", &Vcpu::Start),
+                                     InstanceMethod("resume", &Vcpu::Resume),
+                                     InstanceMethod("pause", &Vcpu::Pause),
+                                     InstanceMethod("stop", &Vcpu::Stop),
+                                     InstanceMethod("completeExit", &Vcpu::CompleteExit),
+                                     InstanceAccessor("state", &Vcpu::GetState, nullptr),
+                                 });
+  constructor = new Napi::FunctionReference(Napi::Persistent(f));
+  return f;
+}
+
+Vcpu::Vcpu(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vcpu>(info) {}
+
+void Vcpu::Attach(Vm* vm, Napi::Object vm_obj, std::shared_ptr<VcpuCore> core) {
+  vm_ = vm;
+  vm_ref_ = Napi::Persistent(vm_obj);
+  core_ = core;
+}
+
+bool Vcpu::Usable(Napi::Env env, bool need_stopped) {
+  auto core = core_.lock();
+  if (!core || !vm_ || vm_->aborting()) {
+    ThrowUsage(env, "the vcpu's vm was destroyed");
+    return false;
+  }
+  if (need_stopped && core->state() == VcpuState::kRunning) {
+    Napi::Error e = Napi::Error::New(env, "vcpu " + std::to_string(core->index()) + " is running: pause it before reading or writing its registers");
+    e.Set("code", "ERR_VCPU_RUNNING");
+    e.ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+#define CORE_FD() (core_.lock()->fd())
+#define VCPU_IOCTL(req, arg, what)                                                 \
+  do {                                                                             \
+    if (ioctl(CORE_FD(), req, arg) < 0) return ThrowErrno(env, errno, "ioctl", #req, what); \
+  } while (0)
+
+namespace {
+const char* kRegNames[] = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8",  "r9",
+                           "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"};
+
+__u64* RegSlot(kvm_regs& r, int i) {
+  __u64* f[] = {&r.rax, &r.rbx, &r.rcx, &r.rdx, &r.rsi, &r.rdi, &r.rsp, &r.rbp, &r.r8,
+                   &r.r9,  &r.r10, &r.r11, &r.r12, &r.r13, &r.r14, &r.r15, &r.rip, &r.rflags};
+  return f[i];
+}
+
+Napi::Object SegToJs(Napi::Env env, const kvm_segment& s) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("base", Big(env, s.base));
+  o.Set("limit", s.limit);
+  o.Set("selector", s.selector);
+  o.Set("type", s.type);
+  o.Set("present", s.present);
+  o.Set("dpl", s.dpl);
+  o.Set("db", s.db);
+  o.Set("s", s.s);
+  o.Set("l", s.l);
+  o.Set("g", s.g);
+  o.Set("avl", s.avl);
+  o.Set("unusable", s.unusable);
+  return o;
+}
+
+bool SegFromJs(Napi::Value v, kvm_segment* s) {
+  if (!v.IsObject()) return true;  // absent: keep current
+  Napi::Object o = v.As<Napi::Object>();
+  uint64_t base = s->base;
+  if (o.Has("base") && !GetU64(o.Get("base"), &base)) return false;
+  s->base = base;
+  auto u = [&](const char* k, auto* field) {
+    if (o.Has(k)) *field = static_cast<std::remove_reference_t<decltype(*field)>>(o.Get(k).ToNumber().Int64Value());
+  };
+  u("limit", &s->limit);
+  u("selector", &s->selector);
+  u("type", &s->type);
+  u("present", &s->present);
+  u("dpl", &s->dpl);
+  u("db", &s->db);
+  u("s", &s->s);
+  u("l", &s->l);
+  u("g", &s->g);
+  u("avl", &s->avl);
+  u("unusable", &s->unusable);
+  return true;
+}
+
+Napi::Object DtToJs(Napi::Env env, const kvm_dtable& d) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("base", Big(env, d.base));
+  o.Set("limit", d.limit);
+  return o;
+}
+
+bool DtFromJs(Napi::Value v, kvm_dtable* d) {
+  if (!v.IsObject()) return true;
+  Napi::Object o = v.As<Napi::Object>();
+  uint64_t base = d->base;
+  if (o.Has("base") && !GetU64(o.Get("base"), &base)) return false;
+  d->base = base;
+  if (o.Has("limit")) d->limit = static_cast<uint16_t>(o.Get("limit").ToNumber().Uint32Value());
+  return true;
+}
+
+Napi::Buffer<uint8_t> CopyOut(Napi::Env env, const void* p, size_t n) { return Napi::Buffer<uint8_t>::Copy(env, static_cast<const uint8_t*>(p), n); }
+
+bool CopyIn(Napi::Value v, void* p, size_t n) {
+  if (!v.IsTypedArray() && !v.IsBuffer()) return false;
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  if (a.ByteLength() != n) return false;
+  std::memcpy(p, a.Data(), n);
+  return true;
+}
+}  // namespace
+
+Napi::Value Vcpu::GetRegs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_regs r{};
+  VCPU_IOCTL(KVM_GET_REGS, &r, "get registers");
+  Napi::Object o = Napi::Object::New(env);
+  for (int i = 0; i < 18; i++) o.Set(kRegNames[i], Big(env, *RegSlot(r, i)));
+  return o;
+}
+
+// setRegs(partial): fields not given keep their current values.
+Napi::Value Vcpu::SetRegs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  if (!info[0].IsObject()) return ThrowUsage(env, "registers must be an object");
+  kvm_regs r{};
+  VCPU_IOCTL(KVM_GET_REGS, &r, "get registers");
+  Napi::Object o = info[0].As<Napi::Object>();
+  for (int i = 0; i < 18; i++) {
+    if (!o.Has(kRegNames[i])) continue;
+    uint64_t v = 0;
+    if (!GetU64(o.Get(kRegNames[i]), &v)) return ThrowUsage(env, std::string("register ") + kRegNames[i] + " must be a bigint or safe integer");
+    *RegSlot(r, i) = v;
+  }
+  VCPU_IOCTL(KVM_SET_REGS, &r, "set registers");
+  return env.Undefined();
+}
+
+Napi::Value Vcpu::GetSregs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_sregs s{};
+  VCPU_IOCTL(KVM_GET_SREGS, &s, "get special registers");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("cs", SegToJs(env, s.cs));
+  o.Set("ds", SegToJs(env, s.ds));
+  o.Set("es", SegToJs(env, s.es));
+  o.Set("fs", SegToJs(env, s.fs));
+  o.Set("gs", SegToJs(env, s.gs));
+  o.Set("ss", SegToJs(env, s.ss));
+  o.Set("tr", SegToJs(env, s.tr));
+  o.Set("ldt", SegToJs(env, s.ldt));
+  o.Set("gdt", DtToJs(env, s.gdt));
+  o.Set("idt", DtToJs(env, s.idt));
+  o.Set("cr0", Big(env, s.cr0));
+  o.Set("cr2", Big(env, s.cr2));
+  o.Set("cr3", Big(env, s.cr3));
+  o.Set("cr4", Big(env, s.cr4));
+  o.Set("cr8", Big(env, s.cr8));
+  o.Set("efer", Big(env, s.efer));
+  o.Set("apicBase", Big(env, s.apic_base));
+  return o;
+}
+
+Napi::Value Vcpu::SetSregs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  if (!info[0].IsObject()) return ThrowUsage(env, "special registers must be an object");
+  kvm_sregs s{};
+  VCPU_IOCTL(KVM_GET_SREGS, &s, "get special registers");
+  Napi::Object o = info[0].As<Napi::Object>();
+  bool ok = SegFromJs(o.Get("cs"), &s.cs) && SegFromJs(o.Get("ds"), &s.ds) && SegFromJs(o.Get("es"), &s.es) &&
+            SegFromJs(o.Get("fs"), &s.fs) && SegFromJs(o.Get("gs"), &s.gs) && SegFromJs(o.Get("ss"), &s.ss) &&
+            SegFromJs(o.Get("tr"), &s.tr) && SegFromJs(o.Get("ldt"), &s.ldt) && DtFromJs(o.Get("gdt"), &s.gdt) &&
+            DtFromJs(o.Get("idt"), &s.idt);
+  struct {
+    const char* k;
+    __u64* f;
+  } crs[] = {{"cr0", &s.cr0}, {"cr2", &s.cr2}, {"cr3", &s.cr3}, {"cr4", &s.cr4}, {"cr8", &s.cr8}, {"efer", &s.efer}, {"apicBase", &s.apic_base}};
+  for (auto& c : crs) {
+    uint64_t v = *c.f;
+    if (o.Has(c.k) && !GetU64(o.Get(c.k), &v)) ok = false;
+    *c.f = v;
+  }
+  if (!ok) return ThrowUsage(env, "special registers contain a value that is not a bigint or safe integer");
+  VCPU_IOCTL(KVM_SET_SREGS, &s, "set special registers");
+  return env.Undefined();
+}
+
+// FPU state as its raw struct kvm_fpu bytes (416 bytes); lib/hv decodes it.
+Napi::Value Vcpu::GetFpu(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_fpu f{};
+  VCPU_IOCTL(KVM_GET_FPU, &f, "get fpu");
+  return CopyOut(env, &f, sizeof f);
+}
+
+Napi::Value Vcpu::SetFpu(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_fpu f{};
+  if (!CopyIn(info[0], &f, sizeof f)) return ThrowUsage(env, "fpu state must be a " + std::to_string(sizeof f) + "-byte Uint8Array");
+  VCPU_IOCTL(KVM_SET_FPU, &f, "set fpu");
+  return env.Undefined();
+}
+
+// getMsrs([index...]) -> [{index, value}] for the MSRs KVM returned.
+Napi::Value Vcpu::GetMsrs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  if (!info[0].IsArray()) return ThrowUsage(env, "msr indices must be an array");
+  Napi::Array a = info[0].As<Napi::Array>();
+  uint32_t n = a.Length();
+  std::vector<uint8_t> buf(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry));
+  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
+  m->nmsrs = n;
+  for (uint32_t i = 0; i < n; i++) m->entries[i].index = a.Get(i).ToNumber().Uint32Value();
+  int got = ioctl(CORE_FD(), KVM_GET_MSRS, m);
+  if (got < 0) return ThrowErrno(env, errno, "ioctl", "KVM_GET_MSRS", "get msrs");
+  Napi::Array out = Napi::Array::New(env, got);
+  for (int i = 0; i < got; i++) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("index", m->entries[i].index);
+    o.Set("value", Big(env, m->entries[i].data));
+    out.Set(i, o);
+  }
+  return out;
+}
+
+// setMsrs([{index, value}]) -> number of MSRs KVM accepted (it stops at the first it refuses).
+Napi::Value Vcpu::SetMsrs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  if (!info[0].IsArray()) return ThrowUsage(env, "msrs must be an array");
+  Napi::Array a = info[0].As<Napi::Array>();
+  uint32_t n = a.Length();
+  std::vector<uint8_t> buf(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry));
+  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
+  m->nmsrs = n;
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Object o = a.Get(i).As<Napi::Object>();
+    m->entries[i].index = o.Get("index").ToNumber().Uint32Value();
+    uint64_t v;
+    if (!GetU64(o.Get("value"), &v)) return ThrowUsage(env, "msr value must be a bigint or safe integer");
+    m->entries[i].data = v;
+  }
+  int set = ioctl(CORE_FD(), KVM_SET_MSRS, m);
+  if (set < 0) return ThrowErrno(env, errno, "ioctl", "KVM_SET_MSRS", "set msrs");
+  return Napi::Number::New(env, set);
+}
+
+Napi::Value Vcpu::GetLapic(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_lapic_state l{};
+  VCPU_IOCTL(KVM_GET_LAPIC, &l, "get local apic");
+  return CopyOut(env, &l, sizeof l);
+}
+
+Napi::Value Vcpu::SetLapic(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_lapic_state l{};
+  if (!CopyIn(info[0], &l, sizeof l)) return ThrowUsage(env, "lapic state must be a 1024-byte Uint8Array");
+  VCPU_IOCTL(KVM_SET_LAPIC, &l, "set local apic");
+  return env.Undefined();
+}
+
+Napi::Value Vcpu::GetXcrs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_xcrs x{};
+  VCPU_IOCTL(KVM_GET_XCRS, &x, "get xcrs");
+  Napi::Array out = Napi::Array::New(env, x.nr_xcrs);
+  for (uint32_t i = 0; i < x.nr_xcrs; i++) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("xcr", x.xcrs[i].xcr);
+    o.Set("value", Big(env, x.xcrs[i].value));
+    out.Set(i, o);
+  }
+  return out;
+}
+
+Napi::Value Vcpu::SetXcrs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  if (!info[0].IsArray()) return ThrowUsage(env, "xcrs must be an array");
+  Napi::Array a = info[0].As<Napi::Array>();
+  kvm_xcrs x{};
+  x.nr_xcrs = std::min<uint32_t>(a.Length(), KVM_MAX_XCRS);
+  for (uint32_t i = 0; i < x.nr_xcrs; i++) {
+    Napi::Object o = a.Get(i).As<Napi::Object>();
+    x.xcrs[i].xcr = o.Get("xcr").ToNumber().Uint32Value();
+    uint64_t v;
+    if (!GetU64(o.Get("value"), &v)) return ThrowUsage(env, "xcr value must be a bigint or safe integer");
+    x.xcrs[i].value = v;
+  }
+  VCPU_IOCTL(KVM_SET_XCRS, &x, "set xcrs");
+  return env.Undefined();
+}
+
+Napi::Value Vcpu::GetVcpuEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_vcpu_events e{};
+  VCPU_IOCTL(KVM_GET_VCPU_EVENTS, &e, "get vcpu events");
+  return CopyOut(env, &e, sizeof e);
+}
+
+Napi::Value Vcpu::SetVcpuEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_vcpu_events e{};
+  if (!CopyIn(info[0], &e, sizeof e)) return ThrowUsage(env, "vcpu events must be a " + std::to_string(sizeof e) + "-byte Uint8Array");
+  VCPU_IOCTL(KVM_SET_VCPU_EVENTS, &e, "set vcpu events");
+  return env.Undefined();
+}
+
+Napi::Value Vcpu::GetMpState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_mp_state m{};
+  VCPU_IOCTL(KVM_GET_MP_STATE, &m, "get mp state");
+  return Napi::Number::New(env, m.mp_state);
+}
+
+Napi::Value Vcpu::SetMpState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_mp_state m{};
+  m.mp_state = info[0].ToNumber().Uint32Value();
+  VCPU_IOCTL(KVM_SET_MP_STATE, &m, "set mp state");
+  return env.Undefined();
+}
+
+// setCpuid2([{function, index, flags, eax, ebx, ecx, edx}])
+Napi::Value Vcpu::SetCpuid2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  if (!info[0].IsArray()) return ThrowUsage(env, "cpuid entries must be an array");
+  Napi::Array a = info[0].As<Napi::Array>();
+  uint32_t n = a.Length();
+  std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
+  auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+  c->nent = n;
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Object o = a.Get(i).As<Napi::Object>();
+    kvm_cpuid_entry2& e = c->entries[i];
+    e.function = o.Get("function").ToNumber().Uint32Value();
+    e.index = o.Get("index").ToNumber().Uint32Value();
+    e.flags = o.Get("flags").ToNumber().Uint32Value();
+    e.eax = o.Get("eax").ToNumber().Uint32Value();
+    e.ebx = o.Get("ebx").ToNumber().Uint32Value();
+    e.ecx = o.Get("ecx").ToNumber().Uint32Value();
+    e.edx = o.Get("edx").ToNumber().Uint32Value();
+  }
+  VCPU_IOCTL(KVM_SET_CPUID2, c, "set cpuid");
+  return env.Undefined();
+}
+
+// translate(linearAddress) -> { gpa, valid, writeable, usermode }
+Napi::Value Vcpu::Translate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_translation t{};
+  uint64_t la;
+  if (!GetU64(info[0], &la)) return ThrowUsage(env, "linear address must be a bigint or safe integer");
+  t.linear_address = la;
+  VCPU_IOCTL(KVM_TRANSLATE, &t, "translate address");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("gpa", Big(env, t.physical_address));
+  o.Set("valid", t.valid != 0);
+  o.Set("writeable", t.writeable != 0);
+  o.Set("usermode", t.usermode != 0);
+  return o;
+}
+
+// setGuestDebug({ enable, singlestep, swBreakpoints })
+Napi::Value Vcpu::SetGuestDebug(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_guest_debug d{};
+  if (info[0].IsObject()) {
+    Napi::Object o = info[0].As<Napi::Object>();
+    if (o.Get("enable").ToBoolean()) d.control |= KVM_GUESTDBG_ENABLE;
+    if (o.Get("singlestep").ToBoolean()) d.control |= KVM_GUESTDBG_SINGLESTEP;
+    if (o.Get("swBreakpoints").ToBoolean()) d.control |= KVM_GUESTDBG_USE_SW_BP;
+  }
+  VCPU_IOCTL(KVM_SET_GUEST_DEBUG, &d, "set guest debug");
+  return env.Undefined();
+}
+
+// The shared page (mailbox + posted ring) as an ArrayBuffer; it keeps the
+// page alive by itself, so JS can never see it freed.
+Napi::Value Vcpu::SharedBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto core = core_.lock();
+  if (!core) return ThrowUsage(env, "the vcpu's vm was destroyed");
+  auto* hold = new std::shared_ptr<VcpuShared>(core->shared_ref());
+  return Napi::ArrayBuffer::New(
+      env, core->shared(), sizeof(VcpuShared), [](Napi::Env, void*, std::shared_ptr<VcpuShared>* h) { delete h; }, hold);
+}
+
+Napi::Value Vcpu::Start(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, false)) return env.Undefined();
+  std::string err;
+  if (!core_.lock()->Start(&err)) return ThrowUsage(env, err);
+  return env.Undefined();
+}
+
+Napi::Value Vcpu::Resume(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, false)) return env.Undefined();
+  core_.lock()->Resume();
+  return env.Undefined();
+}
+
+Napi::Value Vcpu::Pause(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, false)) return env.Undefined();
+  core_.lock()->Pause();
+  return env.Undefined();
+}
+
+Napi::Value Vcpu::Stop(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto core = core_.lock();
+  if (core) {
+    core->Stop();
+    core->Join();
+  }
+  return env.Undefined();
+}
+
+// completeExit(): JS answered the mailbox; wake the vCPU if it sleeps.
+Napi::Value Vcpu::CompleteExit(const Napi::CallbackInfo& info) {
+  auto core = core_.lock();
+  if (!core) return info.Env().Undefined();
+  ExitMailbox& mb = core->shared()->mailbox;
+  int32_t expected = kMailboxPending;
+  if (mb.state.compare_exchange_strong(expected, kMailboxDone, std::memory_order_seq_cst)) {
+    if (mb.sleeping.load(std::memory_order_seq_cst)) {
+      syscall(SYS_futex, reinterpret_cast<int32_t*>(&mb.state), FUTEX_WAKE, 1, nullptr, nullptr, 0);
+    }
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value Vcpu::GetState(const Napi::CallbackInfo& info) {
+  auto core = core_.lock();
+  const char* s = "destroyed";
+  if (core) {
+    switch (core->state()) {
+      case VcpuState::kCreated: s = "created"; break;
+      case VcpuState::kPaused: s = "paused"; break;
+      case VcpuState::kRunning: s = "running"; break;
+      case VcpuState::kExited: s = "exited"; break;
+      case VcpuState::kJoined: s = "joined"; break;
+    }
+  }
+  return Napi::String::New(info.Env(), s);
+}
+
+}  // namespace nodevmm

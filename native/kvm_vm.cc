@@ -1,0 +1,518 @@
+// The KVM VM fd: memory slots, interrupt controllers, irqfd/ioeventfd, the
+// I/O route table the vCPU threads consult, and the JS notification path.
+#include "kvm_vm.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
+
+#include "common.h"
+#include "guest_ram.h"
+
+namespace nodevmm {
+
+namespace {
+// Live VMs per process, so the environment cleanup hook can stop vCPU
+// threads and unmap RAM when Node exits or a worker terminates.
+std::mutex g_live_mu;
+std::set<Vm*> g_live;
+}  // namespace
+
+Napi::Function Vm::Init(Napi::Env env) {
+  return DefineClass(env, "Vm",
+                     {
+                         InstanceMethod("checkExtension", &Vm::CheckExtension),
+                         InstanceMethod("setTssAddr", &Vm::SetTssAddr),
+                         InstanceMethod("setIdentityMapAddr", &Vm::SetIdentityMapAddr),
+                         InstanceMethod("createIrqchip", &Vm::CreateIrqchip),
+                         InstanceMethod("createPit2", &Vm::CreatePit2),
+                         InstanceMethod("irqLine", &Vm::IrqLine),
+                         InstanceMethod("setGsiRouting", &Vm::SetGsiRouting),
+                         InstanceMethod("signalMsi", &Vm::SignalMsi),
+                         InstanceMethod("irqfd", &Vm::Irqfd),
+                         InstanceMethod("ioeventfd", &Vm::Ioeventfd),
+                         InstanceMethod("setUserMemoryRegion", &Vm::SetUserMemoryRegion),
+                         InstanceMethod("createVcpu", &Vm::CreateVcpu),
+                         InstanceMethod("setRoutes", &Vm::SetRoutes),
+                         InstanceMethod("controlBuffer", &Vm::ControlBuffer),
+                         InstanceMethod("setNotify", &Vm::SetNotify),
+                         InstanceMethod("takeEvents", &Vm::TakeEvents),
+                         InstanceMethod("ref", &Vm::Ref),
+                         InstanceMethod("unref", &Vm::Unref),
+                         InstanceMethod("destroy", &Vm::Destroy),
+                         InstanceAccessor("fd", &Vm::GetFd, nullptr),
+                     });
+}
+
+Vm::Vm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vm>(info) {
+  Napi::Env env = info.Env();
+  std::string err;
+  int err_no = 0;
+  int sys = KvmSystemFd(&err, &err_no);
+  if (sys < 0) {
+    ThrowErrno(env, err_no, "open", nullptr, err);
+    return;
+  }
+  unsigned long type = 0;
+  if (info.Length() > 0 && info[0].IsNumber()) type = info[0].As<Napi::Number>().Uint32Value();
+  int fd;
+  do {
+    fd = ioctl(sys, KVM_CREATE_VM, type);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    ThrowErrno(env, errno, "ioctl", "KVM_CREATE_VM", "create vm");
+    return;
+  }
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  if (ioctl(sys, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0) {
+    close(fd);
+    ThrowErrno(env, ENOSYS, "ioctl", "KVM_CHECK_EXTENSION", "this kernel's KVM lacks KVM_CAP_IMMEDIATE_EXIT (needs Linux 4.11+); check");
+    return;
+  }
+  fd_ = fd;
+  control_ = std::make_shared<VmControl>();
+  std::memset(static_cast<void*>(control_.get()), 0, sizeof(VmControl));
+  routes_ = std::make_shared<const std::vector<Route>>();
+  InstallKickHandler();
+  std::lock_guard<std::mutex> lock(g_live_mu);
+  g_live.insert(this);
+}
+
+Vm::~Vm() {
+  {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    g_live.erase(this);
+  }
+  // GC of an undestroyed VM: stop threads without touching JS.
+  if (!destroyed_) {
+    aborting_ = true;
+    for (auto& v : vcpus_) v->Stop();
+    for (auto& v : vcpus_) v->Join();
+    vcpus_.clear();
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+    if (has_tsfn_) tsfn_.Abort();
+  }
+}
+
+bool Vm::CheckAlive(Napi::Env env) {
+  if (destroyed_ || fd_ < 0) {
+    ThrowUsage(env, "the vm was destroyed");
+    return false;
+  }
+  return true;
+}
+
+#define VM_IOCTL(req, arg, what)                                     \
+  do {                                                               \
+    if (ioctl(fd_, req, arg) < 0) return ThrowErrno(env, errno, "ioctl", #req, what); \
+  } while (0)
+
+Napi::Value Vm::CheckExtension(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  int r = ioctl(fd_, KVM_CHECK_EXTENSION, info[0].ToNumber().Int32Value());
+  return Napi::Number::New(env, r < 0 ? 0 : r);
+}
+
+Napi::Value Vm::SetTssAddr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  uint64_t addr;
+  if (!GetU64(info[0], &addr)) return ThrowUsage(env, "tss address must be an integer");
+  VM_IOCTL(KVM_SET_TSS_ADDR, static_cast<unsigned long>(addr), "set tss address");
+  return env.Undefined();
+}
+
+Napi::Value Vm::SetIdentityMapAddr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  uint64_t addr;
+  if (!GetU64(info[0], &addr)) return ThrowUsage(env, "identity map address must be an integer");
+  VM_IOCTL(KVM_SET_IDENTITY_MAP_ADDR, &addr, "set identity map address");
+  return env.Undefined();
+}
+
+Napi::Value Vm::CreateIrqchip(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  VM_IOCTL(KVM_CREATE_IRQCHIP, 0, "create in-kernel irqchip");
+  return env.Undefined();
+}
+
+Napi::Value Vm::CreatePit2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_pit_config cfg{};
+  cfg.flags = info.Length() > 0 ? info[0].ToNumber().Uint32Value() : 0;
+  VM_IOCTL(KVM_CREATE_PIT2, &cfg, "create in-kernel pit");
+  return env.Undefined();
+}
+
+// irqLine(irq, level): hot path for level changes of legacy lines.
+Napi::Value Vm::IrqLine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_irq_level l{};
+  l.irq = info[0].As<Napi::Number>().Uint32Value();
+  l.level = info[1].ToBoolean() ? 1 : 0;
+  VM_IOCTL(KVM_IRQ_LINE, &l, "set irq line");
+  return env.Undefined();
+}
+
+// setGsiRouting([{ gsi, type: 'irqchip', irqchip, pin } | { gsi, type: 'msi', addressLo, addressHi, data }])
+Napi::Value Vm::SetGsiRouting(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  if (!info[0].IsArray()) return ThrowUsage(env, "gsi routing must be an array");
+  Napi::Array arr = info[0].As<Napi::Array>();
+  uint32_t n = arr.Length();
+  std::vector<uint8_t> buf(sizeof(kvm_irq_routing) + n * sizeof(kvm_irq_routing_entry));
+  auto* r = reinterpret_cast<kvm_irq_routing*>(buf.data());
+  r->nr = n;
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Object e = arr.Get(i).As<Napi::Object>();
+    kvm_irq_routing_entry& d = r->entries[i];
+    d.gsi = e.Get("gsi").ToNumber().Uint32Value();
+    std::string type = e.Get("type").ToString().Utf8Value();
+    if (type == "irqchip") {
+      d.type = KVM_IRQ_ROUTING_IRQCHIP;
+      d.u.irqchip.irqchip = e.Get("irqchip").ToNumber().Uint32Value();
+      d.u.irqchip.pin = e.Get("pin").ToNumber().Uint32Value();
+    } else if (type == "msi") {
+      d.type = KVM_IRQ_ROUTING_MSI;
+      d.u.msi.address_lo = e.Get("addressLo").ToNumber().Uint32Value();
+      d.u.msi.address_hi = e.Get("addressHi").ToNumber().Uint32Value();
+      d.u.msi.data = e.Get("data").ToNumber().Uint32Value();
+    } else {
+      return ThrowUsage(env, "gsi routing entry type must be 'irqchip' or 'msi'");
+    }
+  }
+  VM_IOCTL(KVM_SET_GSI_ROUTING, r, "set gsi routing");
+  return env.Undefined();
+}
+
+Napi::Value Vm::SignalMsi(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_msi m{};
+  uint64_t addr = 0;
+  if (!GetU64(info[0], &addr)) return ThrowUsage(env, "msi address must be an integer");
+  m.address_lo = static_cast<uint32_t>(addr);
+  m.address_hi = static_cast<uint32_t>(addr >> 32);
+  m.data = info[1].ToNumber().Uint32Value();
+  int r = ioctl(fd_, KVM_SIGNAL_MSI, &m);
+  if (r < 0) return ThrowErrno(env, errno, "ioctl", "KVM_SIGNAL_MSI", "signal msi");
+  return Napi::Number::New(env, r);
+}
+
+// irqfd(fd, gsi, { resampleFd?, deassign? })
+Napi::Value Vm::Irqfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_irqfd f{};
+  f.fd = info[0].ToNumber().Uint32Value();
+  f.gsi = info[1].ToNumber().Uint32Value();
+  if (info.Length() > 2 && info[2].IsObject()) {
+    Napi::Object o = info[2].As<Napi::Object>();
+    if (o.Get("deassign").ToBoolean()) f.flags |= KVM_IRQFD_FLAG_DEASSIGN;
+    if (o.Get("resampleFd").IsNumber()) {
+      f.flags |= KVM_IRQFD_FLAG_RESAMPLE;
+      f.resamplefd = o.Get("resampleFd").ToNumber().Uint32Value();
+    }
+  }
+  VM_IOCTL(KVM_IRQFD, &f, "assign irqfd");
+  return env.Undefined();
+}
+
+// ioeventfd(fd, address, length, { pio?, datamatch?, deassign? })
+Napi::Value Vm::Ioeventfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_ioeventfd e{};
+  e.fd = info[0].ToNumber().Int32Value();
+  uint64_t eaddr = 0;
+  if (!GetU64(info[1], &eaddr)) return ThrowUsage(env, "ioeventfd address must be an integer");
+  e.addr = eaddr;
+  e.len = info[2].ToNumber().Uint32Value();
+  if (info.Length() > 3 && info[3].IsObject()) {
+    Napi::Object o = info[3].As<Napi::Object>();
+    if (o.Get("pio").ToBoolean()) e.flags |= KVM_IOEVENTFD_FLAG_PIO;
+    if (o.Get("deassign").ToBoolean()) e.flags |= KVM_IOEVENTFD_FLAG_DEASSIGN;
+    Napi::Value dm = o.Get("datamatch");
+    if (!dm.IsUndefined()) {
+      uint64_t m = 0;
+      if (!GetU64(dm, &m)) return ThrowUsage(env, "datamatch must be an integer");
+      e.datamatch = m;
+      e.flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
+    }
+  }
+  VM_IOCTL(KVM_IOEVENTFD, &e, "assign ioeventfd");
+  return env.Undefined();
+}
+
+// setUserMemoryRegion(slot, gpa, ram: GuestRam | null, offset, size, { readonly?, logDirty? })
+// size 0 deletes the slot.
+Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  uint64_t gpa = 0, offset = 0, size = 0;
+  uint32_t slot = info[0].ToNumber().Uint32Value();
+  if (!GetU64(info[1], &gpa) || !GetU64(info[3], &offset) || !GetU64(info[4], &size)) return ThrowUsage(env, "gpa, offset and size must be integers");
+  if ((gpa & 0xfff) || (offset & 0xfff) || (size & 0xfff)) return ThrowUsage(env, "memory slot gpa, offset and size must be 4 KiB aligned");
+  kvm_userspace_memory_region r{};
+  r.slot = slot;
+  r.guest_phys_addr = gpa;
+  r.memory_size = size;
+  uint8_t* host = nullptr;
+  Napi::Object ram_obj;
+  if (size != 0) {
+    if (!info[2].IsObject()) return ThrowUsage(env, "guest ram object required");
+    ram_obj = info[2].As<Napi::Object>();
+    GuestRam* ram = Napi::ObjectWrap<GuestRam>::Unwrap(ram_obj);
+    if (!ram || ram->released()) return ThrowUsage(env, "guest ram was released");
+    if (offset > ram->size() || size > ram->size() - offset) return ThrowUsage(env, "memory slot extends past the end of its guest ram");
+    host = ram->host() + offset;
+    r.userspace_addr = reinterpret_cast<uint64_t>(host);
+  }
+  if (info.Length() > 5 && info[5].IsObject()) {
+    Napi::Object o = info[5].As<Napi::Object>();
+    if (o.Get("readonly").ToBoolean()) r.flags |= KVM_MEM_READONLY;
+    if (o.Get("logDirty").ToBoolean()) r.flags |= KVM_MEM_LOG_DIRTY_PAGES;
+  }
+  // SAFETY: userspace_addr points into a live GuestRam mapping that the slot
+  // entry below keeps referenced until the slot is deleted or the VM dies.
+  VM_IOCTL(KVM_SET_USER_MEMORY_REGION, &r, "set user memory region");
+  std::lock_guard<std::mutex> lock(slots_mu_);
+  slots_.erase(std::remove_if(slots_.begin(), slots_.end(), [&](const Slot& s) { return s.slot == slot; }), slots_.end());
+  if (size != 0) slots_.push_back(Slot{slot, gpa, size, host, Napi::Persistent(ram_obj)});
+  return env.Undefined();
+}
+
+uint8_t* Vm::HostAddress(uint64_t gpa, uint64_t len) {
+  std::lock_guard<std::mutex> lock(slots_mu_);
+  for (const Slot& s : slots_) {
+    if (gpa >= s.gpa && len <= s.size && gpa - s.gpa <= s.size - len) return s.host + (gpa - s.gpa);
+  }
+  return nullptr;
+}
+
+Napi::Value Vm::CreateVcpu(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  uint32_t index = info[0].ToNumber().Uint32Value();
+  for (auto& v : vcpus_)
+    if (v->index() == index) return ThrowUsage(env, "vcpu " + std::to_string(index) + " already exists");
+  int vfd = ioctl(fd_, KVM_CREATE_VCPU, static_cast<unsigned long>(index));
+  if (vfd < 0) return ThrowErrno(env, errno, "ioctl", "KVM_CREATE_VCPU", "create vcpu " + std::to_string(index));
+  fcntl(vfd, F_SETFD, FD_CLOEXEC);
+  size_t run_size = KvmRunMmapSize();
+  // SAFETY: the kvm_run area of a vCPU fd is mapped at offset 0 with the size
+  // KVM_GET_VCPU_MMAP_SIZE reports; it lives until we munmap it.
+  void* run = mmap(nullptr, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vfd, 0);
+  if (run == MAP_FAILED) {
+    int err = errno;
+    close(vfd);
+    return ThrowErrno(env, err, "mmap", nullptr, "map kvm_run of vcpu " + std::to_string(index));
+  }
+  auto core = std::make_shared<VcpuCore>(this, index, vfd, static_cast<kvm_run*>(run), run_size);
+  vcpus_.push_back(core);
+  Napi::Object obj = Vcpu::constructor->New({});
+  Vcpu::Unwrap(obj)->Attach(this, Value(), core);
+  return obj;
+}
+
+// setRoutes([{ kind: 1|2, start, end, mode, postedMask, shadowMask, shadowOffset, readValue }])
+Napi::Value Vm::SetRoutes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  if (!info[0].IsArray()) return ThrowUsage(env, "routes must be an array");
+  Napi::Array arr = info[0].As<Napi::Array>();
+  auto table = std::make_shared<std::vector<Route>>();
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Object o = arr.Get(i).As<Napi::Object>();
+    Route r{};
+    r.kind = o.Get("kind").ToNumber().Uint32Value();
+    if (!GetU64(o.Get("start"), &r.start) || !GetU64(o.Get("end"), &r.end) || r.end <= r.start) return ThrowUsage(env, "route start/end invalid");
+    r.mode = o.Get("mode").ToNumber().Uint32Value();
+    r.posted_mask = o.Get("postedMask").ToNumber().Uint32Value();
+    r.shadow_mask = o.Get("shadowMask").ToNumber().Uint32Value();
+    r.shadow_offset = o.Get("shadowOffset").ToNumber().Uint32Value();
+    if ((r.shadow_mask || r.posted_mask) && (r.shadow_offset + 32 > sizeof(control_->shadow) || (r.shadow_offset & 31)))
+      return ThrowUsage(env, "route shadow block must be a 32-byte aligned block inside the shadow page");
+    if (!GetU64(o.Get("readValue"), &r.read_value)) r.read_value = ~0ull;
+    table->push_back(r);
+  }
+  std::sort(table->begin(), table->end(), [](const Route& a, const Route& b) { return a.kind != b.kind ? a.kind < b.kind : a.start < b.start; });
+  for (size_t i = 1; i < table->size(); i++) {
+    const Route& a = (*table)[i - 1];
+    const Route& b = (*table)[i];
+    if (a.kind == b.kind && b.start < a.end) return ThrowUsage(env, "routes overlap");
+  }
+  std::lock_guard<std::mutex> lock(routes_mu_);
+  std::atomic_store(&routes_, std::shared_ptr<const std::vector<Route>>(table));
+  return env.Undefined();
+}
+
+const Route* Vm::FindRoute(uint32_t kind, uint64_t address, std::shared_ptr<const std::vector<Route>>* hold) {
+  *hold = std::atomic_load(&routes_);
+  const std::vector<Route>& t = **hold;
+  size_t lo = 0, hi = t.size();
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    const Route& r = t[mid];
+    if (r.kind < kind || (r.kind == kind && r.end <= address)) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo < t.size() && t[lo].kind == kind && t[lo].start <= address && address < t[lo].end) return &t[lo];
+  return nullptr;
+}
+
+Napi::Value Vm::ControlBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  if (!control_ab_.IsEmpty() && !control_ab_.Value().IsEmpty()) return control_ab_.Value();
+  // SAFETY: the buffer's finalizer holds a reference to the control block,
+  // so JS can never see it freed, whatever the Vm's own lifetime.
+  auto* hold = new std::shared_ptr<VmControl>(control_);
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+      env, control_.get(), sizeof(VmControl), [](Napi::Env, void*, std::shared_ptr<VmControl>* h) { delete h; }, hold);
+  control_ab_ = Napi::Persistent(ab);
+  return ab;
+}
+
+// setNotify(fn): fn() is called (coalesced) whenever exits, posted writes
+// or events wait for JS.
+Napi::Value Vm::SetNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  if (!info[0].IsFunction()) return ThrowUsage(env, "notify must be a function");
+  if (has_tsfn_) return ThrowUsage(env, "notify already set");
+  tsfn_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "nodevmm-exits", 0, 1);
+  tsfn_.Unref(env);
+  has_tsfn_ = true;
+  return env.Undefined();
+}
+
+void Vm::Notify() {
+  if (!has_tsfn_) return;
+  if (control_->notify_pending.exchange(1, std::memory_order_acq_rel) == 0) {
+    tsfn_.NonBlockingCall();
+  }
+}
+
+void Vm::PostEvent(VcpuEvent ev) {
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    events_.push_back(std::move(ev));
+    control_->event_count.store(static_cast<int32_t>(events_.size()), std::memory_order_release);
+  }
+  Notify();
+}
+
+static Napi::Object ExitToJs(Napi::Env env, const DecodedExit& x) {
+  Napi::Object o = Napi::Object::New(env);
+  const char* type = "unknown";
+  switch (x.type) {
+    case ExitType::kHlt: type = "hlt"; break;
+    case ExitType::kShutdown: type = "shutdown"; break;
+    case ExitType::kSystemEvent: type = "system-event"; break;
+    case ExitType::kFailEntry: type = "fail-entry"; break;
+    case ExitType::kInternalError: type = "internal-error"; break;
+    case ExitType::kDebug: type = "debug"; break;
+    case ExitType::kPio: type = "pio"; break;
+    case ExitType::kMmio: type = "mmio"; break;
+    default: break;
+  }
+  o.Set("type", type);
+  o.Set("rawReason", x.raw_reason);
+  o.Set("subtype", x.subtype);
+  Napi::Array d = Napi::Array::New(env, x.ndetail);
+  for (uint32_t i = 0; i < x.ndetail; i++) d.Set(i, Napi::BigInt::New(env, x.detail[i]));
+  o.Set("detail", d);
+  if (x.type == ExitType::kPio || x.type == ExitType::kMmio) {
+    o.Set("address", Napi::BigInt::New(env, x.address));
+    o.Set("size", x.size);
+    o.Set("isWrite", x.is_write);
+  }
+  return o;
+}
+
+Napi::Value Vm::TakeEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<VcpuEvent> evs;
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    evs.swap(events_);
+    control_->event_count.store(0, std::memory_order_release);
+  }
+  Napi::Array out = Napi::Array::New(env, evs.size());
+  for (size_t i = 0; i < evs.size(); i++) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("vcpu", evs[i].vcpu);
+    o.Set("type", evs[i].type);
+    if (evs[i].type == "exited") {
+      o.Set("exit", ExitToJs(env, evs[i].exit));
+      o.Set("reason", evs[i].reason);
+    }
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
+Napi::Value Vm::Ref(const Napi::CallbackInfo& info) {
+  if (has_tsfn_ && !destroyed_) tsfn_.Ref(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value Vm::Unref(const Napi::CallbackInfo& info) {
+  if (has_tsfn_ && !destroyed_) tsfn_.Unref(info.Env());
+  return info.Env().Undefined();
+}
+
+void Vm::DestroyImpl(Napi::Env env) {
+  if (destroyed_) return;
+  destroyed_ = true;
+  aborting_ = true;
+  for (auto& v : vcpus_) v->Stop();
+  for (auto& v : vcpus_) v->Join();
+  vcpus_.clear();
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    slots_.clear();
+  }
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+  if (has_tsfn_) {
+    tsfn_.Release();
+  }
+  if (!control_ab_.IsEmpty()) {
+    Napi::Value v = control_ab_.Value();
+    if (!v.IsEmpty() && v.IsArrayBuffer() && !v.As<Napi::ArrayBuffer>().IsDetached()) napi_detach_arraybuffer(env, v);
+    control_ab_.Reset();
+  }
+  (void)env;
+}
+
+Napi::Value Vm::Destroy(const Napi::CallbackInfo& info) {
+  DestroyImpl(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value Vm::GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+// Environment teardown: stop every vCPU thread before V8 goes away.
+void DestroyAllVms(Napi::Env env) {
+  std::vector<Vm*> live;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    live.assign(g_live.begin(), g_live.end());
+  }
+  for (Vm* vm : live) vm->DestroyImpl(env);
+}
+
+}  // namespace nodevmm

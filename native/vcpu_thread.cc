@@ -1,0 +1,369 @@
+// One native thread per vCPU running KVM_RUN, with Firecracker's state
+// machine: Created -> Paused <-> Running -> Exited -> Joined. Hot exits are
+// answered here (unclaimed ports, constant ranges, register shadows, posted
+// writes); only exits a TypeScript device must see go through the mailbox.
+#include <immintrin.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "kvm_vm.h"
+
+namespace nodevmm {
+
+namespace {
+long Futex(std::atomic<int32_t>* addr, int op, int32_t val) {
+  // SAFETY: addr is a 4-byte aligned atomic int inside a live VcpuShared.
+  return syscall(SYS_futex, reinterpret_cast<int32_t*>(addr), op, val, nullptr, nullptr, 0);
+}
+// How long a vCPU spins for JS's answer before sleeping: long enough to
+// cover a busy event loop's handler, short enough not to burn a core.
+constexpr int kSpinIterations = 4000;
+}  // namespace
+
+VcpuCore::VcpuCore(Vm* vm, uint32_t index, int fd, kvm_run* run, size_t run_size)
+    : vm_(vm), index_(index), fd_(fd), run_(run), run_size_(run_size), shared_(std::make_shared<VcpuShared>()) {
+  std::memset(static_cast<void*>(shared_.get()), 0, sizeof(VcpuShared));
+  shared_->mailbox.vcpu_index = index;
+}
+
+VcpuCore::~VcpuCore() {
+  Stop();
+  Join();
+  if (run_) munmap(run_, run_size_);
+  if (fd_ >= 0) close(fd_);
+}
+
+void VcpuCore::RequestImmediateExit(bool on) {
+  // SAFETY: run_ is the live kvm_run mapping of this vCPU.
+  __atomic_store_n(&run_->immediate_exit, on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+DecodedExit VcpuCore::Run() {
+  DecodedExit x;
+  int r = ioctl(fd_, KVM_RUN, 0);
+  if (r < 0) {
+    if (errno == EINTR) {
+      RequestImmediateExit(false);
+      x.type = ExitType::kInterrupted;
+    } else if (errno == EAGAIN) {
+      x.type = ExitType::kRetry;
+    } else {
+      x.type = ExitType::kInternalError;
+      x.subtype = 0xffff;  // host-side run failure, detail[0] = errno
+      x.detail[0] = static_cast<uint64_t>(errno);
+      x.ndetail = 1;
+    }
+    return x;
+  }
+  x.raw_reason = run_->exit_reason;
+  switch (run_->exit_reason) {
+    case KVM_EXIT_IO:
+      x.type = ExitType::kPio;
+      x.is_write = run_->io.direction == KVM_EXIT_IO_OUT;
+      x.size = run_->io.size;
+      x.count = run_->io.count;
+      x.address = run_->io.port;
+      // SAFETY: data_offset lies inside the kvm_run mapping (KVM ABI).
+      x.data = reinterpret_cast<uint8_t*>(run_) + run_->io.data_offset;
+      break;
+    case KVM_EXIT_MMIO:
+      x.type = ExitType::kMmio;
+      x.is_write = run_->mmio.is_write;
+      x.size = run_->mmio.len;
+      x.address = run_->mmio.phys_addr;
+      x.data = run_->mmio.data;
+      break;
+    case KVM_EXIT_HLT:
+      x.type = ExitType::kHlt;
+      break;
+    case KVM_EXIT_SHUTDOWN:
+      x.type = ExitType::kShutdown;
+      break;
+    case KVM_EXIT_SYSTEM_EVENT:
+      x.type = ExitType::kSystemEvent;
+      x.subtype = run_->system_event.type;
+      x.ndetail = run_->system_event.ndata > 4 ? 4 : run_->system_event.ndata;
+      for (uint32_t i = 0; i < x.ndetail; i++) x.detail[i] = run_->system_event.data[i];
+      break;
+    case KVM_EXIT_FAIL_ENTRY:
+      x.type = ExitType::kFailEntry;
+      x.detail[0] = run_->fail_entry.hardware_entry_failure_reason;
+      x.detail[1] = run_->fail_entry.cpu;
+      x.ndetail = 2;
+      break;
+    case KVM_EXIT_INTERNAL_ERROR:
+      x.type = ExitType::kInternalError;
+      x.subtype = run_->internal.suberror;
+      x.ndetail = run_->internal.ndata > 4 ? 4 : run_->internal.ndata;
+      for (uint32_t i = 0; i < x.ndetail; i++) x.detail[i] = run_->internal.data[i];
+      break;
+    case KVM_EXIT_DEBUG:
+      x.type = ExitType::kDebug;
+      x.detail[0] = run_->debug.arch.exception;
+      x.detail[1] = run_->debug.arch.pc;
+      x.detail[2] = run_->debug.arch.dr6;
+      x.detail[3] = run_->debug.arch.dr7;
+      x.ndetail = 4;
+      break;
+    case KVM_EXIT_INTR:
+      RequestImmediateExit(false);
+      x.type = ExitType::kInterrupted;
+      break;
+    case KVM_EXIT_IRQ_WINDOW_OPEN:
+      x.type = ExitType::kRetry;
+      break;
+    default:
+      x.type = ExitType::kUnknown;
+      break;
+  }
+  return x;
+}
+
+bool VcpuCore::Start(std::string* err) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (started_) {
+    *err = "vcpu already started";
+    return false;
+  }
+  started_ = true;
+  state_ = VcpuState::kPaused;
+  std::atomic<bool> ready{false};
+  std::mutex rmu;
+  std::condition_variable rcv;
+  thread_ = std::thread([this, &ready, &rmu, &rcv] {
+    tid_ = pthread_self();
+    tid_valid_ = true;
+    char name[16];
+    snprintf(name, sizeof name, "nodevmm-vcpu%u", index_);
+    pthread_setname_np(pthread_self(), name);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, KickSignal());
+    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    {
+      std::lock_guard<std::mutex> l(rmu);
+      ready = true;
+    }
+    rcv.notify_all();
+    ThreadMain();
+  });
+  // Barrier: a kick sent right after start() must find the thread ready.
+  std::unique_lock<std::mutex> l(rmu);
+  rcv.wait(l, [&] { return ready.load(); });
+  return true;
+}
+
+void VcpuCore::Kick() {
+  RequestImmediateExit(true);
+  std::atomic_thread_fence(std::memory_order_release);
+  if (tid_valid_) pthread_kill(tid_, KickSignal());
+}
+
+void VcpuCore::Resume() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (state_ == VcpuState::kExited || state_ == VcpuState::kJoined) return;
+  request_ = kRequestNone;
+  resume_requested_ = true;
+  cv_.notify_all();
+}
+
+void VcpuCore::Pause() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state_ == VcpuState::kPaused) {
+      // Not in the guest (or a resume not yet picked up): cancel it and
+      // answer at once, so every pause gets exactly one "paused" event.
+      resume_requested_ = false;
+    } else {
+      if (state_ == VcpuState::kRunning && request_ != kRequestStop) request_ = kRequestPause;
+      if (state_ != VcpuState::kRunning) return;  // exited/joined: nothing to pause
+      goto kick;
+    }
+  }
+  {
+    VcpuEvent ev;
+    ev.vcpu = index_;
+    ev.type = "paused";
+    vm_->PostEvent(std::move(ev));
+  }
+  return;
+kick:
+  Kick();
+}
+
+void VcpuCore::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    request_ = kRequestStop;
+    cv_.notify_all();
+  }
+  // Wake a thread waiting for JS to answer an exit.
+  ExitMailbox& mb = shared_->mailbox;
+  int32_t expected = kMailboxPending;
+  mb.state.compare_exchange_strong(expected, kMailboxAborted);
+  Futex(&mb.state, FUTEX_WAKE, INT32_MAX);
+  if (started_) Kick();
+}
+
+void VcpuCore::Join() {
+  if (thread_.joinable()) thread_.join();
+  if (started_) state_ = VcpuState::kJoined;
+}
+
+void VcpuCore::ThreadMain() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return request_ == kRequestStop || resume_requested_; });
+      if (request_ == kRequestStop) break;
+      resume_requested_ = false;
+      state_ = VcpuState::kRunning;
+    }
+    bool exited = false;
+    for (;;) {
+      int32_t req = request_.load(std::memory_order_acquire);
+      if (req != kRequestNone) {
+        RequestImmediateExit(false);
+        break;
+      }
+      DecodedExit x = Run();
+      if (x.type == ExitType::kPio || x.type == ExitType::kMmio) {
+        if (!HandleIo(x)) break;  // aborted while waiting for JS
+        continue;
+      }
+      if (x.type == ExitType::kInterrupted || x.type == ExitType::kRetry) continue;
+      // Guest stop or failure: report it and leave the run loop for good.
+      VcpuEvent ev;
+      ev.vcpu = index_;
+      ev.type = "exited";
+      ev.exit = x;
+      state_ = VcpuState::kExited;
+      vm_->PostEvent(std::move(ev));
+      exited = true;
+      break;
+    }
+    if (exited) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return request_ == kRequestStop; });
+      break;
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    if (request_ == kRequestStop) break;
+    if (request_ == kRequestPause) {
+      request_ = kRequestNone;
+      state_ = VcpuState::kPaused;
+      lock.unlock();
+      VcpuEvent ev;
+      ev.vcpu = index_;
+      ev.type = "paused";
+      vm_->PostEvent(std::move(ev));
+    }
+  }
+  if (state_ != VcpuState::kExited) state_ = VcpuState::kPaused;
+}
+
+bool VcpuCore::PostWrite(uint32_t kind, uint32_t size, uint64_t address, uint64_t value) {
+  VcpuShared* s = shared_.get();
+  uint32_t head = s->ring_head.load(std::memory_order_relaxed);
+  uint32_t tail = s->ring_tail.load(std::memory_order_acquire);
+  if (head - tail >= kRingEntries) return false;  // full: caller goes synchronous
+  PostedWrite& w = s->ring[head % kRingEntries];
+  w.kind = kind;
+  w.size = size;
+  w.address = address;
+  w.data = value;
+  s->ring_head.store(head + 1, std::memory_order_seq_cst);
+  // Dekker pairing with the JS consumer (store tail, then load head): if JS
+  // had drained everything before our store, we must wake it.
+  uint32_t tail2 = s->ring_tail.load(std::memory_order_seq_cst);
+  if (tail2 == head) vm_->Notify();
+  s->mailbox.exits_posted++;
+  return true;
+}
+
+bool VcpuCore::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_t address, uint8_t* data) {
+  ExitMailbox& mb = shared_->mailbox;
+  mb.kind = kind;
+  mb.is_write = is_write;
+  mb.size = size;
+  mb.address = address;
+  uint64_t v = 0;
+  if (is_write) std::memcpy(&v, data, size > 8 ? 8 : size);
+  mb.data = v;
+  mb.exits_to_js++;
+  int32_t expected = kMailboxIdle;
+  if (!mb.state.compare_exchange_strong(expected, kMailboxPending, std::memory_order_acq_rel)) return false;  // aborted
+  vm_->Notify();
+  for (;;) {
+    for (int i = 0; i < kSpinIterations; i++) {
+      int32_t st = mb.state.load(std::memory_order_acquire);
+      if (st != kMailboxPending) goto answered;
+      _mm_pause();
+    }
+    mb.sleeping.store(1, std::memory_order_seq_cst);
+    if (mb.state.load(std::memory_order_seq_cst) == kMailboxPending) Futex(&mb.state, FUTEX_WAIT, kMailboxPending);
+    mb.sleeping.store(0, std::memory_order_relaxed);
+    if (mb.state.load(std::memory_order_acquire) != kMailboxPending) break;
+  }
+answered:
+  if (mb.state.load(std::memory_order_acquire) == kMailboxAborted) return false;
+  if (!is_write) {
+    uint64_t r = mb.data;
+    std::memcpy(data, &r, size > 8 ? 8 : size);
+  }
+  mb.state.store(kMailboxIdle, std::memory_order_release);
+  return true;
+}
+
+bool VcpuCore::HandleIo(const DecodedExit& x) {
+  uint32_t kind = x.type == ExitType::kPio ? kExitKindPio : kExitKindMmio;
+  std::shared_ptr<const std::vector<Route>> hold;
+  VmControl* ctl = vm_->control();
+  for (uint32_t i = 0; i < x.count; i++) {
+    uint8_t* data = x.data + static_cast<size_t>(i) * x.size;
+    const Route* r = vm_->FindRoute(kind, x.address, &hold);
+    if (!r) {
+      // Unclaimed: reads float high like an empty ISA bus, writes vanish.
+      if (x.is_write) ctl->unclaimed_writes.fetch_add(1, std::memory_order_relaxed);
+      else {
+        std::memset(data, 0xff, x.size);
+        ctl->unclaimed_reads.fetch_add(1, std::memory_order_relaxed);
+      }
+      shared_->mailbox.exits_native++;
+      continue;
+    }
+    uint64_t off = x.address - r->start;
+    if (r->mode == kRouteConstant) {
+      if (!x.is_write) std::memcpy(data, &r->read_value, x.size > 8 ? 8 : x.size);
+      shared_->mailbox.exits_native++;
+      continue;
+    }
+    // Byte 31 of a range's shadow block is JS's switch: bit 0 enables the
+    // shadows, bit 1 posting. A device turns them off while its reads would
+    // depend on a posted write (e.g. a UART in loopback mode).
+    uint8_t sw = (r->shadow_mask | r->posted_mask) ? __atomic_load_n(&ctl->shadow[r->shadow_offset + 31], __ATOMIC_ACQUIRE) : 0;
+    if (off < 31) {
+      uint32_t bit = 1u << off;
+      if (x.is_write && (r->posted_mask & bit) && (sw & 2)) {
+        uint64_t v = 0;
+        std::memcpy(&v, data, x.size > 8 ? 8 : x.size);
+        if (PostWrite(kind, x.size, x.address, v)) continue;
+      } else if (!x.is_write && x.size == 1 && (r->shadow_mask & bit) && (sw & 1)) {
+        data[0] = __atomic_load_n(&ctl->shadow[r->shadow_offset + off], __ATOMIC_ACQUIRE);
+        shared_->mailbox.exits_native++;
+        continue;
+      }
+    }
+    if (!DispatchToJs(kind, x.is_write, x.size, x.address, data)) return false;
+  }
+  return true;
+}
+
+}  // namespace nodevmm
