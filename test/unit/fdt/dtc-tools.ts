@@ -47,3 +47,10 @@ export function compileDts(source: string): Uint8Array {
   if (r.status !== 0) throw new Error(`dtc failed: ${r.stderr.toString()}`);
   return new Uint8Array(r.stdout);
 }
+
+/** `fdtget -l blob node`: the names of a node's children. */
+export function fdtlist(blob: Uint8Array, node: string): string[] {
+  const r = runOnBlob('fdtget', blob, ['-l'], [node]);
+  if (r.status !== 0) throw new Error(`fdtget -l ${node} failed: ${r.stderr.trim()}`);
+  return r.stdout.split('\n').filter((l) => l !== '');
+}
