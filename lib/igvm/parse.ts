@@ -39,7 +39,9 @@ function fixedError(code: string, field: string, offset: number, message: string
 }
 
 /** Parse and validate an IGVM file; throws FormatError (`ERR_IGVM_*`) on the first violation. */
-export function parseIgvm(bytes: Uint8Array, options: ParseIgvmOptions = {}): IgvmFile {
+export function parseIgvm(input: Uint8Array, options: ParseIgvmOptions = {}): IgvmFile {
+  // A Node Buffer's slice() is a view, not a copy; a plain Uint8Array view makes every slice() below a real copy.
+  const bytes = new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
   const r = new ByteReader(bytes, 'igvm');
   const magic = r.u32(0, 'magic');
   if (magic !== IGVM_MAGIC) {
