@@ -1,0 +1,46 @@
+/**
+ * POST-code port (0x80): records the last byte written and how many writes
+ * arrived. Linux also writes here as its default I/O delay (io_delay=0x80),
+ * so the write count is mostly delay traffic. Reads return all-ones, as a
+ * write-only latch on a POST card leaves the bus floating.
+ *
+ * Threat model: the guest can write at any rate; each write costs two
+ * assignments and an optional host callback, nothing grows.
+ */
+
+import type { IoDevice } from './types';
+
+export interface DebugPortOptions {
+  name?: string;
+  /** Called with every byte written (for boot-progress tracing). */
+  onCode?: (code: number) => void;
+}
+
+export class DebugPort implements IoDevice {
+  readonly name: string;
+  /** Last byte written, or undefined before the first write. */
+  lastCode: number | undefined;
+  writes = 0;
+  private readonly onCode: ((code: number) => void) | undefined;
+
+  constructor(options: DebugPortOptions = {}) {
+    this.name = options.name ?? 'post';
+    this.onCode = options.onCode;
+  }
+
+  read(_offset: number, size: number): number {
+    return size >= 1 && size <= 4 ? 0xffffffff >>> (32 - 8 * size) : 0;
+  }
+
+  write(offset: number, _size: number, value: number): void {
+    if (offset !== 0) return;
+    this.lastCode = value & 0xff;
+    this.writes++;
+    if (!this.onCode) return;
+    try {
+      this.onCode(this.lastCode);
+    } catch {
+      // Tracing must never fail a guest I/O exit.
+    }
+  }
+}
