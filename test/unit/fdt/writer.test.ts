@@ -214,3 +214,11 @@ test('the strings block holds each property name once', (t) => {
   const dv = new DataView(blob.buffer);
   t.is(dv.getUint32(0x20, false), 'compatible\0reg\0'.length);
 });
+
+test('the dtc warning check is live: a unit address without reg is reported on stderr', (t) => {
+  const w = new FdtWriter();
+  const root = w.beginNode('');
+  w.endNode(w.beginNode('n@1'));
+  w.endNode(root);
+  t.regex(decompile(w.finish({ bootCpuId: 0 })).stderr, /unit_address_vs_reg/);
+});
