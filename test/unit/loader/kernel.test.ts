@@ -1,0 +1,108 @@
+import test from 'ava';
+import { FormatError, GuestMemoryError } from '../../../lib/errors';
+import { GuestMemory } from '../../../lib/memory/guest-memory';
+import { detectKernelFormat, loadX86Kernel } from '../../../lib/loader/kernel';
+import { makeBzImage, makeElf, makeVmlinux, pattern } from './fixtures';
+
+const MiB = 1024 * 1024;
+
+function ram(size: number): GuestMemory {
+  return GuestMemory.anonymous([{ gpa: 0, size }]);
+}
+
+test('detects ELF, bzImage and arm64 Image by their magic numbers', (t) => {
+  t.is(detectKernelFormat(makeVmlinux()).format, 'elf');
+  t.is(detectKernelFormat(makeBzImage()).format, 'bzimage');
+  const arm = new Uint8Array(0x40);
+  arm.set([0x41, 0x52, 0x4d, 0x64], 0x38);
+  const g = detectKernelFormat(arm);
+  t.is(g.format, 'arm64-image');
+  t.regex(g.hint ?? '', /aarch64/);
+});
+
+test('a gzip file is unknown, with a hint to decompress it', (t) => {
+  const g = detectKernelFormat(Uint8Array.from([0x1f, 0x8b, 8, 0, 0, 0]));
+  t.is(g.format, 'unknown');
+  t.regex(g.hint ?? '', /gzip-compressed .*Image\.gz.*decompress/);
+});
+
+test('loading an unknown format fails with ERR_KERNEL_FORMAT carrying the hint', (t) => {
+  const err = t.throws(() => loadX86Kernel(ram(64 * MiB), Uint8Array.from([0x28, 0xb5, 0x2f, 0xfd, 0]), { protocol: 'auto' }), { instanceOf: FormatError });
+  t.is(err.code, 'ERR_KERNEL_FORMAT');
+  t.regex(err.message, /zstd/);
+});
+
+test('an ELF loads each segment at p_paddr and zeroes the bss', (t) => {
+  const mem = ram(64 * MiB);
+  mem.fill(0x1200000, 0x5000, 0xaa); // stale bytes where the bss goes
+  const r = loadX86Kernel(mem, makeVmlinux(), { protocol: 'auto' });
+  t.deepEqual(mem.read(0x1000000, 0x3000), pattern(0x3000, 1));
+  t.deepEqual(mem.read(0x1200000, 0x1000), pattern(0x1000, 2));
+  t.true(mem.read(0x1201000, 0x4000).every((b) => b === 0));
+  t.is(r.format, 'elf');
+  t.is(r.kernelStart, 0x1000000);
+  t.is(r.kernelEnd, 0x1205000);
+});
+
+test('auto boots an ELF through its 64-bit e_entry even when it has a PVH note', (t) => {
+  const r = loadX86Kernel(ram(64 * MiB), makeVmlinux(), { protocol: 'auto' });
+  t.is(r.protocol, 'linux64');
+  t.is(r.entry, 0x1000000);
+  t.is(r.pvhEntry, 0x1000400);
+});
+
+test('protocol pvh enters at the note entry', (t) => {
+  const r = loadX86Kernel(ram(64 * MiB), makeVmlinux(), { protocol: 'pvh' });
+  t.is(r.protocol, 'pvh');
+  t.is(r.entry, 0x1000400);
+});
+
+test('protocol pvh without the note is a clear error', (t) => {
+  const err = t.throws(() => loadX86Kernel(ram(64 * MiB), makeVmlinux({ pvh: false }), { protocol: 'pvh' }), { instanceOf: FormatError });
+  t.is(err.code, 'ERR_KERNEL_NO_PVH_NOTE');
+  t.regex(err.message, /CONFIG_PVH/);
+});
+
+test('protocol pvh with a bzImage is refused', (t) => {
+  t.is(t.throws(() => loadX86Kernel(ram(64 * MiB), makeBzImage(), { protocol: 'pvh' }), { instanceOf: FormatError }).code, 'ERR_KERNEL_NO_PVH_NOTE');
+});
+
+test('an ELF segment beyond guest RAM names the segment and the RAM size', (t) => {
+  const err = t.throws(() => loadX86Kernel(ram(16 * MiB), makeVmlinux(), { protocol: 'auto' }), { instanceOf: GuestMemoryError });
+  t.is(err.code, 'ERR_KERNEL_OUTSIDE_RAM');
+  t.regex(err.message, /segment 0 .*16 MiB of ram/);
+});
+
+test('an ELF segment below 1 MiB would overwrite the boot structures and is refused', (t) => {
+  const elf = makeElf({ segments: [{ paddr: 0x2000, data: pattern(0x100, 0) }] });
+  t.is(t.throws(() => loadX86Kernel(ram(16 * MiB), elf, { protocol: 'auto' }), { instanceOf: GuestMemoryError }).code, 'ERR_KERNEL_LOAD_ADDRESS');
+});
+
+test('an e_entry outside every segment is refused', (t) => {
+  const elf = makeElf({ entry: 0xffffffff81000000n, segments: [{ paddr: 0x100000, data: pattern(0x100, 0) }] });
+  t.is(t.throws(() => loadX86Kernel(ram(16 * MiB), elf, { protocol: 'auto' }), { instanceOf: FormatError }).code, 'ERR_ELF_ENTRY');
+});
+
+test('a bzImage payload goes to 1 MiB and the entry is 0x100200', (t) => {
+  const mem = ram(64 * MiB);
+  const bytes = makeBzImage({ payloadSize: 0x3000 });
+  const r = loadX86Kernel(mem, bytes, { protocol: 'auto' });
+  t.is(r.format, 'bzimage');
+  t.is(r.protocol, 'linux64');
+  t.is(r.entry, 0x100200);
+  t.deepEqual(mem.read(0x100000, 0x3000), bytes.subarray(1024));
+  t.deepEqual(r.setupHeader, bytes.subarray(0x1f1, 0x26c));
+});
+
+test('a bzImage needs memory up to max(1 MiB, pref_address) + init_size', (t) => {
+  t.is(loadX86Kernel(ram(64 * MiB), makeBzImage({ prefAddress: 0x1000000n, initSize: 0x2000000 }), { protocol: 'auto' }).kernelEnd, 0x3000000);
+  t.is(loadX86Kernel(ram(64 * MiB), makeBzImage({ prefAddress: 0n, initSize: 0x800000 }), { protocol: 'auto' }).kernelEnd, 0x900000);
+});
+
+test('a bzImage whose init_size does not fit in RAM is refused before anything is written', (t) => {
+  const mem = ram(32 * MiB);
+  const err = t.throws(() => loadX86Kernel(mem, makeBzImage({ prefAddress: 0x1000000n, initSize: 0x1800000 }), { protocol: 'auto' }), { instanceOf: GuestMemoryError });
+  t.is(err.code, 'ERR_KERNEL_OUTSIDE_RAM');
+  t.regex(err.message, /init_size 24 MiB.*32 MiB of ram/);
+  t.is(mem.readU32(0x100000), 0);
+});
