@@ -128,35 +128,43 @@ export class ByteWriter {
   }
 
   u8(v: number): this {
-    this.dv.setUint8(this.reserve(1), v);
+    const at = this.reserve(1);
+    this.dv.setUint8(at, v);
     return this;
   }
   u16(v: number): this {
-    this.dv.setUint16(this.reserve(2), v, true);
+    const at = this.reserve(2);
+    this.dv.setUint16(at, v, true);
     return this;
   }
   u32(v: number): this {
-    this.dv.setUint32(this.reserve(4), v >>> 0, true);
+    const at = this.reserve(4);
+    this.dv.setUint32(at, v >>> 0, true);
     return this;
   }
   u64(v: bigint | number): this {
-    this.dv.setBigUint64(this.reserve(8), BigInt(v), true);
+    const at = this.reserve(8);
+    this.dv.setBigUint64(at, BigInt(v), true);
     return this;
   }
   u16be(v: number): this {
-    this.dv.setUint16(this.reserve(2), v, false);
+    const at = this.reserve(2);
+    this.dv.setUint16(at, v, false);
     return this;
   }
   u32be(v: number): this {
-    this.dv.setUint32(this.reserve(4), v >>> 0, false);
+    const at = this.reserve(4);
+    this.dv.setUint32(at, v >>> 0, false);
     return this;
   }
   u64be(v: bigint | number): this {
-    this.dv.setBigUint64(this.reserve(8), BigInt(v), false);
+    const at = this.reserve(8);
+    this.dv.setBigUint64(at, BigInt(v), false);
     return this;
   }
   bytes(b: Uint8Array): this {
-    this.buf.set(b, this.reserve(b.length));
+    const at = this.reserve(b.length);
+    this.buf.set(b, at);
     return this;
   }
   ascii(s: string): this {
@@ -165,7 +173,8 @@ export class ByteWriter {
     return this;
   }
   zeros(n: number): this {
-    this.buf.fill(0, this.reserve(n), this.len);
+    const at = this.reserve(n);
+    this.buf.fill(0, at, this.len);
     return this;
   }
   /** Pad with zeros up to a multiple of `align`. */
