@@ -142,7 +142,9 @@ function writeParameter(area: Uint8Array, step: ParameterStep, mem: GuestMemory,
       return put(area, step, b);
     }
     case 'COMMAND_LINE': {
-      const cmdline = host.commandLine ?? '';
+      // Without a host command line the area keeps its initial data (our builder stores the build-time cmdline there).
+      if (host.commandLine === undefined) return;
+      const cmdline = host.commandLine;
       if (cmdline.includes('\0')) throw loadError('ERR_IGVM_COMMAND_LINE', 'the command line contains a NUL character');
       return put(area, step, new TextEncoder().encode(cmdline + '\0'));
     }
