@@ -4,7 +4,7 @@
 // are made in TypeScript; this file only carries them out.
 #pragma once
 
-#include <linux/kvm.h>
+#include "kvm_headers.h"
 #include <napi.h>
 #include <pthread.h>
 

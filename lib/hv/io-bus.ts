@@ -1,0 +1,152 @@
+/**
+ * Port-I/O and MMIO buses: ordered, non-overlapping ranges mapped to device
+ * models. The bus translates an absolute port/GPA to the device's offset.
+ * Unclaimed reads return all-ones (an empty ISA/PCI bus floats high) and
+ * unclaimed writes are dropped; both are counted, never errors.
+ *
+ * The bus also describes itself to the native layer as a route table, so a
+ * vCPU thread can answer unclaimed and constant ranges, register shadows and
+ * posted writes without waking JS (see docs/architecture.md).
+ */
+import { NodevmmError } from '../errors';
+import type { IoDevice } from '../devices/types';
+import { hex } from '../util/bytes';
+
+export type BusKind = 'pio' | 'mmio';
+
+export interface IoRegistrationOptions {
+  /** Offsets (< 31) whose writes may be queued and applied later, in order. */
+  posted?: number[];
+  /** Offsets (< 31) whose 1-byte reads are side-effect free and answered from a shadow byte. */
+  shadowed?: number[];
+}
+
+/** A device's handle on its shadow block: the bytes native code answers reads from. */
+export interface ShadowBlock {
+  /** Set the value a 1-byte read at `offset` returns natively. */
+  set(offset: number, value: number): void;
+  /** Turn shadows / posting on or off (off while a device's reads depend on posted writes). */
+  enable(shadows: boolean, posting: boolean): void;
+}
+
+export interface BusRange {
+  start: number;
+  length: number;
+  name: string;
+  device?: IoDevice;
+  /** For constant ranges: the value every read returns (writes are dropped). */
+  constant?: number;
+  posted: number[];
+  shadowed: number[];
+  shadow?: ShadowBlock;
+  shadowBlock?: number;
+}
+
+export class IoBus {
+  readonly kind: BusKind;
+  private ranges: BusRange[] = [];
+  private lastHit: BusRange | undefined;
+  unclaimedReads = 0;
+  unclaimedWrites = 0;
+  /** Called whenever ranges change (the partition pushes new native routes). */
+  onChange: (() => void) | undefined;
+  /** Supplies shadow blocks (the partition's shadow page); absent on pure-JS buses. */
+  shadowAllocator: ((range: BusRange) => { block: number; shadow: ShadowBlock }) | undefined;
+
+  constructor(kind: BusKind) {
+    this.kind = kind;
+  }
+
+  private checkFree(start: number, length: number, name: string): void {
+    const limit = this.kind === 'pio' ? 0x10000 : 2 ** 52;
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(length) || start < 0 || length <= 0 || start + length > limit) {
+      throw new NodevmmError('ERR_BUS_RANGE', `${this.kind} range for ${name} at ${hex(start)} with length ${length} is invalid (must be non-empty and below ${hex(limit)})`);
+    }
+    for (const r of this.ranges) {
+      if (start < r.start + r.length && r.start < start + length) {
+        throw new NodevmmError(
+          'ERR_BUS_OVERLAP',
+          `${this.kind} range ${hex(start)}-${hex(start + length - 1)} for ${name} overlaps ${r.name} at ${hex(r.start)}-${hex(r.start + r.length - 1)}`,
+        );
+      }
+    }
+  }
+
+  /** Claim [start, start+length) for a device model. */
+  register(start: number, length: number, device: IoDevice, opts: IoRegistrationOptions = {}): BusRange {
+    this.checkFree(start, length, device.name);
+    for (const o of [...(opts.posted ?? []), ...(opts.shadowed ?? [])]) {
+      if (!Number.isInteger(o) || o < 0 || o >= Math.min(31, length)) throw new NodevmmError('ERR_BUS_RANGE', `posted/shadowed offset ${o} of ${device.name} must be inside the range and below 31`);
+    }
+    const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [] };
+    if ((range.posted.length || range.shadowed.length) && this.shadowAllocator) {
+      const a = this.shadowAllocator(range);
+      range.shadow = a.shadow;
+      range.shadowBlock = a.block;
+    }
+    this.insert(range);
+    return range;
+  }
+
+  /** Claim a range that reads as a constant and ignores writes, answered without JS. */
+  registerConstant(start: number, length: number, name: string, value: number): BusRange {
+    this.checkFree(start, length, name);
+    const range: BusRange = { start, length, name, constant: value, posted: [], shadowed: [] };
+    this.insert(range);
+    return range;
+  }
+
+  unregister(range: BusRange): void {
+    const i = this.ranges.indexOf(range);
+    if (i < 0) return;
+    this.ranges.splice(i, 1);
+    this.lastHit = undefined;
+    this.onChange?.();
+  }
+
+  private insert(range: BusRange): void {
+    this.ranges.push(range);
+    this.ranges.sort((a, b) => a.start - b.start);
+    this.lastHit = undefined;
+    this.onChange?.();
+  }
+
+  list(): readonly BusRange[] {
+    return this.ranges;
+  }
+
+  find(address: number): BusRange | undefined {
+    const l = this.lastHit;
+    if (l && address >= l.start && address < l.start + l.length) return l;
+    let lo = 0;
+    let hi = this.ranges.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = this.ranges[mid]!;
+      if (address < r.start) hi = mid - 1;
+      else if (address >= r.start + r.length) lo = mid + 1;
+      else return (this.lastHit = r);
+    }
+    return undefined;
+  }
+
+  read(address: number, size: number): number {
+    const r = this.find(address);
+    if (!r) {
+      this.unclaimedReads++;
+      return size >= 4 ? 0xffffffff : (1 << (size * 8)) - 1;
+    }
+    if (r.constant !== undefined) return r.constant;
+    return r.device!.read(address - r.start, size);
+  }
+
+  write(address: number, size: number, value: number): void {
+    const r = this.find(address);
+    if (!r) {
+      this.unclaimedWrites++;
+      return;
+    }
+    if (r.constant !== undefined) return;
+    r.device!.write(address - r.start, size, value);
+  }
+}

@@ -1,0 +1,459 @@
+/**
+ * KVM implementation of Partition: a VM fd, its memory slots, vCPU threads
+ * and the JS side of exit dispatch.
+ *
+ * Exit path (docs/architecture.md): a vCPU thread answers what it can
+ * natively (unclaimed and constant ranges, shadowed registers, posted
+ * writes); the rest lands in its mailbox and one coalesced notification
+ * wakes this object's `dispatch()`, which drains posted writes, answers
+ * mailboxes through the buses, and handles lifecycle events. With
+ * `dispatchSpinUs` > 0 the dispatcher keeps polling the mailboxes for that
+ * long after an exit, so back-to-back exits skip the event-loop wakeup.
+ */
+import { EventEmitter } from 'node:events';
+import { NodevmmError, VmStateError } from '../errors';
+import { GuestMemory } from '../memory/guest-memory';
+import { hex } from '../util/bytes';
+import { adjustCpuid } from './cpuid';
+import { checkLayout, EXIT_KIND_PIO, VcpuSharedView } from './exit-mailbox';
+import { IoBus, type BusRange, type ShadowBlock } from './io-bus';
+import { native, nativeBinding, type NativeBinding, type NativeEvent, type NativeGuestRam, type NativeRoute, type NativeVcpu, type NativeVm } from './native';
+import type { Partition, PartitionStats, RamOptions, VcpuStop, VirtualProcessor } from './partition';
+import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
+
+export interface KvmPartitionOptions {
+  vcpus: number;
+  /** In-kernel LAPIC/IOAPIC/PIC (KVM_CREATE_IRQCHIP). Default true. */
+  irqchip?: boolean;
+  /** In-kernel PIT (KVM_CREATE_PIT2). Default: same as irqchip. */
+  pit?: boolean;
+  /** GPA of the 3-page TSS area Intel VMX needs below 4 GiB; must not be RAM. */
+  tssAddress?: number;
+  /** GPA of the identity-map page Intel VMX needs for real mode; must not be RAM. */
+  identityMapAddress?: number;
+  /** Set the adjusted supported CPUID on every vCPU. Default true. */
+  cpuid?: boolean;
+  /** Keep polling for the next exit this long after handling one (µs). Default 0. */
+  dispatchSpinUs?: number;
+}
+
+/** Where KVM's private pages go: just below the IOAPIC, inside the MMIO gap (QEMU uses the same spot). */
+export const DEFAULT_TSS_ADDRESS = 0xfffbd000;
+export const DEFAULT_IDENTITY_MAP_ADDRESS = 0xfffbc000;
+
+const MAX_VCPUS = 255;
+const KVM_SYSTEM_EVENT: Record<number, VcpuStop['systemEvent']> = { 1: 'shutdown', 2: 'reset', 3: 'crash' };
+
+class KvmVcpu implements VirtualProcessor {
+  readonly index: number;
+  readonly native: NativeVcpu;
+  readonly shared: VcpuSharedView;
+  stopped: VcpuStop | undefined;
+  paused = true;
+
+  constructor(index: number, nv: NativeVcpu, ringEntries: number) {
+    this.index = index;
+    this.native = nv;
+    this.shared = new VcpuSharedView(nv.sharedBuffer(), ringEntries);
+  }
+  get state(): string {
+    return this.native.state;
+  }
+  getRegs(): X86Regs {
+    return native(() => this.native.getRegs());
+  }
+  setRegs(regs: Partial<X86Regs>): void {
+    native(() => this.native.setRegs(regs));
+  }
+  getSregs(): X86Sregs {
+    return native(() => this.native.getSregs());
+  }
+  setSregs(sregs: Partial<X86Sregs>): void {
+    native(() => this.native.setSregs(sregs));
+  }
+  getMsrs(indices: number[]): X86Msr[] {
+    return native(() => this.native.getMsrs(indices));
+  }
+  /** Sets every MSR or throws naming the first one KVM refused. */
+  setMsrs(msrs: X86Msr[]): void {
+    const n = native(() => this.native.setMsrs(msrs));
+    if (n !== msrs.length) {
+      const bad = msrs[n]!;
+      throw new NodevmmError('ERR_KVM_MSR', `kvm refused msr ${hex(bad.index)} = ${hex(bad.value)} on vcpu ${this.index}`);
+    }
+  }
+  getMpState(): number {
+    return native(() => this.native.getMpState());
+  }
+  setMpState(state: number): void {
+    native(() => this.native.setMpState(state));
+  }
+  getFpu(): Uint8Array {
+    return native(() => this.native.getFpu());
+  }
+  setFpu(fpu: Uint8Array): void {
+    native(() => this.native.setFpu(fpu));
+  }
+  getLapic(): Uint8Array {
+    return native(() => this.native.getLapic());
+  }
+  setLapic(l: Uint8Array): void {
+    native(() => this.native.setLapic(l));
+  }
+  getXcrs(): { xcr: number; value: bigint }[] {
+    return native(() => this.native.getXcrs());
+  }
+  setXcrs(x: { xcr: number; value: bigint }[]): void {
+    native(() => this.native.setXcrs(x));
+  }
+  getVcpuEvents(): Uint8Array {
+    return native(() => this.native.getVcpuEvents());
+  }
+  setVcpuEvents(e: Uint8Array): void {
+    native(() => this.native.setVcpuEvents(e));
+  }
+}
+
+type PartitionState = 'created' | 'running' | 'paused' | 'stopped' | 'destroyed';
+
+export class KvmPartition extends EventEmitter implements Partition {
+  readonly memory = new GuestMemory();
+  readonly pio = new IoBus('pio');
+  readonly mmio = new IoBus('mmio');
+  readonly vcpus: KvmVcpu[] = [];
+  private readonly binding: NativeBinding;
+  private readonly vm: NativeVm;
+  private readonly rams: NativeGuestRam[] = [];
+  private nextSlot = 0;
+  private state: PartitionState = 'created';
+  private readonly control: Int32Array;
+  private readonly controlU8: Uint8Array;
+  private readonly controlDv: DataView;
+  private nextShadowBlock = 0;
+  private pauseWaiters: Array<() => void> = [];
+  private readonly spinNs: number;
+  private notifications = 0;
+  private routesDirty = false;
+  private readonly irqchip: boolean;
+
+  constructor(opts: KvmPartitionOptions) {
+    super();
+    if (!Number.isInteger(opts.vcpus) || opts.vcpus < 1 || opts.vcpus > MAX_VCPUS) {
+      throw new NodevmmError('ERR_INVALID_ARG', `vcpu count ${opts.vcpus} must be an integer from 1 to ${MAX_VCPUS}`);
+    }
+    this.binding = nativeBinding();
+    const layout = this.binding.layout();
+    checkLayout(layout);
+    this.vm = native(() => new this.binding.Vm());
+    this.spinNs = Math.max(0, (opts.dispatchSpinUs ?? 0) * 1000);
+    this.irqchip = opts.irqchip ?? true;
+    try {
+      this.control = new Int32Array(this.vm.controlBuffer());
+      this.controlU8 = new Uint8Array(this.control.buffer);
+      this.controlDv = new DataView(this.control.buffer);
+      if (this.irqchip) {
+        native(() => this.vm.setTssAddr(opts.tssAddress ?? DEFAULT_TSS_ADDRESS));
+        native(() => this.vm.setIdentityMapAddr(opts.identityMapAddress ?? DEFAULT_IDENTITY_MAP_ADDRESS));
+        native(() => this.vm.createIrqchip());
+        if (opts.pit ?? true) native(() => this.vm.createPit2(0));
+      }
+      const cpuid = opts.cpuid ?? true ? native(() => this.binding.getSupportedCpuid()) : undefined;
+      for (let i = 0; i < opts.vcpus; i++) {
+        const nv = native(() => this.vm.createVcpu(i));
+        const v = new KvmVcpu(i, nv, layout.ringEntries);
+        if (cpuid) native(() => nv.setCpuid2(adjustCpuid(cpuid, i, opts.vcpus)));
+        this.vcpus.push(v);
+      }
+      this.pio.shadowAllocator = (r) => this.allocShadow(r);
+      this.mmio.shadowAllocator = (r) => this.allocShadow(r);
+      this.pio.onChange = () => this.markRoutesDirty();
+      this.mmio.onChange = () => this.markRoutesDirty();
+      this.vm.setNotify(() => this.dispatch());
+    } catch (e) {
+      this.vm.destroy();
+      throw e;
+    }
+  }
+
+  get destroyed(): boolean {
+    return this.state === 'destroyed';
+  }
+
+  /** Raw access for advanced users (irqfd, ioeventfd, GSI routing, MSI). */
+  get nativeVm(): NativeVm {
+    this.assertAlive('use');
+    return this.vm;
+  }
+
+  private assertAlive(action: string): void {
+    if (this.state === 'destroyed') throw new VmStateError(action, 'destroyed');
+  }
+
+  addRam(opts: RamOptions): void {
+    this.assertAlive('add ram to');
+    const { gpa, size } = opts;
+    const name = opts.name ?? `ram@${hex(gpa)}`;
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(size) || gpa < 0 || size <= 0 || gpa % 4096 || size % 4096) {
+      throw new NodevmmError('ERR_GUEST_MEMORY_ALIGN', `guest ram ${name} at gpa ${hex(gpa)} with size ${hex(size)} must be 4 KiB aligned and non-empty`);
+    }
+    if (gpa + size > 2 ** 52) throw new NodevmmError('ERR_GUEST_MEMORY_RANGE', `guest ram ${name} ends at ${hex(gpa + size)}, beyond the 52-bit guest physical address space`);
+    // Overlap check before any kernel state changes.
+    for (const r of this.memory.ranges()) {
+      if (gpa < r.gpa + r.size && r.gpa < gpa + size) {
+        throw new NodevmmError('ERR_GUEST_MEMORY_OVERLAP', `guest ram ${name} [${hex(gpa)}, ${hex(gpa + size)}) overlaps ${r.name} [${hex(r.gpa)}, ${hex(r.gpa + r.size)})`);
+      }
+    }
+    const ramOpts: { memfd?: boolean; name?: string } = { name };
+    if (opts.memfd) ramOpts.memfd = true;
+    const ram = native(() => new this.binding.GuestRam(size, ramOpts));
+    try {
+      const slot = this.nextSlot;
+      native(() => this.vm.setUserMemoryRegion(slot, gpa, ram, 0, size, { readonly: !!opts.readonly }));
+      this.nextSlot++;
+      let at = gpa;
+      const views = ram.views().map((buffer) => {
+        const v = { gpa: at, buffer };
+        at += buffer.byteLength;
+        return v;
+      });
+      this.memory.addRegion({ gpa, size, readonly: !!opts.readonly, name, views });
+    } catch (e) {
+      ram.release();
+      throw e;
+    }
+    this.rams.push(ram);
+  }
+
+  setIrqLine(irq: number, level: boolean): void {
+    if (this.state === 'destroyed') return;
+    native(() => this.vm.irqLine(irq, level));
+  }
+
+  private allocShadow(_range: BusRange): { block: number; shadow: ShadowBlock } {
+    const block = this.nextShadowBlock++;
+    if ((block + 1) * 32 > 4096) throw new NodevmmError('ERR_BUS_RANGE', 'no shadow blocks left (at most 128 ranges may use shadows or posted writes)');
+    const base = 128 + block * 32;
+    const u8 = this.controlU8;
+    return {
+      block,
+      shadow: {
+        set: (offset, value) => {
+          u8[base + offset] = value;
+        },
+        enable: (shadows, posting) => {
+          Atomics.store(u8, base + 31, (shadows ? 1 : 0) | (posting ? 2 : 0));
+        },
+      },
+    };
+  }
+
+  private markRoutesDirty(): void {
+    this.routesDirty = true;
+    if (this.state !== 'created') this.flushRoutes();
+  }
+
+  private flushRoutes(): void {
+    if (!this.routesDirty || this.state === 'destroyed') return;
+    this.routesDirty = false;
+    const routes: NativeRoute[] = [];
+    for (const [bus, kind] of [[this.pio, 1], [this.mmio, 2]] as const) {
+      for (const r of bus.list()) {
+        const mask = (offs: number[]) => offs.reduce((m, o) => m | (1 << o), 0);
+        routes.push({
+          kind,
+          start: r.start,
+          end: r.start + r.length,
+          mode: r.constant !== undefined ? 1 : 0,
+          postedMask: r.shadowBlock !== undefined ? mask(r.posted) : 0,
+          shadowMask: r.shadowBlock !== undefined ? mask(r.shadowed) : 0,
+          shadowOffset: (r.shadowBlock ?? 0) * 32,
+          readValue: r.constant ?? 0xffffffff,
+        });
+      }
+    }
+    native(() => this.vm.setRoutes(routes));
+  }
+
+  start(): void {
+    if (this.state !== 'created') throw new VmStateError('start', this.state);
+    this.routesDirty = true;
+    this.flushRoutes();
+    for (const v of this.vcpus) native(() => v.native.start());
+    this.state = 'paused';
+    this.resume();
+  }
+
+  resume(): void {
+    if (this.state === 'running') return;
+    if (this.state !== 'paused') throw new VmStateError('resume', this.state);
+    this.state = 'running';
+    this.vm.ref();
+    for (const v of this.vcpus) {
+      if (v.stopped) continue;
+      v.paused = false;
+      v.native.resume();
+    }
+  }
+
+  pause(): Promise<void> {
+    if (this.state === 'paused' || this.state === 'stopped') return Promise.resolve();
+    if (this.state !== 'running') return Promise.reject(new VmStateError('pause', this.state));
+    this.state = 'paused';
+    const p = new Promise<void>((resolve) => this.pauseWaiters.push(resolve));
+    for (const v of this.vcpus) if (!v.stopped) v.native.pause();
+    this.checkPaused();
+    return p;
+  }
+
+  private checkPaused(): void {
+    if (this.vcpus.every((v) => v.paused || v.stopped)) {
+      if (this.state === 'paused' || this.state === 'stopped') this.vm.unref();
+      const w = this.pauseWaiters;
+      this.pauseWaiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  stats(): PartitionStats {
+    const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.notifications };
+    if (this.state === 'destroyed') return s;
+    for (const v of this.vcpus) {
+      s.exitsToJs += v.shared.exitsToJs;
+      s.exitsNative += v.shared.exitsNative;
+      s.exitsPosted += v.shared.exitsPosted;
+    }
+    s.unclaimedReads = this.controlDv.getBigUint64(64, true) + BigInt(this.pio.unclaimedReads + this.mmio.unclaimedReads);
+    s.unclaimedWrites = this.controlDv.getBigUint64(72, true) + BigInt(this.pio.unclaimedWrites + this.mmio.unclaimedWrites);
+    return s;
+  }
+
+  /** Runs on the JS thread for every (coalesced) notification from the vCPU threads. */
+  private dispatch(): void {
+    if (this.state === 'destroyed') return;
+    this.notifications++;
+    Atomics.store(this.control, 0, 0);
+    try {
+      let handled = this.serviceVcpus();
+      if (this.spinNs > 0 && handled) {
+        let deadline = process.hrtime.bigint() + BigInt(this.spinNs);
+        let iter = 0;
+        while (!this.destroyed) {
+          if (this.serviceVcpus()) {
+            deadline = process.hrtime.bigint() + BigInt(this.spinNs);
+            continue;
+          }
+          if (Atomics.load(this.control, 1) !== 0) break;
+          if ((++iter & 63) === 0 && process.hrtime.bigint() > deadline) break;
+        }
+        handled = true;
+      }
+      if (Atomics.load(this.control, 1) !== 0) this.handleEvents(this.vm.takeEvents());
+    } catch (e) {
+      this.hostError(e as Error);
+    }
+  }
+
+  /** Posted writes first (they happened before any pending read), then mailboxes. */
+  private serviceVcpus(): boolean {
+    let handled = false;
+    for (const v of this.vcpus) {
+      const sh = v.shared;
+      if (sh.drainPosted((kind, address, size, value) => (kind === EXIT_KIND_PIO ? this.pio : this.mmio).write(address, size, value)) > 0) handled = true;
+      if (sh.pending) {
+        const bus = sh.kind === EXIT_KIND_PIO ? this.pio : this.mmio;
+        if (sh.isWrite) bus.write(sh.address, sh.size, sh.data);
+        else sh.setReadResult(bus.read(sh.address, sh.size));
+        v.native.completeExit();
+        handled = true;
+      }
+    }
+    return handled;
+  }
+
+  private handleEvents(events: NativeEvent[]): void {
+    for (const ev of events) {
+      const v = this.vcpus[ev.vcpu];
+      if (!v) continue;
+      if (ev.type === 'paused') {
+        v.paused = true;
+      } else if (ev.type === 'exited' && ev.exit) {
+        v.stopped = this.describeStop(v, ev);
+        this.emit('vcpu-stop', v.stopped);
+      }
+    }
+    if (this.vcpus.every((v) => v.stopped)) {
+      this.state = 'stopped';
+      this.vm.unref();
+    }
+    this.checkPaused();
+  }
+
+  private describeStop(v: KvmVcpu, ev: NativeEvent): VcpuStop {
+    const x = ev.exit!;
+    const base = { vcpu: v.index, detail: x.detail };
+    let rip: bigint | undefined;
+    let bytes: Uint8Array | undefined;
+    try {
+      const regs = v.getRegs();
+      const sregs = v.getSregs();
+      rip = regs.rip;
+      const t = v.native.translate(sregs.cs.base + regs.rip);
+      if (t.valid && this.memory.isRam(Number(t.gpa), 15)) bytes = this.memory.read(Number(t.gpa), 15);
+    } catch {
+      // registers are best effort: the vCPU may be in a state KVM won't report
+    }
+    const at = rip !== undefined ? ` at rip ${hex(rip)}` : '';
+    const withRip = (s: VcpuStop): VcpuStop => {
+      if (rip !== undefined) s.rip = rip;
+      if (bytes) s.instructionBytes = bytes;
+      return s;
+    };
+    switch (x.type) {
+      case 'hlt':
+        return withRip({ ...base, kind: 'hlt', message: `vcpu ${v.index} halted${at}` });
+      case 'shutdown':
+        return withRip({ ...base, kind: 'triple-fault', message: `vcpu ${v.index} triple-faulted${at}` });
+      case 'system-event': {
+        const se = KVM_SYSTEM_EVENT[x.subtype] ?? 'other';
+        return withRip({ ...base, kind: 'system-event', systemEvent: se, message: `vcpu ${v.index} raised system event ${se}` });
+      }
+      case 'fail-entry':
+        return withRip({ ...base, kind: 'fail-entry', message: `kvm could not enter vcpu ${v.index}: hardware entry failure reason ${hex(x.detail[0] ?? 0n)}` });
+      case 'internal-error': {
+        const what = x.subtype === 1 ? 'instruction emulation failed' : x.subtype === 0xffff ? `KVM_RUN failed with errno ${x.detail[0]}` : `kvm internal error (suberror ${x.subtype})`;
+        const ib = bytes ? ` (instruction bytes ${Buffer.from(bytes).toString('hex').replace(/(..)/g, '$1 ').trim()})` : '';
+        return withRip({ ...base, kind: 'internal-error', suberror: x.subtype, message: `vcpu ${v.index}: ${what}${at}${ib}` });
+      }
+      case 'debug':
+        return withRip({ ...base, kind: 'debug', message: `vcpu ${v.index} stopped for a debug exception${at}` });
+      default:
+        return withRip({ ...base, kind: 'unknown', message: `vcpu ${v.index} stopped with unhandled kvm exit reason ${x.rawReason}${at}` });
+    }
+  }
+
+  /** A device model threw while handling a guest access: that is a host bug, so stop the VM. */
+  private hostError(error: Error): void {
+    for (const v of this.vcpus) {
+      if (v.stopped) continue;
+      v.stopped = { vcpu: v.index, kind: 'host-error', message: `host error while handling a guest access: ${error.message}`, error };
+    }
+    this.emit('vcpu-stop', this.vcpus[0]!.stopped);
+    for (const v of this.vcpus) v.native.stop();
+    this.state = 'stopped';
+    this.vm.unref();
+    this.checkPaused();
+  }
+
+  /** Stop all vCPU threads, close every fd, release guest RAM. Idempotent. */
+  destroy(): void {
+    if (this.state === 'destroyed') return;
+    this.state = 'destroyed';
+    this.vm.destroy();
+    for (const r of this.rams) r.release();
+    this.rams.length = 0;
+    this.memory.invalidate();
+    const w = this.pauseWaiters;
+    this.pauseWaiters = [];
+    for (const f of w) f();
+  }
+}

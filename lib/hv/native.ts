@@ -1,0 +1,193 @@
+/**
+ * Loads the addon (prebuilds first, then build/Release, via node-gyp-build)
+ * and describes its exact shape. Nothing else in lib/ touches the binding's
+ * untyped surface. Native failures arrive as Errors carrying code/errno/
+ * syscall/ioctl; `asKvmError` turns them into KvmError.
+ */
+import * as path from 'node:path';
+import { HypervisorUnavailableError, KvmError, NodevmmError } from '../errors';
+import type { X86Regs, X86Sregs, X86Msr } from './x86-state';
+
+export interface NativeExit {
+  type: 'hlt' | 'shutdown' | 'system-event' | 'fail-entry' | 'internal-error' | 'debug' | 'pio' | 'mmio' | 'unknown';
+  rawReason: number;
+  subtype: number;
+  detail: bigint[];
+  address?: bigint;
+  size?: number;
+  isWrite?: boolean;
+}
+
+export interface NativeEvent {
+  vcpu: number;
+  type: 'paused' | 'exited';
+  exit?: NativeExit;
+}
+
+export interface NativeRoute {
+  kind: 1 | 2;
+  start: number;
+  end: number;
+  mode: 0 | 1;
+  postedMask: number;
+  shadowMask: number;
+  shadowOffset: number;
+  readValue?: number | bigint;
+}
+
+export interface CpuidEntry {
+  function: number;
+  index: number;
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
+
+export interface NativeGuestRam {
+  readonly size: number;
+  readonly fd: number;
+  views(maxViewSize?: number): ArrayBuffer[];
+  release(): void;
+  advise(what: 'dontneed' | 'hugepage', offset?: number, length?: number): void;
+}
+
+export interface NativeVcpu {
+  readonly state: 'created' | 'paused' | 'running' | 'exited' | 'joined' | 'destroyed';
+  getRegs(): X86Regs;
+  setRegs(regs: Partial<X86Regs>): void;
+  getSregs(): X86Sregs;
+  setSregs(sregs: Partial<X86Sregs>): void;
+  getFpu(): Uint8Array;
+  setFpu(fpu: Uint8Array): void;
+  getMsrs(indices: number[]): X86Msr[];
+  setMsrs(msrs: X86Msr[]): number;
+  getLapic(): Uint8Array;
+  setLapic(lapic: Uint8Array): void;
+  getXcrs(): { xcr: number; value: bigint }[];
+  setXcrs(xcrs: { xcr: number; value: bigint }[]): void;
+  getVcpuEvents(): Uint8Array;
+  setVcpuEvents(ev: Uint8Array): void;
+  getMpState(): number;
+  setMpState(state: number): void;
+  setCpuid2(entries: CpuidEntry[]): void;
+  translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
+  setGuestDebug(opts: { enable?: boolean; singlestep?: boolean; swBreakpoints?: boolean }): void;
+  sharedBuffer(): ArrayBuffer;
+  start(): void;
+  resume(): void;
+  pause(): void;
+  stop(): void;
+  completeExit(): void;
+}
+
+export interface NativeVm {
+  readonly fd: number;
+  checkExtension(cap: number): number;
+  setTssAddr(addr: number): void;
+  setIdentityMapAddr(addr: number): void;
+  createIrqchip(): void;
+  createPit2(flags?: number): void;
+  irqLine(irq: number, level: boolean): void;
+  setGsiRouting(entries: ({ gsi: number; type: 'irqchip'; irqchip: number; pin: number } | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number })[]): void;
+  signalMsi(address: bigint | number, data: number): number;
+  irqfd(fd: number, gsi: number, opts?: { resampleFd?: number; deassign?: boolean }): void;
+  ioeventfd(fd: number, address: bigint | number, length: number, opts?: { pio?: boolean; datamatch?: bigint | number; deassign?: boolean }): void;
+  setUserMemoryRegion(slot: number, gpa: number, ram: NativeGuestRam | null, offset: number, size: number, opts?: { readonly?: boolean; logDirty?: boolean }): void;
+  createVcpu(index: number): NativeVcpu;
+  setRoutes(routes: NativeRoute[]): void;
+  controlBuffer(): ArrayBuffer;
+  setNotify(fn: () => void): void;
+  takeEvents(): NativeEvent[];
+  ref(): void;
+  unref(): void;
+  destroy(): void;
+}
+
+export interface NativeLayout {
+  mailboxSize: number;
+  mailboxState: number;
+  mailboxKind: number;
+  mailboxIsWrite: number;
+  mailboxSize_: number;
+  mailboxAddress: number;
+  mailboxData: number;
+  mailboxExitsToJs: number;
+  mailboxExitsNative: number;
+  mailboxExitsPosted: number;
+  ringHead: number;
+  ringTail: number;
+  ring: number;
+  ringEntries: number;
+  postedWriteSize: number;
+  vcpuSharedSize: number;
+  controlNotifyPending: number;
+  controlEventCount: number;
+  controlUnclaimedReads: number;
+  controlUnclaimedWrites: number;
+  controlShadow: number;
+  controlShadowSize: number;
+}
+
+export interface NativeBinding {
+  backend: 'kvm';
+  arch: 'x86_64' | 'aarch64' | 'unknown';
+  probe(): { ok: true; apiVersion: number; vcpuMmapSize: number } | { ok: false; code: string; message: string };
+  checkExtension(cap: number): number;
+  getSupportedCpuid(): CpuidEntry[];
+  getMsrIndexList(): number[];
+  eventfd(initial?: number): number;
+  eventfdWrite(fd: number, value?: number | bigint): void;
+  eventfdRead(fd: number): number;
+  closeFd(fd: number): void;
+  GuestRam: new (size: number, opts?: { memfd?: boolean; name?: string }) => NativeGuestRam;
+  Vm: new (type?: number) => NativeVm;
+  layout(): NativeLayout;
+}
+
+let cached: NativeBinding | undefined;
+let loadError: Error | undefined;
+
+/** The addon, loaded once. Throws HypervisorUnavailableError when it cannot be loaded. */
+export function nativeBinding(): NativeBinding {
+  if (cached) return cached;
+  if (loadError) throw loadError;
+  try {
+    // node-gyp-build looks in prebuilds/<platform>-<arch>/ first, then build/Release.
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const load = require('node-gyp-build') as (dir: string) => NativeBinding;
+    cached = load(path.resolve(__dirname, '..', '..', '..'));
+    return cached;
+  } catch (e) {
+    loadError = new HypervisorUnavailableError(
+      'ERR_NATIVE_ADDON',
+      `the nodevmm native addon could not be loaded (${(e as Error).message.split('\n')[0]}); run npm install (or npm run build:native) on this machine`,
+    );
+    throw loadError;
+  }
+}
+
+/** Convert an error thrown by the addon into our typed errors. */
+export function asKvmError(e: unknown): Error {
+  if (e instanceof NodevmmError) return e;
+  if (e instanceof Error) {
+    const ne = e as Error & { code?: string; errno?: number; syscall?: string; ioctl?: string };
+    if (typeof ne.errno === 'number' && ne.syscall) {
+      const opts: { code: string; errno: number; syscall: string; ioctl?: string } = { code: ne.code ?? 'EUNKNOWN', errno: ne.errno, syscall: ne.syscall };
+      if (ne.ioctl) opts.ioctl = ne.ioctl;
+      return new KvmError(ne.message, opts);
+    }
+    if (ne.code) return new NodevmmError(ne.code, ne.message);
+  }
+  return e as Error;
+}
+
+/** Run a native call, rethrowing its failure as a typed error. */
+export function native<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw asKvmError(e);
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * Tier 1: the partition on this machine's /dev/kvm — creation, memory
+ * slots and their argument checks, zero-copy guest memory.
+ */
+import test from 'ava';
+import { KvmPartition } from '../../lib/hv/kvm-partition';
+import { kvmSkipReason, waitForStop } from '../../lib/testing/kvm-test-helpers';
+import { asm, assemble, setupLongMode, setupRealMode } from '../../lib/testing/tiny-guests';
+import { GiB, MiB } from '../../lib/util/bytes';
+
+const skip = kvmSkipReason();
+const kvm = skip ? test.skip : test;
+if (skip) console.log(`# SKIP kvm tier: ${skip}`);
+
+// Guests that end with HLT run without the in-kernel irqchip: with it, KVM
+// handles HLT itself (the vCPU waits for an interrupt) and never exits.
+kvm('a guest write is visible through the JS view and a JS write is visible to the guest', async (t) => {
+  const p = new KvmPartition({ vcpus: 1, irqchip: false });
+  t.teardown(() => p.destroy());
+  p.addRam({ gpa: 0, size: 1 * MiB });
+  p.memory.writeU8(0x600, 0x5a); // JS -> guest
+  // mov al,[0x600]; inc al; mov [0x601],al; hlt   (real mode)
+  setupRealMode(p, [0xa0, 0x00, 0x06, 0xfe, 0xc0, 0xa2, 0x01, 0x06, ...asm.hlt()]);
+  const stop = waitForStop(p);
+  p.start();
+  t.is((await stop).kind, 'hlt');
+  t.is(p.memory.readU8(0x601), 0x5b); // guest -> JS, no copy in between
+});
+
+kvm('several regions, a read-only region and a region at 512 GiB all work', async (t) => {
+  const p = new KvmPartition({ vcpus: 1, irqchip: false });
+  t.teardown(() => p.destroy());
+  p.addRam({ gpa: 0, size: 2 * MiB, name: 'low' });
+  p.addRam({ gpa: 0x200000, size: 2 * MiB, name: 'code', readonly: true });
+  const high = 512 * GiB;
+  p.addRam({ gpa: high, size: 2 * MiB, name: 'high' });
+  p.memory.writeU32(high + 0x100, 0xcafef00d);
+  // The code page is read-only to the guest; the loader writes it with load().
+  const base = 0x200000;
+  const code = assemble(base, [
+    asm.movRbxImm64(BigInt(high + 0x100)),
+    asm.movEaxMemRbx(), // eax = [512 GiB + 0x100]
+    asm.movRbxImm64(0x1000n),
+    asm.movMemRbxEax(), // [0x1000] = eax
+    asm.hlt(),
+  ]);
+  setupLongMode(p, [], 0x300, 0, { extraMappings: [high] });
+  p.memory.load(base, Uint8Array.from(code));
+  p.vcpus[0]!.setRegs({ rip: BigInt(base) });
+  t.throws(() => p.memory.write(base, Uint8Array.of(0)), { code: 'ERR_GUEST_MEMORY_READONLY' });
+  const stop = waitForStop(p);
+  p.start();
+  const s = await stop;
+  t.is(s.kind, 'hlt', s.message);
+  t.is(p.memory.readU32(0x1000), 0xcafef00d);
+});
+
+kvm('an 8 GiB guest is addressable through several views', (t) => {
+  const p = new KvmPartition({ vcpus: 1 });
+  t.teardown(() => p.destroy());
+  p.addRam({ gpa: 0, size: 3 * GiB, name: 'below-gap' });
+  p.addRam({ gpa: 4 * GiB, size: 5 * GiB, name: 'above-4g' });
+  t.is(p.memory.totalSize, 8 * GiB);
+  // Straddle a 1 GiB view boundary inside the high region.
+  const at = 4 * GiB + 1 * GiB - 2;
+  p.memory.writeU32(at, 0x11223344);
+  t.is(p.memory.readU32(at), 0x11223344);
+  p.memory.writeU8(9 * GiB - 1, 0xee);
+  t.is(p.memory.readU8(9 * GiB - 1), 0xee);
+});
+
+kvm('bad memory arguments are refused with a clear error', (t) => {
+  const p = new KvmPartition({ vcpus: 1 });
+  t.teardown(() => p.destroy());
+  p.addRam({ gpa: 0, size: 1 * MiB, name: 'low' });
+  t.throws(() => p.addRam({ gpa: 0x80000, size: 1 * MiB, name: 'dup' }), { code: 'ERR_GUEST_MEMORY_OVERLAP', message: /dup .* overlaps low/ });
+  t.throws(() => p.addRam({ gpa: 0x200000, size: 1000 }), { code: 'ERR_GUEST_MEMORY_ALIGN' });
+  t.throws(() => p.addRam({ gpa: 0x200800, size: 4096 }), { code: 'ERR_GUEST_MEMORY_ALIGN' });
+  t.throws(() => p.addRam({ gpa: 2 ** 52, size: 4096 }), { code: 'ERR_GUEST_MEMORY_RANGE' });
+  t.throws(() => p.memory.read(0x100000, 1), { code: 'ERR_GUEST_MEMORY_RANGE', message: /0x100000 is outside guest ram/ });
+  t.throws(() => new KvmPartition({ vcpus: 0 }), { code: 'ERR_INVALID_ARG' });
+});
+
+kvm('destroying a vm while JS still holds a view does not crash', (t) => {
+  const p = new KvmPartition({ vcpus: 1 });
+  p.addRam({ gpa: 0, size: 1 * MiB });
+  const view = p.memory.view(0, 4096)!;
+  view[0] = 1;
+  p.destroy();
+  t.is(view.length, 0); // detached: reads give undefined, writes are no-ops
+  t.is(view[0] as number | undefined, undefined);
+  t.throws(() => p.memory.readU8(0), { code: 'ERR_GUEST_MEMORY_RELEASED' });
+});
