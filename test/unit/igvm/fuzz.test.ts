@@ -1,0 +1,115 @@
+import test from 'ava';
+import { FormatError, NodevmmError } from '../../../lib/errors';
+import { parseIgvm } from '../../../lib/igvm/parse';
+import { planIgvmLoad } from '../../../lib/igvm/plan';
+import { loadIgvm } from '../../../lib/igvm/load';
+import { inspectIgvm } from '../../../lib/igvm/inspect';
+import { GuestMemory } from '../../../lib/memory/guest-memory';
+import { fixCrc, realBytes, smallNative } from './helpers';
+
+/** mulberry32: small, seeded, reproducible. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const MiB = 2 ** 20;
+const CASES_REAL = 2500;
+const CASES_OWN = 7500;
+const PER_CASE_LIMIT_MS = 1500;
+
+// One bounded memory reused by every case: loads either fit it or are refused for missing RAM.
+const memory = GuestMemory.anonymous([{ gpa: 0, size: 16 * MiB }, { gpa: 512 * 2 ** 30, size: 16 * MiB }]);
+
+type Outcome = 'loaded' | 'refused';
+
+function runCase(bytes: Uint8Array, inspect: boolean): Outcome {
+  try {
+    const f = parseIgvm(bytes);
+    if (inspect) inspectIgvm(bytes);
+    const plan = planIgvmLoad(f);
+    loadIgvm(memory, f, plan, { vpCount: 1, commandLine: 'x', madt: new Uint8Array(8), srat: new Uint8Array(8), deviceTree: new Uint8Array(8) });
+    return 'loaded';
+  } catch (e) {
+    if (e instanceof FormatError || e instanceof NodevmmError) return 'refused';
+    throw e;
+  }
+}
+
+/** Mutate `b` in place (within `limit` bytes) and return the edits so they can be undone. */
+function mutateInPlace(b: Uint8Array, limit: number, rnd: () => number): [number, number][] {
+  const undo: [number, number][] = [];
+  const set = (i: number, v: number) => {
+    undo.push([i, b[i]!]);
+    b[i] = v & 0xff;
+  };
+  const n = 1 + Math.floor(rnd() * 4);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  for (let k = 0; k < n; k++) {
+    const i = Math.floor(rnd() * limit);
+    const kind = rnd();
+    if (kind < 0.4) set(i, b[i]! ^ (1 << Math.floor(rnd() * 8)));
+    else if (kind < 0.6) set(i, [0, 0xff, 0x80, 0x01][Math.floor(rnd() * 4)]!);
+    else {
+      // Header-length or field edit: rewrite an aligned u32 with an edge value.
+      const at = (i & ~3) + (rnd() < 0.5 ? 4 : 0);
+      if (at + 4 > limit) continue;
+      const v = [0, 1, 7, 8, 20, 24, 0xfff, 0x1000, 0x7fffffff, 0x80000000, 0xffffffff, Math.floor(rnd() * 2 ** 32)][Math.floor(rnd() * 12)]!;
+      for (let j = 0; j < 4; j++) undo.push([at + j, b[at + j]!]);
+      dv.setUint32(at, v >>> 0, true);
+    }
+  }
+  return undo;
+}
+
+function fuzz(t: import('ava').ExecutionContext, name: string, base: Uint8Array, cases: number, seed: number, mutateLimit: number): void {
+  const rnd = prng(seed);
+  const work = base.slice();
+  const crcBackup = work.slice(16, 24);
+  const counts: Record<Outcome, number> = { loaded: 0, refused: 0 };
+  let slowest = 0;
+  for (let c = 0; c < cases; c++) {
+    const truncate = rnd() < 0.15;
+    let input: Uint8Array;
+    let undo: [number, number][] = [];
+    if (truncate) {
+      input = work.subarray(0, Math.floor(rnd() * work.length));
+    } else {
+      undo = mutateInPlace(work, mutateLimit, rnd);
+      // Mostly keep the CRC valid so the deeper checks are reached.
+      if (rnd() < 0.8) fixCrc(work);
+      input = work;
+    }
+    const start = performance.now();
+    let outcome: Outcome;
+    try {
+      outcome = runCase(input, base.length < 1 * MiB);
+    } catch (e) {
+      return t.fail(`${name} case ${c} (seed ${seed}) threw ${(e as Error).name}: ${(e as Error).message}`);
+    }
+    slowest = Math.max(slowest, performance.now() - start);
+    counts[outcome]++;
+    for (let i = undo.length - 1; i >= 0; i--) work[undo[i]![0]] = undo[i]![1];
+    work.set(crcBackup, 16);
+  }
+  t.log(`${name}: ${cases} cases, ${counts.loaded} loaded, ${counts.refused} refused, slowest ${slowest.toFixed(1)} ms`);
+  t.true(slowest < PER_CASE_LIMIT_MS, `slowest case took ${slowest} ms`);
+  t.true(counts.refused > 0);
+}
+
+test('mutated and truncated copies of the real file load cleanly or fail with a typed error', (t) => {
+  const real = realBytes();
+  // Mutations target the fixed header, the header section and the first page of file data (the NATIVE context).
+  fuzz(t, 'real', real, CASES_REAL, 0x1963, 0x7210 + 0x1000);
+});
+
+test('mutated and truncated copies of our own builds load cleanly or fail with a typed error', (t) => {
+  const own = smallNative();
+  fuzz(t, 'own', own, CASES_OWN, 0xc0c0, own.length);
+});
