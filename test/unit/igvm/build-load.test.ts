@@ -174,3 +174,16 @@ test('a host command line overrides the one built into a Linux Direct IGVM', (t)
   loadIgvm(mem, f, plan, { vpCount: 1, commandLine: 'debug' });
   t.is(new TextDecoder().decode(mem.read(area.gpa, 6)), 'debug\0');
 });
+
+test('the igvm cli builds a file that its inspect command then describes', (t) => {
+  const { runIgvmCommand } = require('../../../lib/igvm/cli') as typeof import('../../../lib/igvm/cli');
+  const files = new Map<string, Uint8Array>([['bzImage', makeBzImage()]]);
+  let out = '';
+  const io = { readFile: (p: string) => files.get(p)!, writeFile: (p: string, d: Uint8Array) => void files.set(p, d), stdout: (s: string) => void (out += s) };
+  t.is(runIgvmCommand(['build', '--kernel', 'bzImage', '--cmdline', 'quiet', '--memory', '64', '-o', 'out.igvm'], io), 0);
+  t.true(parseIgvm(files.get('out.igvm')!).crcOk);
+  out = '';
+  runIgvmCommand(['inspect', 'out.igvm', '--json'], io);
+  t.is(JSON.parse(out).platforms[0].platform, 'NATIVE');
+  t.is(code(t.throws(() => runIgvmCommand(['build', '--kernel', 'bzImage'], io))), 'ERR_CONFIG');
+});
