@@ -78,6 +78,15 @@ export class VcpuSharedView {
   get data(): number {
     return this.u32[6]! + this.u32[7]! * 0x100000000;
   }
+  /**
+   * Mark the exit answered. Returns true when the vCPU thread is asleep and
+   * must be woken through the addon (the vCPU stores `sleeping` then reads
+   * `state`; we store `state` then read `sleeping`: one side sees the other).
+   */
+  complete(): boolean {
+    if (Atomics.compareExchange(this.i32, 0, MAILBOX_PENDING, MAILBOX_DONE) !== MAILBOX_PENDING) return false;
+    return Atomics.load(this.i32, 8) !== 0;
+  }
   setReadResult(value: number): void {
     this.u32[6] = value >>> 0;
     this.u32[7] = Math.floor(value / 0x100000000) >>> 0;
