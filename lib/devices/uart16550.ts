@@ -309,6 +309,40 @@ export class Uart16550 implements IoDevice {
     this.notifyRxSpaceIfDrained();
   }
 
+  /**
+   * What a 1-byte read at `offset` would return, without its side effects,
+   * for registers whose read has none: IER/DLM (1), LCR (3), MCR (4), LSR
+   * (5, only while no error bit is latched) and SCR (7). undefined for the
+   * rest. The VMM mirrors these into native register shadows so the
+   * console's LSR polling never leaves the vCPU thread.
+   */
+  peek(offset: number): number | undefined {
+    const dlab = (this.lcr & LCR_DLAB_BIT) !== 0;
+    switch (offset) {
+      case UART_IER_OFFSET:
+        return dlab ? this.divisor >> 8 : this.ier;
+      case UART_LCR_OFFSET:
+        return this.lcr;
+      case UART_MCR_OFFSET:
+        return this.mcr;
+      case UART_LSR_OFFSET:
+        return this.lsrErrors === 0 ? this.lsr() : undefined;
+      case UART_SCR_OFFSET:
+        return this.scr;
+      default:
+        return undefined;
+    }
+  }
+
+  /**
+   * True while THR writes may be queued and register shadows trusted: not in
+   * loopback (where a THR write changes what RBR/LSR read) and no latched
+   * line error (whose LSR read would clear it).
+   */
+  shadowSafe(): boolean {
+    return !this.isLoopback() && this.lsrErrors === 0;
+  }
+
   /** Current state as plain data. */
   snapshot(): Uart16550State {
     return {

@@ -50,7 +50,7 @@ const MAX_VCPUS = 255;
 
 let cpuidCache: CpuidEntry[] | undefined;
 /** KVM_GET_SUPPORTED_CPUID answers the same for the life of the process: ask once. */
-function supportedCpuid(binding: NativeBinding): CpuidEntry[] {
+export function supportedCpuid(binding: NativeBinding = nativeBinding()): CpuidEntry[] {
   cpuidCache ??= native(() => binding.getSupportedCpuid());
   return cpuidCache;
 }

@@ -1,0 +1,165 @@
+/**
+ * VM configuration: the public shape, its defaults in one place, and a
+ * validator that reports every problem at once (ConfigError.issues), each
+ * naming the field and the value. Nothing here reads files or touches KVM.
+ */
+import { ConfigError, type ConfigIssue } from '../errors';
+import { GiB, MiB } from '../util/bytes';
+
+export type BootProtocol = 'auto' | 'linux64' | 'pvh';
+export type ComPort = 'com1' | 'com2' | 'com3' | 'com4';
+export const COM_PORTS: readonly ComPort[] = ['com1', 'com2', 'com3', 'com4'];
+
+export interface VmConfig {
+  /** Kernel image: path or bytes (bzImage, ELF vmlinux). Required unless `igvm` is given. */
+  kernel?: string | Uint8Array;
+  initrd?: string | Uint8Array;
+  /** Extra kernel command line, appended to the defaults (see `cmdlineDefaults`). */
+  cmdline?: string;
+  /** Start from `DEFAULTS.cmdline` (true) or use `cmdline` alone (false). Default true. */
+  cmdlineDefaults?: boolean;
+  /** Guest RAM: bytes, or a string like "512M", "1G", "6GiB". Default 1 GiB. */
+  memory?: number | string;
+  /** vCPU count. Default 1. */
+  vcpus?: number;
+  /** How to enter the kernel. Default 'auto': linux64 for bzImage and ELF; 'pvh' needs the PVH note. */
+  boot?: BootProtocol;
+  /** Boot an IGVM file instead of a kernel. */
+  igvm?: string | Uint8Array;
+  /** What a guest reboot does: stop the VM with reason 'reset' (default) or restart it. */
+  onReset?: 'stop' | 'restart';
+  /** Which 16550 UARTs exist. Default: all four (COM1-COM4), as OpenVMM's Linux Direct chipset. */
+  serial?: Partial<Record<ComPort, boolean>>;
+  /** Bytes of serial output kept per port for logs and expect(). Default 16 MiB. */
+  serialLogBytes?: number;
+  /** Adaptive exit polling window in µs (see KvmPartition). */
+  dispatchSpinUs?: number;
+  /** A name for logs and errors. */
+  name?: string;
+}
+
+export const DEFAULTS = {
+  memory: 1 * GiB,
+  vcpus: 1,
+  cmdline: 'panic=-1 console=ttyS0',
+  boot: 'auto' as BootProtocol,
+  onReset: 'stop' as const,
+  serialLogBytes: 16 * MiB,
+  /** Smallest guest we accept: the low-memory layout plus a kernel needs more. */
+  minMemory: 32 * MiB,
+  maxVcpus: 254,
+};
+
+export interface ResolvedVmConfig {
+  name: string;
+  kernel?: string | Uint8Array;
+  initrd?: string | Uint8Array;
+  igvm?: string | Uint8Array;
+  cmdline: string;
+  memory: number;
+  vcpus: number;
+  boot: BootProtocol;
+  onReset: 'stop' | 'restart';
+  serial: Record<ComPort, boolean>;
+  serialLogBytes: number;
+  dispatchSpinUs?: number;
+}
+
+const SIZE_RE = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i;
+
+/** Parse "512M", "1G", "1.5GiB", "4096" (bytes) into bytes; undefined when malformed. */
+export function parseSize(v: number | string): number | undefined {
+  if (typeof v === 'number') return Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+  const m = SIZE_RE.exec(v);
+  if (!m) return undefined;
+  const unit = { '': 1, k: 1024, m: MiB, g: GiB, t: 1024 * GiB }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const bytes = Math.round(Number(m[1]) * unit);
+  return Number.isSafeInteger(bytes) ? bytes : undefined;
+}
+
+const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name']);
+
+function describe(v: unknown): string {
+  if (v instanceof Uint8Array) return `${v.length} bytes`;
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch {
+    return String(v);
+  }
+}
+
+/** Validate and fill in defaults; throws ConfigError listing every problem. */
+export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
+  const issues: ConfigIssue[] = [];
+  const bad = (path: string, message: string) => issues.push({ path, message });
+  if (typeof config !== 'object' || config === null) throw new ConfigError([{ path: '(config)', message: 'must be an object' }]);
+  for (const k of Object.keys(config)) if (!KNOWN_KEYS.has(k)) bad(k, `is not a known option (known: ${[...KNOWN_KEYS].join(', ')})`);
+
+  const image = (key: 'kernel' | 'initrd' | 'igvm') => {
+    const v = config[key];
+    if (v === undefined) return;
+    if (typeof v === 'string') {
+      if (v.length === 0) bad(key, 'must not be an empty path');
+    } else if (!(v instanceof Uint8Array)) bad(key, `must be a file path or a Uint8Array, got ${describe(v)}`);
+    else if (v.length === 0) bad(key, 'is empty (0 bytes)');
+  };
+  image('kernel');
+  image('initrd');
+  image('igvm');
+  if (config.kernel === undefined && config.igvm === undefined) bad('kernel', 'is required (or give igvm)');
+  if (config.kernel !== undefined && config.igvm !== undefined) bad('igvm', 'cannot be combined with kernel: an IGVM file carries its own kernel');
+
+  let memory = DEFAULTS.memory;
+  if (config.memory !== undefined) {
+    const m = parseSize(config.memory);
+    if (m === undefined) bad('memory', `${describe(config.memory)} is not a size (use bytes or a number with K, M, G)`);
+    else if (m < DEFAULTS.minMemory) bad('memory', `${describe(config.memory)} is too small: at least ${DEFAULTS.minMemory / MiB} MiB`);
+    else if (m % (2 * MiB)) bad('memory', `${describe(config.memory)} must be a multiple of 2 MiB`);
+    else memory = m;
+  }
+  let vcpus = DEFAULTS.vcpus;
+  if (config.vcpus !== undefined) {
+    if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > DEFAULTS.maxVcpus) bad('vcpus', `${describe(config.vcpus)} must be an integer from 1 to ${DEFAULTS.maxVcpus}`);
+    else vcpus = config.vcpus;
+  }
+  const boot = config.boot ?? DEFAULTS.boot;
+  if (!['auto', 'linux64', 'pvh'].includes(boot)) bad('boot', `${describe(config.boot)} must be one of auto, linux64, pvh`);
+  const onReset = config.onReset ?? DEFAULTS.onReset;
+  if (onReset !== 'stop' && onReset !== 'restart') bad('onReset', `${describe(config.onReset)} must be stop or restart`);
+  if (config.cmdline !== undefined && typeof config.cmdline !== 'string') bad('cmdline', `must be a string, got ${describe(config.cmdline)}`);
+  const serial: Record<ComPort, boolean> = { com1: true, com2: true, com3: true, com4: true };
+  if (config.serial !== undefined) {
+    if (typeof config.serial !== 'object' || config.serial === null) bad('serial', 'must be an object like { com1: true }');
+    else
+      for (const [k, v] of Object.entries(config.serial)) {
+        if (!COM_PORTS.includes(k as ComPort)) bad(`serial.${k}`, 'is not a port (com1-com4)');
+        else if (typeof v !== 'boolean') bad(`serial.${k}`, `must be true or false, got ${describe(v)}`);
+        else serial[k as ComPort] = v;
+      }
+  }
+  const serialLogBytes = config.serialLogBytes ?? DEFAULTS.serialLogBytes;
+  if (!Number.isSafeInteger(serialLogBytes) || serialLogBytes < 4096) bad('serialLogBytes', `${describe(config.serialLogBytes)} must be an integer of at least 4096`);
+  if (config.dispatchSpinUs !== undefined && (typeof config.dispatchSpinUs !== 'number' || config.dispatchSpinUs < 0 || config.dispatchSpinUs > 10_000)) {
+    bad('dispatchSpinUs', `${describe(config.dispatchSpinUs)} must be a number from 0 to 10000`);
+  }
+  if (issues.length) throw new ConfigError(issues);
+
+  const parts = [];
+  if (config.cmdlineDefaults !== false) parts.push(DEFAULTS.cmdline);
+  if (config.cmdline) parts.push(config.cmdline.trim());
+  const resolved: ResolvedVmConfig = {
+    name: config.name ?? 'vm',
+    cmdline: parts.join(' '),
+    memory,
+    vcpus,
+    boot,
+    onReset,
+    serial,
+    serialLogBytes,
+  };
+  if (config.kernel !== undefined) resolved.kernel = config.kernel;
+  if (config.initrd !== undefined) resolved.initrd = config.initrd;
+  if (config.igvm !== undefined) resolved.igvm = config.igvm;
+  if (config.dispatchSpinUs !== undefined) resolved.dispatchSpinUs = config.dispatchSpinUs;
+  return resolved;
+}

@@ -1,0 +1,52 @@
+/**
+ * exec() over a serial shell. The command is wrapped between two markers
+ * whose echoed form differs from their printed form (the quotes split them),
+ * so the terminal echo of the command line never matches; output is taken
+ * strictly between the printed markers. Use a port the kernel does not log
+ * to (com2, the agent port, by default) and kernel messages cannot
+ * interleave at all.
+ */
+import { randomBytes } from 'node:crypto';
+import { NodevmmError } from '../errors';
+import type { SerialPort } from './serial-port';
+
+export interface ExecOptions {
+  timeoutMs?: number;
+  /** Which serial port carries the shell (default com2). */
+  port?: 'com1' | 'com2' | 'com3' | 'com4';
+}
+
+export interface ExecResult {
+  stdout: string;
+  exitCode: number;
+}
+
+/** Serialize exec calls per port: a shell runs one command at a time. */
+const queues = new WeakMap<SerialPort, Promise<unknown>>();
+
+export function execOnSerial(port: SerialPort, command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+  const prev = queues.get(port) ?? Promise.resolve();
+  const run = prev.catch(() => undefined).then(() => execOnce(port, command, opts));
+  queues.set(port, run);
+  return run;
+}
+
+async function execOnce(port: SerialPort, command: string, opts: ExecOptions): Promise<ExecResult> {
+  if (command.includes('\n')) throw new NodevmmError('ERR_INVALID_ARG', 'exec: the command must be a single line (join lines with ; or use sh -c)');
+  const id = randomBytes(6).toString('hex');
+  const begin = `NVX${id}B`;
+  const end = `NVX${id}E`;
+  // 'NVX<id>''B' prints NVX<id>B but echoes with the quotes, so only output matches.
+  const split = (m: string) => `'${m.slice(0, -1)}''${m.slice(-1)}'`;
+  const line = `echo ${split(begin)}; ( ${command} ) 2>&1; echo ${split(end)}=$?\n`;
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const started = port.expect(new RegExp(`${begin}\\r?\\n([\\s\\S]*?)${end}=(\\d+)`), { timeoutMs });
+  port.write(line);
+  let m: RegExpExecArray;
+  try {
+    m = await started;
+  } catch (e) {
+    throw new NodevmmError('ERR_EXEC_TIMEOUT', `exec: ${JSON.stringify(command)} did not finish within ${timeoutMs} ms on ${port.portName}; last lines:\n${port.tail(30)}`, { cause: e });
+  }
+  return { stdout: m[1]!.replace(/\r\n/g, '\n'), exitCode: Number(m[2]) };
+}

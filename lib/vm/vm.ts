@@ -1,0 +1,285 @@
+/**
+ * The VM users script: createVm(config) validates everything up front and
+ * returns a Vm with start/pause/resume/reset/shutdown/kill, waitForStop(),
+ * serial ports as Duplex streams with expect(), exec() through a shell on a
+ * serial port, guest memory access, events, and async disposal.
+ *
+ * A guest reboot with onReset 'restart' (and a host reset()) rebuilds the
+ * machine from the same config and images, as a power cycle would; serial
+ * ports and their logs carry over.
+ */
+import { EventEmitter } from 'node:events';
+import { promises as fsp } from 'node:fs';
+import { NodevmmError } from '../errors';
+import type { GuestMemory } from '../memory/guest-memory';
+import type { VcpuStop } from '../hv/partition';
+import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
+import { execOnSerial, type ExecOptions, type ExecResult } from './exec';
+import { assertAllowed, type StopReason, type VmState } from './lifecycle';
+import { SerialPort, type ExpectOptions } from './serial-port';
+import { buildX86Machine, type X86Machine } from './x86-machine';
+import type { X86VcpuInitState } from '../hv/x86-state';
+import type { KvmPartition } from '../hv/kvm-partition';
+
+export interface VmEvents {
+  state: [VmState];
+  stop: [StopReason];
+  serial: [ComPort, Buffer];
+  reset: [];
+}
+
+/** Loads something other than a Linux kernel (IGVM) into a fresh partition; returns the BSP state. */
+export type CustomLoader = (partition: KvmPartition, config: ResolvedVmConfig) => X86VcpuInitState;
+
+async function readImage(what: string, v: string | Uint8Array | undefined): Promise<Uint8Array | undefined> {
+  if (v === undefined || v instanceof Uint8Array) return v;
+  try {
+    return new Uint8Array(await fsp.readFile(v));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable by this user' : code === 'EISDIR' ? 'is a directory' : (e as Error).message;
+    throw new NodevmmError('ERR_FILE', `${what} file ${v} ${why}`);
+  }
+}
+
+export class Vm extends EventEmitter<VmEvents> {
+  readonly config: ResolvedVmConfig;
+  private machine: X86Machine | undefined;
+  private _state: VmState = 'created';
+  private stopReason: StopReason | undefined;
+  private stopWaiters: Array<(r: StopReason) => void> = [];
+  private readonly ports: Partial<Record<ComPort, SerialPort>> = {};
+  private readonly images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
+  private readonly customLoader: CustomLoader | undefined;
+  /** Boots since creation (1 after start, +1 per restart). */
+  boots = 0;
+  /** Build phase timings of the last boot, in ms. */
+  timings: Array<[string, number]> = [];
+
+  /** Use createVm(). */
+  constructor(config: ResolvedVmConfig, images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined }, customLoader?: CustomLoader) {
+    super();
+    this.config = config;
+    this.images = images;
+    this.customLoader = customLoader;
+    for (const c of COM_PORTS) {
+      if (!config.serial[c]) continue;
+      const port = new SerialPort(c, config.serialLogBytes);
+      port.on('output', (b: Buffer) => this.emit('serial', c, b));
+      this.ports[c] = port;
+    }
+  }
+
+  get state(): VmState {
+    return this._state;
+  }
+
+  private setState(s: VmState): void {
+    if (this._state === s) return;
+    this._state = s;
+    this.emit('state', s);
+  }
+
+  /** Guest physical memory of the running machine (readable while paused; while running at your own risk). */
+  get memory(): GuestMemory {
+    if (!this.machine) throw new NodevmmError('ERR_VM_STATE', `the vm has no guest memory while ${this._state}`);
+    return this.machine.partition.memory;
+  }
+
+  /** The underlying partition (vCPU registers, buses) for advanced use. */
+  get partition(): KvmPartition {
+    if (!this.machine) throw new NodevmmError('ERR_VM_STATE', `the vm has no partition while ${this._state}`);
+    return this.machine.partition;
+  }
+
+  /** Serial port `n` (1-4 or 'com1'...). */
+  serial(n: 1 | 2 | 3 | 4 | ComPort = 1): SerialPort {
+    const name = typeof n === 'number' ? (`com${n}` as ComPort) : n;
+    const p = this.ports[name];
+    if (!p) throw new NodevmmError('ERR_INVALID_ARG', `serial port ${name} is not configured on this vm`);
+    return p;
+  }
+
+  private build(): void {
+    const images = this.images.kernel ? { kernel: this.images.kernel, initrd: this.images.initrd } : undefined;
+    const loader = this.customLoader ? (p: KvmPartition) => this.customLoader!(p, this.config) : undefined;
+    const m = buildX86Machine(
+      this.config,
+      images,
+      {
+        serial: this.ports,
+        onPowerOff: () => setImmediate(() => this.finish({ reason: 'poweroff', message: 'the guest powered off' })),
+        onReset: () => setImmediate(() => this.guestReset()),
+      },
+      loader,
+    );
+    m.partition.on('vcpu-stop', (s: VcpuStop) => this.onVcpuStop(s));
+    this.machine = m;
+    this.timings = m.timings;
+  }
+
+  /** Build the machine and run it. Resolves once the vCPUs are running. */
+  async start(): Promise<void> {
+    assertAllowed('start', this._state);
+    this.setState('starting');
+    try {
+      this.build();
+      this.boots++;
+      this.machine!.partition.start();
+      this.setState('running');
+    } catch (e) {
+      this.finish({ reason: 'host-error', message: (e as Error).message, error: e as Error });
+      throw e;
+    }
+  }
+
+  async pause(): Promise<void> {
+    assertAllowed('pause', this._state);
+    await this.machine!.partition.pause();
+    if (this._state === 'running') this.setState('paused');
+  }
+
+  async resume(): Promise<void> {
+    assertAllowed('resume', this._state);
+    this.machine!.partition.resume();
+    this.setState('running');
+  }
+
+  /** Host-initiated reset: a power cycle into the same kernel and config. */
+  async reset(): Promise<void> {
+    assertAllowed('reset', this._state);
+    this.restart();
+  }
+
+  /** ACPI power button: the guest should shut down cleanly. Resolves with the stop reason. */
+  async shutdown(opts: { timeoutMs?: number } = {}): Promise<StopReason> {
+    assertAllowed('shutdown', this._state);
+    if (this._state === 'paused') await this.resume();
+    this.machine!.pm.pressPowerButton();
+    if (opts.timeoutMs === undefined) return this.waitForStop();
+    const timeoutMs = opts.timeoutMs;
+    return Promise.race([
+      this.waitForStop(),
+      new Promise<StopReason>((_, reject) =>
+        setTimeout(() => reject(new NodevmmError('ERR_SHUTDOWN_TIMEOUT', `the guest did not shut down within ${timeoutMs} ms of the power button`)), timeoutMs).unref(),
+      ),
+    ]);
+  }
+
+  /** Stop at once, no guest involvement. */
+  async kill(): Promise<StopReason> {
+    if (this._state === 'stopped') return this.stopReason!;
+    assertAllowed('kill', this._state);
+    this.finish({ reason: 'killed', message: 'the vm was killed' });
+    return this.stopReason!;
+  }
+
+  /** Resolves with the stop reason once the VM has stopped (at once if it already has). */
+  waitForStop(): Promise<StopReason> {
+    if (this.stopReason) return Promise.resolve(this.stopReason);
+    return new Promise((resolve) => this.stopWaiters.push(resolve));
+  }
+
+  expect(pattern: RegExp | string, opts?: ExpectOptions & { port?: ComPort }): Promise<RegExpExecArray> {
+    return this.serial(opts?.port ?? 'com1').expect(pattern, opts);
+  }
+
+  /** Run a shell command in the guest through a shell on a serial port (default com2, the agent port). */
+  exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    assertAllowed('exec', this._state);
+    return execOnSerial(this.serial(opts.port ?? 'com2'), command, opts);
+  }
+
+  private guestReset(): void {
+    if (this._state === 'stopped' || this._state === 'stopping') return;
+    if (this.config.onReset === 'restart') this.restart();
+    else this.finish({ reason: 'reset', message: 'the guest reset the machine' });
+  }
+
+  private restart(): void {
+    const old = this.machine;
+    this.machine = undefined;
+    old?.dispose();
+    this.emit('reset');
+    try {
+      this.build();
+      this.boots++;
+      this.machine!.partition.start();
+      this.setState('running');
+    } catch (e) {
+      this.finish({ reason: 'host-error', message: `restart failed: ${(e as Error).message}`, error: e as Error });
+    }
+  }
+
+  private onVcpuStop(s: VcpuStop): void {
+    if (this._state === 'stopped' || this._state === 'stopping') return;
+    const base = { message: s.message, vcpu: s.vcpu } as StopReason;
+    if (s.rip !== undefined) base.rip = s.rip;
+    if (s.instructionBytes) base.instructionBytes = s.instructionBytes;
+    if (s.error) base.error = s.error;
+    switch (s.kind) {
+      case 'triple-fault':
+        base.reason = 'triple-fault';
+        break;
+      case 'host-error':
+        base.reason = 'host-error';
+        break;
+      case 'hlt':
+        base.reason = 'halt';
+        break;
+      case 'system-event':
+        if (s.systemEvent === 'reset') return this.guestReset();
+        base.reason = s.systemEvent === 'shutdown' ? 'poweroff' : 'internal-error';
+        break;
+      default:
+        base.reason = 'internal-error';
+    }
+    this.finish(base);
+  }
+
+  private finish(reason: StopReason): void {
+    if (this._state === 'stopped') return;
+    this.setState('stopping');
+    const m = this.machine;
+    this.machine = undefined;
+    try {
+      m?.dispose();
+    } finally {
+      this.stopReason = reason;
+      this.setState('stopped');
+      for (const p of Object.values(this.ports)) {
+        p.emit('vm-stopped');
+        p.push(null);
+      }
+      this.emit('stop', reason);
+      const w = this.stopWaiters;
+      this.stopWaiters = [];
+      for (const f of w) f(reason);
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this._state !== 'stopped') await this.kill();
+  }
+}
+
+/**
+ * Validate `config`, read the images, and return a VM ready to start().
+ * Every configuration problem is reported at once in a ConfigError.
+ */
+export async function createVm(config: VmConfig, customLoader?: CustomLoader): Promise<Vm> {
+  const resolved = resolveVmConfig(config);
+  const [kernel, initrd] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd)]);
+  const vm = new Vm(resolved, { kernel, initrd }, customLoader);
+  liveVms.add(new WeakRef(vm));
+  return vm;
+}
+
+/** VMs still alive; killed on process exit so no vCPU thread outlives its VM. */
+const liveVms = new Set<WeakRef<Vm>>();
+process.once('exit', () => {
+  for (const r of liveVms) {
+    const vm = r.deref();
+    if (vm && vm.state !== 'stopped') void vm.kill();
+  }
+});

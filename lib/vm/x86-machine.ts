@@ -1,0 +1,224 @@
+/**
+ * The x86_64 Linux Direct machine, built by one linear recipe (Firecracker's
+ * build_microvm_for_boot): partition → RAM → ACPI → kernel/initrd/zero page
+ * → devices → vCPU state. Every phase is timed. The chipset mirrors
+ * OpenVMM's UnenlightenedLinuxDirect: in-kernel LAPIC/IOAPIC/PIC/PIT, ACPI
+ * PM block at 0x400 (SCI 9), CMOS RTC, 16550 UARTs COM1-COM4, port 0x80;
+ * no PCI. Addresses come from lib/arch/x86_64/layout.ts.
+ */
+import { buildX86AcpiTables, type X86AcpiTables } from '../acpi/x86-tables';
+import { ACPI_TABLES_START, RSDP_START, ramRangesFor } from '../arch/x86_64/layout';
+import { AcpiPm, ACPI_PM_BLOCK_SIZE } from '../devices/acpi-pm';
+import { CmosRtc } from '../devices/cmos-rtc';
+import { I8042Reset } from '../devices/i8042-reset';
+import { BatchingSink } from '../devices/serial-sinks';
+import { Uart16550 } from '../devices/uart16550';
+import type { IoDevice } from '../devices/types';
+import type { ShadowBlock } from '../hv/io-bus';
+import { KvmPartition, supportedCpuid } from '../hv/kvm-partition';
+import type { X86VcpuInitState } from '../hv/x86-state';
+import { loadLinuxDirectX86, type LinuxDirectX86Result } from '../loader/linux-direct';
+import { alignUp, GiB } from '../util/bytes';
+import type { ComPort, ResolvedVmConfig } from './config';
+import { IrqLines } from './irq-lines';
+import type { SerialPort } from './serial-port';
+
+/** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
+export const COM_RESOURCES: Record<ComPort, { port: number; irq: number }> = {
+  com1: { port: 0x3f8, irq: 4 },
+  com2: { port: 0x2f8, irq: 3 },
+  com3: { port: 0x3e8, irq: 4 },
+  com4: { port: 0x2e8, irq: 3 },
+};
+const PM_BASE = 0x400;
+const SCI_IRQ = 9;
+const RTC_PORT = 0x70;
+const RTC_IRQ = 8;
+const POST_PORT = 0x80;
+const I8042_COMMAND_PORT = 0x64;
+/** UART registers whose reads have no side effects (IER, LCR, MCR, LSR, SCR): answered natively. */
+const UART_SHADOWED = [1, 3, 4, 5, 7];
+
+export interface MachineHooks {
+  serial: Partial<Record<ComPort, SerialPort>>;
+  /** The guest asked for S5 (power off). */
+  onPowerOff(): void;
+  /** The guest asked for a reset (ACPI reset register or the keyboard controller). */
+  onReset(): void;
+}
+
+export interface BootImages {
+  kernel: Uint8Array;
+  initrd?: Uint8Array | undefined;
+}
+
+export interface X86Machine {
+  partition: KvmPartition;
+  pm: AcpiPm;
+  uarts: Partial<Record<ComPort, Uart16550>>;
+  acpi: X86AcpiTables;
+  boot: LinuxDirectX86Result | undefined;
+  /** Milliseconds per build phase, in order. */
+  timings: Array<[string, number]>;
+  /** Flush pending serial output. */
+  flush(): void;
+  dispose(): void;
+}
+
+/** A UART whose side-effect-free registers are mirrored into native shadows after every access. */
+class ShadowedUart implements IoDevice {
+  readonly name: string;
+  shadow: ShadowBlock | undefined;
+  constructor(readonly uart: Uart16550) {
+    this.name = uart.name;
+  }
+  refresh(): void {
+    const sh = this.shadow;
+    if (!sh) return;
+    let ok = this.uart.shadowSafe();
+    for (const off of UART_SHADOWED) {
+      const v = this.uart.peek(off);
+      if (v === undefined) ok = false;
+      else sh.set(off, v);
+    }
+    sh.enable(ok, ok);
+  }
+  read(offset: number, size: number): number {
+    const v = this.uart.read(offset, size);
+    this.refresh();
+    return v;
+  }
+  write(offset: number, size: number, value: number): void {
+    this.uart.write(offset, size, value);
+    this.refresh();
+  }
+  enqueue(bytes: Uint8Array): number {
+    const n = this.uart.enqueue(bytes);
+    this.refresh();
+    return n;
+  }
+}
+
+function physAddrBits(): number {
+  const leaf = supportedCpuid().find((e) => e.function === 0x80000008);
+  const bits = leaf ? leaf.eax & 0xff : 36;
+  return bits >= 32 && bits <= 52 ? bits : 36;
+}
+
+export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: KvmPartition) => X86VcpuInitState): X86Machine {
+  const timings: Array<[string, number]> = [];
+  let t = performance.now();
+  const phase = (name: string) => {
+    const now = performance.now();
+    timings.push([name, now - t]);
+    t = now;
+  };
+
+  // 1. Partition and vCPUs (in-kernel irqchip and PIT).
+  const spin = cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {};
+  const partition = new KvmPartition({ vcpus: cfg.vcpus, ...spin });
+  const sinks: BatchingSink[] = [];
+  try {
+    phase('partition');
+    // 2. RAM below the MMIO gap and above 4 GiB.
+    for (const r of ramRangesFor(cfg.memory)) partition.addRam({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high' });
+    phase('memory');
+
+    // 3. ACPI tables: they only depend on the machine shape.
+    const ports = (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => cfg.serial[c]);
+    const acpi = buildX86AcpiTables({
+      vcpus: cfg.vcpus,
+      serialPorts: ports.map((c) => ({ name: c.toUpperCase(), port: COM_RESOURCES[c].port, irq: COM_RESOURCES[c].irq })),
+      tablesGpa: ACPI_TABLES_START,
+      rsdpGpa: RSDP_START,
+      pmBase: PM_BASE,
+      sci: SCI_IRQ,
+    });
+    partition.memory.write(acpi.tablesGpa, acpi.blob);
+    partition.memory.write(acpi.rsdpGpa, acpi.rsdp);
+    phase('acpi');
+
+    // 4. Kernel, initrd, command line, zero page / start_info, GDT, page tables.
+    let boot: LinuxDirectX86Result | undefined;
+    let bsp: X86VcpuInitState;
+    let apMsrs: LinuxDirectX86Result['apMsrs'] = [];
+    if (images) {
+      boot = loadLinuxDirectX86(partition.memory, {
+        kernel: images.kernel,
+        initrd: images.initrd,
+        cmdline: cfg.cmdline,
+        protocol: cfg.boot,
+        memoryBytes: cfg.memory,
+        acpi: { rsdpGpa: acpi.rsdpGpa },
+        acpiRange: { gpa: acpi.tablesGpa, size: alignUp(acpi.blob.length, 4096) },
+        physAddrBits: physAddrBits(),
+      });
+      bsp = boot.bsp;
+      apMsrs = boot.apMsrs;
+    } else if (loadOther) {
+      bsp = loadOther(partition);
+    } else {
+      throw new Error('buildX86Machine needs boot images or a loader');
+    }
+    phase('load');
+
+    // 5. Devices.
+    const irqs = new IrqLines((irq, level) => partition.setIrqLine(irq, level));
+    const uarts: Partial<Record<ComPort, Uart16550>> = {};
+    for (const c of ports) {
+      const port = hooks.serial[c];
+      const sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
+      sinks.push(sink);
+      let shadowed: ShadowedUart | undefined;
+      const uart = new Uart16550({ name: c, irq: irqs.line(COM_RESOURCES[c].irq), sink, onRxSpace: () => port?.rxSpace() });
+      shadowed = new ShadowedUart(uart);
+      const range = partition.pio.register(COM_RESOURCES[c].port, 8, shadowed, { posted: [0], shadowed: UART_SHADOWED });
+      shadowed.shadow = range.shadow;
+      shadowed.refresh();
+      const s = shadowed;
+      port?.attach({ enqueue: (b) => s.enqueue(b) });
+      uarts[c] = uart;
+    }
+    const pm = new AcpiPm({
+      sci: irqs.line(SCI_IRQ),
+      onSleep: (slpTyp) => {
+        // Our DSDT's \_S5 is {0, 0}: SLP_TYP 0 is soft-off. Other states are not offered.
+        if (slpTyp === 0) hooks.onPowerOff();
+      },
+      onReset: () => hooks.onReset(),
+    });
+    partition.pio.register(PM_BASE, ACPI_PM_BLOCK_SIZE, pm);
+    const lowRam = Math.min(cfg.memory, 0xf800_0000);
+    partition.pio.register(RTC_PORT, 2, new CmosRtc({ irq: irqs.line(RTC_IRQ), memory: { belowFourGiB: lowRam, aboveFourGiB: cfg.memory - lowRam } }));
+    // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
+    partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
+    partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
+    phase('devices');
+
+    // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.
+    const v0 = partition.vcpus[0]!;
+    if (bsp.sregs) v0.setSregs(bsp.sregs);
+    if (bsp.regs) v0.setRegs(bsp.regs);
+    if (bsp.msrs?.length) v0.setMsrs(bsp.msrs);
+    for (const v of partition.vcpus.slice(1)) if (apMsrs.length) v.setMsrs(apMsrs);
+    phase('vcpus');
+
+    return {
+      partition,
+      pm,
+      uarts,
+      acpi,
+      boot,
+      timings,
+      flush: () => sinks.forEach((s) => s.flush()),
+      dispose: () => {
+        for (const s of sinks) s.flush();
+        for (const c of ports) hooks.serial[c]?.attach(undefined);
+        partition.destroy();
+      },
+    };
+  } catch (e) {
+    partition.destroy();
+    throw e;
+  }
+}

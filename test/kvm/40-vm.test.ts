@@ -1,0 +1,68 @@
+/**
+ * Tier 1: the whole VM (createVm → Linux Direct loader → ACPI → devices →
+ * vCPUs) with the tiny PVH kernel, on this machine's /dev/kvm.
+ */
+import test from 'ava';
+import { createVm } from '../../lib/vm/vm';
+import { kvmSkipReason } from '../../lib/testing/kvm-test-helpers';
+import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
+import { ConfigError } from '../../lib/errors';
+
+const skip = kvmSkipReason();
+const kvm = skip ? test.skip : test;
+if (skip) console.log(`# SKIP kvm tier: ${skip}`);
+
+kvm('the tiny PVH kernel prints on COM1 and powers off through the ACPI PM block', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('HELLO-FROM-PVH\n'), boot: 'pvh', memory: '128M' });
+  await vm.start();
+  const m = await vm.serial(1).expect(/HELLO-FROM-PVH/, { timeoutMs: 10_000 });
+  t.truthy(m);
+  const stop = await vm.waitForStop();
+  t.is(stop.reason, 'poweroff', stop.message);
+  t.is(vm.state, 'stopped');
+  t.regex(vm.serial(1).log(), /^HELLO-FROM-PVH\n/);
+});
+
+kvm('kill stops a running vm at once and a second kill is harmless', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('X\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
+  await vm.start();
+  await vm.expect('X');
+  const r = await vm.kill();
+  t.is(r.reason, 'killed');
+  t.is((await vm.kill()).reason, 'killed');
+  await t.throwsAsync(() => vm.pause(), { code: 'ERR_VM_STATE', message: /cannot pause a vm that is stopped/ });
+});
+
+kvm('pause and resume keep the vm alive; calls in the wrong state fail clearly', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('Y\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
+  await t.throwsAsync(() => vm.resume(), { code: 'ERR_VM_STATE', message: /cannot resume a vm that is created/ });
+  await vm.start();
+  await vm.pause();
+  t.is(vm.state, 'paused');
+  t.is(vm.memory.readU8(0x100000), 0x66, 'guest memory is readable while paused');
+  await vm.resume();
+  t.is(vm.state, 'running');
+  await vm.kill();
+});
+
+kvm('await using kills the vm at scope exit', async (t) => {
+  let ref;
+  {
+    await using vm = await createVm({ kernel: tinyPvhKernel('Z\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
+    ref = vm;
+    await vm.start();
+  }
+  t.is(ref.state, 'stopped');
+  t.is((await ref.waitForStop()).reason, 'killed');
+});
+
+test('a bad configuration lists every problem at once', async (t) => {
+  const e = await t.throwsAsync(() => createVm({ memory: '1X', vcpus: 0, boot: 'uefi' as never, serial: { com9: true } as never }), { instanceOf: ConfigError });
+  const paths = e!.issues.map((i) => i.path).sort();
+  t.deepEqual(paths, ['boot', 'kernel', 'memory', 'serial.com9', 'vcpus']);
+  t.regex(e!.message, /memory: "1X" is not a size/);
+});
+
+test('a missing kernel file is one clear sentence', async (t) => {
+  await t.throwsAsync(() => createVm({ kernel: '/nonexistent/vmlinuz' }), { code: 'ERR_FILE', message: 'kernel file /nonexistent/vmlinuz does not exist' });
+});
