@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { promises as fsp } from 'node:fs';
-import { NodevmmError } from '../errors';
+import { FormatError, NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
 import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
@@ -20,6 +20,7 @@ import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { KvmPartition } from '../hv/kvm-partition';
+import type { X86AcpiTables } from '../acpi/x86-tables';
 
 export interface VmEvents {
   state: [VmState];
@@ -29,7 +30,7 @@ export interface VmEvents {
 }
 
 /** Loads something other than a Linux kernel (IGVM) into a fresh partition; returns the BSP state. */
-export type CustomLoader = (partition: KvmPartition, config: ResolvedVmConfig) => X86VcpuInitState;
+export type CustomLoader = (partition: KvmPartition, config: ResolvedVmConfig, acpi: X86AcpiTables) => X86VcpuInitState;
 
 async function readImage(what: string, v: string | Uint8Array | undefined): Promise<Uint8Array | undefined> {
   if (v === undefined || v instanceof Uint8Array) return v;
@@ -51,6 +52,8 @@ export class Vm extends EventEmitter<VmEvents> {
   private readonly ports: Partial<Record<ComPort, SerialPort>> = {};
   private readonly images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
+  /** Where the images came from, for error messages. */
+  paths: { kernel?: string; initrd?: string; igvm?: string } = {};
   /** Boots since creation (1 after start, +1 per restart). */
   boots = 0;
   /** Build phase timings of the last boot, in ms. */
@@ -102,7 +105,7 @@ export class Vm extends EventEmitter<VmEvents> {
 
   private build(): void {
     const images = this.images.kernel ? { kernel: this.images.kernel, initrd: this.images.initrd } : undefined;
-    const loader = this.customLoader ? (p: KvmPartition) => this.customLoader!(p, this.config) : undefined;
+    const loader = this.customLoader ? (p: KvmPartition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
     const m = buildX86Machine(
       this.config,
       images,
@@ -128,6 +131,11 @@ export class Vm extends EventEmitter<VmEvents> {
       this.machine!.partition.start();
       this.setState('running');
     } catch (e) {
+      if (e instanceof FormatError) {
+        // Name the file the bytes came from: "kernel /boot/x: ..." beats "kernel: ...".
+        const path = e.format === 'igvm' ? this.paths.igvm : e.format === 'initrd' ? this.paths.initrd : this.paths.kernel;
+        if (path) e.withFile(path);
+      }
       this.finish({ reason: 'host-error', message: (e as Error).message, error: e as Error });
       throw e;
     }
@@ -269,8 +277,13 @@ export class Vm extends EventEmitter<VmEvents> {
  */
 export async function createVm(config: VmConfig, customLoader?: CustomLoader): Promise<Vm> {
   const resolved = resolveVmConfig(config);
-  const [kernel, initrd] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd)]);
+  const [kernel, initrd, igvm] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
+  if (igvm) resolved.igvm = igvm;
   const vm = new Vm(resolved, { kernel, initrd }, customLoader);
+  for (const k of ['kernel', 'initrd', 'igvm'] as const) {
+    const v = config[k];
+    if (typeof v === 'string') vm.paths[k] = v;
+  }
   liveVms.add(new WeakRef(vm));
   return vm;
 }

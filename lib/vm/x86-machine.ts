@@ -105,7 +105,7 @@ function physAddrBits(): number {
   return bits >= 32 && bits <= 52 ? bits : 36;
 }
 
-export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: KvmPartition) => X86VcpuInitState): X86Machine {
+export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: KvmPartition, acpi: X86AcpiTables) => X86VcpuInitState): X86Machine {
   const timings: Array<[string, number]> = [];
   let t = performance.now();
   const phase = (name: string) => {
@@ -156,7 +156,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       bsp = boot.bsp;
       apMsrs = boot.apMsrs;
     } else if (loadOther) {
-      bsp = loadOther(partition);
+      bsp = loadOther(partition, acpi);
     } else {
       throw new Error('buildX86Machine needs boot images or a loader');
     }

@@ -1,0 +1,125 @@
+/**
+ * The `nodevmm run` flag table and its parser: argv in, VmConfig plus
+ * serial bindings out. Every unknown flag, missing value or bad value is a
+ * ConfigError naming the flag (the CLI exits 2 on those).
+ */
+import { ConfigError, type ConfigIssue } from '../errors';
+import type { BootProtocol, ComPort, VmConfig } from '../vm/config';
+
+export type SerialBinding =
+  | { kind: 'console' }
+  | { kind: 'stdio' }
+  | { kind: 'none' }
+  | { kind: 'null' }
+  | { kind: 'file'; path: string }
+  | { kind: 'tcp'; host: string; port: number };
+
+export interface RunArgs {
+  config: VmConfig;
+  serial: Record<ComPort, SerialBinding>;
+  verbose: boolean;
+  help: boolean;
+  /** Print the boot phase timings and the memory layout to stderr. */
+  trace: boolean;
+}
+
+export const RUN_USAGE = `usage: nodevmm run --kernel PATH [options]
+       nodevmm run --igvm FILE [options]
+
+Boot a Linux kernel directly (Linux Direct): no firmware, the VMM loads the
+kernel, builds boot_params/ACPI and starts the CPU at the kernel's entry.
+
+options:
+  --kernel PATH          bzImage or ELF vmlinux (x86_64)
+  --initrd PATH          initramfs (cpio, optionally compressed)
+  --cmdline STR          appended to the default command line "panic=-1 console=ttyS0"
+  --no-default-cmdline   use --cmdline alone
+  -m, --memory SIZE      guest RAM, e.g. 512M, 1G, 6G (default 1G)
+  -p, --processors N     vCPUs (default 1)
+  --boot auto|linux64|pvh
+                         entry protocol (default auto: the 64-bit boot protocol;
+                         pvh needs an ELF with the XEN_ELFNOTE_PHYS32_ENTRY note)
+  --igvm FILE            boot an IGVM image instead of --kernel
+  --com1 BINDING         console|stdio|file:PATH|tcp:HOST:PORT|none (default console)
+  --com2, --com3, --com4 BINDING  (default: present, output kept in memory only)
+  --on-reset stop|restart  what a guest reboot does (default stop)
+  --trace                print boot phase timings and the memory layout to stderr
+  --verbose              show stack traces for errors
+  -h, --help             this help
+
+serial bindings:
+  console     this terminal: raw mode on a TTY with Ctrl-A as the escape key
+              (Ctrl-A x quits, Ctrl-A h helps); piped stdin/stdout otherwise
+  stdio       stdin/stdout as plain byte streams, no escape key
+  file:PATH   guest output appended to PATH
+  tcp:H:P     connect to H:P and bridge the port to that socket
+  none        no UART at this port
+
+exit status: 0 guest powered off or reset (with --on-reset stop), 2 bad usage or
+configuration, 3 triple fault, 4 internal error (e.g. emulation failure),
+1 host error, 130 killed (Ctrl-A x).`;
+
+function parseBinding(flag: string, v: string, issues: ConfigIssue[]): SerialBinding {
+  if (v === 'console' || v === 'stdio' || v === 'none') return { kind: v };
+  if (v.startsWith('file:') && v.length > 5) return { kind: 'file', path: v.slice(5) };
+  const m = /^tcp:(.+):(\d+)$/.exec(v);
+  if (m && Number(m[2]) > 0 && Number(m[2]) < 65536) return { kind: 'tcp', host: m[1]!, port: Number(m[2]) };
+  issues.push({ path: flag, message: `${JSON.stringify(v)} is not a serial binding (console, stdio, file:PATH, tcp:HOST:PORT, none)` });
+  return { kind: 'none' };
+}
+
+export function parseRunArgs(argv: readonly string[]): RunArgs {
+  const issues: ConfigIssue[] = [];
+  const config: VmConfig = {};
+  const serial: Record<ComPort, SerialBinding> = { com1: { kind: 'console' }, com2: { kind: 'null' }, com3: { kind: 'null' }, com4: { kind: 'null' } };
+  const out: RunArgs = { config, serial, verbose: false, help: false, trace: false };
+  for (let i = 0; i < argv.length; i++) {
+    const raw = argv[i]!;
+    const eq = raw.startsWith('--') ? raw.indexOf('=') : -1;
+    const flag = eq > 0 ? raw.slice(0, eq) : raw;
+    const inline = eq > 0 ? raw.slice(eq + 1) : undefined;
+    const value = (): string | undefined => {
+      if (inline !== undefined) return inline;
+      const v = argv[i + 1];
+      if (v === undefined || (v.startsWith('-') && v.length > 1 && !/^-\d/.test(v))) {
+        issues.push({ path: flag, message: 'needs a value' });
+        return undefined;
+      }
+      i++;
+      return v;
+    };
+    switch (flag) {
+      case '--kernel': { const v = value(); if (v !== undefined) config.kernel = v; break; }
+      case '--initrd': { const v = value(); if (v !== undefined) config.initrd = v; break; }
+      case '--igvm': { const v = value(); if (v !== undefined) config.igvm = v; break; }
+      case '--cmdline': { const v = value(); if (v !== undefined) config.cmdline = v; break; }
+      case '--no-default-cmdline': config.cmdlineDefaults = false; break;
+      case '-m':
+      case '--memory': { const v = value(); if (v !== undefined) config.memory = /^\d+$/.test(v) ? `${v}M` : v; break; }
+      case '-p':
+      case '--processors': {
+        const v = value();
+        if (v === undefined) break;
+        if (!/^\d+$/.test(v)) issues.push({ path: flag, message: `${JSON.stringify(v)} is not a whole number of processors` });
+        else config.vcpus = Number(v);
+        break;
+      }
+      case '--boot': { const v = value(); if (v !== undefined) config.boot = v as BootProtocol; break; }
+      case '--on-reset': { const v = value(); if (v !== undefined) config.onReset = v as 'stop' | 'restart'; break; }
+      case '--com1':
+      case '--com2':
+      case '--com3':
+      case '--com4': { const v = value(); if (v !== undefined) serial[flag.slice(2) as ComPort] = parseBinding(flag, v, issues); break; }
+      case '--verbose': out.verbose = true; break;
+      case '--trace': out.trace = true; break;
+      case '-h':
+      case '--help': out.help = true; break;
+      default: issues.push({ path: raw, message: raw.startsWith('-') ? 'is not a nodevmm run option (see nodevmm run --help)' : 'unexpected argument (see nodevmm run --help)' });
+    }
+  }
+  config.serial = { com1: serial.com1.kind !== 'none', com2: serial.com2.kind !== 'none', com3: serial.com3.kind !== 'none', com4: serial.com4.kind !== 'none' };
+  const consoles = Object.values(serial).filter((b) => b.kind === 'console' || b.kind === 'stdio').length;
+  if (consoles > 1) issues.push({ path: '--com1..--com4', message: 'only one port can use the console or stdio' });
+  if (issues.length && !out.help) throw new ConfigError(issues);
+  return out;
+}

@@ -1,0 +1,159 @@
+/**
+ * The nodevmm command line: `run`, `igvm build|inspect`, `--help`,
+ * `--version`. Errors are one line `nodevmm: <sentence>` with exit status 2
+ * for usage/configuration/input problems and 1 for runtime failures; stack
+ * traces only with --verbose. The exit status of `run` says how the guest
+ * stopped (lib/vm/lifecycle.ts EXIT_CODES).
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { ConfigError, FormatError, HypervisorUnavailableError, KvmError, NodevmmError } from '../errors';
+import { nativeBinding } from '../hv/native';
+import { runIgvmCommand } from '../igvm/cli';
+import type { ComPort } from '../vm/config';
+import { EXIT_CODES } from '../vm/lifecycle';
+import { createVm, type Vm } from '../vm/vm';
+import { parseRunArgs, RUN_USAGE, type SerialBinding } from './args';
+import { attachConsole } from './console';
+import { igvmLoader } from '../vm/igvm-boot';
+
+const USAGE = `nodevmm: a virtual machine monitor for Node.js
+
+usage: nodevmm run --kernel PATH [--initrd PATH] [--cmdline STR] [-m 1G] [-p 1] ...
+       nodevmm igvm inspect FILE [--json]
+       nodevmm igvm build --kernel K [--initrd I] [--cmdline C] -o OUT
+       nodevmm --version
+
+commands:
+  run     boot a Linux kernel (Linux Direct) or an IGVM image   (nodevmm run --help)
+  igvm    inspect or build IGVM images
+
+environment: needs /dev/kvm (read/write) on Linux x86_64.`;
+
+/** Errors caused by what the user gave us: exit 2. */
+function isUsageError(e: unknown): boolean {
+  if (e instanceof ConfigError || e instanceof FormatError || e instanceof HypervisorUnavailableError) return true;
+  if (e instanceof NodevmmError) {
+    return /^ERR_(FILE|CONFIG|KERNEL|BZIMAGE|ELF|INITRD|CMDLINE|IGVM|GUEST_MEMORY_LAYOUT|INVALID_ARG)/.test(e.code);
+  }
+  return false;
+}
+
+function kvmUnavailable(e: unknown): boolean {
+  return e instanceof KvmError && e.syscall === 'open';
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const verbose = argv.includes('--verbose');
+  try {
+    const [cmd, ...rest] = argv;
+    if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
+      process.stdout.write(USAGE + '\n');
+      return cmd === undefined ? 2 : 0;
+    }
+    if (cmd === '--version' || cmd === '-v') {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      process.stdout.write(`nodevmm ${(require('../../../package.json') as { version: string }).version}\n`);
+      return 0;
+    }
+    if (cmd === 'igvm') {
+      return runIgvmCommand(rest.filter((a) => a !== '--verbose'), {
+        readFile: (p) => readInput(p),
+        writeFile: (p, d) => fs.writeFileSync(p, d),
+        stdout: (t) => process.stdout.write(t),
+      });
+    }
+    if (cmd === 'run') return await run(rest);
+    throw new ConfigError([{ path: cmd, message: 'is not a nodevmm command (run, igvm; see nodevmm --help)' }]);
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    process.stderr.write(`nodevmm: ${msg}\n`);
+    if (verbose && e instanceof Error && e.stack) process.stderr.write(e.stack + '\n');
+    return isUsageError(e) || kvmUnavailable(e) ? 2 : 1;
+  }
+}
+
+function readInput(p: string): Uint8Array {
+  try {
+    return new Uint8Array(fs.readFileSync(p));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new NodevmmError('ERR_FILE', `file ${p} ${code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable' : (e as Error).message}`);
+  }
+}
+
+async function run(argv: readonly string[]): Promise<number> {
+  const args = parseRunArgs(argv);
+  if (args.help) {
+    process.stdout.write(RUN_USAGE + '\n');
+    return 0;
+  }
+  const probe = nativeBinding().probe();
+  if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
+  const vm = await createVm(args.config, args.config.igvm !== undefined ? igvmLoader : undefined);
+  const cleanups: Array<() => void> = [];
+  const quit = () => void vm.kill();
+  for (const [name, binding] of Object.entries(args.serial) as [ComPort, SerialBinding][]) {
+    if (binding.kind === 'none' || binding.kind === 'null') continue;
+    cleanups.push(await bindSerial(vm, name, binding, quit));
+  }
+  const onSignal = () => quit();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    await vm.start();
+    if (args.trace) {
+      process.stderr.write(`nodevmm: build phases ${vm.timings.map(([n, ms]) => `${n} ${ms.toFixed(1)}ms`).join(', ')}\n`);
+    }
+    const stop = await vm.waitForStop();
+    // Let batched console output reach the terminal before we exit.
+    await new Promise((r) => setImmediate(r));
+    if (stop.reason !== 'poweroff' && stop.reason !== 'killed') process.stderr.write(`nodevmm: vm stopped: ${stop.reason}: ${stop.message}\n`);
+    return EXIT_CODES[stop.reason];
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    for (const c of cleanups) c();
+  }
+}
+
+async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => void): Promise<() => void> {
+  const port = vm.serial(name);
+  switch (b.kind) {
+    case 'console':
+    case 'stdio': {
+      const h = attachConsole(port, { interactive: b.kind === 'console', onQuit: quit });
+      return () => h.detach();
+    }
+    case 'file': {
+      let fd: number;
+      try {
+        fd = fs.openSync(b.path, 'a');
+      } catch (e) {
+        throw new NodevmmError('ERR_FILE', `${name} output file ${b.path} cannot be opened: ${(e as Error).message}`);
+      }
+      const on = (chunk: Buffer) => fs.writeSync(fd, chunk);
+      port.on('output', on);
+      return () => {
+        port.off('output', on);
+        fs.closeSync(fd);
+      };
+    }
+    case 'tcp': {
+      const sock = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect(b.port, b.host, () => resolve(s));
+        s.once('error', (e) => reject(new NodevmmError('ERR_FILE', `${name}: cannot connect to tcp:${b.host}:${b.port}: ${e.message}`)));
+      });
+      const on = (chunk: Buffer) => sock.write(chunk);
+      port.on('output', on);
+      sock.on('data', (d) => port.write(d));
+      sock.on('error', () => undefined);
+      return () => {
+        port.off('output', on);
+        sock.destroy();
+      };
+    }
+    default:
+      return () => undefined;
+  }
+}
