@@ -1,1 +1,26 @@
+/**
+ * nodevmm's public surface: create and script VMs, the lower-level
+ * partition API, the pure format modules, and the error classes.
+ */
 export * from './errors';
+export { createVm, Vm, type CustomLoader, type VmEvents } from './vm/vm';
+export { resolveVmConfig, parseSize, DEFAULTS, type VmConfig, type ResolvedVmConfig, type ComPort, type BootProtocol } from './vm/config';
+export type { StopReason, StopReasonKind, VmState } from './vm/lifecycle';
+export { EXIT_CODES } from './vm/lifecycle';
+export { SerialPort, type ExpectOptions } from './vm/serial-port';
+export type { ExecOptions, ExecResult } from './vm/exec';
+export { KvmPartition, type KvmPartitionOptions } from './hv/kvm-partition';
+export type { Partition, VirtualProcessor, VcpuStop, PartitionStats, RamOptions } from './hv/partition';
+export { IoBus, type IoRegistrationOptions, type ShadowBlock } from './hv/io-bus';
+export { nativeBinding } from './hv/native';
+export { GuestMemory, type GuestMemoryAccess, type GuestRamRange } from './memory/guest-memory';
+export type { IoDevice, IrqLine, ByteSink } from './devices/types';
+export { CpioWriter } from './initramfs/cpio';
+export { buildInitramfs, buildTestInitramfs, buildShellInitramfs } from './initramfs/initramfs';
+export { parseIgvm } from './igvm/parse';
+export { inspectIgvm, formatIgvmSummary } from './igvm/inspect';
+export { buildLinuxDirectIgvm } from './igvm/linux-direct';
+export { buildX86AcpiTables } from './acpi/x86-tables';
+export { loadLinuxDirectX86 } from './loader/linux-direct';
+export { FdtWriter } from './fdt/writer';
+export { parseFdt } from './fdt/reader';
