@@ -1,0 +1,133 @@
+/**
+ * Builds the gzip-compressed newc initramfs images our tests boot: a test
+ * init that prints marker lines, runs one command given on the kernel command
+ * line and powers off, and an interactive busybox shell. Everything in the
+ * image is a static busybox plus a POSIX sh init script, so the same builder
+ * serves x86_64 and arm64. It does not fetch busybox or modules (see
+ * lib/testing/artifacts.ts). Kernel side: Documentation/filesystems/ramfs-
+ * rootfs-initramfs.rst (the kernel runs /init from the unpacked archive).
+ */
+import { gzipSync } from 'node:zlib';
+import { NodevmmError } from '../errors';
+import { CpioWriter } from './cpio';
+
+/** Marker lines printed by the test init, one `KEY=value` per line. */
+export const GUEST_MARKERS = {
+  initOk: 'GUEST-INIT-OK',
+  uptime: 'GUEST-UPTIME=',
+  nproc: 'GUEST-NPROC=',
+  memTotalKb: 'GUEST-MEMTOTAL-KB=',
+  unameR: 'GUEST-UNAME-R=',
+  cmdExit: 'GUEST-CMD-EXIT=',
+} as const;
+
+/** Kernel command line parameters the test init understands. */
+export const CMDLINE_PARAMS = {
+  /** `nodevmm.cmd=<base64 of a shell command>`: base64 keeps spaces and quotes intact. */
+  cmd: 'nodevmm.cmd',
+  /** `nodevmm.shell=1`: after the command, start a shell on the console instead of powering off. */
+  shell: 'nodevmm.shell',
+} as const;
+
+export interface InitramfsFile {
+  /** Absolute path inside the guest, e.g. `/etc/motd`. */
+  path: string;
+  data: Uint8Array | string;
+  mode?: number;
+}
+
+/** A kernel module to `insmod` at boot, in the order given (no dependency resolution). */
+export interface InitramfsModule {
+  /** Module name without `.ko`, e.g. `virtio_ring`; also the file name under /lib/modules. */
+  name: string;
+  data: Uint8Array;
+}
+
+export interface InitramfsOptions {
+  /** A statically linked busybox binary for the guest's architecture. */
+  busybox: Uint8Array;
+  extraFiles?: InitramfsFile[];
+  modules?: InitramfsModule[];
+}
+
+export interface CustomInitramfsOptions extends InitramfsOptions {
+  /** The /init script, run by busybox sh; `/bin/busybox --install -s` has not yet run. */
+  init: string;
+}
+
+/** The test init: markers, optional `nodevmm.cmd`, then power off (or a shell with `nodevmm.shell=1`). */
+export function buildTestInitramfs(options: InitramfsOptions): Uint8Array {
+  return buildInitramfs({ ...options, init: testInitScript(false) });
+}
+
+/** The same init, but it always ends in an interactive shell on the console. */
+export function buildShellInitramfs(options: InitramfsOptions): Uint8Array {
+  return buildInitramfs({ ...options, init: testInitScript(true) });
+}
+
+/** Any init script over busybox: the archive holds /bin/busybox, /init, modules and extra files. */
+export function buildInitramfs(options: CustomInitramfsOptions): Uint8Array {
+  const cpio = new CpioWriter();
+  for (const dir of ['/bin', '/sbin', '/usr/bin', '/usr/sbin', '/dev', '/proc', '/sys', '/tmp', '/etc', '/lib/modules', '/root']) {
+    cpio.addDir(dir);
+  }
+  // The kernel opens /dev/console before running /init; without this node there is no
+  // console for init's stdio until devtmpfs is mounted.
+  cpio.addDevice('/dev/console', 'c', 5, 1, 0o600);
+  cpio.addFile('/bin/busybox', options.busybox, 0o755);
+  cpio.addSymlink('/bin/sh', 'busybox');
+  const names: string[] = [];
+  for (const m of options.modules ?? []) {
+    if (!/^[A-Za-z0-9_-]+$/.test(m.name)) throw new NodevmmError('ERR_INITRAMFS_MODULE', `initramfs: module name ${JSON.stringify(m.name)} is not a plain module name`);
+    cpio.addFile(`/lib/modules/${m.name}.ko`, m.data, 0o644);
+    names.push(m.name);
+  }
+  cpio.addFile('/etc/nodevmm-modules', names.map((n) => n + '\n').join(''), 0o644);
+  for (const f of options.extraFiles ?? []) cpio.addFile(f.path, f.data, f.mode ?? 0o644);
+  cpio.addFile('/init', options.init, 0o755);
+  return new Uint8Array(gzipSync(cpio.finish(), { level: 6 }));
+}
+
+/** Shell lines shared by every init: busybox applets, pseudo filesystems, modules in order. */
+export const INIT_PRELUDE = `#!/bin/sh
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || mount -t tmpfs tmpfs /dev
+exec </dev/console >/dev/console 2>&1
+while read -r mod; do
+  [ -n "$mod" ] || continue
+  insmod "/lib/modules/$mod.ko" || echo "GUEST-INSMOD-FAILED=$mod"
+done </etc/nodevmm-modules
+`;
+
+function testInitScript(alwaysShell: boolean): string {
+  return `${INIT_PRELUDE}
+echo ${GUEST_MARKERS.initOk}
+read -r up _ </proc/uptime
+echo "${GUEST_MARKERS.uptime}$up"
+echo "${GUEST_MARKERS.nproc}$(nproc)"
+echo "${GUEST_MARKERS.memTotalKb}$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
+echo "${GUEST_MARKERS.unameR}$(uname -r)"
+cmd_b64=
+shell=${alwaysShell ? 1 : 0}
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    ${CMDLINE_PARAMS.cmd}=*) cmd_b64="\${arg#${CMDLINE_PARAMS.cmd}=}" ;;
+    ${CMDLINE_PARAMS.shell}=1) shell=1 ;;
+  esac
+done
+if [ -n "$cmd_b64" ]; then
+  cmd="$(echo "$cmd_b64" | base64 -d)"
+  sh -c "$cmd"
+  echo "${GUEST_MARKERS.cmdExit}$?"
+fi
+if [ "$shell" = 1 ]; then
+  # cttyhack gives the shell a controlling tty, so ^C and job control work on the console.
+  setsid cttyhack sh -l
+fi
+sync
+poweroff -f
+`;
+}
