@@ -1,0 +1,221 @@
+/**
+ * Runs a shell command inside an emulated KVM host: QEMU TCG emulating an AMD
+ * EPYC with SVM and NPT, booting Debian's kernel with real kvm_amd, so tests
+ * get a /dev/kvm that runs unmodified Linux guests even where the local
+ * /dev/kvm cannot (KVM-PVM). This machine's / is shared read-only over 9p and
+ * becomes the command's root, so absolute paths (the checkout, node) work as
+ * they do here. It does not isolate: the command sees all of /, read-only.
+ * See docs/testing.md for the layers and for debugging a guest that hangs.
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { NodevmmError } from '../errors';
+import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
+import { ensureGuestArtifacts, guestCacheRoot, KVM_HOST_MODULES, type GuestArtifacts } from './artifacts';
+
+export interface KvmHostOptions {
+  /** Hard limit for the whole run, boot included; QEMU is killed when it passes. */
+  timeoutMs: number;
+  /** Working directory of the command (an absolute path on this machine). */
+  cwd: string;
+  /** Extra environment for the command, on top of PATH, HOME, CI and NODEVMM_CACHE from here. */
+  env?: Record<string, string>;
+  memoryMiB?: number;
+  smp?: number;
+  /** Console text as it arrives (kernel messages and the command's output). */
+  onConsole?: (text: string) => void;
+  /** How long the host may take to reach its ready marker before the run is abandoned. */
+  bootTimeoutMs?: number;
+  /** Use these instead of calling ensureGuestArtifacts. */
+  artifacts?: GuestArtifacts;
+}
+
+export interface KvmHostResult {
+  exitCode: number;
+  consoleLog: string;
+  durationMs: number;
+  /** Time from spawning QEMU to the host's ready marker. */
+  bootMs: number;
+}
+
+/** Printed by the host's init once /dev/kvm is up and the chroot is mounted. */
+export const KVM_HOST_READY_MARKER = 'NODEVMM-KVM-HOST-READY';
+export const KVM_HOST_EXIT_MARKER = 'NODEVMM-KVM-HOST-EXIT=';
+export const KVM_HOST_FAILED_MARKER = 'NODEVMM-KVM-HOST-FAILED:';
+
+const QEMU = 'qemu-system-x86_64';
+const NINEP_OPTS = 'trans=virtio,version=9p2000.L,msize=512000';
+const CONSOLE_TAIL_LINES = 30;
+const DEFAULT_BOOT_TIMEOUT_MS = 120_000;
+const TCG_FEATURE_WARNING = /warning: TCG doesn't support requested feature/;
+
+/** The host's /init: modules, 9p root, pseudo filesystems, chroot, status, power off. */
+export const KVM_HOST_INIT = `${INIT_PRELUDE}
+fail() { echo "${KVM_HOST_FAILED_MARKER} $*"; sync; poweroff -f; }
+results=
+artifacts=
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    nodevmm.results=*) results="\${arg#nodevmm.results=}" ;;
+    nodevmm.artifacts=*) artifacts="\${arg#nodevmm.artifacts=}" ;;
+  esac
+done
+[ -n "$results" ] || fail "no nodevmm.results= on the kernel command line"
+[ -c /dev/kvm ] || fail "/dev/kvm missing after loading kvm-amd (is SVM emulated?)"
+mkdir -p /host
+mount -t 9p -o ro,cache=loose,${NINEP_OPTS} host /host || fail "mounting the host root over 9p"
+mount -t proc proc /host/proc || fail "mounting /proc"
+mount -t sysfs sysfs /host/sys || fail "mounting /sys"
+mount -t devtmpfs devtmpfs /host/dev || fail "mounting /dev"
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "mounting /tmp"
+mount -t tmpfs -o mode=755 tmpfs /host/run
+# The results folder usually lives under /tmp, which is now an empty tmpfs: recreate the
+# mount point so the folder has the same absolute path inside as outside.
+mkdir -p "/host$results"
+mount -t 9p -o ${NINEP_OPTS} results "/host$results" || fail "mounting the results share"
+# The artifacts may also live under /tmp (NODEVMM_CACHE=/tmp/...): share them the same way.
+if [ -n "$artifacts" ]; then
+  mkdir -p "/host$artifacts"
+  mount -t 9p -o ro,cache=loose,${NINEP_OPTS} artifacts "/host$artifacts" || fail "mounting the artifacts share"
+fi
+echo "${KVM_HOST_READY_MARKER} $(cut -d' ' -f1 /proc/uptime)"
+chroot /host /bin/sh "$results/run.sh"
+status=$?
+echo "$status" > "/host$results/exit-status"
+echo "${KVM_HOST_EXIT_MARKER}$status"
+sync
+umount "/host$results"
+poweroff -f
+`;
+
+/** Boots the emulated host, runs `command` with /bin/sh in `cwd`, and returns its exit status and the console. */
+export async function runInKvmHost(command: string, options: KvmHostOptions): Promise<KvmHostResult> {
+  if (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0) {
+    throw new NodevmmError('ERR_KVM_HOST_OPTIONS', `kvm-host: timeoutMs is ${options.timeoutMs}, expected a positive number`);
+  }
+  if (!path.isAbsolute(options.cwd)) {
+    throw new NodevmmError('ERR_KVM_HOST_OPTIONS', `kvm-host: cwd ${JSON.stringify(options.cwd)} is not an absolute path`);
+  }
+  const artifacts = options.artifacts ?? (await ensureGuestArtifacts({ arch: 'x86_64' }));
+  const results = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-kvm-host-'));
+  try {
+    const modules = KVM_HOST_MODULES.map((name) => ({ name, data: new Uint8Array(fs.readFileSync(path.join(artifacts.modulesDir, `${name}.ko`))) }));
+    const busybox = new Uint8Array(fs.readFileSync(artifacts.busybox));
+    const initrd = path.join(results, 'kvm-host-initramfs.cpio.gz');
+    fs.writeFileSync(initrd, buildInitramfs({ busybox, modules, init: KVM_HOST_INIT }));
+    fs.writeFileSync(path.join(results, 'run.sh'), runScript(command, options));
+    const args = qemuArgs(artifacts.vmlinuz, initrd, results, artifacts.dir, options);
+    return await runQemu(args, results, options);
+  } finally {
+    fs.rmSync(results, { recursive: true, force: true });
+  }
+}
+
+/** The QEMU command line for the emulated host (exported for docs and debugging). */
+export function qemuArgs(kernel: string, initrd: string, results: string, artifactsDir: string, options: Pick<KvmHostOptions, 'memoryMiB' | 'smp'>): string[] {
+  return [
+    '-M', 'q35', '-accel', 'tcg', '-cpu', 'EPYC,+svm,+npt',
+    '-m', `${options.memoryMiB ?? 4096}M`, '-smp', String(options.smp ?? 2),
+    '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
+    '-kernel', kernel, '-initrd', initrd,
+    '-append', `console=ttyS0 quiet panic=-1 mitigations=off nodevmm.results=${results} nodevmm.artifacts=${artifactsDir}`,
+    '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
+    '-virtfs', `local,path=${results},mount_tag=results,security_model=none,multidevs=remap`,
+    '-virtfs', `local,path=${artifactsDir},mount_tag=artifacts,security_model=none,readonly=on,multidevs=remap`,
+  ];
+}
+
+function runScript(command: string, options: KvmHostOptions): string {
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin',
+    HOME: process.env.HOME ?? '/root',
+    NODEVMM_CACHE: guestCacheRoot(),
+    NODEVMM_IN_KVM_HOST: '1',
+    // npm and npx write logs and caches under $HOME, which is read-only in here.
+    npm_config_cache: '/tmp/npm-cache',
+    ...(process.env.CI ? { CI: process.env.CI } : {}),
+    ...options.env,
+  };
+  const lines = ['cd ' + shellQuote(options.cwd) + ' || exit 125'];
+  for (const [k, v] of Object.entries(env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) {
+      throw new NodevmmError('ERR_KVM_HOST_OPTIONS', `kvm-host: environment name ${JSON.stringify(k)} is not a valid shell variable name`);
+    }
+    lines.push(`export ${k}=${shellQuote(v)}`);
+  }
+  lines.push(command, '');
+  return lines.join('\n');
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function runQemu(args: string[], results: string, options: KvmHostOptions): Promise<KvmHostResult> {
+  const started = Date.now();
+  const bootTimeoutMs = Math.min(options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS, options.timeoutMs);
+  return new Promise((resolve, reject) => {
+    let log = '';
+    let bootMs: number | undefined;
+    let failure: NodevmmError | undefined;
+    const child = spawn(QEMU, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const elapsed = () => ((Date.now() - started) / 1000).toFixed(1);
+    const stop = (code: string, why: string) => {
+      failure ??= new NodevmmError(code, `kvm-host: ${why} after ${elapsed()} s; last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`);
+      child.kill('SIGKILL');
+    };
+    const hardTimer = setTimeout(() => stop('ERR_KVM_HOST_TIMEOUT', `the run hit its ${options.timeoutMs} ms limit`), options.timeoutMs);
+    const bootTimer = setTimeout(() => {
+      if (bootMs === undefined) stop('ERR_KVM_HOST_BOOT', `the host never printed ${KVM_HOST_READY_MARKER} within ${bootTimeoutMs} ms`);
+    }, bootTimeoutMs);
+    const onText = (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      log += text;
+      options.onConsole?.(text);
+      if (bootMs === undefined && log.includes(KVM_HOST_READY_MARKER)) bootMs = Date.now() - started;
+      const failed = new RegExp(`${KVM_HOST_FAILED_MARKER} (.*)`).exec(log);
+      if (failed && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `kvm-host: the host's init failed: ${failed[1]?.trim()} (after ${elapsed()} s); last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`);
+    };
+    child.stdout.on('data', onText);
+    // TCG lists every EPYC feature it cannot emulate on stderr; they are expected and harmless.
+    child.stderr.on('data', (chunk: Buffer) => {
+      const kept = chunk.toString('utf8').split('\n').filter((l) => !TCG_FEATURE_WARNING.test(l)).join('\n');
+      if (kept.trim()) onText(Buffer.from(kept));
+    });
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(hardTimer);
+      clearTimeout(bootTimer);
+      reject(
+        err.code === 'ENOENT'
+          ? new NodevmmError('ERR_KVM_HOST_QEMU_MISSING', `kvm-host: ${QEMU} is not installed (apt-get install qemu-system-x86)`, { cause: err })
+          : new NodevmmError('ERR_KVM_HOST_SPAWN', `kvm-host: starting ${QEMU} failed: ${err.message}`, { cause: err }),
+      );
+    });
+    child.on('close', (qemuStatus) => {
+      clearTimeout(hardTimer);
+      clearTimeout(bootTimer);
+      if (failure) return reject(failure);
+      const durationMs = Date.now() - started;
+      let status: number | undefined;
+      try {
+        status = Number(fs.readFileSync(path.join(results, 'exit-status'), 'utf8').trim());
+      } catch {
+        const m = new RegExp(`${KVM_HOST_EXIT_MARKER}(\\d+)`).exec(log);
+        if (m?.[1]) status = Number(m[1]);
+      }
+      if (status === undefined || !Number.isInteger(status)) {
+        return reject(new NodevmmError('ERR_KVM_HOST_NO_STATUS', `kvm-host: ${QEMU} exited with status ${qemuStatus} after ${elapsed()} s without reporting the command's exit status; last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`));
+      }
+      resolve({ exitCode: status, consoleLog: log, durationMs, bootMs: bootMs ?? durationMs });
+    });
+  });
+}
+
+function tail(log: string): string {
+  return log.replace(/\r/g, '').trimEnd().split('\n').slice(-CONSOLE_TAIL_LINES).join('\n');
+}
