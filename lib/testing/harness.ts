@@ -1,0 +1,85 @@
+/**
+ * `withVm(t, options, fn)`: a VM per test, for ava and node:test. Boots a
+ * guest (by default Debian's kernel and our test initramfs from the
+ * artifact cache, with a shell agent on COM2 for exec), waits for the
+ * guest's marker, runs `fn`, and always tears the VM down. When the test
+ * fails or times out, the serial logs are attached to the test output.
+ */
+import { NodevmmError } from '../errors';
+import type { VmConfig } from '../vm/config';
+import { createVm, type Vm } from '../vm/vm';
+import { ensureGuestArtifacts } from './artifacts';
+
+/** The parts of ava's ExecutionContext and node:test's TestContext we use. */
+export interface TestContextLike {
+  log?: (...values: unknown[]) => void;
+  diagnostic?: (message: string) => void;
+  teardown?: (fn: () => void | Promise<void>) => void;
+  after?: (fn: () => void | Promise<void>) => void;
+  timeout?: (ms: number) => void;
+}
+
+export interface WithVmOptions extends VmConfig {
+  /** Wait for this on COM1 before running fn (default GUEST-INIT-OK; false: don't wait). */
+  waitFor?: RegExp | string | false;
+  /** Whole-test deadline in ms (boot + fn), default 120000. */
+  timeoutMs?: number;
+  /** Boot time budget for waitFor, default 60000. */
+  bootTimeoutMs?: number;
+  /** Start an exec agent (a shell) on COM2 in the default test initramfs. Default true. */
+  agent?: boolean;
+}
+
+/** Kernel command line flag: the test init starts a shell on /dev/ttyS1 for exec(). */
+export const AGENT_CMDLINE = 'nodevmm.agent=ttyS1';
+
+function report(t: TestContextLike, text: string): void {
+  if (t.log) t.log(text);
+  else if (t.diagnostic) for (const line of text.split('\n')) t.diagnostic(line);
+  else process.stderr.write(text + '\n');
+}
+
+export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: (vm: Vm) => Promise<T>): Promise<T> {
+  const { waitFor = /GUEST-INIT-OK/, timeoutMs = 120_000, bootTimeoutMs = 60_000, agent = true, ...config } = options;
+  const cfg: VmConfig = { memory: '256M', ...config };
+  if (cfg.kernel === undefined && cfg.igvm === undefined) {
+    const a = await ensureGuestArtifacts({ arch: 'x86_64' });
+    cfg.kernel = a.vmlinuz;
+    cfg.initrd ??= a.testInitramfs;
+    if (agent) cfg.cmdline = [cfg.cmdline, AGENT_CMDLINE, 'nodevmm.shell=1'].filter(Boolean).join(' ');
+  }
+  t.timeout?.(timeoutMs + 10_000);
+  const vm = await createVm(cfg);
+  let torn = false;
+  const teardown = async () => {
+    if (torn) return;
+    torn = true;
+    if (vm.state !== 'stopped') await vm.kill();
+  };
+  (t.teardown ?? t.after)?.call(t, teardown);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const body = (async () => {
+      await vm.start();
+      if (waitFor !== false) await vm.serial(1).expect(waitFor, { timeoutMs: bootTimeoutMs });
+      return fn(vm);
+    })();
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new NodevmmError('ERR_TEST_TIMEOUT', `withVm: the test did not finish within ${timeoutMs} ms`)), timeoutMs);
+    });
+    return await Promise.race([body, deadline]);
+  } catch (e) {
+    for (const n of [1, 2] as const) {
+      try {
+        const log = vm.serial(n).log();
+        if (log) report(t, `--- serial com${n} (${log.length} bytes, last 8 KiB) ---\n${log.slice(-8192)}`);
+      } catch {
+        // port not configured
+      }
+    }
+    throw e;
+  } finally {
+    if (timer) clearTimeout(timer);
+    await teardown();
+  }
+}
