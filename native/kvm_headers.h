@@ -10,7 +10,9 @@
 #define __DECLARE_FLEX_ARRAY(TYPE, NAME) TYPE NAME[0]
 #include <linux/kvm.h>
 
+#if defined(__x86_64__)
 static_assert(sizeof(struct kvm_cpuid2) == 8, "kvm_cpuid2 layout");
 static_assert(sizeof(struct kvm_msrs) == 8, "kvm_msrs layout");
 static_assert(sizeof(struct kvm_msr_list) == 4, "kvm_msr_list layout");
+#endif
 static_assert(sizeof(struct kvm_irq_routing) == 8, "kvm_irq_routing layout");

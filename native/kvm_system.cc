@@ -104,6 +104,7 @@ Napi::Value CheckExtension(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r < 0 ? 0 : r);
 }
 
+#if defined(__x86_64__)
 Napi::Value GetSupportedCpuid(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string err;
@@ -151,6 +152,8 @@ Napi::Value GetMsrIndexList(const Napi::CallbackInfo& info) {
   return out;
 }
 
+#endif
+
 // eventfd(initial, flags) -> fd. Nonblocking, close-on-exec.
 Napi::Value EventFd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -191,8 +194,10 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 Napi::Object InitSystem(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
   exports.Set("checkExtension", Napi::Function::New(env, CheckExtension, "checkExtension"));
+#if defined(__x86_64__)
   exports.Set("getSupportedCpuid", Napi::Function::New(env, GetSupportedCpuid, "getSupportedCpuid"));
   exports.Set("getMsrIndexList", Napi::Function::New(env, GetMsrIndexList, "getMsrIndexList"));
+#endif
   exports.Set("eventfd", Napi::Function::New(env, EventFd, "eventfd"));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventFdWrite, "eventfdWrite"));
   exports.Set("eventfdRead", Napi::Function::New(env, EventFdRead, "eventfdRead"));

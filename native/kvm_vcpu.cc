@@ -18,6 +18,12 @@ Napi::FunctionReference* Vcpu::constructor = nullptr;
 Napi::Function Vcpu::Init(Napi::Env env) {
   Napi::Function f = DefineClass(env, "Vcpu",
                                  {
+#if defined(__aarch64__)
+                                     InstanceMethod("armVcpuInit", &Vcpu::ArmVcpuInit),
+                                     InstanceMethod("getOneReg", &Vcpu::GetOneReg),
+                                     InstanceMethod("setOneReg", &Vcpu::SetOneReg),
+#endif
+#if defined(__x86_64__)
                                      InstanceMethod("getRegs", &Vcpu::GetRegs),
                                      InstanceMethod("setRegs", &Vcpu::SetRegs),
                                      InstanceMethod("getSregs", &Vcpu::GetSregs),
@@ -37,6 +43,7 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                                      InstanceMethod("setCpuid2", &Vcpu::SetCpuid2),
                                      InstanceMethod("translate", &Vcpu::Translate),
                                      InstanceMethod("setGuestDebug", &Vcpu::SetGuestDebug),
+#endif
                                      InstanceMethod("sharedBuffer", &Vcpu::SharedBuffer),
                                      InstanceMethod("start", &Vcpu::Start),
                                      InstanceMethod("resume", &Vcpu::Resume),
@@ -78,6 +85,7 @@ bool Vcpu::Usable(Napi::Env env, bool need_stopped) {
     if (ioctl(CORE_FD(), req, arg) < 0) return ThrowErrno(env, errno, "ioctl", #req, what); \
   } while (0)
 
+#if defined(__x86_64__)
 namespace {
 const char* kRegNames[] = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8",  "r9",
                            "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"};
@@ -438,6 +446,8 @@ Napi::Value Vcpu::SetGuestDebug(const Napi::CallbackInfo& info) {
   VCPU_IOCTL(KVM_SET_GUEST_DEBUG, &d, "set guest debug");
   return env.Undefined();
 }
+
+#endif  // __x86_64__
 
 // The shared page (mailbox + posted ring) as an ArrayBuffer; it keeps the
 // page alive by itself, so JS can never see it freed.

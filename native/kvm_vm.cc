@@ -26,10 +26,18 @@ Napi::Function Vm::Init(Napi::Env env) {
   return DefineClass(env, "Vm",
                      {
                          InstanceMethod("checkExtension", &Vm::CheckExtension),
+#if defined(__x86_64__)
                          InstanceMethod("setTssAddr", &Vm::SetTssAddr),
                          InstanceMethod("setIdentityMapAddr", &Vm::SetIdentityMapAddr),
-                         InstanceMethod("createIrqchip", &Vm::CreateIrqchip),
                          InstanceMethod("createPit2", &Vm::CreatePit2),
+#endif
+#if defined(__aarch64__)
+                         InstanceMethod("armPreferredTarget", &Vm::ArmPreferredTarget),
+                         InstanceMethod("createDevice", &Vm::CreateDevice),
+                         InstanceMethod("setDeviceAttr", &Vm::SetDeviceAttr),
+                         InstanceMethod("hasDeviceAttr", &Vm::HasDeviceAttr),
+#endif
+                         InstanceMethod("createIrqchip", &Vm::CreateIrqchip),
                          InstanceMethod("irqLine", &Vm::IrqLine),
                          InstanceMethod("setGsiRouting", &Vm::SetGsiRouting),
                          InstanceMethod("signalMsi", &Vm::SignalMsi),
@@ -119,6 +127,7 @@ Napi::Value Vm::CheckExtension(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, r < 0 ? 0 : r);
 }
 
+#if defined(__x86_64__)
 Napi::Value Vm::SetTssAddr(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();
@@ -137,6 +146,8 @@ Napi::Value Vm::SetIdentityMapAddr(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+#endif
+
 Napi::Value Vm::CreateIrqchip(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();
@@ -144,6 +155,7 @@ Napi::Value Vm::CreateIrqchip(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+#if defined(__x86_64__)
 Napi::Value Vm::CreatePit2(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();
@@ -152,6 +164,8 @@ Napi::Value Vm::CreatePit2(const Napi::CallbackInfo& info) {
   VM_IOCTL(KVM_CREATE_PIT2, &cfg, "create in-kernel pit");
   return env.Undefined();
 }
+
+#endif
 
 // irqLine(irq, level): hot path for level changes of legacy lines.
 Napi::Value Vm::IrqLine(const Napi::CallbackInfo& info) {

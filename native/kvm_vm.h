@@ -140,10 +140,19 @@ class Vm : public Napi::ObjectWrap<Vm> {
  private:
   friend class Vcpu;
   Napi::Value CheckExtension(const Napi::CallbackInfo& info);
+#if defined(__x86_64__)
   Napi::Value SetTssAddr(const Napi::CallbackInfo& info);
   Napi::Value SetIdentityMapAddr(const Napi::CallbackInfo& info);
-  Napi::Value CreateIrqchip(const Napi::CallbackInfo& info);
   Napi::Value CreatePit2(const Napi::CallbackInfo& info);
+#endif
+#if defined(__aarch64__)
+  // native/kvm_arm64.cc
+  Napi::Value ArmPreferredTarget(const Napi::CallbackInfo& info);
+  Napi::Value CreateDevice(const Napi::CallbackInfo& info);
+  Napi::Value SetDeviceAttr(const Napi::CallbackInfo& info);
+  Napi::Value HasDeviceAttr(const Napi::CallbackInfo& info);
+#endif
+  Napi::Value CreateIrqchip(const Napi::CallbackInfo& info);
   Napi::Value IrqLine(const Napi::CallbackInfo& info);
   Napi::Value SetGsiRouting(const Napi::CallbackInfo& info);
   Napi::Value SignalMsi(const Napi::CallbackInfo& info);
@@ -195,6 +204,13 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
 
  private:
   bool Usable(Napi::Env env, bool need_stopped);
+#if defined(__aarch64__)
+  // native/kvm_arm64.cc
+  Napi::Value ArmVcpuInit(const Napi::CallbackInfo& info);
+  Napi::Value GetOneReg(const Napi::CallbackInfo& info);
+  Napi::Value SetOneReg(const Napi::CallbackInfo& info);
+#endif
+#if defined(__x86_64__)
   Napi::Value GetRegs(const Napi::CallbackInfo& info);
   Napi::Value SetRegs(const Napi::CallbackInfo& info);
   Napi::Value GetSregs(const Napi::CallbackInfo& info);
@@ -214,6 +230,7 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value SetCpuid2(const Napi::CallbackInfo& info);
   Napi::Value Translate(const Napi::CallbackInfo& info);
   Napi::Value SetGuestDebug(const Napi::CallbackInfo& info);
+#endif
   Napi::Value SharedBuffer(const Napi::CallbackInfo& info);
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value Resume(const Napi::CallbackInfo& info);

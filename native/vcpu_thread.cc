@@ -2,7 +2,9 @@
 // machine: Created -> Paused <-> Running -> Exited -> Joined. Hot exits are
 // answered here (unclaimed ports, constant ranges, register shadows, posted
 // writes); only exits a TypeScript device must see go through the mailbox.
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
@@ -25,6 +27,13 @@ long Futex(std::atomic<int32_t>* addr, int op, int32_t val) {
 // How long a vCPU spins for JS's answer before sleeping: long enough to
 // cover a busy event loop's handler, short enough not to burn a core.
 constexpr int kSpinIterations = 4000;
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
 }  // namespace
 
 VcpuCore::VcpuCore(Vm* vm, uint32_t index, int fd, kvm_run* run, size_t run_size)
@@ -106,11 +115,17 @@ DecodedExit VcpuCore::Run() {
       break;
     case KVM_EXIT_DEBUG:
       x.type = ExitType::kDebug;
+#if defined(__x86_64__)
       x.detail[0] = run_->debug.arch.exception;
       x.detail[1] = run_->debug.arch.pc;
       x.detail[2] = run_->debug.arch.dr6;
       x.detail[3] = run_->debug.arch.dr7;
       x.ndetail = 4;
+#elif defined(__aarch64__)
+      x.detail[0] = run_->debug.arch.hsr;
+      x.detail[1] = run_->debug.arch.far;
+      x.ndetail = 2;
+#endif
       break;
     case KVM_EXIT_INTR:
       RequestImmediateExit(false);
@@ -305,7 +320,7 @@ bool VcpuCore::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_
     for (int i = 0; i < kSpinIterations; i++) {
       int32_t st = mb.state.load(std::memory_order_acquire);
       if (st != kMailboxPending) goto answered;
-      _mm_pause();
+      CpuRelax();
     }
     mb.sleeping.store(1, std::memory_order_seq_cst);
     if (mb.state.load(std::memory_order_seq_cst) == kMailboxPending) Futex(&mb.state, FUTEX_WAIT, kMailboxPending);
