@@ -123,7 +123,7 @@ export function qemuArgs(kernel: string, initrd: string, results: string, artifa
     '-m', `${options.memoryMiB ?? 4096}M`, '-smp', String(options.smp ?? 2),
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-kernel', kernel, '-initrd', initrd,
-    '-append', `console=ttyS0 quiet panic=-1 mitigations=off nodevmm.results=${results} nodevmm.artifacts=${artifactsDir}`,
+    '-append', `console=ttyS0 quiet panic=-1 mitigations=off transparent_hugepage=never nodevmm.results=${results} nodevmm.artifacts=${artifactsDir}`,
     '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
     '-virtfs', `local,path=${results},mount_tag=results,security_model=none,multidevs=remap`,
     '-virtfs', `local,path=${artifactsDir},mount_tag=artifacts,security_model=none,readonly=on,multidevs=remap`,

@@ -1,0 +1,203 @@
+#!/usr/bin/env node
+// The test runner behind `npm test`: node scripts/run-tests.js unit|kvm|e2e|all
+//  - builds with tsc first when dist/ is missing or older than a source file;
+//  - unit: dist/test/unit; kvm: dist/test/kvm on the local /dev/kvm (skipped without one);
+//  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise all files in ONE boot of
+//    the emulated KVM host (QEMU TCG + SVM, see docs/testing.md);
+//  - prints each tier's wall time and ends with exactly one line "N passed, N failed, N skipped".
+'use strict';
+const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const ROOT = path.resolve(__dirname, '..');
+const AVA_CLI = path.join(ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.mjs');
+const TIERS = { unit: 'dist/test/unit', kvm: 'dist/test/kvm', e2e: 'dist/test/e2e' };
+/** The emulated host runs all e2e files in one boot; this bounds it so CI cannot hang. */
+const E2E_HOST_TIMEOUT_MS = Number(process.env.NODEVMM_E2E_TIMEOUT_MS || 30 * 60 * 1000);
+const TIER_TIMEOUT_MS = 30 * 60 * 1000;
+
+function log(msg) {
+  process.stdout.write(`[run-tests] ${msg}\n`);
+}
+
+function newestMtime(dir, filter) {
+  let newest = 0;
+  if (!fs.existsSync(dir)) return newest;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (entry.name === 'node_modules' || entry.name.startsWith('.')) continue;
+    const p = path.join(dir, entry.name);
+    if (entry.isDirectory()) newest = Math.max(newest, newestMtime(p, filter));
+    else if (filter(entry.name)) newest = Math.max(newest, fs.statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+function buildIfStale() {
+  const isTs = (n) => n.endsWith('.ts') && !n.endsWith('.d.ts');
+  const src = Math.max(...['lib', 'test', 'scripts'].map((d) => newestMtime(path.join(ROOT, d), isTs)), fs.statSync(path.join(ROOT, 'tsconfig.json')).mtimeMs);
+  const built = newestMtime(path.join(ROOT, 'dist'), (n) => n.endsWith('.js'));
+  if (built >= src && built > 0) return;
+  log(built === 0 ? 'dist/ is missing: building with tsc' : 'dist/ is older than the sources: building with tsc');
+  const started = Date.now();
+  const r = spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'inherit' });
+  // tsc still emits when some file has type errors; the tests then show what is broken.
+  if (r.status !== 0) log(`tsc exited with status ${r.status}; running the tests on what it emitted`);
+  log(`build took ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+
+function testFiles(dir) {
+  const abs = path.join(ROOT, dir);
+  if (!fs.existsSync(abs)) return [];
+  return fs.readdirSync(abs, { recursive: true })
+    .filter((f) => f.endsWith('.test.js'))
+    .map((f) => path.join(dir, f))
+    .sort();
+}
+
+/** Counts from ava's TAP output; the summary comments win, the ok/not ok lines are the fallback. */
+function parseTap(text) {
+  const lines = text.replace(/\r/g, '').split('\n');
+  const summary = {};
+  let pass = 0, fail = 0, skip = 0, todo = 0;
+  for (const line of lines) {
+    const s = /^# (pass|fail|skip|todo)\s+(\d+)\s*$/.exec(line);
+    if (s) summary[s[1]] = Number(s[2]);
+    if (/^not ok \d+/.test(line)) {
+      if (/# TODO/.test(line)) todo++;
+      else fail++;
+    } else if (/^ok \d+/.test(line)) {
+      if (/# SKIP/.test(line)) skip++;
+      else pass++;
+    }
+  }
+  if ('pass' in summary || 'fail' in summary) {
+    return { passed: summary.pass || 0, failed: summary.fail || 0, skipped: (summary.skip || 0) + (summary.todo || 0) };
+  }
+  return { passed: pass, failed: fail, skipped: skip + todo };
+}
+
+function runAva(files, env) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [AVA_CLI, '--tap', ...files], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const timer = setTimeout(() => {
+      log(`ava ran longer than ${TIER_TIMEOUT_MS / 1000} s: killing it`);
+      child.kill('SIGKILL');
+    }, TIER_TIMEOUT_MS);
+    child.stdout.on('data', (d) => {
+      out += d;
+      process.stdout.write(d);
+    });
+    child.stderr.on('data', (d) => process.stderr.write(d));
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      const counts = parseTap(out);
+      // A crash before any test ran (a syntax error, a missing module) is a failure, not zero tests.
+      if (status !== 0 && counts.failed === 0) counts.failed = 1;
+      resolve(counts);
+    });
+  });
+}
+
+function skipped(files, reason) {
+  log(`skipping ${files.length} test file(s): ${reason}`);
+  return { passed: 0, failed: 0, skipped: files.length };
+}
+
+async function runUnit() {
+  const files = testFiles(TIERS.unit);
+  if (files.length === 0) return skipped(files, 'no unit test files');
+  return runAva(files);
+}
+
+async function runKvm() {
+  const files = testFiles(TIERS.kvm);
+  if (files.length === 0) return skipped(files, 'no kvm test files');
+  const { detectKvm } = require('../dist/lib/testing/detect');
+  const kvm = detectKvm();
+  if (!kvm.present) return skipped(files, kvm.reason);
+  log(`local ${kvm.reason}`);
+  return runAva(files);
+}
+
+async function runE2e() {
+  const files = testFiles(TIERS.e2e);
+  if (files.length === 0) return skipped(files, 'no e2e test files');
+  const { detectKvm } = require('../dist/lib/testing/detect');
+  const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
+  const kvm = detectKvm();
+  let artifacts;
+  try {
+    artifacts = await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => log(`artifacts: ${m}`) });
+  } catch (err) {
+    const reason = `guest artifacts unavailable: ${err.code || ''} ${err.message}`;
+    // CI exists to prove this tier; locally a machine without apt access just skips it.
+    if (process.env.CI) {
+      log(reason);
+      return { passed: 0, failed: 1, skipped: 0 };
+    }
+    return skipped(files, reason);
+  }
+  if (kvm.kind === 'real') {
+    log(`running e2e directly: ${kvm.reason}`);
+    return runAva(files);
+  }
+  if (spawnSync('qemu-system-x86_64', ['--version']).error) {
+    return skipped(files, `${kvm.reason}, and qemu-system-x86_64 is not installed for the emulated KVM host`);
+  }
+  log(`${kvm.reason}: running all e2e files in one boot of the emulated KVM host`);
+  const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
+  const quoted = [AVA_CLI, ...files].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  let result;
+  try {
+    result = await runInKvmHost(`${JSON.stringify(process.execPath)} ${quoted} --tap`, {
+      cwd: ROOT,
+      timeoutMs: E2E_HOST_TIMEOUT_MS,
+      artifacts,
+      onConsole: (text) => process.stdout.write(text.replace(/\r/g, '')),
+    });
+  } catch (err) {
+    process.stdout.write('\n');
+    log(`emulated KVM host failed: ${err.code || ''} ${err.message}`);
+    return { passed: 0, failed: 1, skipped: 0 };
+  }
+  process.stdout.write('\n');
+  log(`emulated KVM host: ready in ${(result.bootMs / 1000).toFixed(1)} s, ava exit ${result.exitCode}, ${(result.durationMs / 1000).toFixed(1)} s in all`);
+  const counts = parseTap(result.consoleLog);
+  if (result.exitCode !== 0 && counts.failed === 0) counts.failed = 1;
+  return counts;
+}
+
+async function main() {
+  const mode = process.argv[2] || 'all';
+  const plan = { unit: ['unit'], kvm: ['kvm'], e2e: ['e2e'], all: ['unit', 'kvm', 'e2e'] }[mode];
+  if (!plan) {
+    process.stderr.write('usage: node scripts/run-tests.js unit|kvm|e2e|all\n');
+    process.exit(2);
+  }
+  buildIfStale();
+  const runners = { unit: runUnit, kvm: runKvm, e2e: runE2e };
+  const total = { passed: 0, failed: 0, skipped: 0 };
+  const timings = [];
+  for (const tier of plan) {
+    const started = Date.now();
+    log(`tier ${tier}: starting`);
+    let counts;
+    try {
+      counts = await runners[tier]();
+    } catch (err) {
+      log(`tier ${tier}: ${err.stack || err}`);
+      counts = { passed: 0, failed: 1, skipped: 0 };
+    }
+    const secs = ((Date.now() - started) / 1000).toFixed(1);
+    timings.push(`${tier} ${secs} s`);
+    log(`tier ${tier}: ${counts.passed} passed, ${counts.failed} failed, ${counts.skipped} skipped in ${secs} s`);
+    for (const k of Object.keys(total)) total[k] += counts[k];
+  }
+  log(`wall time per tier: ${timings.join(', ')}`);
+  process.stdout.write(`${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped\n`);
+  process.exit(total.failed > 0 ? 1 : 0);
+}
+
+main();
