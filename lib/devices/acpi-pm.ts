@@ -34,8 +34,17 @@ export const PM1_PWRBTN_BIT = 0x0100;
 export const PM1_WAK_STS_BIT = 0x8000;
 /** PM1_STS bits that exist in this model (write-1-to-clear). */
 const PM1_STS_MASK = PM1_TMR_BIT | PM1_PWRBTN_BIT | PM1_WAK_STS_BIT;
-/** PM1_EN bits that exist in this model (timer, power button). */
-const PM1_EN_MASK = PM1_TMR_BIT | PM1_PWRBTN_BIT;
+/** PM1_STS/PM1_EN: global lock release (BIOS_RLS / GBL_EN). */
+export const PM1_GBL_BIT = 0x0020;
+/** PM1_STS/PM1_EN: RTC alarm. */
+export const PM1_RTC_BIT = 0x0400;
+/**
+ * PM1_EN bits that hold what the guest writes. GBL_EN and RTC_EN never fire
+ * here (no firmware takes the global lock; no RTC wake), but ACPICA enables
+ * them at boot and reads them back: a register that dropped them makes Linux
+ * log "ACPI Error: Could not enable GlobalLock/RealTimeClock event".
+ */
+const PM1_EN_MASK = PM1_TMR_BIT | PM1_GBL_BIT | PM1_PWRBTN_BIT | PM1_RTC_BIT;
 
 /** PM1_CNT: events raise SCIs, not SMIs; fixed at 1 because there is no SMM to hand over from. */
 export const PM1_CNT_SCI_EN_BIT = 0x0001;

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { RecordingIrqLine } from '../../../lib/devices/types';
-import { AcpiPm, type AcpiPmOptions } from '../../../lib/devices/acpi-pm';
+import { AcpiPm, PM1_EN_OFFSET, type AcpiPmOptions } from '../../../lib/devices/acpi-pm';
 
 function makePm(extra: Partial<AcpiPmOptions> = {}) {
   const sci = new RecordingIrqLine();
@@ -106,10 +106,10 @@ test('power button raises SCI only when enabled and clears on write-1', (t) => {
   t.deepEqual(sci.history, ['high', 'low']);
 });
 
-test('PM1 enable keeps only defined bits', (t) => {
+test('PM1 enable keeps only defined bits (timer, global lock, power button, RTC)', (t) => {
   const { pm } = makePm();
   pm.write(0x02, 2, 0xffff);
-  t.is(pm.read(0x02, 2), 0x0101);
+  t.is(pm.read(0x02, 2), 0x0521);
 });
 
 test('a dword write at offset 0 clears status and sets enable together', (t) => {
@@ -175,4 +175,12 @@ test('restore keeps registers, continues the timer and re-drives the SCI', (t) =
   t.deepEqual(sci.history, ['high']);
   t.is(b.read(0x08, 4), 7_159_090);
   t.is(b.read(0x00, 2), 0x100);
+});
+
+test('PM1_EN keeps the GBL_EN and RTC_EN bits ACPICA enables and reads back', (t) => {
+  const pm = new AcpiPm({ sci: new RecordingIrqLine() });
+  pm.write(PM1_EN_OFFSET, 2, 0x0420);
+  t.is(pm.read(PM1_EN_OFFSET, 2) & 0x0420, 0x0420);
+  // Neither event ever fires, so enabling them must not raise the SCI.
+  t.false(pm.sciAsserted());
 });
