@@ -30,6 +30,8 @@ Napi::Function Vm::Init(Napi::Env env) {
                          InstanceMethod("setTssAddr", &Vm::SetTssAddr),
                          InstanceMethod("setIdentityMapAddr", &Vm::SetIdentityMapAddr),
                          InstanceMethod("createPit2", &Vm::CreatePit2),
+                         InstanceMethod("getClock", &Vm::GetClock),
+                         InstanceMethod("setClock", &Vm::SetClock),
 #endif
 #if defined(__aarch64__)
                          InstanceMethod("armPreferredTarget", &Vm::ArmPreferredTarget),
@@ -162,6 +164,27 @@ Napi::Value Vm::CreatePit2(const Napi::CallbackInfo& info) {
   kvm_pit_config cfg{};
   cfg.flags = info.Length() > 0 ? info[0].ToNumber().Uint32Value() : 0;
   VM_IOCTL(KVM_CREATE_PIT2, &cfg, "create in-kernel pit");
+  return env.Undefined();
+}
+
+// getClock() -> kvmclock nanoseconds (KVM_GET_CLOCK).
+Napi::Value Vm::GetClock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_clock_data c{};
+  VM_IOCTL(KVM_GET_CLOCK, &c, "get kvm clock");
+  return Napi::BigInt::New(env, static_cast<uint64_t>(c.clock));
+}
+
+// setClock(ns): makes the guest's kvmclock read `ns` now (KVM_SET_CLOCK).
+Napi::Value Vm::SetClock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  uint64_t ns = 0;
+  if (!GetU64(info[0], &ns)) return ThrowUsage(env, "clock must be a bigint");
+  kvm_clock_data c{};
+  c.clock = ns;
+  VM_IOCTL(KVM_SET_CLOCK, &c, "set kvm clock");
   return env.Undefined();
 }
 

@@ -144,6 +144,8 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value SetTssAddr(const Napi::CallbackInfo& info);
   Napi::Value SetIdentityMapAddr(const Napi::CallbackInfo& info);
   Napi::Value CreatePit2(const Napi::CallbackInfo& info);
+  Napi::Value GetClock(const Napi::CallbackInfo& info);
+  Napi::Value SetClock(const Napi::CallbackInfo& info);
 #endif
 #if defined(__aarch64__)
   // native/kvm_arm64.cc

@@ -147,6 +147,8 @@ export class KvmPartition extends EventEmitter implements Partition {
   private notifications = 0;
   private routesDirty = false;
   private readonly irqchip: boolean;
+  /** kvmclock at the moment every vCPU had paused. */
+  private pausedClock: bigint | undefined;
 
   constructor(opts: KvmPartitionOptions) {
     super();
@@ -299,6 +301,10 @@ export class KvmPartition extends EventEmitter implements Partition {
     if (this.state === 'running') return;
     if (this.state !== 'paused') throw new VmStateError('resume', this.state);
     this.state = 'running';
+    // Restart the guest clock where the pause stopped it, so a paused guest
+    // does not see time jump forward by the length of the pause (QEMU does the same).
+    if (this.pausedClock !== undefined && this.irqchip) native(() => this.vm.setClock(this.pausedClock!));
+    this.pausedClock = undefined;
     this.vm.ref();
     for (const v of this.vcpus) {
       if (v.stopped) continue;
@@ -319,6 +325,9 @@ export class KvmPartition extends EventEmitter implements Partition {
 
   private checkPaused(): void {
     if (this.vcpus.every((v) => v.paused || v.stopped)) {
+      if (this.state === 'paused' && this.pausedClock === undefined && this.irqchip && this.pauseWaiters.length) {
+        this.pausedClock = native(() => this.vm.getClock());
+      }
       if (this.state === 'paused' || this.state === 'stopped') this.vm.unref();
       const w = this.pauseWaiters;
       this.pauseWaiters = [];

@@ -89,6 +89,9 @@ export interface NativeVm {
   setIdentityMapAddr(addr: number): void;
   createIrqchip(): void;
   createPit2(flags?: number): void;
+  /** KVM_GET_CLOCK / KVM_SET_CLOCK (x86): the guest's kvmclock in ns. */
+  getClock(): bigint;
+  setClock(ns: bigint): void;
   irqLine(irq: number, level: boolean): void;
   setGsiRouting(entries: ({ gsi: number; type: 'irqchip'; irqchip: number; pin: number } | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number })[]): void;
   signalMsi(address: bigint | number, data: number): number;

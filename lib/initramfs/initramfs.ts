@@ -27,6 +27,11 @@ export const CMDLINE_PARAMS = {
   cmd: 'nodevmm.cmd',
   /** `nodevmm.shell=1`: after the command, start a shell on the console instead of powering off. */
   shell: 'nodevmm.shell',
+  /**
+   * `nodevmm.agent=ttyS1`: run a non-interactive shell on that serial port (raw, no echo) for the
+   * host's exec(); kernel messages go to the console, so they never interleave with its output.
+   */
+  agent: 'nodevmm.agent',
 } as const;
 
 export interface InitramfsFile {
@@ -104,6 +109,23 @@ done </etc/nodevmm-modules
 
 function testInitScript(alwaysShell: boolean): string {
   return `${INIT_PRELUDE}
+# The ACPI power button (the host's shutdown()) powers off cleanly: busybox acpid maps it to
+# /etc/acpi/PWRF/00000080. It needs the button and evdev modules (both =m in Debian's kernel).
+mkdir -p /etc/acpi/PWRF
+printf '#!/bin/sh\\nsync\\npoweroff -f\\n' >/etc/acpi/PWRF/00000080
+chmod 755 /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi 2>/dev/null
+agent=
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    ${CMDLINE_PARAMS.agent}=*) agent="\${arg#${CMDLINE_PARAMS.agent}=}" ;;
+  esac
+done
+if [ -n "$agent" ] && [ -c "/dev/$agent" ]; then
+  stty -F "/dev/$agent" raw -echo
+  setsid sh -c "exec sh </dev/$agent >/dev/$agent 2>&1" &
+  echo "GUEST-AGENT=$agent"
+fi
 echo ${GUEST_MARKERS.initOk}
 read -r up _ </proc/uptime
 echo "${GUEST_MARKERS.uptime}$up"

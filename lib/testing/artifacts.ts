@@ -24,6 +24,15 @@ export const KVM_HOST_MODULES = [
   '9pnet', '9pnet_virtio', 'netfs', 'fscache', '9p',
 ] as const;
 
+/** Modules the guest initramfs loads: the ACPI power button and the input events acpid reads. */
+export const GUEST_MODULES = ['button', 'evdev'] as const;
+
+/**
+ * Bumped whenever what the cache holds changes (modules, init scripts), so an
+ * older cache is rebuilt instead of silently used.
+ */
+export const ARTIFACTS_LAYOUT = 2;
+
 const KERNEL_META_PACKAGE = 'linux-image-amd64';
 const BUSYBOX_PACKAGE = 'busybox-static';
 const MANIFEST = 'versions.json';
@@ -41,6 +50,7 @@ export interface GuestArtifactVersions {
   pvhEntry: string;
   sha256: Record<string, string>;
   builtAt: string;
+  layout?: number;
 }
 
 export interface GuestArtifacts {
@@ -78,8 +88,9 @@ export function findGuestArtifacts(arch: 'x86_64' = 'x86_64', cacheDir = guestCa
   } catch {
     return undefined;
   }
+  if (versions.layout !== ARTIFACTS_LAYOUT) return undefined;
   const a = layout(dir, versions);
-  const files = [a.vmlinuz, a.vmlinux, a.busybox, a.testInitramfs, a.shellInitramfs, ...KVM_HOST_MODULES.map((m) => path.join(a.modulesDir, `${m}.ko`))];
+  const files = [a.vmlinuz, a.vmlinux, a.busybox, a.testInitramfs, a.shellInitramfs, ...[...KVM_HOST_MODULES, ...GUEST_MODULES].map((m) => path.join(a.modulesDir, `${m}.ko`))];
   return files.every((f) => fs.existsSync(f)) ? a : undefined;
 }
 
@@ -161,7 +172,7 @@ async function build(cacheDir: string, arch: string, progress: (m: string) => vo
 
     const moduleRoot = path.join(root, 'lib', 'modules', kernelVersion, 'kernel');
     const moduleFiles = listFiles(moduleRoot);
-    for (const name of KVM_HOST_MODULES) {
+    for (const name of [...KVM_HOST_MODULES, ...GUEST_MODULES]) {
       const found = moduleFiles.filter((f) => path.basename(f) === `${name}.ko`);
       const file = found[0];
       if (found.length !== 1 || file === undefined) {
@@ -173,8 +184,9 @@ async function build(cacheDir: string, arch: string, progress: (m: string) => vo
     const busybox = new Uint8Array(fs.readFileSync(path.join(root, 'bin', 'busybox')));
     fs.writeFileSync(path.join(out, 'busybox'), busybox, { mode: 0o755 });
     progress('writing test and shell initramfs images');
-    fs.writeFileSync(path.join(out, 'test-initramfs.cpio.gz'), buildTestInitramfs({ busybox }));
-    fs.writeFileSync(path.join(out, 'shell-initramfs.cpio.gz'), buildShellInitramfs({ busybox }));
+    const modules = GUEST_MODULES.map((name) => ({ name, data: new Uint8Array(fs.readFileSync(path.join(out, 'modules', `${name}.ko`))) }));
+    fs.writeFileSync(path.join(out, 'test-initramfs.cpio.gz'), buildTestInitramfs({ busybox, modules }));
+    fs.writeFileSync(path.join(out, 'shell-initramfs.cpio.gz'), buildShellInitramfs({ busybox, modules }));
 
     const sha256: Record<string, string> = {};
     for (const f of ['vmlinuz', 'vmlinux', 'busybox', 'test-initramfs.cpio.gz', 'shell-initramfs.cpio.gz']) {
@@ -190,6 +202,7 @@ async function build(cacheDir: string, arch: string, progress: (m: string) => vo
       pvhEntry: '0x' + elf.pvhEntry.toString(16),
       sha256,
       builtAt: new Date().toISOString(),
+      layout: ARTIFACTS_LAYOUT,
     };
     // The manifest is written last and the folder renamed into place, so a crash mid-build
     // never leaves something findGuestArtifacts would accept.

@@ -38,7 +38,7 @@ async function execOnce(port: SerialPort, command: string, opts: ExecOptions): P
   const end = `NVX${id}E`;
   // 'NVX<id>''B' prints NVX<id>B but echoes with the quotes, so only output matches.
   const split = (m: string) => `'${m.slice(0, -1)}''${m.slice(-1)}'`;
-  const line = `echo ${split(begin)}; ( ${command} ) 2>&1; echo ${split(end)}=$?\n`;
+  const line = `echo ${split(begin)}; ( ${command} ) </dev/null 2>&1; echo ${split(end)}=$?\n`;
   const timeoutMs = opts.timeoutMs ?? 30_000;
   const started = port.expect(new RegExp(`${begin}\\r?\\n([\\s\\S]*?)${end}=(\\d+)`), { timeoutMs });
   port.write(line);
