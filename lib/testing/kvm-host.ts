@@ -30,6 +30,8 @@ export interface KvmHostOptions {
   bootTimeoutMs?: number;
   /** Use these instead of calling ensureGuestArtifacts. */
   artifacts?: GuestArtifacts;
+  /** Bytes typed into the host's console (an interactive session); default: none. */
+  input?: NodeJS.ReadableStream;
 }
 
 export interface KvmHostResult {
@@ -182,6 +184,13 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
       if (failed && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `kvm-host: the host's init failed: ${failed[1]?.trim()} (after ${elapsed()} s); last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`);
     };
     child.stdout.on('data', onText);
+    if (options.input) {
+      const input = options.input;
+      const forward = (d: Buffer) => child.stdin.write(d);
+      input.on('data', forward);
+      child.on('close', () => input.off('data', forward));
+      child.stdin.on('error', () => undefined);
+    }
     // TCG lists every EPYC feature it cannot emulate on stderr; they are expected and harmless.
     child.stderr.on('data', (chunk: Buffer) => {
       const kept = chunk.toString('utf8').split('\n').filter((l) => !TCG_FEATURE_WARNING.test(l)).join('\n');

@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+'use strict';
+/**
+ * `npm start`: boot the default guest (Debian 12's kernel, a busybox shell)
+ * to an interactive shell. Fetches and caches the guest on first use with
+ * progress. Where /dev/kvm cannot run unmodified Linux (KVM-PVM), it says so
+ * in one line and boots the guest inside the emulated KVM host instead.
+ * Extra arguments go to `nodevmm run`, e.g. `npm start -- -p 2 -m 1G`.
+ * Ctrl-A x quits the guest.
+ */
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+
+const root = path.resolve(__dirname, '..');
+
+async function main() {
+  const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
+  const { detectKvm } = require('../dist/lib/testing/detect');
+  const a = await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => process.stderr.write(`nodevmm: ${m}\n`) });
+  const extra = process.argv.slice(2);
+  const runArgs = [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.shellInitramfs, '-m', '512M', ...extra];
+  const kvm = detectKvm();
+  if (kvm.kind === 'real') {
+    const r = spawnSync(process.execPath, runArgs, { stdio: 'inherit' });
+    return r.status ?? 1;
+  }
+  if (kvm.kind === 'none') {
+    process.stderr.write(`nodevmm: ${kvm.reason}; nodevmm needs KVM (load kvm-intel/kvm-amd or enable nested virtualization)\n`);
+    return 2;
+  }
+  process.stderr.write(`nodevmm: ${kvm.reason}, so the guest boots inside an emulated KVM host (QEMU TCG with SVM) instead; Ctrl-A x quits\n`);
+  const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
+  const tty = process.stdin.isTTY;
+  if (tty) process.stdin.setRawMode(true);
+  process.stdin.resume();
+  const quoted = [process.execPath, ...runArgs].map((s) => `'${s.replace(/'/g, `'\\''`)}'`).join(' ');
+  try {
+    const r = await runInKvmHost(quoted, {
+      cwd: root,
+      timeoutMs: 24 * 3600 * 1000,
+      artifacts: a,
+      input: process.stdin,
+      onConsole: (text) => process.stdout.write(text),
+    });
+    return r.exitCode;
+  } finally {
+    if (tty) process.stdin.setRawMode(false);
+    process.stdin.pause();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    process.stderr.write(`nodevmm: ${e.message}\n`);
+    process.exit(1);
+  },
+);
