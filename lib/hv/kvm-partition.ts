@@ -47,6 +47,8 @@ export const DEFAULT_TSS_ADDRESS = 0xfffbd000;
 export const DEFAULT_IDENTITY_MAP_ADDRESS = 0xfffbc000;
 
 const MAX_VCPUS = 255;
+/** Longest the dispatcher holds the event loop in one go before yielding (ns). */
+const DISPATCH_TURN_NS = 2_000_000n;
 
 let cpuidCache: CpuidEntry[] | undefined;
 /** KVM_GET_SUPPORTED_CPUID answers the same for the life of the process: ask once. */
@@ -147,6 +149,7 @@ export class KvmPartition extends EventEmitter implements Partition {
   private notifications = 0;
   private routesDirty = false;
   private readonly irqchip: boolean;
+  private redispatchScheduled = false;
   /** kvmclock at the moment every vCPU had paused. */
   private pausedClock: bigint | undefined;
 
@@ -357,10 +360,19 @@ export class KvmPartition extends EventEmitter implements Partition {
    */
   private dispatch(): void {
     if (this.state === 'destroyed') return;
+    this.redispatchScheduled = false;
     this.notifications++;
+    const turnEnd = process.hrtime.bigint() + DISPATCH_TURN_NS;
     try {
       for (;;) {
-        if (this.serviceVcpus() && this.spinNs > 0) this.poll();
+        if (this.serviceVcpus() && this.spinNs > 0) this.poll(turnEnd);
+        if (process.hrtime.bigint() >= turnEnd) {
+          // A guest that exits without pause must not starve the event loop
+          // (timers, I/O, other VMs): yield, and come back on the next turn.
+          // The notify flag stays set, so the vCPUs send no wakeups meanwhile.
+          this.scheduleRedispatch();
+          break;
+        }
         Atomics.store(this.control, 0, 0);
         if (!this.serviceVcpus()) break;
       }
@@ -370,17 +382,29 @@ export class KvmPartition extends EventEmitter implements Partition {
     }
   }
 
-  /** Keep answering exits until none arrives for spinNs (adaptive polling). */
-  private poll(): void {
-    let deadline = process.hrtime.bigint() + BigInt(this.spinNs);
+  private scheduleRedispatch(): void {
+    if (this.redispatchScheduled) return;
+    this.redispatchScheduled = true;
+    setImmediate(() => this.dispatch());
+  }
+
+  /** Keep answering exits until none arrives for spinNs (adaptive polling), at most until turnEnd. */
+  private poll(turnEnd: bigint): void {
+    let now = process.hrtime.bigint();
+    let deadline = now + BigInt(this.spinNs);
     let iter = 0;
     while (!this.destroyed) {
       if (this.serviceVcpus()) {
-        deadline = process.hrtime.bigint() + BigInt(this.spinNs);
+        now = process.hrtime.bigint();
+        if (now >= turnEnd) return;
+        deadline = now + BigInt(this.spinNs);
         continue;
       }
       if (Atomics.load(this.control, 1) !== 0) return; // lifecycle events need the caller
-      if ((++iter & 63) === 0 && process.hrtime.bigint() > deadline) return;
+      if ((++iter & 63) === 0) {
+        now = process.hrtime.bigint();
+        if (now > deadline || now >= turnEnd) return;
+      }
     }
   }
 
