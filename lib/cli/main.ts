@@ -9,13 +9,11 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { ConfigError, FormatError, HypervisorUnavailableError, KvmError, NodevmmError } from '../errors';
 import { nativeBinding } from '../hv/native';
-import { runIgvmCommand } from '../igvm/cli';
 import type { ComPort } from '../vm/config';
 import { EXIT_CODES } from '../vm/lifecycle';
 import { createVm, type Vm } from '../vm/vm';
 import { parseRunArgs, RUN_USAGE, type SerialBinding } from './args';
 import { attachConsole } from './console';
-import { igvmLoader } from '../vm/igvm-boot';
 
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
 
@@ -57,6 +55,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     if (cmd === 'igvm') {
+      // Loaded on demand: `run` should not pay for the IGVM modules at start-up.
+      const { runIgvmCommand } = require('../igvm/cli') as typeof import('../igvm/cli');
       return runIgvmCommand(rest.filter((a) => a !== '--verbose'), {
         readFile: (p) => readInput(p),
         writeFile: (p, d) => fs.writeFileSync(p, d),
@@ -90,7 +90,8 @@ async function run(argv: readonly string[]): Promise<number> {
   }
   const probe = nativeBinding().probe();
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
-  const vm = await createVm(args.config, args.config.igvm !== undefined ? igvmLoader : undefined);
+  const loader = args.config.igvm !== undefined ? (require('../vm/igvm-boot') as typeof import('../vm/igvm-boot')).igvmLoader : undefined;
+  const vm = await createVm(args.config, loader);
   const cleanups: Array<() => void> = [];
   const quit = () => void vm.kill();
   for (const [name, binding] of Object.entries(args.serial) as [ComPort, SerialBinding][]) {

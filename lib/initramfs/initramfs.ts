@@ -21,6 +21,9 @@ export const GUEST_MARKERS = {
   cmdExit: 'GUEST-CMD-EXIT=',
 } as const;
 
+/** Printed on the agent port once its shell reads commands. */
+export const AGENT_READY_MARKER = 'NODEVMM-AGENT-READY';
+
 /** Kernel command line parameters the test init understands. */
 export const CMDLINE_PARAMS = {
   /** `nodevmm.cmd=<base64 of a shell command>`: base64 keeps spaces and quotes intact. */
@@ -108,13 +111,16 @@ done </etc/nodevmm-modules
 `;
 
 function testInitScript(alwaysShell: boolean): string {
+  // (the agent's stderr goes to /dev/null; exec() merges each command's stderr itself)
   return `${INIT_PRELUDE}
-# The ACPI power button (the host's shutdown()) powers off cleanly: busybox acpid maps it to
-# /etc/acpi/PWRF/00000080. It needs the button and evdev modules (both =m in Debian's kernel).
-mkdir -p /etc/acpi/PWRF
-printf '#!/bin/sh\\nsync\\npoweroff -f\\n' >/etc/acpi/PWRF/00000080
-chmod 755 /etc/acpi/PWRF/00000080
-acpid -c /etc/acpi 2>/dev/null
+# The ACPI power button (the host's shutdown()) powers off cleanly. Linux reports it as an input
+# device ("Power Button", from the button and evdev modules, both =m in Debian's kernel); the
+# first event read from it (24 bytes: one struct input_event) starts an orderly power-off.
+for d in /sys/class/input/event*; do
+  if grep -q "Power Button" "$d/device/name" 2>/dev/null; then
+    ( dd if="/dev/input/\${d##*/}" bs=24 count=1 >/dev/null 2>&1; echo GUEST-POWER-BUTTON; sync; poweroff -f ) &
+  fi
+done
 agent=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
@@ -122,8 +128,10 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 if [ -n "$agent" ] && [ -c "/dev/$agent" ]; then
-  stty -F "/dev/$agent" raw -echo
-  setsid sh -c "exec sh </dev/$agent >/dev/$agent 2>&1" &
+  # One open of the port for the agent's whole life (every open resets the UART's FIFOs),
+  # raw and without echo; stderr is not a tty, so sh is non-interactive (no prompt or line
+  # editing); the host waits for the ready line before its first command.
+  setsid sh -c "stty raw -echo; echo ${AGENT_READY_MARKER}; exec sh 2>/dev/null" </dev/$agent >/dev/$agent &
   echo "GUEST-AGENT=$agent"
 fi
 echo ${GUEST_MARKERS.initOk}

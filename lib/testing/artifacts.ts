@@ -31,7 +31,7 @@ export const GUEST_MODULES = ['button', 'evdev'] as const;
  * Bumped whenever what the cache holds changes (modules, init scripts), so an
  * older cache is rebuilt instead of silently used.
  */
-export const ARTIFACTS_LAYOUT = 2;
+export const ARTIFACTS_LAYOUT = 4;
 
 const KERNEL_META_PACKAGE = 'linux-image-amd64';
 const BUSYBOX_PACKAGE = 'busybox-static';

@@ -11,7 +11,7 @@ const LOAD_ADDRESS = 0x100000;
 const CODE_OFFSET = 0x1000;
 
 /** The 32-bit guest program (see the mnemonics). */
-function program(message: string, base: number, options: { powerOff: boolean }): number[] {
+function program(message: string, base: number, options: { powerOff: boolean; exit: 'acpi' | 'isa-debug-exit' }): number[] {
   const msgAt = base + 0x100;
   const imm32 = (v: number) => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff];
   const code = [
@@ -23,7 +23,13 @@ function program(message: string, base: number, options: { powerOff: boolean }):
     0xee, //                           out dx, al
     0xeb, 0xf8, //                     jmp next
   ];
-  if (options.powerOff) {
+  if (options.powerOff && options.exit === 'isa-debug-exit') {
+    code.push(
+      0x66, 0xba, 0x01, 0x05, //  done:   mov dx, 0x501        ; QEMU isa-debug-exit
+      0xb0, 0x00, //                      mov al, 0            ; QEMU exits with (0 << 1) | 1
+      0xee, //                            out dx, al
+    );
+  } else if (options.powerOff) {
     code.push(
       0x66, 0xba, 0x04, 0x04, //  done:   mov dx, 0x404        ; PM1a_CNT
       0x66, 0xb8, 0x00, 0x20, //          mov ax, 0x2000       ; SLP_EN | SLP_TYP=0 (S5)
@@ -38,9 +44,13 @@ function program(message: string, base: number, options: { powerOff: boolean }):
   return out;
 }
 
-/** Build the ELF. `powerOff: false` leaves the guest halted (for pause/kill tests). */
-export function tinyPvhKernel(message = 'TINY-PVH-OK\n', options: { powerOff?: boolean } = {}): Uint8Array {
-  const code = program(message, LOAD_ADDRESS, { powerOff: options.powerOff ?? true });
+/**
+ * Build the ELF. `powerOff: false` leaves the guest halted (for pause/kill
+ * tests); `exit: 'isa-debug-exit'` ends through QEMU's debug-exit port
+ * instead of ACPI, for the QEMU baseline of the boot benchmark.
+ */
+export function tinyPvhKernel(message = 'TINY-PVH-OK\n', options: { powerOff?: boolean; exit?: 'acpi' | 'isa-debug-exit' } = {}): Uint8Array {
+  const code = program(message, LOAD_ADDRESS, { powerOff: options.powerOff ?? true, exit: options.exit ?? 'acpi' });
   const noteOffset = 64 + 2 * 56;
   const note = new ByteWriter().u32(4).u32(4).u32(18).ascii('Xen\0').u32(LOAD_ADDRESS).finish();
   const w = new ByteWriter(CODE_OFFSET + code.length);

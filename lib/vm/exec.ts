@@ -24,9 +24,17 @@ export interface ExecResult {
 /** Serialize exec calls per port: a shell runs one command at a time. */
 const queues = new WeakMap<SerialPort, Promise<unknown>>();
 
-export function execOnSerial(port: SerialPort, command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+/** Printed by the guest agent (lib/initramfs test init) when its shell reads commands. */
+export const AGENT_READY = 'NODEVMM-AGENT-READY';
+
+/**
+ * Run `command` through the shell on `port`. `ready` resolves once the agent
+ * has said it is listening (bytes sent earlier could be lost when the guest
+ * opens the port and resets the UART's FIFOs).
+ */
+export function execOnSerial(port: SerialPort, command: string, opts: ExecOptions = {}, ready: Promise<unknown> = Promise.resolve()): Promise<ExecResult> {
   const prev = queues.get(port) ?? Promise.resolve();
-  const run = prev.catch(() => undefined).then(() => execOnce(port, command, opts));
+  const run = prev.catch(() => undefined).then(() => ready).then(() => execOnce(port, command, opts));
   queues.set(port, run);
   return run;
 }

@@ -14,7 +14,7 @@ import { FormatError, NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
 import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
-import { execOnSerial, type ExecOptions, type ExecResult } from './exec';
+import { AGENT_READY, execOnSerial, type ExecOptions, type ExecResult } from './exec';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
@@ -52,6 +52,8 @@ export class Vm extends EventEmitter<VmEvents> {
   private readonly ports: Partial<Record<ComPort, SerialPort>> = {};
   private readonly images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
+  /** Per port: resolves once this boot's exec agent said it is ready. */
+  private agentReady = new Map<ComPort, Promise<unknown>>();
   /** Where the images came from, for error messages. */
   paths: { kernel?: string; initrd?: string; igvm?: string } = {};
   /** Boots since creation (1 after start, +1 per restart). */
@@ -118,6 +120,7 @@ export class Vm extends EventEmitter<VmEvents> {
     );
     m.partition.on('vcpu-stop', (s: VcpuStop) => this.onVcpuStop(s));
     this.machine = m;
+    this.agentReady.clear();
     this.timings = m.timings;
   }
 
@@ -195,7 +198,19 @@ export class Vm extends EventEmitter<VmEvents> {
   /** Run a shell command in the guest through a shell on a serial port (default com2, the agent port). */
   exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     assertAllowed('exec', this._state);
-    return execOnSerial(this.serial(opts.port ?? 'com2'), command, opts);
+    const name = opts.port ?? 'com2';
+    const port = this.serial(name);
+    // Wait (once per boot) for the agent's ready line before the first command.
+    let ready = this.agentReady.get(name);
+    if (!ready) {
+      const timeoutMs = opts.timeoutMs ?? 30_000;
+      ready = port.expect(AGENT_READY, { timeoutMs }).catch((e: Error) => {
+        this.agentReady.delete(name);
+        throw new NodevmmError('ERR_EXEC_NO_AGENT', `exec: no agent answered on ${name} within ${timeoutMs} ms (boot the guest with an agent shell on that port, e.g. the test initramfs with nodevmm.agent=ttyS1)`, { cause: e });
+      });
+      this.agentReady.set(name, ready);
+    }
+    return execOnSerial(port, command, opts, ready);
   }
 
   private guestReset(): void {

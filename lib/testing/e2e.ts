@@ -1,0 +1,58 @@
+/**
+ * Shared plumbing for the end-to-end tier (real Linux guests under a real
+ * KVM): the skip reason, the cached artifacts, and `bootToStop`, which boots
+ * a guest with the test initramfs, optionally runs one command in it
+ * (nodevmm.cmd), and returns the console, the markers and the stop reason.
+ */
+import { findGuestArtifacts, type GuestArtifacts } from './artifacts';
+import { detectKvm } from './detect';
+import { createVm, type Vm } from '../vm/vm';
+import type { VmConfig } from '../vm/config';
+import type { StopReason } from '../vm/lifecycle';
+
+export const e2eArtifacts: GuestArtifacts | undefined = findGuestArtifacts('x86_64');
+
+/** Why real-kernel tests cannot run in this process, or undefined. */
+export function e2eSkipReason(): string | undefined {
+  const kvm = detectKvm();
+  if (kvm.kind !== 'real') return `${kvm.reason}; npm run test:e2e runs these inside the emulated KVM host`;
+  if (!e2eArtifacts) return 'guest artifacts are not built (node scripts/guest-artifacts.js)';
+  return undefined;
+}
+
+export interface BootResult {
+  vm: Vm;
+  stop: StopReason;
+  log: string;
+  markers: Record<string, string>;
+  wallMs: number;
+}
+
+/** Read `GUEST-KEY=value` lines into { KEY: value }. */
+export function guestMarkers(log: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const m of log.replace(/\r/g, '').matchAll(/^GUEST-([A-Z0-9-]+)=(.*)$/gm)) out[m[1]!] = m[2]!;
+  return out;
+}
+
+export function cmdParam(command: string): string {
+  return `nodevmm.cmd=${Buffer.from(command).toString('base64')}`;
+}
+
+/** Boot the cached kernel (bzImage unless `kernel` says otherwise) to its stop. */
+export async function bootToStop(config: VmConfig & { command?: string; timeoutMs?: number }): Promise<BootResult> {
+  const a = e2eArtifacts!;
+  const { command, timeoutMs = 180_000, ...rest } = config;
+  const cmdline = [rest.cmdline, command !== undefined ? cmdParam(command) : ''].filter(Boolean).join(' ');
+  const started = Date.now();
+  const vm = await createVm({ kernel: a.vmlinuz, initrd: a.testInitramfs, memory: '256M', ...rest, cmdline });
+  await vm.start();
+  const timer = setTimeout(() => void vm.kill(), timeoutMs);
+  const stop = await vm.waitForStop();
+  clearTimeout(timer);
+  const log = vm.serial(1).log().replace(/\r/g, '');
+  return { vm, stop, log, markers: guestMarkers(log), wallMs: Date.now() - started };
+}
+
+/** Lines that mean our firmware tables or devices upset the kernel. */
+export const FIRMWARE_COMPLAINTS = /ACPI BIOS Error|ACPI Error|ACPI Warning|\[Firmware Bug\]|\[Firmware Warn\]/;
