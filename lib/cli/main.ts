@@ -88,8 +88,10 @@ async function run(argv: readonly string[]): Promise<number> {
     process.stdout.write(RUN_USAGE + '\n');
     return 0;
   }
-  const probe = nativeBinding().probe();
+  const binding = nativeBinding();
+  const probe = binding.probe();
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
+  if (binding.arch === 'aarch64') return (require('./run-arm64') as typeof import('./run-arm64')).runArm64(args);
   const loader = args.config.igvm !== undefined ? (require('../vm/igvm-boot') as typeof import('../vm/igvm-boot')).igvmLoader : undefined;
   const vm = await createVm(args.config, loader);
   const cleanups: Array<() => void> = [];

@@ -1,0 +1,58 @@
+/**
+ * `nodevmm run` on an arm64 host: the same flags as x86 (kernel, initrd,
+ * cmdline, memory, processors, COM1 binding → the first PL011), booting a
+ * flat arm64 Image through Linux Direct with a device tree. The exit status
+ * follows the same table: PSCI SYSTEM_OFF is power-off, SYSTEM_RESET reset.
+ */
+import * as fs from 'node:fs';
+import { NodevmmError } from '../errors';
+import { parseSize } from '../vm/config';
+import { EXIT_CODES, type StopReasonKind } from '../vm/lifecycle';
+import type { RunArgs } from './args';
+
+/** Default command line on arm64: the PL011 is ttyAMA0 (OpenVMM uses the same). */
+export const ARM64_DEFAULT_CMDLINE = 'panic=-1 console=ttyAMA0';
+
+function read(what: string, p: string): Uint8Array {
+  try {
+    return new Uint8Array(fs.readFileSync(p));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new NodevmmError('ERR_FILE', `${what} file ${p} ${code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable by this user' : (e as Error).message}`);
+  }
+}
+
+export async function runArm64(args: RunArgs): Promise<number> {
+  // Loaded here so x86 hosts never load the arm64 modules.
+  const { Arm64LinuxVm } = require('../vm/arm64-linux') as typeof import('../vm/arm64-linux');
+  const c = args.config;
+  if (typeof c.kernel !== 'string') throw new NodevmmError('ERR_CONFIG', '--kernel is required on arm64 (IGVM is x86-only here)');
+  const memory = parseSize(c.memory ?? '1G');
+  if (memory === undefined) throw new NodevmmError('ERR_CONFIG', `--memory ${String(c.memory)} is not a size`);
+  const cmdline = [c.cmdlineDefaults === false ? '' : ARM64_DEFAULT_CMDLINE, c.cmdline ?? ''].filter(Boolean).join(' ');
+  const binding = args.serial.com1;
+  const out = binding.kind === 'console' || binding.kind === 'stdio' ? (b: Uint8Array) => process.stdout.write(b) : () => undefined;
+  const vm = new Arm64LinuxVm({
+    kernel: read('kernel', c.kernel),
+    ...(typeof c.initrd === 'string' ? { initrd: read('initrd', c.initrd) } : {}),
+    cmdline,
+    vcpus: c.vcpus ?? 1,
+    memoryBytes: memory,
+    console: { write: out },
+  });
+  const onInput = (d: Buffer) => vm.console.pushInput(new Uint8Array(d));
+  if (binding.kind === 'console' || binding.kind === 'stdio') {
+    process.stdin.on('data', onInput);
+    process.stdin.resume();
+  }
+  try {
+    const r = await vm.run();
+    const reason: StopReasonKind = r.reason === 'poweroff' ? 'poweroff' : r.reason === 'reset' ? 'reset' : 'internal-error';
+    if (reason !== 'poweroff') process.stderr.write(`nodevmm: vm stopped: ${reason}: ${r.stop.message}\n`);
+    return EXIT_CODES[reason];
+  } finally {
+    process.stdin.off('data', onInput);
+    process.stdin.pause();
+    vm.destroy();
+  }
+}
