@@ -1,0 +1,116 @@
+/**
+ * virtio-console (VIRTIO 1.2 §5.3) with a single port and no MULTIPORT: the
+ * guest's hvc0. Queue 0 (receiveq) carries host input into the guest, queue
+ * 1 (transmitq) guest output to a ByteSink. Input that finds no guest buffer
+ * waits in a bounded queue until the driver adds buffers. Not here: multiple
+ * ports, control queues, emergency write, console resize.
+ */
+import type { ByteSink } from '../types';
+import type { VirtioActivation, VirtioDevice } from './mmio';
+import { readConfigBytes } from './mmio';
+
+export const VIRTIO_ID_CONSOLE = 3;
+const RX = 0;
+const TX = 1;
+
+export interface VirtioConsoleOptions {
+  sink: ByteSink;
+  /** Called when pending input drained into the guest (room for more). */
+  onRxSpace?: () => void;
+  /** Bytes of host input kept while the guest has no buffers. Default 64 KiB. */
+  inputLimit?: number;
+}
+
+export class VirtioConsole implements VirtioDevice {
+  readonly name = 'console';
+  readonly deviceId = VIRTIO_ID_CONSOLE;
+  readonly features = 0n;
+  readonly queueMaxSizes: readonly number[] = [64, 64];
+  private readonly sink: ByteSink;
+  private readonly onRxSpace: (() => void) | undefined;
+  private readonly inputLimit: number;
+  /** config: cols, rows, max_nr_ports, emerg_wr (only meaningful with feature bits we do not offer). */
+  private readonly config = new Uint8Array(12);
+  private ctx: VirtioActivation | undefined;
+  private input: Uint8Array[] = [];
+  private inputBytes = 0;
+
+  constructor(opts: VirtioConsoleOptions) {
+    this.sink = opts.sink;
+    this.onRxSpace = opts.onRxSpace;
+    this.inputLimit = opts.inputLimit ?? 64 * 1024;
+    new DataView(this.config.buffer).setUint32(4, 1, true);
+  }
+
+  readConfig(offset: number, size: number): number {
+    return readConfigBytes(this.config, offset, size);
+  }
+
+  activate(ctx: VirtioActivation): void {
+    this.ctx = ctx;
+    this.notify(TX);
+    this.notify(RX);
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+  }
+
+  /** Host input for the guest; returns how many bytes were accepted (0 when the queue is full). */
+  enqueue(bytes: Uint8Array): number {
+    const n = Math.min(bytes.length, this.inputLimit - this.inputBytes);
+    if (n <= 0) return 0;
+    this.input.push(bytes.slice(0, n));
+    this.inputBytes += n;
+    try {
+      this.fillRx();
+    } catch (e) {
+      this.ctx?.fail(e);
+    }
+    return n;
+  }
+
+  notify(index: number): void {
+    if (index === TX) this.drainTx();
+    else if (index === RX) this.fillRx();
+  }
+
+  private drainTx(): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[TX];
+    if (!ctx || !q) return;
+    let any = false;
+    for (let chain = q.pop(); chain; chain = q.pop()) {
+      if (chain.readableBytes) this.sink.write(q.readAll(chain));
+      q.pushUsed(chain.head, 0);
+      any = true;
+    }
+    if (any) ctx.usedBuffers(TX);
+  }
+
+  private fillRx(): void {
+    const ctx = this.ctx;
+    const q = ctx?.queues[RX];
+    if (!ctx || !q || this.inputBytes === 0) return;
+    let any = false;
+    while (this.inputBytes > 0) {
+      const chain = q.pop();
+      if (!chain) break;
+      let written = 0;
+      while (this.input.length && written < chain.writableBytes) {
+        const head = this.input[0]!;
+        const n = q.writeAt(chain, written, head.subarray(0, chain.writableBytes - written));
+        written += n;
+        this.inputBytes -= n;
+        if (n === head.length) this.input.shift();
+        else this.input[0] = head.subarray(n);
+      }
+      q.pushUsed(chain.head, written);
+      any = true;
+    }
+    if (any) {
+      ctx.usedBuffers(RX);
+      this.onRxSpace?.();
+    }
+  }
+}

@@ -1,0 +1,356 @@
+/**
+ * The virtio-mmio transport, version 2 ("modern", VIRTIO 1.2 §4.2.2): the
+ * register file, feature negotiation (VIRTIO_F_VERSION_1 required), queue
+ * setup, device status and reset, and the interrupt line (level: high while
+ * InterruptStatus is non-zero). A device backend supplies its ID, features,
+ * config space and queue handling. A guest that breaks a virtqueue rule puts
+ * the device in DEVICE_NEEDS_RESET with a config-change interrupt (§2.1.2).
+ * Not here: legacy (version 1) registers, shared memory regions.
+ */
+import { NodevmmError } from '../../errors';
+import type { GuestMemory } from '../../memory/guest-memory';
+import type { IoDevice, IrqLine } from '../types';
+import { isValidQueueSize, SplitQueue, VirtioQueueError } from './queue';
+
+export const VIRTIO_MMIO_MAGIC = 0x74726976; // "virt"
+export const VIRTIO_MMIO_VERSION = 2;
+/** Our vendor ID: "NVMM" is not registered anywhere; the driver does not care. */
+export const VIRTIO_MMIO_VENDOR = 0x4d4d564e;
+export const VIRTIO_MMIO_SLOT_SIZE = 0x1000;
+export const VIRTIO_MMIO_CONFIG = 0x100;
+
+export const REG = {
+  magic: 0x000,
+  version: 0x004,
+  deviceId: 0x008,
+  vendorId: 0x00c,
+  deviceFeatures: 0x010,
+  deviceFeaturesSel: 0x014,
+  driverFeatures: 0x020,
+  driverFeaturesSel: 0x024,
+  queueSel: 0x030,
+  queueNumMax: 0x034,
+  queueNum: 0x038,
+  queueReady: 0x044,
+  queueNotify: 0x050,
+  interruptStatus: 0x060,
+  interruptAck: 0x064,
+  status: 0x070,
+  queueDescLow: 0x080,
+  queueDescHigh: 0x084,
+  queueDriverLow: 0x090,
+  queueDriverHigh: 0x094,
+  queueDeviceLow: 0x0a0,
+  queueDeviceHigh: 0x0a4,
+  configGeneration: 0x0fc,
+} as const;
+
+export const STATUS = { acknowledge: 1, driver: 2, driverOk: 4, featuresOk: 8, needsReset: 64, failed: 128 } as const;
+export const INT_USED_BUFFER = 1;
+export const INT_CONFIG_CHANGE = 2;
+
+export const VIRTIO_F_RING_INDIRECT_DESC = 28n;
+export const VIRTIO_F_RING_EVENT_IDX = 29n;
+export const VIRTIO_F_VERSION_1 = 32n;
+const TRANSPORT_FEATURES = (1n << VIRTIO_F_RING_INDIRECT_DESC) | (1n << VIRTIO_F_RING_EVENT_IDX) | (1n << VIRTIO_F_VERSION_1);
+
+/** What a device gets once the driver set DRIVER_OK. */
+export interface VirtioActivation {
+  memory: GuestMemory;
+  /** One per queue; undefined where the driver left a queue disabled. */
+  queues: Array<SplitQueue | undefined>;
+  features: bigint;
+  /** Interrupt the driver for queue `index` if its suppression settings allow. */
+  usedBuffers(index: number): void;
+  /** The guest broke a rule: enter DEVICE_NEEDS_RESET. */
+  fail(error: unknown): void;
+}
+
+/** A virtio device behind the transport. */
+export interface VirtioDevice {
+  readonly name: string;
+  /** §5: 2 block, 3 console, 4 entropy, 1 network, 19 vsock. */
+  readonly deviceId: number;
+  /** Device-specific feature bits; the transport adds VERSION_1, INDIRECT_DESC and EVENT_IDX. */
+  readonly features: bigint;
+  /** Largest size for each queue (each a power of two). */
+  readonly queueMaxSizes: readonly number[];
+  readConfig(offset: number, size: number): number;
+  writeConfig?(offset: number, size: number, value: number): void;
+  /** The driver set DRIVER_OK: queues are live. */
+  activate(ctx: VirtioActivation): void;
+  /** The driver kicked queue `index`. */
+  notify(index: number): void;
+  /** Drop every queue and in-flight state (the driver wrote 0 to Status, or needs-reset). */
+  reset(): void;
+}
+
+interface QueueRegs {
+  num: number;
+  ready: boolean;
+  desc: number;
+  driver: number;
+  device: number;
+}
+
+export interface VirtioMmioOptions {
+  memory: GuestMemory;
+  irq: IrqLine;
+  device: VirtioDevice;
+}
+
+export class VirtioMmioTransport implements IoDevice {
+  readonly name: string;
+  readonly device: VirtioDevice;
+  private readonly memory: GuestMemory;
+  private readonly irq: IrqLine;
+  private status = 0;
+  private deviceFeaturesSel = 0;
+  private driverFeaturesSel = 0;
+  private driverFeatures = 0n;
+  private queueSel = 0;
+  private queues: QueueRegs[] = [];
+  private interruptStatus = 0;
+  private configGeneration = 0;
+  private active: Array<SplitQueue | undefined> | undefined;
+  /** Last reason the device entered needs-reset (for diagnostics). */
+  lastError: string | undefined;
+
+  constructor(opts: VirtioMmioOptions) {
+    this.device = opts.device;
+    this.name = `virtio-${opts.device.name}`;
+    this.memory = opts.memory;
+    this.irq = opts.irq;
+    for (const m of opts.device.queueMaxSizes) {
+      if (!isValidQueueSize(m)) throw new NodevmmError('ERR_INVALID_ARG', `virtio ${opts.device.name}: queue max size ${m} is not a power of two from 1 to 32768`);
+    }
+    this.resetState();
+  }
+
+  get offeredFeatures(): bigint {
+    return this.device.features | TRANSPORT_FEATURES;
+  }
+
+  private resetState(): void {
+    this.status = 0;
+    this.deviceFeaturesSel = 0;
+    this.driverFeaturesSel = 0;
+    this.driverFeatures = 0n;
+    this.queueSel = 0;
+    this.queues = this.device.queueMaxSizes.map(() => ({ num: 0, ready: false, desc: 0, driver: 0, device: 0 }));
+    this.active = undefined;
+    this.setInterrupt(0);
+  }
+
+  private setInterrupt(bits: number): void {
+    this.interruptStatus = bits;
+    this.irq.set(bits !== 0);
+  }
+
+  private raise(bit: number): void {
+    this.setInterrupt(this.interruptStatus | bit);
+  }
+
+  get deviceStatus(): number {
+    return this.status;
+  }
+
+  private get sel(): QueueRegs | undefined {
+    return this.queues[this.queueSel];
+  }
+
+  read(offset: number, size: number): number {
+    if (offset >= VIRTIO_MMIO_CONFIG) return this.device.readConfig(offset - VIRTIO_MMIO_CONFIG, size);
+    // §4.2.2.2: the driver uses 32-bit accesses for the register file.
+    if (size !== 4) return 0;
+    const q = this.sel;
+    switch (offset) {
+      case REG.magic:
+        return VIRTIO_MMIO_MAGIC;
+      case REG.version:
+        return VIRTIO_MMIO_VERSION;
+      case REG.deviceId:
+        return this.device.deviceId;
+      case REG.vendorId:
+        return VIRTIO_MMIO_VENDOR;
+      case REG.deviceFeatures:
+        return this.deviceFeaturesSel > 1 ? 0 : Number((this.offeredFeatures >> BigInt(32 * this.deviceFeaturesSel)) & 0xffff_ffffn);
+      case REG.queueNumMax:
+        return q ? this.device.queueMaxSizes[this.queueSel]! : 0;
+      case REG.queueReady:
+        return q?.ready ? 1 : 0;
+      case REG.interruptStatus:
+        return this.interruptStatus;
+      case REG.status:
+        return this.status;
+      case REG.configGeneration:
+        return this.configGeneration;
+      default:
+        return 0;
+    }
+  }
+
+  write(offset: number, size: number, value: number): void {
+    if (offset >= VIRTIO_MMIO_CONFIG) {
+      this.device.writeConfig?.(offset - VIRTIO_MMIO_CONFIG, size, value);
+      return;
+    }
+    if (size !== 4) return;
+    value >>>= 0;
+    const q = this.sel;
+    // Queue layout registers may only change while the queue is not ready (§4.2.3.2).
+    const layoutWritable = q !== undefined && !q.ready;
+    switch (offset) {
+      case REG.deviceFeaturesSel:
+        this.deviceFeaturesSel = value;
+        return;
+      case REG.driverFeatures:
+        if (this.status & STATUS.featuresOk) return;
+        if (this.driverFeaturesSel <= 1) {
+          const shift = BigInt(32 * this.driverFeaturesSel);
+          this.driverFeatures = (this.driverFeatures & ~(0xffff_ffffn << shift)) | (BigInt(value) << shift);
+        }
+        return;
+      case REG.driverFeaturesSel:
+        this.driverFeaturesSel = value;
+        return;
+      case REG.queueSel:
+        this.queueSel = value;
+        return;
+      case REG.queueNum:
+        if (layoutWritable) q.num = value;
+        return;
+      case REG.queueReady:
+        if (q) this.setQueueReady(q, value === 1);
+        return;
+      case REG.queueNotify:
+        this.kick(value & 0xffff);
+        return;
+      case REG.interruptAck:
+        this.setInterrupt(this.interruptStatus & ~value);
+        return;
+      case REG.status:
+        this.writeStatus(value);
+        return;
+      case REG.queueDescLow:
+      case REG.queueDescHigh:
+      case REG.queueDriverLow:
+      case REG.queueDriverHigh:
+      case REG.queueDeviceLow:
+      case REG.queueDeviceHigh:
+        if (layoutWritable) setHalf(q, offset, value);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private setQueueReady(q: QueueRegs, ready: boolean): void {
+    q.ready = ready;
+  }
+
+  private writeStatus(value: number): void {
+    if (value === 0) {
+      this.device.reset();
+      this.resetState();
+      return;
+    }
+    const added = value & ~this.status;
+    if (added & STATUS.featuresOk) {
+      const unknown = this.driverFeatures & ~this.offeredFeatures;
+      // §2.2.1 / §6.1: we offer only modern devices, so the driver must accept VERSION_1.
+      if (unknown !== 0n || !(this.driverFeatures & (1n << VIRTIO_F_VERSION_1))) value &= ~STATUS.featuresOk;
+    }
+    if (added & STATUS.driverOk && !(this.status & STATUS.needsReset)) {
+      this.status = value;
+      this.activate();
+      return;
+    }
+    // The device owns NEEDS_RESET: the driver cannot clear it except by reset.
+    this.status = value | (this.status & STATUS.needsReset);
+  }
+
+  private activate(): void {
+    if (!(this.status & STATUS.featuresOk)) {
+      this.fail(new VirtioQueueError('driver set DRIVER_OK before FEATURES_OK'));
+      return;
+    }
+    const f = this.driverFeatures;
+    const features = { eventIdx: (f & (1n << VIRTIO_F_RING_EVENT_IDX)) !== 0n, indirect: (f & (1n << VIRTIO_F_RING_INDIRECT_DESC)) !== 0n };
+    try {
+      const queues = this.queues.map((q, i) => {
+        if (!q.ready) return undefined;
+        if (q.num > this.device.queueMaxSizes[i]!) throw new VirtioQueueError(`queue ${i} size ${q.num} is larger than its maximum ${this.device.queueMaxSizes[i]}`);
+        return new SplitQueue(this.memory, { size: q.num, descGpa: q.desc, availGpa: q.driver, usedGpa: q.device }, features);
+      });
+      this.active = queues;
+      this.device.activate({
+        memory: this.memory,
+        queues,
+        features: f,
+        usedBuffers: (i) => this.usedBuffers(i),
+        fail: (e) => this.fail(e),
+      });
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  private kick(index: number): void {
+    if (!this.active || this.status & STATUS.needsReset || !(this.status & STATUS.driverOk)) return;
+    if (!this.active[index]) return;
+    try {
+      this.device.notify(index);
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  private usedBuffers(index: number): void {
+    const q = this.active?.[index];
+    if (!q || this.status & STATUS.needsReset) return;
+    try {
+      if (q.shouldInterrupt()) this.raise(INT_USED_BUFFER);
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  /**
+   * Guest misbehaviour (a VirtioQueueError or a guest-memory fault) stops the
+   * device until the driver resets it; anything else is a host bug and is rethrown.
+   */
+  fail(e: unknown): void {
+    if (!(e instanceof NodevmmError)) throw e;
+    this.lastError = e.message;
+    if (this.status & STATUS.needsReset) return;
+    this.device.reset();
+    this.active = undefined;
+    this.status |= STATUS.needsReset;
+    this.configGeneration = (this.configGeneration + 1) >>> 0;
+    this.raise(INT_CONFIG_CHANGE);
+  }
+
+  /** The device's config space changed (e.g. a resized disk): tell the driver. */
+  configChanged(): void {
+    this.configGeneration = (this.configGeneration + 1) >>> 0;
+    if (this.status & STATUS.driverOk) this.raise(INT_CONFIG_CHANGE);
+  }
+}
+
+function setHalf(q: QueueRegs, offset: number, value: number): void {
+  const high = (offset & 4) !== 0;
+  const key = offset < REG.queueDriverLow ? 'desc' : offset < REG.queueDeviceLow ? 'driver' : 'device';
+  const old = q[key];
+  const lo = old % 2 ** 32;
+  const hi = Math.floor(old / 2 ** 32);
+  // Addresses above 2^53 cannot be guest RAM; clamp so SplitQueue rejects them cleanly.
+  q[key] = high ? Math.min(value, 0x1f_ffff) * 2 ** 32 + lo : hi * 2 ** 32 + value;
+}
+
+/** Read `size` bytes little-endian from a config-space byte array (0 beyond its end). */
+export function readConfigBytes(space: Uint8Array, offset: number, size: number): number {
+  let v = 0;
+  for (let i = size - 1; i >= 0; i--) v = v * 256 + (space[offset + i] ?? 0);
+  return size === 8 ? v : v >>> 0;
+}
