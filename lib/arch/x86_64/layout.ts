@@ -20,7 +20,8 @@
  *   0x000A_0000 - 0x000F_FFFF   legacy VGA / ROM hole; RSDP 0xE0000  reserved
  *   0x0010_0000 - gap start     kernel (bzImage payload at 1 MiB,
  *                               vmlinux at its p_paddr), initrd      RAM
- *   0xF800_0000 - 0xFFFF_FFFF   MMIO gap: IOAPIC 0xFEC0_0000,
+ *   0xF800_0000 - 0xFFFF_FFFF   MMIO gap: virtio-mmio slots from
+ *                               0xFEB0_0000, IOAPIC 0xFEC0_0000,
  *                               LAPIC 0xFEE0_0000, device windows    (absent)
  *   0x1_0000_0000 - ...         RAM above 4 GiB when memory > gap    RAM
  */
@@ -79,6 +80,18 @@ export const FOUR_GIB = 4 * GiB;
 export const MMIO_GAP_START = 0xf800_0000;
 export const MMIO_GAP_SIZE = FOUR_GIB - MMIO_GAP_START;
 export const IOAPIC_START = 0xfec0_0000;
+/**
+ * virtio-mmio slots: 4 KiB each, from 0xFEB0_0000 up to just below the
+ * IOAPIC (256 slots at most), inside the MMIO gap.
+ */
+export const VIRTIO_MMIO_START = 0xfeb0_0000;
+export const VIRTIO_MMIO_SLOT_SIZE = 0x1000;
+export const VIRTIO_MMIO_MAX_SLOTS = (IOAPIC_START - VIRTIO_MMIO_START) / VIRTIO_MMIO_SLOT_SIZE;
+/**
+ * IOAPIC pins 16-23 are no ISA line, so no legacy device or PIC shares them:
+ * one per virtio slot, level-triggered, active high.
+ */
+export const VIRTIO_MMIO_GSIS: readonly number[] = [16, 17, 18, 19, 20, 21, 22, 23];
 export const LAPIC_START = 0xfee0_0000;
 export const HIGH_RAM_START = FOUR_GIB;
 

@@ -1,0 +1,154 @@
+/**
+ * The virtio-mmio devices of a VM: which slot (address, GSI) each configured
+ * device gets, opening disk images with one-sentence errors, and attaching
+ * transports to the MMIO bus and IRQ lines. Slots come from
+ * lib/arch/x86_64/layout.ts; the same list feeds the DSDT (LNRO0005 nodes),
+ * so what the guest is told and what is wired cannot drift apart.
+ */
+import * as fs from 'node:fs';
+import { VIRTIO_MMIO_GSIS, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START } from '../arch/x86_64/layout';
+import type { VirtioMmioDesc } from '../acpi/dsdt';
+import { NodevmmError } from '../errors';
+import type { IoBus } from '../hv/io-bus';
+import type { GuestMemory } from '../memory/guest-memory';
+import type { IrqLine } from '../devices/types';
+import { BatchingSink } from '../devices/serial-sinks';
+import { VirtioBlk, type BlockBackend } from '../devices/virtio/blk';
+import { VirtioConsole } from '../devices/virtio/console';
+import { VirtioMmioTransport, type VirtioDevice } from '../devices/virtio/mmio';
+import { VirtioRng } from '../devices/virtio/rng';
+import type { ResolvedVmConfig } from './config';
+import type { SerialPort } from './serial-port';
+
+export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'rng' } | { kind: 'console' };
+
+export interface VirtioSlot extends VirtioMmioDesc {
+  device: VirtioSlotKind;
+}
+
+/** Slots in a fixed order (disks, rng, console), so a config always gives the same addresses. */
+export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'>): VirtioSlot[] {
+  const kinds: VirtioSlotKind[] = [...cfg.disks.map((_, index) => ({ kind: 'blk' as const, index }))];
+  if (cfg.rng) kinds.push({ kind: 'rng' });
+  if (cfg.virtioConsole) kinds.push({ kind: 'console' });
+  if (kinds.length > VIRTIO_MMIO_GSIS.length) {
+    throw new NodevmmError('ERR_CONFIG', `${kinds.length} virtio devices were asked for, at most ${VIRTIO_MMIO_GSIS.length} fit (one interrupt each)`);
+  }
+  return kinds.map((device, i) => ({ base: VIRTIO_MMIO_START + i * VIRTIO_MMIO_SLOT_SIZE, size: VIRTIO_MMIO_SLOT_SIZE, irq: VIRTIO_MMIO_GSIS[i]!, trigger: 'level', device }));
+}
+
+export interface OpenedDisk {
+  fd: number;
+  sizeBytes: number;
+  readonly: boolean;
+  path: string;
+}
+
+/** Open a disk image for the device; throws a one-sentence NodevmmError naming the file. */
+export function openDisk(path: string, readonly: boolean): OpenedDisk {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, readonly ? 'r' : 'r+');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === 'ENOENT' ? 'does not exist'
+      : code === 'EACCES' || code === 'EPERM' ? `is not ${readonly ? 'readable' : 'readable and writable'} by this user${readonly ? '' : ' (add ,ro for a read-only disk)'}`
+      : code === 'EISDIR' ? 'is a directory'
+      : code === 'EROFS' ? 'is on a read-only file system (add ,ro for a read-only disk)'
+      : (e as Error).message;
+    throw new NodevmmError('ERR_DISK', `disk image ${path} ${why}`);
+  }
+  const st = fs.fstatSync(fd);
+  if (!st.isFile() && !st.isBlockDevice()) {
+    fs.closeSync(fd);
+    throw new NodevmmError('ERR_DISK', `disk image ${path} is not a regular file or block device`);
+  }
+  if (st.isFile() && st.size < 512) {
+    fs.closeSync(fd);
+    throw new NodevmmError('ERR_DISK', `disk image ${path} is ${st.size} bytes, smaller than one 512-byte sector`);
+  }
+  return { fd, sizeBytes: st.size, readonly, path };
+}
+
+/** Async positional I/O on an fd, on libuv's thread pool. */
+export function fdBackend(fd: number): BlockBackend {
+  return {
+    read: (buffer, offset, length, position) =>
+      new Promise((resolve, reject) => fs.read(fd, buffer, offset, length, position, (e, bytesRead) => (e ? reject(e) : resolve({ bytesRead })))),
+    write: (buffer, offset, length, position) =>
+      new Promise((resolve, reject) => fs.write(fd, buffer, offset, length, position, (e, bytesWritten) => (e ? reject(e) : resolve({ bytesWritten })))),
+    datasync: () => new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
+  };
+}
+
+export interface AttachedVirtio {
+  transports: VirtioMmioTransport[];
+  disks: VirtioBlk[];
+  rng: VirtioRng | undefined;
+  console: VirtioConsole | undefined;
+  flush(): void;
+  /** Detach the console port; close image files once in-flight requests finished. */
+  dispose(): void;
+}
+
+export interface AttachVirtioOptions {
+  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'>;
+  slots: readonly VirtioSlot[];
+  memory: GuestMemory;
+  mmio: IoBus;
+  irq(gsi: number): IrqLine;
+  consolePort?: SerialPort | undefined;
+}
+
+/** Open disks, build the devices and put their transports on the MMIO bus. */
+export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
+  const opened: OpenedDisk[] = [];
+  try {
+    for (const d of opts.cfg.disks) opened.push(openDisk(d.path, !!d.readonly));
+  } catch (e) {
+    for (const o of opened) fs.closeSync(o.fd);
+    throw e;
+  }
+  const disks: VirtioBlk[] = [];
+  const transports: VirtioMmioTransport[] = [];
+  let rng: VirtioRng | undefined;
+  let console: VirtioConsole | undefined;
+  let sink: BatchingSink | undefined;
+  for (const slot of opts.slots) {
+    let device: VirtioDevice;
+    if (slot.device.kind === 'blk') {
+      const o = opened[slot.device.index]!;
+      const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: fdBackend(o.fd), sizeBytes: o.sizeBytes, readonly: o.readonly });
+      disks.push(blk);
+      device = blk;
+    } else if (slot.device.kind === 'rng') {
+      device = rng = new VirtioRng();
+    } else {
+      const port = opts.consolePort;
+      sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
+      device = console = new VirtioConsole({ sink, onRxSpace: () => port?.rxSpace() });
+      const c = console;
+      port?.attach({ enqueue: (b) => c.enqueue(b) });
+    }
+    const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device });
+    opts.mmio.register(slot.base, slot.size, t);
+    transports.push(t);
+  }
+  return {
+    transports,
+    disks,
+    rng,
+    console,
+    flush: () => sink?.flush(),
+    dispose: () => {
+      sink?.flush();
+      opts.consolePort?.attach(undefined);
+      for (const t of transports) t.device.reset();
+      // Requests already on the thread pool finish into bounce buffers; close after them.
+      void Promise.all(disks.map((d) => d.idle())).then(() => {
+        for (const o of opened) fs.close(o.fd, () => {});
+      });
+    },
+  };
+}
