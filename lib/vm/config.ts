@@ -36,6 +36,19 @@ export interface VmConfig {
   dispatchSpinUs?: number;
   /** A name for logs and errors. */
   name?: string;
+  /** Raw disk images, each a virtio-blk device (/dev/vda, /dev/vdb, ... in order). */
+  disks?: DiskConfig[];
+  /** A virtio-rng device (the guest's /dev/hwrng). Default false. */
+  rng?: boolean;
+  /** A virtio-console device (the guest's hvc0), reachable as vm.virtioConsole(). Default false. */
+  virtioConsole?: boolean;
+}
+
+export interface DiskConfig {
+  /** Path of a raw image file (or block device). */
+  path: string;
+  /** Expose the disk read-only (VIRTIO_BLK_F_RO) and open the file read-only. */
+  readonly?: boolean;
 }
 
 export const DEFAULTS = {
@@ -63,6 +76,9 @@ export interface ResolvedVmConfig {
   serial: Record<ComPort, boolean>;
   serialLogBytes: number;
   dispatchSpinUs?: number;
+  disks: DiskConfig[];
+  rng: boolean;
+  virtioConsole: boolean;
 }
 
 const SIZE_RE = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i;
@@ -77,7 +93,9 @@ export function parseSize(v: number | string): number | undefined {
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
-const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name']);
+const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole']);
+/** One interrupt per virtio-mmio slot (IOAPIC pins 16-23). */
+const MAX_VIRTIO_DEVICES = 8;
 
 function describe(v: unknown): string {
   if (v instanceof Uint8Array) return `${v.length} bytes`;
@@ -142,6 +160,23 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   if (config.dispatchSpinUs !== undefined && (typeof config.dispatchSpinUs !== 'number' || config.dispatchSpinUs < 0 || config.dispatchSpinUs > 10_000)) {
     bad('dispatchSpinUs', `${describe(config.dispatchSpinUs)} must be a number from 0 to 10000`);
   }
+  const disks: DiskConfig[] = [];
+  if (config.disks !== undefined) {
+    if (!Array.isArray(config.disks)) bad('disks', `must be an array of { path, readonly? }, got ${describe(config.disks)}`);
+    else
+      config.disks.forEach((d: unknown, i) => {
+        const o = d as Partial<DiskConfig> | null;
+        if (typeof o !== 'object' || o === null) return bad(`disks[${i}]`, `must be an object like { path: "disk.img" }, got ${describe(d)}`);
+        if (typeof o.path !== 'string' || o.path.length === 0) return bad(`disks[${i}].path`, `must be a non-empty file path, got ${describe(o.path)}`);
+        if (o.readonly !== undefined && typeof o.readonly !== 'boolean') return bad(`disks[${i}].readonly`, `must be true or false, got ${describe(o.readonly)}`);
+        disks.push({ path: o.path, readonly: o.readonly ?? false });
+      });
+  }
+  for (const key of ['rng', 'virtioConsole'] as const) {
+    if (config[key] !== undefined && typeof config[key] !== 'boolean') bad(key, `must be true or false, got ${describe(config[key])}`);
+  }
+  const virtioCount = disks.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0);
+  if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);
   if (issues.length) throw new ConfigError(issues);
 
   const parts = [];
@@ -156,6 +191,9 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     onReset,
     serial,
     serialLogBytes,
+    disks,
+    rng: config.rng === true,
+    virtioConsole: config.virtioConsole === true,
   };
   if (config.kernel !== undefined) resolved.kernel = config.kernel;
   if (config.initrd !== undefined) resolved.initrd = config.initrd;
