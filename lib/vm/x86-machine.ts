@@ -22,6 +22,7 @@ import { alignUp, GiB } from '../util/bytes';
 import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
+import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
 
 /** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
 export const COM_RESOURCES: Record<ComPort, { port: number; irq: number }> = {
@@ -41,6 +42,8 @@ const UART_SHADOWED = [1, 3, 4, 5, 7];
 
 export interface MachineHooks {
   serial: Partial<Record<ComPort, SerialPort>>;
+  /** Where the virtio console (hvc0) goes, when configured. */
+  virtioConsole?: SerialPort | undefined;
   /** The guest asked for S5 (power off). */
   onPowerOff(): void;
   /** The guest asked for a reset (ACPI reset register or the keyboard controller). */
@@ -58,6 +61,7 @@ export interface X86Machine {
   uarts: Partial<Record<ComPort, Uart16550>>;
   acpi: X86AcpiTables;
   boot: LinuxDirectX86Result | undefined;
+  virtio: AttachedVirtio;
   /** Milliseconds per build phase, in order. */
   timings: Array<[string, number]>;
   /** Flush pending serial output. */
@@ -118,6 +122,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
   const spin = cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {};
   const partition = new KvmPartition({ vcpus: cfg.vcpus, ...spin });
   const sinks: BatchingSink[] = [];
+  let virtio: AttachedVirtio | undefined;
   try {
     phase('partition');
     // 2. RAM below the MMIO gap and above 4 GiB.
@@ -126,6 +131,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
 
     // 3. ACPI tables: they only depend on the machine shape.
     const ports = (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => cfg.serial[c]);
+    const slots = virtioSlots(cfg);
     const acpi = buildX86AcpiTables({
       vcpus: cfg.vcpus,
       serialPorts: ports.map((c) => ({ name: c.toUpperCase(), port: COM_RESOURCES[c].port, irq: COM_RESOURCES[c].irq })),
@@ -133,6 +139,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       rsdpGpa: RSDP_START,
       pmBase: PM_BASE,
       sci: SCI_IRQ,
+      virtioMmio: slots,
     });
     partition.memory.write(acpi.tablesGpa, acpi.blob);
     partition.memory.write(acpi.rsdpGpa, acpi.rsdp);
@@ -193,6 +200,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
+    virtio = attachVirtioDevices({ cfg, slots, memory: partition.memory, mmio: partition.mmio, irq: (gsi) => irqs.line(gsi), consolePort: hooks.virtioConsole });
     phase('devices');
 
     // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.
@@ -209,15 +217,21 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       uarts,
       acpi,
       boot,
+      virtio,
       timings,
-      flush: () => sinks.forEach((s) => s.flush()),
+      flush: () => {
+        sinks.forEach((s) => s.flush());
+        virtio!.flush();
+      },
       dispose: () => {
         for (const s of sinks) s.flush();
+        virtio!.dispose();
         for (const c of ports) hooks.serial[c]?.attach(undefined);
         partition.destroy();
       },
     };
   } catch (e) {
+    virtio?.dispose();
     partition.destroy();
     throw e;
   }
