@@ -9,7 +9,7 @@
  * ports and their logs carry over.
  */
 import { EventEmitter } from 'node:events';
-import { promises as fsp } from 'node:fs';
+import { closeSync, promises as fsp } from 'node:fs';
 import { FormatError, NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
@@ -18,6 +18,7 @@ import { AGENT_READY, execOnSerial, type ExecOptions, type ExecResult } from './
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
+import { openDisk } from './virtio-devices';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { KvmPartition } from '../hv/kvm-partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
@@ -50,6 +51,7 @@ export class Vm extends EventEmitter<VmEvents> {
   private stopReason: StopReason | undefined;
   private stopWaiters: Array<(r: StopReason) => void> = [];
   private readonly ports: Partial<Record<ComPort, SerialPort>> = {};
+  private readonly hvc: SerialPort | undefined;
   private readonly images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
   /** Per port: resolves once this boot's exec agent said it is ready. */
@@ -73,6 +75,13 @@ export class Vm extends EventEmitter<VmEvents> {
       port.on('output', (b: Buffer) => this.emit('serial', c, b));
       this.ports[c] = port;
     }
+    if (config.virtioConsole) this.hvc = new SerialPort('hvc0', config.serialLogBytes);
+  }
+
+  /** The virtio console (the guest's hvc0) as a Duplex with a log, like serial(). */
+  virtioConsole(): SerialPort {
+    if (!this.hvc) throw new NodevmmError('ERR_INVALID_ARG', 'the virtio console is not configured on this vm (virtioConsole: true)');
+    return this.hvc;
   }
 
   get state(): VmState {
@@ -113,6 +122,7 @@ export class Vm extends EventEmitter<VmEvents> {
       images,
       {
         serial: this.ports,
+        virtioConsole: this.hvc,
         onPowerOff: () => setImmediate(() => this.finish({ reason: 'poweroff', message: 'the guest powered off' })),
         onReset: () => setImmediate(() => this.guestReset()),
       },
@@ -294,6 +304,8 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   const resolved = resolveVmConfig(config);
   const [kernel, initrd, igvm] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
   if (igvm) resolved.igvm = igvm;
+  // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
+  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly).fd);
   const vm = new Vm(resolved, { kernel, initrd }, customLoader);
   for (const k of ['kernel', 'initrd', 'igvm'] as const) {
     const v = config[k];
