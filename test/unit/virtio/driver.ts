@@ -72,6 +72,7 @@ export class FakeDriver {
       const q: FakeQueue = { index, size, desc: at, avail: at + 16 * size, used: 0, nextDesc: 0, availIdx: 0, usedSeen: 0 };
       q.used = Math.ceil((q.avail + 6 + 2 * size) / 4096) * 4096;
       at = Math.ceil((q.used + 6 + 8 * size) / 4096) * 4096;
+      this.mem.fill(q.desc, at - q.desc); // a driver allocates zeroed rings, as Linux does
       this.w(REG.queueSel, index);
       this.w(REG.queueNum, size);
       this.w(REG.queueDescLow, q.desc);

@@ -1,0 +1,134 @@
+import test from 'ava';
+import { INT_CONFIG_CHANGE, INT_USED_BUFFER, REG, STATUS, VIRTIO_MMIO_MAGIC } from '../../../lib/devices/virtio/mmio';
+import { VirtioRng } from '../../../lib/devices/virtio/rng';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../../lib/devices/virtio/queue';
+import { FakeDriver } from './driver';
+
+test('identification registers: magic, version 2, device id, and VERSION_1 offered in the high feature word', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  t.is(d.r(REG.magic), VIRTIO_MMIO_MAGIC);
+  t.is(d.r(REG.version), 2);
+  t.is(d.r(REG.deviceId), 4);
+  d.w(REG.deviceFeaturesSel, 1);
+  t.is(d.r(REG.deviceFeatures) & 1, 1);
+  d.w(REG.queueSel, 0);
+  t.is(d.r(REG.queueNumMax), 64);
+  d.w(REG.queueSel, 1);
+  t.is(d.r(REG.queueNumMax), 0, 'a queue that does not exist has max size 0');
+});
+
+test('FEATURES_OK does not stick when the driver leaves out VERSION_1 or asks for unoffered bits', (t) => {
+  const a = new FakeDriver(new VirtioRng());
+  a.up([8], { omitVersion1: true });
+  t.is(a.r(REG.status) & STATUS.featuresOk, 0);
+  const b = new FakeDriver(new VirtioRng());
+  b.up([8], { features: 1n << 5n });
+  t.is(b.r(REG.status) & STATUS.featuresOk, 0);
+  const c = new FakeDriver(new VirtioRng());
+  c.up([8]);
+  t.is(c.r(REG.status), STATUS.acknowledge | STATUS.driver | STATUS.featuresOk | STATUS.driverOk);
+});
+
+test('a used buffer raises the level interrupt until the driver acknowledges it', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  d.up([8]);
+  const q = d.queues[0]!;
+  const buf = d.alloc(32);
+  d.offer(q, d.chain(q, [{ gpa: buf, len: 32, write: true }]));
+  d.kick(q);
+  t.deepEqual(d.takeUsed(q), [[0, 32]]);
+  t.true(d.irq.level);
+  t.is(d.r(REG.interruptStatus), INT_USED_BUFFER);
+  d.w(REG.interruptAck, INT_USED_BUFFER);
+  t.false(d.irq.level);
+  t.is(d.r(REG.interruptStatus), 0);
+});
+
+test('a descriptor loop puts the device in DEVICE_NEEDS_RESET with a config interrupt, and reset recovers it', (t) => {
+  const rng = new VirtioRng();
+  const d = new FakeDriver(rng);
+  d.up([8]);
+  const q = d.queues[0]!;
+  d.writeDesc(q, 0, d.alloc(16), 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+  d.writeDesc(q, 1, d.alloc(16), 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 0);
+  d.offer(q, 0);
+  t.notThrows(() => d.kick(q));
+  t.truthy(d.r(REG.status) & STATUS.needsReset);
+  t.is(d.r(REG.interruptStatus) & INT_CONFIG_CHANGE, INT_CONFIG_CHANGE);
+  t.regex(d.t.lastError ?? '', /loop/);
+  // Further kicks are ignored while broken.
+  d.kick(q);
+  t.is(d.usedIdx(q), 0);
+  // The driver resets and starts over: the device works again.
+  d.queues.length = 0;
+  d.up([8]);
+  t.is(d.r(REG.status) & STATUS.needsReset, 0);
+  const q2 = d.queues[0]!;
+  d.offer(q2, d.chain(q2, [{ gpa: d.alloc(8), len: 8, write: true }]));
+  d.kick(q2);
+  t.is(d.takeUsed(q2).length, 1);
+});
+
+test('queue rings placed outside guest ram at DRIVER_OK put the device in needs-reset', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  d.w(REG.status, STATUS.acknowledge | STATUS.driver);
+  d.w(REG.driverFeaturesSel, 1);
+  d.w(REG.driverFeatures, 1);
+  d.w(REG.status, STATUS.acknowledge | STATUS.driver | STATUS.featuresOk);
+  d.w(REG.queueSel, 0);
+  d.w(REG.queueNum, 8);
+  d.w(REG.queueDescLow, 0);
+  d.w(REG.queueDescHigh, 0x10); // 64 GiB: no RAM there
+  d.w(REG.queueDriverLow, 0x2000);
+  d.w(REG.queueDeviceLow, 0x3000);
+  d.w(REG.queueReady, 1);
+  d.w(REG.status, STATUS.acknowledge | STATUS.driver | STATUS.featuresOk | STATUS.driverOk);
+  t.truthy(d.r(REG.status) & STATUS.needsReset);
+  t.regex(d.t.lastError ?? '', /outside guest ram/);
+});
+
+test('a queue size that is not a power of two puts the device in needs-reset', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  d.up([6]);
+  t.truthy(d.r(REG.status) & STATUS.needsReset);
+  t.regex(d.t.lastError ?? '', /power of two/);
+});
+
+test('writing 0 to Status resets queues, features and the interrupt', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  d.up([8]);
+  const q = d.queues[0]!;
+  d.offer(q, d.chain(q, [{ gpa: d.alloc(8), len: 8, write: true }]));
+  d.kick(q);
+  t.true(d.irq.level);
+  d.w(REG.status, 0);
+  t.false(d.irq.level);
+  t.is(d.r(REG.status), 0);
+  d.w(REG.queueSel, 0);
+  t.is(d.r(REG.queueReady), 0);
+});
+
+test('rng fills a chain of two writable buffers with random bytes', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  d.up([8]);
+  const q = d.queues[0]!;
+  const a = d.alloc(64);
+  const b = d.alloc(64);
+  d.offer(q, d.chain(q, [{ gpa: a, len: 64, write: true }, { gpa: b, len: 64, write: true }]));
+  d.kick(q);
+  t.deepEqual(d.takeUsed(q), [[0, 128]]);
+  t.false(d.mem.read(a, 64).every((x) => x === 0));
+  t.false(d.mem.read(b, 64).every((x) => x === 0));
+  t.notDeepEqual([...d.mem.read(a, 64)], [...d.mem.read(b, 64)]);
+});
+
+test('no descriptor flag trick lets a device write outside guest ram', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  d.up([8]);
+  const q = d.queues[0]!;
+  d.writeDesc(q, 0, 0xff000, 0x2000, VIRTQ_DESC_F_WRITE, 0); // ends past 1 MiB of RAM
+  d.offer(q, 0);
+  t.notThrows(() => d.kick(q));
+  t.truthy(d.r(REG.status) & STATUS.needsReset);
+  t.is(d.usedIdx(q), 0);
+});
