@@ -43,6 +43,11 @@ options:
   --com1 BINDING         console|stdio|file:PATH|tcp:HOST:PORT|none (default console)
   --com2, --com3, --com4 BINDING  (default: present, output kept in memory only)
   --on-reset stop|restart  what a guest reboot does (default stop)
+  --disk PATH[,ro]       a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
+                         ,ro makes it read-only; repeat for more disks
+  --rng                  a virtio-rng device (the guest's /dev/hwrng)
+  --virtio-console       a virtio console (the guest's hvc0); bound to the terminal
+                         when --com1 none
   --trace                print boot phase timings and the memory layout to stderr
   --verbose              show stack traces for errors
   -h, --help             this help
@@ -110,6 +115,16 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       case '--com2':
       case '--com3':
       case '--com4': { const v = value(); if (v !== undefined) serial[flag.slice(2) as ComPort] = parseBinding(flag, v, issues); break; }
+      case '--disk': {
+        const v = value();
+        if (v === undefined) break;
+        const m = /^(.+?)(,ro)?$/.exec(v);
+        if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH or PATH,ro` });
+        else (config.disks ??= []).push({ path: m[1]!, readonly: m[2] !== undefined });
+        break;
+      }
+      case '--rng': config.rng = true; break;
+      case '--virtio-console': config.virtioConsole = true; break;
       case '--verbose': out.verbose = true; break;
       case '--trace': out.trace = true; break;
       case '-h':
