@@ -100,6 +100,10 @@ async function run(argv: readonly string[]): Promise<number> {
     if (binding.kind === 'none' || binding.kind === 'null') continue;
     cleanups.push(await bindSerial(vm, name, binding, quit));
   }
+  if (args.config.virtioConsole && args.serial.com1.kind === 'none') {
+    const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit });
+    cleanups.push(() => h.detach());
+  }
   const onSignal = () => quit();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
