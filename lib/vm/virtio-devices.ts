@@ -62,7 +62,7 @@ export function openDisk(path: string, readonly: boolean): OpenedDisk {
   const st = fs.fstatSync(fd);
   if (!st.isFile() && !st.isBlockDevice()) {
     fs.closeSync(fd);
-    throw new NodevmmError('ERR_DISK', `disk image ${path} is not a regular file or block device`);
+    throw new NodevmmError('ERR_DISK', `disk image ${path} ${st.isDirectory() ? 'is a directory' : 'is not a regular file or block device'}`);
   }
   if (st.isFile() && st.size < 512) {
     fs.closeSync(fd);

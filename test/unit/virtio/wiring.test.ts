@@ -1,0 +1,49 @@
+import test from 'ava';
+import { ConfigError } from '../../../lib/errors';
+import { parseRunArgs } from '../../../lib/cli/args';
+import { resolveVmConfig } from '../../../lib/vm/config';
+import { virtioSlots, openDisk } from '../../../lib/vm/virtio-devices';
+import { IOAPIC_START, MMIO_GAP_START } from '../../../lib/arch/x86_64/layout';
+import { buildX86AcpiTables } from '../../../lib/acpi/x86-tables';
+
+test('slots are 4 KiB apart inside the MMIO gap below the IOAPIC, one level-triggered GSI each, disks first', (t) => {
+  const slots = virtioSlots({ disks: [{ path: 'a' }, { path: 'b' }], rng: true, virtioConsole: true });
+  t.deepEqual(slots.map((s) => s.device.kind), ['blk', 'blk', 'rng', 'console']);
+  t.deepEqual(slots.map((s) => s.irq), [16, 17, 18, 19]);
+  for (const s of slots) {
+    t.true(s.base >= MMIO_GAP_START && s.base + s.size <= IOAPIC_START);
+    t.is(s.size, 0x1000);
+    t.is(s.trigger, 'level');
+  }
+  t.is(new Set(slots.map((s) => s.base)).size, 4);
+});
+
+test('the DSDT carries one LNRO0005 device per slot', (t) => {
+  const slots = virtioSlots({ disks: [{ path: 'a' }], rng: true, virtioConsole: false });
+  const acpi = buildX86AcpiTables({ vcpus: 1, serialPorts: [], tablesGpa: 0x19000, rsdpGpa: 0xe0000, pmBase: 0x400, sci: 9, virtioMmio: slots });
+  const text = Buffer.from(acpi.blob).toString('latin1');
+  t.is(text.split('LNRO0005').length - 1, 2);
+});
+
+test('config rejects bad disks and too many devices, naming each field', (t) => {
+  const e = t.throws(() => resolveVmConfig({ kernel: 'k', disks: [{ path: '' }, { path: 'x', readonly: 'yes' as never }, 7 as never], rng: 1 as never }), { instanceOf: ConfigError });
+  t.deepEqual(e!.issues.map((i) => i.path), ['disks[0].path', 'disks[1].readonly', 'disks[2]', 'rng']);
+  const many = Array.from({ length: 8 }, (_, i) => ({ path: `d${i}` }));
+  t.throws(() => resolveVmConfig({ kernel: 'k', disks: many, rng: true }), { message: /more than the 8/ });
+  const ok = resolveVmConfig({ kernel: 'k', disks: [{ path: 'x' }] });
+  t.deepEqual(ok.disks, [{ path: 'x', readonly: false }]);
+  t.false(ok.rng);
+});
+
+test('--disk PATH[,ro], --rng and --virtio-console become config', (t) => {
+  const a = parseRunArgs(['--kernel', 'k', '--disk', 'root.img', '--disk=data.img,ro', '--rng', '--virtio-console']);
+  t.deepEqual(a.config.disks, [{ path: 'root.img', readonly: false }, { path: 'data.img', readonly: true }]);
+  t.true(a.config.rng);
+  t.true(a.config.virtioConsole);
+  t.throws(() => parseRunArgs(['--kernel', 'k', '--disk', 'a,rw']), { message: /not PATH or PATH,ro/ });
+});
+
+test('openDisk names the file and the reason in one sentence', (t) => {
+  t.throws(() => openDisk('/nonexistent/disk.img', false), { message: 'disk image /nonexistent/disk.img does not exist' });
+  t.throws(() => openDisk('/tmp', true), { message: 'disk image /tmp is a directory' });
+});
