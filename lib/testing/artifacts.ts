@@ -25,13 +25,13 @@ export const KVM_HOST_MODULES = [
 ] as const;
 
 /** Modules the guest initramfs loads: the ACPI power button and the input events acpid reads. */
-export const GUEST_MODULES = ['button', 'evdev'] as const;
+export const GUEST_MODULES = ['button', 'evdev', 'virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'virtio-rng', 'virtio_console'] as const;
 
 /**
  * Bumped whenever what the cache holds changes (modules, init scripts), so an
  * older cache is rebuilt instead of silently used.
  */
-export const ARTIFACTS_LAYOUT = 4;
+export const ARTIFACTS_LAYOUT = 5;
 
 const KERNEL_META_PACKAGE = 'linux-image-amd64';
 const BUSYBOX_PACKAGE = 'busybox-static';
