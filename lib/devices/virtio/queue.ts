@@ -119,7 +119,13 @@ export class SplitQueue {
 
   /** Take the next available chain, validated; undefined when the ring is empty. */
   pop(): VirtqChain | undefined {
-    if (this.pending() === 0) return undefined;
+    if (this.pending() === 0) {
+      if (!this.features.eventIdx) return undefined;
+      // Ask for a kick on the next buffer, then look again: the driver may have
+      // added one after we read its index and before it could see avail_event.
+      this.mem.writeU16(this.layout.usedGpa + 4 + 8 * this.size, this.lastAvail);
+      if (this.pending() === 0) return undefined;
+    }
     const slot = this.lastAvail % this.size;
     const head = this.mem.readU16(this.layout.availGpa + 4 + 2 * slot);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;

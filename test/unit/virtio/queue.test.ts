@@ -165,3 +165,13 @@ test('readAt and writeAt cross segment boundaries', (t) => {
   t.deepEqual([...mem.read(0x9000, 2)], [0, 9]);
   t.deepEqual([...mem.read(0x9100, 2)], [8, 7]);
 });
+
+test('with event index, draining the ring publishes avail_event so the driver kicks for its next buffer', (t) => {
+  const { mem, q, desc, offer } = setup({ eventIdx: true, indirect: false });
+  desc(0, 0x8000, 4, VIRTQ_DESC_F_WRITE);
+  for (let i = 0; i < 3; i++) {
+    offer(0);
+    while (q.pop());
+    t.is(mem.readU16(USED + 4 + 8 * SIZE), i + 1);
+  }
+});
