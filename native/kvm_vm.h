@@ -111,7 +111,9 @@ class VcpuCore : public VcpuBackend {
   std::shared_ptr<VcpuShared> shared_;
   std::thread thread_;
   pthread_t tid_{};
-  std::atomic<bool> tid_valid_{false};
+  // Guards tid_/thread_alive_ so a kick never targets a finished thread.
+  std::mutex kick_mu_;
+  bool thread_alive_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<VcpuState> state_{VcpuState::kCreated};

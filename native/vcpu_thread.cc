@@ -153,8 +153,11 @@ bool VcpuCore::Start(std::string* err) {
   std::mutex rmu;
   std::condition_variable rcv;
   thread_ = std::thread([this, &ready, &rmu, &rcv] {
-    tid_ = pthread_self();
-    tid_valid_ = true;
+    {
+      std::lock_guard<std::mutex> k(kick_mu_);
+      tid_ = pthread_self();
+      thread_alive_ = true;
+    }
     char name[16];
     snprintf(name, sizeof name, "nodevmm-vcpu%u", index_);
     pthread_setname_np(pthread_self(), name);
@@ -163,11 +166,17 @@ bool VcpuCore::Start(std::string* err) {
     sigaddset(&set, KickSignal());
     pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
     {
+      // Notify under the lock: rmu and rcv live on Start()'s stack, which
+      // may unwind as soon as the waiter can see `ready`.
       std::lock_guard<std::mutex> l(rmu);
       ready = true;
+      rcv.notify_all();
     }
-    rcv.notify_all();
     ThreadMain();
+    // After this, Kick() must not signal: the pthread_t may be reused by a
+    // thread of another VM once this one is joined.
+    std::lock_guard<std::mutex> k(kick_mu_);
+    thread_alive_ = false;
   });
   // Barrier: a kick sent right after start() must find the thread ready.
   std::unique_lock<std::mutex> l(rmu);
@@ -178,7 +187,8 @@ bool VcpuCore::Start(std::string* err) {
 void VcpuCore::Kick() {
   RequestImmediateExit(true);
   std::atomic_thread_fence(std::memory_order_release);
-  if (tid_valid_) pthread_kill(tid_, KickSignal());
+  std::lock_guard<std::mutex> k(kick_mu_);
+  if (thread_alive_) pthread_kill(tid_, KickSignal());
 }
 
 void VcpuCore::Resume() {

@@ -122,10 +122,10 @@ export class SerialPort extends Duplex {
         done();
         reject(new NodevmmError('ERR_SERIAL_TIMEOUT', `${this.portName}: ${re} did not appear within ${timeoutMs} ms; last lines:\n${this.tail(30)}`));
       }, timeoutMs);
-      const onClose = () => {
+      const onClose = (why?: string) => {
         if (check()) return;
         done();
-        reject(new NodevmmError('ERR_SERIAL_CLOSED', `${this.portName}: the vm stopped before ${re} appeared; last lines:\n${this.tail(30)}`));
+        reject(new NodevmmError('ERR_SERIAL_CLOSED', `${this.portName}: the vm stopped (${why ?? 'unknown reason'}) before ${re} appeared; last lines:\n${this.tail(30)}`));
       };
       const waiter = () => void check();
       const done = () => {

@@ -281,7 +281,7 @@ export class Vm extends EventEmitter<VmEvents> {
       this.stopReason = reason;
       this.setState('stopped');
       for (const p of Object.values(this.ports)) {
-        p.emit('vm-stopped');
+        p.emit('vm-stopped', `${reason.reason}: ${reason.message}`);
         p.push(null);
       }
       this.emit('stop', reason);
