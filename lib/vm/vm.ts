@@ -280,7 +280,7 @@ export class Vm extends EventEmitter<VmEvents> {
     } finally {
       this.stopReason = reason;
       this.setState('stopped');
-      for (const p of Object.values(this.ports)) {
+      for (const p of [...Object.values(this.ports), ...(this.hvc ? [this.hvc] : [])]) {
         p.emit('vm-stopped', `${reason.reason}: ${reason.message}`);
         p.push(null);
       }
