@@ -134,15 +134,20 @@ export class Vm extends EventEmitter<VmEvents> {
     this.timings = m.timings;
   }
 
+  /** Build a fresh machine from the config and set its vCPUs running. */
+  private bootMachine(): void {
+    this.build();
+    this.boots++;
+    this.machine!.partition.start();
+    this.setState('running');
+  }
+
   /** Build the machine and run it. Resolves once the vCPUs are running. */
   async start(): Promise<void> {
     assertAllowed('start', this._state);
     this.setState('starting');
     try {
-      this.build();
-      this.boots++;
-      this.machine!.partition.start();
-      this.setState('running');
+      this.bootMachine();
     } catch (e) {
       if (e instanceof FormatError) {
         // Name the file the bytes came from: "kernel /boot/x: ..." beats "kernel: ...".
@@ -235,10 +240,7 @@ export class Vm extends EventEmitter<VmEvents> {
     old?.dispose();
     this.emit('reset');
     try {
-      this.build();
-      this.boots++;
-      this.machine!.partition.start();
-      this.setState('running');
+      this.bootMachine();
     } catch (e) {
       this.finish({ reason: 'host-error', message: `restart failed: ${(e as Error).message}`, error: e as Error });
     }
