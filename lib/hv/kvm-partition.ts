@@ -317,6 +317,8 @@ export class KvmPartition extends EventEmitter implements Partition {
   }
 
   pause(): Promise<void> {
+    // A pause still on its way resolves together with the one in flight.
+    if (this.state === 'paused' && this.pauseWaiters.length) return new Promise<void>((resolve) => this.pauseWaiters.push(resolve));
     if (this.state === 'paused' || this.state === 'stopped') return Promise.resolve();
     if (this.state !== 'running') return Promise.reject(new VmStateError('pause', this.state));
     this.state = 'paused';
@@ -431,7 +433,8 @@ export class KvmPartition extends EventEmitter implements Partition {
       const v = this.vcpus[ev.vcpu];
       if (!v) continue;
       if (ev.type === 'paused') {
-        v.paused = true;
+        // A "paused" that arrives after a resume() belongs to the pause that resume cancelled.
+        if (this.state === 'paused') v.paused = true;
       } else if (ev.type === 'exited' && ev.exit) {
         v.stopped = this.describeStop(v, ev);
         this.emit('vcpu-stop', v.stopped);
