@@ -101,6 +101,11 @@ export class VcpuSharedView {
     return this.dv.getBigUint64(56, true);
   }
 
+  /** True when posted writes are queued and not yet applied. */
+  postedQueued(): boolean {
+    return Atomics.load(this.u32, 16) !== this.u32[32];
+  }
+
   /** Apply every queued posted write in order; returns how many. */
   drainPosted(apply: (kind: number, address: number, size: number, value: number) => void): number {
     let n = 0;

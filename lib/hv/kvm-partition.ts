@@ -150,6 +150,9 @@ export class KvmPartition extends EventEmitter implements Partition {
   private routesDirty = false;
   private readonly irqchip: boolean;
   private redispatchScheduled = false;
+  private watchdog: NodeJS.Timeout | undefined;
+  private lastWatchdogNotifications = -1;
+  private rescues = 0;
   /** kvmclock at the moment every vCPU had paused. */
   private pausedClock: bigint | undefined;
 
@@ -309,6 +312,7 @@ export class KvmPartition extends EventEmitter implements Partition {
     if (this.pausedClock !== undefined && this.irqchip) native(() => this.vm.setClock(this.pausedClock!));
     this.pausedClock = undefined;
     this.vm.ref();
+    this.watchdog ??= setInterval(() => this.watchdogTick(), 50).unref();
     for (const v of this.vcpus) {
       if (v.stopped) continue;
       v.paused = false;
@@ -328,8 +332,14 @@ export class KvmPartition extends EventEmitter implements Partition {
     return p;
   }
 
+  private stopWatchdog(): void {
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = undefined;
+  }
+
   private checkPaused(): void {
     if (this.vcpus.every((v) => v.paused || v.stopped)) {
+      this.stopWatchdog();
       if (this.state === 'paused' && this.pausedClock === undefined && this.irqchip && this.pauseWaiters.length) {
         this.pausedClock = native(() => this.vm.getClock());
       }
@@ -341,7 +351,7 @@ export class KvmPartition extends EventEmitter implements Partition {
   }
 
   stats(): PartitionStats {
-    const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.notifications };
+    const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.notifications, rescues: this.rescues };
     if (this.state === 'destroyed') return s;
     for (const v of this.vcpus) {
       s.exitsToJs += v.shared.exitsToJs;
@@ -382,6 +392,22 @@ export class KvmPartition extends EventEmitter implements Partition {
     } catch (e) {
       this.hostError(e as Error);
     }
+  }
+
+  /**
+   * Safety net against a lost wakeup: while running, every 50 ms check for
+   * work the vCPUs left (a pending exit, queued posted writes, a raised
+   * notify flag) that no dispatch has picked up since the last check, and
+   * dispatch it. `stats().rescues` counts how often that was needed.
+   */
+  private watchdogTick(): void {
+    if (this.state !== 'running') return;
+    const waiting = Atomics.load(this.control, 0) !== 0 || this.vcpus.some((v) => v.shared.pending || v.shared.postedQueued());
+    if (waiting && this.notifications === this.lastWatchdogNotifications) {
+      this.rescues++;
+      this.dispatch();
+    }
+    this.lastWatchdogNotifications = this.notifications;
   }
 
   private scheduleRedispatch(): void {
@@ -507,6 +533,7 @@ export class KvmPartition extends EventEmitter implements Partition {
   destroy(): void {
     if (this.state === 'destroyed') return;
     this.state = 'destroyed';
+    this.stopWatchdog();
     this.vm.destroy();
     for (const r of this.rams) r.release();
     this.rams.length = 0;

@@ -53,6 +53,8 @@ export interface PartitionStats {
   unclaimedReads: bigint;
   unclaimedWrites: bigint;
   notifications: number;
+  /** Dispatches the 50 ms watchdog had to start because no wakeup arrived (should stay 0). */
+  rescues: number;
 }
 
 export interface Partition extends EventEmitter {
