@@ -149,6 +149,7 @@ async function runE2e() {
   log(`${kvm.reason}: running the e2e files in the emulated KVM host, one boot per file`);
   const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
   const total = { passed: 0, failed: 0, skipped: 0 };
+  const flaky = [];
   const started = Date.now();
   for (const file of files) {
     // The emulated host's own kernel (TCG with nested SVM) occasionally dies under load
@@ -186,10 +187,20 @@ async function runE2e() {
       log(`${file}: emulated KVM host ready in ${(result.bootMs / 1000).toFixed(1)} s, ava exit ${result.exitCode}, ${(result.durationMs / 1000).toFixed(1)} s in all`);
       const counts = parseTap(result.consoleLog);
       if (result.exitCode !== 0 && counts.failed === 0) counts.failed = 1;
+      if (counts.failed > 0 && attempt === 1) {
+        // Guests under the emulated host occasionally die in early boot (a triple fault or a
+        // stall before the console, in a few percent of boots; its own kernel also crashed under
+        // load with QEMU's guests, docs/testing.md). A real bug fails again: the second run's
+        // result is the one counted, and the retry is reported so it stays visible.
+        log(`FLAKY? ${file} had ${counts.failed} failure(s) in the emulated host: running it once more in a fresh host`);
+        flaky.push(file);
+        continue;
+      }
       for (const k of Object.keys(total)) total[k] += counts[k];
       break;
     }
   }
+  if (flaky.length) log(`e2e files that failed once in the emulated host and were run again: ${flaky.join(', ')}`);
   return total;
 }
 
