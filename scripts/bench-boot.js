@@ -95,10 +95,25 @@ async function linux() {
   const a = await ensureGuestArtifacts({ arch: 'x86_64' });
   const cmdline = 'console=ttyS0 panic=-1';
   const rows = { nodevmm: [], qemu: [] };
+  const failures = { nodevmm: 0, qemu: 0 };
+  // Under the emulated KVM host a guest occasionally dies in early boot (docs/testing.md):
+  // such a run is counted and reported, and replaced by another, for either VMM.
+  const attempt = async (who, cmd, argv) => {
+    for (let tries = 0; tries < 3; tries++) {
+      try {
+        return await timed(cmd, argv, 'GUEST-INIT-OK', 120_000);
+      } catch (e) {
+        failures[who]++;
+        console.log(`  (${who} run failed and was repeated: ${e.message.split('\n')[0]})`);
+      }
+    }
+    throw new Error(`${who} failed three times in a row`);
+  };
   for (let i = 0; i < RUNS; i++) {
-    rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio'], 'GUEST-INIT-OK', 300_000));
-    rows.qemu.push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline], 'GUEST-INIT-OK', 300_000));
+    rows.nodevmm.push(await attempt('nodevmm', process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio']));
+    rows.qemu.push(await attempt('qemu', 'qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline]));
   }
+  console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}`);
   const line = report(`Debian ${a.kernelVersion} bzImage + test initramfs, 512 MiB, 1 vCPU, "${cmdline}", ${RUNS} interleaved runs, medians`, rows);
   line('GUEST-INIT-OK', (r) => r.markerMs, 'ms', 0);
   line('exit (after poweroff)', (r) => r.exitMs, 'ms', 0);
