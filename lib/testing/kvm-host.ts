@@ -62,6 +62,7 @@ for arg in $(cat /proc/cmdline); do
   case "$arg" in
     nodevmm.results=*) results="\${arg#nodevmm.results=}" ;;
     nodevmm.artifacts=*) artifacts="\${arg#nodevmm.artifacts=}" ;;
+    nodevmm.project=*) project="\${arg#nodevmm.project=}" ;;
   esac
 done
 [ -n "$results" ] || fail "no nodevmm.results= on the kernel command line"
@@ -84,6 +85,11 @@ mount -t 9p -o ${NINEP_OPTS} results "/host$results" || fail "mounting the resul
 if [ -n "$artifacts" ]; then
   mkdir -p "/host$artifacts"
   mount -t 9p -o ro,cache=loose,${NINEP_OPTS} artifacts "/host$artifacts" || fail "mounting the artifacts share"
+fi
+# The working directory may live under /tmp too (a CI checkout): share it read-only at its path.
+if [ -n "$project" ]; then
+  mkdir -p "/host$project"
+  mount -t 9p -o ro,cache=loose,${NINEP_OPTS} project "/host$project" || fail "mounting the project share"
 fi
 echo "${KVM_HOST_READY_MARKER} $(cut -d' ' -f1 /proc/uptime)"
 chroot /host /bin/sh "$results/run.sh"
@@ -111,7 +117,7 @@ export async function runInKvmHost(command: string, options: KvmHostOptions): Pr
     const initrd = path.join(results, 'kvm-host-initramfs.cpio.gz');
     fs.writeFileSync(initrd, buildInitramfs({ busybox, modules, init: KVM_HOST_INIT }));
     fs.writeFileSync(path.join(results, 'run.sh'), runScript(command, options));
-    const args = qemuArgs(artifacts.vmlinuz, initrd, results, artifacts.dir, options);
+    const args = qemuArgs(artifacts.vmlinuz, initrd, results, artifacts.dir, { ...options, projectDir: options.cwd });
     return await runQemu(args, results, options);
   } finally {
     fs.rmSync(results, { recursive: true, force: true });
@@ -119,16 +125,20 @@ export async function runInKvmHost(command: string, options: KvmHostOptions): Pr
 }
 
 /** The QEMU command line for the emulated host (exported for docs and debugging). */
-export function qemuArgs(kernel: string, initrd: string, results: string, artifactsDir: string, options: Pick<KvmHostOptions, 'memoryMiB' | 'smp'>): string[] {
+export function qemuArgs(kernel: string, initrd: string, results: string, artifactsDir: string, options: Pick<KvmHostOptions, 'memoryMiB' | 'smp'> & { projectDir?: string }): string[] {
+  // Under /tmp (which the host's init replaces with a tmpfs) the working directory needs its own share.
+  const project = options.projectDir && (options.projectDir === '/tmp' || options.projectDir.startsWith('/tmp/')) ? options.projectDir : undefined;
+  const projectArgs = project ? ['-virtfs', `local,path=${project},mount_tag=project,security_model=none,readonly=on,multidevs=remap`] : [];
   return [
     '-M', 'q35', '-accel', 'tcg', '-cpu', 'EPYC,+svm,+npt',
     '-m', `${options.memoryMiB ?? 4096}M`, '-smp', String(options.smp ?? 2),
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-kernel', kernel, '-initrd', initrd,
-    '-append', `console=ttyS0 quiet panic=-1 mitigations=off transparent_hugepage=never nodevmm.results=${results} nodevmm.artifacts=${artifactsDir}`,
+    '-append', `console=ttyS0 quiet panic=-1 mitigations=off transparent_hugepage=never nodevmm.results=${results} nodevmm.artifacts=${artifactsDir}${project ? ` nodevmm.project=${project}` : ''}`,
     '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
     '-virtfs', `local,path=${results},mount_tag=results,security_model=none,multidevs=remap`,
     '-virtfs', `local,path=${artifactsDir},mount_tag=artifacts,security_model=none,readonly=on,multidevs=remap`,
+    ...projectArgs,
   ];
 }
 
