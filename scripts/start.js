@@ -13,7 +13,24 @@ const { spawnSync } = require('node:child_process');
 
 const root = path.resolve(__dirname, '..');
 
+/** Debian packages `npm start` needs on this machine; installed with apt when missing and we are root. */
+function ensureHostPackages(needQemu) {
+  const want = [['xz', 'xz-utils'], ['dpkg-deb', 'dpkg']];
+  if (needQemu) want.push(['qemu-system-x86_64', 'qemu-system-x86']);
+  const missing = want.filter(([bin]) => spawnSync('sh', ['-c', `command -v ${bin}`]).status !== 0).map(([, pkg]) => pkg);
+  if (missing.length === 0) return;
+  if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v apt-get']).status !== 0) {
+    throw new Error(`missing ${missing.join(', ')}: install them (apt-get install ${missing.join(' ')}) and run npm start again`);
+  }
+  process.stderr.write(`nodevmm: installing ${missing.join(', ')} with apt-get\n`);
+  spawnSync('apt-get', ['update', '-q'], { stdio: 'inherit' });
+  const r = spawnSync('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...missing], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (r.status !== 0) throw new Error(`apt-get install ${missing.join(' ')} failed`);
+}
+
 async function main() {
+  const { detectKvm: detect } = require('../dist/lib/testing/detect');
+  ensureHostPackages(detect().kind === 'pvm');
   const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
   const { detectKvm } = require('../dist/lib/testing/detect');
   const a = await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => process.stderr.write(`nodevmm: ${m}\n`) });
