@@ -86,7 +86,17 @@ e2e('withVm attaches the serial log to a failing test and still tears the vm dow
   t.true(logs.some((l) => l.includes('--- serial com1') && l.includes('GUEST-INIT-OK')));
 });
 
-e2e('8 vms run concurrently in one process, each runs exec and powers off, leaving no fds, threads or memory behind', async (t) => {
+// Under the emulated KVM host (QEMU TCG with nested SVM) this test takes the host's own kernel
+// down ("BUG: TASK stack guard page was hit", "corrupted stack end detected inside scheduler")
+// in every run so far, even with staggered starts; QEMU's guests crash it the same way. It runs
+// wherever the e2e tier runs on a real KVM.
+const inEmulatedHost = process.env.NODEVMM_IN_KVM_HOST === '1';
+const eightVms = skip || inEmulatedHost ? test.skip : test.serial;
+if (!skip && inEmulatedHost) {
+  test.skip('8 concurrent vms: skipped in the emulated KVM host, whose kernel crashes under eight nested guests (runs on a real KVM)', () => {});
+}
+
+eightVms('8 vms run concurrently in one process, each runs exec and powers off, leaving no fds, threads or memory behind', async (t) => {
   // Earlier tests in this file already booted VMs here, so JIT and allocators are warm.
   global.gc?.();
   const before = processResources();
