@@ -14,6 +14,7 @@ import { EXIT_CODES } from '../vm/lifecycle';
 import { createVm, type Vm } from '../vm/vm';
 import { parseRunArgs, RUN_USAGE, type SerialBinding } from './args';
 import { attachConsole } from './console';
+import { readInputFile } from '../util/file-errors';
 
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
 
@@ -58,7 +59,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       // Loaded on demand: `run` should not pay for the IGVM modules at start-up.
       const { runIgvmCommand } = require('../igvm/cli') as typeof import('../igvm/cli');
       return runIgvmCommand(rest.filter((a) => a !== '--verbose'), {
-        readFile: (p) => readInput(p),
+        readFile: (p) => readInputFile('input', p),
         writeFile: (p, d) => fs.writeFileSync(p, d),
         stdout: (t) => process.stdout.write(t),
       });
@@ -73,14 +74,6 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-function readInput(p: string): Uint8Array {
-  try {
-    return new Uint8Array(fs.readFileSync(p));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new NodevmmError('ERR_FILE', `file ${p} ${code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable' : (e as Error).message}`);
-  }
-}
 
 async function run(argv: readonly string[]): Promise<number> {
   const args = parseRunArgs(argv);

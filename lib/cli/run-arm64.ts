@@ -4,23 +4,15 @@
  * flat arm64 Image through Linux Direct with a device tree. The exit status
  * follows the same table: PSCI SYSTEM_OFF is power-off, SYSTEM_RESET reset.
  */
-import * as fs from 'node:fs';
 import { NodevmmError } from '../errors';
 import { parseSize } from '../vm/config';
+import { readInputFile } from '../util/file-errors';
 import { EXIT_CODES, type StopReasonKind } from '../vm/lifecycle';
 import type { RunArgs } from './args';
 
 /** Default command line on arm64: the PL011 is ttyAMA0 (OpenVMM uses the same). */
 export const ARM64_DEFAULT_CMDLINE = 'panic=-1 console=ttyAMA0';
 
-function read(what: string, p: string): Uint8Array {
-  try {
-    return new Uint8Array(fs.readFileSync(p));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new NodevmmError('ERR_FILE', `${what} file ${p} ${code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable by this user' : (e as Error).message}`);
-  }
-}
 
 export async function runArm64(args: RunArgs): Promise<number> {
   // Loaded here so x86 hosts never load the arm64 modules.
@@ -33,8 +25,8 @@ export async function runArm64(args: RunArgs): Promise<number> {
   const binding = args.serial.com1;
   const out = binding.kind === 'console' || binding.kind === 'stdio' ? (b: Uint8Array) => process.stdout.write(b) : () => undefined;
   const vm = new Arm64LinuxVm({
-    kernel: read('kernel', c.kernel),
-    ...(typeof c.initrd === 'string' ? { initrd: read('initrd', c.initrd) } : {}),
+    kernel: readInputFile('kernel', c.kernel),
+    ...(typeof c.initrd === 'string' ? { initrd: readInputFile('initrd', c.initrd) } : {}),
     cmdline,
     vcpus: c.vcpus ?? 1,
     memoryBytes: memory,

@@ -21,11 +21,16 @@ export class ByteReader {
     return this.bytes.byteLength;
   }
 
+  /** The stable error code for this format, e.g. ERR_ELF_TRUNCATED. */
+  private code(kind: 'TRUNCATED' | 'FIELD'): string {
+    return `ERR_${this.format.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_${kind}`;
+  }
+
   /** Throws ERR_<FORMAT>_TRUNCATED unless [offset, offset+size) lies inside the input. */
   need(offset: number, size: number, field: string): void {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(size) || offset < 0 || size < 0 || offset + size > this.length) {
       throw new FormatError(
-        `ERR_${this.format.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_TRUNCATED`,
+        this.code('TRUNCATED'),
         `${this.format}: ${field} at offset 0x${offset.toString(16)} (${size} bytes) lies beyond the end of the ${this.length}-byte input`,
         { format: this.format, field, offset, expected: `<= ${this.length}`, actual: String(offset + size) },
       );
@@ -53,7 +58,7 @@ export class ByteReader {
     const v = this.u64(offset, field);
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
       throw new FormatError(
-        `ERR_${this.format.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_FIELD`,
+        this.code('FIELD'),
         `${this.format}: ${field} at offset 0x${offset.toString(16)} is 0x${v.toString(16)}, too large`,
         { format: this.format, field, offset, actual: '0x' + v.toString(16) },
       );
@@ -88,7 +93,7 @@ export class ByteReader {
     while (i < end && this.bytes[i] !== 0) i++;
     if (i === end) {
       throw new FormatError(
-        `ERR_${this.format.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_FIELD`,
+        this.code('FIELD'),
         `${this.format}: ${field} at offset 0x${offset.toString(16)} is not NUL-terminated`,
         { format: this.format, field, offset },
       );

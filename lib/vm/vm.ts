@@ -11,6 +11,7 @@
 import { EventEmitter } from 'node:events';
 import { closeSync, promises as fsp } from 'node:fs';
 import { FormatError, NodevmmError } from '../errors';
+import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
 import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
@@ -38,9 +39,7 @@ async function readImage(what: string, v: string | Uint8Array | undefined): Prom
   try {
     return new Uint8Array(await fsp.readFile(v));
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable by this user' : code === 'EISDIR' ? 'is a directory' : (e as Error).message;
-    throw new NodevmmError('ERR_FILE', `${what} file ${v} ${why}`);
+    throw fileError(what, v, e);
   }
 }
 
