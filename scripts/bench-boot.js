@@ -104,7 +104,10 @@ async function linux() {
         return await timed(cmd, argv, 'GUEST-INIT-OK', 120_000);
       } catch (e) {
         failures[who]++;
-        console.log(`  (${who} run failed and was repeated: ${e.message.split('\n')[0]})`);
+        const [first, ...rest] = e.message.split('\n');
+        console.log(`  (${who} run failed and was repeated: ${first})`);
+        // The tail of the guest's console, so the failure can be told apart later.
+        for (const l of rest.join('\n').trim().split('\n').slice(-12)) console.log(`    | ${l}`);
       }
     }
     throw new Error(`${who} failed three times in a row`);

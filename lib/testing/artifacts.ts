@@ -22,16 +22,27 @@ export const KVM_HOST_MODULES = [
   'irqbypass', 'ccp', 'kvm', 'kvm-amd',
   'virtio_ring', 'virtio', 'virtio_pci_modern_dev', 'virtio_pci_legacy_dev', 'virtio_pci',
   '9pnet', '9pnet_virtio', 'netfs', 'fscache', '9p',
+  // TAP devices for virtio-net tests, and vhost-vsock (/dev/vhost-vsock) for virtio-vsock.
+  'tun', 'vhost_iotlb', 'vhost', 'vsock', 'vmw_vsock_virtio_transport_common', 'vhost_vsock',
 ] as const;
 
-/** Modules the guest initramfs loads: the ACPI power button and the input events acpid reads. */
-export const GUEST_MODULES = ['button', 'evdev', 'virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'virtio-rng', 'virtio_console'] as const;
+/**
+ * Modules the guest initramfs loads, in insmod order (dependencies first): the ACPI power
+ * button and its input events, the virtio drivers (blk, rng, console, net, vsock), and ext4
+ * with what it needs, so a test can mount an ext4 root disk and switch to it.
+ */
+export const GUEST_MODULES = [
+  'button', 'evdev', 'virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'virtio-rng', 'virtio_console',
+  'failover', 'net_failover', 'virtio_net',
+  'vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport',
+  'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4',
+] as const;
 
 /**
  * Bumped whenever what the cache holds changes (modules, init scripts), so an
  * older cache is rebuilt instead of silently used.
  */
-export const ARTIFACTS_LAYOUT = 5;
+export const ARTIFACTS_LAYOUT = 6;
 
 const KERNEL_META_PACKAGE = 'linux-image-amd64';
 const BUSYBOX_PACKAGE = 'busybox-static';
