@@ -35,6 +35,12 @@ export const CMDLINE_PARAMS = {
    * host's exec(); kernel messages go to the console, so they never interleave with its output.
    */
   agent: 'nodevmm.agent',
+  /**
+   * `root=/dev/vda` (with optional `rootfstype=`, default ext4, and `init=`, default /sbin/init):
+   * as a distribution's initramfs does, mount that disk and switch_root to it instead of running
+   * the test init. Printed: GUEST-ROOT-MOUNTED=<dev> or GUEST-ROOT-FAILED=<dev>.
+   */
+  root: 'root',
 } as const;
 
 export interface InitramfsFile {
@@ -110,9 +116,38 @@ while read -r mod; do
 done </etc/nodevmm-modules
 `;
 
+/**
+ * `root=`: mount the root disk read-write and hand PID 1 to its init. The disk's driver may
+ * still be probing when we get here (virtio_mmio binds asynchronously), so wait up to 10 s.
+ */
+const SWITCH_ROOT = `root=
+rootfstype=ext4
+rootinit=/sbin/init
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    ${CMDLINE_PARAMS.root}=/dev/*) root="\${arg#${CMDLINE_PARAMS.root}=}" ;;
+    rootfstype=*) rootfstype="\${arg#rootfstype=}" ;;
+    init=/*) rootinit="\${arg#init=}" ;;
+  esac
+done
+if [ -n "$root" ]; then
+  i=0
+  while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  mkdir -p /newroot
+  if mount -t "$rootfstype" -o rw "$root" /newroot; then
+    echo "GUEST-ROOT-MOUNTED=$root"
+    mount --move /dev /newroot/dev 2>/dev/null || mount -t devtmpfs devtmpfs /newroot/dev
+    umount /proc /sys
+    exec switch_root /newroot "$rootinit"
+  fi
+  echo "GUEST-ROOT-FAILED=$root"
+fi
+`;
+
 function testInitScript(alwaysShell: boolean): string {
   // (the agent's stderr goes to /dev/null; exec() merges each command's stderr itself)
   return `${INIT_PRELUDE}
+${SWITCH_ROOT}
 # The ACPI power button (the host's shutdown()) powers off cleanly. Linux reports it as an input
 # device ("Power Button", from the button and evdev modules, both =m in Debian's kernel); the
 # first event read from it (24 bytes: one struct input_event) starts an orderly power-off.

@@ -24,6 +24,11 @@ export interface KvmHostOptions {
   env?: Record<string, string>;
   memoryMiB?: number;
   smp?: number;
+  /**
+   * QEMU's TCG threading: 'multi' (default, one host thread per vCPU) or 'single' (one thread
+   * runs every vCPU in turn: slower, but rules out races in the emulator's multi-threaded mode).
+   */
+  tcgThread?: 'multi' | 'single';
   /** Console text as it arrives (kernel messages and the command's output). */
   onConsole?: (text: string) => void;
   /** How long the host may take to reach its ready marker before the run is abandoned. */
@@ -125,12 +130,12 @@ export async function runInKvmHost(command: string, options: KvmHostOptions): Pr
 }
 
 /** The QEMU command line for the emulated host (exported for docs and debugging). */
-export function qemuArgs(kernel: string, initrd: string, results: string, artifactsDir: string, options: Pick<KvmHostOptions, 'memoryMiB' | 'smp'> & { projectDir?: string }): string[] {
+export function qemuArgs(kernel: string, initrd: string, results: string, artifactsDir: string, options: Pick<KvmHostOptions, 'memoryMiB' | 'smp' | 'tcgThread'> & { projectDir?: string }): string[] {
   // Under /tmp (which the host's init replaces with a tmpfs) the working directory needs its own share.
   const project = options.projectDir && (options.projectDir === '/tmp' || options.projectDir.startsWith('/tmp/')) ? options.projectDir : undefined;
   const projectArgs = project ? ['-virtfs', `local,path=${project},mount_tag=project,security_model=none,readonly=on,multidevs=remap`] : [];
   return [
-    '-M', 'q35', '-accel', 'tcg', '-cpu', 'EPYC,+svm,+npt',
+    '-M', 'q35', '-accel', `tcg,thread=${options.tcgThread ?? 'multi'}`, '-cpu', 'EPYC,+svm,+npt',
     '-m', `${options.memoryMiB ?? 4096}M`, '-smp', String(options.smp ?? 2),
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-kernel', kernel, '-initrd', initrd,

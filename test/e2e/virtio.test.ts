@@ -1,13 +1,15 @@
 /**
  * Tier 2: virtio-mmio devices seen by Debian's kernel (virtio_mmio finds them
  * through the DSDT's LNRO0005 nodes): a raw disk written by the guest and
- * read back on the host, a read-only disk, /dev/hwrng and hvc0.
+ * read back on the host, a read-only disk, an ext4 root disk, /dev/hwrng and
+ * hvc0.
  */
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { bootToStop, e2eSkipReason, FIRMWARE_COMPLAINTS } from '../../lib/testing/e2e';
+import { spawnSync } from 'node:child_process';
+import { bootToStop, e2eArtifacts, e2eSkipReason, FIRMWARE_COMPLAINTS } from '../../lib/testing/e2e';
 
 const skip = e2eSkipReason();
 const e2e = skip ? test.skip : test.serial;
@@ -87,4 +89,55 @@ e2e('output written to /dev/hvc0 reaches vm.virtioConsole()', async (t) => {
   });
   t.is(r.stop.reason, 'poweroff', r.log.slice(-3000));
   t.regex(r.vm.virtioConsole().log(), /hello-from-hvc0/);
+});
+
+/**
+ * A real root disk: an ext4 image made by mkfs.ext4 -d from a busybox tree. The test
+ * initramfs mounts root=/dev/vda and switch_roots to the image's /sbin/init, which writes a
+ * file, remounts / read-only (a clean unmount, as a distribution's shutdown does) and powers
+ * off. On the host, debugfs reads the file back and e2fsck finds the filesystem clean.
+ */
+e2e('a Debian kernel boots with root=/dev/vda on an ext4 image, writes a file, and the file is in the image after power-off', async (t) => {
+  const a = e2eArtifacts!;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-ext4-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const tree = path.join(dir, 'tree');
+  for (const d of ['bin', 'sbin', 'proc', 'sys', 'dev', 'tmp', 'etc']) fs.mkdirSync(path.join(tree, d), { recursive: true });
+  fs.copyFileSync(a.busybox, path.join(tree, 'bin', 'busybox'));
+  fs.chmodSync(path.join(tree, 'bin', 'busybox'), 0o755);
+  const payload = `written-on-the-ext4-root-${process.pid}`;
+  fs.writeFileSync(
+    path.join(tree, 'sbin', 'init'),
+    [
+      '#!/bin/busybox sh',
+      '/bin/busybox mount -t proc proc /proc',
+      '/bin/busybox --install -s /bin',
+      'echo "GUEST-ROOTFS=$(awk \'$2 == "/" { t = $1 " " $3 } END { print t }\' /proc/mounts)"',
+      'echo "GUEST-ROOT-HOST-FILE=$(cat /etc/from-host)"',
+      `echo ${payload} > /written-by-guest`,
+      'sync',
+      'mount -o remount,ro / && echo GUEST-ROOT-RO=1',
+      'poweroff -f',
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+  fs.writeFileSync(path.join(tree, 'etc', 'from-host'), 'made-by-mkfs\n');
+  const image = path.join(dir, 'root.ext4');
+  const mkfs = spawnSync('mkfs.ext4', ['-q', '-F', '-L', 'nodevmm-root', '-d', tree, image, '32M'], { encoding: 'utf8' });
+  t.is(mkfs.status, 0, `mkfs.ext4: ${mkfs.stderr}`);
+
+  const r = await bootToStop({ disks: [{ path: image }], cmdline: 'root=/dev/vda rootfstype=ext4', timeoutMs: 120_000 });
+  t.is(r.stop.reason, 'poweroff', r.log.slice(-3000));
+  t.is(r.markers['ROOT-MOUNTED'], '/dev/vda', r.log.slice(-3000));
+  t.is(r.markers['ROOTFS'], '/dev/vda ext4');
+  t.is(r.markers['ROOT-HOST-FILE'], 'made-by-mkfs');
+  t.is(r.markers['ROOT-RO'], '1');
+  t.notRegex(r.log, /GUEST-INIT-OK/, 'the test init must have handed over to the image');
+  t.notRegex(r.log, /EXT4-fs error|I\/O error/);
+
+  const cat = spawnSync('debugfs', ['-R', 'cat /written-by-guest', image], { encoding: 'utf8' });
+  t.is(cat.stdout.trim(), payload, cat.stderr);
+  const fsck = spawnSync('e2fsck', ['-f', '-n', image], { encoding: 'utf8' });
+  t.is(fsck.status, 0, `e2fsck found problems:\n${fsck.stdout}${fsck.stderr}`);
 });

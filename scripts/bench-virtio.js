@@ -1,0 +1,128 @@
+#!/usr/bin/env node
+'use strict';
+/**
+ * virtio device benchmarks: nodevmm against QEMU's virtio-mmio (microvm) in the
+ * same run, same kernel, same initramfs, same image, interleaved, medians and
+ * ratios. Needs a real KVM: where /dev/kvm is KVM-PVM run it through the
+ * emulated host,
+ *
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N]
+ *
+ * blk: one raw image (in the host's page cache, the same file for both VMMs,
+ * QEMU with its defaults: cache=writeback, aio=threads), and in the guest
+ *   - sequential read:  dd if=/dev/vda of=/dev/null bs=1M iflag=direct
+ *   - sequential write: dd if=/dev/zero of=/dev/vda bs=1M oflag=direct conv=fsync
+ *   - 4 KiB random reads at queue depth 1, O_DIRECT, for 5 s (scripts/bench/randread.c,
+ *     built static here and put in the initramfs).
+ * The guest times dd with /proc/uptime (10 ms resolution; each dd runs for
+ * seconds).
+ */
+const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+const args = process.argv.slice(2);
+const mode = args[0];
+const opt = (name, dflt) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+};
+const RUNS = opt('--runs', 3);
+const MIB = opt('--mib', 256);
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Run a VMM to its exit; resolve with the guest's GUEST-KEY=value markers. */
+function run(cmd, argv, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      const markers = {};
+      for (const m of out.replace(/\r/g, '').matchAll(/^GUEST-([A-Z0-9-]+)=(.*)$/gm)) markers[m[1]] = m[2];
+      if (!('BENCH-DONE' in markers)) return reject(new Error(`${path.basename(cmd)} exited ${status} before the benchmark finished; output tail:\n${out.slice(-1500)}`));
+      resolve(markers);
+    });
+  });
+}
+
+async function blk() {
+  const { ensureGuestArtifacts, GUEST_MODULES } = require('../dist/lib/testing/artifacts');
+  const { buildTestInitramfs } = require('../dist/lib/initramfs/initramfs');
+  const a = await ensureGuestArtifacts({ arch: 'x86_64' });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-virtio-'));
+  try {
+    const randread = path.join(dir, 'randread');
+    const cc = spawnSync('gcc', ['-static', '-O2', '-o', randread, path.join(__dirname, 'bench', 'randread.c')], { encoding: 'utf8' });
+    if (cc.status !== 0) throw new Error(`gcc -static failed (apt-get install gcc libc6-dev): ${cc.stderr || cc.error}`);
+    const modules = GUEST_MODULES.map((name) => ({ name, data: new Uint8Array(fs.readFileSync(path.join(a.modulesDir, `${name}.ko`))) }));
+    const initrd = path.join(dir, 'initrd.cpio.gz');
+    fs.writeFileSync(initrd, buildTestInitramfs({ busybox: new Uint8Array(fs.readFileSync(a.busybox)), modules, extraFiles: [{ path: '/bin/randread', data: new Uint8Array(fs.readFileSync(randread)), mode: 0o755 }] }));
+    const image = path.join(dir, 'disk.img');
+    // Written, not sparse, so both VMMs read the same cached pages.
+    fs.writeFileSync(image, Buffer.alloc(MIB * 2 ** 20, 0xa5));
+    const script = [
+      'i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done',
+      'up() { read -r u _ </proc/uptime; echo $u; }',
+      `a=$(up); dd if=/dev/vda of=/dev/null bs=1M count=${MIB} iflag=direct 2>/dev/null; b=$(up); echo "GUEST-SEQREAD-S=$a $b"`,
+      `a=$(up); dd if=/dev/zero of=/dev/vda bs=1M count=${MIB} oflag=direct conv=fsync 2>/dev/null; b=$(up); echo "GUEST-SEQWRITE-S=$a $b"`,
+      '/bin/randread /dev/vda 5',
+      'echo GUEST-BENCH-DONE=1',
+    ].join('\n');
+    const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
+    const vmms = {
+      nodevmm: () => run(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--disk', image], 300_000),
+      qemu: () => run('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', initrd, '-append', cmdline, '-drive', `id=d0,file=${image},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0'], 300_000),
+    };
+    const rows = { nodevmm: [], qemu: [] };
+    const failures = { nodevmm: 0, qemu: 0 };
+    for (let i = 0; i < RUNS; i++) {
+      for (const who of ['nodevmm', 'qemu']) {
+        for (let tries = 0; ; tries++) {
+          try {
+            const m = await vmms[who]();
+            const secs = (k) => {
+              const [s, e] = (m[k] ?? '').split(' ').map(Number);
+              return e - s;
+            };
+            rows[who].push({ read: MIB / secs('SEQREAD-S'), write: MIB / secs('SEQWRITE-S'), iops: Number(m['RANDREAD-IOPS']) });
+            break;
+          } catch (e) {
+            // The emulated host's guests occasionally die in early boot (docs/testing.md).
+            failures[who]++;
+            console.log(`  (${who} run failed${tries < 2 ? ' and was repeated' : ''}: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
+            if (tries >= 2) throw new Error(`${who} failed three times in a row`);
+          }
+        }
+      }
+    }
+    console.log(`Debian ${a.kernelVersion}, virtio-blk over virtio-mmio, ${MIB} MiB raw image in the host page cache, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, medians`);
+    if (failures.nodevmm + failures.qemu) console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}`);
+    const line = (name, f, unit) => {
+      const n = median(rows.nodevmm.map(f));
+      const q = median(rows.qemu.map(f));
+      console.log(`  ${name.padEnd(34)} nodevmm ${n.toFixed(0).padStart(7)} ${unit}   qemu ${q.toFixed(0).padStart(7)} ${unit}   ratio ${(n / q).toFixed(2)}x`);
+    };
+    line('sequential read, dd 1 MiB direct', (r) => r.read, 'MiB/s');
+    line('sequential write, dd 1 MiB direct', (r) => r.write, 'MiB/s');
+    line('4 KiB random read, QD1, direct', (r) => r.iops, 'IOPS');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const modes = { blk };
+if (!modes[mode]) {
+  console.error('usage: node scripts/bench-virtio.js blk [--runs N] [--mib N]');
+  process.exit(2);
+}
+console.log(`host: ${os.cpus()[0].model}, ${os.cpus().length} cpus, kernel ${os.release()}, node ${process.version}`);
+modes[mode]().catch((e) => {
+  console.error(`bench-virtio: ${e.message}`);
+  process.exit(1);
+});
