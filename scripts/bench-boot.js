@@ -33,7 +33,9 @@ function timed(cmd, argv, marker, timeoutMs) {
   return new Promise((resolve, reject) => {
     const rssFile = path.join(os.tmpdir(), `nodevmm-bench-rss-${process.pid}-${Math.random().toString(36).slice(2)}`);
     const t0 = process.hrtime.bigint();
-    const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group, so a timeout kills the VMM under /usr/bin/time too (killing only
+    // `time` would leave the VMM holding the pipes open, and 'close' would never come).
+    const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     let out = '';
     let markerMs;
     const onData = (d) => {
@@ -42,7 +44,11 @@ function timed(cmd, argv, marker, timeoutMs) {
     };
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {}
+    }, timeoutMs);
     child.on('close', (status) => {
       clearTimeout(timer);
       const exitMs = Number(process.hrtime.bigint() - t0) / 1e6;

@@ -7,7 +7,7 @@
  * they do here. It does not isolate: the command sees all of /, read-only.
  * See docs/testing.md for the layers and for debugging a guest that hangs.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -173,6 +173,26 @@ function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/** QEMU processes of hosts still running, so a signal to this process can take them down too. */
+const liveHosts = new Set<ChildProcess>();
+let signalsHooked = false;
+
+/**
+ * A SIGINT or SIGTERM to this process would leave the emulated host running
+ * (QEMU is not in a terminal's process group when we are run by a test
+ * runner): kill the hosts, then exit as the signal would have.
+ */
+function hookSignals(): void {
+  if (signalsHooked) return;
+  signalsHooked = true;
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      for (const c of liveHosts) c.kill('SIGKILL');
+      process.kill(process.pid, sig);
+    });
+  }
+}
+
 function runQemu(args: string[], results: string, options: KvmHostOptions): Promise<KvmHostResult> {
   const started = Date.now();
   const bootTimeoutMs = Math.min(options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS, options.timeoutMs);
@@ -181,6 +201,9 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
     let bootMs: number | undefined;
     let failure: NodevmmError | undefined;
     const child = spawn(QEMU, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    liveHosts.add(child);
+    hookSignals();
+    child.on('exit', () => liveHosts.delete(child));
     const elapsed = () => ((Date.now() - started) / 1000).toFixed(1);
     const stop = (code: string, why: string) => {
       failure ??= new NodevmmError(code, `kvm-host: ${why} after ${elapsed()} s; last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`);
