@@ -21,6 +21,7 @@ import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
 import { openDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
+import type { VirtioNetStats } from '../devices/virtio/net';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { KvmPartition } from '../hv/kvm-partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
@@ -106,6 +107,12 @@ export class Vm extends EventEmitter<VmEvents> {
   get partition(): KvmPartition {
     if (!this.machine) throw new NodevmmError('ERR_VM_STATE', `the vm has no partition while ${this._state}`);
     return this.machine.partition;
+  }
+
+  /** Counters of each virtio-net NIC of the running machine, in config.net order. */
+  netStats(): VirtioNetStats[] {
+    if (!this.machine) throw new NodevmmError('ERR_VM_STATE', `the vm has no NICs while ${this._state}`);
+    return this.machine.virtio.nics.map((n) => ({ ...n.stats }));
   }
 
   /** Serial port `n` (1-4 or 'com1'...). */
