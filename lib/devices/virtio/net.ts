@@ -86,9 +86,12 @@ export interface VirtioNetStats {
 /** Where a device's segments of one chain are: guest views, or bounce buffers copied afterwards. */
 interface IoPlan {
   buffers: Uint8Array[];
-  /** Bounce buffers that stand in for guest ranges spanning two mappings: copy after reading. */
-  bounces: Array<{ seg: VirtqSegment; buffer: Uint8Array }>;
+  /** Bounce buffers standing in for guest ranges (spanning two mappings, or too many segments): copy after reading. */
+  bounces: Array<{ segs: VirtqSegment[]; buffer: Uint8Array }>;
 }
+
+/** Below the kernel's IOV_MAX (1024), with room for the overflow tail. */
+const MAX_IOVECS = 1000;
 
 export class VirtioNet implements VirtioDevice {
   readonly name = 'net';
@@ -233,7 +236,9 @@ export class VirtioNet implements VirtioDevice {
     try {
       n = this.backend.readv(plan.buffers);
     } catch (e) {
+      // A failing read would fail again on every readiness callback: stop until the guest kicks receiveq.
       this.stats.lastBackendError = (e as Error).message;
+      this.pauseReads();
       return -1;
     }
     if (n < 0) return -1;
@@ -297,25 +302,34 @@ export class VirtioNet implements VirtioDevice {
 
 /**
  * Buffers covering `segs` from byte `skip` on: views into guest memory, or
- * bounce buffers for ranges that span two mappings (filled from guest memory
- * now when `forWrite` is false, copied to it after the read when true).
+ * bounce buffers for ranges that span two mappings or for chains with more
+ * segments than one readv/writev takes (filled from guest memory now when
+ * `forWrite` is false, copied to it after the read when true).
  */
 function planSegments(mem: GuestMemory, segs: readonly VirtqSegment[], skip: number, forWrite: boolean): IoPlan {
-  const plan: IoPlan = { buffers: [], bounces: [] };
+  const parts: VirtqSegment[] = [];
   for (const s of segs) {
     if (skip >= s.length) {
       skip -= s.length;
       continue;
     }
-    const seg = { gpa: s.gpa + skip, length: s.length - skip };
+    parts.push({ gpa: s.gpa + skip, length: s.length - skip });
     skip = 0;
-    const view = mem.view(seg.gpa, seg.length);
+  }
+  const plan: IoPlan = { buffers: [], bounces: [] };
+  const bounce = (group: VirtqSegment[], bytes: number) => {
+    const buffer = forWrite ? new Uint8Array(bytes) : gather(mem, group, 0, bytes);
+    plan.buffers.push(buffer);
+    if (forWrite) plan.bounces.push({ segs: group, buffer });
+  };
+  if (parts.length > MAX_IOVECS) {
+    bounce(parts, parts.reduce((n, p) => n + p.length, 0));
+    return plan;
+  }
+  for (const p of parts) {
+    const view = mem.view(p.gpa, p.length);
     if (view) plan.buffers.push(view);
-    else {
-      const buffer = forWrite ? new Uint8Array(seg.length) : gather(mem, [seg], 0, seg.length);
-      plan.buffers.push(buffer);
-      if (forWrite) plan.bounces.push({ seg, buffer });
-    }
+    else bounce([p], p.length);
   }
   return plan;
 }
@@ -327,7 +341,7 @@ function copyBounces(mem: GuestMemory, plan: IoPlan, length: number): void {
   for (const b of plan.buffers) {
     if (at >= length) return;
     const bounce = plan.bounces.find((x) => x.buffer === b);
-    if (bounce) mem.write(bounce.seg.gpa, b.subarray(0, Math.min(b.length, length - at)));
+    if (bounce) scatter(mem, bounce.segs, 0, b.subarray(0, Math.min(b.length, length - at)));
     at += b.length;
   }
 }

@@ -27,6 +27,7 @@ class FakeBackend implements NetBackend {
   private onReadable: (() => void) | undefined;
   constructor(readonly vnetHdr: boolean) {}
   readv(buffers: Uint8Array[]): number {
+    if (buffers.length > 1024) throw new Error('readv takes at most IOV_MAX (1024) buffers');
     const p = this.inbound.shift();
     if (!p) return -1;
     let at = 0;
@@ -39,6 +40,7 @@ class FakeBackend implements NetBackend {
     return p.length;
   }
   writev(buffers: Uint8Array[]): number {
+    if (buffers.length > 1024) throw new Error('writev takes at most IOV_MAX (1024) buffers');
     if (this.failWrites === 'eagain') return -1;
     if (this.failWrites) throw this.failWrites;
     this.sent.push(Buffer.concat(buffers.map((b) => Buffer.from(b))));
@@ -261,4 +263,54 @@ test('parseMac and formatMac', (t) => {
   t.is(parseMac('52:54:00:ab:cd'), undefined);
   t.is(parseMac('52-54-00-ab-cd-ef'), undefined);
   t.is(formatMac(MAC), '52:54:00:12:34:56');
+});
+
+test('tx and rx chains with more segments than one writev/readv takes go through one bounce buffer', (t) => {
+  const INDIRECT = 28n;
+  const { backend, d, tx, rx } = setup({ features: NO_OFFLOADS | (1n << INDIRECT) });
+  const n = 1100;
+  const indirectChain = (q: FakeQueue, write: boolean, fill: (i: number) => number): { table: number; data: number } => {
+    const data = d.alloc(2 * n);
+    const table = d.alloc(16 * n);
+    for (let i = 0; i < n; i++) {
+      d.mem.writeU8(data + 2 * i, fill(i));
+      d.mem.writeU8(data + 2 * i + 1, fill(i) ^ 0xff);
+      const at = table + 16 * i;
+      d.mem.writeU64(at, BigInt(data + 2 * i));
+      d.mem.writeU32(at + 8, 2);
+      d.mem.writeU16(at + 12, (write ? 2 : 0) | (i < n - 1 ? 1 : 0));
+      d.mem.writeU16(at + 14, i + 1);
+    }
+    d.writeDesc(q, q.nextDesc, table, 16 * n, 4, 0);
+    d.offer(q, q.nextDesc);
+    q.nextDesc++;
+    return { table, data };
+  };
+  const sent = indirectChain(tx, false, (i) => i & 0xff);
+  d.kick(tx);
+  t.is(d.r(REG.status) & STATUS.needsReset, 0, d.t.lastError);
+  t.deepEqual(Buffer.from(backend.sent[0]!), Buffer.from(d.mem.read(sent.data + 12, 2 * n - 12)));
+  const recv = indirectChain(rx, true, () => 0);
+  d.kick(rx);
+  const p = frame(2000, 4);
+  backend.arrive(p);
+  t.deepEqual(d.takeUsed(rx), [[0, 2012]]);
+  t.deepEqual(d.mem.read(recv.data + 12, 2000), p);
+});
+
+test('a backend read that fails pauses reads and keeps the buffer; the next rx kick tries again', (t) => {
+  const { backend, nic, d, rx } = setup();
+  postRx(d, rx);
+  d.kick(rx);
+  const readv = backend.readv.bind(backend);
+  backend.readv = () => {
+    throw new Error('read from fd 9 failed: File descriptor in bad state (EBADFD)');
+  };
+  backend.arrive(frame(30));
+  t.true(backend.paused);
+  t.regex(nic.stats.lastBackendError ?? '', /EBADFD/);
+  t.deepEqual(d.takeUsed(rx), []);
+  backend.readv = readv;
+  d.kick(rx);
+  t.deepEqual(d.takeUsed(rx), [[0, 42]]);
 });
