@@ -189,6 +189,15 @@ export function nativeBinding(): NativeBinding {
   }
 }
 
+/**
+ * Call `onReadable` on the event loop whenever `fd` is readable (level-triggered,
+ * like poll(2)); `onReadable(errnoName)` once per poll error. The watcher never
+ * keeps the process alive on its own; close() it when done (twice is harmless).
+ */
+export function watchFd(fd: number, onReadable: (error?: string) => void): NativeFdWatcher {
+  return new (nativeBinding().FdWatcher)(fd, onReadable);
+}
+
 /** Convert an error thrown by the addon into our typed errors. */
 export function asKvmError(e: unknown): Error {
   if (e instanceof NodevmmError) return e;
