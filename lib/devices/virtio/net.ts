@@ -105,7 +105,7 @@ export class VirtioNet implements VirtioDevice {
   /** A receive buffer taken from the ring while no packet was waiting: used by the next packet. */
   private heldRx: VirtqChain | undefined;
   private readsPaused = false;
-  /** Catches what the last bounce-free read did not fit (a packet longer than the guest buffer). */
+  /** The tail of every receive readv: catches a packet longer than the guest's buffer, so it is counted and dropped whole. */
   private readonly overflow = new Uint8Array(MAX_PACKET_BYTES);
   private readonly zeroHeader = new Uint8Array(VIRTIO_NET_HDR_BYTES);
   private closed = false;
