@@ -8,6 +8,7 @@
  * run asynchronously: the event loop also runs the NIC.
  */
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { promisify } from 'node:util';
@@ -112,9 +113,24 @@ async function main(): Promise<void> {
     const rxErrors = (await guest(vm, 'cat /sys/class/net/eth0/statistics/rx_length_errors /sys/class/net/eth0/statistics/rx_errors | tr "\\n" " "')).trim();
     const tcp = (await guest(vm, 'grep Tcp: /proc/net/snmp | tail -1')).trim();
     const stats = vm.netStats()[0];
-    return { stats, tcp, guestMac, driver, features, carrier, guestPing, hostPing, up, down, rxErrors, expectedMac: MAC };
+    // A reboot rebuilds the machine but keeps the TAP (and so its host address): the new NIC works at once.
+    await vm.reset();
+    await vm.serial(1).expect(/GUEST-INIT-OK/, { timeoutMs: 180_000 });
+    await guest(vm, `i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up && ip addr add ${GUEST_IP}/24 dev eth0`);
+    const pingAfterReboot = await guest(vm, `ping -c 2 -W 5 ${HOST_IP}`, 60_000);
+    const hostAddressKept = (await run('ip', ['-o', 'addr', 'show', 'dev', tap])).stdout.includes(HOST_IP);
+    return { pingAfterReboot, hostAddressKept, stats, tcp, guestMac, driver, features, carrier, guestPing, hostPing, up, down, rxErrors, expectedMac: MAC };
   });
-  process.stdout.write(`NET-RESULT ${JSON.stringify(result)}\n`);
+  // The VM stopped: its TAP fd is closed (so the non-persistent TAP is gone) and nothing watches it.
+  const tunFds = fs.readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`) === '/dev/net/tun';
+    } catch {
+      return false;
+    }
+  }).length;
+  const tapGone = !fs.existsSync(`/sys/class/net/${tap}`);
+  process.stdout.write(`NET-RESULT ${JSON.stringify({ ...result, tunFds, tapGone })}\n`);
 }
 
 main().then(

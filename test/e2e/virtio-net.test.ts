@@ -46,6 +46,10 @@ interface NetResult {
   down: Transfer;
   rxErrors: string;
   tcp: string;
+  pingAfterReboot: string;
+  hostAddressKept: boolean;
+  tunFds: number;
+  tapGone: boolean;
   stats: Record<string, unknown>;
 }
 
@@ -66,7 +70,7 @@ function runInNamespace(ns: string, tap: string, timeoutMs: number): Promise<{ c
 
 const mbps = (t: Transfer) => ((t.bytes * 8) / (t.ms / 1000) / 1e6).toFixed(1);
 
-e2e('a guest on a TAP pings the host and back, and 4 MiB cross TCP each way intact', async (t) => {
+e2e('a guest on a TAP pings the host and back, 4 MiB cross TCP each way intact, a reboot keeps the TAP, and stop frees it', async (t) => {
   t.timeout(600_000);
   const ns = `nvmm-net-${process.pid}`;
   const tap = 'nvtap0';
@@ -95,6 +99,10 @@ e2e('a guest on a TAP pings the host and back, and 4 MiB cross TCP each way inta
     t.is(x.guestSha256, x.hostSha256, dir);
     t.log(`${dir}: ${x.bytes} bytes in ${x.ms} ms (${mbps(x)} Mbit/s), sha256 ${x.hostSha256}`);
   }
+  t.regex(res.pingAfterReboot, /2 packets transmitted, 2 packets received/, 'after a guest reboot the NIC works on the same TAP');
+  t.true(res.hostAddressKept, 'the TAP kept its host address across the reboot');
+  t.is(res.tunFds, 0, 'no /dev/net/tun fd left open after the VM stopped');
+  t.true(res.tapGone, 'the TAP went away with its fd');
   t.log(`guest ping: ${res.guestPing.trim().split('\n').slice(-1)[0]}`);
   t.log(`host ping: ${res.hostPing.trim().split('\n').slice(-1)[0]}`);
   t.log(`device counters: ${JSON.stringify(res.stats)}; guest Tcp: ${res.tcp}`);
