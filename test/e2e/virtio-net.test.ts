@@ -71,7 +71,7 @@ function runInNamespace(ns: string, tap: string, timeoutMs: number): Promise<{ c
 const mbps = (t: Transfer) => ((t.bytes * 8) / (t.ms / 1000) / 1e6).toFixed(1);
 
 e2e('a guest on a TAP pings the host and back, 4 MiB cross TCP each way intact, a reboot keeps the TAP, and stop frees it', async (t) => {
-  t.timeout(600_000);
+  t.timeout(900_000);
   const ns = `nvmm-net-${process.pid}`;
   const tap = 'nvtap0';
   execFileSync('ip', ['netns', 'add', ns]);
@@ -83,7 +83,7 @@ e2e('a guest on a TAP pings the host and back, 4 MiB cross TCP each way intact, 
     }
   });
   execFileSync('ip', ['netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up']);
-  const r = await runInNamespace(ns, tap, 540_000);
+  const r = await runInNamespace(ns, tap, 840_000);
   const line = /^NET-RESULT (.*)$/m.exec(r.stdout);
   if (!line) t.fail(`the VM side exited ${r.code} without a result:\n${r.stderr.slice(-6000)}`);
   const res = JSON.parse(line![1]!) as NetResult;
