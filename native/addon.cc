@@ -8,6 +8,7 @@
 
 namespace nodevmm {
 void DestroyAllVms(Napi::Env env);
+void InitTap(Napi::Env env, Napi::Object exports);
 }
 
 namespace {
@@ -43,6 +44,7 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitSystem(env, exports);
+  nodevmm::InitTap(env, exports);
   exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));

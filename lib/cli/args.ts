@@ -45,6 +45,9 @@ options:
   --on-reset stop|restart  what a guest reboot does (default stop)
   --disk PATH[,ro]       a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
                          ,ro makes it read-only; repeat for more disks
+  --net tap:NAME[,mac=MAC]
+                         a virtio-net NIC on host TAP NAME (eth0, eth1, ... in order),
+                         created if missing (needs CAP_NET_ADMIN); repeat for more NICs
   --rng                  a virtio-rng device (the guest's /dev/hwrng)
   --virtio-console       a virtio console (the guest's hvc0); bound to the terminal
                          when --com1 none
@@ -121,6 +124,14 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
         const m = /^(.+?)(,ro)?$/.exec(v);
         if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH or PATH,ro` });
         else (config.disks ??= []).push({ path: m[1]!, readonly: m[2] !== undefined });
+        break;
+      }
+      case '--net': {
+        const v = value();
+        if (v === undefined) break;
+        const m = /^tap:([^,]+)(?:,mac=([^,]*))?$/.exec(v);
+        if (!m) issues.push({ path: flag, message: `${JSON.stringify(v)} is not tap:NAME or tap:NAME,mac=52:54:00:12:34:56` });
+        else (config.net ??= []).push(m[2] !== undefined ? { tap: m[1]!, mac: m[2] } : { tap: m[1]! });
         break;
       }
       case '--rng': config.rng = true; break;

@@ -53,6 +53,14 @@ export interface NativeGuestRam {
   advise(what: 'dontneed' | 'hugepage', offset?: number, length?: number): void;
 }
 
+export interface NativeFdWatcher {
+  /** Stop watching until resume(). */
+  pause(): void;
+  resume(): void;
+  /** Stop and free the libuv handle; calling it again does nothing. */
+  close(): void;
+}
+
 export interface NativeVcpu {
   readonly state: 'created' | 'paused' | 'running' | 'exited' | 'joined' | 'destroyed';
   getRegs(): X86Regs;
@@ -144,6 +152,16 @@ export interface NativeBinding {
   eventfdWrite(fd: number, value?: number | bigint): void;
   eventfdRead(fd: number): number;
   closeFd(fd: number): void;
+  /** Attach to (or create) TAP `name` via /dev/net/tun: IFF_TAP | IFF_NO_PI (+ IFF_VNET_HDR), O_NONBLOCK | O_CLOEXEC. */
+  openTap(name: string, opts: { vnetHdr: boolean; vnetHdrSize?: number }): { fd: number; name: string };
+  /** TUNSETOFFLOAD with TUN_F_* bits. */
+  tapSetOffload(fd: number, flags: number): void;
+  /** readv(2): bytes read, or -1 when nothing is waiting (EAGAIN). */
+  fdReadv(fd: number, buffers: Uint8Array[]): number;
+  /** writev(2): bytes written, or -1 when the fd would block (EAGAIN). */
+  fdWritev(fd: number, buffers: Uint8Array[]): number;
+  /** A libuv poll watcher on the main loop: calls back while `fd` is readable (with an errno name on poll errors). Unreferenced. */
+  FdWatcher: new (fd: number, onReadable: (error?: string) => void) => NativeFdWatcher;
   GuestRam: new (size: number, opts?: { memfd?: boolean; name?: string }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
@@ -169,6 +187,15 @@ export function nativeBinding(): NativeBinding {
     );
     throw loadError;
   }
+}
+
+/**
+ * Call `onReadable` on the event loop whenever `fd` is readable (level-triggered,
+ * like poll(2)); `onReadable(errnoName)` once per poll error. The watcher never
+ * keeps the process alive on its own; close() it when done (twice is harmless).
+ */
+export function watchFd(fd: number, onReadable: (error?: string) => void): NativeFdWatcher {
+  return new (nativeBinding().FdWatcher)(fd, onReadable);
 }
 
 /** Convert an error thrown by the addon into our typed errors. */

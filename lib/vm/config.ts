@@ -3,6 +3,7 @@
  * validator that reports every problem at once (ConfigError.issues), each
  * naming the field and the value. Nothing here reads files or touches KVM.
  */
+import { createHash } from 'node:crypto';
 import { ConfigError, type ConfigIssue } from '../errors';
 import { GiB, MiB } from '../util/bytes';
 
@@ -42,6 +43,15 @@ export interface VmConfig {
   rng?: boolean;
   /** A virtio-console device (the guest's hvc0), reachable as vm.virtioConsole(). Default false. */
   virtioConsole?: boolean;
+  /** Network interfaces, each a virtio-net device on a host TAP (the guest's eth0, eth1, ... in order). */
+  net?: NetConfig[];
+}
+
+export interface NetConfig {
+  /** Host TAP interface name (at most 15 bytes); created if it does not exist and we may. */
+  tap: string;
+  /** The guest's MAC, "52:54:00:12:34:56". Default: derived from the vm name, TAP and position, locally administered. */
+  mac?: string;
 }
 
 export interface DiskConfig {
@@ -79,6 +89,7 @@ export interface ResolvedVmConfig {
   disks: DiskConfig[];
   rng: boolean;
   virtioConsole: boolean;
+  net: Array<{ tap: string; mac: string }>;
 }
 
 const SIZE_RE = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i;
@@ -93,9 +104,19 @@ export function parseSize(v: number | string): number | undefined {
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
-const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole']);
+const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net']);
 /** One interrupt per virtio-mmio slot (IOAPIC pins 16-23). */
 const MAX_VIRTIO_DEVICES = 8;
+
+/** Linux interface names: 1-15 bytes, no '/', ':' or whitespace, not "." or "..". */
+const IFNAME_MAX = 15;
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+
+/** A stable MAC for a VM's NIC: 52:54:00 (locally administered, unicast) and three bytes of a hash. */
+export function defaultMac(vmName: string, tap: string, index: number): string {
+  const h = createHash('sha256').update(`${vmName}/${tap}/${index}`).digest();
+  return ['52', '54', '00', ...[...h.subarray(0, 3)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
+}
 
 function describe(v: unknown): string {
   if (v instanceof Uint8Array) return `${v.length} bytes`;
@@ -172,18 +193,38 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
         disks.push({ path: o.path, readonly: o.readonly ?? false });
       });
   }
+  const net: Array<{ tap: string; mac?: string }> = [];
+  if (config.net !== undefined) {
+    if (!Array.isArray(config.net)) bad('net', `must be an array of { tap, mac? }, got ${describe(config.net)}`);
+    else
+      config.net.forEach((n: unknown, i) => {
+        const o = n as Partial<NetConfig> | null;
+        if (typeof o !== 'object' || o === null) return bad(`net[${i}]`, `must be an object like { tap: "tap0" }, got ${describe(n)}`);
+        for (const k of Object.keys(o)) if (k !== 'tap' && k !== 'mac') return bad(`net[${i}].${k}`, 'is not a known option (known: tap, mac)');
+        if (typeof o.tap !== 'string' || o.tap.length === 0) return bad(`net[${i}].tap`, `must be a TAP interface name, got ${describe(o.tap)}`);
+        if (Buffer.byteLength(o.tap) > IFNAME_MAX) return bad(`net[${i}].tap`, `${describe(o.tap)} is longer than the ${IFNAME_MAX} bytes an interface name may have`);
+        if (/[\s/:]/.test(o.tap) || o.tap === '.' || o.tap === '..') return bad(`net[${i}].tap`, `${describe(o.tap)} is not a valid interface name (no spaces, '/' or ':')`);
+        if (net.some((x) => x.tap === o.tap)) return bad(`net[${i}].tap`, `${describe(o.tap)} is used twice: one TAP serves one NIC`);
+        if (o.mac !== undefined) {
+          if (typeof o.mac !== 'string' || !MAC_RE.test(o.mac)) return bad(`net[${i}].mac`, `${describe(o.mac)} is not a MAC address like "52:54:00:12:34:56"`);
+          if (parseInt(o.mac.slice(0, 2), 16) & 1) return bad(`net[${i}].mac`, `${describe(o.mac)} is a multicast address (the first byte must be even)`);
+        }
+        net.push(o.mac !== undefined ? { tap: o.tap, mac: o.mac.toLowerCase() } : { tap: o.tap });
+      });
+  }
   for (const key of ['rng', 'virtioConsole'] as const) {
     if (config[key] !== undefined && typeof config[key] !== 'boolean') bad(key, `must be true or false, got ${describe(config[key])}`);
   }
-  const virtioCount = disks.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0);
-  if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);
+  const virtioCount = disks.length + net.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0);
+  if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, net, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);
   if (issues.length) throw new ConfigError(issues);
 
   const parts = [];
   if (config.cmdlineDefaults !== false) parts.push(DEFAULTS.cmdline);
   if (config.cmdline) parts.push(config.cmdline.trim());
+  const name = config.name ?? 'vm';
   const resolved: ResolvedVmConfig = {
-    name: config.name ?? 'vm',
+    name,
     cmdline: parts.join(' '),
     memory,
     vcpus,
@@ -194,6 +235,7 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     disks,
     rng: config.rng === true,
     virtioConsole: config.virtioConsole === true,
+    net: net.map((n, i) => ({ tap: n.tap, mac: n.mac ?? defaultMac(name, n.tap, i) })),
   };
   if (config.kernel !== undefined) resolved.kernel = config.kernel;
   if (config.initrd !== undefined) resolved.initrd = config.initrd;

@@ -15,20 +15,21 @@ import type { IrqLine } from '../devices/types';
 import { BatchingSink } from '../devices/serial-sinks';
 import { VirtioBlk, type BlockBackend } from '../devices/virtio/blk';
 import { VirtioConsole } from '../devices/virtio/console';
+import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
 import { VirtioMmioTransport, type VirtioDevice } from '../devices/virtio/mmio';
 import { VirtioRng } from '../devices/virtio/rng';
 import type { ResolvedVmConfig } from './config';
 import type { SerialPort } from './serial-port';
 
-export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'rng' } | { kind: 'console' };
+export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'rng' } | { kind: 'console' };
 
 export interface VirtioSlot extends VirtioMmioDesc {
   device: VirtioSlotKind;
 }
 
-/** Slots in a fixed order (disks, rng, console), so a config always gives the same addresses. */
-export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'>): VirtioSlot[] {
-  const kinds: VirtioSlotKind[] = [...cfg.disks.map((_, index) => ({ kind: 'blk' as const, index }))];
+/** Slots in a fixed order (disks, net, rng, console), so a config always gives the same addresses. */
+export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net'] }): VirtioSlot[] {
+  const kinds: VirtioSlotKind[] = [...cfg.disks.map((_, index) => ({ kind: 'blk' as const, index })), ...(cfg.net ?? []).map((_, index) => ({ kind: 'net' as const, index }))];
   if (cfg.rng) kinds.push({ kind: 'rng' });
   if (cfg.virtioConsole) kinds.push({ kind: 'console' });
   if (kinds.length > VIRTIO_MMIO_GSIS.length) {
@@ -85,16 +86,19 @@ export function fdBackend(fd: number): BlockBackend {
 export interface AttachedVirtio {
   transports: VirtioMmioTransport[];
   disks: VirtioBlk[];
+  nics: VirtioNet[];
   rng: VirtioRng | undefined;
   console: VirtioConsole | undefined;
   flush(): void;
-  /** Detach the console port; close image files once in-flight requests finished. */
+  /** Detach the console port and the NICs from their backends; close image files once in-flight requests finished. */
   dispose(): void;
 }
 
 export interface AttachVirtioOptions {
-  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'>;
+  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net'] };
   slots: readonly VirtioSlot[];
+  /** One per cfg.net entry, owned (and closed) by the caller: they outlive a machine rebuild. */
+  netBackends?: readonly NetBackend[];
   memory: GuestMemory;
   mmio: IoBus;
   irq(gsi: number): IrqLine;
@@ -111,6 +115,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     throw e;
   }
   const disks: VirtioBlk[] = [];
+  const nics: VirtioNet[] = [];
   const transports: VirtioMmioTransport[] = [];
   let rng: VirtioRng | undefined;
   let console: VirtioConsole | undefined;
@@ -122,6 +127,14 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: fdBackend(o.fd), sizeBytes: o.sizeBytes, readonly: o.readonly });
       disks.push(blk);
       device = blk;
+    } else if (slot.device.kind === 'net') {
+      const i = slot.device.index;
+      const backend = opts.netBackends?.[i];
+      const n = opts.cfg.net?.[i];
+      if (!backend || !n) throw new NodevmmError('ERR_INVALID_ARG', `virtio-net ${i} has no backend (open its TAP first)`);
+      const nic = new VirtioNet({ backend, mac: parseMac(n.mac)! });
+      nics.push(nic);
+      device = nic;
     } else if (slot.device.kind === 'rng') {
       device = rng = new VirtioRng();
     } else {
@@ -138,6 +151,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   return {
     transports,
     disks,
+    nics,
     rng,
     console,
     flush: () => sink?.flush(),
@@ -145,6 +159,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       sink?.flush();
       opts.consolePort?.attach(undefined);
       for (const t of transports) t.device.reset();
+      for (const nic of nics) nic.close();
       // Requests already on the thread pool finish into bounce buffers; close after them.
       void Promise.all(disks.map((d) => d.idle())).then(() => {
         for (const o of opened) fs.close(o.fd, () => {});

@@ -20,6 +20,8 @@ import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
 import { openDisk } from './virtio-devices';
+import { TapBackend } from '../devices/tap';
+import type { VirtioNetStats } from '../devices/virtio/net';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { KvmPartition } from '../hv/kvm-partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
@@ -53,6 +55,8 @@ export class Vm extends EventEmitter<VmEvents> {
   private readonly hvc: SerialPort | undefined;
   private readonly images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
+  /** The TAPs of config.net: opened at start, kept across guest reboots (a non-persistent TAP disappears with its fd), closed at stop. */
+  private taps: TapBackend[] = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
   private agentReady = new Map<ComPort, Promise<unknown>>();
   /** Where the images came from, for error messages. */
@@ -105,6 +109,12 @@ export class Vm extends EventEmitter<VmEvents> {
     return this.machine.partition;
   }
 
+  /** Counters of each virtio-net NIC of the running machine, in config.net order. */
+  netStats(): VirtioNetStats[] {
+    if (!this.machine) throw new NodevmmError('ERR_VM_STATE', `the vm has no NICs while ${this._state}`);
+    return this.machine.virtio.nics.map((n) => ({ ...n.stats }));
+  }
+
   /** Serial port `n` (1-4 or 'com1'...). */
   serial(n: 1 | 2 | 3 | 4 | ComPort = 1): SerialPort {
     const name = typeof n === 'number' ? (`com${n}` as ComPort) : n;
@@ -113,7 +123,24 @@ export class Vm extends EventEmitter<VmEvents> {
     return p;
   }
 
+  /** Open every configured TAP, or none: a failure closes those already open. */
+  private openTaps(): void {
+    if (this.taps.length === this.config.net.length) return;
+    try {
+      for (const n of this.config.net) this.taps.push(TapBackend.open(n.tap));
+    } catch (e) {
+      this.closeTaps();
+      throw e;
+    }
+  }
+
+  private closeTaps(): void {
+    for (const t of this.taps) t.close();
+    this.taps = [];
+  }
+
   private build(): void {
+    this.openTaps();
     const images = this.images.kernel ? { kernel: this.images.kernel, initrd: this.images.initrd } : undefined;
     const loader = this.customLoader ? (p: KvmPartition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
     const m = buildX86Machine(
@@ -122,6 +149,7 @@ export class Vm extends EventEmitter<VmEvents> {
       {
         serial: this.ports,
         virtioConsole: this.hvc,
+        netBackends: this.taps,
         onPowerOff: () => setImmediate(() => this.finish({ reason: 'poweroff', message: 'the guest powered off' })),
         onReset: () => setImmediate(() => this.guestReset()),
       },
@@ -279,6 +307,7 @@ export class Vm extends EventEmitter<VmEvents> {
     try {
       m?.dispose();
     } finally {
+      this.closeTaps();
       this.stopReason = reason;
       this.setState('stopped');
       for (const p of [...Object.values(this.ports), ...(this.hvc ? [this.hvc] : [])]) {

@@ -22,6 +22,7 @@ import { alignUp, GiB } from '../util/bytes';
 import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
+import type { NetBackend } from '../devices/virtio/net';
 import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
 
 /** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
@@ -44,6 +45,8 @@ export interface MachineHooks {
   serial: Partial<Record<ComPort, SerialPort>>;
   /** Where the virtio console (hvc0) goes, when configured. */
   virtioConsole?: SerialPort | undefined;
+  /** Backends for cfg.net, in order; the VM owns them across machine rebuilds. */
+  netBackends?: readonly NetBackend[] | undefined;
   /** The guest asked for S5 (power off). */
   onPowerOff(): void;
   /** The guest asked for a reset (ACPI reset register or the keyboard controller). */
@@ -200,7 +203,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
-    virtio = attachVirtioDevices({ cfg, slots, memory: partition.memory, mmio: partition.mmio, irq: (gsi) => irqs.line(gsi), consolePort: hooks.virtioConsole });
+    virtio = attachVirtioDevices({ cfg, slots, memory: partition.memory, mmio: partition.mmio, irq: (gsi) => irqs.line(gsi), consolePort: hooks.virtioConsole, netBackends: hooks.netBackends ?? [] });
     phase('devices');
 
     // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.

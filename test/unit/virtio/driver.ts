@@ -30,13 +30,15 @@ export interface Buf {
 }
 
 export class FakeDriver {
-  readonly mem = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
+  readonly mem: GuestMemory;
   readonly irq = new RecordingIrqLine();
   readonly t: VirtioMmioTransport;
   readonly queues: FakeQueue[] = [];
   private nextData = DATA_BASE;
 
-  constructor(device: VirtioDevice) {
+  /** `mem` defaults to one RAM range of RAM bytes at 0. */
+  constructor(device: VirtioDevice, mem: GuestMemory = GuestMemory.anonymous([{ gpa: 0, size: RAM }])) {
+    this.mem = mem;
     this.t = new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device });
   }
 
