@@ -3,7 +3,8 @@
  * own network namespace (ip netns exec NS node virtio-net-vm.js TAP): boots
  * Debian's kernel with a virtio-net NIC on TAP, gives the TAP 10.0.2.1/24
  * and the guest's eth0 10.0.2.15/24, pings both ways, moves 4 MiB each way
- * over TCP (busybox nc against a Node server here), and prints one line
+ * over TCP (busybox nc against a Node server here), reboots the guest and
+ * pings again, checks that the stopped VM left no TAP fd, and prints one line
  * `NET-RESULT {json}` with everything it measured. All host-side commands
  * run asynchronously: the event loop also runs the NIC.
  */
