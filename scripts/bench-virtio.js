@@ -16,6 +16,14 @@
  *     built static here and put in the initramfs).
  * The guest times dd with /proc/uptime (10 ms resolution; each dd runs for
  * seconds).
+ *
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js net [--runs N] [--mib N]
+ *
+ * net: TCP throughput guest to host. The script makes a network namespace
+ * with a persistent TAP (10.0.2.1/24) and runs both VMMs and a Node receiver
+ * inside it; the guest pipes N MiB of zeros through busybox nc to the
+ * receiver, which times first byte to last. QEMU: -netdev tap (vnet_hdr) with
+ * virtio-net-device. Needs root (ip netns, ip tuntap).
  */
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -30,7 +38,7 @@ const opt = (name, dflt) => {
   return i >= 0 ? Number(args[i + 1]) : dflt;
 };
 const RUNS = opt('--runs', 3);
-const MIB = opt('--mib', 256);
+const MIB = opt('--mib', mode === 'net' ? 4 : 256);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Run a VMM to its exit; resolve with the guest's GUEST-KEY=value markers. */
@@ -116,9 +124,97 @@ async function blk() {
   }
 }
 
-const modes = { blk };
+/** Bytes per connection, first byte to last, printed by a receiver running in the namespace. */
+const RECEIVER = `
+const net = require('node:net');
+const expect = Number(process.argv[1]);
+net.createServer((s) => {
+  let n = 0, t0;
+  s.on('data', (d) => {
+    t0 ??= process.hrtime.bigint();
+    n += d.length;
+    if (n >= expect) {
+      console.log('RECV ' + n + ' ' + Number(process.hrtime.bigint() - t0) / 1e6);
+      s.destroy();
+    }
+  });
+  s.on('error', () => {});
+}).listen(5201, '10.0.2.1', () => console.log('LISTENING'));
+`;
+
+async function netBench() {
+  const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
+  const a = await ensureGuestArtifacts({ arch: 'x86_64' });
+  const ns = `nvmm-bench-${process.pid}`;
+  const tap = 'nvbench0';
+  const sh = (argv) => {
+    const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${argv.join(' ')}: ${r.stderr || r.error}`);
+  };
+  const inNs = (argv) => ['ip', 'netns', 'exec', ns, ...argv];
+  sh(['ip', 'netns', 'add', ns]);
+  let receiver;
+  try {
+    sh(inNs(['ip', 'link', 'set', 'lo', 'up']));
+    sh(inNs(['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap', 'vnet_hdr']));
+    sh(inNs(['ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap]));
+    sh(inNs(['ip', 'link', 'set', tap, 'up']));
+    const bytes = MIB * 2 ** 20;
+    receiver = spawn('ip', inNs([process.execPath, '-e', RECEIVER, String(bytes)]), { stdio: ['ignore', 'pipe', 'inherit'] });
+    const received = [];
+    let rbuf = '';
+    receiver.stdout.on('data', (d) => {
+      rbuf += d;
+      for (let i; (i = rbuf.indexOf('\n')) >= 0; rbuf = rbuf.slice(i + 1)) {
+        const m = /^RECV (\d+) ([\d.]+)/.exec(rbuf.slice(0, i));
+        if (m) received.push({ bytes: Number(m[1]), ms: Number(m[2]) });
+      }
+    });
+    await new Promise((resolve, reject) => {
+      receiver.stdout.once('data', resolve);
+      receiver.once('exit', () => reject(new Error('the receiver exited at once')));
+    });
+    const script = [
+      'ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0',
+      'i=0; while ! ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && [ $i -lt 30 ]; do i=$((i+1)); done',
+      `dd if=/dev/zero bs=64k count=${MIB * 16} 2>/dev/null | nc 10.0.2.1 5201`,
+      'echo GUEST-BENCH-DONE=1',
+    ].join('\n');
+    const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
+    const mac = '52:54:00:12:34:56';
+    const vmms = {
+      nodevmm: () => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--net', `tap:${tap},mac=${mac}`]), 900_000),
+      qemu: () => run('ip', inNs(['qemu-system-x86_64', '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no,vnet_hdr=on`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), 900_000),
+    };
+    const rows = { nodevmm: [], qemu: [] };
+    for (let i = 0; i < RUNS; i++) {
+      for (const who of ['nodevmm', 'qemu']) {
+        const before = received.length;
+        try {
+          await vmms[who]();
+        } catch (e) {
+          console.log(`  (${who} run failed: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
+          continue;
+        }
+        const r = received[before];
+        if (r) rows[who].push((r.bytes * 8) / (r.ms / 1000) / 1e6);
+        else console.log(`  (${who} run: the receiver got no complete transfer)`);
+      }
+    }
+    console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio on a TAP (vnet_hdr), 512 MiB guest, 1 vCPU, ${MIB} MiB guest-to-host over TCP (busybox nc), ${RUNS} interleaved runs, medians`);
+    if (!rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
+    const n = median(rows.nodevmm);
+    const q = median(rows.qemu);
+    console.log(`  TCP guest to host                  nodevmm ${n.toFixed(2).padStart(7)} Mbit/s   qemu ${q.toFixed(2).padStart(7)} Mbit/s   ratio ${(n / q).toFixed(2)}x`);
+  } finally {
+    receiver?.kill();
+    spawnSync('ip', ['netns', 'del', ns]);
+  }
+}
+
+const modes = { blk, net: netBench };
 if (!modes[mode]) {
-  console.error('usage: node scripts/bench-virtio.js blk [--runs N] [--mib N]');
+  console.error('usage: node scripts/bench-virtio.js blk|net [--runs N] [--mib N]');
   process.exit(2);
 }
 console.log(`host: ${os.cpus()[0].model}, ${os.cpus().length} cpus, kernel ${os.release()}, node ${process.version}`);
