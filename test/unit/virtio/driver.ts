@@ -6,7 +6,7 @@
  */
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { RecordingIrqLine } from '../../../lib/devices/types';
-import { REG, STATUS, VirtioMmioTransport, type VirtioDevice } from '../../../lib/devices/virtio/mmio';
+import { REG, STATUS, VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../../../lib/devices/virtio/mmio';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../../lib/devices/virtio/queue';
 
 export const RAM = 0x10_0000; // 1 MiB of RAM at 0
@@ -36,8 +36,8 @@ export class FakeDriver {
   readonly queues: FakeQueue[] = [];
   private nextData = DATA_BASE;
 
-  constructor(device: VirtioDevice) {
-    this.t = new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device });
+  constructor(device: VirtioDevice, opts: Pick<VirtioMmioOptions, 'slot' | 'trigger'> = {}) {
+    this.t = new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device, ...opts });
   }
 
   w(reg: number, v: number): void {
