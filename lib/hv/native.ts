@@ -48,6 +48,8 @@ export interface CpuidEntry {
 export interface NativeGuestRam {
   readonly size: number;
   readonly fd: number;
+  /** Where this process maps the RAM (vhost's memory table wants it); 0n once released. */
+  readonly hostAddress: bigint;
   views(maxViewSize?: number): ArrayBuffer[];
   release(): void;
   advise(what: 'dontneed' | 'hugepage', offset?: number, length?: number): void;
@@ -108,6 +110,32 @@ export interface NativeVm {
   destroy(): void;
 }
 
+/** native/vhost.cc: the /dev/vhost-vsock ioctls, on the fd open() returned (closed with closeFd). */
+export interface NativeVhost {
+  open(path?: string): number;
+  setOwner(fd: number): void;
+  getFeatures(fd: number): bigint;
+  setFeatures(fd: number, features: bigint): void;
+  setMemTable(fd: number, regions: Array<{ gpa: number | bigint; size: number | bigint; userAddr: number | bigint }>): void;
+  setVringNum(fd: number, index: number, num: number): void;
+  setVringBase(fd: number, index: number, num: number): void;
+  getVringBase(fd: number, index: number): number;
+  setVringAddr(fd: number, index: number, addr: { desc: bigint | number; avail: bigint | number; used: bigint | number }): void;
+  setVringKick(fd: number, index: number, eventfd: number): void;
+  setVringCall(fd: number, index: number, eventfd: number): void;
+  vsockSetGuestCid(fd: number, cid: bigint | number): void;
+  vsockSetRunning(fd: number, running: boolean): void;
+}
+
+/** native/fd_watcher.cc: a libuv poll watcher; open ones keep the loop alive until close(). */
+export interface NativeFdWatcher {
+  readonly closed: boolean;
+  /** Change what to wait for; both false pauses the watcher. */
+  set(events: { readable?: boolean; writable?: boolean }): void;
+  /** Stop watching; a second call does nothing. Close before closing the fd. */
+  close(): void;
+}
+
 export interface NativeLayout {
   mailboxSize: number;
   mailboxState: number;
@@ -144,6 +172,20 @@ export interface NativeBinding {
   eventfdWrite(fd: number, value?: number | bigint): void;
   eventfdRead(fd: number): number;
   closeFd(fd: number): void;
+  vhost: NativeVhost;
+  /** callback(status, readable, writable): status 0 or a negative errno. */
+  watchFd(fd: number, events: { readable?: boolean; writable?: boolean }, callback: (status: number, readable: boolean, writable: boolean) => void): NativeFdWatcher;
+  /** native/vsock_socket.cc: AF_VSOCK stream sockets, non-blocking. */
+  vsockConnect(cid: number, port: number): number;
+  vsockListen(port: number, cid?: number, backlog?: number): number;
+  vsockAccept(fd: number): { fd: number; cid: number; port: number } | null;
+  /** The pending SO_ERROR as an errno name, or null. */
+  socketError(fd: number): string | null;
+  /** Bytes read, 0 at end of stream, -1 when nothing is there yet. */
+  socketRead(fd: number, into: Uint8Array): number;
+  /** Bytes written (maybe fewer than given), -1 when the socket is full. */
+  socketWrite(fd: number, bytes: Uint8Array): number;
+  socketShutdownWrite(fd: number): void;
   GuestRam: new (size: number, opts?: { memfd?: boolean; name?: string }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
