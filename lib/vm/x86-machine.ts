@@ -23,6 +23,7 @@ import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
 import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
+import { kvmNotifyOps, openVhostVsock } from './vhost-vsock';
 
 /** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
 export const COM_RESOURCES: Record<ComPort, { port: number; irq: number }> = {
@@ -200,7 +201,15 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
-    virtio = attachVirtioDevices({ cfg, slots, memory: partition.memory, mmio: partition.mmio, irq: (gsi) => irqs.line(gsi), consolePort: hooks.virtioConsole });
+    virtio = attachVirtioDevices({
+      cfg,
+      slots,
+      memory: partition.memory,
+      mmio: partition.mmio,
+      irq: (gsi) => irqs.line(gsi),
+      consolePort: hooks.virtioConsole,
+      vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: kvmNotifyOps(partition.nativeVm), ram: () => partition.ramMappings() }),
+    });
     phase('devices');
 
     // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.
