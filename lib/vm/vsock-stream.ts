@@ -40,7 +40,8 @@ export class VsockStream extends Duplex {
 
   /** Wrap a connected, non-blocking AF_VSOCK fd; the stream owns it from here. */
   constructor(fd: number, remote: { cid: number; port: number }, binding: NativeBinding = nativeBinding()) {
-    super({ allowHalfOpen: true });
+    // As net.Socket by default: when the peer ends, we end too, so its close completes at once.
+    super({ allowHalfOpen: false });
     this.fd = fd;
     this.binding = binding;
     this.remoteCid = remote.cid;

@@ -91,6 +91,10 @@ export class VirtioVsock implements VirtioDevice {
   private readonly ram: () => HostRamMapping[];
   private readonly config = new Uint8Array(8);
   private running: Running | undefined;
+  /** rx/tx kicks that exited to userspace instead of going through an ioeventfd (should stay near 0). */
+  userspaceKicks = 0;
+  /** Times vhost was handed the rings (one per driver probe). */
+  activations = 0;
 
   constructor(opts: VirtioVsockOptions) {
     this.cid = opts.cid;
@@ -165,6 +169,7 @@ export class VirtioVsock implements VirtioDevice {
       });
       this.vhost.setRunning(true);
       run.started = true;
+      this.activations++;
       // The driver may have filled rx buffers before DRIVER_OK took effect here: let vhost look.
       for (const k of run.kicks) this.notifyOps.signal(k.fd);
     } catch (e) {
@@ -179,7 +184,9 @@ export class VirtioVsock implements VirtioDevice {
    */
   notify(index: number): void {
     const kick = this.running?.kicks.find((k) => k.index === index);
-    if (kick) this.notifyOps.signal(kick.fd);
+    if (!kick) return;
+    this.userspaceKicks++;
+    this.notifyOps.signal(kick.fd);
   }
 
   /**
