@@ -49,6 +49,8 @@ export interface VmConfig {
 export interface VsockConfig {
   /** The guest's context ID, unique on this host: 3 to 4294967294 (0-2 are reserved, 2^32-1 is VMADDR_CID_ANY). */
   cid: number;
+  /** The vsock port the guest's exec agent (guest/vsock-agent.c) listens on: vm.exec() then uses vsock instead of a serial port. */
+  agentPort?: number;
 }
 
 /** Smallest and largest CID a guest may have (VIRTIO 1.2 §5.10.4; VMADDR_CID_ANY is 2^32-1). */
@@ -193,7 +195,9 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     if (typeof v !== 'object' || v === null) bad('vsock', `must be an object like { cid: 3 }, got ${describe(config.vsock)}`);
     else if (!Number.isInteger(v.cid) || v.cid! < VSOCK_CID_MIN || v.cid! > VSOCK_CID_MAX) {
       bad('vsock.cid', `${describe(v.cid)} must be an integer from ${VSOCK_CID_MIN} to ${VSOCK_CID_MAX} (0-2 are reserved for the hypervisor, loopback and the host; ${VSOCK_CID_MAX + 1} means any)`);
-    } else vsock = { cid: v.cid! };
+    } else if (v.agentPort !== undefined && (!Number.isInteger(v.agentPort) || v.agentPort < 0 || v.agentPort > VSOCK_CID_MAX)) {
+      bad('vsock.agentPort', `${describe(v.agentPort)} must be an integer from 0 to ${VSOCK_CID_MAX}`);
+    } else vsock = v.agentPort !== undefined ? { cid: v.cid!, agentPort: v.agentPort } : { cid: v.cid! };
   }
   const virtioCount = disks.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0) + (config.vsock !== undefined ? 1 : 0);
   if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, vsock, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);

@@ -21,6 +21,7 @@ import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
 import { openDisk } from './virtio-devices';
 import { VsockServer, VsockStream } from './vsock-stream';
+import { execOverVsock } from './vsock-exec';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { KvmPartition } from '../hv/kvm-partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
@@ -260,9 +261,15 @@ export class Vm extends EventEmitter<VmEvents> {
     return this.serial(opts?.port ?? 'com1').expect(pattern, opts);
   }
 
-  /** Run a shell command in the guest through a shell on a serial port (default com2, the agent port). */
+  /**
+   * Run a shell command in the guest: over vsock when the config names the
+   * guest agent's port (vsock.agentPort) and no serial port is asked for,
+   * else through a shell on a serial port (default com2, the agent port).
+   */
   exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     assertAllowed('exec', this._state);
+    const agentPort = this.config.vsock?.agentPort;
+    if (agentPort !== undefined && opts.port === undefined) return execOverVsock(() => this.vsockConnect(agentPort), agentPort, command, opts.timeoutMs);
     const name = opts.port ?? 'com2';
     const port = this.serial(name);
     // Wait (once per boot) for the agent's ready line before the first command.

@@ -22,6 +22,14 @@ test('vsock.cid must be an integer from 3 to 2^32-2; the error names the field a
   t.deepEqual(e!.issues.map((i) => [i.path, i.message]), [['vsock', 'must be an object like { cid: 3 }, got 7']]);
 });
 
+test('vsock.agentPort is optional and must be a port number', (t) => {
+  t.deepEqual(resolveVmConfig({ kernel: 'k', vsock: { cid: 3, agentPort: 1024 } }).vsock, { cid: 3, agentPort: 1024 });
+  for (const agentPort of [-1, 1.5, 2 ** 32, 'x']) {
+    const e = t.throws(() => resolveVmConfig({ kernel: 'k', vsock: { cid: 3, agentPort } as never }), { instanceOf: ConfigError });
+    t.deepEqual(e!.issues.map((i) => [i.path, i.message]), [['vsock.agentPort', `${JSON.stringify(agentPort)} must be an integer from 0 to 4294967294`]]);
+  }
+});
+
 test('vsock counts against the 8 virtio interrupts', (t) => {
   const seven = Array.from({ length: 7 }, (_, i) => ({ path: `d${i}` }));
   t.notThrows(() => resolveVmConfig({ kernel: 'k', disks: seven, vsock: { cid: 3 } }));
