@@ -70,7 +70,8 @@ export class VsockStream extends Duplex {
       try {
         watcher = binding.watchFd(fd, { writable: true }, (status) => {
           watcher.close();
-          const err = status < 0 ? 'EIO' : binding.socketError(fd);
+          // libuv reports a socket error (POLLERR) as UV_EBADF: the socket knows the real one.
+          const err = binding.socketError(fd) ?? (status < 0 ? 'EIO' : null);
           if (err) {
             binding.closeFd(fd);
             reject(vsockError(what, err));
