@@ -213,7 +213,10 @@ export class VsockServer extends EventEmitter<VsockServerEvents> {
       try {
         c = this.binding.vsockAccept(this.fd);
       } catch (e) {
-        this.emit('error', asKvmError(e));
+        // An unhandled 'error' would kill the process for one failed accept (EMFILE): warn instead.
+        const err = asKvmError(e);
+        if (this.listenerCount('error') > 0) this.emit('error', err);
+        else process.emitWarning(`vsock port ${this.port}: accept failed: ${err.message}`);
         return;
       }
       if (!c) return;
