@@ -161,11 +161,13 @@ e2e('host to guest: 1 MiB echoed over vsock; guest to host: 1 MiB received; a se
   t.is(after.length, fdsBefore.length);
 });
 
-e2e('exec() over vsock: the guest agent runs commands, merges stderr, reports exit codes, carries any bytes, and serves several at once', async (t) => {
+e2e('exec() over vsock, next to a disk and rng (vsock in the second slot, edge-triggered between level-triggered ones)', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-vsock-exec-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const initrd = buildInitrd(dir);
-  const vm = await createVm({ kernel: e2eArtifacts!.vmlinuz, initrd, memory: '256M', vsock: { cid: CID, agentPort: AGENT_PORT }, cmdline: cmdParam(`/bin/nodevmm-vsock-agent ${AGENT_PORT}`) });
+  const disk = path.join(dir, 'disk.img');
+  fs.writeFileSync(disk, Buffer.alloc(MiB, 0x5a));
+  const vm = await createVm({ kernel: e2eArtifacts!.vmlinuz, initrd, memory: '256M', disks: [{ path: disk }], rng: true, vsock: { cid: CID, agentPort: AGENT_PORT }, cmdline: cmdParam(`/bin/nodevmm-vsock-agent ${AGENT_PORT}`) });
   t.teardown(() => vm.kill().then(() => undefined));
   await vm.start();
   // The first exec waits (retrying the connection) while the guest boots.
@@ -177,6 +179,11 @@ e2e('exec() over vsock: the guest agent runs commands, merges stderr, reports ex
   t.is(big.stdout.slice(0, 200_000), 'a'.repeat(200_000));
   const many = await Promise.all([1, 2, 3].map((n) => vm.exec(`sleep 0.${n}; echo run-${n}`)));
   t.deepEqual(many.map((r) => r.stdout), ['run-1\n', 'run-2\n', 'run-3\n'], JSON.stringify(many));
+  // The level-triggered neighbours work while vsock carries the commands.
+  const blk = await vm.exec('cat /sys/block/vda/size; dd if=/dev/vda bs=512 count=1 2>/dev/null | od -An -tx1 | head -1');
+  t.regex(blk.stdout, /^2048\n( 5a){16}\n$/);
+  const rng = await vm.exec('dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c');
+  t.is(rng.stdout.trim(), '16');
   await vm.kill();
 });
 
