@@ -1,5 +1,6 @@
 // Addon entry: exports the /dev/kvm functions, GuestRam, Vm (Vcpu objects
-// come from vm.createVcpu), and the layout constants the TS mirror checks.
+// come from vm.createVcpu), the layout constants the TS mirror checks, the
+// vhost ioctls, host AF_VSOCK sockets and the fd watcher.
 #include <napi.h>
 
 #include "exit_mailbox.h"
@@ -9,6 +10,9 @@
 namespace nodevmm {
 void DestroyAllVms(Napi::Env env);
 void InitTap(Napi::Env env, Napi::Object exports);
+Napi::Object InitVhost(Napi::Env env, Napi::Object exports);
+Napi::Object InitVsockSocket(Napi::Env env, Napi::Object exports);
+Napi::Object InitFdWatcher(Napi::Env env, Napi::Object exports);
 }
 
 namespace {
@@ -45,6 +49,9 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitSystem(env, exports);
   nodevmm::InitTap(env, exports);
+  nodevmm::InitVhost(env, exports);
+  nodevmm::InitVsockSocket(env, exports);
+  nodevmm::InitFdWatcher(env, exports);
   exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));

@@ -21,6 +21,7 @@ Napi::Function GuestRam::Init(Napi::Env env) {
                          InstanceMethod("advise", &GuestRam::Advise),
                          InstanceAccessor("size", &GuestRam::GetSize, nullptr),
                          InstanceAccessor("fd", &GuestRam::GetFd, nullptr),
+                         InstanceAccessor("hostAddress", &GuestRam::GetHostAddress, nullptr),
                      });
 }
 
@@ -178,5 +179,9 @@ Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
 
 Napi::Value GuestRam::GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(size_)); }
 Napi::Value GuestRam::GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), memfd_); }
+
+// The mapping's address in this process, for in-kernel users of guest RAM
+// that take userspace addresses (vhost's memory table); 0n once released.
+Napi::Value GuestRam::GetHostAddress(const Napi::CallbackInfo& info) { return Big(info.Env(), reinterpret_cast<uint64_t>(host_)); }
 
 }  // namespace nodevmm

@@ -35,6 +35,7 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
   Napi::Value Advise(const Napi::CallbackInfo& info);
   Napi::Value GetSize(const Napi::CallbackInfo& info);
   Napi::Value GetFd(const Napi::CallbackInfo& info);
+  Napi::Value GetHostAddress(const Napi::CallbackInfo& info);
   void ReleaseImpl(Napi::Env env);
 
   uint8_t* host_ = nullptr;

@@ -1,6 +1,5 @@
-// TAP devices and fd watching, policy-free: open a TAP with TUNSETIFF,
-// scatter/gather packet I/O with readv/writev, and a libuv poll watcher on
-// the main loop that calls JS back when an fd is readable. Which TAP, which
+// TAP devices, policy-free: open a TAP with TUNSETIFF and scatter/gather
+// packet I/O with readv/writev (readability comes from fd_watcher.cc). Which TAP, which
 // header size means what, and when to watch are decided in TypeScript.
 #include <fcntl.h>
 #include <linux/if.h>
@@ -111,99 +110,6 @@ Napi::Value FdWritev(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
-// A uv_poll_t on the main loop for one fd, readable events only. The handle
-// is unreferenced: a watcher alone never keeps the process alive.
-class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
- public:
-  static Napi::Function Init(Napi::Env env) {
-    return DefineClass(env, "FdWatcher", {InstanceMethod<&FdWatcher::Close>("close"), InstanceMethod<&FdWatcher::Pause>("pause"), InstanceMethod<&FdWatcher::Resume>("resume")});
-  }
-
-  explicit FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
-      ThrowUsage(env, "watchFd(fd, callback): fd must be a number and callback a function");
-      return;
-    }
-    fd_ = info[0].As<Napi::Number>().Int32Value();
-    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
-      ThrowUsage(env, "watchFd: no libuv loop in this environment");
-      return;
-    }
-    handle_ = new uv_poll_t;
-    int rc = uv_poll_init(loop, handle_, fd_);
-    if (rc != 0) {
-      delete handle_;
-      handle_ = nullptr;
-      ThrowErrno(env, -rc, "uv_poll_init", nullptr, "watch fd " + std::to_string(fd_));
-      return;
-    }
-    handle_->data = this;
-    uv_unref(reinterpret_cast<uv_handle_t*>(handle_));
-    env_ = env;
-    Start();
-  }
-
-  ~FdWatcher() override { Stop(); }
-
- private:
-  void Start() {
-    if (!handle_ || active_) return;
-    int rc = uv_poll_start(handle_, UV_READABLE, OnPoll);
-    active_ = rc == 0;
-  }
-
-  // Stop polling and hand the handle to libuv to free once closed.
-  void Stop() {
-    if (!handle_) return;
-    handle_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-    handle_ = nullptr;
-    active_ = false;
-  }
-
-  static void OnPoll(uv_poll_t* h, int status, int) {
-    auto* self = static_cast<FdWatcher*>(h->data);
-    if (!self) return;
-    Napi::Env env = self->env_;
-    Napi::HandleScope scope(env);
-    // Errors (e.g. EBADF after the fd closed under us) reach JS as an argument, not a throw.
-    if (status < 0) {
-      self->callback_.MakeCallback(env.Global(), {Napi::String::New(env, ErrnoName(-status) ? ErrnoName(-status) : "EIO")});
-      return;
-    }
-    self->callback_.MakeCallback(env.Global(), {});
-  }
-
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    Stop();
-    callback_.Reset();
-    return info.Env().Undefined();
-  }
-
-  // Readiness of a fd we cannot drain (no guest buffers) would spin the loop: pause until told.
-  Napi::Value Pause(const Napi::CallbackInfo& info) {
-    if (handle_ && active_) {
-      uv_poll_stop(handle_);
-      active_ = false;
-    }
-    return info.Env().Undefined();
-  }
-
-  Napi::Value Resume(const Napi::CallbackInfo& info) {
-    Start();
-    return info.Env().Undefined();
-  }
-
-  int fd_ = -1;
-  uv_poll_t* handle_ = nullptr;
-  bool active_ = false;
-  Napi::Env env_ = Napi::Env(nullptr);
-  Napi::FunctionReference callback_;
-};
-
 }  // namespace
 
 void InitTap(Napi::Env env, Napi::Object exports) {
@@ -211,7 +117,6 @@ void InitTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapSetOffload", Napi::Function::New(env, TapSetOffload, "tapSetOffload"));
   exports.Set("fdReadv", Napi::Function::New(env, FdReadv, "fdReadv"));
   exports.Set("fdWritev", Napi::Function::New(env, FdWritev, "fdWritev"));
-  exports.Set("FdWatcher", FdWatcher::Init(env));
 }
 
 }  // namespace nodevmm

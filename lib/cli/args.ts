@@ -51,6 +51,8 @@ options:
   --rng                  a virtio-rng device (the guest's /dev/hwrng)
   --virtio-console       a virtio console (the guest's hvc0); bound to the terminal
                          when --com1 none
+  --vsock CID            a virtio-vsock device with guest context ID CID (3 to
+                         4294967294, unique on this host), backed by /dev/vhost-vsock
   --trace                print boot phase timings and the memory layout to stderr
   --verbose              show stack traces for errors
   -h, --help             this help
@@ -136,6 +138,13 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       }
       case '--rng': config.rng = true; break;
       case '--virtio-console': config.virtioConsole = true; break;
+      case '--vsock': {
+        const v = value();
+        if (v === undefined) break;
+        if (!/^\d+$/.test(v)) issues.push({ path: flag, message: `${JSON.stringify(v)} is not a context ID (a whole number from 3 to 4294967294)` });
+        else config.vsock = { cid: Number(v) };
+        break;
+      }
       case '--verbose': out.verbose = true; break;
       case '--trace': out.trace = true; break;
       case '-h':

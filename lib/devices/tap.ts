@@ -5,7 +5,7 @@
  * for readability. Whoever opens a TapBackend closes it (fd and watcher).
  */
 import { NodevmmError } from '../errors';
-import { nativeBinding, watchFd, type NativeFdWatcher } from '../hv/native';
+import { nativeBinding, watchReadable, type ReadableWatcher } from '../hv/native';
 import { VIRTIO_NET_HDR_BYTES, type NetBackend } from './virtio/net';
 
 export interface OpenTapOptions {
@@ -35,7 +35,7 @@ export class TapBackend implements NetBackend {
   readonly name: string;
   readonly fd: number;
   readonly vnetHdr: boolean;
-  private watcher: NativeFdWatcher | undefined;
+  private watcher: ReadableWatcher | undefined;
   private onReadable: (() => void) | undefined;
   private closed = false;
   /** Why the watcher stopped on its own, if it did. */
@@ -73,7 +73,7 @@ export class TapBackend implements NetBackend {
   watch(onReadable: () => void): void {
     if (this.closed) return;
     this.onReadable = onReadable;
-    this.watcher ??= watchFd(this.fd, (error) => {
+    this.watcher ??= watchReadable(this.fd, (error) => {
       if (!error) return this.onReadable?.();
       // A poll error would repeat on every loop turn: stop watching and keep the reason.
       this.lastError = `polling TAP ${this.name} failed: ${error}`;

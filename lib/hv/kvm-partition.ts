@@ -138,6 +138,7 @@ export class KvmPartition extends EventEmitter implements Partition {
   private readonly binding: NativeBinding;
   private readonly vm: NativeVm;
   private readonly rams: NativeGuestRam[] = [];
+  private readonly ramGpas: number[] = [];
   private nextSlot = 0;
   private state: PartitionState = 'created';
   private readonly control: Int32Array;
@@ -242,6 +243,13 @@ export class KvmPartition extends EventEmitter implements Partition {
       throw e;
     }
     this.rams.push(ram);
+    this.ramGpas.push(gpa);
+  }
+
+  /** Each RAM region with its address in this process (for vhost, which works on those). */
+  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint }> {
+    this.assertAlive('map the ram of');
+    return this.rams.map((r, i) => ({ gpa: this.ramGpas[i]!, size: r.size, hostAddress: r.hostAddress }));
   }
 
   setIrqLine(irq: number, level: boolean): void {
@@ -537,6 +545,7 @@ export class KvmPartition extends EventEmitter implements Partition {
     this.vm.destroy();
     for (const r of this.rams) r.release();
     this.rams.length = 0;
+    this.ramGpas.length = 0;
     this.memory.invalidate();
     const w = this.pauseWaiters;
     this.pauseWaiters = [];

@@ -5,6 +5,7 @@
  * syscall/ioctl; `asKvmError` turns them into KvmError.
  */
 import * as path from 'node:path';
+import { constants as osConstants } from 'node:os';
 import { HypervisorUnavailableError, KvmError, NodevmmError } from '../errors';
 import type { X86Regs, X86Sregs, X86Msr } from './x86-state';
 
@@ -48,17 +49,11 @@ export interface CpuidEntry {
 export interface NativeGuestRam {
   readonly size: number;
   readonly fd: number;
+  /** Where this process maps the RAM (vhost's memory table wants it); 0n once released. */
+  readonly hostAddress: bigint;
   views(maxViewSize?: number): ArrayBuffer[];
   release(): void;
   advise(what: 'dontneed' | 'hugepage', offset?: number, length?: number): void;
-}
-
-export interface NativeFdWatcher {
-  /** Stop watching until resume(). */
-  pause(): void;
-  resume(): void;
-  /** Stop and free the libuv handle; calling it again does nothing. */
-  close(): void;
 }
 
 export interface NativeVcpu {
@@ -116,6 +111,34 @@ export interface NativeVm {
   destroy(): void;
 }
 
+/** native/vhost.cc: the /dev/vhost-vsock ioctls, on the fd open() returned (closed with closeFd). */
+export interface NativeVhost {
+  open(path?: string): number;
+  setOwner(fd: number): void;
+  getFeatures(fd: number): bigint;
+  setFeatures(fd: number, features: bigint): void;
+  setMemTable(fd: number, regions: Array<{ gpa: number | bigint; size: number | bigint; userAddr: number | bigint }>): void;
+  setVringNum(fd: number, index: number, num: number): void;
+  setVringBase(fd: number, index: number, num: number): void;
+  getVringBase(fd: number, index: number): number;
+  setVringAddr(fd: number, index: number, addr: { desc: bigint | number; avail: bigint | number; used: bigint | number }): void;
+  setVringKick(fd: number, index: number, eventfd: number): void;
+  setVringCall(fd: number, index: number, eventfd: number): void;
+  vsockSetGuestCid(fd: number, cid: bigint | number): void;
+  vsockSetRunning(fd: number, running: boolean): void;
+}
+
+/** native/fd_watcher.cc: a libuv poll watcher; open ones keep the loop alive until close(). */
+export interface NativeFdWatcher {
+  readonly closed: boolean;
+  /** Change what to wait for; both false pauses the watcher. */
+  set(events: { readable?: boolean; writable?: boolean }): void;
+  /** Let the process exit while this watcher is open (like socket.unref()). */
+  unref(): void;
+  /** Stop watching; a second call does nothing. Close before closing the fd. */
+  close(): void;
+}
+
 export interface NativeLayout {
   mailboxSize: number;
   mailboxState: number;
@@ -160,8 +183,20 @@ export interface NativeBinding {
   fdReadv(fd: number, buffers: Uint8Array[]): number;
   /** writev(2): bytes written, or -1 when the fd would block (EAGAIN). */
   fdWritev(fd: number, buffers: Uint8Array[]): number;
-  /** A libuv poll watcher on the main loop: calls back while `fd` is readable (with an errno name on poll errors). Unreferenced. */
-  FdWatcher: new (fd: number, onReadable: (error?: string) => void) => NativeFdWatcher;
+  vhost: NativeVhost;
+  /** callback(status, readable, writable): status 0 or a negative errno. */
+  watchFd(fd: number, events: { readable?: boolean; writable?: boolean }, callback: (status: number, readable: boolean, writable: boolean) => void): NativeFdWatcher;
+  /** native/vsock_socket.cc: AF_VSOCK stream sockets, non-blocking. */
+  vsockConnect(cid: number, port: number): number;
+  vsockListen(port: number, cid?: number, backlog?: number): number;
+  vsockAccept(fd: number): { fd: number; cid: number; port: number } | null;
+  /** The pending SO_ERROR as an errno name, or null. */
+  socketError(fd: number): string | null;
+  /** Bytes read, 0 at end of stream, -1 when nothing is there yet. */
+  socketRead(fd: number, into: Uint8Array): number;
+  /** Bytes written (maybe fewer than given), -1 when the socket is full. */
+  socketWrite(fd: number, bytes: Uint8Array): number;
+  socketShutdownWrite(fd: number): void;
   GuestRam: new (size: number, opts?: { memfd?: boolean; name?: string }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
@@ -194,8 +229,29 @@ export function nativeBinding(): NativeBinding {
  * like poll(2)); `onReadable(errnoName)` once per poll error. The watcher never
  * keeps the process alive on its own; close() it when done (twice is harmless).
  */
-export function watchFd(fd: number, onReadable: (error?: string) => void): NativeFdWatcher {
-  return new (nativeBinding().FdWatcher)(fd, onReadable);
+export function watchReadable(fd: number, onReadable: (error?: string) => void): ReadableWatcher {
+  const w = nativeBinding().watchFd(fd, { readable: true }, (status) => onReadable(status < 0 ? errnoName(-status) : undefined));
+  w.unref();
+  return {
+    pause: () => w.set({}),
+    resume: () => {
+      if (!w.closed) w.set({ readable: true });
+    },
+    close: () => w.close(),
+  };
+}
+
+/** A readability watcher that can pause (no room for what the fd has) and resume. */
+export interface ReadableWatcher {
+  pause(): void;
+  resume(): void;
+  /** Stop for good; a second call does nothing. Close before closing the fd. */
+  close(): void;
+}
+
+function errnoName(errno: number): string {
+  for (const [name, n] of Object.entries(osConstants.errno)) if (n === errno) return name;
+  return `errno ${errno}`;
 }
 
 /** Convert an error thrown by the addon into our typed errors. */

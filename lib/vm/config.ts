@@ -45,6 +45,8 @@ export interface VmConfig {
   virtioConsole?: boolean;
   /** Network interfaces, each a virtio-net device on a host TAP (the guest's eth0, eth1, ... in order). */
   net?: NetConfig[];
+  /** A virtio-vsock device backed by the host kernel's vhost-vsock; reach the guest with vm.vsockConnect(port). */
+  vsock?: VsockConfig;
 }
 
 export interface NetConfig {
@@ -53,6 +55,17 @@ export interface NetConfig {
   /** The guest's MAC, "52:54:00:12:34:56". Default: derived from the vm name, TAP and position, locally administered. */
   mac?: string;
 }
+
+export interface VsockConfig {
+  /** The guest's context ID, unique on this host: 3 to 4294967294 (0-2 are reserved, 2^32-1 is VMADDR_CID_ANY). */
+  cid: number;
+  /** The vsock port the guest's exec agent (guest/vsock-agent.c) listens on: vm.exec() then uses vsock instead of a serial port. */
+  agentPort?: number;
+}
+
+/** Smallest and largest CID a guest may have (VIRTIO 1.2 §5.10.4; VMADDR_CID_ANY is 2^32-1). */
+export const VSOCK_CID_MIN = 3;
+export const VSOCK_CID_MAX = 0xffff_fffe;
 
 export interface DiskConfig {
   /** Path of a raw image file (or block device). */
@@ -90,6 +103,7 @@ export interface ResolvedVmConfig {
   rng: boolean;
   virtioConsole: boolean;
   net: Array<{ tap: string; mac: string }>;
+  vsock: VsockConfig | undefined;
 }
 
 const SIZE_RE = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i;
@@ -104,7 +118,7 @@ export function parseSize(v: number | string): number | undefined {
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
-const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net']);
+const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock']);
 /** One interrupt per virtio-mmio slot (IOAPIC pins 16-23). */
 const MAX_VIRTIO_DEVICES = 8;
 
@@ -215,8 +229,18 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   for (const key of ['rng', 'virtioConsole'] as const) {
     if (config[key] !== undefined && typeof config[key] !== 'boolean') bad(key, `must be true or false, got ${describe(config[key])}`);
   }
-  const virtioCount = disks.length + net.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0);
-  if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, net, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);
+  let vsock: VsockConfig | undefined;
+  if (config.vsock !== undefined) {
+    const v = config.vsock as Partial<VsockConfig> | null;
+    if (typeof v !== 'object' || v === null) bad('vsock', `must be an object like { cid: 3 }, got ${describe(config.vsock)}`);
+    else if (!Number.isInteger(v.cid) || v.cid! < VSOCK_CID_MIN || v.cid! > VSOCK_CID_MAX) {
+      bad('vsock.cid', `${describe(v.cid)} must be an integer from ${VSOCK_CID_MIN} to ${VSOCK_CID_MAX} (0-2 are reserved for the hypervisor, loopback and the host; ${VSOCK_CID_MAX + 1} means any)`);
+    } else if (v.agentPort !== undefined && (!Number.isInteger(v.agentPort) || v.agentPort < 0 || v.agentPort > VSOCK_CID_MAX)) {
+      bad('vsock.agentPort', `${describe(v.agentPort)} must be an integer from 0 to ${VSOCK_CID_MAX}`);
+    } else vsock = v.agentPort !== undefined ? { cid: v.cid!, agentPort: v.agentPort } : { cid: v.cid! };
+  }
+  const virtioCount = disks.length + net.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0) + (config.vsock !== undefined ? 1 : 0);
+  if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, net, vsock, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);
   if (issues.length) throw new ConfigError(issues);
 
   const parts = [];
@@ -236,6 +260,7 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     rng: config.rng === true,
     virtioConsole: config.virtioConsole === true,
     net: net.map((n, i) => ({ tap: n.tap, mac: n.mac ?? defaultMac(name, n.tap, i) })),
+    vsock,
   };
   if (config.kernel !== undefined) resolved.kernel = config.kernel;
   if (config.initrd !== undefined) resolved.initrd = config.initrd;

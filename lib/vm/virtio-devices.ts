@@ -18,24 +18,35 @@ import { VirtioConsole } from '../devices/virtio/console';
 import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
 import { VirtioMmioTransport, type VirtioDevice } from '../devices/virtio/mmio';
 import { VirtioRng } from '../devices/virtio/rng';
+import { VirtioVsock, type HostRamMapping, type NotifyOps, type VhostVsockOps } from '../devices/virtio/vsock';
 import type { ResolvedVmConfig } from './config';
 import type { SerialPort } from './serial-port';
 
-export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'rng' } | { kind: 'console' };
+export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'vsock' } | { kind: 'rng' } | { kind: 'console' };
 
 export interface VirtioSlot extends VirtioMmioDesc {
   device: VirtioSlotKind;
 }
 
-/** Slots in a fixed order (disks, net, rng, console), so a config always gives the same addresses. */
-export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net'] }): VirtioSlot[] {
+/** Slots in a fixed order (disks, net, vsock, rng, console), so a config always gives the same addresses. */
+export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock'] }): VirtioSlot[] {
   const kinds: VirtioSlotKind[] = [...cfg.disks.map((_, index) => ({ kind: 'blk' as const, index })), ...(cfg.net ?? []).map((_, index) => ({ kind: 'net' as const, index }))];
+  if (cfg.vsock) kinds.push({ kind: 'vsock' });
   if (cfg.rng) kinds.push({ kind: 'rng' });
   if (cfg.virtioConsole) kinds.push({ kind: 'console' });
   if (kinds.length > VIRTIO_MMIO_GSIS.length) {
     throw new NodevmmError('ERR_CONFIG', `${kinds.length} virtio devices were asked for, at most ${VIRTIO_MMIO_GSIS.length} fit (one interrupt each)`);
   }
-  return kinds.map((device, i) => ({ base: VIRTIO_MMIO_START + i * VIRTIO_MMIO_SLOT_SIZE, size: VIRTIO_MMIO_SLOT_SIZE, irq: VIRTIO_MMIO_GSIS[i]!, trigger: 'level', device }));
+  // vsock is edge-triggered: vhost's irqfd delivers one pulse per interrupt, and
+  // an edge latched while the guest handles the last one is never lost (a
+  // level irqfd would need a resamplefd round trip through userspace).
+  return kinds.map((device, i) => ({
+    base: VIRTIO_MMIO_START + i * VIRTIO_MMIO_SLOT_SIZE,
+    size: VIRTIO_MMIO_SLOT_SIZE,
+    irq: VIRTIO_MMIO_GSIS[i]!,
+    trigger: device.kind === 'vsock' ? 'edge' : 'level',
+    device,
+  }));
 }
 
 export interface OpenedDisk {
@@ -89,13 +100,21 @@ export interface AttachedVirtio {
   nics: VirtioNet[];
   rng: VirtioRng | undefined;
   console: VirtioConsole | undefined;
+  vsock: VirtioVsock | undefined;
   flush(): void;
   /** Detach the console port and the NICs from their backends; close image files once in-flight requests finished. */
   dispose(): void;
 }
 
+/** What virtio-vsock runs on: vhost opened for the CID, KVM's eventfd wiring, the RAM mappings. */
+export interface VsockBackends {
+  vhost: VhostVsockOps & { close(): void };
+  notify: NotifyOps;
+  ram: () => HostRamMapping[];
+}
+
 export interface AttachVirtioOptions {
-  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net'] };
+  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock'] };
   slots: readonly VirtioSlot[];
   /** One per cfg.net entry, owned (and closed) by the caller: they outlive a machine rebuild. */
   netBackends?: readonly NetBackend[];
@@ -103,6 +122,8 @@ export interface AttachVirtioOptions {
   mmio: IoBus;
   irq(gsi: number): IrqLine;
   consolePort?: SerialPort | undefined;
+  /** Opens the vsock backends for a CID (throws a one-sentence error when it cannot). */
+  vsockBackends?: (cid: number) => VsockBackends;
 }
 
 /** Open disks, build the devices and put their transports on the MMIO bus. */
@@ -114,39 +135,61 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     for (const o of opened) fs.closeSync(o.fd);
     throw e;
   }
+  let vsockBackends: VsockBackends | undefined;
+  const vsockCid = opts.cfg.vsock?.cid;
+  if (vsockCid !== undefined) {
+    try {
+      if (!opts.vsockBackends) throw new NodevmmError('ERR_VSOCK', 'vsock is configured but this machine has no vhost backend');
+      vsockBackends = opts.vsockBackends(vsockCid);
+    } catch (e) {
+      for (const o of opened) fs.closeSync(o.fd);
+      throw e;
+    }
+  }
   const disks: VirtioBlk[] = [];
   const nics: VirtioNet[] = [];
   const transports: VirtioMmioTransport[] = [];
+  let vsock: VirtioVsock | undefined;
   let rng: VirtioRng | undefined;
   let console: VirtioConsole | undefined;
   let sink: BatchingSink | undefined;
-  for (const slot of opts.slots) {
-    let device: VirtioDevice;
-    if (slot.device.kind === 'blk') {
-      const o = opened[slot.device.index]!;
-      const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: fdBackend(o.fd), sizeBytes: o.sizeBytes, readonly: o.readonly });
-      disks.push(blk);
-      device = blk;
-    } else if (slot.device.kind === 'net') {
-      const i = slot.device.index;
-      const backend = opts.netBackends?.[i];
-      const n = opts.cfg.net?.[i];
-      if (!backend || !n) throw new NodevmmError('ERR_INVALID_ARG', `virtio-net ${i} has no backend (open its TAP first)`);
-      const nic = new VirtioNet({ backend, mac: parseMac(n.mac)! });
-      nics.push(nic);
-      device = nic;
-    } else if (slot.device.kind === 'rng') {
-      device = rng = new VirtioRng();
-    } else {
-      const port = opts.consolePort;
-      sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
-      device = console = new VirtioConsole({ sink, onRxSpace: () => port?.rxSpace() });
-      const c = console;
-      port?.attach({ enqueue: (b) => c.enqueue(b) });
+  try {
+    for (const slot of opts.slots) {
+      let device: VirtioDevice;
+      if (slot.device.kind === 'blk') {
+        const o = opened[slot.device.index]!;
+        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: fdBackend(o.fd), sizeBytes: o.sizeBytes, readonly: o.readonly });
+        disks.push(blk);
+        device = blk;
+      } else if (slot.device.kind === 'net') {
+        const i = slot.device.index;
+        const backend = opts.netBackends?.[i];
+        const n = opts.cfg.net?.[i];
+        if (!backend || !n) throw new NodevmmError('ERR_INVALID_ARG', `virtio-net ${i} has no backend (open its TAP first)`);
+        const nic = new VirtioNet({ backend, mac: parseMac(n.mac)! });
+        nics.push(nic);
+        device = nic;
+      } else if (slot.device.kind === 'vsock') {
+        const b = vsockBackends!;
+        device = vsock = new VirtioVsock({ cid: vsockCid!, vhost: b.vhost, notify: b.notify, ram: b.ram });
+      } else if (slot.device.kind === 'rng') {
+        device = rng = new VirtioRng();
+      } else {
+        const port = opts.consolePort;
+        sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
+        device = console = new VirtioConsole({ sink, onRxSpace: () => port?.rxSpace() });
+        const c = console;
+        port?.attach({ enqueue: (b) => c.enqueue(b) });
+      }
+      const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level' });
+      opts.mmio.register(slot.base, slot.size, t);
+      transports.push(t);
     }
-    const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device });
-    opts.mmio.register(slot.base, slot.size, t);
-    transports.push(t);
+  } catch (e) {
+    // Nothing of this machine runs yet: give back the CID and the image fds.
+    vsockBackends?.vhost.close();
+    for (const o of opened) fs.closeSync(o.fd);
+    throw e;
   }
   return {
     transports,
@@ -154,11 +197,21 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     nics,
     rng,
     console,
+    vsock,
     flush: () => sink?.flush(),
     dispose: () => {
       sink?.flush();
       opts.consolePort?.attach(undefined);
-      for (const t of transports) t.device.reset();
+      for (const t of transports) {
+        try {
+          t.device.reset();
+        } catch (e) {
+          // Disposal runs from stop paths with no caller to throw to; the rest must still be released.
+          process.emitWarning(`${t.name}: reset while disposing failed: ${(e as Error).message}`);
+        }
+      }
+      // After the device stopped vhost and dropped its registrations: frees the CID.
+      vsockBackends?.vhost.close();
       for (const nic of nics) nic.close();
       // Requests already on the thread pool finish into bounce buffers; close after them.
       void Promise.all(disks.map((d) => d.idle())).then(() => {

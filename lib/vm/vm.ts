@@ -10,7 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { closeSync, promises as fsp } from 'node:fs';
-import { FormatError, NodevmmError } from '../errors';
+import { FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
@@ -22,6 +22,8 @@ import { buildX86Machine, type X86Machine } from './x86-machine';
 import { openDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
 import type { VirtioNetStats } from '../devices/virtio/net';
+import { VsockServer, VsockStream } from './vsock-stream';
+import { execOverVsock } from './vsock-exec';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { KvmPartition } from '../hv/kvm-partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
@@ -59,6 +61,8 @@ export class Vm extends EventEmitter<VmEvents> {
   private taps: TapBackend[] = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
   private agentReady = new Map<ComPort, Promise<unknown>>();
+  /** Open host-side vsock connections and listeners: closed when the VM stops. */
+  private readonly vsockHandles = new Set<VsockStream | VsockServer>();
   /** Where the images came from, for error messages. */
   paths: { kernel?: string; initrd?: string; igvm?: string } = {};
   /** Boots since creation (1 after start, +1 per restart). */
@@ -85,6 +89,54 @@ export class Vm extends EventEmitter<VmEvents> {
   virtioConsole(): SerialPort {
     if (!this.hvc) throw new NodevmmError('ERR_INVALID_ARG', 'the virtio console is not configured on this vm (virtioConsole: true)');
     return this.hvc;
+  }
+
+  /**
+   * Connect to `port` on the guest over virtio-vsock (the guest must listen
+   * there); resolves with a Duplex once the guest accepted. Needs `vsock` in
+   * the config and a running VM. The stream is destroyed when the VM stops.
+   */
+  async vsockConnect(port: number): Promise<VsockStream> {
+    const cid = this.vsockCid('vsockConnect');
+    if (!Number.isInteger(port) || port < 0 || port > 0xffff_fffe) throw new NodevmmError('ERR_INVALID_ARG', `vsockConnect: port ${port} must be an integer from 0 to 4294967294`);
+    if (this._state !== 'running') throw new VmStateError('connect over vsock to', this._state);
+    const s = await VsockStream.connect(cid, port);
+    // The state may have changed while we awaited the guest.
+    if (this.state !== 'running' && this.state !== 'paused') {
+      s.destroy();
+      throw new NodevmmError('ERR_VM_STATE', `vsockConnect: the vm stopped while connecting to port ${port}`);
+    }
+    this.track(s);
+    return s;
+  }
+
+  /**
+   * Listen on host vsock `port` for connections from this guest (it connects
+   * to cid 2, VMADDR_CID_HOST); connections from other VMs are refused.
+   * Closed when the VM stops.
+   */
+  vsockListen(port: number): VsockServer {
+    const cid = this.vsockCid('vsockListen');
+    if (!Number.isInteger(port) || port < 0 || port > 0xffff_fffe) throw new NodevmmError('ERR_INVALID_ARG', `vsockListen: port ${port} must be an integer from 0 to 4294967294`);
+    const server = new VsockServer(port);
+    server.on('connection', (c) => {
+      // One host port space serves every VM: accept only our guest.
+      if (c.remoteCid !== cid) c.destroy();
+      else this.track(c);
+    });
+    this.track(server);
+    return server;
+  }
+
+  private vsockCid(what: string): number {
+    const cid = this.config.vsock?.cid;
+    if (cid === undefined) throw new NodevmmError('ERR_INVALID_ARG', `${what}: vsock is not configured on this vm (vsock: { cid })`);
+    return cid;
+  }
+
+  private track(h: VsockStream | VsockServer): void {
+    this.vsockHandles.add(h);
+    if (h instanceof VsockStream) h.once('close', () => this.vsockHandles.delete(h));
   }
 
   get state(): VmState {
@@ -237,9 +289,15 @@ export class Vm extends EventEmitter<VmEvents> {
     return this.serial(opts?.port ?? 'com1').expect(pattern, opts);
   }
 
-  /** Run a shell command in the guest through a shell on a serial port (default com2, the agent port). */
+  /**
+   * Run a shell command in the guest: over vsock when the config names the
+   * guest agent's port (vsock.agentPort) and no serial port is asked for,
+   * else through a shell on a serial port (default com2, the agent port).
+   */
   exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     assertAllowed('exec', this._state);
+    const agentPort = this.config.vsock?.agentPort;
+    if (agentPort !== undefined && opts.port === undefined) return execOverVsock(() => this.vsockConnect(agentPort), agentPort, command, opts.timeoutMs);
     const name = opts.port ?? 'com2';
     const port = this.serial(name);
     // Wait (once per boot) for the agent's ready line before the first command.
@@ -305,6 +363,8 @@ export class Vm extends EventEmitter<VmEvents> {
     const m = this.machine;
     this.machine = undefined;
     try {
+      for (const h of this.vsockHandles) h instanceof VsockStream ? h.destroy() : h.close();
+      this.vsockHandles.clear();
       m?.dispose();
     } finally {
       this.closeTaps();

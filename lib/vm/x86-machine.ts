@@ -24,6 +24,7 @@ import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
 import type { NetBackend } from '../devices/virtio/net';
 import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
+import { kvmNotifyOps, openVhostVsock } from './vhost-vsock';
 
 /** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
 export const COM_RESOURCES: Record<ComPort, { port: number; irq: number }> = {
@@ -203,7 +204,16 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
-    virtio = attachVirtioDevices({ cfg, slots, memory: partition.memory, mmio: partition.mmio, irq: (gsi) => irqs.line(gsi), consolePort: hooks.virtioConsole, netBackends: hooks.netBackends ?? [] });
+    virtio = attachVirtioDevices({
+      cfg,
+      slots,
+      memory: partition.memory,
+      mmio: partition.mmio,
+      irq: (gsi) => irqs.line(gsi),
+      consolePort: hooks.virtioConsole,
+      netBackends: hooks.netBackends ?? [],
+      vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: kvmNotifyOps(partition.nativeVm), ram: () => partition.ramMappings() }),
+    });
     phase('devices');
 
     // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.

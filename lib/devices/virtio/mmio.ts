@@ -5,12 +5,18 @@
  * InterruptStatus is non-zero). A device backend supplies its ID, features,
  * config space and queue handling. A guest that breaks a virtqueue rule puts
  * the device in DEVICE_NEEDS_RESET with a config-change interrupt (§2.1.2).
+ *
+ * Offload hook: a device whose queues run outside this process (vhost) gets
+ * the slot (MMIO base, GSI) and each queue's layout at activation, and may
+ * report InterruptStatus bits it raised itself (`pendingInterrupts`), since
+ * an irqfd interrupt never passes through here. Such a slot should be
+ * edge-triggered (`trigger: 'edge'`): see docs/virtio.md, virtio-vsock.
  * Not here: legacy (version 1) registers, shared memory regions.
  */
 import { NodevmmError } from '../../errors';
 import type { GuestMemory } from '../../memory/guest-memory';
 import type { IoDevice, IrqLine } from '../types';
-import { isValidQueueSize, SplitQueue, VirtioQueueError } from './queue';
+import { isValidQueueSize, SplitQueue, VirtioQueueError, type SplitQueueLayout } from './queue';
 
 export const VIRTIO_MMIO_MAGIC = 0x74726976; // "virt"
 export const VIRTIO_MMIO_VERSION = 2;
@@ -54,11 +60,23 @@ export const VIRTIO_F_RING_EVENT_IDX = 29n;
 export const VIRTIO_F_VERSION_1 = 32n;
 const TRANSPORT_FEATURES = (1n << VIRTIO_F_RING_INDIRECT_DESC) | (1n << VIRTIO_F_RING_EVENT_IDX) | (1n << VIRTIO_F_VERSION_1);
 
+/** Where a transport sits: what a device needs to wire ioeventfds and irqfds to it. */
+export interface VirtioMmioSlotInfo {
+  /** GPA of the register file; QueueNotify is at base + REG.queueNotify. */
+  base: number;
+  /** The slot's interrupt (an IOAPIC pin). */
+  gsi: number;
+}
+
 /** What a device gets once the driver set DRIVER_OK. */
 export interface VirtioActivation {
   memory: GuestMemory;
   /** One per queue; undefined where the driver left a queue disabled. */
   queues: Array<SplitQueue | undefined>;
+  /** The ring addresses behind `queues` (same indices), for devices that hand rings to the kernel. */
+  layouts: Array<SplitQueueLayout | undefined>;
+  /** The slot, when the transport was told it (always in a VM; absent in some unit tests). */
+  slot: VirtioMmioSlotInfo | undefined;
   features: bigint;
   /** Interrupt the driver for queue `index` if its suppression settings allow. */
   usedBuffers(index: number): void;
@@ -83,6 +101,12 @@ export interface VirtioDevice {
   notify(index: number): void;
   /** Drop every queue and in-flight state (the driver wrote 0 to Status, or needs-reset). */
   reset(): void;
+  /**
+   * InterruptStatus bits the device raised without the transport (through an
+   * irqfd), consulted on every InterruptStatus read; the driver's ACK of them
+   * is implied by the read. Devices that raise only through usedBuffers() omit it.
+   */
+  pendingInterrupts?(): number;
 }
 
 interface QueueRegs {
@@ -97,6 +121,13 @@ export interface VirtioMmioOptions {
   memory: GuestMemory;
   irq: IrqLine;
   device: VirtioDevice;
+  slot?: VirtioMmioSlotInfo;
+  /**
+   * 'level' (default): the line is high while InterruptStatus is non-zero.
+   * 'edge': each new interrupt is one pulse, as an irqfd delivers it, so
+   * interrupts from the transport and from an irqfd can share the line.
+   */
+  trigger?: 'level' | 'edge';
 }
 
 export class VirtioMmioTransport implements IoDevice {
@@ -104,6 +135,8 @@ export class VirtioMmioTransport implements IoDevice {
   readonly device: VirtioDevice;
   private readonly memory: GuestMemory;
   private readonly irq: IrqLine;
+  private readonly slot: VirtioMmioSlotInfo | undefined;
+  private readonly edge: boolean;
   private status = 0;
   private deviceFeaturesSel = 0;
   private driverFeaturesSel = 0;
@@ -121,6 +154,8 @@ export class VirtioMmioTransport implements IoDevice {
     this.name = `virtio-${opts.device.name}`;
     this.memory = opts.memory;
     this.irq = opts.irq;
+    this.slot = opts.slot;
+    this.edge = opts.trigger === 'edge';
     for (const m of opts.device.queueMaxSizes) {
       if (!isValidQueueSize(m)) throw new NodevmmError('ERR_INVALID_ARG', `virtio ${opts.device.name}: queue max size ${m} is not a power of two from 1 to 32768`);
     }
@@ -144,11 +179,13 @@ export class VirtioMmioTransport implements IoDevice {
 
   private setInterrupt(bits: number): void {
     this.interruptStatus = bits;
-    this.irq.set(bits !== 0);
+    if (!this.edge) this.irq.set(bits !== 0);
   }
 
   private raise(bit: number): void {
     this.setInterrupt(this.interruptStatus | bit);
+    // Edge: every raise is an event for the driver, even if the bit was still set.
+    if (this.edge) this.irq.pulse();
   }
 
   get deviceStatus(): number {
@@ -180,7 +217,7 @@ export class VirtioMmioTransport implements IoDevice {
       case REG.queueReady:
         return q?.ready ? 1 : 0;
       case REG.interruptStatus:
-        return this.interruptStatus;
+        return this.interruptStatus | (this.active ? (this.device.pendingInterrupts?.() ?? 0) : 0);
       case REG.status:
         return this.status;
       case REG.configGeneration:
@@ -278,15 +315,18 @@ export class VirtioMmioTransport implements IoDevice {
     const f = this.driverFeatures;
     const features = { eventIdx: (f & (1n << VIRTIO_F_RING_EVENT_IDX)) !== 0n, indirect: (f & (1n << VIRTIO_F_RING_INDIRECT_DESC)) !== 0n };
     try {
-      const queues = this.queues.map((q, i) => {
-        if (!q.ready) return undefined;
-        if (q.num > this.device.queueMaxSizes[i]!) throw new VirtioQueueError(`queue ${i} size ${q.num} is larger than its maximum ${this.device.queueMaxSizes[i]}`);
-        return new SplitQueue(this.memory, { size: q.num, descGpa: q.desc, availGpa: q.driver, usedGpa: q.device }, features);
+      const layouts = this.queues.map((q): SplitQueueLayout | undefined => (q.ready ? { size: q.num, descGpa: q.desc, availGpa: q.driver, usedGpa: q.device } : undefined));
+      const queues = layouts.map((l, i) => {
+        if (!l) return undefined;
+        if (l.size > this.device.queueMaxSizes[i]!) throw new VirtioQueueError(`queue ${i} size ${l.size} is larger than its maximum ${this.device.queueMaxSizes[i]}`);
+        return new SplitQueue(this.memory, l, features);
       });
       this.active = queues;
       this.device.activate({
         memory: this.memory,
         queues,
+        layouts,
+        slot: this.slot,
         features: f,
         usedBuffers: (i) => this.usedBuffers(i),
         fail: (e) => this.fail(e),

@@ -1,19 +1,19 @@
 /**
- * watchFd, the generic libuv fd watcher (TAPs now, ioeventfds later), on an
+ * watchReadable, the pausable readability watcher over the native fd watcher, on an
  * eventfd: it calls back while the fd is readable, pause/resume stop and
  * restart that, and close frees it (twice is harmless, no call after).
  */
 import test from 'ava';
-import { nativeBinding, watchFd } from '../../../lib/hv/native';
+import { nativeBinding, watchReadable } from '../../../lib/hv/native';
 
 const tick = () => new Promise((r) => setTimeout(r, 20));
 
-test('watchFd calls back while an eventfd is readable, pauses, resumes and closes', async (t) => {
+test('watchReadable calls back while an eventfd is readable, pauses, resumes and closes', async (t) => {
   const b = nativeBinding();
   const fd = b.eventfd(0);
   t.teardown(() => b.closeFd(fd));
   let calls = 0;
-  const w = watchFd(fd, (error) => {
+  const w = watchReadable(fd, (error) => {
     t.is(error, undefined);
     calls++;
     b.eventfdRead(fd); // drain, so the level-triggered poll goes quiet
@@ -42,7 +42,7 @@ test('watchFd calls back while an eventfd is readable, pauses, resumes and close
 
 test('a watcher does not keep the process alive on its own', async (t) => {
   const { execFileSync } = await import('node:child_process');
-  const script = `const n = require(${JSON.stringify(require.resolve('../../../lib/hv/native'))}); const fd = n.nativeBinding().eventfd(0); n.watchFd(fd, () => {}); console.log('armed')`;
+  const script = `const n = require(${JSON.stringify(require.resolve('../../../lib/hv/native'))}); const fd = n.nativeBinding().eventfd(0); n.watchReadable(fd, () => {}); console.log('armed')`;
   const out = execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10_000 });
   t.is(out.trim(), 'armed');
 });

@@ -6,7 +6,7 @@
  */
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { RecordingIrqLine } from '../../../lib/devices/types';
-import { REG, STATUS, VirtioMmioTransport, type VirtioDevice } from '../../../lib/devices/virtio/mmio';
+import { REG, STATUS, VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../../../lib/devices/virtio/mmio';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../../lib/devices/virtio/queue';
 
 export const RAM = 0x10_0000; // 1 MiB of RAM at 0
@@ -37,9 +37,9 @@ export class FakeDriver {
   private nextData = DATA_BASE;
 
   /** `mem` defaults to one RAM range of RAM bytes at 0. */
-  constructor(device: VirtioDevice, mem: GuestMemory = GuestMemory.anonymous([{ gpa: 0, size: RAM }])) {
+  constructor(device: VirtioDevice, opts: Pick<VirtioMmioOptions, 'slot' | 'trigger'> = {}, mem: GuestMemory = GuestMemory.anonymous([{ gpa: 0, size: RAM }])) {
     this.mem = mem;
-    this.t = new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device });
+    this.t = new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device, ...opts });
   }
 
   w(reg: number, v: number): void {

@@ -72,7 +72,7 @@ const NO_OFFLOADS = (1n << VIRTIO_NET_F_MAC) | (1n << VIRTIO_NET_F_STATUS);
 function setup(opts: { vnetHdr?: boolean; features?: bigint; mem?: GuestMemory } = {}) {
   const backend = new FakeBackend(opts.vnetHdr ?? false);
   const nic = new VirtioNet({ backend, mac: MAC, queueSize: 16 });
-  const d = new FakeDriver(nic, opts.mem);
+  const d = new FakeDriver(nic, {}, opts.mem);
   d.up([16, 16], { features: opts.features ?? NO_OFFLOADS });
   return { backend, nic, d, rx: d.queues[0]!, tx: d.queues[1]! };
 }
