@@ -22,7 +22,7 @@ namespace {
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
   static Napi::Function Init(Napi::Env env) {
-    return DefineClass(env, "FdWatcher", {InstanceMethod("set", &FdWatcher::Set), InstanceMethod("close", &FdWatcher::Close), InstanceMethod("unref", &FdWatcher::Unref), InstanceAccessor("closed", &FdWatcher::Closed, nullptr)});
+    return DefineClass(env, "FdWatcher", {InstanceMethod("set", &FdWatcher::Set), InstanceMethod("close", &FdWatcher::Close), InstanceMethod("unref", &FdWatcher::UnrefHandle), InstanceAccessor("closed", &FdWatcher::Closed, nullptr)});
   }
 
   // new FdWatcher(fd, { readable, writable }, callback)
@@ -112,7 +112,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   }
 
   // A watcher that should not keep the process alive on its own (a TAP: the VM does that).
-  Napi::Value Unref(const Napi::CallbackInfo& info) {
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
     if (poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
     return info.Env().Undefined();
   }
