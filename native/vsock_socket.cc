@@ -4,8 +4,10 @@
 // Duplex on top with watchFd() (fd_watcher.cc). Would-block is not an error
 // here: read and write return -1 for EAGAIN, accept returns null.
 #include <fcntl.h>
-#include <linux/vm_sockets.h>
+// sys/socket.h first: linux/vm_sockets.h uses struct sockaddr and sa_family_t
+// without including them (glibc's x86 headers happen to, aarch64's do not).
 #include <sys/socket.h>
+#include <linux/vm_sockets.h>
 #include <unistd.h>
 
 #include <cstring>
