@@ -151,14 +151,14 @@ async function netBench() {
     const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`${argv.join(' ')}: ${r.stderr || r.error}`);
   };
-  const inNs = (argv) => ['ip', 'netns', 'exec', ns, ...argv];
+  const inNs = (argv) => ['netns', 'exec', ns, ...argv]; // arguments of `ip`
   sh(['ip', 'netns', 'add', ns]);
   let receiver;
   try {
-    sh(inNs(['ip', 'link', 'set', 'lo', 'up']));
-    sh(inNs(['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap', 'vnet_hdr']));
-    sh(inNs(['ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap]));
-    sh(inNs(['ip', 'link', 'set', tap, 'up']));
+    sh(['ip', ...inNs(['ip', 'link', 'set', 'lo', 'up'])]);
+    sh(['ip', ...inNs(['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap', 'vnet_hdr'])]);
+    sh(['ip', ...inNs(['ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap])]);
+    sh(['ip', ...inNs(['ip', 'link', 'set', tap, 'up'])]);
     const bytes = MIB * 2 ** 20;
     receiver = spawn('ip', inNs([process.execPath, '-e', RECEIVER, String(bytes)]), { stdio: ['ignore', 'pipe', 'inherit'] });
     const received = [];

@@ -16,7 +16,7 @@ import { BatchingSink } from '../devices/serial-sinks';
 import { VirtioBlk, type BlockBackend } from '../devices/virtio/blk';
 import { VirtioConsole } from '../devices/virtio/console';
 import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
-import { VirtioMmioTransport, type VirtioDevice } from '../devices/virtio/mmio';
+import { VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../devices/virtio/mmio';
 import { VirtioRng } from '../devices/virtio/rng';
 import { VirtioVsock, type HostRamMapping, type NotifyOps, type VhostVsockOps } from '../devices/virtio/vsock';
 import type { ResolvedVmConfig } from './config';
@@ -124,6 +124,11 @@ export interface AttachVirtioOptions {
   consolePort?: SerialPort | undefined;
   /** Opens the vsock backends for a CID (throws a one-sentence error when it cannot). */
   vsockBackends?: (cid: number) => VsockBackends;
+  /**
+   * Kicks without MMIO exits for the userspace devices (lib/vm/queue-notifier.ts), per slot
+   * base address; vsock registers its own ioeventfds for vhost.
+   */
+  queueNotifier?: (base: number) => VirtioMmioOptions['queueNotifier'];
 }
 
 /** Open disks, build the devices and put their transports on the MMIO bus. */
@@ -181,7 +186,8 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
         const c = console;
         port?.attach({ enqueue: (b) => c.enqueue(b) });
       }
-      const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level' });
+      const queueNotifier = slot.device.kind === 'vsock' ? undefined : opts.queueNotifier?.(slot.base);
+      const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level', queueNotifier });
       opts.mmio.register(slot.base, slot.size, t);
       transports.push(t);
     }
@@ -203,6 +209,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       sink?.flush();
       opts.consolePort?.attach(undefined);
       for (const t of transports) {
+        t.dispose();
         try {
           t.device.reset();
         } catch (e) {

@@ -24,6 +24,7 @@ import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
 import type { NetBackend } from '../devices/virtio/net';
 import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
+import { ioeventfdQueueNotifier } from './queue-notifier';
 import { kvmNotifyOps, openVhostVsock } from './vhost-vsock';
 
 /** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
@@ -213,6 +214,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       consolePort: hooks.virtioConsole,
       netBackends: hooks.netBackends ?? [],
       vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: kvmNotifyOps(partition.nativeVm), ram: () => partition.ramMappings() }),
+      queueNotifier: (base) => ioeventfdQueueNotifier(kvmNotifyOps(partition.nativeVm), base),
     });
     phase('devices');
 

@@ -128,6 +128,14 @@ export interface VirtioMmioOptions {
    * interrupts from the transport and from an irqfd can share the line.
    */
   trigger?: 'level' | 'edge';
+  /**
+   * Deliver the driver's QueueNotify writes for queue `index` without an MMIO
+   * exit (an ioeventfd: the vCPU goes on at once, and `onNotify` runs on the
+   * event loop); returns the function that undoes it. Without it, kicks
+   * arrive as MMIO writes. Not for devices that hand their queues to the
+   * kernel (vhost), which register their own.
+   */
+  queueNotifier?: (index: number, onNotify: () => void) => () => void;
 }
 
 export class VirtioMmioTransport implements IoDevice {
@@ -146,6 +154,9 @@ export class VirtioMmioTransport implements IoDevice {
   private interruptStatus = 0;
   private configGeneration = 0;
   private active: Array<SplitQueue | undefined> | undefined;
+  private readonly queueNotifier: VirtioMmioOptions['queueNotifier'];
+  /** Undo functions of the queue notifiers registered at DRIVER_OK. */
+  private notifiers: Array<() => void> = [];
   /** Last reason the device entered needs-reset (for diagnostics). */
   lastError: string | undefined;
 
@@ -156,6 +167,7 @@ export class VirtioMmioTransport implements IoDevice {
     this.irq = opts.irq;
     this.slot = opts.slot;
     this.edge = opts.trigger === 'edge';
+    this.queueNotifier = opts.queueNotifier;
     for (const m of opts.device.queueMaxSizes) {
       if (!isValidQueueSize(m)) throw new NodevmmError('ERR_INVALID_ARG', `virtio ${opts.device.name}: queue max size ${m} is not a power of two from 1 to 32768`);
     }
@@ -173,8 +185,19 @@ export class VirtioMmioTransport implements IoDevice {
     this.driverFeatures = 0n;
     this.queueSel = 0;
     this.queues = this.device.queueMaxSizes.map(() => ({ num: 0, ready: false, desc: 0, driver: 0, device: 0 }));
-    this.active = undefined;
+    this.deactivate();
     this.setInterrupt(0);
+  }
+
+  /** Queues are no longer live: drop them and their notifiers. */
+  private deactivate(): void {
+    this.active = undefined;
+    for (const undo of this.notifiers.splice(0)) undo();
+  }
+
+  /** The VM is going away: undo the notifiers (the device is reset by its owner). */
+  dispose(): void {
+    this.deactivate();
   }
 
   private setInterrupt(bits: number): void {
@@ -322,6 +345,18 @@ export class VirtioMmioTransport implements IoDevice {
         return new SplitQueue(this.memory, l, features);
       });
       this.active = queues;
+      // Before the device starts: a kick the driver sends right after DRIVER_OK must not be lost.
+      if (this.queueNotifier) {
+        queues.forEach((q, i) => {
+          if (!q) return;
+          try {
+            this.notifiers.push(this.queueNotifier!(i, () => this.kick(i)));
+          } catch (e) {
+            // Kicks still arrive as MMIO writes; only slower.
+            process.emitWarning(`${this.name}: queue ${i} notifications stay on MMIO exits: ${(e as Error).message}`);
+          }
+        });
+      }
       this.device.activate({
         memory: this.memory,
         queues,
@@ -365,7 +400,7 @@ export class VirtioMmioTransport implements IoDevice {
     this.lastError = e.message;
     if (this.status & STATUS.needsReset) return;
     this.device.reset();
-    this.active = undefined;
+    this.deactivate();
     this.status |= STATUS.needsReset;
     this.configGeneration = (this.configGeneration + 1) >>> 0;
     this.raise(INT_CONFIG_CHANGE);
