@@ -2,8 +2,8 @@
 // The test runner behind `npm test`: node scripts/run-tests.js unit|kvm|e2e|all
 //  - builds with tsc first when dist/ is missing or older than a source file;
 //  - unit: dist/test/unit; kvm: dist/test/kvm on the local /dev/kvm (skipped without one);
-//  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise all files in ONE boot of
-//    the emulated KVM host (QEMU TCG + SVM, see docs/testing.md);
+//  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise each file in its own boot
+//    of the emulated KVM host (QEMU TCG + SVM, see docs/testing.md), up to three boots per file;
 //  - prints each tier's wall time and ends with exactly one line "N passed, N failed, N skipped".
 'use strict';
 const { spawn, spawnSync } = require('node:child_process');
