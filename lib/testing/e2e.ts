@@ -47,10 +47,17 @@ export async function bootToStop(config: VmConfig & { command?: string; timeoutM
   const started = Date.now();
   const vm = await createVm({ kernel: a.vmlinuz, initrd: a.testInitramfs, memory: '256M', ...rest, cmdline });
   await vm.start();
-  const timer = setTimeout(() => void vm.kill(), timeoutMs);
+  let diagnosis: string | undefined;
+  // On a timeout, say where the guest was before killing it (its console may say nothing).
+  const timer = setTimeout(() => {
+    void vm
+      .diagnose()
+      .then((d) => (diagnosis = d), (e: Error) => (diagnosis = `diagnose failed: ${e.message}`))
+      .finally(() => void vm.kill());
+  }, timeoutMs);
   const stop = await vm.waitForStop();
   clearTimeout(timer);
-  const log = vm.serial(1).log().replace(/\r/g, '');
+  const log = vm.serial(1).log().replace(/\r/g, '') + (diagnosis ? `\nNODEVMM-TIMEOUT-DIAGNOSIS ${diagnosis}\n` : '');
   return { vm, stop, log, markers: guestMarkers(log), wallMs: Date.now() - started };
 }
 

@@ -250,6 +250,30 @@ export class Vm extends EventEmitter<VmEvents> {
     this.setState('running');
   }
 
+  /**
+   * One line on where a running or paused guest is, for a test or script
+   * that gave up waiting on it: each vCPU's RIP, RFLAGS and MP state, and the
+   * exit counters. Pauses a running VM to read the registers (it stays
+   * paused). Best effort: fields KVM will not report are left out.
+   */
+  async diagnose(): Promise<string> {
+    const m = this.machine;
+    if (!m || (this._state !== 'running' && this._state !== 'paused')) return `vm ${this._state}`;
+    if (this._state === 'running') await this.pause();
+    const p = m.partition;
+    const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+    const vcpus = p.vcpus.map((v) => {
+      try {
+        const r = v.getRegs();
+        return `vcpu${v.index} rip ${hex(r.rip)} rflags ${hex(r.rflags)} mp_state ${v.native.getMpState()}`;
+      } catch (e) {
+        return `vcpu${v.index} (${(e as Error).message})`;
+      }
+    });
+    const st = p.stats();
+    return `${vcpus.join('; ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
+  }
+
   /** Host-initiated reset: a power cycle into the same kernel and config. */
   async reset(): Promise<void> {
     assertAllowed('reset', this._state);

@@ -33,6 +33,18 @@ kvm('kill stops a running vm at once and a second kill is harmless', async (t) =
   await t.throwsAsync(() => vm.pause(), { code: 'ERR_VM_STATE', message: /cannot pause a vm that is stopped/ });
 });
 
+kvm('diagnose() says where a running guest is and leaves it paused', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('D\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
+  t.is(await vm.diagnose(), 'vm created');
+  await vm.start();
+  await vm.expect('D');
+  const d = await vm.diagnose();
+  t.regex(d, /^vcpu0 rip 0x[0-9a-f]+ rflags 0x[0-9a-f]+ mp_state \d+; exits to js \d+, native \d+, posted \d+; notifications \d+, rescues \d+$/);
+  t.is(vm.state, 'paused');
+  await vm.kill();
+  t.is(await vm.diagnose(), 'vm stopped');
+});
+
 kvm('pause and resume keep the vm alive; calls in the wrong state fail clearly', async (t) => {
   const vm = await createVm({ kernel: tinyPvhKernel('Y\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
   await t.throwsAsync(() => vm.resume(), { code: 'ERR_VM_STATE', message: /cannot resume a vm that is created/ });
