@@ -175,6 +175,12 @@ function tapTests(text) {
 }
 
 const E2E_ATTEMPTS = 3;
+/**
+ * The emulated host's kernel is gone or wedged: a panic, or CPUs stuck in the kernel for a
+ * minute (seen with every CPU stuck in KVM_RUN of a 4-vCPU guest). Such a host never recovers,
+ * so the run ends at once and the file gets its next host instead of waiting for the timeout.
+ */
+const HOST_DEAD = /Kernel panic - not syncing[^\n]*|soft lockup - CPU#\d+ stuck for (?:[6-9]\d|\d{3,})s[^\n]*/;
 
 /**
  * One e2e file in the emulated KVM host, with up to three fresh hosts.
@@ -211,6 +217,7 @@ async function runE2eFileInHost(file, { artifacts, started, flaky }) {
         cwd: ROOT,
         timeoutMs: Math.min(remaining, 20 * 60 * 1000),
         artifacts,
+        abortOn: HOST_DEAD,
         onConsole: (text) => {
           seen += text;
           process.stdout.write(text.replace(/\r/g, ''));

@@ -35,6 +35,11 @@ export interface KvmHostOptions {
   bootTimeoutMs?: number;
   /** Use these instead of calling ensureGuestArtifacts. */
   artifacts?: GuestArtifacts;
+  /**
+   * Give up on the host as soon as its console matches this (e.g. its kernel's soft-lockup or
+   * panic lines): the run fails with ERR_KVM_HOST_ABORTED instead of waiting for the timeout.
+   */
+  abortOn?: RegExp;
   /** Bytes typed into the host's console (an interactive session); default: none. */
   input?: NodeJS.ReadableStream;
 }
@@ -220,6 +225,10 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
       if (bootMs === undefined && log.includes(KVM_HOST_READY_MARKER)) bootMs = Date.now() - started;
       const failed = new RegExp(`${KVM_HOST_FAILED_MARKER} (.*)`).exec(log);
       if (failed && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `kvm-host: the host's init failed: ${failed[1]?.trim()} (after ${elapsed()} s); last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`);
+      // Only the new text (plus a line's worth before it, for a match split across chunks).
+      const fresh = log.slice(Math.max(0, log.length - text.length - 200));
+      const abort = options.abortOn?.exec(fresh);
+      if (abort && !failure) stop('ERR_KVM_HOST_ABORTED', `the host's console showed "${abort[0]}"`);
     };
     child.stdout.on('data', onText);
     if (options.input) {
