@@ -176,6 +176,14 @@ function tapTests(text) {
 
 const E2E_ATTEMPTS = 3;
 /**
+ * CPUs of the emulated host for e2e files: at least one per vCPU of the largest guest (4).
+ * With 2, the 4-vCPU test wedged the host's kernel in two runs out of two (soft lockups in
+ * KVM_RUN and in node: a guest vCPU spinning for another one that waits for the same emulated
+ * CPU, which TCG's nested SVM never takes back on the host's timer); with 4 it passed. Idle
+ * emulated CPUs cost little; all of them share this machine's cores.
+ */
+const E2E_HOST_CPUS = 4;
+/**
  * The emulated host's kernel is gone or wedged: a panic, or CPUs stuck in the kernel for a
  * minute (seen with every CPU stuck in KVM_RUN of a 4-vCPU guest). Such a host never recovers,
  * so the run ends at once and the file gets its next host instead of waiting for the timeout.
@@ -218,6 +226,7 @@ async function runE2eFileInHost(file, { artifacts, started, flaky }) {
         timeoutMs: Math.min(remaining, 20 * 60 * 1000),
         artifacts,
         abortOn: HOST_DEAD,
+        smp: E2E_HOST_CPUS,
         onConsole: (text) => {
           seen += text;
           process.stdout.write(text.replace(/\r/g, ''));
