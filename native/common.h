@@ -10,6 +10,8 @@
 #include <cstring>
 #include <string>
 
+#include <sys/types.h>
+
 namespace nodevmm {
 
 // Name of an errno value ("EINVAL"), or "E<number>" when unknown.
@@ -22,6 +24,21 @@ Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* 
 
 // Throw a plain usage error (TypeError) with a code.
 Napi::Value ThrowUsage(Napi::Env env, const std::string& message);
+
+// One non-blocking read or write (`io` returns what read/write/send... return):
+// retried on EINTR; the byte count as a JS number, -1 when the fd would block,
+// or a thrown error naming `syscall` and `what`.
+template <typename Io>
+Napi::Value NonBlockingIo(Napi::Env env, const char* syscall, const std::string& what, Io io) {
+  ssize_t n;
+  do n = io();
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
+    return ThrowErrno(env, errno, syscall, nullptr, what);
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
 
 // Read a JS number or bigint as uint64 (bigint is exact; numbers must be safe integers).
 bool GetU64(const Napi::Value& v, uint64_t* out);

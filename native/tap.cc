@@ -84,14 +84,7 @@ Napi::Value FdReadv(const Napi::CallbackInfo& info) {
   std::vector<struct iovec> iov;
   if (info.Length() < 2 || !info[0].IsNumber() || !CollectIovecs(info[1], &iov)) return ThrowUsage(env, "fdReadv(fd, buffers): buffers must be a non-empty array of Uint8Array");
   int fd = info[0].As<Napi::Number>().Int32Value();
-  ssize_t n;
-  do n = readv(fd, iov.data(), static_cast<int>(iov.size()));
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
-    return ThrowErrno(env, errno, "readv", nullptr, "read from fd " + std::to_string(fd));
-  }
-  return Napi::Number::New(env, static_cast<double>(n));
+  return NonBlockingIo(env, "readv", "read from fd " + std::to_string(fd), [&] { return readv(fd, iov.data(), static_cast<int>(iov.size())); });
 }
 
 // fdWritev(fd, buffers[]) -> bytes written, or -1 when the fd would block (EAGAIN).
@@ -100,14 +93,7 @@ Napi::Value FdWritev(const Napi::CallbackInfo& info) {
   std::vector<struct iovec> iov;
   if (info.Length() < 2 || !info[0].IsNumber() || !CollectIovecs(info[1], &iov)) return ThrowUsage(env, "fdWritev(fd, buffers): buffers must be a non-empty array of Uint8Array");
   int fd = info[0].As<Napi::Number>().Int32Value();
-  ssize_t n;
-  do n = writev(fd, iov.data(), static_cast<int>(iov.size()));
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
-    return ThrowErrno(env, errno, "writev", nullptr, "write to fd " + std::to_string(fd));
-  }
-  return Napi::Number::New(env, static_cast<double>(n));
+  return NonBlockingIo(env, "writev", "write to fd " + std::to_string(fd), [&] { return writev(fd, iov.data(), static_cast<int>(iov.size())); });
 }
 
 }  // namespace

@@ -112,13 +112,8 @@ Napi::Value SocketRead(const Napi::CallbackInfo& info) {
   uint8_t* p;
   size_t n;
   if (!Bytes(info, &p, &n)) return ThrowUsage(env, "socketRead(fd, into: Uint8Array)");
-  ssize_t r;
-  do r = recv(FdOf(info), p, n, 0); while (r < 0 && errno == EINTR);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
-    return ThrowErrno(env, errno, "recv", nullptr, "read from socket");
-  }
-  return Napi::Number::New(env, static_cast<double>(r));
+  int fd = FdOf(info);
+  return NonBlockingIo(env, "recv", "read from socket", [&] { return recv(fd, p, n, 0); });
 }
 
 // socketWrite(fd, bytes: Uint8Array) -> bytes written (maybe fewer), -1 when the socket is full.
@@ -127,14 +122,9 @@ Napi::Value SocketWrite(const Napi::CallbackInfo& info) {
   uint8_t* p;
   size_t n;
   if (!Bytes(info, &p, &n)) return ThrowUsage(env, "socketWrite(fd, bytes: Uint8Array)");
-  ssize_t r;
+  int fd = FdOf(info);
   // MSG_NOSIGNAL: a peer that went away is an EPIPE error, not a SIGPIPE that kills Node.
-  do r = send(FdOf(info), p, n, MSG_NOSIGNAL | MSG_DONTWAIT); while (r < 0 && errno == EINTR);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
-    return ThrowErrno(env, errno, "send", nullptr, "write to socket");
-  }
-  return Napi::Number::New(env, static_cast<double>(r));
+  return NonBlockingIo(env, "send", "write to socket", [&] { return send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT); });
 }
 
 // socketShutdownWrite(fd): our end of the stream (the peer reads EOF).
