@@ -379,7 +379,16 @@ Napi::Value Vm::SetRoutes(const Napi::CallbackInfo& info) {
     r.posted_mask = o.Get("postedMask").ToNumber().Uint32Value();
     r.shadow_mask = o.Get("shadowMask").ToNumber().Uint32Value();
     r.shadow_offset = o.Get("shadowOffset").ToNumber().Uint32Value();
-    if ((r.shadow_mask || r.posted_mask) && (r.shadow_offset + 32 > sizeof(control_->shadow) || (r.shadow_offset & 31)))
+    r.isr_read = kNoIsr;
+    r.isr_ack = kNoIsr;
+    if (o.Get("isrRead").IsNumber() && o.Get("isrAck").IsNumber()) {
+      r.isr_read = o.Get("isrRead").ToNumber().Uint32Value();
+      r.isr_ack = o.Get("isrAck").ToNumber().Uint32Value();
+      if ((r.isr_read & 3) || (r.isr_ack & 3) || r.isr_read >= r.end - r.start || r.isr_ack >= r.end - r.start)
+        return ThrowUsage(env, "route interrupt-status registers must be 4-byte aligned offsets inside the range");
+    }
+    bool uses_shadow = r.shadow_mask || r.posted_mask || r.isr_read != kNoIsr;
+    if (uses_shadow && (r.shadow_offset + 32 > sizeof(control_->shadow) || (r.shadow_offset & 31)))
       return ThrowUsage(env, "route shadow block must be a 32-byte aligned block inside the shadow page");
     if (!GetU64(o.Get("readValue"), &r.read_value)) r.read_value = ~0ull;
     table->push_back(r);

@@ -34,7 +34,15 @@ struct Route {
   uint32_t shadow_mask;     // bit n: 1-byte reads at offset n come from the shadow page
   uint32_t shadow_offset;   // where this range's shadow bytes start in the shadow page
   uint64_t read_value;      // kRouteConstant: value returned for reads
+  // An interrupt-status register pair (virtio-mmio InterruptStatus and
+  // InterruptACK) answered here: 4-byte reads at isr_read return the 32-bit
+  // word at the start of the shadow block, 4-byte writes at isr_ack clear the
+  // bits written. JS sets bits atomically when it raises an interrupt. Only
+  // for edge-triggered lines: an ACK here never lowers a line.
+  uint32_t isr_read;        // register offset, or kNoIsr
+  uint32_t isr_ack;         // register offset, or kNoIsr
 };
+constexpr uint32_t kNoIsr = 0xffffffffu;
 enum RouteMode : uint32_t { kRouteJs = 0, kRouteConstant = 1 };
 
 // Per-VM control block shared with JS (lib/hv/exit-mailbox.ts mirrors it).

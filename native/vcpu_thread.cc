@@ -370,6 +370,24 @@ bool VcpuCore::HandleIo(const DecodedExit& x) {
       shared_->mailbox.exits_native++;
       continue;
     }
+    if (r->isr_read != kNoIsr && x.size == 4 && (off == r->isr_read || off == r->isr_ack)) {
+      // SAFETY: shadow_offset is a 32-byte aligned block inside the shadow
+      // page (checked in SetRoutes), so this is an aligned 4-byte word.
+      uint32_t* isr = reinterpret_cast<uint32_t*>(&ctl->shadow[r->shadow_offset]);
+      if (!x.is_write && off == r->isr_read) {
+        uint32_t v = __atomic_load_n(isr, __ATOMIC_ACQUIRE);
+        std::memcpy(data, &v, 4);
+        shared_->mailbox.exits_native++;
+        continue;
+      }
+      if (x.is_write && off == r->isr_ack) {
+        uint32_t v;
+        std::memcpy(&v, data, 4);
+        __atomic_fetch_and(isr, ~v, __ATOMIC_ACQ_REL);
+        shared_->mailbox.exits_native++;
+        continue;
+      }
+    }
     // Byte 31 of a range's shadow block is JS's switch: bit 0 enables the
     // shadows, bit 1 posting. A device turns them off while its reads would
     // depend on a posted write (e.g. a UART in loopback mode).

@@ -19,6 +19,38 @@ export interface IoRegistrationOptions {
   posted?: number[];
   /** Offsets (< 31) whose 1-byte reads are side-effect free and answered from a shadow byte. */
   shadowed?: number[];
+  /**
+   * An interrupt-status register pair answered by the vCPU threads from the
+   * block's shared word (`ShadowBlock.word`): 4-byte reads at `read` return
+   * it, 4-byte writes at `ack` clear the bits written. For edge-triggered
+   * devices only, since such an ACK never reaches the device to lower a line.
+   */
+  interruptStatus?: { read: number; ack: number };
+}
+
+/** A 32-bit word shared with the vCPU threads; every access is atomic. */
+export interface SharedWord {
+  load(): number;
+  store(value: number): void;
+  or(bits: number): void;
+  and(mask: number): void;
+}
+
+/** A SharedWord that lives only in JS (pure-JS buses, unit tests). */
+export function localWord(): SharedWord {
+  let v = 0;
+  return {
+    load: () => v,
+    store: (x) => {
+      v = x >>> 0;
+    },
+    or: (bits) => {
+      v = (v | bits) >>> 0;
+    },
+    and: (mask) => {
+      v = (v & mask) >>> 0;
+    },
+  };
 }
 
 /** A device's handle on its shadow block: the bytes native code answers reads from. */
@@ -27,6 +59,8 @@ export interface ShadowBlock {
   set(offset: number, value: number): void;
   /** Turn shadows / posting on or off (off while a device's reads depend on posted writes). */
   enable(shadows: boolean, posting: boolean): void;
+  /** The block's first four bytes as one word (the interrupt-status register, when the range has one). */
+  word: SharedWord;
 }
 
 export interface BusRange {
@@ -38,6 +72,7 @@ export interface BusRange {
   constant?: number;
   posted: number[];
   shadowed: number[];
+  interruptStatus?: { read: number; ack: number };
   shadow?: ShadowBlock;
   shadowBlock?: number;
 }
@@ -78,8 +113,12 @@ export class IoBus {
     for (const o of [...(opts.posted ?? []), ...(opts.shadowed ?? [])]) {
       if (!Number.isInteger(o) || o < 0 || o >= Math.min(31, length)) throw new NodevmmError('ERR_BUS_RANGE', `posted/shadowed offset ${o} of ${device.name} must be inside the range and below 31`);
     }
-    const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [] };
-    if ((range.posted.length || range.shadowed.length) && this.shadowAllocator) {
+    const isr = opts.interruptStatus;
+    if (isr && [isr.read, isr.ack].some((o) => !Number.isInteger(o) || o < 0 || o % 4 !== 0 || o + 4 > length)) {
+      throw new NodevmmError('ERR_BUS_RANGE', `interrupt-status registers of ${device.name} at ${isr.read}/${isr.ack} must be 4-byte aligned offsets inside the range`);
+    }
+    const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [], interruptStatus: isr };
+    if ((range.posted.length || range.shadowed.length || isr) && this.shadowAllocator) {
       const a = this.shadowAllocator(range);
       range.shadow = a.shadow;
       range.shadowBlock = a.block;

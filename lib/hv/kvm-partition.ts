@@ -143,6 +143,7 @@ export class KvmPartition extends EventEmitter implements Partition {
   private state: PartitionState = 'created';
   private readonly control: Int32Array;
   private readonly controlU8: Uint8Array;
+  private readonly controlU32: Uint32Array;
   private readonly controlDv: DataView;
   private nextShadowBlock = 0;
   private pauseWaiters: Array<() => void> = [];
@@ -171,6 +172,7 @@ export class KvmPartition extends EventEmitter implements Partition {
     try {
       this.control = new Int32Array(this.vm.controlBuffer());
       this.controlU8 = new Uint8Array(this.control.buffer);
+      this.controlU32 = new Uint32Array(this.control.buffer);
       this.controlDv = new DataView(this.control.buffer);
       if (this.irqchip) {
         native(() => this.vm.setTssAddr(opts.tssAddress ?? DEFAULT_TSS_ADDRESS));
@@ -262,6 +264,8 @@ export class KvmPartition extends EventEmitter implements Partition {
     if ((block + 1) * 32 > 4096) throw new NodevmmError('ERR_BUS_RANGE', 'no shadow blocks left (at most 128 ranges may use shadows or posted writes)');
     const base = 128 + block * 32;
     const u8 = this.controlU8;
+    const u32 = this.controlU32;
+    const w = base / 4;
     return {
       block,
       shadow: {
@@ -270,6 +274,12 @@ export class KvmPartition extends EventEmitter implements Partition {
         },
         enable: (shadows, posting) => {
           Atomics.store(u8, base + 31, (shadows ? 1 : 0) | (posting ? 2 : 0));
+        },
+        word: {
+          load: () => Atomics.load(u32, w),
+          store: (v) => void Atomics.store(u32, w, v),
+          or: (bits) => void Atomics.or(u32, w, bits),
+          and: (mask) => void Atomics.and(u32, w, mask),
         },
       },
     };
@@ -296,6 +306,7 @@ export class KvmPartition extends EventEmitter implements Partition {
           shadowMask: r.shadowBlock !== undefined ? mask(r.shadowed) : 0,
           shadowOffset: (r.shadowBlock ?? 0) * 32,
           readValue: r.constant ?? 0xffffffff,
+          ...(r.shadowBlock !== undefined && r.interruptStatus ? { isrRead: r.interruptStatus.read, isrAck: r.interruptStatus.ack } : {}),
         });
       }
     }

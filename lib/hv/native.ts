@@ -34,6 +34,9 @@ export interface NativeRoute {
   shadowMask: number;
   shadowOffset: number;
   readValue?: number | bigint;
+  /** Interrupt-status read / ACK register offsets answered natively from the shadow block's first word. */
+  isrRead?: number;
+  isrAck?: number;
 }
 
 export interface CpuidEntry {

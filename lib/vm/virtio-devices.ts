@@ -37,14 +37,17 @@ export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virti
   if (kinds.length > VIRTIO_MMIO_GSIS.length) {
     throw new NodevmmError('ERR_CONFIG', `${kinds.length} virtio devices were asked for, at most ${VIRTIO_MMIO_GSIS.length} fit (one interrupt each)`);
   }
-  // vsock is edge-triggered: vhost's irqfd delivers one pulse per interrupt, and
-  // an edge latched while the guest handles the last one is never lost (a
-  // level irqfd would need a resamplefd round trip through userspace).
+  // Every slot is edge-triggered. vsock: vhost's irqfd delivers one pulse per
+  // interrupt, and an edge latched while the guest handles the last one is
+  // never lost (a level irqfd would need a resamplefd round trip through
+  // userspace). The userspace devices: with an edge nothing needs to happen
+  // when the driver ACKs, so the vCPU threads answer InterruptStatus and
+  // InterruptACK themselves, two exits per interrupt that never reach JS.
   return kinds.map((device, i) => ({
     base: VIRTIO_MMIO_START + i * VIRTIO_MMIO_SLOT_SIZE,
     size: VIRTIO_MMIO_SLOT_SIZE,
     irq: VIRTIO_MMIO_GSIS[i]!,
-    trigger: device.kind === 'vsock' ? 'edge' : 'level',
+    trigger: 'edge',
     device,
   }));
 }
@@ -188,7 +191,9 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       }
       const queueNotifier = slot.device.kind === 'vsock' ? undefined : opts.queueNotifier?.(slot.base);
       const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level', queueNotifier });
-      opts.mmio.register(slot.base, slot.size, t);
+      const interruptStatus = t.interruptStatusRegisters;
+      const range = opts.mmio.register(slot.base, slot.size, t, interruptStatus ? { interruptStatus } : {});
+      if (range.shadow && interruptStatus) t.shareInterruptStatus(range.shadow.word);
       transports.push(t);
     }
   } catch (e) {

@@ -128,6 +128,39 @@ kvm('posted writes reach the device in order and shadowed reads are answered nat
   t.is(s.exitsToJs, 1n);
 });
 
+kvm('an interrupt-status register pair is read and acknowledged natively, the rest of the range goes to JS', async (t) => {
+  const p = partition(t);
+  const dev = new Recorder('virtio-like', () => 0x74726976);
+  const base = 0xd0000000;
+  const range = p.mmio.register(base, 0x1000, dev, { interruptStatus: { read: 0x60, ack: 0x64 } });
+  range.shadow!.word.store(0x3);
+  const code = assemble(0x100000, [
+    asm.movRbxImm64(BigInt(base + 0x60)),
+    asm.movEaxMemRbx(), // InterruptStatus
+    asm.movRbxImm64(0x2000n),
+    asm.movMemRbxEax(),
+    asm.movRbxImm64(BigInt(base + 0x64)),
+    asm.movEaxImm32(0x1),
+    asm.movMemRbxEax(), // InterruptACK of bit 0
+    asm.movRbxImm64(BigInt(base + 0x60)),
+    asm.movEaxMemRbx(),
+    asm.movRbxImm64(0x2004n),
+    asm.movMemRbxEax(),
+    asm.movRbxImm64(BigInt(base)),
+    asm.movEaxMemRbx(), // MagicValue: not native
+    asm.hlt(),
+  ]);
+  setupLongMode(p, code);
+  const stop = waitForStop(p);
+  p.start();
+  t.is((await stop).kind, 'hlt');
+  t.is(p.memory.readU32(0x2000), 0x3);
+  t.is(p.memory.readU32(0x2004), 0x2);
+  t.is(range.shadow!.word.load(), 0x2);
+  t.deepEqual(dev.log, ['r4@0=74726976']);
+  t.is(p.stats().exitsToJs, 1n);
+});
+
 kvm('disabling a shadow block sends its reads and writes to JS again', async (t) => {
   const p = partition(t);
   const dev = new Recorder('uart-like', () => 0x11);

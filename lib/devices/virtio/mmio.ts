@@ -16,6 +16,7 @@
 import { NodevmmError } from '../../errors';
 import type { GuestMemory } from '../../memory/guest-memory';
 import type { IoDevice, IrqLine } from '../types';
+import { localWord, type SharedWord } from '../../hv/io-bus';
 import { isValidQueueSize, SplitQueue, VirtioQueueError, type SplitQueueLayout } from './queue';
 
 export const VIRTIO_MMIO_MAGIC = 0x74726976; // "virt"
@@ -151,7 +152,8 @@ export class VirtioMmioTransport implements IoDevice {
   private driverFeatures = 0n;
   private queueSel = 0;
   private queues: QueueRegs[] = [];
-  private interruptStatus = 0;
+  /** InterruptStatus; shared with the vCPU threads once `shareInterruptStatus` ran. */
+  private isr: SharedWord = localWord();
   private configGeneration = 0;
   private active: Array<SplitQueue | undefined> | undefined;
   private readonly queueNotifier: VirtioMmioOptions['queueNotifier'];
@@ -200,15 +202,35 @@ export class VirtioMmioTransport implements IoDevice {
     this.deactivate();
   }
 
+  /** The interrupt-status register pair, for the bus to answer natively (edge-triggered slots only). */
+  get interruptStatusRegisters(): { read: number; ack: number } | undefined {
+    // A device whose interrupts bypass the transport must be asked on every read.
+    return this.edge && !this.device.pendingInterrupts ? { read: REG.interruptStatus, ack: REG.interruptAck } : undefined;
+  }
+
+  /**
+   * Keep InterruptStatus in a word the vCPU threads read and ACK without an
+   * exit to JS (the driver reads and ACKs it on every interrupt). Edge only:
+   * an ACK answered natively cannot lower a level-triggered line.
+   */
+  shareInterruptStatus(word: SharedWord): void {
+    if (!this.interruptStatusRegisters) throw new NodevmmError('ERR_INVALID_ARG', `${this.name}: only an edge-triggered transport without device-raised interrupts can share InterruptStatus`);
+    word.store(this.isr.load());
+    this.isr = word;
+  }
+
   private setInterrupt(bits: number): void {
-    this.interruptStatus = bits;
+    this.isr.store(bits);
     if (!this.edge) this.irq.set(bits !== 0);
   }
 
   private raise(bit: number): void {
-    this.setInterrupt(this.interruptStatus | bit);
-    // Edge: every raise is an event for the driver, even if the bit was still set.
-    if (this.edge) this.irq.pulse();
+    if (!this.edge) return this.setInterrupt(this.isr.load() | bit);
+    // Set the bit before the edge: a driver woken by it must see the bit. Every
+    // raise is an event, even if the bit was still set (the driver may have
+    // read InterruptStatus already and be about to ACK it).
+    this.isr.or(bit);
+    this.irq.pulse();
   }
 
   get deviceStatus(): number {
@@ -240,7 +262,7 @@ export class VirtioMmioTransport implements IoDevice {
       case REG.queueReady:
         return q?.ready ? 1 : 0;
       case REG.interruptStatus:
-        return this.interruptStatus | (this.active ? (this.device.pendingInterrupts?.() ?? 0) : 0);
+        return this.isr.load() | (this.active ? (this.device.pendingInterrupts?.() ?? 0) : 0);
       case REG.status:
         return this.status;
       case REG.configGeneration:
@@ -287,7 +309,8 @@ export class VirtioMmioTransport implements IoDevice {
         this.kick(value & 0xffff);
         return;
       case REG.interruptAck:
-        this.setInterrupt(this.interruptStatus & ~value);
+        if (this.edge) this.isr.and(~value);
+        else this.setInterrupt(this.isr.load() & ~value);
         return;
       case REG.status:
         this.writeStatus(value);

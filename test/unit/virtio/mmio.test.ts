@@ -3,6 +3,7 @@ import { INT_CONFIG_CHANGE, INT_USED_BUFFER, REG, STATUS, VIRTIO_MMIO_MAGIC } fr
 import { VirtioRng } from '../../../lib/devices/virtio/rng';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../../lib/devices/virtio/queue';
 import { FakeDriver } from './driver';
+import { localWord } from '../../../lib/hv/io-bus';
 
 test('identification registers: magic, version 2, device id, and VERSION_1 offered in the high feature word', (t) => {
   const d = new FakeDriver(new VirtioRng());
@@ -42,6 +43,44 @@ test('a used buffer raises the level interrupt until the driver acknowledges it'
   d.w(REG.interruptAck, INT_USED_BUFFER);
   t.false(d.irq.level);
   t.is(d.r(REG.interruptStatus), 0);
+});
+
+test('edge-triggered: each used buffer is one pulse and sets InterruptStatus in the shared word that native code reads and ACKs', (t) => {
+  const d = new FakeDriver(new VirtioRng(), { trigger: 'edge' });
+  const regs = d.t.interruptStatusRegisters;
+  t.deepEqual(regs, { read: REG.interruptStatus, ack: REG.interruptAck });
+  const word = localWord();
+  d.t.shareInterruptStatus(word);
+  d.up([8]);
+  const q = d.queues[0]!;
+  for (let i = 0; i < 2; i++) {
+    d.offer(q, d.chain(q, [{ gpa: d.alloc(16), len: 16, write: true }]));
+    d.kick(q);
+  }
+  t.is(d.takeUsed(q).length, 2);
+  t.is(d.irq.pulses, 2); // the second raise is an edge too, though the bit was still set
+  t.false(d.irq.level);
+  t.is(word.load(), INT_USED_BUFFER);
+  // What the vCPU thread does with an ACK, and the JS path agree on the word.
+  word.and(~INT_USED_BUFFER);
+  t.is(d.r(REG.interruptStatus), 0);
+  d.offer(q, d.chain(q, [{ gpa: d.alloc(16), len: 16, write: true }]));
+  d.kick(q);
+  t.is(d.r(REG.interruptStatus), INT_USED_BUFFER);
+  d.w(REG.interruptAck, INT_USED_BUFFER);
+  t.is(word.load(), 0);
+  // A reset clears it.
+  word.store(INT_CONFIG_CHANGE);
+  d.w(REG.status, 0);
+  t.is(word.load(), 0);
+});
+
+test('level-triggered transports and devices that raise interrupts themselves keep InterruptStatus in JS', (t) => {
+  const level = new FakeDriver(new VirtioRng());
+  t.is(level.t.interruptStatusRegisters, undefined);
+  t.throws(() => level.t.shareInterruptStatus(localWord()), { message: /only an edge-triggered transport/ });
+  const rng = Object.assign(new VirtioRng(), { pendingInterrupts: () => 0 });
+  t.is(new FakeDriver(rng, { trigger: 'edge' }).t.interruptStatusRegisters, undefined);
 });
 
 test('a descriptor loop puts the device in DEVICE_NEEDS_RESET with a config interrupt, and reset recovers it', (t) => {

@@ -46,10 +46,10 @@ test('--vsock CID becomes config; a non-number is refused with the flag and the 
   t.throws(() => resolveVmConfig(parseRunArgs(['--kernel', 'k', '--vsock', '2']).config), { message: /vsock\.cid.*2 must be an integer from 3/ });
 });
 
-test('the vsock slot comes right after the disks and is edge-triggered, in the DSDT too', (t) => {
+test('the vsock slot comes right after the disks and, like every slot, is edge-triggered, in the DSDT too', (t) => {
   const slots = virtioSlots({ disks: [{ path: 'a' }], rng: true, virtioConsole: true, vsock: { cid: 9 } });
   t.deepEqual(slots.map((s) => s.device.kind), ['blk', 'vsock', 'rng', 'console']);
-  t.deepEqual(slots.map((s) => s.trigger), ['level', 'edge', 'level', 'level']);
+  t.deepEqual(slots.map((s) => s.trigger), ['edge', 'edge', 'edge', 'edge']);
   t.deepEqual(slots.map((s) => s.irq), [16, 17, 18, 19]);
   const acpi = buildX86AcpiTables({ vcpus: 1, serialPorts: [], tablesGpa: 0x19000, rsdpGpa: 0xe0000, pmBase: 0x400, sci: 9, virtioMmio: slots });
   t.is(Buffer.from(acpi.blob).toString('latin1').split('LNRO0005').length - 1, 4);

@@ -6,14 +6,14 @@ import { virtioSlots, openDisk } from '../../../lib/vm/virtio-devices';
 import { IOAPIC_START, MMIO_GAP_START } from '../../../lib/arch/x86_64/layout';
 import { buildX86AcpiTables } from '../../../lib/acpi/x86-tables';
 
-test('slots are 4 KiB apart inside the MMIO gap below the IOAPIC, one level-triggered GSI each, disks first', (t) => {
+test('slots are 4 KiB apart inside the MMIO gap below the IOAPIC, one edge-triggered GSI each, disks first', (t) => {
   const slots = virtioSlots({ disks: [{ path: 'a' }, { path: 'b' }], rng: true, virtioConsole: true });
   t.deepEqual(slots.map((s) => s.device.kind), ['blk', 'blk', 'rng', 'console']);
   t.deepEqual(slots.map((s) => s.irq), [16, 17, 18, 19]);
   for (const s of slots) {
     t.true(s.base >= MMIO_GAP_START && s.base + s.size <= IOAPIC_START);
     t.is(s.size, 0x1000);
-    t.is(s.trigger, 'level');
+    t.is(s.trigger, 'edge');
   }
   t.is(new Set(slots.map((s) => s.base)).size, 4);
 });
