@@ -1,6 +1,6 @@
 // Addon entry: exports the /dev/kvm functions, GuestRam, Vm (Vcpu objects
 // come from vm.createVcpu), the layout constants the TS mirror checks, the
-// vhost ioctls, host AF_VSOCK sockets and the fd watcher.
+// vhost ioctls, host AF_VSOCK sockets, the fd watcher and disk I/O.
 #include <napi.h>
 
 #include "exit_mailbox.h"
@@ -10,6 +10,7 @@
 namespace nodevmm {
 void DestroyAllVms(Napi::Env env);
 void InitTap(Napi::Env env, Napi::Object exports);
+void InitBlockIo(Napi::Env env, Napi::Object exports);
 Napi::Object InitVhost(Napi::Env env, Napi::Object exports);
 Napi::Object InitVsockSocket(Napi::Env env, Napi::Object exports);
 Napi::Object InitFdWatcher(Napi::Env env, Napi::Object exports);
@@ -49,6 +50,7 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitSystem(env, exports);
   nodevmm::InitTap(env, exports);
+  nodevmm::InitBlockIo(env, exports);
   nodevmm::InitVhost(env, exports);
   nodevmm::InitVsockSocket(env, exports);
   nodevmm::InitFdWatcher(env, exports);

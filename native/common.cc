@@ -17,7 +17,7 @@ const char* ErrnoName(int err) {
   }
 }
 
-Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* ioctl_name, const std::string& what) {
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const char* ioctl_name, const std::string& what) {
   const char* name = ErrnoName(err);
   std::string code = name ? name : ("E" + std::to_string(err));
   std::string msg = what + " failed: " + std::strerror(err) + " (" + code + (ioctl_name ? std::string(", ") + ioctl_name : std::string()) + ")";
@@ -26,7 +26,11 @@ Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* 
   e.Set("errno", Napi::Number::New(env, err));
   e.Set("syscall", Napi::String::New(env, syscall));
   if (ioctl_name) e.Set("ioctl", Napi::String::New(env, ioctl_name));
-  e.ThrowAsJavaScriptException();
+  return e;
+}
+
+Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall, const char* ioctl_name, const std::string& what) {
+  ErrnoError(env, err, syscall, ioctl_name, what).ThrowAsJavaScriptException();
   return env.Undefined();
 }
 

@@ -17,6 +17,9 @@ namespace nodevmm {
 // Name of an errno value ("EINVAL"), or "E<number>" when unknown.
 const char* ErrnoName(int err);
 
+// A JS Error for a failed syscall/ioctl (see ThrowErrno), for callbacks.
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const char* ioctl_name, const std::string& what);
+
 // Throw a JS Error for a failed syscall/ioctl. `what` is a short human
 // description of the operation ("create vcpu 3"). Returns an empty value so
 // callers can `return ThrowErrno(...)`.

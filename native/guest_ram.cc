@@ -8,6 +8,9 @@
 namespace nodevmm {
 
 namespace {
+// Marks JS objects that wrap a GuestRam (napi_type_tag_object), so native
+// calls taking a ram can tell it from any other object.
+constexpr napi_type_tag kGuestRamTag = {0x6e6f6465766d6d2dull, 0x67756573747261ull};
 // One ArrayBuffer per GiB: V8's limit on a single buffer is well above that
 // on 64-bit hosts, but typed-array lengths and some APIs still assume < 2^32.
 constexpr uint64_t kDefaultViewSize = 1ull << 30;
@@ -73,6 +76,7 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
   }
   host_ = static_cast<uint8_t*>(p);
   size_ = size;
+  napi_type_tag_object(env, info.This(), &kGuestRamTag);
   deferred_ = std::make_shared<Deferred>();
   deferred_->host = host_;
   deferred_->size = size_;
@@ -137,6 +141,8 @@ void GuestRam::ReleaseImpl(Napi::Env env) {
     if (st != napi_ok) all_detached = false;
   }
   views_.clear();
+  // Pins only come and go on this thread, so this count cannot change under us.
+  if (deferred_->pins.load() > 0) all_detached = false;
   if (all_detached && deferred_->live.load() == 0) {
     munmap(host_, size_);
   } else if (all_detached) {
@@ -146,7 +152,8 @@ void GuestRam::ReleaseImpl(Napi::Env env) {
     deferred_->host = nullptr;
   } else {
     // SAFETY: MAP_FIXED over our own range swaps in empty pages; a straggler
-    // view then reads zeros instead of faulting, and the old pages are freed.
+    // view (or pinned I/O) then reads zeros or writes into pages nobody sees
+    // instead of faulting, and the old pages are freed.
     mmap(host_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     deferred_->unmap_when_last = true;
   }
@@ -155,6 +162,30 @@ void GuestRam::ReleaseImpl(Napi::Env env) {
     close(memfd_);
     memfd_ = -1;
   }
+}
+
+GuestRam::IoPin::IoPin(std::shared_ptr<GuestRamDeferred> d) : d_(std::move(d)) {
+  d_->pins++;
+  d_->live++;
+}
+
+GuestRam::IoPin::~IoPin() {
+  d_->pins--;
+  if (--d_->live == 0 && d_->unmap_when_last.load()) munmap(d_->host, d_->size);
+}
+
+GuestRam* GuestRam::FromValue(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject()) return nullptr;
+  bool tagged = false;
+  if (napi_check_object_type_tag(env, v, &kGuestRamTag, &tagged) != napi_ok || !tagged) return nullptr;
+  void* p = nullptr;
+  if (napi_unwrap(env, v, &p) != napi_ok) return nullptr;
+  return static_cast<GuestRam*>(p);
+}
+
+std::unique_ptr<GuestRam::IoPin> GuestRam::PinForIo() {
+  if (!host_) return nullptr;
+  return std::unique_ptr<IoPin>(new IoPin(deferred_));
 }
 
 Napi::Value GuestRam::Release(const Napi::CallbackInfo& info) {

@@ -19,11 +19,44 @@
 
 namespace nodevmm {
 
+// Shared with view finalizers and I/O pins: how many of them are alive
+// (`live` counts both, `pins` only the pins) and whether the mapping must be
+// unmapped when the last one goes.
+struct GuestRamDeferred {
+  std::atomic<int> live{0};
+  std::atomic<int> pins{0};
+  std::atomic<bool> unmap_when_last{false};
+  uint8_t* host = nullptr;
+  uint64_t size = 0;
+};
+
 class GuestRam : public Napi::ObjectWrap<GuestRam> {
  public:
   static Napi::Function Init(Napi::Env env);
   explicit GuestRam(const Napi::CallbackInfo& info);
   ~GuestRam() override;
+
+  // Keeps the pages mapped while native I/O on another thread reads or
+  // writes them. Create and destroy pins on the JS thread only. A release
+  // while pinned swaps in empty pages (the I/O lands there, harmlessly) and
+  // leaves the unmap to the last pin.
+  class IoPin {
+   public:
+    ~IoPin();
+    IoPin(const IoPin&) = delete;
+    IoPin& operator=(const IoPin&) = delete;
+
+   private:
+    friend class GuestRam;
+    explicit IoPin(std::shared_ptr<struct GuestRamDeferred> d);
+    std::shared_ptr<struct GuestRamDeferred> d_;
+  };
+  // nullptr once released.
+  std::unique_ptr<IoPin> PinForIo();
+
+  // The GuestRam behind a JS value, or nullptr (without throwing) when the
+  // value is anything else, including another native class's object.
+  static GuestRam* FromValue(Napi::Env env, Napi::Value v);
 
   uint8_t* host() const { return host_; }
   uint64_t size() const { return size_; }
@@ -42,14 +75,7 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
   uint64_t size_ = 0;
   int memfd_ = -1;
   std::vector<Napi::Reference<Napi::ArrayBuffer>> views_;
-  // Shared with view finalizers: how many views are alive and whether the
-  // mapping must be unmapped when the last one goes.
-  struct Deferred {
-    std::atomic<int> live{0};
-    std::atomic<bool> unmap_when_last{false};
-    uint8_t* host = nullptr;
-    uint64_t size = 0;
-  };
+  using Deferred = GuestRamDeferred;
   std::shared_ptr<Deferred> deferred_;
 };
 

@@ -310,8 +310,9 @@ Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
   if (size != 0) {
     if (!info[2].IsObject()) return ThrowUsage(env, "guest ram object required");
     ram_obj = info[2].As<Napi::Object>();
-    GuestRam* ram = Napi::ObjectWrap<GuestRam>::Unwrap(ram_obj);
-    if (!ram || ram->released()) return ThrowUsage(env, "guest ram was released");
+    GuestRam* ram = GuestRam::FromValue(env, ram_obj);
+    if (!ram) return ThrowUsage(env, "memory slot needs a GuestRam object");
+    if (ram->released()) return ThrowUsage(env, "guest ram was released");
     if (offset > ram->size() || size > ram->size() - offset) return ThrowUsage(env, "memory slot extends past the end of its guest ram");
     host = ram->host() + offset;
     r.userspace_addr = reinterpret_cast<uint64_t>(host);

@@ -186,6 +186,12 @@ export interface NativeBinding {
   fdReadv(fd: number, buffers: Uint8Array[]): number;
   /** writev(2): bytes written, or -1 when the fd would block (EAGAIN). */
   fdWritev(fd: number, buffers: Uint8Array[]): number;
+  /**
+   * native/block_io.cc: op 0 preadv into guest pages (zeros past end of file),
+   * 1 pwritev from them, 2 fdatasync; `segments` holds (index into rams,
+   * offset, length) triples. The callback runs on the event loop.
+   */
+  blockIo(op: 0 | 1 | 2, fd: number, position: number, rams: NativeGuestRam[], segments: Float64Array, callback: (error: Error | null, bytes: number) => void): void;
   vhost: NativeVhost;
   /** callback(status, readable, writable): status 0 or a negative errno. */
   watchFd(fd: number, events: { readable?: boolean; writable?: boolean }, callback: (status: number, readable: boolean, writable: boolean) => void): NativeFdWatcher;

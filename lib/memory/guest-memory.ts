@@ -13,6 +13,12 @@ import { GuestMemoryError } from '../errors';
 import { hex } from '../util/bytes';
 
 /** One contiguous piece of a region that is addressable through one ArrayBuffer. */
+/** A guest-physical byte range (a DMA buffer, e.g. one virtqueue descriptor). */
+export interface GuestBuffer {
+  gpa: number;
+  length: number;
+}
+
 export interface GuestMemoryView {
   /** GPA of byte 0 of `buffer`. */
   gpa: number;

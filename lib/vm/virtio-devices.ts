@@ -13,7 +13,8 @@ import type { IoBus } from '../hv/io-bus';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { IrqLine } from '../devices/types';
 import { BatchingSink } from '../devices/serial-sinks';
-import { VirtioBlk, type BlockBackend } from '../devices/virtio/blk';
+import { VirtioBlk } from '../devices/virtio/blk';
+import { bounceFileBackend, directFileBackend, type DirectFileIo } from '../devices/virtio/blk-backends';
 import { VirtioConsole } from '../devices/virtio/console';
 import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
 import { VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../devices/virtio/mmio';
@@ -87,16 +88,6 @@ export function openDisk(path: string, readonly: boolean): OpenedDisk {
 }
 
 /** Async positional I/O on an fd, on libuv's thread pool. */
-export function fdBackend(fd: number): BlockBackend {
-  return {
-    read: (buffer, offset, length, position) =>
-      new Promise((resolve, reject) => fs.read(fd, buffer, offset, length, position, (e, bytesRead) => (e ? reject(e) : resolve({ bytesRead })))),
-    write: (buffer, offset, length, position) =>
-      new Promise((resolve, reject) => fs.write(fd, buffer, offset, length, position, (e, bytesWritten) => (e ? reject(e) : resolve({ bytesWritten })))),
-    datasync: () => new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
-  };
-}
-
 export interface AttachedVirtio {
   transports: VirtioMmioTransport[];
   disks: VirtioBlk[];
@@ -132,6 +123,8 @@ export interface AttachVirtioOptions {
    * base address; vsock registers its own ioeventfds for vhost.
    */
   queueNotifier?: (base: number) => VirtioMmioOptions['queueNotifier'];
+  /** Disk I/O straight to and from guest pages (a KvmPartition); without it disks copy through JS buffers. */
+  directIo?: DirectFileIo;
 }
 
 /** Open disks, build the devices and put their transports on the MMIO bus. */
@@ -166,7 +159,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       let device: VirtioDevice;
       if (slot.device.kind === 'blk') {
         const o = opened[slot.device.index]!;
-        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: fdBackend(o.fd), sizeBytes: o.sizeBytes, readonly: o.readonly });
+        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: opts.directIo ? directFileBackend(o.fd, opts.directIo) : bounceFileBackend(o.fd, opts.memory), sizeBytes: o.sizeBytes, readonly: o.readonly });
         disks.push(blk);
         device = blk;
       } else if (slot.device.kind === 'net') {
@@ -225,7 +218,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       // After the device stopped vhost and dropped its registrations: frees the CID.
       vsockBackends?.vhost.close();
       for (const nic of nics) nic.close();
-      // Requests already on the thread pool finish into bounce buffers; close after them.
+      // Requests already on the thread pool still use the fds; close after them.
       void Promise.all(disks.map((d) => d.idle())).then(() => {
         for (const o of opened) fs.close(o.fd, () => {});
       });

@@ -215,6 +215,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       netBackends: hooks.netBackends ?? [],
       vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: kvmNotifyOps(partition.nativeVm), ram: () => partition.ramMappings() }),
       queueNotifier: (base) => ioeventfdQueueNotifier(kvmNotifyOps(partition.nativeVm), base),
+      directIo: partition,
     });
     phase('devices');
 

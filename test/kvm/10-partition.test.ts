@@ -91,3 +91,34 @@ kvm('destroying a vm while JS still holds a view does not crash', (t) => {
   t.is(view[0] as number | undefined, undefined);
   t.throws(() => p.memory.readU8(0), { code: 'ERR_GUEST_MEMORY_RELEASED' });
 });
+
+kvm('fileIo moves file bytes to and from guest pages, across two regions, and refuses reads into read-only memory', async (t) => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-fileio-'));
+  const file = path.join(dir, 'img');
+  fs.writeFileSync(file, new Uint8Array(16384).map((_, i) => i & 0xff));
+  const fd = fs.openSync(file, 'r+');
+  const p = new KvmPartition({ vcpus: 1, irqchip: false });
+  t.teardown(() => {
+    p.destroy();
+    fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  p.addRam({ gpa: 0, size: 1 * MiB });
+  p.addRam({ gpa: 1 * MiB, size: 1 * MiB });
+  p.addRam({ gpa: 4 * MiB, size: 64 * 1024, readonly: true });
+  // 8 KiB straddling the boundary between the first two regions.
+  t.is(await p.fileIo('read', fd, 100, [{ gpa: 1 * MiB - 4096, length: 8192 }]), 8192);
+  t.is(p.memory.readU8(1 * MiB - 4096), 100);
+  t.is(p.memory.readU8(1 * MiB + 4095), (100 + 8191) & 0xff);
+  p.memory.write(0x2000, new Uint8Array([0xaa, 0xbb]));
+  t.is(await p.fileIo('write', fd, 0, [{ gpa: 0x2000, length: 2 }]), 2);
+  await p.fileSync(fd);
+  t.deepEqual([...fs.readFileSync(file).subarray(0, 3)], [0xaa, 0xbb, 2]);
+  t.throws(() => p.fileIo('read', fd, 0, [{ gpa: 4 * MiB, length: 512 }]), { code: 'ERR_GUEST_MEMORY_READONLY' });
+  t.throws(() => p.fileIo('read', fd, 0, [{ gpa: 3 * MiB, length: 512 }]), { code: 'ERR_GUEST_MEMORY_RANGE' });
+  // Writing out of read-only memory is fine (it is a source).
+  t.is(await p.fileIo('write', fd, 8192, [{ gpa: 4 * MiB, length: 512 }]), 512);
+});

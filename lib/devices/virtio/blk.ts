@@ -1,14 +1,18 @@
 /**
  * virtio-blk (VIRTIO 1.2 §5.2) over a raw image file: read, write, flush,
- * get-id, discard and write-zeroes, optionally read-only. File I/O runs on
- * libuv's thread pool through a small async backend so the event loop (and
- * the vCPUs waiting on it) never block on the disk; requests of a queue run
+ * get-id, discard and write-zeroes, optionally read-only. The device decides
+ * what each request means; a BlockBackend (./blk-backends.ts) moves the bytes
+ * between the image and the guest's buffers off the event loop, in a VM
+ * straight into guest pages from libuv's thread pool. Requests of a queue run
  * concurrently, complete to the guest in the order they were taken, and a
- * flush waits for every earlier request. Data goes through bounce buffers,
- * not guest-memory views: a pool thread must never touch guest pages after
- * the VM is destroyed. Discard is accepted and does nothing (no hole punch).
+ * flush waits for every earlier request. Discard is accepted and does nothing
+ * (no hole punch).
+ *
+ * Like a DMA engine, a request already on its way finishes even if the driver
+ * resets the device meanwhile (its data lands in the buffers the driver gave);
+ * only its completion is dropped.
  */
-import type { FileHandle } from 'node:fs/promises';
+import type { GuestBuffer } from '../../memory/guest-memory';
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
 import { VirtioQueueError, type SplitQueue, type VirtqChain } from './queue';
@@ -31,18 +35,22 @@ const DISCARD_SEGMENT_BYTES = 16;
 /** Limits we advertise for discard / write-zeroes (sectors per segment, segments per request). */
 const MAX_RANGE_SECTORS = 0x3f_ffff;
 const MAX_RANGE_SEGMENTS = 1;
-const ZERO_CHUNK = 1 << 20;
 
-/** The file operations the device needs; `fs.promises.FileHandle` provides them. */
+/** Moves bytes between the image and guest buffers, off the event loop. */
 export interface BlockBackend {
-  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
-  write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
+  /** Fill `buffers` (in order) from the image at `position`; bytes past the image's end read as zeros. */
+  read(buffers: readonly GuestBuffer[], position: number): Promise<void>;
+  /** Write the bytes of `buffers` (in order) to the image at `position`. */
+  write(buffers: readonly GuestBuffer[], position: number): Promise<void>;
+  /** Write `length` zero bytes at `position`. */
+  writeZeroes(position: number, length: number): Promise<void>;
+  /** Make every completed write durable. */
   datasync(): Promise<void>;
 }
 
 export interface VirtioBlkOptions {
   name?: string;
-  backend: BlockBackend | FileHandle;
+  backend: BlockBackend;
   /** Image size in bytes (capacity is rounded down to whole sectors). */
   sizeBytes: number;
   readonly?: boolean;
@@ -73,7 +81,7 @@ export class VirtioBlk implements VirtioDevice {
 
   constructor(opts: VirtioBlkOptions) {
     this.name = opts.name ?? 'blk';
-    this.backend = opts.backend as BlockBackend;
+    this.backend = opts.backend;
     this.readonly = !!opts.readonly;
     this.capacitySectors = Math.floor(opts.sizeBytes / SECTOR_SIZE);
     const qsize = opts.queueSize ?? 256;
@@ -174,14 +182,7 @@ export class VirtioBlk implements VirtioDevice {
     switch (type) {
       case BLK_T.in: {
         if (dataIn % SECTOR_SIZE || !inRange(dataIn)) return { status: BLK_S.ioerr, written: 0 };
-        const buf = new Uint8Array(dataIn);
-        let got = 0;
-        while (got < dataIn) {
-          const { bytesRead } = await this.backend.read(buf, got, dataIn - got, sector * SECTOR_SIZE + got);
-          if (bytesRead === 0) break; // a file shorter than its capacity reads as zeros
-          got += bytesRead;
-        }
-        this.scatterAlive(q, chain, buf);
+        if (dataIn) await this.backend.read(sliceBuffers(chain.writable, 0, dataIn), sector * SECTOR_SIZE);
         this.stats.reads++;
         this.stats.bytesRead += dataIn;
         return { status: BLK_S.ok, written: dataIn };
@@ -189,9 +190,7 @@ export class VirtioBlk implements VirtioDevice {
       case BLK_T.out: {
         if (this.readonly) return { status: BLK_S.ioerr, written: 0 };
         if (dataOut % SECTOR_SIZE || !inRange(dataOut)) return { status: BLK_S.ioerr, written: 0 };
-        const buf = q.readAt(chain, HEADER_BYTES, dataOut);
-        let put = 0;
-        while (put < dataOut) put += (await this.backend.write(buf, put, dataOut - put, sector * SECTOR_SIZE + put)).bytesWritten;
+        if (dataOut) await this.backend.write(sliceBuffers(chain.readable, HEADER_BYTES, dataOut), sector * SECTOR_SIZE);
         this.stats.writes++;
         this.stats.bytesWritten += dataOut;
         return { status: BLK_S.ok, written: 0 };
@@ -213,7 +212,7 @@ export class VirtioBlk implements VirtioDevice {
           const start = Number(segs.getBigUint64(o, true));
           const count = segs.getUint32(o + 8, true);
           if (count > MAX_RANGE_SECTORS || !Number.isSafeInteger(start) || start + count > this.capacitySectors) return { status: BLK_S.ioerr, written: 0 };
-          if (type === BLK_T.writeZeroes) await this.zero(start * SECTOR_SIZE, count * SECTOR_SIZE);
+          if (type === BLK_T.writeZeroes) await this.backend.writeZeroes(start * SECTOR_SIZE, count * SECTOR_SIZE);
         }
         return { status: BLK_S.ok, written: 0 };
       }
@@ -221,18 +220,23 @@ export class VirtioBlk implements VirtioDevice {
         return { status: BLK_S.unsupp, written: 0 };
     }
   }
+}
 
-  private async zero(position: number, length: number): Promise<void> {
-    const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; ) {
-      const n = Math.min(zeros.length, length - done);
-      done += (await this.backend.write(zeros, 0, n, position + done)).bytesWritten;
+/** The guest buffers holding bytes [offset, offset + length) of a chain part. */
+export function sliceBuffers(segments: readonly GuestBuffer[], offset: number, length: number): GuestBuffer[] {
+  const out: GuestBuffer[] = [];
+  let skip = offset;
+  let left = length;
+  for (const s of segments) {
+    if (left === 0) break;
+    if (skip >= s.length) {
+      skip -= s.length;
+      continue;
     }
+    const n = Math.min(s.length - skip, left);
+    out.push({ gpa: s.gpa + skip, length: n });
+    left -= n;
+    skip = 0;
   }
-
-  /** Copy read data into the guest unless the device was reset meanwhile. */
-  private scatterAlive(q: SplitQueue, chain: VirtqChain, data: Uint8Array): void {
-    if (!this.ctx) return;
-    q.writeAt(chain, 0, data);
-  }
+  return out;
 }

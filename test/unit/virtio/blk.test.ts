@@ -4,8 +4,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { BLK_S, BLK_T, VirtioBlk, VIRTIO_BLK_F_RO } from '../../../lib/devices/virtio/blk';
 import { REG } from '../../../lib/devices/virtio/mmio';
-import { fdBackend } from '../../../lib/vm/virtio-devices';
-import { FakeDriver, type FakeQueue } from './driver';
+import { bounceFileBackend } from '../../../lib/devices/virtio/blk-backends';
+import { GuestMemory } from '../../../lib/memory/guest-memory';
+import { FakeDriver, RAM, type FakeQueue } from './driver';
 
 function imageFile(t: { teardown(f: () => void): void }, bytes: Uint8Array): { file: string; fd: number } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-blk-'));
@@ -49,8 +50,9 @@ function setup(t: { teardown(f: () => void): void }, opts: { readonly?: boolean;
   const content = new Uint8Array((opts.sectors ?? 16) * 512);
   for (let i = 0; i < content.length; i++) content[i] = (i * 7 + 3) & 0xff;
   const img = imageFile(t, content);
-  const blk = new VirtioBlk({ backend: fdBackend(img.fd), sizeBytes: content.length, readonly: !!opts.readonly, serial: 'disk-serial-1' });
-  const d = new FakeDriver(blk);
+  const mem = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
+  const blk = new VirtioBlk({ backend: bounceFileBackend(img.fd, mem), sizeBytes: content.length, readonly: !!opts.readonly, serial: 'disk-serial-1' });
+  const d = new FakeDriver(blk, {}, mem);
   d.up([16]);
   return { blk, d, q: d.queues[0]!, img, content };
 }
