@@ -2,11 +2,13 @@
  * The device tree an arm64 Linux Direct guest boots with: CPUs (reg = the
  * MPIDR affinity KVM gives each vCPU, PSCI enable method, all usable), PSCI,
  * one /memory node per RAM range, GICv3, the architected timer with all four
- * PPIs, PL011 UARTs with their clock, and /chosen (bootargs, initrd, a
- * stdout-path that resolves). Values in, DTB bytes out; no placement here.
+ * PPIs, PL011 UARTs with their clock, virtio-mmio slots, and /chosen
+ * (bootargs, initrd, a stdout-path that resolves). Values in, DTB bytes out;
+ * no placement here.
  * Bindings: Devicetree spec v0.4 §3 (root, /cpus, /memory, /chosen, /aliases);
  * Linux bindings arm/cpus.yaml, arm/psci.yaml, interrupt-controller/arm,gic-v3.yaml,
- * timer/arm,arch_timer.yaml, serial/pl011.yaml, clock/fixed-clock.yaml.
+ * timer/arm,arch_timer.yaml, serial/pl011.yaml, clock/fixed-clock.yaml,
+ * virtio/mmio.yaml.
  */
 import { ConfigError } from '../../errors';
 import { FdtWriter } from '../../fdt/writer';
@@ -33,6 +35,7 @@ import {
 const GIC_SPI = 0;
 const GIC_PPI = 1;
 /** Third cell: Linux IRQ_TYPE_* values (include/dt-bindings/interrupt-controller/irq.h). */
+const IRQ_TYPE_EDGE_RISING = 1;
 const IRQ_TYPE_LEVEL_HIGH = 4;
 const IRQ_TYPE_LEVEL_LOW = 8;
 /** arm64 COMMAND_LINE_SIZE, NUL included (arch/arm64/include/uapi/asm/setup.h). */
@@ -47,6 +50,15 @@ const PL011_PERIPHID = 0x0014_1011;
 export interface Arm64Uart {
   /** GPA of the 4 KiB register page. */
   base: number;
+  /** SPI number (INTID - 32). */
+  spi: number;
+}
+
+/** One virtio-mmio slot (virtio/mmio.yaml); always edge-triggered, see docs/virtio.md "Transport". */
+export interface Arm64VirtioMmio {
+  /** GPA of the slot's register window. */
+  base: number;
+  size: number;
   /** SPI number (INTID - 32). */
   spi: number;
 }
@@ -76,6 +88,8 @@ export interface Arm64DeviceTreeOptions {
   uarts: readonly Arm64Uart[];
   gic: Arm64Gic;
   timer: Arm64TimerPpis;
+  /** virtio-mmio slots, one node each, in slot order. */
+  virtioMmio?: readonly Arm64VirtioMmio[];
   /** KVM implements PSCI 1.x; '0.2' is what OpenVMM advertises. Either way `method = "hvc"`. */
   psciVersion: '0.2' | '1.0';
   uartClockHz?: number;
@@ -118,6 +132,19 @@ function validate(o: Arm64DeviceTreeOptions): void {
   if (cmdlineBytes + 1 > ARM64_CMDLINE_MAX) issues.push({ path: 'cmdline', message: `cmdline is ${cmdlineBytes} bytes; arm64 kernels keep at most ${ARM64_CMDLINE_MAX - 1}` });
   if (o.initrd && !(o.initrd.end >= o.initrd.start)) issues.push({ path: 'initrd', message: `initrd end ${hex(o.initrd.end)} is below its start ${hex(o.initrd.start)}` });
   if (o.uarts.length === 0) issues.push({ path: 'uarts', message: 'at least one uart is required for the console' });
+  // Two devices on one SPI would share an edge neither driver can tell apart; two nodes on one
+  // address would give the same registers to two drivers.
+  const spiOwners = new Map<number, string>(o.uarts.map((u) => [u.spi, `uart ${hex(u.base)}`]));
+  const bases = new Set<number>();
+  (o.virtioMmio ?? []).forEach((v, i) => {
+    const path = `virtioMmio[${i}]`;
+    if (!(v.size > 0)) issues.push({ path: `${path}.size`, message: `virtio-mmio slot size ${v.size} must be positive` });
+    if (bases.has(v.base)) issues.push({ path: `${path}.base`, message: `virtio-mmio slot base ${hex(v.base)} is used by an earlier slot` });
+    bases.add(v.base);
+    const owner = spiOwners.get(v.spi);
+    if (owner !== undefined) issues.push({ path: `${path}.spi`, message: `spi ${v.spi} is already the interrupt of the ${owner}` });
+    spiOwners.set(v.spi, `virtio-mmio slot ${hex(v.base)}`);
+  });
   if (issues.length > 0) throw new ConfigError(issues);
 }
 
@@ -205,6 +232,19 @@ export function buildArm64DeviceTree(o: Arm64DeviceTreeOptions): Uint8Array {
     w.propertyCells('clocks', [clockPhandle, clockPhandle]);
     w.propertyStringList('clock-names', ['uartclk', 'apb_pclk']);
     w.propertyU32('arm,primecell-periphid', PL011_PERIPHID);
+    w.endNode(n);
+  }
+
+  for (const v of o.virtioMmio ?? []) {
+    const n = w.beginNode(`virtio_mmio@${v.base.toString(16)}`);
+    w.propertyString('compatible', 'virtio,mmio');
+    w.propertyCells('reg', [...cells64(v.base), ...cells64(v.size)]);
+    // Edge: each raise is one KVM_IRQ_LINE pulse, and the vCPU threads answer
+    // InterruptACK without telling JS, so nothing could lower a level line.
+    w.propertyCells('interrupts', [GIC_SPI, v.spi, IRQ_TYPE_EDGE_RISING]);
+    // KVM guest RAM is ordinary cacheable host memory: the device sees the
+    // guest's cached writes, so the guest needs no cache maintenance for DMA.
+    w.propertyNull('dma-coherent');
     w.endNode(n);
   }
 

@@ -12,7 +12,9 @@
  *                 |   per CPU                       |
  *   0x0_EFFE_C000 | PL011 #0 (SPI 1, INTID 33)      |  console, ttyAMA0
  *   0x0_EFFE_B000 | PL011 #1 (SPI 2, INTID 34)      |
- *   0x0_C000_0000 +--------------------------------+  MMIO gap [3 GiB, 4 GiB) [ours]
+ *                 | (free)                          |
+ *   0x0_C000_0000 | virtio-mmio slots, 4 KiB each   |  8 slots, SPIs 16-23 [ours]
+ *                 +--------------------------------+  MMIO gap [3 GiB, 4 GiB) [ours]
  *                 | RAM (at most 2 GiB below gap)   |
  *                 |   DTB    next page after kernel |
  *                 |   kernel next 2 MiB after initrd|
@@ -50,6 +52,27 @@ export const PL011_0_START = 0xeffe_c000;
 export const PL011_0_SPI = 1;
 export const PL011_1_START = 0xeffe_b000;
 export const PL011_1_SPI = 2;
+/**
+ * [ours] virtio-mmio slots (OpenVMM's arm64 guests have none: its devices sit
+ * on VMBus). 4 KiB each at the bottom of the MMIO gap, 768 MiB below the
+ * PL011s and GIC frames OpenVMM fixes near its top, so neither can grow into
+ * the other. Eight slots: the x86 limit (IOAPIC pins 16-23), which the config
+ * validator enforces for every architecture.
+ */
+export const VIRTIO_MMIO_START = MMIO_LOW_START;
+export const VIRTIO_MMIO_SLOT_SIZE = 0x1000;
+export const VIRTIO_MMIO_SLOT_COUNT = 8;
+export const VIRTIO_MMIO_LAST = VIRTIO_MMIO_START + VIRTIO_MMIO_SLOT_COUNT * VIRTIO_MMIO_SLOT_SIZE - 1;
+/**
+ * One SPI per slot, 16-23 (INTID 48-55), edge-triggered (docs/virtio.md,
+ * "Transport"). QEMU's virt machine starts its virtio-mmio SPIs at 16 too;
+ * they are clear of the PL011s' SPIs 1-2 and well inside the 224 SPIs KVM's
+ * vGIC has when userspace does not set KVM_DEV_ARM_VGIC_GRP_NR_IRQS.
+ */
+export const VIRTIO_MMIO_FIRST_SPI = 16;
+export const VIRTIO_MMIO_SPIS: readonly number[] = Array.from({ length: VIRTIO_MMIO_SLOT_COUNT }, (_, i) => VIRTIO_MMIO_FIRST_SPI + i);
+/** SPIs KVM's vGICv3 offers by default (VGIC_NR_IRQS_LEGACY 256 minus the 32 private interrupts). */
+export const KVM_DEFAULT_SPI_COUNT = 224;
 /** OpenVMM's apb_pclk; the PL011 model ignores it, but Linux's driver needs a rate to compute divisors. */
 export const UART_CLOCK_HZ = 24_000_000;
 

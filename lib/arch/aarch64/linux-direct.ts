@@ -10,7 +10,7 @@
 import { ConfigError } from '../../errors';
 import type { GuestMemory } from '../../memory/guest-memory';
 import { alignUp, hex } from '../../util/bytes';
-import { arm64DefaultDevices, buildArm64DeviceTree } from './fdt';
+import { arm64DefaultDevices, buildArm64DeviceTree, type Arm64VirtioMmio } from './fdt';
 import { checkArm64ImageBootable, parseArm64Image } from './image';
 import { DTB_MAX_SIZE, INITRD_OFFSET, KERNEL_ALIGN, PAGE_SIZE, RAM_START, arm64RamRanges } from './layout';
 
@@ -27,6 +27,8 @@ export interface Arm64LinuxDirectOptions {
   /** Guest RAM size; ranges come from arm64RamRanges and must be mapped in `mem`. */
   memoryBytes: number;
   psciVersion?: '0.2' | '1.0';
+  /** virtio-mmio slots the caller wires on its MMIO bus; each gets a device-tree node. */
+  virtioMmio?: readonly Arm64VirtioMmio[];
 }
 
 export interface Arm64BootRegs {
@@ -79,6 +81,7 @@ export function loadLinuxDirectArm64(mem: GuestMemory, o: Arm64LinuxDirectOption
     ...(o.initrd ? { initrd: { start: initrdStart, end: initrdEnd } } : {}),
     psciVersion: o.psciVersion ?? '0.2',
     ...arm64DefaultDevices(o.cpuMpidrs.length),
+    ...(o.virtioMmio ? { virtioMmio: o.virtioMmio } : {}),
   });
   if (dtb.length > DTB_MAX_SIZE) throw layoutError('cpus', `device tree is ${dtb.length} bytes; booting.rst allows at most ${DTB_MAX_SIZE}`);
   const need = dtbGpa + dtb.length;

@@ -1,6 +1,6 @@
 import test from 'ava';
-import { arm64DefaultDevices, buildArm64DeviceTree, type Arm64DeviceTreeOptions } from '../../../lib/arch/aarch64/fdt';
-import { arm64RamRanges, kvmDefaultMpidr } from '../../../lib/arch/aarch64/layout';
+import { arm64DefaultDevices, buildArm64DeviceTree, type Arm64DeviceTreeOptions, type Arm64VirtioMmio } from '../../../lib/arch/aarch64/fdt';
+import { arm64RamRanges, kvmDefaultMpidr, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_SPIS, VIRTIO_MMIO_START } from '../../../lib/arch/aarch64/layout';
 import { findNode, getCells, getString, getStringList, getU32, parseFdt } from '../../../lib/fdt/reader';
 import { ConfigError } from '../../../lib/errors';
 import { decompile, fdtget, fdtlist } from '../fdt/dtc-tools';
@@ -108,4 +108,58 @@ test('without an initrd /chosen has no initrd properties', (t) => {
 test('impossible inputs are ConfigErrors listing every problem', (t) => {
   const e = t.throws(() => buildArm64DeviceTree(options(1, { cpuMpidrs: [0x8000_0001n, 0x1n], memory: [], cmdline: 'x'.repeat(2048), uarts: [] })), { instanceOf: ConfigError });
   t.deepEqual(e?.issues.map((i) => i.path), ['cpuMpidrs[1]', 'memory', 'cmdline', 'uarts']);
+});
+
+/** The slots Arm64LinuxVm asks for: the layout's first `n` windows and SPIs. */
+function virtioSlotsOf(n: number): Arm64VirtioMmio[] {
+  return Array.from({ length: n }, (_, i) => ({ base: VIRTIO_MMIO_START + i * VIRTIO_MMIO_SLOT_SIZE, size: VIRTIO_MMIO_SLOT_SIZE, spi: VIRTIO_MMIO_SPIS[i]! }));
+}
+
+for (const slots of [1, 8]) {
+  test(`a tree with ${slots} virtio-mmio slot(s) decompiles with dtc without a single warning`, (t) => {
+    const r = decompile(buildArm64DeviceTree(options(2, { virtioMmio: virtioSlotsOf(slots) })));
+    t.is(r.status, 0);
+    t.is(r.stderr, '');
+    t.is(r.stdout.match(/compatible = "virtio,mmio"/g)?.length, slots);
+  });
+}
+
+test('fdtget reads back compatible, reg, an edge-rising SPI and dma-coherent for every virtio slot', (t) => {
+  const blob = buildArm64DeviceTree(options(1, { virtioMmio: virtioSlotsOf(3) }));
+  t.deepEqual(
+    fdtlist(blob, '/').filter((n) => n.startsWith('virtio_mmio@')),
+    ['virtio_mmio@c0000000', 'virtio_mmio@c0001000', 'virtio_mmio@c0002000'],
+  );
+  for (let i = 0; i < 3; i++) {
+    const node = `/virtio_mmio@${(0xc000_0000 + i * 0x1000).toString(16)}`;
+    t.is(fdtget(blob, node, 'compatible', 's'), 'virtio,mmio');
+    t.is(fdtget(blob, node, 'reg', 'x'), `0 ${(0xc000_0000 + i * 0x1000).toString(16)} 0 1000`);
+    // GIC_SPI (0), SPI 16 + i, IRQ_TYPE_EDGE_RISING (1).
+    t.is(fdtget(blob, node, 'interrupts', 'u'), `0 ${16 + i} 1`);
+    // fdtget prints an empty property as an empty line; a missing one is an error.
+    t.is(fdtget(blob, node, 'dma-coherent'), '');
+  }
+});
+
+test('without virtio slots the tree has no virtio node', (t) => {
+  t.false(fdtlist(buildArm64DeviceTree(options(1)), '/').some((n) => n.startsWith('virtio_mmio')));
+});
+
+test('a virtio slot on a uart SPI, a repeated base or an empty window is a ConfigError naming each', (t) => {
+  const e = t.throws(
+    () =>
+      buildArm64DeviceTree(
+        options(1, {
+          virtioMmio: [
+            { base: 0xc000_0000, size: 0x1000, spi: 1 },
+            { base: 0xc000_0000, size: 0x1000, spi: 16 },
+            { base: 0xc000_1000, size: 0, spi: 16 },
+          ],
+        }),
+      ),
+    { instanceOf: ConfigError },
+  );
+  t.deepEqual(e?.issues.map((i) => i.path), ['virtioMmio[0].spi', 'virtioMmio[1].base', 'virtioMmio[2].size', 'virtioMmio[2].spi']);
+  t.is(e?.issues[0]?.message, 'spi 1 is already the interrupt of the uart 0xeffec000');
+  t.is(e?.issues[3]?.message, 'spi 16 is already the interrupt of the virtio-mmio slot 0xc0000000');
 });

@@ -16,6 +16,7 @@ test('no device overlaps another or ram, and all sit inside the mmio gap', (t) =
     { name: 'redist', start: redist.start, size: redist.size },
     { name: 'uart0', start: L.PL011_0_START, size: L.PL011_SIZE },
     { name: 'uart1', start: L.PL011_1_START, size: L.PL011_SIZE },
+    { name: 'virtio', start: L.VIRTIO_MMIO_START, size: L.VIRTIO_MMIO_LAST + 1 - L.VIRTIO_MMIO_START },
   ];
   for (const a of regions) {
     t.true(a.start >= L.MMIO_LOW_START && a.start + a.size <= L.MMIO_LOW_START + L.MMIO_LOW_SIZE, a.name);
@@ -23,6 +24,15 @@ test('no device overlaps another or ram, and all sit inside the mmio gap', (t) =
   }
   t.is(L.GIC_DIST_START % 0x10000, 0);
   t.is(L.GIC_REDIST_START % 0x10000, 0);
+});
+
+test('virtio-mmio slots have one SPI each, none shared with a uart, all within the vGIC default SPIs', (t) => {
+  t.is(L.VIRTIO_MMIO_SPIS.length, L.VIRTIO_MMIO_SLOT_COUNT);
+  const spis = [L.PL011_0_SPI, L.PL011_1_SPI, ...L.VIRTIO_MMIO_SPIS];
+  t.is(new Set(spis).size, spis.length);
+  for (const s of spis) t.true(s >= 0 && s < L.KVM_DEFAULT_SPI_COUNT, `spi ${s}`);
+  t.is(L.VIRTIO_MMIO_START % L.VIRTIO_MMIO_SLOT_SIZE, 0);
+  t.true(L.VIRTIO_MMIO_START >= L.RAM_START + L.RAM_LOW_MAX_SIZE, 'above the largest low ram');
 });
 
 test('ram starts at 1 GiB and continues above 4 GiB past the mmio gap', (t) => {
