@@ -47,12 +47,14 @@ options:
                          ,ro makes it read-only; repeat for more disks
   --net tap:NAME[,mac=MAC]
                          a virtio-net NIC on host TAP NAME (eth0, eth1, ... in order),
-                         created if missing (needs CAP_NET_ADMIN); repeat for more NICs
+                         created if missing (needs CAP_NET_ADMIN); repeat for more NICs;
+                         x86 only for now
   --rng                  a virtio-rng device (the guest's /dev/hwrng)
   --virtio-console       a virtio console (the guest's hvc0); bound to the terminal
                          when --com1 none
   --vsock CID            a virtio-vsock device with guest context ID CID (3 to
-                         4294967294, unique on this host), backed by /dev/vhost-vsock
+                         4294967294, unique on this host), backed by /dev/vhost-vsock;
+                         x86 only for now
   --trace                print boot phase timings and the memory layout to stderr
   --verbose              show stack traces for errors
   -h, --help             this help

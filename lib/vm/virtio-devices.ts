@@ -1,9 +1,11 @@
 /**
  * The virtio-mmio devices of a VM: which slot (address, GSI) each configured
  * device gets, opening disk images with one-sentence errors, and attaching
- * transports to the MMIO bus and IRQ lines. Slots come from
- * lib/arch/x86_64/layout.ts; the same list feeds the DSDT (LNRO0005 nodes),
- * so what the guest is told and what is wired cannot drift apart.
+ * transports to the MMIO bus and IRQ lines. Slots come from the machine's
+ * layout (x86: lib/arch/x86_64/layout.ts, the default; arm64: the caller's
+ * placement from lib/arch/aarch64/layout.ts); the same list feeds the DSDT
+ * (LNRO0005 nodes) or the device tree (virtio,mmio nodes), so what the guest
+ * is told and what is wired cannot drift apart.
  */
 import * as fs from 'node:fs';
 import { VIRTIO_MMIO_GSIS, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START } from '../arch/x86_64/layout';
@@ -26,17 +28,32 @@ import type { SerialPort } from './serial-port';
 export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'vsock' } | { kind: 'rng' } | { kind: 'console' };
 
 export interface VirtioSlot extends VirtioMmioDesc {
+  /** The slot's interrupt: a GSI on x86, an SPI number (INTID - 32) on arm64. */
+  irq: number;
   device: VirtioSlotKind;
 }
 
+/** Where a machine's slots go: the first window, the window size, one interrupt per slot (a GSI on x86, an SPI on arm64). */
+export interface VirtioSlotPlacement {
+  start: number;
+  slotSize: number;
+  irqs: readonly number[];
+}
+
+/** x86: below the IOAPIC, IOAPIC pins 16-23. */
+export const X86_VIRTIO_PLACEMENT: VirtioSlotPlacement = { start: VIRTIO_MMIO_START, slotSize: VIRTIO_MMIO_SLOT_SIZE, irqs: VIRTIO_MMIO_GSIS };
+
 /** Slots in a fixed order (disks, net, vsock, rng, console), so a config always gives the same addresses. */
-export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock'] }): VirtioSlot[] {
+export function virtioSlots(
+  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock'] },
+  placement: VirtioSlotPlacement = X86_VIRTIO_PLACEMENT,
+): VirtioSlot[] {
   const kinds: VirtioSlotKind[] = [...cfg.disks.map((_, index) => ({ kind: 'blk' as const, index })), ...(cfg.net ?? []).map((_, index) => ({ kind: 'net' as const, index }))];
   if (cfg.vsock) kinds.push({ kind: 'vsock' });
   if (cfg.rng) kinds.push({ kind: 'rng' });
   if (cfg.virtioConsole) kinds.push({ kind: 'console' });
-  if (kinds.length > VIRTIO_MMIO_GSIS.length) {
-    throw new NodevmmError('ERR_CONFIG', `${kinds.length} virtio devices were asked for, at most ${VIRTIO_MMIO_GSIS.length} fit (one interrupt each)`);
+  if (kinds.length > placement.irqs.length) {
+    throw new NodevmmError('ERR_CONFIG', `${kinds.length} virtio devices were asked for, at most ${placement.irqs.length} fit (one interrupt each)`);
   }
   // Every slot is edge-triggered. vsock: vhost's irqfd delivers one pulse per
   // interrupt, and an edge latched while the guest handles the last one is
@@ -45,9 +62,9 @@ export function virtioSlots(cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virti
   // when the driver ACKs, so the vCPU threads answer InterruptStatus and
   // InterruptACK themselves, two exits per interrupt that never reach JS.
   return kinds.map((device, i) => ({
-    base: VIRTIO_MMIO_START + i * VIRTIO_MMIO_SLOT_SIZE,
-    size: VIRTIO_MMIO_SLOT_SIZE,
-    irq: VIRTIO_MMIO_GSIS[i]!,
+    base: placement.start + i * placement.slotSize,
+    size: placement.slotSize,
+    irq: placement.irqs[i]!,
     trigger: 'edge',
     device,
   }));
