@@ -265,13 +265,17 @@ export class Vm extends EventEmitter<VmEvents> {
     const vcpus = p.vcpus.map((v) => {
       try {
         const r = v.getRegs();
-        return `vcpu${v.index} rip ${hex(r.rip)} rflags ${hex(r.rflags)} mp_state ${v.native.getMpState()}`;
+        return `vcpu${v.index} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.native.getMpState()} ${describeLapic(v.getLapic())}`;
       } catch (e) {
         return `vcpu${v.index} (${(e as Error).message})`;
       }
     });
+    const uarts = Object.entries(m.uarts).map(([name, u]) => {
+      const s = u!.snapshot();
+      return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending}`;
+    });
     const st = p.stats();
-    return `${vcpus.join('; ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
+    return `${vcpus.join('; ')}; ${uarts.join(', ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
   }
 
   /** Host-initiated reset: a power cycle into the same kernel and config. */
@@ -437,3 +441,23 @@ process.once('exit', () => {
     if (vm && vm.state !== 'stopped') void vm.kill();
   }
 });
+
+/**
+ * The LAPIC state that says why a vCPU waits: the highest vector in service
+ * and requested, and the timer (mode, initial and current count). From the
+ * kvm_lapic_state register page (Intel SDM vol. 3, table 11-1).
+ */
+function describeLapic(page: Uint8Array): string {
+  const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
+  const reg = (off: number) => dv.getUint32(off, true);
+  const highest = (base: number) => {
+    for (let i = 7; i >= 0; i--) {
+      const w = reg(base + i * 16);
+      if (w) return `0x${(i * 32 + 31 - Math.clz32(w)).toString(16)}`;
+    }
+    return '-';
+  };
+  const lvtt = reg(0x320);
+  const mode = ['oneshot', 'periodic', 'deadline', 'reserved'][(lvtt >>> 17) & 3];
+  return `lapic isr ${highest(0x100)} irr ${highest(0x200)} tpr 0x${reg(0x80).toString(16)} timer ${mode}${lvtt & 0x10000 ? ' masked' : ''} vector 0x${(lvtt & 0xff).toString(16)} init ${reg(0x380)} cur ${reg(0x390)}`;
+}

@@ -39,7 +39,10 @@ kvm('diagnose() says where a running guest is and leaves it paused', async (t) =
   await vm.start();
   await vm.expect('D');
   const d = await vm.diagnose();
-  t.regex(d, /^vcpu0 rip 0x[0-9a-f]+ rflags 0x[0-9a-f]+ mp_state \d+; exits to js \d+, native \d+, posted \d+; notifications \d+, rescues \d+$/);
+  t.regex(
+    d,
+    /^vcpu0 rip 0x[0-9a-f]+ rsp 0x[0-9a-f]+ rflags 0x[0-9a-f]+ mp_state \d+ lapic isr (0x[0-9a-f]+|-) irr (0x[0-9a-f]+|-) tpr 0x[0-9a-f]+ timer (oneshot|periodic|deadline)( masked)? vector 0x[0-9a-f]+ init \d+ cur \d+; com1 ier 0x[0-9a-f]+ lcr 0x[0-9a-f]+ mcr 0x[0-9a-f]+ thre-pending (true|false)(, com\d ier 0x[0-9a-f]+ lcr 0x[0-9a-f]+ mcr 0x[0-9a-f]+ thre-pending (true|false))*; exits to js \d+, native \d+, posted \d+; notifications \d+, rescues \d+$/,
+  );
   t.is(vm.state, 'paused');
   await vm.kill();
   t.is(await vm.diagnose(), 'vm stopped');
