@@ -113,7 +113,6 @@ export class Arm64LinuxVm {
       gicRedistributor: gicRedistributorRange(o.vcpus).start,
       ...(o.dispatchSpinUs !== undefined ? { dispatchSpinUs: o.dispatchSpinUs } : {}),
     });
-    let virtio: AttachedVirtio | undefined;
     try {
       for (const r of arm64RamRanges(memoryBytes)) partition.addRam({ gpa: r.gpa, size: r.size, name: `ram@${r.gpa.toString(16)}` });
       this.mpidrs = partition.vcpus.map((v) => partition.mpidr(v.index));
@@ -134,7 +133,8 @@ export class Arm64LinuxVm {
       this.secondUart = new Pl011('pl011-1', new SpiLine(partition, PL011_1_SPI), discard);
       partition.mmio.register(PL011_0_START, PL011_SIZE, this.console);
       partition.mmio.register(PL011_1_START, PL011_SIZE, this.secondUart);
-      this.virtio = virtio = attachVirtioDevices({
+      // Last, so nothing after it can fail: on its own failure it closes what it opened.
+      this.virtio = attachVirtioDevices({
         cfg: virtioCfg,
         slots,
         memory: partition.memory,
@@ -146,7 +146,6 @@ export class Arm64LinuxVm {
         directIo: partition,
       });
     } catch (e) {
-      virtio?.dispose();
       partition.destroy();
       throw e;
     }
