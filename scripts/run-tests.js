@@ -289,11 +289,14 @@ async function runE2eArm64() {
   if (spawnSync('qemu-system-aarch64', ['--version']).error) {
     return process.env.CI ? { passed: 0, failed: 1, skipped: 0 } : skipped(files, 'qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)');
   }
-  if (!fs.existsSync(path.join(ROOT, 'build-arm64', 'Release', 'nodevmm.node'))) {
+  const arm64Addon = path.join(ROOT, 'build-arm64', 'Release', 'nodevmm.node');
+  // An addon older than native/ would test yesterday's exit paths (or lack a binding the TS now calls).
+  const arm64Stale = fs.existsSync(arm64Addon) && fs.statSync(arm64Addon).mtimeMs < Math.max(newestMtime(path.join(ROOT, 'native'), () => true), fs.statSync(path.join(ROOT, 'binding.gyp')).mtimeMs);
+  if (!fs.existsSync(arm64Addon) || arm64Stale) {
     if (spawnSync('aarch64-linux-gnu-g++', ['--version']).error) {
       return process.env.CI ? { passed: 0, failed: 1, skipped: 0 } : skipped(files, 'no aarch64 cross compiler to build the arm64 addon (apt-get install g++-aarch64-linux-gnu)');
     }
-    log('cross-building the arm64 addon (scripts/cross-build-arm64.sh)');
+    log(`cross-building the arm64 addon (scripts/cross-build-arm64.sh)${arm64Stale ? ': build-arm64/ is older than native/' : ''}`);
     const r = spawnSync('sh', [path.join(ROOT, 'scripts', 'cross-build-arm64.sh')], { cwd: ROOT, stdio: 'inherit', timeout: 15 * 60 * 1000 });
     if (r.status !== 0) return { passed: 0, failed: 1, skipped: 0 };
   }

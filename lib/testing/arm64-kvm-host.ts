@@ -33,6 +33,19 @@ export const ARM64_HOST_MODULES = [
   'kernel/fs/9p/9p',
 ];
 
+/**
+ * The nodevmm guest's virtio drivers, in insmod order. Debian's arm64 kernel
+ * builds the virtio core and ring in (CONFIG_VIRTIO=y, unlike amd64's =m) and
+ * rng-core too (CONFIG_HW_RANDOM=y); the transport and the drivers are =m and
+ * need nothing else.
+ */
+export const ARM64_GUEST_MODULES = [
+  'kernel/drivers/virtio/virtio_mmio',
+  'kernel/drivers/block/virtio_blk',
+  'kernel/drivers/char/hw_random/virtio-rng',
+  'kernel/drivers/char/virtio_console',
+];
+
 export const ARM64_HOST_READY_MARKER = 'NODEVMM-ARM64-HOST-READY';
 export const ARM64_HOST_EXIT_MARKER = 'NODEVMM-ARM64-HOST-EXIT=';
 export const ARM64_HOST_FAILED_MARKER = 'NODEVMM-ARM64-HOST-FAILED:';
@@ -91,6 +104,15 @@ export function findArm64Artifacts(dir = arm64CacheRoot()): Arm64Artifacts | und
   };
   for (const f of [a.vmlinuz, a.image, a.busybox, a.nodeBin, path.join(a.root, 'lib', 'ld-linux-aarch64.so.1')]) if (!fs.existsSync(f)) return undefined;
   return a;
+}
+
+/** ARM64_GUEST_MODULES read from the unpacked kernel package, for buildTestInitramfs. */
+export function arm64GuestModules(a: Arm64Artifacts): { name: string; data: Uint8Array }[] {
+  return ARM64_GUEST_MODULES.map((m) => {
+    const file = path.join(a.modulesDir, `${m}.ko`);
+    if (!fs.existsSync(file)) throw new NodevmmError('ERR_ARM64_ARTIFACTS', `arm64 guest module ${file} is missing: kernel ${a.kernelVersion} does not build it as a module`);
+    return { name: path.basename(m), data: new Uint8Array(fs.readFileSync(file)) };
+  });
 }
 
 /**
