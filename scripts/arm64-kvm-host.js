@@ -40,9 +40,11 @@ async function guest() {
     const nproc = /GUEST-NPROC=(\d+)/.exec(out)?.[1];
     // nodevmm run exits 0 only when the guest powered off (PSCI SYSTEM_OFF).
     const reason = r.status === 0 ? 'poweroff' : `exit status ${r.status}: ${r.stderr.toString().trim()}`;
-    const result = { vcpus, reason, initOk, nproc: nproc ? Number(nproc) : null, runMs: Date.now() - t0 };
+    // The init prints this for a module insmod refused (a missing dependency, a version mismatch).
+    const insmodFailed = [...out.matchAll(/GUEST-INSMOD-FAILED=(\S+)/g)].map((m) => m[1]);
+    const result = { vcpus, reason, initOk, nproc: nproc ? Number(nproc) : null, insmodFailed, runMs: Date.now() - t0 };
     console.log(`ARM64-PROOF ${JSON.stringify(result)}`);
-    if (!initOk || reason !== 'poweroff' || Number(nproc) !== vcpus) failed = true;
+    if (!initOk || reason !== 'poweroff' || Number(nproc) !== vcpus || insmodFailed.length) failed = true;
   }
   if (!virtioRun(a, initrdPath)) failed = true;
   process.exit(failed ? 1 : 0);
