@@ -6,7 +6,7 @@
  * ratios. Needs a real KVM: where /dev/kvm is KVM-PVM run it through the
  * emulated host,
  *
- *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N]
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N] [--only nodevmm|qemu] [--trace]
  *
  * blk: one raw image (in the host's page cache, the same file for both VMMs,
  * QEMU with its defaults: cache=writeback, aio=threads), and in the guest
@@ -38,6 +38,9 @@ const opt = (name, dflt) => {
   return i >= 0 ? Number(args[i + 1]) : dflt;
 };
 const RUNS = opt('--runs', 3);
+/** `--only nodevmm|qemu`: measure one VMM (no ratio); `--trace`: nodevmm prints where its exits went. */
+const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+const TRACE = args.includes('--trace');
 const MIB = opt('--mib', mode === 'net' ? 4 : 256);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -53,6 +56,7 @@ function run(cmd, argv, timeoutMs) {
       clearTimeout(timer);
       const markers = {};
       for (const m of out.replace(/\r/g, '').matchAll(/^GUEST-([A-Z0-9-]+)=(.*)$/gm)) markers[m[1]] = m[2];
+      for (const m of out.matchAll(/^nodevmm: (build phases|exits answered in JS).*$/gm)) console.log(`  ${m[0]}`);
       if (!('BENCH-DONE' in markers)) return reject(new Error(`${path.basename(cmd)} exited ${status} before the benchmark finished; output tail:\n${out.slice(-1500)}`));
       resolve(markers);
     });
@@ -84,13 +88,13 @@ async function blk() {
     ].join('\n');
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const vmms = {
-      nodevmm: () => run(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--disk', image], 300_000),
+      nodevmm: () => run(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--disk', image, ...(TRACE ? ['--trace'] : [])], 300_000),
       qemu: () => run('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', initrd, '-append', cmdline, '-drive', `id=d0,file=${image},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0'], 300_000),
     };
     const rows = { nodevmm: [], qemu: [] };
     const failures = { nodevmm: 0, qemu: 0 };
     for (let i = 0; i < RUNS; i++) {
-      for (const who of ['nodevmm', 'qemu']) {
+      for (const who of ONLY ? [ONLY] : ['nodevmm', 'qemu']) {
         for (let tries = 0; ; tries++) {
           try {
             const m = await vmms[who]();
@@ -112,6 +116,7 @@ async function blk() {
     console.log(`Debian ${a.kernelVersion}, virtio-blk over virtio-mmio, ${MIB} MiB raw image in the host page cache, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, medians`);
     if (failures.nodevmm + failures.qemu) console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}`);
     const line = (name, f, unit) => {
+      if (ONLY) return console.log(`  ${name.padEnd(34)} ${ONLY} ${median(rows[ONLY].map(f)).toFixed(0).padStart(7)} ${unit}`);
       const n = median(rows.nodevmm.map(f));
       const q = median(rows.qemu.map(f));
       console.log(`  ${name.padEnd(34)} nodevmm ${n.toFixed(0).padStart(7)} ${unit}   qemu ${q.toFixed(0).padStart(7)} ${unit}   ratio ${(n / q).toFixed(2)}x`);

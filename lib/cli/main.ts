@@ -105,7 +105,14 @@ async function run(argv: readonly string[]): Promise<number> {
     if (args.trace) {
       process.stderr.write(`nodevmm: build phases ${vm.timings.map(([n, ms]) => `${n} ${ms.toFixed(1)}ms`).join(', ')}\n`);
     }
+    let exitsByDevice: ReturnType<Vm['jsExitsByDevice']> = [];
+    // Read as the VM starts stopping, while its machine (and counters) still exist.
+    if (args.trace) vm.on('state', (s) => s === 'stopping' && (exitsByDevice = vm.jsExitsByDevice()));
     const stop = await vm.waitForStop();
+    if (args.trace) {
+      const top = exitsByDevice.slice(0, 8).map((d) => `${d.name}@0x${d.start.toString(16)} ${d.accesses}`);
+      process.stderr.write(`nodevmm: exits answered in JS, by device: ${top.join(', ') || 'none'}\n`);
+    }
     // Let batched console output reach the terminal before we exit.
     await new Promise((r) => setImmediate(r));
     if (stop.reason !== 'poweroff' && stop.reason !== 'killed') process.stderr.write(`nodevmm: vm stopped: ${stop.reason}: ${stop.message}\n`);

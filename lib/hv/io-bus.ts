@@ -75,6 +75,8 @@ export interface BusRange {
   interruptStatus?: { read: number; ack: number };
   shadow?: ShadowBlock;
   shadowBlock?: number;
+  /** Accesses that reached this range's device in JS (the native fast paths do not count). */
+  jsAccesses: number;
 }
 
 export class IoBus {
@@ -117,7 +119,7 @@ export class IoBus {
     if (isr && [isr.read, isr.ack].some((o) => !Number.isInteger(o) || o < 0 || o % 4 !== 0 || o + 4 > length)) {
       throw new NodevmmError('ERR_BUS_RANGE', `interrupt-status registers of ${device.name} at ${isr.read}/${isr.ack} must be 4-byte aligned offsets inside the range`);
     }
-    const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [], interruptStatus: isr };
+    const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [], interruptStatus: isr, jsAccesses: 0 };
     if ((range.posted.length || range.shadowed.length || isr) && this.shadowAllocator) {
       const a = this.shadowAllocator(range);
       range.shadow = a.shadow;
@@ -130,7 +132,7 @@ export class IoBus {
   /** Claim a range that reads as a constant and ignores writes, answered without JS. */
   registerConstant(start: number, length: number, name: string, value: number): BusRange {
     this.checkFree(start, length, name);
-    const range: BusRange = { start, length, name, constant: value, posted: [], shadowed: [] };
+    const range: BusRange = { start, length, name, constant: value, posted: [], shadowed: [], jsAccesses: 0 };
     this.insert(range);
     return range;
   }
@@ -175,6 +177,7 @@ export class IoBus {
       this.unclaimedReads++;
       return size >= 4 ? 0xffffffff : (1 << (size * 8)) - 1;
     }
+    r.jsAccesses++;
     if (r.constant !== undefined) return r.constant;
     return r.device!.read(address - r.start, size);
   }
@@ -185,6 +188,7 @@ export class IoBus {
       this.unclaimedWrites++;
       return;
     }
+    r.jsAccesses++;
     if (r.constant !== undefined) return;
     r.device!.write(address - r.start, size, value);
   }

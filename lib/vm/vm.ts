@@ -278,6 +278,20 @@ export class Vm extends EventEmitter<VmEvents> {
     return `${vcpus.join('; ')}; ${uarts.join(', ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
   }
 
+  /**
+   * Which device ranges cost exits to JS so far in this boot, busiest first
+   * (`name@start: count`), for finding what keeps the event loop busy;
+   * accesses answered on the vCPU threads are not counted. Empty before start.
+   */
+  jsExitsByDevice(): Array<{ name: string; start: number; accesses: number }> {
+    const p = this.machine?.partition;
+    if (!p) return [];
+    return [...p.pio.list(), ...p.mmio.list()]
+      .filter((r) => r.jsAccesses > 0)
+      .map((r) => ({ name: r.name, start: r.start, accesses: r.jsAccesses }))
+      .sort((a, b) => b.accesses - a.accesses);
+  }
+
   /** Host-initiated reset: a power cycle into the same kernel and config. */
   async reset(): Promise<void> {
     assertAllowed('reset', this._state);
