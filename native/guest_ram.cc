@@ -14,6 +14,25 @@ constexpr napi_type_tag kGuestRamTag = {0x6e6f6465766d6d2dull, 0x67756573747261u
 // One ArrayBuffer per GiB: V8's limit on a single buffer is well above that
 // on 64-bit hosts, but typed-array lengths and some APIs still assume < 2^32.
 constexpr uint64_t kDefaultViewSize = 1ull << 30;
+
+// Guest RAM starts on a 2 MiB boundary, as a guest-physical region does:
+// only then can a transparent huge page back a 2 MiB guest page and KVM map
+// it with one large nested-page entry (the host address and the GPA must
+// agree modulo 2 MiB). Reserves `size` bytes so aligned (PROT_NONE, to be
+// mapped over with MAP_FIXED), or returns nullptr.
+constexpr uint64_t kHugePage = 2ull << 20;
+void* ReserveAligned(uint64_t size) {
+  uint64_t span = size + kHugePage;
+  // SAFETY: a fresh PROT_NONE reservation; we trim it to [start, start+size).
+  void* raw = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  uintptr_t base = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t start = (base + kHugePage - 1) & ~(kHugePage - 1);
+  if (start > base) munmap(raw, start - base);
+  uintptr_t end = start + size;
+  if (base + span > end) munmap(reinterpret_cast<void*>(end), base + span - end);
+  return reinterpret_cast<void*>(start);
+}
 }  // namespace
 
 Napi::Function GuestRam::Init(Napi::Env env) {
@@ -56,21 +75,27 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
       ThrowErrno(env, err, "ftruncate", nullptr, "size guest ram memfd");
       return;
     }
-    // SAFETY: fd is a fresh memfd of exactly `size` bytes.
-    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    void* at = ReserveAligned(size);
+    // SAFETY: fd is a fresh memfd of exactly `size` bytes; `at` is our own
+    // reservation of that size (or null: let the kernel choose).
+    p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0), fd, 0);
     if (p == MAP_FAILED) {
       int err = errno;
+      if (at) munmap(at, size);
       close(fd);
       ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
       return;
     }
     memfd_ = fd;
   } else {
-    // SAFETY: anonymous private mapping; MAP_NORESERVE so a large guest only
-    // costs the pages it touches.
-    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* at = ReserveAligned(size);
+    // SAFETY: anonymous private mapping over our own reservation of the same
+    // size; MAP_NORESERVE so a large guest only costs the pages it touches.
+    p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (at ? MAP_FIXED : 0), -1, 0);
     if (p == MAP_FAILED) {
-      ThrowErrno(env, errno, "mmap", nullptr, "map guest ram");
+      int err = errno;
+      if (at) munmap(at, size);
+      ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
       return;
     }
   }

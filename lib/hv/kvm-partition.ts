@@ -47,6 +47,10 @@ export const DEFAULT_TSS_ADDRESS = 0xfffbd000;
 export const DEFAULT_IDENTITY_MAP_ADDRESS = 0xfffbc000;
 
 const MAX_VCPUS = 255;
+/** include/uapi/linux/kvm.h */
+const KVM_CAP_TSC_DEADLINE_TIMER = 72;
+/** Guest RAM of at least this size asks for transparent huge pages (native/guest_ram.cc aligns it to them). */
+const HUGE_PAGE = 2 * 1024 * 1024;
 /** Longest the dispatcher holds the event loop in one go before yielding (ns). */
 const DISPATCH_TURN_NS = 2_000_000n;
 
@@ -182,10 +186,11 @@ export class KvmPartition extends EventEmitter implements Partition {
         if (opts.pit ?? true) native(() => this.vm.createPit2(0));
       }
       const cpuid = opts.cpuid ?? true ? supportedCpuid(this.binding) : undefined;
+      const tscDeadline = this.irqchip && native(() => this.vm.checkExtension(KVM_CAP_TSC_DEADLINE_TIMER)) > 0;
       for (let i = 0; i < opts.vcpus; i++) {
         const nv = native(() => this.vm.createVcpu(i));
         const v = new KvmVcpu(i, nv, layout.ringEntries);
-        if (cpuid) native(() => nv.setCpuid2(adjustCpuid(cpuid, i, opts.vcpus)));
+        if (cpuid) native(() => nv.setCpuid2(adjustCpuid(cpuid, i, opts.vcpus, { tscDeadline })));
         this.vcpus.push(v);
       }
       this.pio.shadowAllocator = (r) => this.allocShadow(r);
@@ -230,6 +235,13 @@ export class KvmPartition extends EventEmitter implements Partition {
     const ramOpts: { memfd?: boolean; name?: string } = { name };
     if (opts.memfd) ramOpts.memfd = true;
     const ram = native(() => new this.binding.GuestRam(size, ramOpts));
+    if (opts.hugepages !== false && size >= HUGE_PAGE) {
+      try {
+        ram.advise('hugepage');
+      } catch {
+        // A host without transparent huge pages (THP "never", or not built): 4 KiB pages work too.
+      }
+    }
     try {
       const slot = this.nextSlot;
       native(() => this.vm.setUserMemoryRegion(slot, gpa, ram, 0, size, { readonly: !!opts.readonly }));
