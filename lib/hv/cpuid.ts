@@ -3,12 +3,24 @@
  * consistent topology (one socket, `count` cores, APIC ID = vCPU index) and
  * the hypervisor bit. KVM's paravirt leaves (0x40000000 "KVMKVMKVM") come
  * from KVM_GET_SUPPORTED_CPUID already and are passed through.
+ *
+ * The TSC-deadline timer is the one feature KVM emulates but leaves out of
+ * that table (api.rst, KVM_CAP_TSC_DEADLINE_TIMER): the caller says whether
+ * the in-kernel LAPIC has it, and we set CPUID.1:ECX[24], as QEMU does.
+ * Without it Linux falls back to the LAPIC timer in one-shot mode, which it
+ * must calibrate at boot, and every timer event costs a counter write.
  */
 import type { CpuidEntry } from './native';
 
 const HYPERVISOR_BIT = 1 << 31; // CPUID.1:ECX[31]
+const TSC_DEADLINE_BIT = 1 << 24; // CPUID.1:ECX[24]
 
-export function adjustCpuid(supported: readonly CpuidEntry[], index: number, count: number): CpuidEntry[] {
+export interface CpuidAdjustOptions {
+  /** The in-kernel LAPIC emulates the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER). */
+  tscDeadline?: boolean;
+}
+
+export function adjustCpuid(supported: readonly CpuidEntry[], index: number, count: number, opts: CpuidAdjustOptions = {}): CpuidEntry[] {
   const out = supported.map((e) => ({ ...e }));
   for (const e of out) {
     switch (e.function) {
@@ -17,7 +29,7 @@ export function adjustCpuid(supported: readonly CpuidEntry[], index: number, cou
         // EDX[28] HTT says the latter field is valid.
         e.ebx = ((e.ebx & 0x0000ffff) | ((count & 0xff) << 16) | ((index & 0xff) << 24)) >>> 0;
         if (count > 1) e.edx = (e.edx | (1 << 28)) >>> 0;
-        e.ecx = (e.ecx | HYPERVISOR_BIT) >>> 0;
+        e.ecx = (e.ecx | HYPERVISOR_BIT | (opts.tscDeadline ? TSC_DEADLINE_BIT : 0)) >>> 0;
         break;
       case 0x4:
         // Intel deterministic cache leaf: EAX[31:26] = cores per package - 1,
