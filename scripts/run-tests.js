@@ -122,7 +122,9 @@ async function runKvm() {
 }
 
 async function runE2e() {
-  const files = testFiles(TIERS.e2e);
+  // NODEVMM_E2E_FILES=many-vms,virtio runs only those files (by name, without .test.js).
+  const only = process.env.NODEVMM_E2E_FILES?.split(',').map((f) => `${f.trim()}.test.js`);
+  const files = testFiles(TIERS.e2e).filter((f) => !only || only.includes(path.basename(f)));
   if (files.length === 0) return skipped(files, 'no e2e test files');
   const { detectKvm } = require('../dist/lib/testing/detect');
   const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');

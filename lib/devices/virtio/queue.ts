@@ -82,6 +82,7 @@ export class SplitQueue {
   private usedIdx = 0;
   /** Used index when the driver was last interrupted (for event-index suppression). */
   private signalledUsed = 0;
+  private desc: DataView | undefined;
 
   /** Checks the layout (size, alignment §2.7 table, all parts inside guest RAM) and throws VirtioQueueError when it is wrong. */
   constructor(mem: GuestMemory, layout: SplitQueueLayout, features: SplitQueueFeatures) {
@@ -104,6 +105,16 @@ export class SplitQueue {
     this.usedIdx = mem.readU16(layout.usedGpa + 2);
     this.lastAvail = this.usedIdx;
     this.signalledUsed = this.usedIdx;
+  }
+
+  /** The descriptor table (checked to lie in RAM at construction); re-made if its memory went away. */
+  private descTable(): DataView {
+    if (this.desc && this.desc.byteLength !== 0) return this.desc;
+    const bytes = DESC_SIZE * this.size;
+    const v = this.mem.view(this.layout.descGpa, bytes);
+    // Only a view stays current; a table across two regions is copied afresh for each chain.
+    if (!v) return this.tableView(this.layout.descGpa, bytes);
+    return (this.desc = new DataView(v.buffer, v.byteOffset, v.byteLength));
   }
 
   private availIdx(): number {
@@ -132,20 +143,34 @@ export class SplitQueue {
     return this.walk(head);
   }
 
-  private readDesc(tableGpa: number, index: number): { gpa: number; length: number; flags: number; next: number } {
-    const at = tableGpa + DESC_SIZE * index;
-    const addr = this.mem.readU64(at);
-    const length = this.mem.readU32(at + 8);
-    const flags = this.mem.readU16(at + 12);
-    const next = this.mem.readU16(at + 14);
-    if (addr > BigInt(Number.MAX_SAFE_INTEGER) - BigInt(length)) throw new VirtioQueueError(`descriptor ${index} address ${addr.toString(16)} with length ${length} overflows`);
-    return { gpa: Number(addr), length, flags, next };
+  /**
+   * The bytes of a descriptor table, read in place (a view of guest memory;
+   * a copy only if the table spans two memory regions). A chain can have
+   * hundreds of descriptors (a 1 MiB block request has 258), so fields are
+   * read straight from one DataView, without BigInt or a lookup per field.
+   */
+  private tableView(gpa: number, bytes: number): DataView {
+    const v = this.mem.view(gpa, bytes) ?? this.mem.read(gpa, bytes);
+    return new DataView(v.buffer, v.byteOffset, v.byteLength);
+  }
+
+  private readDesc(table: DataView, index: number): { gpa: number; length: number; flags: number; next: number } {
+    const at = DESC_SIZE * index;
+    const lo = table.getUint32(at, true);
+    const hi = table.getUint32(at + 4, true);
+    const length = table.getUint32(at + 8, true);
+    const gpa = hi * 2 ** 32 + lo;
+    // Beyond 2^53 a Number is no longer exact, and no guest RAM is up there.
+    if (hi >= 0x20_0000 || gpa + length > Number.MAX_SAFE_INTEGER) {
+      throw new VirtioQueueError(`descriptor ${index} address ${(BigInt(hi) * 2n ** 32n + BigInt(lo)).toString(16)} with length ${length} overflows`);
+    }
+    return { gpa, length, flags: table.getUint16(at + 12, true), next: table.getUint16(at + 14, true) };
   }
 
   private walk(head: number): VirtqChain {
     if (head >= this.size) throw new VirtioQueueError(`available ring names descriptor ${head}, outside a queue of size ${this.size}`);
     const chain: VirtqChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
-    let table = this.layout.descGpa;
+    let table = this.descTable();
     let tableSize = this.size;
     let index = head;
     let indirect = false;
@@ -162,7 +187,7 @@ export class SplitQueue {
         if (!this.mem.isRam(d.gpa, d.length)) throw new VirtioQueueError(`indirect table at ${hex(d.gpa)} with ${d.length} bytes is outside guest ram`);
         if (d.gpa % 8 !== 0) throw new VirtioQueueError(`indirect table at ${hex(d.gpa)} is not 8-byte aligned`);
         indirect = true;
-        table = d.gpa;
+        table = this.tableView(d.gpa, d.length);
         tableSize = d.length / DESC_SIZE;
         budget = tableSize;
         index = 0;
