@@ -275,11 +275,12 @@ export class KvmPartition extends EventEmitter implements Partition {
     // (ram index, offset, length) triples; a buffer across two RAM regions takes two.
     let table = new Float64Array(buffers.length * 3 + 24);
     let n = 0;
+    let i = 0; // the region of the last buffer: most requests stay in one
     for (const b of buffers) {
       let gpa = b.gpa;
       let left = b.length;
       while (left > 0) {
-        const i = this.ramGpas.findIndex((g, k) => gpa >= g && gpa < g + this.rams[k]!.size);
+        if (!(gpa >= this.ramGpas[i]! && gpa < this.ramGpas[i]! + this.rams[i]!.size)) i = this.ramGpas.findIndex((g, k) => gpa >= g && gpa < g + this.rams[k]!.size);
         if (i < 0) throw new GuestMemoryError(`disk ${op} at gpa ${hex(gpa)} is outside guest ram`, gpa, left);
         if (op === 'read' && this.ramReadonly[i]) throw new GuestMemoryError(`disk read at gpa ${hex(gpa)} targets read-only guest memory`, gpa, left, 'ERR_GUEST_MEMORY_READONLY');
         const len = Math.min(left, this.ramGpas[i]! + this.rams[i]!.size - gpa);
