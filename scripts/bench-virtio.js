@@ -41,6 +41,8 @@ const RUNS = opt('--runs', 3);
 /** `--only nodevmm|qemu`: measure one VMM (no ratio); `--trace`: nodevmm prints where its exits went. */
 const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
 const TRACE = args.includes('--trace');
+/** Extra node flags for the nodevmm process (e.g. NODEVMM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'). */
+const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 const MIB = opt('--mib', mode === 'net' ? 4 : 256);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -88,7 +90,7 @@ async function blk() {
     ].join('\n');
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const vmms = {
-      nodevmm: () => run(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--disk', image, ...(TRACE ? ['--trace'] : [])], 300_000),
+      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--disk', image, ...(TRACE ? ['--trace'] : [])], 300_000),
       qemu: () => run('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', initrd, '-append', cmdline, '-drive', `id=d0,file=${image},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0'], 300_000),
     };
     const rows = { nodevmm: [], qemu: [] };

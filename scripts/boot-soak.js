@@ -40,7 +40,9 @@ async function nodevmmBoot(a) {
   await vm.start();
   let diagnosis;
   const timer = setTimeout(() => {
-    vm.diagnose()
+    // A vCPU stuck outside KVM_RUN (waiting for JS) never acknowledges a pause: give diagnose 10 s.
+    const late = new Promise((resolve) => setTimeout(() => resolve('diagnose did not finish in 10 s (a vCPU did not pause)'), 10_000));
+    Promise.race([vm.diagnose(), late])
       .then((d) => (diagnosis = d), (e) => (diagnosis = `diagnose failed: ${e.message}`))
       .finally(() => vm.kill());
   }, TIMEOUT_MS);
