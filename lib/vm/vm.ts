@@ -14,6 +14,7 @@ import { FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
+import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
 import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import { AGENT_READY, execOnSerial, type ExecOptions, type ExecResult } from './exec';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
@@ -259,15 +260,23 @@ export class Vm extends EventEmitter<VmEvents> {
   async diagnose(): Promise<string> {
     const m = this.machine;
     if (!m || (this._state !== 'running' && this._state !== 'paused')) return `vm ${this._state}`;
-    if (this._state === 'running') await this.pause();
+    let note = '';
+    if (this._state === 'running') {
+      // A vCPU that waits for an answer from JS outside KVM_RUN never acknowledges a pause;
+      // that is itself the finding, so do not wait for it forever.
+      const paused = await Promise.race([this.pause().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref())]);
+      if (!paused) note = 'not all vcpus paused within 2 s; ';
+    }
     const p = m.partition;
     const hex = (v: bigint | number) => `0x${v.toString(16)}`;
     const vcpus = p.vcpus.map((v) => {
+      const sh = v.shared;
+      const waiting = sh.pending ? ` waiting for JS on ${sh.kind === EXIT_KIND_PIO ? 'port' : 'mmio'} ${sh.isWrite ? 'write' : 'read'}${sh.size} at ${hex(sh.address)}` : '';
       try {
         const r = v.getRegs();
-        return `vcpu${v.index} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.native.getMpState()} ${describeLapic(v.getLapic())}`;
+        return `vcpu${v.index}${waiting} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.native.getMpState()} ${describeLapic(v.getLapic())}`;
       } catch (e) {
-        return `vcpu${v.index} (${(e as Error).message})`;
+        return `vcpu${v.index}${waiting} (${(e as Error).message})`;
       }
     });
     const uarts = Object.entries(m.uarts).map(([name, u]) => {
@@ -275,7 +284,7 @@ export class Vm extends EventEmitter<VmEvents> {
       return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending}`;
     });
     const st = p.stats();
-    return `${vcpus.join('; ')}; ${uarts.join(', ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
+    return `${note}${vcpus.join('; ')}; ${uarts.join(', ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
   }
 
   /**
