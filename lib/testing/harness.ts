@@ -69,6 +69,8 @@ export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: 
     });
     return await Promise.race([body, deadline]);
   } catch (e) {
+    // Where the guest was (vCPU, LAPIC, UART state) before it is killed: a console may say nothing.
+    if (vm.state === 'running' || vm.state === 'paused') report(t, `NODEVMM-DIAGNOSIS ${await vm.diagnose().catch((d: Error) => `diagnose failed: ${d.message}`)}`);
     for (const n of [1, 2] as const) {
       try {
         const log = vm.serial(n).log();

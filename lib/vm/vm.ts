@@ -281,7 +281,7 @@ export class Vm extends EventEmitter<VmEvents> {
     });
     const uarts = Object.entries(m.uarts).map(([name, u]) => {
       const s = u!.snapshot();
-      return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending}`;
+      return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending} rx ${s.rx.length}${s.rxBlocked ? ' (host waiting)' : ''} irq ${u!.irqAsserted() ? 'high' : 'low'}`;
     });
     const st = p.stats();
     return `${note}${vcpus.join('; ')}; ${uarts.join(', ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;

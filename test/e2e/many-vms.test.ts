@@ -38,15 +38,23 @@ e2e('8 vms run concurrently in one process, each runs exec and powers off, leavi
   // All eight are alive at once: each waits at a barrier after its exec until the
   // others have run theirs. Starts are staggered by 10 s because the emulated KVM
   // host breaks when several guests run their early boot at the same instant
-  // (see docs/testing.md). Booted guests idle in HLT.
+  // (see docs/testing.md). Booted guests idle in HLT. Each VM reports its console and
+  // vm.diagnose() through `t` if it fails.
   let arrived = 0;
   let release!: () => void;
   const allRan = new Promise<void>((r) => (release = r));
   const results = await Promise.all(
     Array.from({ length: 8 }, async (_, i) => {
       await sleep(i * 10_000);
-      return withVm({}, { memory: '128M', bootTimeoutMs: 900_000, timeoutMs: 1_500_000 }, async (vm) => {
-        const r = await vm.exec(`echo vm-${i}`, { timeoutMs: 300_000 });
+      return withVm(t, { memory: '128M', bootTimeoutMs: 900_000, timeoutMs: 1_500_000 }, async (vm) => {
+        let r;
+        try {
+          r = await vm.exec(`echo vm-${i}`, { timeoutMs: 300_000 });
+        } catch (e) {
+          // The others must not wait at the barrier for this one: let them shut down.
+          release();
+          throw e;
+        }
         if (++arrived === 8) release();
         await allRan;
         const stop = await vm.shutdown({ timeoutMs: 300_000 });

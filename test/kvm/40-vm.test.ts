@@ -41,7 +41,7 @@ kvm('diagnose() says where a running guest is and leaves it paused', async (t) =
   const d = await vm.diagnose();
   t.regex(
     d,
-    /^vcpu0 rip 0x[0-9a-f]+ rsp 0x[0-9a-f]+ rflags 0x[0-9a-f]+ mp_state \d+ lapic isr (0x[0-9a-f]+|-) irr (0x[0-9a-f]+|-) tpr 0x[0-9a-f]+ timer (oneshot|periodic|deadline)( masked)? vector 0x[0-9a-f]+ init \d+ cur \d+; com1 ier 0x[0-9a-f]+ lcr 0x[0-9a-f]+ mcr 0x[0-9a-f]+ thre-pending (true|false)(, com\d ier 0x[0-9a-f]+ lcr 0x[0-9a-f]+ mcr 0x[0-9a-f]+ thre-pending (true|false))*; exits to js \d+, native \d+, posted \d+; notifications \d+, rescues \d+$/,
+    /^vcpu0 rip 0x[0-9a-f]+ rsp 0x[0-9a-f]+ rflags 0x[0-9a-f]+ mp_state \d+ lapic isr (0x[0-9a-f]+|-) irr (0x[0-9a-f]+|-) tpr 0x[0-9a-f]+ timer (oneshot|periodic|deadline)( masked)? vector 0x[0-9a-f]+ init \d+ cur \d+; com1 ier 0x[0-9a-f]+ lcr 0x[0-9a-f]+ mcr 0x[0-9a-f]+ thre-pending (true|false) rx \d+ irq (high|low)(, com\d ier 0x[0-9a-f]+ lcr 0x[0-9a-f]+ mcr 0x[0-9a-f]+ thre-pending (true|false) rx \d+ irq (high|low))*; exits to js \d+, native \d+, posted \d+; notifications \d+, rescues \d+$/,
   );
   t.is(vm.state, 'paused');
   await vm.kill();
