@@ -3,7 +3,7 @@
  * boots to GUEST-INIT-OK, runs a command through exec and powers off, and the
  * process is left with no more fds, threads or memory than before.
  *
- * In the emulated KVM host this file gets a host of its own with
+ * In the emulated KVM host it is skipped unless NODEVMM_FORCE_8VMS=1; then it gets a host of its own with
  * single-threaded TCG (scripts/run-tests.js, E2E_HOST_OVERRIDES): with
  * multi-threaded TCG, eight nested guests took the emulated host's kernel down
  * in every run ("BUG: TASK stack guard page was hit" in error_entry on a vCPU
@@ -17,8 +17,14 @@ import { withVm } from '../../lib/testing/harness';
 import { processResources } from '../../lib/testing/kvm-test-helpers';
 
 const skip = e2eSkipReason();
-const e2e = skip ? test.skip : test.serial;
+// In the emulated host even one TCG thread is not enough: in two runs of 2026-11-22 one guest
+// stalled in early boot (IF=0, RUNNABLE, 600 s), and one stopped reading its serial input
+// mid-command (300 s). Neither is a nodevmm result; so there the file runs only when asked
+// (NODEVMM_FORCE_8VMS=1), and wherever the e2e tier runs on a real KVM it always runs.
+const emulated = process.env.NODEVMM_IN_KVM_HOST === '1' && process.env.NODEVMM_FORCE_8VMS !== '1';
+const e2e = skip || emulated ? test.skip : test.serial;
 if (skip) test.skip(`many-vms e2e skipped: ${skip}`, () => {});
+else if (emulated) test.skip('many-vms e2e skipped in the emulated KVM host (too unreliable there; NODEVMM_FORCE_8VMS=1 runs it)', () => {});
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
