@@ -264,14 +264,16 @@ export class Vm extends EventEmitter<VmEvents> {
     if (this._state === 'running') {
       // A vCPU that waits for an answer from JS outside KVM_RUN never acknowledges a pause;
       // that is itself the finding, so do not wait for it forever.
-      const paused = await Promise.race([this.pause().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref())]);
-      if (!paused) note = 'not all vcpus paused within 2 s; ';
+      const paused = await Promise.race([this.pause().then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000).unref())]);
+      if (!paused) note = 'not all vcpus paused within 10 s; ';
     }
     const p = m.partition;
     const hex = (v: bigint | number) => `0x${v.toString(16)}`;
     const vcpus = p.vcpus.map((v) => {
       const sh = v.shared;
       const waiting = sh.pending ? ` waiting for JS on ${sh.kind === EXIT_KIND_PIO ? 'port' : 'mmio'} ${sh.isWrite ? 'write' : 'read'}${sh.size} at ${hex(sh.address)}` : '';
+      // A vCPU still in KVM_RUN holds its mutex: reading its registers would block this thread.
+      if (v.native.state === 'running') return `vcpu${v.index}${waiting} (still running, registers not read)`;
       try {
         const r = v.getRegs();
         return `vcpu${v.index}${waiting} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.native.getMpState()} ${describeLapic(v.getLapic())}`;
