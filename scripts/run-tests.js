@@ -232,7 +232,7 @@ async function runE2eFileInHost(file, { artifacts, started, flaky }) {
     try {
       result = await runInKvmHost(`${JSON.stringify(process.execPath)} ${argv} --tap`, {
         cwd: ROOT,
-        timeoutMs: Math.min(remaining, 30 * 60 * 1000),
+        timeoutMs: Math.min(remaining, 20 * 60 * 1000),
         artifacts,
         abortOn: HOST_DEAD,
         smp: E2E_HOST_CPUS,
