@@ -273,8 +273,7 @@ export class KvmPartition extends EventEmitter implements Partition {
   fileIo(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[]): Promise<number> {
     this.assertAlive('do disk i/o for');
     // (ram index, offset, length) triples; a buffer across two RAM regions takes two.
-    let table = new Float64Array(buffers.length * 3 + 24);
-    let n = 0;
+    const table: number[] = [];
     let i = 0; // the region of the last buffer: most requests stay in one
     for (const b of buffers) {
       let gpa = b.gpa;
@@ -284,20 +283,13 @@ export class KvmPartition extends EventEmitter implements Partition {
         if (i < 0) throw new GuestMemoryError(`disk ${op} at gpa ${hex(gpa)} is outside guest ram`, gpa, left);
         if (op === 'read' && this.ramReadonly[i]) throw new GuestMemoryError(`disk read at gpa ${hex(gpa)} targets read-only guest memory`, gpa, left, 'ERR_GUEST_MEMORY_READONLY');
         const len = Math.min(left, this.ramGpas[i]! + this.rams[i]!.size - gpa);
-        if (n + 3 > table.length) {
-          const bigger = new Float64Array(table.length * 2);
-          bigger.set(table);
-          table = bigger;
-        }
-        table[n++] = i;
-        table[n++] = gpa - this.ramGpas[i]!;
-        table[n++] = len;
+        table.push(i, gpa - this.ramGpas[i]!, len);
         gpa += len;
         left -= len;
       }
     }
     return new Promise((resolve, reject) => {
-      native(() => this.binding.blockIo(op === 'read' ? 0 : 1, fd, position, this.rams, table.subarray(0, n), (e, bytes) => (e ? reject(e) : resolve(bytes))));
+      native(() => this.binding.blockIo(op === 'read' ? 0 : 1, fd, position, this.rams, new Float64Array(table), (e, bytes) => (e ? reject(e) : resolve(bytes))));
     });
   }
 
