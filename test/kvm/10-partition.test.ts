@@ -7,6 +7,8 @@ import { KvmPartition } from '../../lib/hv/kvm-partition';
 import { kvmSkipReason, waitForStop } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode, setupRealMode } from '../../lib/testing/tiny-guests';
 import { GiB, MiB } from '../../lib/util/bytes';
+import { tempImage } from '../temp-image';
+import { readFileSync } from 'node:fs';
 
 const skip = kvmSkipReason();
 const kvm = skip ? test.skip : test;
@@ -93,19 +95,9 @@ kvm('destroying a vm while JS still holds a view does not crash', (t) => {
 });
 
 kvm('fileIo moves file bytes to and from guest pages, across two regions, and refuses reads into read-only memory', async (t) => {
-  const fs = await import('node:fs');
-  const os = await import('node:os');
-  const path = await import('node:path');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-fileio-'));
-  const file = path.join(dir, 'img');
-  fs.writeFileSync(file, new Uint8Array(16384).map((_, i) => i & 0xff));
-  const fd = fs.openSync(file, 'r+');
+  const { file, fd } = tempImage(t, new Uint8Array(16384).map((_, i) => i & 0xff));
   const p = new KvmPartition({ vcpus: 1, irqchip: false });
-  t.teardown(() => {
-    p.destroy();
-    fs.closeSync(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  t.teardown(() => p.destroy());
   p.addRam({ gpa: 0, size: 1 * MiB });
   p.addRam({ gpa: 1 * MiB, size: 1 * MiB });
   p.addRam({ gpa: 4 * MiB, size: 64 * 1024, readonly: true });
@@ -116,7 +108,7 @@ kvm('fileIo moves file bytes to and from guest pages, across two regions, and re
   p.memory.write(0x2000, new Uint8Array([0xaa, 0xbb]));
   t.is(await p.fileIo('write', fd, 0, [{ gpa: 0x2000, length: 2 }]), 2);
   await p.fileSync(fd);
-  t.deepEqual([...fs.readFileSync(file).subarray(0, 3)], [0xaa, 0xbb, 2]);
+  t.deepEqual([...readFileSync(file).subarray(0, 3)], [0xaa, 0xbb, 2]);
   t.throws(() => p.fileIo('read', fd, 0, [{ gpa: 4 * MiB, length: 512 }]), { code: 'ERR_GUEST_MEMORY_READONLY' });
   t.throws(() => p.fileIo('read', fd, 0, [{ gpa: 3 * MiB, length: 512 }]), { code: 'ERR_GUEST_MEMORY_RANGE' });
   // Writing out of read-only memory is fine (it is a source).

@@ -5,24 +5,11 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { nativeBinding, type NativeGuestRam } from '../../../lib/hv/native';
 import { sliceBuffers } from '../../../lib/devices/virtio/blk';
+import { tempImage } from '../../temp-image';
 
 const b = nativeBinding();
-
-function tempFile(t: { teardown(f: () => void): void }, bytes: Uint8Array): number {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-blockio-'));
-  const file = path.join(dir, 'img');
-  fs.writeFileSync(file, bytes);
-  const fd = fs.openSync(file, 'r+');
-  t.teardown(() => {
-    fs.closeSync(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return fd;
-}
 
 function ram(t: { teardown(f: () => void): void }, size: number): { ram: NativeGuestRam; u8: Uint8Array } {
   const r = new b.GuestRam(size);
@@ -36,7 +23,7 @@ function io(op: 0 | 1 | 2, fd: number, position: number, rams: NativeGuestRam[],
 
 test('a read scatters file bytes over segments in two rams, in order, and zero-fills past the end of the file', async (t) => {
   const file = new Uint8Array(10_000).map((_, i) => (i * 13 + 1) & 0xff);
-  const fd = tempFile(t, file);
+  const { fd } = tempImage(t, file);
   const a = ram(t, 65536);
   const c = ram(t, 65536);
   a.u8.fill(0xee);
@@ -52,7 +39,7 @@ test('a read scatters file bytes over segments in two rams, in order, and zero-f
 });
 
 test('a write gathers segments into the file at the position, and fdatasync succeeds', async (t) => {
-  const fd = tempFile(t, new Uint8Array(8192));
+  const { fd } = tempImage(t, new Uint8Array(8192));
   const a = ram(t, 65536);
   a.u8.set([1, 2, 3, 4], 4096);
   a.u8.set([5, 6], 0);
@@ -75,7 +62,7 @@ test('errors: a bad fd reaches the callback with its errno; segments outside the
 });
 
 test('releasing the ram while a read is in flight keeps the process safe: the I/O completes into pages nobody sees', async (t) => {
-  const fd = tempFile(t, new Uint8Array(1 << 20).fill(7));
+  const { fd } = tempImage(t, new Uint8Array(1 << 20).fill(7));
   const r = new b.GuestRam(1 << 20);
   const view = new Uint8Array(r.views()[0]!);
   const done = io(0, fd, 0, [r], [0, 0, 1 << 20]);

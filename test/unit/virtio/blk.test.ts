@@ -1,24 +1,11 @@
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { BLK_S, BLK_T, VirtioBlk, VIRTIO_BLK_F_RO } from '../../../lib/devices/virtio/blk';
 import { REG } from '../../../lib/devices/virtio/mmio';
 import { bounceFileBackend } from '../../../lib/devices/virtio/blk-backends';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { FakeDriver, RAM, type FakeQueue } from './driver';
-
-function imageFile(t: { teardown(f: () => void): void }, bytes: Uint8Array): { file: string; fd: number } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-blk-'));
-  const file = path.join(dir, 'disk.img');
-  fs.writeFileSync(file, bytes);
-  const fd = fs.openSync(file, 'r+');
-  t.teardown(() => {
-    fs.closeSync(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return { file, fd };
-}
+import { tempImage } from '../../temp-image';
 
 function header(type: number, sector: number): Uint8Array {
   const h = new Uint8Array(16);
@@ -49,7 +36,7 @@ async function request(d: FakeDriver, q: FakeQueue, blk: VirtioBlk, type: number
 function setup(t: { teardown(f: () => void): void }, opts: { readonly?: boolean; sectors?: number } = {}) {
   const content = new Uint8Array((opts.sectors ?? 16) * 512);
   for (let i = 0; i < content.length; i++) content[i] = (i * 7 + 3) & 0xff;
-  const img = imageFile(t, content);
+  const img = tempImage(t, content);
   const mem = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
   const blk = new VirtioBlk({ backend: bounceFileBackend(img.fd, mem), sizeBytes: content.length, readonly: !!opts.readonly, serial: 'disk-serial-1' });
   const d = new FakeDriver(blk, {}, mem);
