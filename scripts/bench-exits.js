@@ -16,13 +16,9 @@ const path = require('node:path');
 const { KvmPartition } = require('../dist/lib/hv/kvm-partition');
 const { waitForStop, kvmSkipReason } = require('../dist/lib/testing/kvm-test-helpers');
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : dflt;
-};
-const N = opt('--iterations', 20000);
-const ROUNDS = opt('--rounds', 5);
+const { numberOption } = require('./lib/options');
+const N = numberOption('--iterations', 20000);
+const ROUNDS = numberOption('--rounds', 5);
 
 const skip = kvmSkipReason();
 if (skip) {

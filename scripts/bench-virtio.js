@@ -31,19 +31,15 @@ const os = require('node:os');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const args = process.argv.slice(2);
+const { args, flag, numberOption, stringOption } = require('./lib/options');
 const mode = args[0];
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : dflt;
-};
-const RUNS = opt('--runs', 3);
+const RUNS = numberOption('--runs', 3);
 /** `--only nodevmm|qemu`: measure one VMM (no ratio); `--trace`: nodevmm prints where its exits went. */
-const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
-const TRACE = args.includes('--trace');
+const ONLY = stringOption('--only');
+const TRACE = flag('--trace');
 /** Extra node flags for the nodevmm process (e.g. NODEVMM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'). */
 const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
-const MIB = opt('--mib', mode === 'net' ? 4 : 256);
+const MIB = numberOption('--mib', mode === 'net' ? 4 : 256);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Run a VMM to its exit; resolve with the guest's GUEST-KEY=value markers. */

@@ -17,15 +17,11 @@
 const { spawn } = require('node:child_process');
 const path = require('node:path');
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : dflt;
-};
-const RUNS = opt('--runs', 10);
-const TIMEOUT_MS = opt('--timeout-s', 180) * 1000;
-const NOKASLR = args.includes('--nokaslr');
-const WITH_QEMU = !args.includes('--no-qemu');
+const { flag, numberOption } = require('./lib/options');
+const RUNS = numberOption('--runs', 10);
+const TIMEOUT_MS = numberOption('--timeout-s', 180) * 1000;
+const NOKASLR = flag('--nokaslr');
+const WITH_QEMU = !flag('--no-qemu');
 const CMD = 'echo soak';
 
 function tail(text, lines) {
