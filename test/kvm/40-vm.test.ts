@@ -48,6 +48,21 @@ kvm('diagnose() says where a running guest is and leaves it paused', async (t) =
   t.is(await vm.diagnose(), 'vm stopped');
 });
 
+kvm('jsExitsByDevice() names the devices whose exits reached JS, busiest first', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('JS\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
+  t.deepEqual(vm.jsExitsByDevice(), []);
+  await vm.start();
+  await vm.expect('JS');
+  const byDevice = vm.jsExitsByDevice();
+  // The guest's COM1 output reaches the UART model in JS (posted THR writes count too).
+  const com1 = byDevice.find((d) => d.name === 'com1');
+  t.truthy(com1, JSON.stringify(byDevice));
+  t.is(com1!.start, 0x3f8);
+  t.true(com1!.accesses >= 3);
+  t.deepEqual(byDevice.map((d) => d.accesses), [...byDevice.map((d) => d.accesses)].sort((a, b) => b - a));
+  await vm.kill();
+});
+
 kvm('pause and resume keep the vm alive; calls in the wrong state fail clearly', async (t) => {
   const vm = await createVm({ kernel: tinyPvhKernel('Y\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
   await t.throwsAsync(() => vm.resume(), { code: 'ERR_VM_STATE', message: /cannot resume a vm that is created/ });

@@ -48,6 +48,10 @@ test('config space reports the capacity in sectors and the read-only feature whe
   const { d } = setup(t, { sectors: 40 });
   t.is(d.t.read(0x100, 4), 40);
   t.is(d.t.read(0x104, 4), 0);
+  // A 512-entry queue and seg_max 510: a 1 MiB request of 4 KiB pages (256 + header + status) is one chain.
+  d.w(REG.queueSel, 0);
+  t.is(d.r(REG.queueNumMax), 512);
+  t.is(d.t.read(0x100 + 12, 4), 510);
   const ro = setup(t, { readonly: true });
   ro.d.w(REG.deviceFeaturesSel, 0);
   t.truthy(ro.d.r(REG.deviceFeatures) & (1 << Number(VIRTIO_BLK_F_RO)));
