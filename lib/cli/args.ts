@@ -55,7 +55,8 @@ options:
   --vsock CID            a virtio-vsock device with guest context ID CID (3 to
                          4294967294, unique on this host), backed by /dev/vhost-vsock;
                          x86 only for now
-  --trace                print boot phase timings and the memory layout to stderr
+  --trace                print boot phase timings, the memory layout and, at the
+                         end, which devices' exits reached JS to stderr
   --verbose              show stack traces for errors
   -h, --help             this help
 
