@@ -22,10 +22,9 @@ const os = require('node:os');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const args = process.argv.slice(2);
+const { args, numberOption } = require('./lib/options');
 const mode = args[0];
-const runsIdx = args.indexOf('--runs');
-const RUNS = runsIdx >= 0 ? Number(args[runsIdx + 1]) : mode === 'linux' ? 5 : 21;
+const RUNS = numberOption('--runs', mode === 'linux' ? 5 : 21);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Spawn under /usr/bin/time (for peak RSS); resolve with timings of the first match of `marker` and of exit. */

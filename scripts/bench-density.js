@@ -15,10 +15,9 @@ const { createVm } = require('../dist/lib/vm/vm');
 const { tinyPvhKernel } = require('../dist/lib/testing/tiny-pvh');
 const { processResources, kvmSkipReason } = require('../dist/lib/testing/kvm-test-helpers');
 
-const args = process.argv.slice(2);
-const opt = (n, d) => (args.includes(n) ? Number(args[args.indexOf(n) + 1]) : d);
-const SECONDS = opt('--seconds', 10);
-const IDLE = opt('--idle', 32);
+const { numberOption } = require('./lib/options');
+const SECONDS = numberOption('--seconds', 10);
+const IDLE = numberOption('--idle', 32);
 const FC_PER_CORE = 5;
 const FC_MIB_PER_VM = 5;
 
