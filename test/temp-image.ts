@@ -1,13 +1,14 @@
 /**
  * Test helper: a file with given bytes in a fresh temporary folder, opened
- * read-write; the test's teardown closes it and removes the folder.
+ * read-write (under `parent`, default the OS temporary folder); the test's
+ * teardown closes it and removes the folder.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-export function tempImage(t: { teardown(f: () => void): void }, bytes: Uint8Array): { file: string; fd: number } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-image-'));
+export function tempImage(t: { teardown(f: () => void): void }, bytes: Uint8Array, parent: string = os.tmpdir()): { file: string; fd: number } {
+  const dir = fs.mkdtempSync(path.join(parent, 'nodevmm-image-'));
   const file = path.join(dir, 'disk.img');
   fs.writeFileSync(file, bytes);
   const fd = fs.openSync(file, 'r+');

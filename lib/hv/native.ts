@@ -192,6 +192,8 @@ export interface NativeBinding {
    * offset, length) triples. The callback runs on the event loop.
    */
   blockIo(op: 0 | 1 | 2, fd: number, position: number, rams: NativeGuestRam[], segments: Float64Array, callback: (error: Error | null, bytes: number) => void): void;
+  /** The same read or write on this thread; with `nowait` a try: -1 would block, -2 the file cannot promise not to. */
+  blockIoNow(op: 0 | 1, fd: number, position: number, rams: NativeGuestRam[], segments: Float64Array, nowait: boolean): number;
   vhost: NativeVhost;
   /** callback(status, readable, writable): status 0 or a negative errno. */
   watchFd(fd: number, events: { readable?: boolean; writable?: boolean }, callback: (status: number, readable: boolean, writable: boolean) => void): NativeFdWatcher;

@@ -16,7 +16,7 @@ import type { GuestMemory } from '../memory/guest-memory';
 import type { IrqLine } from '../devices/types';
 import { BatchingSink } from '../devices/serial-sinks';
 import { VirtioBlk } from '../devices/virtio/blk';
-import { bounceFileBackend, directFileBackend, type DirectFileIo } from '../devices/virtio/blk-backends';
+import { bounceFileBackend, directFileBackend, imageStorage, type DirectFileIo } from '../devices/virtio/blk-backends';
 import { VirtioConsole } from '../devices/virtio/console';
 import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
 import { VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../devices/virtio/mmio';
@@ -176,7 +176,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       let device: VirtioDevice;
       if (slot.device.kind === 'blk') {
         const o = opened[slot.device.index]!;
-        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: opts.directIo ? directFileBackend(o.fd, opts.directIo) : bounceFileBackend(o.fd, opts.memory), sizeBytes: o.sizeBytes, readonly: o.readonly });
+        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: opts.directIo ? directFileBackend(o.fd, opts.directIo, imageStorage(o.path)) : bounceFileBackend(o.fd, opts.memory), sizeBytes: o.sizeBytes, readonly: o.readonly });
         disks.push(blk);
         device = blk;
       } else if (slot.device.kind === 'net') {

@@ -114,3 +114,26 @@ kvm('fileIo moves file bytes to and from guest pages, across two regions, and re
   // Writing out of read-only memory is fine (it is a source).
   t.is(await p.fileIo('write', fd, 8192, [{ gpa: 4 * MiB, length: 512 }]), 512);
 });
+
+kvm("fileIo 'inline' and 'nowait' move the same bytes as the pool, straddling regions, and fail the same way", async (t) => {
+  const { fd } = tempImage(t, new Uint8Array(65536).map((_, i) => (i * 7) & 0xff));
+  const p = new KvmPartition({ vcpus: 1, irqchip: false });
+  t.teardown(() => p.destroy());
+  p.addRam({ gpa: 0, size: 1 * MiB });
+  p.addRam({ gpa: 1 * MiB, size: 1 * MiB });
+  const across = [{ gpa: 1 * MiB - 8192, length: 4096 }, { gpa: 1 * MiB - 4096, length: 8192 }, { gpa: 0x1_0000, length: 512 }];
+  const expected = new Uint8Array(12800).map((_, i) => ((i + 1000) * 7) & 0xff);
+  for (const how of ['pool', 'inline', 'nowait'] as const) {
+    p.memory.fill(0, 2 * MiB);
+    t.is(await p.fileIo('read', fd, 1000, across, how), 12800, how);
+    const got = new Uint8Array([...p.memory.read(1 * MiB - 8192, 12288), ...p.memory.read(0x1_0000, 512)]);
+    t.deepEqual(got, expected, how);
+    // Written back in the second half of the file, then read from there through the pool.
+    t.is(await p.fileIo('write', fd, 32768, across, how), 12800, how);
+    p.memory.fill(0, 2 * MiB);
+    await p.fileIo('read', fd, 32768, across);
+    t.deepEqual(new Uint8Array([...p.memory.read(1 * MiB - 8192, 12288), ...p.memory.read(0x1_0000, 512)]), expected, how);
+    // A bad fd rejects (it does not throw) whichever thread runs the transfer.
+    await t.throwsAsync(p.fileIo('read', 1 << 20, 0, across, how), { code: 'EBADF' }, how);
+  }
+});

@@ -3,34 +3,72 @@
  * guest's buffers.
  *
  * - `directFileBackend`: the VM's path. preadv/pwritev straight into and out
- *   of guest pages on libuv's thread pool (native/block_io.cc through
- *   `KvmPartition.fileIo`): no bounce buffer, no per-request allocation, no
- *   copy in JS. The partition keeps the pages mapped until each I/O is done.
+ *   of guest pages (native/block_io.cc through `KvmPartition.fileIo`): no
+ *   bounce buffer, no copy in JS. Where the transfer runs depends on where
+ *   the image lives (`imageStorage`): an image in memory (tmpfs) is served on
+ *   the event loop's thread, as it never waits for a disk; reads of any other
+ *   file are first tried without blocking (RWF_NOWAIT: all pages cached),
+ *   and everything else goes to libuv's thread pool. The partition keeps the
+ *   pages mapped until each I/O is done.
  * - `bounceFileBackend`: the same file operations through JS bounce buffers,
  *   for guest memory native code cannot reach (the pure-JS memory of unit
  *   tests, or a partition without `fileIo`).
  */
 import * as fs from 'node:fs';
+import type { FileIoMode } from '../../hv/kvm-partition';
 import type { GuestBuffer, GuestMemoryAccess } from '../../memory/guest-memory';
 import type { BlockBackend } from './blk';
 
 /** Writes of zeros go out in chunks of this size. */
 const ZERO_CHUNK = 1 << 20;
 
+/**
+ * Requests up to this size may run on the event loop's thread (a page-cache
+ * copy of 4 MiB takes well under a millisecond natively); larger ones always
+ * go to the pool. Linux's virtio-blk driver sends at most 1.25 MiB by default.
+ */
+const INLINE_MAX_BYTES = 4 << 20;
+
+/** statfs(2) f_type of filesystems that keep file pages in memory only. */
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
+
+/** Where an image file's pages live: 'memory' (tmpfs, ramfs) never waits for a disk. */
+export type ImageStorage = 'memory' | 'disk';
+
+/** Whether the file at `path` is on a memory filesystem. */
+export function imageStorage(path: string): ImageStorage {
+  try {
+    const t = fs.statfsSync(path).type;
+    return t === TMPFS_MAGIC || t === RAMFS_MAGIC ? 'memory' : 'disk';
+  } catch {
+    return 'disk';
+  }
+}
+
 /** What `directFileBackend` needs from a partition (KvmPartition has it). */
 export interface DirectFileIo {
-  fileIo(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[]): Promise<number>;
+  fileIo(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], how?: FileIoMode): Promise<number>;
   fileSync(fd: number): Promise<void>;
 }
 
 /** An image fd served straight to and from guest pages. */
-export function directFileBackend(fd: number, io: DirectFileIo): BlockBackend {
+export function directFileBackend(fd: number, io: DirectFileIo, storage: ImageStorage = 'disk'): BlockBackend {
+  const inline = storage === 'memory';
+  const mode = (op: 'read' | 'write', buffers: readonly GuestBuffer[]): FileIoMode => {
+    let bytes = 0;
+    for (let i = 0; i < buffers.length; i++) bytes += buffers[i]!.length;
+    if (bytes > INLINE_MAX_BYTES) return 'pool';
+    if (inline) return 'inline';
+    // A buffered write may wait for writeback or allocation: always the pool.
+    return op === 'read' ? 'nowait' : 'pool';
+  };
   return {
     read: async (buffers, position) => {
-      await io.fileIo('read', fd, position, buffers);
+      await io.fileIo('read', fd, position, buffers, mode('read', buffers));
     },
     write: async (buffers, position) => {
-      await io.fileIo('write', fd, position, buffers);
+      await io.fileIo('write', fd, position, buffers, mode('write', buffers));
     },
     writeZeroes: (position, length) => writeZeroes(fd, position, length),
     datasync: () => io.fileSync(fd),

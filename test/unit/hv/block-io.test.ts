@@ -7,6 +7,7 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import { nativeBinding, type NativeGuestRam } from '../../../lib/hv/native';
 import { sliceBuffers } from '../../../lib/devices/virtio/blk';
+import { imageStorage } from '../../../lib/devices/virtio/blk-backends';
 import { tempImage } from '../../temp-image';
 
 const b = nativeBinding();
@@ -91,4 +92,43 @@ test('sliceBuffers picks the guest buffers behind a byte range of a descriptor c
     { gpa: 0x2000, length: 4096 },
   ]);
   t.deepEqual(sliceBuffers(segs, 4112, 0), []);
+});
+
+test('blockIoNow does the same transfer on the calling thread: scatter, zero-fill past the end, gather, errors thrown', (t) => {
+  const file = new Uint8Array(6000).map((_, i) => (i * 5 + 3) & 0xff);
+  const { fd } = tempImage(t, file);
+  const a = ram(t, 65536);
+  a.u8.fill(0xee);
+  // 4096 at a+0 and 4096 at a+8192: the last 2192 lie past the end of the file.
+  t.is(b.blockIoNow(0, fd, 0, [a.ram], new Float64Array([0, 0, 4096, 0, 8192, 4096]), false), 6000);
+  t.deepEqual(a.u8.subarray(0, 4096), file.subarray(0, 4096));
+  t.deepEqual(a.u8.subarray(8192, 8192 + 1904), file.subarray(4096));
+  t.true(a.u8.subarray(8192 + 1904, 12288).every((x) => x === 0));
+  t.is(a.u8[4096], 0xee);
+  a.u8.set([9, 8, 7], 100);
+  t.is(b.blockIoNow(1, fd, 10, [a.ram], new Float64Array([0, 100, 3]), false), 3);
+  t.deepEqual([...fs.readFileSync(`/proc/self/fd/${fd}`).subarray(9, 14)], [file[9], 9, 8, 7, file[13]]);
+  t.throws(() => b.blockIoNow(0, 1 << 20, 0, [a.ram], new Float64Array([0, 0, 512]), false), { code: 'EBADF', message: /disk preadv failed/ });
+  t.throws(() => b.blockIoNow(2 as 0, fd, 0, [], new Float64Array(0), false), { message: /blockIoNow/ }, 'fdatasync is not offered inline');
+  t.throws(() => b.blockIoNow(0, fd, 0, [a.ram], new Float64Array([0, 65000, 1000]), false), { message: /outside its guest ram/ });
+});
+
+test('blockIoNow with nowait reads a cached file at once, or says -2 where the filesystem has no RWF_NOWAIT', (t) => {
+  const file = new Uint8Array(8192).map((_, i) => (i * 3) & 0xff);
+  // Written just now: its pages are in the page cache.
+  for (const dir of [undefined, '/dev/shm']) {
+    if (dir && !fs.existsSync(dir)) continue;
+    const { fd } = tempImage(t, file, dir);
+    const a = ram(t, 8192);
+    const n = b.blockIoNow(0, fd, 0, [a.ram], new Float64Array([0, 0, 8192]), true);
+    t.true(n === 8192 || n === -2, `${dir ?? 'tmpdir'}: ${n}`);
+    if (n === 8192) t.deepEqual(a.u8, file);
+  }
+});
+
+test('imageStorage: tmpfs is memory, a regular disk folder and a missing path are disk', (t) => {
+  if (fs.existsSync('/dev/shm')) t.is(imageStorage('/dev/shm'), 'memory');
+  t.is(imageStorage('/nonexistent/nodevmm/image'), 'disk');
+  const statfsType = fs.statfsSync(__dirname).type;
+  t.is(imageStorage(__dirname), statfsType === 0x01021994 || statfsType === 0x858458f6 ? 'memory' : 'disk');
 });
