@@ -6,7 +6,7 @@
  * ratios. Needs a real KVM: where /dev/kvm is KVM-PVM run it through the
  * emulated host,
  *
- *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N] [--only nodevmm|qemu] [--trace]
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N] [--warmup-mib N] [--only nodevmm|qemu] [--trace]
  *
  * blk: one raw image (in the host's page cache, the same file for both VMMs,
  * QEMU with its defaults: cache=writeback, aio=threads), and in the guest
@@ -15,7 +15,12 @@
  *   - 4 KiB random reads at queue depth 1, O_DIRECT, for 5 s (scripts/bench/randread.c,
  *     built static here and put in the initramfs).
  * The guest times dd with /proc/uptime (10 ms resolution; each dd runs for
- * seconds).
+ * seconds). Before the timed passes, an untimed-for-the-ratio warm-up reads
+ * and writes `--warmup-mib` MiB (default 64; 0 for none), as fio's ramp_time
+ * does: nodevmm's device code is JIT-compiled JavaScript, and under the
+ * emulated host its first few dozen requests run in V8's interpreter at
+ * 5-40 ms each. The warm-up passes are timed too and printed as "cold" rows,
+ * so the cost of the warm-up stays visible.
  *
  *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js net [--runs N] [--mib N]
  *
@@ -40,6 +45,7 @@ const TRACE = flag('--trace');
 /** Extra node flags for the nodevmm process (e.g. NODEVMM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'). */
 const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 const MIB = numberOption('--mib', mode === 'net' ? 4 : 256);
+const WARMUP_MIB = numberOption('--warmup-mib', 64);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Run a VMM to its exit; resolve with the guest's GUEST-KEY=value markers. */
@@ -79,6 +85,12 @@ async function blk() {
     const script = [
       'i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done',
       'up() { read -r u _ </proc/uptime; echo $u; }',
+      ...(WARMUP_MIB > 0
+        ? [
+            `a=$(up); dd if=/dev/vda of=/dev/null bs=1M count=${WARMUP_MIB} iflag=direct 2>/dev/null; b=$(up); echo "GUEST-WARMREAD-S=$a $b"`,
+            `a=$(up); dd if=/dev/zero of=/dev/vda bs=1M count=${WARMUP_MIB} oflag=direct conv=fsync 2>/dev/null; b=$(up); echo "GUEST-WARMWRITE-S=$a $b"`,
+          ]
+        : []),
       `a=$(up); dd if=/dev/vda of=/dev/null bs=1M count=${MIB} iflag=direct 2>/dev/null; b=$(up); echo "GUEST-SEQREAD-S=$a $b"`,
       `a=$(up); dd if=/dev/zero of=/dev/vda bs=1M count=${MIB} oflag=direct conv=fsync 2>/dev/null; b=$(up); echo "GUEST-SEQWRITE-S=$a $b"`,
       '/bin/randread /dev/vda 5',
@@ -100,7 +112,13 @@ async function blk() {
               const [s, e] = (m[k] ?? '').split(' ').map(Number);
               return e - s;
             };
-            rows[who].push({ read: MIB / secs('SEQREAD-S'), write: MIB / secs('SEQWRITE-S'), iops: Number(m['RANDREAD-IOPS']) });
+            rows[who].push({
+              read: MIB / secs('SEQREAD-S'),
+              write: MIB / secs('SEQWRITE-S'),
+              iops: Number(m['RANDREAD-IOPS']),
+              coldRead: WARMUP_MIB / secs('WARMREAD-S'),
+              coldWrite: WARMUP_MIB / secs('WARMWRITE-S'),
+            });
             break;
           } catch (e) {
             // The emulated host's guests occasionally die in early boot (docs/testing.md).
@@ -111,7 +129,7 @@ async function blk() {
         }
       }
     }
-    console.log(`Debian ${a.kernelVersion}, virtio-blk over virtio-mmio, ${MIB} MiB raw image in the host page cache, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, medians`);
+    console.log(`Debian ${a.kernelVersion}, virtio-blk over virtio-mmio, ${MIB} MiB raw image in the host page cache, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, medians; timed after a ${WARMUP_MIB} MiB read and write warm-up`);
     if (failures.nodevmm + failures.qemu) console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}`);
     const line = (name, f, unit) => {
       if (ONLY) return console.log(`  ${name.padEnd(34)} ${ONLY} ${median(rows[ONLY].map(f)).toFixed(0).padStart(7)} ${unit}`);
@@ -122,6 +140,10 @@ async function blk() {
     line('sequential read, dd 1 MiB direct', (r) => r.read, 'MiB/s');
     line('sequential write, dd 1 MiB direct', (r) => r.write, 'MiB/s');
     line('4 KiB random read, QD1, direct', (r) => r.iops, 'IOPS');
+    if (WARMUP_MIB > 0) {
+      line(`cold: first ${WARMUP_MIB} MiB read (warm-up)`, (r) => r.coldRead, 'MiB/s');
+      line(`cold: first ${WARMUP_MIB} MiB written (warm-up)`, (r) => r.coldWrite, 'MiB/s');
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
