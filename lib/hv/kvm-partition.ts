@@ -287,11 +287,50 @@ export class KvmPartition extends EventEmitter implements Partition {
    */
   fileIo(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], how: FileIoMode = 'pool'): Promise<number> {
     this.assertAlive('do disk i/o for');
-    // (ram index, offset, length) triples; a buffer across two RAM regions takes two.
-    // A 1 MiB request is ~256 buffers, and under an emulated CPU every call
-    // and allocation per buffer shows in the throughput: plain arrays only,
-    // one typed array sized for the common case, grown only when a buffer
-    // crosses regions.
+    const table = this.segmentTable(op, buffers);
+    const code = op === 'read' ? 0 : 1;
+    if (how !== 'pool') {
+      let done: number;
+      try {
+        done = this.transferNow(code, fd, position, table, how === 'nowait');
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      if (done >= 0) return Promise.resolve(done);
+    }
+    return new Promise((resolve, reject) => {
+      native(() => this.binding.blockIo(code, fd, position, this.rams, table, (e, bytes) => (e ? reject(e) : resolve(bytes))));
+    });
+  }
+
+  /**
+   * The transfer of `fileIo` done before returning, on this thread: with
+   * `nowait`, only if the kernel can do it without blocking (RWF_NOWAIT);
+   * without, always (for files in memory). Returns the bytes moved, or -1
+   * when it would block (nothing is promised about the buffers then: redo
+   * the transfer with fileIo). Errors throw.
+   */
+  fileIoNow(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], nowait: boolean): number {
+    this.assertAlive('do disk i/o for');
+    return this.transferNow(op === 'read' ? 0 : 1, fd, position, this.segmentTable(op, buffers), nowait);
+  }
+
+  private transferNow(code: 0 | 1, fd: number, position: number, table: Float64Array, nowait: boolean): number {
+    if (nowait && this.noNowait.has(fd)) return -1;
+    const done = native(() => this.binding.blockIoNow(code, fd, position, this.rams, table, nowait));
+    // -2: this file cannot say whether it would block (no RWF_NOWAIT): stop asking.
+    if (done === -2) this.noNowait.add(fd);
+    return done < 0 ? -1 : done;
+  }
+
+  /**
+   * (ram index, offset, length) triples for `buffers`; a buffer across two RAM
+   * regions takes two. A 1 MiB request is ~256 buffers, and under an emulated
+   * CPU every call and allocation per buffer shows in the throughput: plain
+   * arrays only, one typed array sized for the common case, grown only when a
+   * buffer crosses regions.
+   */
+  private segmentTable(op: 'read' | 'write', buffers: readonly GuestBuffer[]): Float64Array {
     const gpas = this.ramGpas;
     const sizes = this.ramSizes;
     let table = new Float64Array(buffers.length * 3);
@@ -318,22 +357,7 @@ export class KvmPartition extends EventEmitter implements Partition {
         left -= len;
       }
     }
-    if (n < table.length) table = table.subarray(0, n);
-    const code = op === 'read' ? 0 : 1;
-    if (how === 'inline' || (how === 'nowait' && !this.noNowait.has(fd))) {
-      let done: number;
-      try {
-        done = native(() => this.binding.blockIoNow(code, fd, position, this.rams, table, how === 'nowait'));
-      } catch (e) {
-        return Promise.reject(e);
-      }
-      if (done >= 0) return Promise.resolve(done);
-      // -1: it would block; -2: this file cannot say (no RWF_NOWAIT), so stop asking.
-      if (done === -2) this.noNowait.add(fd);
-    }
-    return new Promise((resolve, reject) => {
-      native(() => this.binding.blockIo(code, fd, position, this.rams, table, (e, bytes) => (e ? reject(e) : resolve(bytes))));
-    });
+    return n < table.length ? table.subarray(0, n) : table;
   }
 
   /** The index of the RAM holding `gpa`, or -1. */

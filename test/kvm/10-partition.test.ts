@@ -7,6 +7,7 @@ import { KvmPartition } from '../../lib/hv/kvm-partition';
 import { kvmSkipReason, waitForStop } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode, setupRealMode } from '../../lib/testing/tiny-guests';
 import { GiB, MiB } from '../../lib/util/bytes';
+import { directFileBackend } from '../../lib/devices/virtio/blk-backends';
 import { tempImage } from '../temp-image';
 import { readFileSync } from 'node:fs';
 
@@ -136,4 +137,25 @@ kvm("fileIo 'inline' and 'nowait' move the same bytes as the pool, straddling re
     // A bad fd rejects (it does not throw) whichever thread runs the transfer.
     await t.throwsAsync(p.fileIo('read', 1 << 20, 0, across, how), { code: 'EBADF' }, how);
   }
+});
+
+kvm('directFileBackend transfers at once for an image in memory, and never for a write to an image on disk', async (t) => {
+  const bytes = new Uint8Array(8192).map((_, i) => (i * 11) & 0xff);
+  const { fd } = tempImage(t, bytes);
+  const p = new KvmPartition({ vcpus: 1, irqchip: false });
+  t.teardown(() => p.destroy());
+  p.addRam({ gpa: 0, size: 1 * MiB });
+  const inMemory = directFileBackend(fd, p, 'memory');
+  t.true(inMemory.transferNow!('read', [{ gpa: 0x1000, length: 4096 }], 4096));
+  t.deepEqual(p.memory.read(0x1000, 4096), bytes.subarray(4096));
+  p.memory.write(0x3000, new Uint8Array(512).fill(0x77));
+  t.true(inMemory.transferNow!('write', [{ gpa: 0x3000, length: 512 }], 0));
+  t.deepEqual(new Uint8Array(readFileSync(`/proc/self/fd/${fd}`).subarray(0, 512)), new Uint8Array(512).fill(0x77));
+  const onDisk = directFileBackend(fd, p, 'disk');
+  t.false(onDisk.transferNow!('write', [{ gpa: 0x3000, length: 512 }], 0), 'a buffered write may wait for writeback: pool');
+  // A read is tried with RWF_NOWAIT: done where the filesystem supports it, else left to the pool.
+  p.memory.fill(0x1000, 4096);
+  if (onDisk.transferNow!('read', [{ gpa: 0x1000, length: 4096 }], 4096)) t.deepEqual(p.memory.read(0x1000, 4096), bytes.subarray(4096));
+  // More than 4 MiB always goes to the pool, even in memory.
+  t.false(inMemory.transferNow!('read', [{ gpa: 0, length: 1 * MiB }, { gpa: 0, length: 1 * MiB }, { gpa: 0, length: 1 * MiB }, { gpa: 0, length: 1 * MiB }, { gpa: 0, length: 4096 }], 0));
 });

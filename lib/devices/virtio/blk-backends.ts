@@ -49,6 +49,7 @@ export function imageStorage(path: string): ImageStorage {
 /** What `directFileBackend` needs from a partition (KvmPartition has it). */
 export interface DirectFileIo {
   fileIo(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], how?: FileIoMode): Promise<number>;
+  fileIoNow(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], nowait: boolean): number;
   fileSync(fd: number): Promise<void>;
 }
 
@@ -69,6 +70,10 @@ export function directFileBackend(fd: number, io: DirectFileIo, storage: ImageSt
     },
     write: async (buffers, position) => {
       await io.fileIo('write', fd, position, buffers, mode('write', buffers));
+    },
+    transferNow: (op, buffers, position) => {
+      const how = mode(op, buffers);
+      return how !== 'pool' && io.fileIoNow(op, fd, position, buffers, how === 'nowait') >= 0;
     },
     writeZeroes: (position, length) => writeZeroes(fd, position, length),
     datasync: () => io.fileSync(fd),

@@ -2,8 +2,10 @@
  * virtio-blk (VIRTIO 1.2 §5.2) over a raw image file: read, write, flush,
  * get-id, discard and write-zeroes, optionally read-only. The device decides
  * what each request means; a BlockBackend (./blk-backends.ts) moves the bytes
- * between the image and the guest's buffers off the event loop, in a VM
- * straight into guest pages from libuv's thread pool. Requests of a queue run
+ * between the image and the guest's buffers, in a VM straight into guest
+ * pages: from libuv's thread pool, or at once when the backend can do it
+ * without waiting for a disk and nothing else is in flight (then the request
+ * completes before its kick is handled). Requests of a queue run
  * concurrently, complete to the guest in the order they were taken, and a
  * flush waits for every earlier request. Discard is accepted and does nothing
  * (no hole punch).
@@ -46,6 +48,13 @@ export interface BlockBackend {
   writeZeroes(position: number, length: number): Promise<void>;
   /** Make every completed write durable. */
   datasync(): Promise<void>;
+  /**
+   * Optional: the same read or write done before returning, where the
+   * backend can do it without waiting for a disk (an image in memory, pages
+   * in the page cache). True when done; false when the caller must use
+   * read/write instead (the buffers may then hold part of the data).
+   */
+  transferNow?(op: 'read' | 'write', buffers: readonly GuestBuffer[], position: number): boolean;
 }
 
 export interface VirtioBlkOptions {
@@ -154,6 +163,16 @@ export class VirtioBlk implements VirtioDevice {
     const header = new DataView(q.readAt(chain, 0, HEADER_BYTES).buffer);
     const type = header.getUint32(0, true);
     const sector = Number(header.getBigUint64(8, true));
+    // Nothing in flight, and the backend can move the bytes without waiting:
+    // the request completes before this returns, in order by construction,
+    // with no promise, no pool hop and no second pass through the event loop.
+    if (this.inflight === 0 && this.backend.transferNow) {
+      const r = this.executeNow(chain, type, sector);
+      if (r) {
+        this.complete(ctx, q, index, chain, status, r);
+        return;
+      }
+    }
     // A flush orders after everything taken before it; other requests run at once.
     const barrier = type === BLK_T.flush ? this.tail : Promise.resolve();
     this.inflight++;
@@ -168,14 +187,49 @@ export class VirtioBlk implements VirtioDevice {
         if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
         if (epoch !== this.epoch || this.ctx !== ctx) return;
         if (r instanceof VirtioQueueError) return ctx.fail(r);
-        try {
-          ctx.memory.writeU8(status.gpa + status.length - 1, r.status);
-          q.pushUsed(chain.head, r.written + 1);
-          ctx.usedBuffers(index);
-        } catch (e) {
-          ctx.fail(e);
-        }
+        this.complete(ctx, q, index, chain, status, r);
       });
+  }
+
+  /** Put the status byte and the chain on the used ring, and tell the driver. */
+  private complete(ctx: VirtioActivation, q: SplitQueue, index: number, chain: VirtqChain, status: GuestBuffer, r: { status: number; written: number }): void {
+    try {
+      ctx.memory.writeU8(status.gpa + status.length - 1, r.status);
+      q.pushUsed(chain.head, r.written + 1);
+      ctx.usedBuffers(index);
+    } catch (e) {
+      ctx.fail(e);
+    }
+  }
+
+  /**
+   * A read or write done at once through `backend.transferNow`; undefined
+   * when the request is of another type or the backend must wait (then the
+   * asynchronous path runs it, from the start).
+   */
+  private executeNow(chain: VirtqChain, type: number, sector: number): { status: number; written: number } | undefined {
+    if (type !== BLK_T.in && type !== BLK_T.out) return undefined;
+    const read = type === BLK_T.in;
+    const bytes = read ? chain.writableBytes - 1 : chain.readableBytes - HEADER_BYTES;
+    if (!read && this.readonly) return { status: BLK_S.ioerr, written: 0 };
+    if (bytes % SECTOR_SIZE || !Number.isSafeInteger(sector) || sector * SECTOR_SIZE + bytes > this.capacitySectors * SECTOR_SIZE) return { status: BLK_S.ioerr, written: 0 };
+    if (bytes) {
+      try {
+        const buffers = read ? sliceBuffers(chain.writable, 0, bytes) : sliceBuffers(chain.readable, HEADER_BYTES, bytes);
+        if (!this.backend.transferNow!(read ? 'read' : 'write', buffers, sector * SECTOR_SIZE)) return undefined;
+      } catch {
+        this.stats.errors++;
+        return { status: BLK_S.ioerr, written: 0 };
+      }
+    }
+    if (read) {
+      this.stats.reads++;
+      this.stats.bytesRead += bytes;
+      return { status: BLK_S.ok, written: bytes };
+    }
+    this.stats.writes++;
+    this.stats.bytesWritten += bytes;
+    return { status: BLK_S.ok, written: 0 };
   }
 
   /** Run one request; resolves to its status and the data bytes placed in guest buffers. */

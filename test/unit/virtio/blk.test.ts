@@ -1,6 +1,6 @@
 import test from 'ava';
 import * as fs from 'node:fs';
-import { BLK_S, BLK_T, VirtioBlk, VIRTIO_BLK_F_RO } from '../../../lib/devices/virtio/blk';
+import { BLK_S, BLK_T, VirtioBlk, VIRTIO_BLK_F_RO, type BlockBackend } from '../../../lib/devices/virtio/blk';
 import { REG } from '../../../lib/devices/virtio/mmio';
 import { bounceFileBackend } from '../../../lib/devices/virtio/blk-backends';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
@@ -121,6 +121,109 @@ test('several requests in one kick complete in the order they were made availabl
   await blk.idle();
   await new Promise((r) => setImmediate(r));
   t.deepEqual(d.takeUsed(q).map(([h]) => h), heads);
+});
+
+/**
+ * A backend that can also transfer at once (as directFileBackend does for an
+ * image in memory): `refuse(position)` makes transferNow answer false (the
+ * request must wait), `fail` makes it throw. `calls` counts each path.
+ */
+function nowBackend(fd: number, mem: GuestMemory, opts: { refuse?: (position: number) => boolean; fail?: boolean } = {}) {
+  const calls = { now: 0, async: 0 };
+  const bounce = bounceFileBackend(fd, mem);
+  const backend: BlockBackend = {
+    read: (b, p) => (calls.async++, bounce.read(b, p)),
+    write: (b, p) => (calls.async++, bounce.write(b, p)),
+    writeZeroes: bounce.writeZeroes,
+    datasync: bounce.datasync,
+    transferNow: (op, buffers, position) => {
+      if (opts.fail) throw new Error('EIO');
+      if (opts.refuse?.(position)) return false;
+      calls.now++;
+      for (const b of buffers) {
+        if (op === 'read') {
+          const buf = new Uint8Array(b.length);
+          fs.readSync(fd, buf, 0, b.length, position);
+          mem.write(b.gpa, buf);
+        } else fs.writeSync(fd, mem.read(b.gpa, b.length), 0, b.length, position);
+        position += b.length;
+      }
+      return true;
+    },
+  };
+  return { backend, calls };
+}
+
+function setupNow(t: { teardown(f: () => void): void }, opts: { refuse?: (position: number) => boolean; fail?: boolean } = {}) {
+  const content = new Uint8Array(16 * 512).map((_, i) => (i * 7 + 3) & 0xff);
+  const img = tempImage(t, content);
+  const mem = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
+  const { backend, calls } = nowBackend(img.fd, mem, opts);
+  const blk = new VirtioBlk({ backend, sizeBytes: content.length });
+  const d = new FakeDriver(blk, {}, mem);
+  d.up([16]);
+  return { blk, d, q: d.queues[0]!, img, content, calls };
+}
+
+/** Make a read of one sector available; returns its head and where its data and status go. */
+function offerRead(d: FakeDriver, q: FakeQueue, sector: number): { head: number; data: number; st: number } {
+  const data = d.alloc(512);
+  const st = d.alloc(1, new Uint8Array([0xff]));
+  const head = d.chain(q, [{ gpa: d.alloc(16, header(BLK_T.in, sector)), len: 16 }, { gpa: data, len: 512, write: true }, { gpa: st, len: 1, write: true }]);
+  d.offer(q, head);
+  return { head, data, st };
+}
+
+test('with a backend that can transfer at once, a read and a write complete before the kick returns', async (t) => {
+  const { d, q, img, content, calls } = setupNow(t);
+  const r = offerRead(d, q, 3);
+  d.kick(q);
+  t.deepEqual(d.takeUsed(q), [[r.head, 513]], 'used before any await');
+  t.is(d.mem.readU8(r.st), BLK_S.ok);
+  t.deepEqual(d.mem.read(r.data, 512), content.subarray(3 * 512, 4 * 512));
+  const out = new Uint8Array(512).fill(0x5a);
+  const st = d.alloc(1, new Uint8Array([0xff]));
+  const head = d.chain(q, [{ gpa: d.alloc(16, header(BLK_T.out, 5)), len: 16 }, { gpa: d.alloc(512, out), len: 512 }, { gpa: st, len: 1, write: true }]);
+  d.offer(q, head);
+  d.kick(q);
+  t.deepEqual(d.takeUsed(q), [[head, 1]]);
+  t.is(d.mem.readU8(st), BLK_S.ok);
+  t.deepEqual(new Uint8Array(fs.readFileSync(img.file).subarray(5 * 512, 6 * 512)), out);
+  t.deepEqual(calls, { now: 2, async: 0 });
+});
+
+test('when the backend cannot transfer at once, the request runs the asynchronous way with the same result', async (t) => {
+  const { d, q, blk, content, calls } = setupNow(t, { refuse: () => true });
+  const r = offerRead(d, q, 2);
+  d.kick(q);
+  t.deepEqual(d.takeUsed(q), [], 'not done yet');
+  await blk.idle();
+  await new Promise((res) => setImmediate(res));
+  t.deepEqual(d.takeUsed(q), [[r.head, 513]]);
+  t.deepEqual(d.mem.read(r.data, 512), content.subarray(2 * 512, 3 * 512));
+  t.deepEqual(calls, { now: 0, async: 1 });
+});
+
+test('an error of the immediate transfer completes the request with IOERR', (t) => {
+  const { d, q, blk } = setupNow(t, { fail: true });
+  const r = offerRead(d, q, 0);
+  d.kick(q);
+  t.deepEqual(d.takeUsed(q), [[r.head, 1]]);
+  t.is(d.mem.readU8(r.st), BLK_S.ioerr);
+  t.is(blk.stats.errors, 1);
+});
+
+test('a request that could complete at once still waits for an earlier one in flight, so completions stay in order', async (t) => {
+  // Sector 0 must wait (async); sector 1 could complete at once, but must not overtake it.
+  const { d, q, blk, calls } = setupNow(t, { refuse: (position) => position === 0 });
+  const first = offerRead(d, q, 0);
+  const second = offerRead(d, q, 1);
+  d.kick(q);
+  t.deepEqual(d.takeUsed(q), []);
+  await blk.idle();
+  await new Promise((res) => setImmediate(res));
+  t.deepEqual(d.takeUsed(q).map(([h]) => h), [first.head, second.head]);
+  t.deepEqual(calls, { now: 0, async: 2 });
 });
 
 test('a request without a status byte puts the device in needs-reset', (t) => {
