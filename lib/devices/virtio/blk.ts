@@ -160,9 +160,18 @@ export class VirtioBlk implements VirtioDevice {
     if (chain.readableBytes < HEADER_BYTES || !status || status.length < 1) {
       throw new VirtioQueueError(`block request at head ${chain.head} lacks a 16-byte header or a status byte`);
     }
-    const header = new DataView(q.readAt(chain, 0, HEADER_BYTES).buffer);
-    const type = header.getUint32(0, true);
-    const sector = Number(header.getBigUint64(8, true));
+    let type: number;
+    let sector: number;
+    const first = chain.readable[0]!;
+    if (first.length >= HEADER_BYTES) {
+      // The header in one descriptor (as Linux sends it): read in place.
+      type = ctx.memory.readU32(first.gpa);
+      sector = ctx.memory.readU32(first.gpa + 12) * 2 ** 32 + ctx.memory.readU32(first.gpa + 8);
+    } else {
+      const header = new DataView(q.readAt(chain, 0, HEADER_BYTES).buffer);
+      type = header.getUint32(0, true);
+      sector = Number(header.getBigUint64(8, true));
+    }
     // Nothing in flight, and the backend can move the bytes without waiting:
     // the request completes before this returns, in order by construction,
     // with no promise, no pool hop and no second pass through the event loop.
@@ -281,9 +290,21 @@ export class VirtioBlk implements VirtioDevice {
 }
 
 /** The guest buffers holding bytes [offset, offset + length) of a chain part. */
-export function sliceBuffers(segments: readonly GuestBuffer[], offset: number, length: number): GuestBuffer[] {
-  const out: GuestBuffer[] = [];
+export function sliceBuffers(segments: readonly GuestBuffer[], offset: number, length: number): readonly GuestBuffer[] {
+  // The common case, a data part that starts and ends on descriptor
+  // boundaries (header, data pages, status byte each in their own), takes
+  // the descriptors as they are: no new object per page.
+  let first = 0;
   let skip = offset;
+  while (first < segments.length && skip >= segments[first]!.length) skip -= segments[first++]!.length;
+  if (skip === 0) {
+    let end = first;
+    let left = length;
+    while (end < segments.length && left >= segments[end]!.length && left > 0) left -= segments[end++]!.length;
+    if (left === 0) return first === 0 && end === segments.length ? segments : segments.slice(first, end);
+  }
+  const out: GuestBuffer[] = [];
+  skip = offset;
   let left = length;
   for (const s of segments) {
     if (left === 0) break;

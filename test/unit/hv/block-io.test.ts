@@ -92,6 +92,14 @@ test('sliceBuffers picks the guest buffers behind a byte range of a descriptor c
     { gpa: 0x2000, length: 4096 },
   ]);
   t.deepEqual(sliceBuffers(segs, 4112, 0), []);
+  // On descriptor boundaries the descriptors themselves come back (no copy per page).
+  t.is(sliceBuffers(segs, 16, 4096)[0], segs[1]);
+  t.is(sliceBuffers(segs, 0, 4113), segs);
+  // A zero-length descriptor inside, and a range ending inside the last one.
+  const withEmpty = [{ gpa: 0x1000, length: 16 }, { gpa: 0x9000, length: 0 }, { gpa: 0x2000, length: 4096 }];
+  t.deepEqual(sliceBuffers(withEmpty, 16, 4096), [{ gpa: 0x2000, length: 4096 }]);
+  t.deepEqual(sliceBuffers(withEmpty, 16, 100), [{ gpa: 0x2000, length: 100 }]);
+  t.deepEqual(sliceBuffers(withEmpty, 20, 100), [{ gpa: 0x2004, length: 100 }]);
 });
 
 test('blockIoNow does the same transfer on the calling thread: scatter, zero-fill past the end, gather, errors thrown', (t) => {
