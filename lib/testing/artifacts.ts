@@ -359,15 +359,27 @@ function asNoSpace(err: unknown): unknown {
   return err;
 }
 
+/** Each external command (apt-get download, dpkg-deb, ...) gets this long: 10 minutes unless the environment says otherwise. */
+function commandTimeoutMs(): number {
+  const s = Number(process.env.NODEVMM_ARTIFACTS_COMMAND_TIMEOUT_S);
+  return Number.isFinite(s) && s > 0 ? s * 1000 : 600_000;
+}
+
 function run(cmd: string, args: string[], cwd: string | undefined, code: string): Promise<string>;
 function run(cmd: string, args: string[], cwd: string | undefined, code: string, encoding: 'buffer'): Promise<Buffer>;
 function run(cmd: string, args: string[], cwd: string | undefined, code: string, encoding: 'utf8' | 'buffer' = 'utf8'): Promise<string | Buffer> {
+  const timeout = commandTimeoutMs();
   return new Promise((resolve, reject) => {
-    execFile(cmd, args, { cwd, encoding, maxBuffer: 1 << 30, env: { ...process.env, LC_ALL: 'C' } }, (err, stdout, stderr) => {
+    execFile(cmd, args, { cwd, encoding, maxBuffer: 1 << 30, env: { ...process.env, LC_ALL: 'C' }, timeout, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
       if (!err) return resolve(stdout);
       const tail = String(stderr).trim().split('\n').slice(-5).join(' | ');
-      const e = err as NodeJS.ErrnoException;
-      const why = e.code === 'ENOENT' ? `${cmd} is not installed` : `${cmd} ${args.join(' ')} failed: ${tail || e.message}`;
+      const e = err as NodeJS.ErrnoException & { killed?: boolean };
+      const why =
+        e.code === 'ENOENT'
+          ? `${cmd} is not installed`
+          : e.killed
+            ? `${cmd} ${args.join(' ')} did not finish within ${timeout / 1000} s and was stopped (NODEVMM_ARTIFACTS_COMMAND_TIMEOUT_S sets the limit)`
+            : `${cmd} ${args.join(' ')} failed: ${tail || e.message}`;
       reject(/No space left/i.test(tail) ? new NodevmmError('ERR_ARTIFACTS_NO_SPACE', `artifacts: ${why}`) : new NodevmmError(code, `artifacts: ${why}`, { cause: err }));
     });
   });

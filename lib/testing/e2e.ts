@@ -4,6 +4,7 @@
  * a guest with the test initramfs, optionally runs one command in it
  * (nodevmm.cmd), and returns the console, the markers and the stop reason.
  */
+import { NodevmmError } from '../errors';
 import { findGuestArtifacts, type GuestArtifacts } from './artifacts';
 import { detectKvm } from './detect';
 import { createVm, type Vm } from '../vm/vm';
@@ -48,8 +49,10 @@ export async function bootToStop(config: VmConfig & { command?: string; timeoutM
   const vm = await createVm({ kernel: a.vmlinuz, initrd: a.testInitramfs, memory: '256M', ...rest, cmdline });
   await vm.start();
   let diagnosis: string | undefined;
+  let timedOut = false;
   // On a timeout, say where the guest was before killing it (its console may say nothing).
   const timer = setTimeout(() => {
+    timedOut = true;
     void vm
       .diagnose()
       .then((d) => (diagnosis = d), (e: Error) => (diagnosis = `diagnose failed: ${e.message}`))
@@ -58,7 +61,24 @@ export async function bootToStop(config: VmConfig & { command?: string; timeoutM
   const stop = await vm.waitForStop();
   clearTimeout(timer);
   const log = vm.serial(1).log().replace(/\r/g, '') + (diagnosis ? `\nNODEVMM-TIMEOUT-DIAGNOSIS ${diagnosis}\n` : '');
+  if (timedOut) throw new NodevmmError('ERR_E2E_TIMEOUT', timeoutReport('guest', log, Date.now() - started, timeoutMs, diagnosis));
   return { vm, stop, log, markers: guestMarkers(log), wallMs: Date.now() - started };
+}
+
+/**
+ * One message for a guest that never finished: whether it reached its
+ * marker, the time spent, its last 30 console lines and (for nodevmm) where
+ * its vCPUs were.
+ */
+export function timeoutReport(what: string, log: string, spentMs: number, limitMs: number, diagnosis?: string): string {
+  const lines = log.replace(/\r/g, '').split('\n');
+  while (lines.length && lines[lines.length - 1] === '') lines.pop();
+  const reached = /^GUEST-INIT-OK$/m.test(log) ? 'after GUEST-INIT-OK' : 'before GUEST-INIT-OK';
+  return [
+    `${what} did not stop within ${(limitMs / 1000).toFixed(0)} s (${(spentMs / 1000).toFixed(1)} s spent, ${reached}); last ${Math.min(30, lines.length)} console lines:`,
+    ...lines.slice(-30),
+    ...(diagnosis ? [`diagnosis: ${diagnosis}`] : []),
+  ].join('\n');
 }
 
 /** Lines that mean our firmware tables or devices upset the kernel. */

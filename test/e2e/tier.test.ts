@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { findGuestArtifacts } from '../../lib/testing/artifacts';
 import { detectKvm } from '../../lib/testing/detect';
+import { timeoutReport } from '../../lib/testing/e2e';
 
 const kvm = detectKvm();
 const artifacts = findGuestArtifacts('x86_64');
@@ -32,7 +33,7 @@ function runMicrovm(kernel: string, initrd: string, cmdline: string): Promise<Qe
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`microvm guest did not power off within ${BOOT_TIMEOUT_MS} ms; last lines:\n${out.split('\n').slice(-30).join('\n')}`));
+      reject(new Error(timeoutReport('microvm guest', out, Date.now() - started, BOOT_TIMEOUT_MS)));
     }, BOOT_TIMEOUT_MS);
     child.on('error', (err) => {
       clearTimeout(timer);
