@@ -33,6 +33,7 @@ options:
   --kernel PATH          bzImage or ELF vmlinux (x86_64)
   --initrd PATH          initramfs (cpio, optionally compressed)
   --cmdline STR          appended to the default command line "panic=-1 console=ttyS0"
+                         (with --igvm and no --cmdline, the image keeps its own)
   --no-default-cmdline   use --cmdline alone
   -m, --memory SIZE      guest RAM, e.g. 512M, 1G, 6G (default 1G)
   -p, --processors N     vCPUs (default 1)

@@ -92,6 +92,12 @@ export interface ResolvedVmConfig {
   initrd?: string | Uint8Array;
   igvm?: string | Uint8Array;
   cmdline: string;
+  /**
+   * An IGVM boot without a `cmdline` from the user: the image's own command
+   * line (its COMMAND_LINE parameter area's initial data) stays, and
+   * `cmdline` (the defaults) is not handed to the loader.
+   */
+  cmdlineFromImage: boolean;
   memory: number;
   vcpus: number;
   boot: BootProtocol;
@@ -250,6 +256,7 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   const resolved: ResolvedVmConfig = {
     name,
     cmdline: parts.join(' '),
+    cmdlineFromImage: config.igvm !== undefined && !config.cmdline && config.cmdlineDefaults !== false,
     memory,
     vcpus,
     boot,

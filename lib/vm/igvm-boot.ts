@@ -32,7 +32,8 @@ export function igvmLoader(partition: KvmPartition, config: ResolvedVmConfig, ac
   const result = loadIgvm(partition.memory, file, plan, {
     vpCount: config.vcpus,
     memoryMap,
-    commandLine: config.cmdline,
+    // Without a command line from the user, the image keeps the one it was built with.
+    ...(config.cmdlineFromImage ? {} : { commandLine: config.cmdline }),
     mmioRanges: [{ gpa: MMIO_GAP_START, size: MMIO_GAP_SIZE }],
     ...(madt ? { madt } : {}),
   });
