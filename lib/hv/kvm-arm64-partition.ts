@@ -25,6 +25,7 @@ import {
   type Arm64CoreReg,
 } from './arm64-regs';
 import { KvmPartition } from './kvm-partition';
+import type { Arm64Partition } from './partition';
 import { native, nativeBinding, type NativeVcpu, type NativeVm } from './native';
 
 /** What the addon adds on aarch64 builds (native/kvm_arm64.cc). */
@@ -53,7 +54,7 @@ export interface KvmArm64PartitionOptions {
 
 export type Arm64CoreRegs = Partial<Record<Arm64CoreReg, bigint>>;
 
-export class KvmArm64Partition extends KvmPartition {
+export class KvmArm64Partition extends KvmPartition implements Arm64Partition {
   /** KVM_ARM_PREFERRED_TARGET's answer, used for every vCPU. */
   readonly target: number;
 

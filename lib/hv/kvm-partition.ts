@@ -18,11 +18,11 @@ import { adjustCpuid } from './cpuid';
 import { checkLayout, EXIT_KIND_PIO, VcpuSharedView } from './exit-mailbox';
 import { IoBus, type BusRange, type ShadowBlock } from './io-bus';
 import { native, nativeBinding, type CpuidEntry, type NativeBinding, type NativeEvent, type NativeGuestRam, type NativeRoute, type NativeVcpu, type NativeVm } from './native';
-import type { Partition, PartitionStats, RamOptions, VcpuStop, VirtualProcessor } from './partition';
+import type { NotifyOps } from '../devices/virtio/vsock';
+import type { FileIoMode, PartitionStats, PendingExit, RamOptions, VcpuStop, X86Partition, X86VirtualProcessor } from './partition';
 import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
 
-/** Where `KvmPartition.fileIo` runs a transfer (see there). */
-export type FileIoMode = 'pool' | 'nowait' | 'inline';
+export type { FileIoMode } from './partition';
 
 export interface KvmPartitionOptions {
   vcpus: number;
@@ -65,7 +65,7 @@ export function supportedCpuid(binding: NativeBinding = nativeBinding()): CpuidE
 }
 const KVM_SYSTEM_EVENT: Record<number, VcpuStop['systemEvent']> = { 1: 'shutdown', 2: 'reset', 3: 'crash' };
 
-class KvmVcpu implements VirtualProcessor {
+class KvmVcpu implements X86VirtualProcessor {
   readonly index: number;
   readonly native: NativeVcpu;
   readonly shared: VcpuSharedView;
@@ -79,6 +79,10 @@ class KvmVcpu implements VirtualProcessor {
   }
   get state(): string {
     return this.native.state;
+  }
+  pendingExit(): PendingExit | undefined {
+    const sh = this.shared;
+    return sh.pending ? { kind: sh.kind === EXIT_KIND_PIO ? 'port' : 'mmio', write: !!sh.isWrite, size: sh.size, address: Number(sh.address) } : undefined;
   }
   getRegs(): X86Regs {
     return native(() => this.native.getRegs());
@@ -137,7 +141,7 @@ class KvmVcpu implements VirtualProcessor {
 
 type PartitionState = 'created' | 'running' | 'paused' | 'stopped' | 'destroyed';
 
-export class KvmPartition extends EventEmitter implements Partition {
+export class KvmPartition extends EventEmitter implements X86Partition {
   readonly memory = new GuestMemory();
   readonly pio = new IoBus('pio');
   readonly mmio = new IoBus('mmio');
@@ -364,6 +368,19 @@ export class KvmPartition extends EventEmitter implements Partition {
   private ramIndexOf(gpa: number): number {
     for (let k = 0; k < this.ramGpas.length; k++) if (gpa >= this.ramGpas[k]! && gpa - this.ramGpas[k]! < this.ramSizes[k]!) return k;
     return -1;
+  }
+
+  /** eventfds registered on this VM's fd as ioeventfds (kicks) and irqfds (interrupts). */
+  notifyOps(): NotifyOps {
+    const binding = this.binding;
+    const vm = this.vm;
+    return {
+      eventfd: () => native(() => binding.eventfd(0)),
+      signal: (fd) => native(() => binding.eventfdWrite(fd, 1)),
+      close: (fd) => binding.closeFd(fd),
+      ioeventfd: (fd, address, length, datamatch, assign) => native(() => vm.ioeventfd(fd, address, length, { datamatch, deassign: !assign })),
+      irqfd: (fd, gsi, assign) => native(() => vm.irqfd(fd, gsi, { deassign: !assign })),
+    };
   }
 
   /** fdatasync(2) on the thread pool. */

@@ -1,11 +1,14 @@
 /**
  * The hypervisor-neutral contract the VM layer programs against. The KVM
- * backend (kvm-partition.ts) implements it today; a Windows Hypervisor
- * Platform or arm64 backend implements the same interfaces later, so
- * callers never change.
+ * backends (kvm-partition.ts for x86_64, kvm-arm64-partition.ts for arm64)
+ * implement it today and `openHypervisor()` (hypervisor.ts) hands them out; a
+ * Windows Hypervisor Platform backend implements the same interfaces later,
+ * so callers never change.
  */
 import type { EventEmitter } from 'node:events';
-import type { GuestMemory } from '../memory/guest-memory';
+import type { NotifyOps } from '../devices/virtio/vsock';
+import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
+import type { Arm64CoreRegs } from './kvm-arm64-partition';
 import type { IoBus } from './io-bus';
 import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
 
@@ -78,4 +81,61 @@ export interface Partition extends EventEmitter {
   stats(): PartitionStats;
   destroy(): void;
   readonly destroyed: boolean;
+}
+
+/** Where a partition's `fileIo` runs a transfer (see KvmPartition.fileIo). */
+export type FileIoMode = 'pool' | 'nowait' | 'inline';
+
+/** An exit a vCPU is waiting on JavaScript for (diagnosis). */
+export interface PendingExit {
+  kind: 'port' | 'mmio';
+  write: boolean;
+  size: number;
+  address: number;
+}
+
+/** An x86 vCPU as the VM layer sees it. */
+export interface X86VirtualProcessor extends VirtualProcessor {
+  /** The local APIC page (KVM_GET_LAPIC layout: 1 KiB of registers). */
+  getLapic(): Uint8Array;
+  /** The exit this vCPU waits on JavaScript for, if any. */
+  pendingExit(): PendingExit | undefined;
+}
+
+export interface X86PartitionOptions {
+  vcpus: number;
+  /** Adaptive exit-polling window of the dispatcher, in µs (0: off). */
+  dispatchSpinUs?: number;
+}
+
+/** Guest-page I/O and notification plumbing the device models use. */
+export interface PartitionIo {
+  /** A file read or write straight to/from guest pages; resolves with the bytes moved. */
+  fileIo(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], how?: FileIoMode): Promise<number>;
+  /** The same done before returning, or -1 if it would block. */
+  fileIoNow(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], nowait: boolean): number;
+  fileSync(fd: number): Promise<void>;
+  /** Each RAM region with its address in this process (for vhost). */
+  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint }>;
+  /** eventfds and their registration with this partition (ioeventfd kicks, irqfd interrupts). */
+  notifyOps(): NotifyOps;
+}
+
+export interface X86Partition extends Partition, PartitionIo {
+  readonly vcpus: readonly X86VirtualProcessor[];
+}
+
+export interface Arm64PartitionOptions {
+  vcpus: number;
+  /** GICv3 distributor base. */
+  gicDistributor: number;
+  /** First redistributor frame; one 128 KiB region per vCPU follows it. */
+  gicRedistributor: number;
+  dispatchSpinUs?: number;
+}
+
+export interface Arm64Partition extends Partition, PartitionIo {
+  setCoreRegs(vcpu: number, regs: Arm64CoreRegs): void;
+  /** The MPIDR the hypervisor gave a vCPU (the device tree's cpu `reg`). */
+  mpidr(vcpu: number): bigint;
 }

@@ -26,12 +26,11 @@ import {
 import { Pl011 } from '../devices/pl011';
 import type { ByteSink, IrqLine } from '../devices/types';
 import { MiB } from '../util/bytes';
-import { KvmArm64Partition } from '../hv/kvm-arm64-partition';
-import type { VcpuStop } from '../hv/partition';
+import { openHypervisor } from '../hv/hypervisor';
+import type { Arm64Partition, VcpuStop } from '../hv/partition';
 import type { DiskConfig } from './config';
 import { ioeventfdQueueNotifier } from './queue-notifier';
 import type { SerialPort } from './serial-port';
-import { kvmNotifyOps } from './vhost-vsock';
 import { attachVirtioDevices, virtioSlots, type AttachedVirtio, type VirtioSlotPlacement } from './virtio-devices';
 
 /** arm64 virtio-mmio slots: the bottom of the MMIO gap, SPIs 16-23 (lib/arch/aarch64/layout.ts). */
@@ -78,7 +77,7 @@ export function arm64StopReason(stop: VcpuStop): Arm64StopReason {
 
 class SpiLine implements IrqLine {
   constructor(
-    private readonly partition: KvmArm64Partition,
+    private readonly partition: Arm64Partition,
     private readonly spi: number,
   ) {}
   set(level: boolean): void {
@@ -93,7 +92,7 @@ class SpiLine implements IrqLine {
 const discard: ByteSink = { write: () => {} };
 
 export class Arm64LinuxVm {
-  readonly partition: KvmArm64Partition;
+  readonly partition: Arm64Partition;
   readonly console: Pl011;
   readonly secondUart: Pl011;
   readonly load: Arm64LinuxDirectLoadResult;
@@ -107,7 +106,7 @@ export class Arm64LinuxVm {
     const memoryBytes = o.memoryBytes ?? 512 * MiB;
     // Validates the CPU count against the redistributor space before KVM sees it.
     gicRedistributorRange(o.vcpus);
-    const partition = new KvmArm64Partition({
+    const partition = openHypervisor().createArm64Partition({
       vcpus: o.vcpus,
       gicDistributor: GIC_DIST_START,
       gicRedistributor: gicRedistributorRange(o.vcpus).start,
@@ -142,7 +141,7 @@ export class Arm64LinuxVm {
         // Each slot owns its SPI, so no OR of several sources is needed (x86's IrqLines).
         irq: (spi) => new SpiLine(partition, spi),
         consolePort: o.virtioConsole,
-        queueNotifier: (base) => ioeventfdQueueNotifier(kvmNotifyOps(partition.nativeVm), base),
+        queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base),
         directIo: partition,
       });
     } catch (e) {

@@ -33,7 +33,7 @@ export interface VmConfig {
   serial?: Partial<Record<ComPort, boolean>>;
   /** Bytes of serial output kept per port for logs and expect(). Default 16 MiB. */
   serialLogBytes?: number;
-  /** Adaptive exit polling window in µs (see KvmPartition). */
+  /** Adaptive exit polling window in µs (the dispatcher's polling; see docs/architecture.md). */
   dispatchSpinUs?: number;
   /** A name for logs and errors. */
   name?: string;

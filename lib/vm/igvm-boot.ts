@@ -7,14 +7,14 @@ import { NodevmmError } from '../errors';
 import { parseIgvm } from '../igvm/parse';
 import { planIgvmLoad } from '../igvm/plan';
 import { loadIgvm } from '../igvm/load';
-import type { KvmPartition } from '../hv/kvm-partition';
+import type { X86Partition } from '../hv/partition';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import { ZERO_REGS } from '../hv/x86-state';
 import type { ResolvedVmConfig } from './config';
 import type { X86AcpiTables } from '../acpi/x86-tables';
 import { MMIO_GAP_SIZE, MMIO_GAP_START } from '../arch/x86_64/layout';
 
-export function igvmLoader(partition: KvmPartition, config: ResolvedVmConfig, acpi: X86AcpiTables): X86VcpuInitState {
+export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables): X86VcpuInitState {
   const bytes = config.igvm;
   if (!(bytes instanceof Uint8Array)) throw new NodevmmError('ERR_IGVM', 'igvm image was not read');
   const file = parseIgvm(bytes);

@@ -70,13 +70,3 @@ export function openVhostVsock(cid: number, path = VHOST_VSOCK_PATH, binding: Na
   };
 }
 
-/** eventfds registered on this VM's fd. */
-export function kvmNotifyOps(vm: NativeVm, binding: NativeBinding = nativeBinding()): NotifyOps {
-  return {
-    eventfd: () => native(() => binding.eventfd(0)),
-    signal: (fd) => native(() => binding.eventfdWrite(fd, 1)),
-    close: (fd) => binding.closeFd(fd),
-    ioeventfd: (fd, address, length, datamatch, assign) => native(() => vm.ioeventfd(fd, address, length, { datamatch, deassign: !assign })),
-    irqfd: (fd, gsi, assign) => native(() => vm.irqfd(fd, gsi, { deassign: !assign })),
-  };
-}

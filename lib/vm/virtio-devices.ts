@@ -140,7 +140,7 @@ export interface AttachVirtioOptions {
    * base address; vsock registers its own ioeventfds for vhost.
    */
   queueNotifier?: (base: number) => VirtioMmioOptions['queueNotifier'];
-  /** Disk I/O straight to and from guest pages (a KvmPartition); without it disks copy through JS buffers. */
+  /** Disk I/O straight to and from guest pages (a partition's PartitionIo); without it disks copy through JS buffers. */
   directIo?: DirectFileIo;
 }
 

@@ -26,7 +26,7 @@ import type { VirtioNetStats } from '../devices/virtio/net';
 import { VsockServer, VsockStream } from './vsock-stream';
 import { execOverVsock } from './vsock-exec';
 import type { X86VcpuInitState } from '../hv/x86-state';
-import type { KvmPartition } from '../hv/kvm-partition';
+import type { X86Partition } from '../hv/partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
 
 export interface VmEvents {
@@ -37,7 +37,7 @@ export interface VmEvents {
 }
 
 /** Loads something other than a Linux kernel (IGVM) into a fresh partition; returns the BSP state. */
-export type CustomLoader = (partition: KvmPartition, config: ResolvedVmConfig, acpi: X86AcpiTables) => X86VcpuInitState;
+export type CustomLoader = (partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables) => X86VcpuInitState;
 
 async function readImage(what: string, v: string | Uint8Array | undefined): Promise<Uint8Array | undefined> {
   if (v === undefined || v instanceof Uint8Array) return v;
@@ -157,7 +157,7 @@ export class Vm extends EventEmitter<VmEvents> {
   }
 
   /** The underlying partition (vCPU registers, buses) for advanced use. */
-  get partition(): KvmPartition {
+  get partition(): X86Partition {
     if (!this.machine) throw new NodevmmError('ERR_VM_STATE', `the vm has no partition while ${this._state}`);
     return this.machine.partition;
   }
@@ -195,7 +195,7 @@ export class Vm extends EventEmitter<VmEvents> {
   private build(): void {
     this.openTaps();
     const images = this.images.kernel ? { kernel: this.images.kernel, initrd: this.images.initrd } : undefined;
-    const loader = this.customLoader ? (p: KvmPartition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
+    const loader = this.customLoader ? (p: X86Partition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
     const m = buildX86Machine(
       this.config,
       images,
@@ -270,13 +270,13 @@ export class Vm extends EventEmitter<VmEvents> {
     const p = m.partition;
     const hex = (v: bigint | number) => `0x${v.toString(16)}`;
     const vcpus = p.vcpus.map((v) => {
-      const sh = v.shared;
-      const waiting = sh.pending ? ` waiting for JS on ${sh.kind === EXIT_KIND_PIO ? 'port' : 'mmio'} ${sh.isWrite ? 'write' : 'read'}${sh.size} at ${hex(sh.address)}` : '';
-      // A vCPU still in KVM_RUN holds its mutex: reading its registers would block this thread.
-      if (v.native.state === 'running') return `vcpu${v.index}${waiting} (still running, registers not read)`;
+      const ex = v.pendingExit();
+      const waiting = ex ? ` waiting for JS on ${ex.kind} ${ex.write ? 'write' : 'read'}${ex.size} at ${hex(ex.address)}` : '';
+      // A vCPU still in its run call holds its mutex: reading its registers would block this thread.
+      if (v.state === 'running') return `vcpu${v.index}${waiting} (still running, registers not read)`;
       try {
         const r = v.getRegs();
-        return `vcpu${v.index}${waiting} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.native.getMpState()} ${describeLapic(v.getLapic())}`;
+        return `vcpu${v.index}${waiting} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.getMpState()} ${describeLapic(v.getLapic())}`;
       } catch (e) {
         return `vcpu${v.index}${waiting} (${(e as Error).message})`;
       }

@@ -15,7 +15,8 @@ import { BatchingSink } from '../devices/serial-sinks';
 import { Uart16550 } from '../devices/uart16550';
 import type { IoDevice } from '../devices/types';
 import type { ShadowBlock } from '../hv/io-bus';
-import { KvmPartition, supportedCpuid } from '../hv/kvm-partition';
+import { openHypervisor } from '../hv/hypervisor';
+import type { X86Partition } from '../hv/partition';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import { loadLinuxDirectX86, type LinuxDirectX86Result } from '../loader/linux-direct';
 import { alignUp, GiB } from '../util/bytes';
@@ -25,7 +26,7 @@ import type { SerialPort } from './serial-port';
 import type { NetBackend } from '../devices/virtio/net';
 import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
 import { ioeventfdQueueNotifier } from './queue-notifier';
-import { kvmNotifyOps, openVhostVsock } from './vhost-vsock';
+import { openVhostVsock } from './vhost-vsock';
 
 /** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
 export const COM_RESOURCES: Record<ComPort, { port: number; irq: number }> = {
@@ -61,7 +62,7 @@ export interface BootImages {
 }
 
 export interface X86Machine {
-  partition: KvmPartition;
+  partition: X86Partition;
   pm: AcpiPm;
   uarts: Partial<Record<ComPort, Uart16550>>;
   acpi: X86AcpiTables;
@@ -109,12 +110,12 @@ class ShadowedUart implements IoDevice {
 }
 
 function physAddrBits(): number {
-  const leaf = supportedCpuid().find((e) => e.function === 0x80000008);
+  const leaf = openHypervisor().supportedCpuid().find((e) => e.function === 0x80000008);
   const bits = leaf ? leaf.eax & 0xff : 36;
   return bits >= 32 && bits <= 52 ? bits : 36;
 }
 
-export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: KvmPartition, acpi: X86AcpiTables) => X86VcpuInitState): X86Machine {
+export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: X86Partition, acpi: X86AcpiTables) => X86VcpuInitState): X86Machine {
   const timings: Array<[string, number]> = [];
   let t = performance.now();
   const phase = (name: string) => {
@@ -125,7 +126,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
 
   // 1. Partition and vCPUs (in-kernel irqchip and PIT).
   const spin = cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {};
-  const partition = new KvmPartition({ vcpus: cfg.vcpus, ...spin });
+  const partition = openHypervisor().createX86Partition({ vcpus: cfg.vcpus, ...spin });
   const sinks: BatchingSink[] = [];
   let virtio: AttachedVirtio | undefined;
   try {
@@ -213,8 +214,8 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       irq: (gsi) => irqs.line(gsi),
       consolePort: hooks.virtioConsole,
       netBackends: hooks.netBackends ?? [],
-      vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: kvmNotifyOps(partition.nativeVm), ram: () => partition.ramMappings() }),
-      queueNotifier: (base) => ioeventfdQueueNotifier(kvmNotifyOps(partition.nativeVm), base),
+      vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
+      queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base),
       directIo: partition,
     });
     phase('devices');

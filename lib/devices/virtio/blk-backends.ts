@@ -15,7 +15,7 @@
  *   tests, or a partition without `fileIo`).
  */
 import * as fs from 'node:fs';
-import type { FileIoMode } from '../../hv/kvm-partition';
+import type { FileIoMode } from '../../hv/partition';
 import type { GuestBuffer, GuestMemoryAccess } from '../../memory/guest-memory';
 import type { BlockBackend } from './blk';
 

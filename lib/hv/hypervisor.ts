@@ -1,0 +1,32 @@
+/**
+ * The host's hypervisor behind one interface: the VM layer asks it for
+ * partitions and never names a backend. Linux gets KVM (x86_64 and arm64);
+ * a Windows Hypervisor Platform backend slots in here, beside it.
+ */
+import { NodevmmError } from '../errors';
+import { KvmArm64Partition } from './kvm-arm64-partition';
+import { KvmPartition, supportedCpuid } from './kvm-partition';
+import type { CpuidEntry } from './native';
+import type { Arm64Partition, Arm64PartitionOptions, X86Partition, X86PartitionOptions } from './partition';
+
+export interface Hypervisor {
+  /** 'kvm' today. */
+  readonly name: string;
+  createX86Partition(opts: X86PartitionOptions): X86Partition;
+  createArm64Partition(opts: Arm64PartitionOptions): Arm64Partition;
+  /** The CPUID leaves the hypervisor can give an x86 guest. */
+  supportedCpuid(): CpuidEntry[];
+}
+
+const kvm: Hypervisor = {
+  name: 'kvm',
+  createX86Partition: (opts) => new KvmPartition(opts),
+  createArm64Partition: (opts) => new KvmArm64Partition(opts),
+  supportedCpuid: () => supportedCpuid(),
+};
+
+/** This host's hypervisor, or one sentence saying there is none yet. */
+export function openHypervisor(platform: NodeJS.Platform = process.platform): Hypervisor {
+  if (platform === 'linux') return kvm;
+  throw new NodevmmError('ERR_NO_HYPERVISOR', `nodevmm has no hypervisor backend for ${platform} yet (KVM on Linux today; Windows Hypervisor Platform is planned)`);
+}
