@@ -159,3 +159,18 @@ kvm('directFileBackend transfers at once for an image in memory, and never for a
   // More than 4 MiB always goes to the pool, even in memory.
   t.false(inMemory.transferNow!('read', [{ gpa: 0, length: 1 * MiB }, { gpa: 0, length: 1 * MiB }, { gpa: 0, length: 1 * MiB }, { gpa: 0, length: 1 * MiB }, { gpa: 0, length: 4096 }], 0));
 });
+
+kvm('GSI routing takes irqchip and MSI entries, refuses other types, and KVM_SIGNAL_MSI reaches the in-kernel LAPIC', (t) => {
+  const p = new KvmPartition({ vcpus: 1 });
+  t.teardown(() => p.destroy());
+  const vm = p.nativeVm;
+  // The default ISA routes (IOAPIC pins 0-23) plus one MSI route, as a VMM with an MSI-capable device sets it.
+  const routes = Array.from({ length: 24 }, (_, pin) => ({ gsi: pin, type: 'irqchip' as const, irqchip: 2, pin }));
+  t.notThrows(() => vm.setGsiRouting([...routes, { gsi: 24, type: 'msi', addressLo: 0xfee0_0000, addressHi: 0, data: 0x31 }]));
+  t.throws(() => vm.setGsiRouting([{ gsi: 25, type: 'bogus' } as never]), { message: /'irqchip' or 'msi'/ });
+  t.throws(() => vm.setGsiRouting({} as never), { message: /must be an array/ });
+  // To APIC 0, vector 0x30, fixed delivery: KVM answers 1 (delivered) or 0 (the guest's LAPIC is
+  // software-disabled after reset and drops it); never an error.
+  const r = vm.signalMsi(0xfee0_0000, 0x30);
+  t.true(r === 0 || r === 1, String(r));
+});
