@@ -57,6 +57,21 @@ export interface BlockBackend {
   transferNow?(op: 'read' | 'write', buffers: readonly GuestBuffer[], position: number): boolean;
 }
 
+/** A request's status byte and the data bytes it placed in guest buffers. */
+interface BlkResult {
+  status: number;
+  written: number;
+}
+
+/** A read or write that passed its checks. */
+interface TransferPlan {
+  op: 'read' | 'write';
+  /** Data bytes (a multiple of the sector size). */
+  bytes: number;
+  /** Byte offset in the image. */
+  position: number;
+}
+
 export interface VirtioBlkOptions {
   name?: string;
   backend: BlockBackend;
@@ -201,7 +216,7 @@ export class VirtioBlk implements VirtioDevice {
   }
 
   /** Put the status byte and the chain on the used ring, and tell the driver. */
-  private complete(ctx: VirtioActivation, q: SplitQueue, index: number, chain: VirtqChain, status: GuestBuffer, r: { status: number; written: number }): void {
+  private complete(ctx: VirtioActivation, q: SplitQueue, index: number, chain: VirtqChain, status: GuestBuffer, r: BlkResult): void {
     try {
       ctx.memory.writeU8(status.gpa + status.length - 1, r.status);
       q.pushUsed(chain.head, r.written + 1);
@@ -216,51 +231,58 @@ export class VirtioBlk implements VirtioDevice {
    * when the request is of another type or the backend must wait (then the
    * asynchronous path runs it, from the start).
    */
-  private executeNow(chain: VirtqChain, type: number, sector: number): { status: number; written: number } | undefined {
+  private executeNow(chain: VirtqChain, type: number, sector: number): BlkResult | undefined {
     if (type !== BLK_T.in && type !== BLK_T.out) return undefined;
-    const read = type === BLK_T.in;
-    const bytes = read ? chain.writableBytes - 1 : chain.readableBytes - HEADER_BYTES;
-    if (!read && this.readonly) return { status: BLK_S.ioerr, written: 0 };
-    if (bytes % SECTOR_SIZE || !Number.isSafeInteger(sector) || sector * SECTOR_SIZE + bytes > this.capacitySectors * SECTOR_SIZE) return { status: BLK_S.ioerr, written: 0 };
-    if (bytes) {
+    const plan = this.planTransfer(chain, type, sector);
+    if ('status' in plan) return plan;
+    if (plan.bytes) {
       try {
-        const buffers = read ? sliceBuffers(chain.writable, 0, bytes) : sliceBuffers(chain.readable, HEADER_BYTES, bytes);
-        if (!this.backend.transferNow!(read ? 'read' : 'write', buffers, sector * SECTOR_SIZE)) return undefined;
+        if (!this.backend.transferNow!(plan.op, this.transferBuffers(chain, plan), plan.position)) return undefined;
       } catch {
         this.stats.errors++;
         return { status: BLK_S.ioerr, written: 0 };
       }
     }
-    if (read) {
+    return this.transferDone(plan);
+  }
+
+  /** A read or write checked against the disk: what to move and where, or the status it fails with. */
+  private planTransfer(chain: VirtqChain, type: typeof BLK_T.in | typeof BLK_T.out, sector: number): TransferPlan | BlkResult {
+    const op = type === BLK_T.in ? 'read' : 'write';
+    if (op === 'write' && this.readonly) return { status: BLK_S.ioerr, written: 0 };
+    const bytes = op === 'read' ? chain.writableBytes - 1 : chain.readableBytes - HEADER_BYTES;
+    if (bytes % SECTOR_SIZE || !Number.isSafeInteger(sector) || sector * SECTOR_SIZE + bytes > this.capacitySectors * SECTOR_SIZE) return { status: BLK_S.ioerr, written: 0 };
+    return { op, bytes, position: sector * SECTOR_SIZE };
+  }
+
+  /** The guest buffers a planned transfer moves: after the header for a write, before the status byte for a read. */
+  private transferBuffers(chain: VirtqChain, plan: TransferPlan): readonly GuestBuffer[] {
+    return plan.op === 'read' ? sliceBuffers(chain.writable, 0, plan.bytes) : sliceBuffers(chain.readable, HEADER_BYTES, plan.bytes);
+  }
+
+  /** Count a finished transfer; a read reports its data bytes as written to the guest. */
+  private transferDone(plan: TransferPlan): BlkResult {
+    if (plan.op === 'read') {
       this.stats.reads++;
-      this.stats.bytesRead += bytes;
-      return { status: BLK_S.ok, written: bytes };
+      this.stats.bytesRead += plan.bytes;
+      return { status: BLK_S.ok, written: plan.bytes };
     }
     this.stats.writes++;
-    this.stats.bytesWritten += bytes;
+    this.stats.bytesWritten += plan.bytes;
     return { status: BLK_S.ok, written: 0 };
   }
 
   /** Run one request; resolves to its status and the data bytes placed in guest buffers. */
-  private async execute(q: SplitQueue, chain: VirtqChain, type: number, sector: number): Promise<{ status: number; written: number }> {
+  private async execute(q: SplitQueue, chain: VirtqChain, type: number, sector: number): Promise<BlkResult> {
     const dataOut = chain.readableBytes - HEADER_BYTES;
     const dataIn = chain.writableBytes - 1;
-    const inRange = (bytes: number) => Number.isSafeInteger(sector) && sector * SECTOR_SIZE + bytes <= this.capacitySectors * SECTOR_SIZE;
     switch (type) {
-      case BLK_T.in: {
-        if (dataIn % SECTOR_SIZE || !inRange(dataIn)) return { status: BLK_S.ioerr, written: 0 };
-        if (dataIn) await this.backend.read(sliceBuffers(chain.writable, 0, dataIn), sector * SECTOR_SIZE);
-        this.stats.reads++;
-        this.stats.bytesRead += dataIn;
-        return { status: BLK_S.ok, written: dataIn };
-      }
+      case BLK_T.in:
       case BLK_T.out: {
-        if (this.readonly) return { status: BLK_S.ioerr, written: 0 };
-        if (dataOut % SECTOR_SIZE || !inRange(dataOut)) return { status: BLK_S.ioerr, written: 0 };
-        if (dataOut) await this.backend.write(sliceBuffers(chain.readable, HEADER_BYTES, dataOut), sector * SECTOR_SIZE);
-        this.stats.writes++;
-        this.stats.bytesWritten += dataOut;
-        return { status: BLK_S.ok, written: 0 };
+        const plan = this.planTransfer(chain, type, sector);
+        if ('status' in plan) return plan;
+        if (plan.bytes) await this.backend[plan.op](this.transferBuffers(chain, plan), plan.position);
+        return this.transferDone(plan);
       }
       case BLK_T.flush:
         if (!this.readonly) await this.backend.datasync();
