@@ -105,6 +105,16 @@ function skipped(files, reason) {
   return { passed: 0, failed: 0, skipped: files.length };
 }
 
+/**
+ * A tier that cannot run here: CI exists to prove it, so there it is one
+ * failure (with the reason); locally, a machine without the tool skips it.
+ */
+function unavailable(files, reason) {
+  if (!process.env.CI) return skipped(files, reason);
+  log(`cannot run ${files.length} test file(s): ${reason}`);
+  return { passed: 0, failed: 1, skipped: 0 };
+}
+
 async function runUnit() {
   const files = testFiles(TIERS.unit);
   if (files.length === 0) return skipped(files, 'no unit test files');
@@ -133,26 +143,14 @@ async function runE2e() {
   try {
     artifacts = await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => log(`artifacts: ${m}`) });
   } catch (err) {
-    const reason = `guest artifacts unavailable: ${err.code || ''} ${err.message}`;
-    // CI exists to prove this tier; locally a machine without apt access just skips it.
-    if (process.env.CI) {
-      log(reason);
-      return { passed: 0, failed: 1, skipped: 0 };
-    }
-    return skipped(files, reason);
+    return unavailable(files, `guest artifacts unavailable: ${err.code || ''} ${err.message}`);
   }
   if (kvm.kind === 'real') {
     log(`running e2e directly: ${kvm.reason}`);
     return runAva(files);
   }
   if (spawnSync('qemu-system-x86_64', ['--version']).error) {
-    const reason = `${kvm.reason}, and qemu-system-x86_64 is not installed for the emulated KVM host`;
-    // As with the artifacts: CI must prove this tier, so there a missing QEMU is a failure.
-    if (process.env.CI) {
-      log(`${reason} (apt-get install qemu-system-x86)`);
-      return { passed: 0, failed: 1, skipped: 0 };
-    }
-    return skipped(files, reason);
+    return unavailable(files, `${kvm.reason}, and qemu-system-x86_64 is not installed for the emulated KVM host (apt-get install qemu-system-x86)`);
   }
   log(`${kvm.reason}: running the e2e files in the emulated KVM host, one boot per file`);
   const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
@@ -295,14 +293,14 @@ async function runE2eArm64() {
   const files = testFiles(TIERS['e2e-arm64']);
   if (files.length === 0) return skipped(files, 'no arm64 e2e test files');
   if (spawnSync('qemu-system-aarch64', ['--version']).error) {
-    return process.env.CI ? { passed: 0, failed: 1, skipped: 0 } : skipped(files, 'qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)');
+    return unavailable(files, 'qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)');
   }
   const arm64Addon = path.join(ROOT, 'build-arm64', 'Release', 'nodevmm.node');
   // An addon older than native/ would test yesterday's exit paths (or lack a binding the TS now calls).
   const arm64Stale = fs.existsSync(arm64Addon) && fs.statSync(arm64Addon).mtimeMs < Math.max(newestMtime(path.join(ROOT, 'native'), () => true), fs.statSync(path.join(ROOT, 'binding.gyp')).mtimeMs);
   if (!fs.existsSync(arm64Addon) || arm64Stale) {
     if (spawnSync('aarch64-linux-gnu-g++', ['--version']).error) {
-      return process.env.CI ? { passed: 0, failed: 1, skipped: 0 } : skipped(files, 'no aarch64 cross compiler to build the arm64 addon (apt-get install g++-aarch64-linux-gnu)');
+      return unavailable(files, 'no aarch64 cross compiler to build the arm64 addon (apt-get install g++-aarch64-linux-gnu)');
     }
     log(`cross-building the arm64 addon (scripts/cross-build-arm64.sh)${arm64Stale ? ': build-arm64/ is older than native/' : ''}`);
     const r = spawnSync('sh', [path.join(ROOT, 'scripts', 'cross-build-arm64.sh')], { cwd: ROOT, stdio: 'inherit', timeout: 15 * 60 * 1000 });
@@ -312,12 +310,7 @@ async function runE2eArm64() {
   try {
     await ensureArm64Artifacts({ onProgress: (m) => log(`arm64 artifacts: ${m}`) });
   } catch (err) {
-    const reason = `arm64 artifacts unavailable: ${err.code || ''} ${err.message}`;
-    if (process.env.CI) {
-      log(reason);
-      return { passed: 0, failed: 1, skipped: 0 };
-    }
-    return skipped(files, reason);
+    return unavailable(files, `arm64 artifacts unavailable: ${err.code || ''} ${err.message}`);
   }
   return runAva(files);
 }
