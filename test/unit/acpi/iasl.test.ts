@@ -11,6 +11,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildX86AcpiTables, X86AcpiOptions, X86AcpiTables } from '../../../lib/acpi/x86-tables';
+import { encodeSrat } from '../../../lib/acpi/srat';
+import { encodeSlit } from '../../../lib/acpi/slit';
+import { encodePptt } from '../../../lib/acpi/pptt';
 
 function toolPath(name: string): string | null {
   const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
@@ -233,5 +236,37 @@ acpiexecTest('acpiexec flags a FADT whose block length disagrees with its GAS, s
     writeFileSync(join(dir, 'facp.dat'), facp);
     const out = run(ACPIEXEC!, ['-b', 'evaluate \\_S5', 'facp.dat', 'dsdt.dat'], dir);
     t.true(problems(out).some((l) => /length mismatch/i.test(l)), out);
+  });
+});
+
+/** The tables an IGVM image can ask the host for (lib/vm/igvm-boot.ts) beside the machine's own. */
+const TOPOLOGY_TABLES = (): { name: string; bytes: Uint8Array }[] => [
+  { name: 'srat', bytes: encodeSrat({ processors: [{ apicId: 0, node: 0 }, { apicId: 1, node: 1 }, { apicId: 0x100, node: 1 }], memory: [{ gpa: 0, size: 0x8000_0000, node: 0 }, { gpa: 0x1_0000_0000, size: 0x4000_0000, node: 1, hotPluggable: true }] }) },
+  { name: 'slit', bytes: encodeSlit([[10, 20], [20, 10]]) },
+  { name: 'pptt', bytes: encodePptt({ sockets: 2, coresPerSocket: 2, threadsPerCore: 2 }) },
+];
+
+iaslTest('SRAT, SLIT and PPTT disassemble without problems, show our entries and recompile to the same bytes', (t) => {
+  withDir((dir) => {
+    for (const { name, bytes } of TOPOLOGY_TABLES()) {
+      writeFileSync(join(dir, `${name}.dat`), bytes);
+      const out = run(IASL!, ['-d', `${name}.dat`], dir);
+      t.deepEqual(problems(out), [], `${name}:\n${out}`);
+      const rt = run(IASL!, ['-p', `${name}-rt`, `${name}.dsl`], dir);
+      t.deepEqual(problems(rt), [], `${name}:\n${rt}`);
+      t.deepEqual(unexpectedDiffs(bytes, readFileSync(join(dir, `${name}-rt.aml`))), [], name);
+    }
+    const srat = readFileSync(join(dir, 'srat.dsl'), 'utf8');
+    t.is(count(srat, 'Processor Local APIC/SAPIC Affinity'), 2);
+    t.is(count(srat, 'Processor Local x2APIC Affinity'), 1);
+    t.is(count(srat, 'Memory Affinity'), 2);
+    t.regex(srat, /Base Address : 0000000100000000\s+\[[^\]]*\]\s+Address Length : 0000000040000000/);
+    t.regex(srat, /Hot Pluggable : 1/);
+    const slit = readFileSync(join(dir, 'slit.dsl'), 'utf8');
+    t.regex(slit, /Localities : 0000000000000002/);
+    t.regex(slit, /Locality\s+0 : 0A 14/);
+    const pptt = readFileSync(join(dir, 'pptt.dsl'), 'utf8');
+    t.is(count(pptt, /Subtable Type : 00 \[Processor Hierarchy Node\]/), 2 + 4 + 8);
+    t.is(count(pptt, /Node is a leaf : 1/), 8);
   });
 });
