@@ -41,6 +41,8 @@ options:
                          entry protocol (default auto: the 64-bit boot protocol;
                          pvh needs an ELF with the XEN_ELFNOTE_PHYS32_ENTRY note)
   --igvm FILE            boot an IGVM image instead of --kernel
+  --igvm-relocate GPA    load the image's relocatable region at GPA (0x hex, bytes or
+                         a size like 512M) instead of where the file puts it
   --com1 BINDING         console|stdio|file:PATH|tcp:HOST:PORT|none (default console)
   --com2, --com3, --com4 BINDING  (default: present, output kept in memory only)
   --on-reset stop|restart  what a guest reboot does (default stop)
@@ -106,6 +108,7 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       case '--kernel': { const v = value(); if (v !== undefined) config.kernel = v; break; }
       case '--initrd': { const v = value(); if (v !== undefined) config.initrd = v; break; }
       case '--igvm': { const v = value(); if (v !== undefined) config.igvm = v; break; }
+      case '--igvm-relocate': { const v = value(); if (v !== undefined) config.igvmRelocateTo = v; break; }
       case '--cmdline': { const v = value(); if (v !== undefined) config.cmdline = v; break; }
       case '--no-default-cmdline': config.cmdlineDefaults = false; break;
       case '-m':

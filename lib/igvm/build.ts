@@ -31,6 +31,11 @@ export type IgvmBuildHeader =
   | { kind: 'PARAMETER_INSERT'; gpa: number; compatibility_mask: number; parameter_area_index: number }
   | { kind: 'VP_CONTEXT'; gpa?: bigint; compatibility_mask: number; vp_index?: number; data: Uint8Array }
   | { kind: 'REQUIRED_MEMORY'; gpa: number; compatibility_mask: number; number_of_bytes: number; flags?: number }
+  | {
+      kind: 'RELOCATABLE_REGION'; compatibility_mask: number; vp_index?: number; vtl?: number; flags?: number;
+      relocation_alignment: number; relocation_region_gpa: number; relocation_region_size: number; minimum_relocation_gpa: number; maximum_relocation_gpa: number;
+    }
+  | { kind: 'PAGE_TABLE_RELOCATION_REGION'; compatibility_mask: number; vp_index?: number; vtl?: number; gpa: number; size: number; used_size: number }
   | { kind: IgvmParameterTypeName; parameter_area_index: number; byte_offset: number }
   /** Any type with a ready-made body (no file data): unknown or optional types, or fields the kinds above lack. */
   | { kind: 'RAW'; type: number; body: Uint8Array };
@@ -108,6 +113,13 @@ export function buildIgvm(input: IgvmBuildInput): Uint8Array {
         break;
       case 'REQUIRED_MEMORY':
         w.u64(h.gpa).u32(h.compatibility_mask).u32(h.number_of_bytes).u32(h.flags ?? 0).u32(0);
+        break;
+      case 'RELOCATABLE_REGION':
+        w.u32(h.compatibility_mask).u16(h.vp_index ?? 0).u8(h.vtl ?? 0).u8(h.flags ?? 0);
+        w.u64(h.relocation_alignment).u64(h.relocation_region_gpa).u64(h.relocation_region_size).u64(h.minimum_relocation_gpa).u64(h.maximum_relocation_gpa);
+        break;
+      case 'PAGE_TABLE_RELOCATION_REGION':
+        w.u32(h.compatibility_mask).u16(h.vp_index ?? 0).u8(h.vtl ?? 0).u8(0).u64(h.gpa).u64(h.size).u64(h.used_size);
         break;
       case 'RAW':
         w.bytes(h.body);

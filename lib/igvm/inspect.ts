@@ -32,6 +32,12 @@ export interface IgvmSummary {
   requiredMemory: { gpa: string; size: string; mask: string; vtl2Protectable: boolean }[];
   parameterAreas: { index: number; size: string; initialData: string; parameters: { kind: string; byteOffset: string }[]; inserts: { gpa: string; mask: string }[] }[];
   vpContexts: { index: number; mask: string; platforms: string[]; vpIndex: number; gpa: string; fileOffset: string; registers?: Record<string, string> }[];
+  /** RELOCATABLE_REGION and PAGE_TABLE_RELOCATION_REGION headers (what `run --igvm-relocate` may move). */
+  relocation: {
+    index: number; kind: 'region' | 'page-tables'; mask: string; vpIndex: number; vtl: number; gpa: string; size: string;
+    /** Regions: alignment, bounds and which registers follow; page tables: used bytes. */
+    detail: string;
+  }[];
 }
 
 function rangesOut(r: IgvmGpaRange[]): { start: string; last: string }[] {
@@ -65,8 +71,15 @@ export function summarizeIgvm(f: IgvmFile): IgvmSummary {
   const parameterAreas: IgvmSummary['parameterAreas'] = [];
   const vpContexts: IgvmSummary['vpContexts'] = [];
   const requiredMemory: IgvmSummary['requiredMemory'] = [];
+  const relocation: IgvmSummary['relocation'] = [];
   for (const h of f.headers) {
-    if (h.kind === 'PARAMETER_AREA') {
+    if (h.kind === 'RELOCATABLE_REGION') {
+      const follow = [h.flags & 2 ? 'rip' : '', h.flags & 4 ? 'gdtr' : ''].filter(Boolean).join(' and ') || 'no registers';
+      relocation.push({ index: h.index, kind: 'region', mask: hex(h.compatibility_mask), vpIndex: h.vp_index, vtl: h.vtl, gpa: hex(h.relocation_region_gpa), size: hex(h.relocation_region_size),
+        detail: `alignment ${hex(h.relocation_alignment)}, base from ${hex(h.minimum_relocation_gpa)} to ${hex(h.maximum_relocation_gpa)}, ${follow} follow${h.flags & 1 ? ', VTL2' : ''}` });
+    } else if (h.kind === 'PAGE_TABLE_RELOCATION_REGION') {
+      relocation.push({ index: h.index, kind: 'page-tables', mask: hex(h.compatibility_mask), vpIndex: h.vp_index, vtl: h.vtl, gpa: hex(h.gpa), size: hex(h.size), detail: `${hex(h.used_size)} bytes used` });
+    } else if (h.kind === 'PARAMETER_AREA') {
       parameterAreas.push({ index: h.parameter_area_index, size: hex(h.number_of_bytes), initialData: h.file_offset ? `file ${hex(h.file_offset)}` : 'zero', parameters: [], inserts: [] });
     } else if ('byte_offset' in h) {
       parameterAreas.find((a) => a.index === h.parameter_area_index)?.parameters.push({ kind: h.kind, byteOffset: hex(h.byte_offset) });
@@ -88,7 +101,7 @@ export function summarizeIgvm(f: IgvmFile): IgvmSummary {
     skippedOptional: f.skippedOptional.map((s) => ({ index: s.index, type: headerTypeLabel(s.type), length: s.length })),
     platforms: platforms.map((p) => ({ index: p.index, platform: p.platform_name, mask: hex(p.compatibility_mask), highestVtl: p.highest_vtl, version: p.platform_version, sharedGpaBoundary: hex(p.shared_gpa_boundary) })),
     undeclaredMaskBits: hex(usedMask & ~declared),
-    pageData, requiredMemory, parameterAreas, vpContexts,
+    pageData, requiredMemory, parameterAreas, vpContexts, relocation,
   };
 }
 
@@ -134,6 +147,10 @@ export function formatIgvmSummary(s: IgvmSummary): string {
   if (s.requiredMemory.length) {
     out.push('', 'required memory:');
     for (const r of s.requiredMemory) out.push(`  ${r.gpa} size ${r.size} mask ${r.mask}${r.vtl2Protectable ? ' vtl2-protectable' : ''}`);
+  }
+  if (s.relocation.length) {
+    out.push('', 'relocation:');
+    for (const r of s.relocation) out.push(`  header ${r.index}: ${r.kind === 'region' ? 'relocatable region' : 'page tables'} ${r.gpa} size ${r.size} mask ${r.mask} vp ${r.vpIndex} vtl ${r.vtl}: ${r.detail}`);
   }
   if (s.parameterAreas.length) {
     out.push('', 'parameter areas:');

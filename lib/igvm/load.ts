@@ -88,6 +88,11 @@ export function loadIgvm(mem: GuestMemory, file: IgvmFile, plan: IgvmLoadPlan, h
         areas.delete(step.area);
         break;
       }
+      case 'data':
+        mem.load(step.gpa, step.bytes);
+        written.push({ gpa: step.gpa, size: step.bytes.length });
+        pagesWritten += Math.ceil(step.bytes.length / page);
+        break;
       case 'required-memory':
       case 'error-range':
         // Presence was checked above; nothing is written (ERROR_RANGE is for the guest to fill).
@@ -161,27 +166,44 @@ function writeParameter(area: Uint8Array, step: ParameterStep, mem: GuestMemory,
   }
 }
 
+export interface IgvmMemoryMapEntry {
+  gpa: number;
+  size: number;
+  /** IGVM memory-map entry type (MemoryMapEntryType). */
+  type: number;
+}
+
 /**
- * IGVM_VHS_MEMORY_MAP_ENTRY list: RAM plus REQUIRED_MEMORY ranges, sorted and
- * merged; VTL2-protectable required ranges get their own type. A zero entry
- * terminates the list when room is left.
+ * The guest's memory as the IGVM memory map describes it: RAM plus
+ * REQUIRED_MEMORY ranges, sorted and merged, with VTL2-protectable required
+ * ranges as their own type. MEMORY_MAP and the device tree's memory nodes
+ * both come from this list.
  */
-export function encodeMemoryMap(ram: readonly IgvmGpaRange[], plan: IgvmLoadPlan, room: number): Uint8Array {
+export function igvmMemoryMap(ram: readonly IgvmGpaRange[], plan: IgvmLoadPlan): IgvmMemoryMapEntry[] {
   const required = plan.steps.filter((s): s is Extract<IgvmLoadStep, { op: 'required-memory' }> => s.op === 'required-memory');
   const protectable = coalesceRanges(required.filter((s) => s.vtl2Protectable));
   const memory = coalesceRanges([...ram, ...required.map((s) => ({ gpa: s.gpa, size: s.size }))]);
   const cuts = [...new Set([...memory, ...protectable].flatMap((r) => [r.gpa, r.gpa + r.size]))].sort((a, b) => a - b);
-  const inside = (list: IgvmGpaRange[], at: number) => list.some((r) => at >= r.gpa && at < r.gpa + r.size);
-  const entries: { gpa: number; size: number; type: number }[] = [];
+  const within = (list: IgvmGpaRange[], at: number) => list.some((r) => at >= r.gpa && at < r.gpa + r.size);
+  const entries: IgvmMemoryMapEntry[] = [];
   for (let i = 0; i + 1 < cuts.length; i++) {
     const gpa = cuts[i]!;
     const size = cuts[i + 1]! - gpa;
-    const type = inside(protectable, gpa) ? MemoryMapEntryType.VTL2_PROTECTABLE : inside(memory, gpa) ? MemoryMapEntryType.MEMORY : -1;
+    const type = within(protectable, gpa) ? MemoryMapEntryType.VTL2_PROTECTABLE : within(memory, gpa) ? MemoryMapEntryType.MEMORY : -1;
     if (type < 0) continue;
     const last = entries[entries.length - 1];
     if (last && last.type === type && last.gpa + last.size === gpa) last.size += size;
     else entries.push({ gpa, size, type });
   }
+  return entries;
+}
+
+/**
+ * IGVM_VHS_MEMORY_MAP_ENTRY list of `igvmMemoryMap`. A zero entry
+ * terminates the list when room is left.
+ */
+export function encodeMemoryMap(ram: readonly IgvmGpaRange[], plan: IgvmLoadPlan, room: number): Uint8Array {
+  const entries = igvmMemoryMap(ram, plan);
   const bytes = entries.length * IGVM_VHS_MEMORY_MAP_ENTRY_SIZE;
   if (bytes > room) throw loadError('ERR_IGVM_PARAMETER_TOO_LARGE', `the memory map needs ${entries.length} entries (${bytes} bytes), the parameter area leaves ${room}`);
   const withTerminator = bytes + IGVM_VHS_MEMORY_MAP_ENTRY_SIZE <= room ? bytes + IGVM_VHS_MEMORY_MAP_ENTRY_SIZE : bytes;

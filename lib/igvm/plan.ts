@@ -3,15 +3,18 @@
  * backend can run: picks the SUPPORTED_PLATFORM (NATIVE, else VSM), keeps
  * the directives whose compatibility mask includes it, and decodes the boot
  * VP context. Pure: it reads the file bytes but writes no memory (load.ts
- * does). It never relocates: relocatable regions load at their file GPAs and
- * only count toward the RAM the VM must have. Spec: `igvm_defs` §platforms.
+ * does). Relocatable regions load at their file GPAs unless the caller gives
+ * a new base (`relocateTo`); then every GPA inside the region moves, the boot
+ * context follows the region's flags and the page-table region is rebuilt
+ * (relocate.ts). Spec: `igvm_defs` §platforms, §relocation.
  */
 import { NodevmmError } from '../errors';
 import { hex } from '../util/bytes';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import { IGVM_PAGE_DATA_FLAG_IS_2MB_PAGE, IGVM_REQUIRED_MEMORY_FLAG_VTL2_PROTECTABLE, type IgvmPageDataTypeName, type IgvmParameterTypeName, type IgvmPlatformTypeName } from './defs';
-import type { IgvmFile, IgvmHeader, IgvmParameterArea, IgvmSupportedPlatform, IgvmVpContext } from './model';
+import type { IgvmFile, IgvmHeader, IgvmPageTableRelocation, IgvmParameterArea, IgvmRelocatableRegion, IgvmSupportedPlatform, IgvmVpContext } from './model';
 import { decodeNativeVpContextX64, decodeVbsVpContext, nativeContextToVcpuState, vbsContextToVcpuState } from './vp-context';
+import { rebuildPageTables, relocatedGpa, relocateRegion, type IgvmRelocation } from './relocate';
 
 export type IgvmPlatformChoice = 'native' | 'vsm' | 'snp' | 'tdx' | 'sev' | 'sev-es' | 'cca';
 
@@ -30,6 +33,11 @@ export interface PlanIgvmOptions {
   platform?: IgvmPlatformChoice;
   /** True only for a backend with virtual trust levels; KVM has none. */
   hostSupportsVtl2?: boolean;
+  /**
+   * New base GPA for the file's RELOCATABLE_REGION (the selected platform
+   * must have exactly one). Default: every region loads at its file GPA.
+   */
+  relocateTo?: number;
 }
 
 export type IgvmLoadStep =
@@ -38,7 +46,9 @@ export type IgvmLoadStep =
   | { op: 'parameter'; header: number; kind: IgvmParameterTypeName; area: number; byteOffset: number }
   | { op: 'insert'; header: number; area: number; gpa: number; size: number }
   | { op: 'required-memory'; header: number; gpa: number; size: number; vtl2Protectable: boolean }
-  | { op: 'error-range'; header: number; gpa: number; size: number };
+  | { op: 'error-range'; header: number; gpa: number; size: number }
+  /** Bytes the plan made itself: the rebuilt page tables of a relocated load. */
+  | { op: 'data'; header: number; gpa: number; bytes: Uint8Array };
 
 export interface IgvmGpaRange {
   gpa: number;
@@ -65,6 +75,8 @@ export interface IgvmLoadPlan {
   ignored: Record<string, number>;
   /** Headers whose mask excluded them. */
   filteredOut: number;
+  /** Regions moved by `relocateTo` (empty when the load uses file GPAs). */
+  relocations: IgvmRelocation[];
   warnings: string[];
 }
 
@@ -109,6 +121,9 @@ export function planIgvmLoad(file: IgvmFile, options: PlanIgvmOptions = {}): Igv
   const warnings: string[] = [];
   const areas = new Map<number, IgvmParameterArea>();
   const contexts: IgvmBootContext[] = [];
+  const relocation = planRelocation(file, mask, options);
+  const { moves, ptRegion } = relocation;
+  const at = (gpa: number) => relocatedGpa(moves, gpa);
   let filteredOut = 0;
   for (const h of file.headers) {
     if (h.kind === 'SUPPORTED_PLATFORM') continue;
@@ -120,8 +135,16 @@ export function planIgvmLoad(file: IgvmFile, options: PlanIgvmOptions = {}): Igv
       case 'PAGE_DATA':
         // OpenVMM and the reference crate read 4 KiB even for this flag; guessing 2 MiB semantics would load wrong memory.
         if (h.flags & IGVM_PAGE_DATA_FLAG_IS_2MB_PAGE) throw unsupported('ERR_IGVM_UNSUPPORTED', `igvm header ${h.index} (PAGE_DATA): flags ${hex(h.flags)} asks for a 2 MiB page, which no loader implements`);
-        steps.push({ op: 'page', header: h.index, gpa: h.gpa, fileOffset: h.file_offset, dataType: h.data_type_name, flags: h.flags });
-        ranges.push({ gpa: h.gpa, size: file.pageSize });
+        if (relocation.ptTables && inside(ptRegion!, h.gpa)) {
+          // Held back: the page-table region is rebuilt and written as a whole after the directives.
+          if (h.gpa >= ptRegion!.gpa + ptRegion!.used_size) {
+            throw unsupported('ERR_IGVM_RELOCATION', `igvm header ${h.index} (PAGE_DATA): gpa ${hex(h.gpa)} lies in the spare pages of the page-table region of header ${ptRegion!.index} (used_size ${hex(ptRegion!.used_size)})`);
+          }
+          if (h.file_offset) relocation.ptTables.set(file.bytes.subarray(h.file_offset, h.file_offset + file.pageSize), h.gpa - ptRegion!.gpa);
+          break;
+        }
+        steps.push({ op: 'page', header: h.index, gpa: at(h.gpa), fileOffset: h.file_offset, dataType: h.data_type_name, flags: h.flags });
+        ranges.push({ gpa: at(h.gpa), size: file.pageSize });
         break;
       case 'PARAMETER_AREA':
         areas.set(h.parameter_area_index, h);
@@ -129,26 +152,25 @@ export function planIgvmLoad(file: IgvmFile, options: PlanIgvmOptions = {}): Igv
         break;
       case 'PARAMETER_INSERT': {
         const size = areas.get(h.parameter_area_index)?.number_of_bytes ?? 0;
-        steps.push({ op: 'insert', header: h.index, area: h.parameter_area_index, gpa: h.gpa, size });
-        ranges.push({ gpa: h.gpa, size });
+        steps.push({ op: 'insert', header: h.index, area: h.parameter_area_index, gpa: at(h.gpa), size });
+        ranges.push({ gpa: at(h.gpa), size });
         break;
       }
       case 'REQUIRED_MEMORY': {
         const vtl2Protectable = (h.flags & IGVM_REQUIRED_MEMORY_FLAG_VTL2_PROTECTABLE) !== 0;
-        steps.push({ op: 'required-memory', header: h.index, gpa: h.gpa, size: h.number_of_bytes, vtl2Protectable });
-        ranges.push({ gpa: h.gpa, size: h.number_of_bytes });
+        steps.push({ op: 'required-memory', header: h.index, gpa: at(h.gpa), size: h.number_of_bytes, vtl2Protectable });
+        ranges.push({ gpa: at(h.gpa), size: h.number_of_bytes });
         break;
       }
       case 'ERROR_RANGE':
-        steps.push({ op: 'error-range', header: h.index, gpa: h.gpa, size: h.size_bytes });
-        ranges.push({ gpa: h.gpa, size: h.size_bytes });
+        steps.push({ op: 'error-range', header: h.index, gpa: at(h.gpa), size: h.size_bytes });
+        ranges.push({ gpa: at(h.gpa), size: h.size_bytes });
         break;
       case 'RELOCATABLE_REGION':
-        ranges.push({ gpa: h.relocation_region_gpa, size: h.relocation_region_size });
-        warnings.push(`header ${h.index} (RELOCATABLE_REGION) is loaded at its file address ${hex(h.relocation_region_gpa)}; relocation is not implemented`);
+        ranges.push({ gpa: at(h.relocation_region_gpa), size: h.relocation_region_size });
         break;
       case 'PAGE_TABLE_RELOCATION_REGION':
-        ranges.push({ gpa: h.gpa, size: h.size });
+        ranges.push({ gpa: at(h.gpa), size: h.size });
         break;
       case 'VP_CONTEXT':
         contexts.push(decodeContext(file, platform, h));
@@ -161,11 +183,68 @@ export function planIgvmLoad(file: IgvmFile, options: PlanIgvmOptions = {}): Igv
         ignored[h.kind] = (ignored[h.kind] ?? 0) + 1;
     }
   }
+  for (const k of file.skippedOptional) warnings.push(`optional header ${k.index} of unknown type ${hex(k.type)} (${k.length} bytes) skipped`);
   const bootContext = chooseBootContext(platform, contexts, options, warnings);
+  if (moves.length) applyRelocation(relocation, bootContext, steps);
   return {
     platform: { name: platform.platform_name, mask, highestVtl: platform.highest_vtl, header: platform.index },
-    steps, requiredRam: coalesceRanges(ranges), bootContext, ignored, filteredOut, warnings,
+    steps, requiredRam: coalesceRanges(ranges), bootContext, ignored, filteredOut, relocations: moves, warnings,
   };
+}
+
+interface RelocationPlan {
+  moves: IgvmRelocation[];
+  ptRegion: IgvmPageTableRelocation | undefined;
+  /** The page-table region's used pages, collected from PAGE_DATA when relocating. */
+  ptTables: Uint8Array | undefined;
+}
+
+const inside = (r: IgvmPageTableRelocation, gpa: number) => gpa >= r.gpa && gpa < r.gpa + r.size;
+
+function planRelocation(file: IgvmFile, mask: number, options: PlanIgvmOptions): RelocationPlan {
+  const applies = (h: IgvmHeader) => 'compatibility_mask' in h && (h.compatibility_mask & mask) !== 0;
+  const regions = file.headers.filter((h): h is IgvmRelocatableRegion => h.kind === 'RELOCATABLE_REGION' && applies(h));
+  const ptRegion = file.headers.find((h): h is IgvmPageTableRelocation => h.kind === 'PAGE_TABLE_RELOCATION_REGION' && applies(h));
+  if (options.relocateTo === undefined) return { moves: [], ptRegion, ptTables: undefined };
+  if (regions.length !== 1) {
+    throw unsupported('ERR_IGVM_RELOCATION', regions.length === 0
+      ? `igvm: a relocation base ${hex(options.relocateTo)} was given, but the file has no RELOCATABLE_REGION for this platform`
+      : `igvm: a relocation base ${hex(options.relocateTo)} was given, but the file has ${regions.length} RELOCATABLE_REGIONs for this platform (headers ${regions.map((r) => r.index).join(', ')}); one base can move only one`);
+  }
+  const move = relocateRegion(regions[0]!, options.relocateTo);
+  if (move.delta === 0) return { moves: [], ptRegion, ptTables: undefined };
+  return { moves: [move], ptRegion, ptTables: ptRegion ? new Uint8Array(ptRegion.used_size) : undefined };
+}
+
+/** Move the boot context with the region and write the rebuilt page tables. */
+function applyRelocation(r: RelocationPlan, ctx: IgvmBootContext | undefined, steps: IgvmLoadStep[]): void {
+  const move = r.moves[0]!;
+  const where = `igvm header ${move.header} (RELOCATABLE_REGION)`;
+  const targets = ctx && ctx.vpIndex === move.vpIndex && (ctx.format === 'native' || ctx.vtl === move.vtl);
+  if (!ctx || !targets) {
+    if (move.applyRip || move.applyGdtr || r.ptRegion) {
+      throw unsupported('ERR_IGVM_RELOCATION', `${where}: the region adjusts vp ${move.vpIndex} VTL${move.vtl}, which has no VP context for this platform`);
+    }
+    return;
+  }
+  const regs = (ctx.state.regs ??= {});
+  const sregs = (ctx.state.sregs ??= {});
+  const delta = BigInt(move.delta);
+  if (move.applyRip) regs.rip = (regs.rip ?? 0n) + delta;
+  if (move.applyGdtr && sregs.gdt) sregs.gdt = { ...sregs.gdt, base: sregs.gdt.base + delta };
+  const paging = ((sregs.cr0 ?? 0n) & (1n << 31n)) !== 0n;
+  if (r.ptRegion && r.ptTables) {
+    if (!paging) throw unsupported('ERR_IGVM_RELOCATION', `igvm header ${r.ptRegion.index} (PAGE_TABLE_RELOCATION_REGION): the boot context has paging off (CR0.PG clear), so there are no page tables to relocate`);
+    const tableDelta = relocatedGpa(r.moves, r.ptRegion.gpa) - r.ptRegion.gpa;
+    const bytes = rebuildPageTables({ region: r.ptRegion, tables: r.ptTables, tableDelta, cr3: sregs.cr3 ?? 0n, cr4: sregs.cr4 ?? 0n, moves: r.moves });
+    sregs.cr3 = (sregs.cr3 ?? 0n) + BigInt(tableDelta);
+    steps.push({ op: 'data', header: r.ptRegion.index, gpa: r.ptRegion.gpa + tableDelta, bytes });
+    return;
+  }
+  const cr3 = Number((sregs.cr3 ?? 0n) & ~0xfffn);
+  if (paging && relocatedGpa(r.moves, cr3) !== cr3) {
+    throw unsupported('ERR_IGVM_RELOCATION', `${where}: the boot cpu's page tables (CR3 ${hex(cr3)}) lie in the region, and the file has no PAGE_TABLE_RELOCATION_REGION to rebuild them`);
+  }
 }
 
 function decodeContext(file: IgvmFile, platform: IgvmSupportedPlatform, h: IgvmVpContext): IgvmBootContext {

@@ -38,7 +38,7 @@ export function validateDirectives(headers: readonly IgvmHeader[], file: FileFac
   const areas = new Map<number, AreaState>();
   const pageMasks = new Map<number, number>();
   const vpMasks = new Map<number, number>();
-  const regions: { gpa: number; size: number; mask: number; index: number }[] = [];
+  const regions: { gpa: number; size: number; mask: number; index: number; vpIndex: number; pageTables: boolean }[] = [];
   const ptRegionMasks = { used: 0 };
   for (const h of headers) {
     switch (h.kind) {
@@ -56,7 +56,7 @@ export function validateDirectives(headers: readonly IgvmHeader[], file: FileFac
         if (clash) {
           throw headerError('ERR_IGVM_DUPLICATE_DIRECTIVE', h, 'gpa', `region [${hex(gpa)}, ${hex(gpa + size)}) overlaps the region of header ${clash.index}`);
         }
-        regions.push({ gpa, size, mask: h.compatibility_mask, index: h.index });
+        regions.push({ gpa, size, mask: h.compatibility_mask, index: h.index, vpIndex: h.vp_index, pageTables: h.kind === 'PAGE_TABLE_RELOCATION_REGION' });
         break;
       }
       case 'PARAMETER_AREA':
@@ -72,6 +72,9 @@ export function validateDirectives(headers: readonly IgvmHeader[], file: FileFac
           throw headerError('ERR_IGVM_DUPLICATE_INSERT', h, 'parameter_area_index', `${h.parameter_area_index} is already inserted for mask ${hex(area.insertedMask & h.compatibility_mask)}`);
         }
         if (h.gpa + area.header.number_of_bytes > 2 ** 52) throw headerError('ERR_IGVM_GPA_RANGE', h, 'gpa', `${hex(h.gpa)} plus the area size runs past 2^52`);
+        // A relocating loader rebuilds that region from its page tables; parameters there would be lost.
+        const pt = regions.find((r) => r.pageTables && r.mask & h.compatibility_mask && h.gpa < r.gpa + r.size && r.gpa < h.gpa + area.header.number_of_bytes);
+        if (pt) throw headerError('ERR_IGVM_FIELD', h, 'gpa', `${hex(h.gpa)} inserts into the page-table relocation region of header ${pt.index}`, { actual: hex(h.gpa) });
         area.insertedMask |= h.compatibility_mask;
         break;
       }
@@ -104,6 +107,14 @@ export function validateDirectives(headers: readonly IgvmHeader[], file: FileFac
               { expected: `<= ${hex(area.header.number_of_bytes - need)}`, actual: hex(h.byte_offset) });
           }
         }
+    }
+  }
+  // The region's flags and page tables adjust that VP's registers, so it must have a context wherever the region applies.
+  for (const r of regions) {
+    const missing = r.mask & ~(vpMasks.get(r.vpIndex) ?? 0);
+    if (missing) {
+      const h = headers.find((x) => x.index === r.index)!;
+      throw headerError('ERR_IGVM_FIELD', h, 'vp_index', `${r.vpIndex} has no VP_CONTEXT for mask ${hex(missing)}`, { actual: String(r.vpIndex) });
     }
   }
 }

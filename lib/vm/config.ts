@@ -27,6 +27,12 @@ export interface VmConfig {
   boot?: BootProtocol;
   /** Boot an IGVM file instead of a kernel. */
   igvm?: string | Uint8Array;
+  /**
+   * Move the IGVM file's relocatable region to this guest physical address
+   * (bytes, or a size string like "512M"; it must meet the region's alignment
+   * and bounds). Default: the region loads where the file puts it.
+   */
+  igvmRelocateTo?: number | string;
   /** What a guest reboot does: stop the VM with reason 'reset' (default) or restart it. */
   onReset?: 'stop' | 'restart';
   /** Which 16550 UARTs exist. Default: all four (COM1-COM4), as OpenVMM's Linux Direct chipset. */
@@ -91,6 +97,7 @@ export interface ResolvedVmConfig {
   kernel?: string | Uint8Array;
   initrd?: string | Uint8Array;
   igvm?: string | Uint8Array;
+  igvmRelocateTo?: number;
   cmdline: string;
   /**
    * An IGVM boot without a `cmdline` from the user: the image's own command
@@ -124,7 +131,7 @@ export function parseSize(v: number | string): number | undefined {
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
-const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock']);
+const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'igvmRelocateTo', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock']);
 /** One interrupt per virtio-mmio slot (IOAPIC pins 16-23). */
 const MAX_VIRTIO_DEVICES = 8;
 
@@ -167,6 +174,13 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   image('igvm');
   if (config.kernel === undefined && config.igvm === undefined) bad('kernel', 'is required (or give igvm)');
   if (config.kernel !== undefined && config.igvm !== undefined) bad('igvm', 'cannot be combined with kernel: an IGVM file carries its own kernel');
+  let igvmRelocateTo: number | undefined;
+  if (config.igvmRelocateTo !== undefined) {
+    const v = typeof config.igvmRelocateTo === 'string' && /^0x[0-9a-f]+$/i.test(config.igvmRelocateTo.trim()) ? Number(config.igvmRelocateTo.trim()) : parseSize(config.igvmRelocateTo);
+    if (config.igvm === undefined) bad('igvmRelocateTo', 'needs igvm: only an IGVM file has a relocatable region');
+    else if (v === undefined || !Number.isSafeInteger(v) || v % 4096) bad('igvmRelocateTo', `${describe(config.igvmRelocateTo)} is not a page-aligned guest physical address (bytes, 0x hex, or a size like 512M)`);
+    else igvmRelocateTo = v;
+  }
 
   let memory = DEFAULTS.memory;
   if (config.memory !== undefined) {
@@ -272,6 +286,7 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   if (config.kernel !== undefined) resolved.kernel = config.kernel;
   if (config.initrd !== undefined) resolved.initrd = config.initrd;
   if (config.igvm !== undefined) resolved.igvm = config.igvm;
+  if (igvmRelocateTo !== undefined) resolved.igvmRelocateTo = igvmRelocateTo;
   if (config.dispatchSpinUs !== undefined) resolved.dispatchSpinUs = config.dispatchSpinUs;
   return resolved;
 }

@@ -1,25 +1,34 @@
 /**
  * Booting an IGVM image on the x86 machine: parse, plan for the platform
- * this host runs (NATIVE on KVM), make sure the RAM the file requires
- * exists, load the pages and parameters, and hand back the boot CPU state.
+ * this host runs (NATIVE on KVM), move the relocatable region when the
+ * config asks, make sure the RAM the file requires exists, supply every
+ * parameter the spec lets a host supply (VP count, memory map, MMIO ranges,
+ * command line, MADT, SRAT, SLIT, PPTT, a device tree), load the pages and
+ * hand back the boot CPU state.
  */
+import { randomBytes } from 'node:crypto';
 import { NodevmmError } from '../errors';
 import { parseIgvm } from '../igvm/parse';
 import { planIgvmLoad } from '../igvm/plan';
-import { loadIgvm } from '../igvm/load';
+import { igvmMemoryMap, loadIgvm } from '../igvm/load';
+import { buildIgvmHostDeviceTree } from '../igvm/host-device-tree';
+import { encodeSrat } from '../acpi/srat';
+import { encodeSlit } from '../acpi/slit';
+import { encodePptt } from '../acpi/pptt';
 import type { X86Partition } from '../hv/partition';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import { ZERO_REGS } from '../hv/x86-state';
-import type { ResolvedVmConfig } from './config';
+import type { ComPort, ResolvedVmConfig } from './config';
 import type { X86AcpiTables } from '../acpi/x86-tables';
 import { MMIO_GAP_SIZE, MMIO_GAP_START } from '../arch/x86_64/layout';
+import { COM_RESOURCES } from './x86-machine';
 
 export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables): X86VcpuInitState {
   const bytes = config.igvm;
   if (!(bytes instanceof Uint8Array)) throw new NodevmmError('ERR_IGVM', 'igvm image was not read');
   const file = parseIgvm(bytes);
-  const plan = planIgvmLoad(file, {});
-  // RAM the file requires outside the configured memory (e.g. 512 GiB in COCONUT's files).
+  const plan = planIgvmLoad(file, config.igvmRelocateTo !== undefined ? { relocateTo: config.igvmRelocateTo } : {});
+  // RAM the file requires outside the configured memory (e.g. 512 GiB in COCONUT's files, or a moved region).
   for (const r of plan.requiredRam) {
     if (!partition.memory.isRam(r.gpa, r.size)) {
       const start = Math.floor(r.gpa / 4096) * 4096;
@@ -27,15 +36,32 @@ export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, ac
       partition.addRam({ gpa: start, size: end - start, name: 'igvm-required' });
     }
   }
-  const memoryMap = partition.memory.ranges().map((r) => ({ gpa: r.gpa, size: r.size }));
+  const ram = partition.memory.ranges().map((r) => ({ gpa: r.gpa, size: r.size }));
+  const memory = igvmMemoryMap(ram, plan);
+  // vCPU i has APIC ID i, as in the MADT (lib/acpi/x86-tables.ts).
+  const apicIds = Array.from({ length: config.vcpus }, (_, i) => i);
   const madt = acpi.tables.find((t) => t.signature === 'APIC')?.bytes;
+  const ports = (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => config.serial[c]);
   const result = loadIgvm(partition.memory, file, plan, {
     vpCount: config.vcpus,
-    memoryMap,
+    memoryMap: ram,
     // Without a command line from the user, the image keeps the one it was built with.
     ...(config.cmdlineFromImage ? {} : { commandLine: config.cmdline }),
     mmioRanges: [{ gpa: MMIO_GAP_START, size: MMIO_GAP_SIZE }],
     ...(madt ? { madt } : {}),
+    // One NUMA node holding every vCPU and all RAM; one package of single-thread cores.
+    srat: encodeSrat({ processors: apicIds.map((apicId) => ({ apicId, node: 0 })), memory: memory.map((m) => ({ gpa: m.gpa, size: m.size, node: 0 })) }),
+    slit: encodeSlit(),
+    pptt: encodePptt({ sockets: 1, coresPerSocket: config.vcpus, threadsPerCore: 1 }),
+    deviceTree: buildIgvmHostDeviceTree({
+      apicIds,
+      memory,
+      ...(config.cmdlineFromImage ? {} : { bootargs: config.cmdline }),
+      serial: ports.map((c) => COM_RESOURCES[c]),
+      entropy: randomBytes(64),
+    }),
   });
+  // Things the load did without, said once each (Node prints warnings on stderr unless told otherwise).
+  for (const w of result.warnings) process.emitWarning(`igvm: ${w}`, { code: 'NODEVMM_IGVM' });
   return result.bootCpu ?? { regs: { ...ZERO_REGS, rip: 0xfff0n } };
 }

@@ -20,6 +20,9 @@ import { AGENT_READY, execOnSerial, type ExecOptions, type ExecResult } from './
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
+import { igvmLoader } from './igvm-boot';
+import { parseIgvm } from '../igvm/parse';
+import { planIgvmLoad } from '../igvm/plan';
 import { openDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
 import type { VirtioNetStats } from '../devices/virtio/net';
@@ -449,7 +452,17 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly).fd);
-  const vm = new Vm(resolved, { kernel, initrd }, customLoader);
+  if (igvm) {
+    // A bad IGVM file (or a relocation base it does not allow) fails createVm, not start().
+    try {
+      planIgvmLoad(parseIgvm(igvm), resolved.igvmRelocateTo !== undefined ? { relocateTo: resolved.igvmRelocateTo } : {});
+    } catch (e) {
+      if (e instanceof FormatError && typeof config.igvm === 'string') e.withFile(config.igvm);
+      throw e;
+    }
+  }
+  // An IGVM image boots through the IGVM loader unless the caller brings its own.
+  const vm = new Vm(resolved, { kernel, initrd }, customLoader ?? (igvm ? igvmLoader : undefined));
   for (const k of ['kernel', 'initrd', 'igvm'] as const) {
     const v = config[k];
     if (typeof v === 'string') vm.paths[k] = v;

@@ -187,3 +187,20 @@ test('the igvm cli builds a file that its inspect command then describes', (t) =
   t.is(JSON.parse(out).platforms[0].platform, 'NATIVE');
   t.is(code(t.throws(() => runIgvmCommand(['build', '--kernel', 'bzImage'], io))), 'ERR_CONFIG');
 });
+
+test('a version 1 file (24-byte fixed header) parses and loads; a NATIVE context in it is refused as needing version 2', (t) => {
+  const headers = smallNativeHeaders();
+  const withoutContext = headers.filter((h) => h.kind !== 'VP_CONTEXT');
+  const v1 = buildIgvm({ version: 1, headers: withoutContext });
+  const f = parseIgvm(v1);
+  t.is(f.version, 1);
+  t.is(f.variableHeaderOffset, 24);
+  t.true(f.crcOk);
+  t.is(f.arch, 'x64');
+  const mem = GuestMemory.anonymous([{ gpa: 0, size: 4 * MiB }]);
+  const r = loadIgvm(mem, f, planIgvmLoad(f), { vpCount: 1 });
+  t.is(r.bootCpu, undefined, 'no context: the boot cpu starts from reset');
+  t.true(mem.read(0x100000, 0x1000).every((b) => b === 0x11));
+  const e = t.throws(() => planIgvmLoad(parseIgvm(buildIgvm({ version: 1, headers }))));
+  t.regex(e!.message, /VP_CONTEXT\): a NATIVE vp context needs format_version 2, the file is version 1/);
+});

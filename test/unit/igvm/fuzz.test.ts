@@ -5,6 +5,9 @@ import { planIgvmLoad } from '../../../lib/igvm/plan';
 import { loadIgvm } from '../../../lib/igvm/load';
 import { inspectIgvm } from '../../../lib/igvm/inspect';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
+import { buildLinuxDirectIgvm } from '../../../lib/igvm/linux-direct';
+import { relocatableTestIgvm } from '../../../lib/testing/relocatable-igvm';
+import { makeBzImage } from '../loader/fixtures';
 import { fixCrc, realBytes, smallNative } from './helpers';
 
 /** mulberry32: small, seeded, reproducible. */
@@ -22,18 +25,22 @@ function prng(seed: number): () => number {
 const MiB = 2 ** 20;
 const CASES_REAL = 2500;
 const CASES_OWN = 7500;
+const CASES_LINUX_DIRECT = 2000;
+const CASES_RELOCATABLE = 2000;
 const PER_CASE_LIMIT_MS = 1500;
 
 // One bounded memory reused by every case: loads either fit it or are refused for missing RAM.
-const memory = GuestMemory.anonymous([{ gpa: 0, size: 16 * MiB }, { gpa: 512 * 2 ** 30, size: 16 * MiB }]);
+const memory = GuestMemory.anonymous([{ gpa: 0, size: 64 * MiB }, { gpa: 2 ** 30, size: 2 * MiB }, { gpa: 512 * 2 ** 30, size: 16 * MiB }]);
+/** The relocatable image's cases also move its region to 1 GiB, so the page-table rebuild sees mutated tables. */
+const RELOCATE_TO = 2 ** 30;
 
 type Outcome = 'loaded' | 'refused';
 
-function runCase(bytes: Uint8Array, inspect: boolean): Outcome {
+function runCase(bytes: Uint8Array, inspect: boolean, relocate: boolean): Outcome {
   try {
     const f = parseIgvm(bytes);
     if (inspect) inspectIgvm(bytes);
-    const plan = planIgvmLoad(f);
+    const plan = planIgvmLoad(f, relocate ? { relocateTo: RELOCATE_TO } : {});
     loadIgvm(memory, f, plan, { vpCount: 1, commandLine: 'x', madt: new Uint8Array(8), srat: new Uint8Array(8), deviceTree: new Uint8Array(8) });
     return 'loaded';
   } catch (e) {
@@ -68,7 +75,7 @@ function mutateInPlace(b: Uint8Array, limit: number, rnd: () => number): [number
   return undo;
 }
 
-function fuzz(t: import('ava').ExecutionContext, name: string, base: Uint8Array, cases: number, seed: number, mutateLimit: number): void {
+function fuzz(t: import('ava').ExecutionContext, name: string, base: Uint8Array, cases: number, seed: number, mutateLimit: number, relocate = false): void {
   const rnd = prng(seed);
   const work = base.slice();
   const crcBackup = work.slice(16, 24);
@@ -89,7 +96,7 @@ function fuzz(t: import('ava').ExecutionContext, name: string, base: Uint8Array,
     const start = performance.now();
     let outcome: Outcome;
     try {
-      outcome = runCase(input, base.length < 1 * MiB);
+      outcome = runCase(input, base.length < 1 * MiB, relocate);
     } catch (e) {
       return t.fail(`${name} case ${c} (seed ${seed}) threw ${(e as Error).name}: ${(e as Error).message}`);
     }
@@ -112,4 +119,15 @@ test('mutated and truncated copies of the real file load cleanly or fail with a 
 test('mutated and truncated copies of our own builds load cleanly or fail with a typed error', (t) => {
   const own = smallNative();
   fuzz(t, 'own', own, CASES_OWN, 0xc0c0, own.length);
+});
+
+test('mutated and truncated copies of a Linux Direct IGVM build load cleanly or fail with a typed error', (t) => {
+  const built = buildLinuxDirectIgvm({ kernel: makeBzImage(), initrd: new Uint8Array(4096).fill(7), cmdline: 'console=ttyS0', memoryBytes: 64 * MiB });
+  // The headers and the first pages of data (GDT, page tables, boot_params).
+  fuzz(t, 'linux-direct', built.file, CASES_LINUX_DIRECT, 0x11d1, Math.min(built.file.length, 0x4000));
+});
+
+test('mutated and truncated copies of the relocatable image, relocated to 1 GiB, load cleanly or fail with a typed error', (t) => {
+  const bytes = relocatableTestIgvm('FUZZ\n', { parameters: true });
+  fuzz(t, 'relocatable', bytes, CASES_RELOCATABLE, 0x4e10c, bytes.length, true);
 });

@@ -1,4 +1,5 @@
 import test from 'ava';
+import { planIgvmLoad } from '../../../lib/igvm/plan';
 import { FormatError } from '../../../lib/errors';
 import { parseIgvm } from '../../../lib/igvm/parse';
 import { buildIgvm } from '../../../lib/igvm/build';
@@ -102,6 +103,7 @@ test('an unknown required header type is refused, an unknown optional one is ski
   const parsed = parseIgvm(buildIgvm({ headers: optional }));
   t.deepEqual(parsed.skippedOptional.map((s) => [s.type, s.length]), [[0x8000_03ff, 8]]);
   t.is(parsed.headers.length, smallNativeHeaders().length);
+  t.true(planIgvmLoad(parsed).warnings.includes('optional header 17 of unknown type 0x800003ff (8 bytes) skipped'), 'the loader reports it too');
 });
 
 test('the retired type 0x306 and the unassigned 0x201-0x300 range are refused', (t) => {
