@@ -223,7 +223,7 @@ function applyRelocation(r: RelocationPlan, ctx: IgvmBootContext | undefined, st
   const targets = ctx && ctx.vpIndex === move.vpIndex && (ctx.format === 'native' || ctx.vtl === move.vtl);
   if (!ctx || !targets) {
     if (move.applyRip || move.applyGdtr || r.ptRegion) {
-      throw unsupported('ERR_IGVM_RELOCATION', `${where}: the region adjusts vp ${move.vpIndex} VTL${move.vtl}, which has no VP context for this platform`);
+      throw unsupported('ERR_IGVM_RELOCATION', `${where}: the region adjusts the registers of vp ${move.vpIndex} VTL${move.vtl}, whose context this load does not apply (the platform has none, or it is for a VTL the backend lacks)`);
     }
     return;
   }
