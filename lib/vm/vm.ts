@@ -457,7 +457,11 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
     try {
       planIgvmLoad(parseIgvm(igvm), resolved.igvmRelocateTo !== undefined ? { relocateTo: resolved.igvmRelocateTo } : {});
     } catch (e) {
-      if (e instanceof FormatError && typeof config.igvm === 'string') e.withFile(config.igvm);
+      // Name the file: "image.igvm: igvm: header 1 (RELOCATABLE_REGION): ..." for format errors and refusals alike.
+      if (typeof config.igvm === 'string') {
+        if (e instanceof FormatError) e.withFile(config.igvm);
+        else if (e instanceof NodevmmError) e.message = `${config.igvm}: ${e.message}`;
+      }
       throw e;
     }
   }
