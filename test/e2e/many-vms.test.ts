@@ -3,13 +3,11 @@
  * boots to GUEST-INIT-OK, runs a command through exec and powers off, and the
  * process is left with no more fds, threads or memory than before.
  *
- * In the emulated KVM host it is skipped unless NODEVMM_FORCE_8VMS=1; then it gets a host of its own with
- * single-threaded TCG (scripts/run-tests.js, E2E_HOST_OVERRIDES): with
- * multi-threaded TCG, eight nested guests took the emulated host's kernel down
- * in every run ("BUG: TASK stack guard page was hit" in error_entry on a vCPU
- * thread, then "corrupted stack end detected inside scheduler"), with 2 or 8
- * emulated CPUs, with QEMU's own guests as with ours. One TCG thread is slower
- * (the eight guests share one host core), hence the long timeouts.
+ * In the emulated KVM host it gets a host of its own with one emulated CPU and
+ * one TCG thread (scripts/run-tests.js, E2E_HOST_OVERRIDES): that is the only
+ * shape of the emulated host in which eight nested guests boot, QEMU's own
+ * microvm guests as well as ours (docs/testing.md has the measurements). The
+ * eight guests then share one slow CPU, hence the long timeouts.
  */
 import test from 'ava';
 import { e2eSkipReason } from '../../lib/testing/e2e';
@@ -17,14 +15,14 @@ import { withVm } from '../../lib/testing/harness';
 import { processResources } from '../../lib/testing/kvm-test-helpers';
 
 const skip = e2eSkipReason();
-// In the emulated host even one TCG thread is not enough: in two runs of 2026-11-22 one guest
-// stalled in early boot (IF=0, RUNNABLE, 600 s), and one stopped reading its serial input
-// mid-command (300 s). Neither is a nodevmm result; so there the file runs only when asked
-// (NODEVMM_FORCE_8VMS=1), and wherever the e2e tier runs on a real KVM it always runs.
+// In that one-CPU host (2026-11-22, three runs) all eight booted, ran exec and powered off, but
+// the process then held 1 fd and ~100 MiB of RSS more than before: a leak not yet found. Until
+// it is, the emulated host runs the file only when asked (NODEVMM_FORCE_8VMS=1); on a real KVM
+// it always runs.
 const emulated = process.env.NODEVMM_IN_KVM_HOST === '1' && process.env.NODEVMM_FORCE_8VMS !== '1';
 const e2e = skip || emulated ? test.skip : test.serial;
 if (skip) test.skip(`many-vms e2e skipped: ${skip}`, () => {});
-else if (emulated) test.skip('many-vms e2e skipped in the emulated KVM host (too unreliable there; NODEVMM_FORCE_8VMS=1 runs it)', () => {});
+else if (emulated) test.skip('many-vms e2e skipped in the emulated KVM host (the 8 VMs run there, but 1 fd and ~100 MiB RSS stay afterwards: open leak; NODEVMM_FORCE_8VMS=1 runs it)', () => {});
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -38,7 +36,8 @@ e2e('one vm boots, runs exec and powers off (warms the process up for the measur
 });
 
 e2e('8 vms run concurrently in one process, each runs exec and powers off, leaving no fds, threads or memory behind', async (t) => {
-  t.timeout(30 * 60_000);
+  // Inside the 20 minutes scripts/run-tests.js gives one e2e file's emulated host.
+  t.timeout(17 * 60_000);
   global.gc?.();
   const before = processResources();
   // All eight are alive at once: each waits at a barrier after its exec until the
@@ -52,7 +51,7 @@ e2e('8 vms run concurrently in one process, each runs exec and powers off, leavi
   const results = await Promise.all(
     Array.from({ length: 8 }, async (_, i) => {
       await sleep(i * 10_000);
-      return withVm(t, { memory: '128M', bootTimeoutMs: 900_000, timeoutMs: 1_500_000 }, async (vm) => {
+      return withVm(t, { memory: '128M', bootTimeoutMs: 600_000, timeoutMs: 900_000 }, async (vm) => {
         let r;
         try {
           r = await vm.exec(`echo vm-${i}`, { timeoutMs: 300_000 });
