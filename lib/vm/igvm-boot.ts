@@ -9,7 +9,8 @@
 import { randomBytes } from 'node:crypto';
 import { NodevmmError } from '../errors';
 import { parseIgvm } from '../igvm/parse';
-import { planIgvmLoad } from '../igvm/plan';
+import { planIgvmLoad, type IgvmLoadPlan } from '../igvm/plan';
+import type { IgvmFile } from '../igvm/model';
 import { igvmMemoryMap, loadIgvm } from '../igvm/load';
 import { buildIgvmHostDeviceTree } from '../igvm/host-device-tree';
 import { encodeSrat } from '../acpi/srat';
@@ -18,16 +19,21 @@ import { encodePptt } from '../acpi/pptt';
 import type { X86Partition } from '../hv/partition';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import { ZERO_REGS } from '../hv/x86-state';
-import type { ComPort, ResolvedVmConfig } from './config';
+import type { ResolvedVmConfig } from './config';
 import type { X86AcpiTables } from '../acpi/x86-tables';
 import { MMIO_GAP_SIZE, MMIO_GAP_START } from '../arch/x86_64/layout';
-import { COM_RESOURCES } from './x86-machine';
+import { COM_RESOURCES, enabledComPorts } from './x86-machine';
+
+/** Parse the image and plan its load as this config asks (createVm runs it early to refuse bad files). */
+export function planIgvmForConfig(bytes: Uint8Array, config: Pick<ResolvedVmConfig, 'igvmRelocateTo'>): { file: IgvmFile; plan: IgvmLoadPlan } {
+  const file = parseIgvm(bytes);
+  return { file, plan: planIgvmLoad(file, config.igvmRelocateTo !== undefined ? { relocateTo: config.igvmRelocateTo } : {}) };
+}
 
 export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables): X86VcpuInitState {
   const bytes = config.igvm;
   if (!(bytes instanceof Uint8Array)) throw new NodevmmError('ERR_IGVM', 'igvm image was not read');
-  const file = parseIgvm(bytes);
-  const plan = planIgvmLoad(file, config.igvmRelocateTo !== undefined ? { relocateTo: config.igvmRelocateTo } : {});
+  const { file, plan } = planIgvmForConfig(bytes, config);
   // RAM the file requires outside the configured memory (e.g. 512 GiB in COCONUT's files, or a moved region).
   for (const r of plan.requiredRam) {
     if (!partition.memory.isRam(r.gpa, r.size)) {
@@ -41,7 +47,6 @@ export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, ac
   // vCPU i has APIC ID i, as in the MADT (lib/acpi/x86-tables.ts).
   const apicIds = Array.from({ length: config.vcpus }, (_, i) => i);
   const madt = acpi.tables.find((t) => t.signature === 'APIC')?.bytes;
-  const ports = (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => config.serial[c]);
   const result = loadIgvm(partition.memory, file, plan, {
     vpCount: config.vcpus,
     memoryMap: ram,
@@ -57,7 +62,7 @@ export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, ac
       apicIds,
       memory,
       ...(config.cmdlineFromImage ? {} : { bootargs: config.cmdline }),
-      serial: ports.map((c) => COM_RESOURCES[c]),
+      serial: enabledComPorts(config).map((c) => COM_RESOURCES[c]),
       entropy: randomBytes(64),
     }),
   });

@@ -20,9 +20,7 @@ import { AGENT_READY, execOnSerial, type ExecOptions, type ExecResult } from './
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
-import { igvmLoader } from './igvm-boot';
-import { parseIgvm } from '../igvm/parse';
-import { planIgvmLoad } from '../igvm/plan';
+import { igvmLoader, planIgvmForConfig } from './igvm-boot';
 import { openDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
 import type { VirtioNetStats } from '../devices/virtio/net';
@@ -455,7 +453,7 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   if (igvm) {
     // A bad IGVM file (or a relocation base it does not allow) fails createVm, not start().
     try {
-      planIgvmLoad(parseIgvm(igvm), resolved.igvmRelocateTo !== undefined ? { relocateTo: resolved.igvmRelocateTo } : {});
+      planIgvmForConfig(igvm, resolved);
     } catch (e) {
       // Name the file: "image.igvm: igvm: header 1 (RELOCATABLE_REGION): ..." for format errors and refusals alike.
       if (typeof config.igvm === 'string') {

@@ -35,6 +35,11 @@ export const COM_RESOURCES: Record<ComPort, { port: number; irq: number }> = {
   com3: { port: 0x3e8, irq: 4 },
   com4: { port: 0x2e8, irq: 3 },
 };
+
+/** The COM ports the config turns on, in COM1-COM4 order. */
+export function enabledComPorts(cfg: Pick<ResolvedVmConfig, 'serial'>): ComPort[] {
+  return (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => cfg.serial[c]);
+}
 const PM_BASE = 0x400;
 const SCI_IRQ = 9;
 const RTC_PORT = 0x70;
@@ -136,7 +141,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     phase('memory');
 
     // 3. ACPI tables: they only depend on the machine shape.
-    const ports = (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => cfg.serial[c]);
+    const ports = enabledComPorts(cfg);
     const slots = virtioSlots(cfg);
     const acpi = buildX86AcpiTables({
       vcpus: cfg.vcpus,
