@@ -57,7 +57,8 @@ export class Vm extends EventEmitter<VmEvents> {
   private stopWaiters: Array<(r: StopReason) => void> = [];
   private readonly ports: Partial<Record<ComPort, SerialPort>> = {};
   private readonly hvc: SerialPort | undefined;
-  private readonly images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
+  /** Kept for guest reboots (a restart loads them again); dropped when the VM stops, since a stopped VM never boots again. */
+  private images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
   /** The TAPs of config.net: opened at start, kept across guest reboots (a non-persistent TAP disappears with its fd), closed at stop. */
   private taps: TapBackend[] = [];
@@ -422,6 +423,7 @@ export class Vm extends EventEmitter<VmEvents> {
       m?.dispose();
     } finally {
       this.closeTaps();
+      this.images = {};
       this.stopReason = reason;
       this.setState('stopped');
       for (const p of [...Object.values(this.ports), ...(this.hvc ? [this.hvc] : [])]) {
@@ -469,11 +471,13 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
     const v = config[k];
     if (typeof v === 'string') vm.paths[k] = v;
   }
-  liveVms.add(new WeakRef(vm));
+  const ref = new WeakRef(vm);
+  liveVms.add(ref);
+  vm.once('stop', () => liveVms.delete(ref));
   return vm;
 }
 
-/** VMs still alive; killed on process exit so no vCPU thread outlives its VM. */
+/** VMs not yet stopped; killed on process exit so no vCPU thread outlives its VM. A VM leaves the set when it stops. */
 const liveVms = new Set<WeakRef<Vm>>();
 process.once('exit', () => {
   for (const r of liveVms) {
