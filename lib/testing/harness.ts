@@ -50,11 +50,13 @@ export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: 
   }
   t.timeout?.(timeoutMs + 10_000);
   const vm = await createVm(cfg);
-  let torn = false;
+  // The test framework holds the teardown until the test ends, which may be long
+  // after fn returned (several withVm calls in one test): it must not hold the VM.
+  let live: Vm | undefined = vm;
   const teardown = async () => {
-    if (torn) return;
-    torn = true;
-    if (vm.state !== 'stopped') await vm.kill();
+    const v = live;
+    live = undefined;
+    if (v && v.state !== 'stopped') await v.kill();
   };
   (t.teardown ?? t.after)?.call(t, teardown);
   let timer: NodeJS.Timeout | undefined;
