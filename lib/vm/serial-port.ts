@@ -20,7 +20,14 @@ export interface SerialInputTarget {
 export class SerialPort extends Duplex {
   readonly portName: string;
   private readonly limit: number;
+  /**
+   * The log: sealed blocks, then the deliveries since the last seal. A guest
+   * writes a few bytes per delivery; sealing them into blocks keeps a long
+   * log from costing a Buffer object per write and keeps log() cheap.
+   */
   private chunks: Buffer[] = [];
+  private recent: Buffer[] = [];
+  private recentBytes = 0;
   private logged = 0;
   /** Bytes dropped from the front of the log to stay under the limit. */
   private dropped = 0;
@@ -41,9 +48,11 @@ export class SerialPort extends Duplex {
   deliver(bytes: Uint8Array): void {
     const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const copy = Buffer.from(b);
-    this.chunks.push(copy);
+    this.recent.push(copy);
+    this.recentBytes += copy.length;
     this.logged += copy.length;
     this.totalBytes += copy.length;
+    if (this.recent.length >= 256 || this.recentBytes >= 64 * 1024 || this.logged > this.limit) this.seal();
     while (this.logged > this.limit && this.chunks.length > 1) {
       const first = this.chunks.shift()!;
       this.logged -= first.length;
@@ -54,6 +63,13 @@ export class SerialPort extends Duplex {
     if (this.readableFlowing) this.push(copy);
     for (const w of [...this.waiters]) w();
     this.emit('output', copy);
+  }
+
+  private seal(): void {
+    if (this.recent.length === 0) return;
+    this.chunks.push(this.recent.length === 1 ? this.recent[0]! : Buffer.concat(this.recent, this.recentBytes));
+    this.recent = [];
+    this.recentBytes = 0;
   }
 
   /** Connect (or disconnect) the UART that receives what is written to this stream. */
@@ -90,7 +106,22 @@ export class SerialPort extends Duplex {
 
   /** The whole retained log (latin1, so offsets are byte offsets). */
   log(): string {
-    return Buffer.concat(this.chunks).toString('latin1');
+    return Buffer.concat(this.recent.length ? [...this.chunks, ...this.recent] : this.chunks).toString('latin1');
+  }
+
+  /**
+   * The retained log from byte `offset` of it on (latin1): only the blocks
+   * that reach past `offset` are copied, so expect() costs what it has not
+   * consumed yet, not the whole log, on each delivery.
+   */
+  private logFrom(offset: number): string {
+    const parts = this.recent.length ? [...this.chunks, ...this.recent] : this.chunks;
+    let at = 0;
+    let i = 0;
+    while (i < parts.length && at + parts[i]!.length <= offset) at += parts[i++]!.length;
+    if (i === parts.length) return '';
+    const tail = i === 0 ? parts : parts.slice(i);
+    return Buffer.concat(tail).toString('latin1', offset - at);
   }
 
   /** The last `n` lines of output, for error messages. */
@@ -110,7 +141,7 @@ export class SerialPort extends Duplex {
     return new Promise((resolve, reject) => {
       const check = (): boolean => {
         const start = Math.max(0, this.cursor - this.dropped);
-        const text = this.log().slice(start);
+        const text = this.logFrom(start);
         const m = re.exec(text);
         if (!m) return false;
         this.cursor = this.dropped + start + m.index + m[0].length;
