@@ -161,8 +161,6 @@ function runScript(command: string, options: KvmHostOptions): string {
     // npm and npx write logs and caches under $HOME, which is read-only in here.
     npm_config_cache: '/tmp/npm-cache',
     ...(process.env.CI ? { CI: process.env.CI } : {}),
-    // Opt-in switches of the e2e tests (docs/testing.md) reach the tests inside.
-    ...(process.env.NODEVMM_FORCE_8VMS ? { NODEVMM_FORCE_8VMS: process.env.NODEVMM_FORCE_8VMS } : {}),
     ...options.env,
   };
   const lines = ['cd ' + shellQuote(options.cwd) + ' || exit 125'];

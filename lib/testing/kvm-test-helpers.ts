@@ -44,3 +44,58 @@ export function processResources(): ProcessResources {
   const field = (name: string) => Number(/^(\w+):\s+(\d+)/m.exec(status.split('\n').find((l) => l.startsWith(name + ':')) ?? '')?.[2] ?? NaN);
   return { fds: fs.readdirSync('/proc/self/fd').length, threads: field('Threads'), rssKiB: field('VmRSS') };
 }
+
+/**
+ * What a leak check prints when it fails: each fd's target, and where the
+ * resident memory is (mapping kinds from /proc/self/smaps, V8's heap and the
+ * memory of ArrayBuffers outside it), so one failing run says what grew.
+ */
+export interface ProcessResourceDetail {
+  fds: Record<string, string>;
+  /** Resident KiB per kind of mapping: [heap], [anon] (anonymous, includes malloc arenas and V8), file-backed, and others by name. */
+  rssByMapping: Record<string, number>;
+  v8HeapUsedKiB: number;
+  v8HeapTotalKiB: number;
+  externalKiB: number;
+  arrayBuffersKiB: number;
+}
+
+export function processResourceDetail(): ProcessResourceDetail {
+  const fds: Record<string, string> = {};
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      fds[fd] = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      // closed between readdir and readlink (the readdir's own fd)
+    }
+  }
+  const rssByMapping: Record<string, number> = {};
+  let kind = '';
+  for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (head) {
+      const name = head[1]!;
+      kind = name === '' ? '[anon]' : name.startsWith('/') ? (name.includes('/dev/') || name.includes('memfd:') ? name : 'file-backed') : name;
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) rssByMapping[kind] = (rssByMapping[kind] ?? 0) + Number(rss[1]);
+  }
+  const m = process.memoryUsage();
+  const kib = (n: number) => Math.round(n / 1024);
+  return { fds, rssByMapping, v8HeapUsedKiB: kib(m.heapUsed), v8HeapTotalKiB: kib(m.heapTotal), externalKiB: kib(m.external), arrayBuffersKiB: kib(m.arrayBuffers) };
+}
+
+/** The parts of two details that differ, for a failing leak check's message. */
+export function diffResourceDetail(before: ProcessResourceDetail, after: ProcessResourceDetail): string {
+  const out: string[] = [];
+  for (const fd of new Set([...Object.keys(before.fds), ...Object.keys(after.fds)])) {
+    if (before.fds[fd] !== after.fds[fd]) out.push(`fd ${fd}: ${before.fds[fd] ?? '(none)'} -> ${after.fds[fd] ?? '(none)'}`);
+  }
+  for (const k of new Set([...Object.keys(before.rssByMapping), ...Object.keys(after.rssByMapping)])) {
+    const d = (after.rssByMapping[k] ?? 0) - (before.rssByMapping[k] ?? 0);
+    if (Math.abs(d) >= 512) out.push(`rss ${k}: ${d > 0 ? '+' : ''}${d} KiB`);
+  }
+  for (const k of ['v8HeapUsedKiB', 'v8HeapTotalKiB', 'externalKiB', 'arrayBuffersKiB'] as const) out.push(`${k}: ${before[k]} -> ${after[k]}`);
+  return out.join('\n');
+}
