@@ -9,7 +9,7 @@
  * ports and their logs carry over.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync, promises as fsp } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
@@ -17,6 +17,7 @@ import type { VcpuStop } from '../hv/partition';
 import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
 import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import { AGENT_READY, execOnSerial, type ExecOptions, type ExecResult } from './exec';
+import { readImageFile } from './image-files';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
@@ -43,7 +44,7 @@ export type CustomLoader = (partition: X86Partition, config: ResolvedVmConfig, a
 async function readImage(what: string, v: string | Uint8Array | undefined): Promise<Uint8Array | undefined> {
   if (v === undefined || v instanceof Uint8Array) return v;
   try {
-    return new Uint8Array(await fsp.readFile(v));
+    return await readImageFile(v);
   } catch (e) {
     throw fileError(what, v, e);
   }

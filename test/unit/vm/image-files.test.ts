@@ -1,0 +1,79 @@
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { cachedImageCount, readImageFile } from '../../../lib/vm/image-files';
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-images-'));
+/** Files modified in the last two seconds are never cached: date this one back a minute. */
+const settle = (file: string) => {
+  const t = new Date(Date.now() - 60_000);
+  fs.utimesSync(file, t, t);
+};
+
+test.serial('readers of the same unchanged file share one buffer, concurrent readers included', async (t) => {
+  const file = path.join(tmp(), 'kernel');
+  fs.writeFileSync(file, Buffer.alloc(3 << 20, 0x5a));
+  fs.linkSync(file, file + '.link'); // (linking changes the file's ctime: link first)
+  settle(file);
+  const [a, b] = await Promise.all([readImageFile(file), readImageFile(file)]);
+  const c = await readImageFile(file);
+  t.is(a, b);
+  t.is(a, c);
+  t.is(a.length, 3 << 20);
+  t.is(a[12345], 0x5a);
+  // A hard link is the same file.
+  t.is(await readImageFile(file + '.link'), a);
+});
+
+test.serial('a file rewritten in place or replaced is read again', async (t) => {
+  const dir = tmp();
+  const file = path.join(dir, 'initrd');
+  fs.writeFileSync(file, 'first');
+  settle(file);
+  const first = await readImageFile(file);
+  t.is(await readImageFile(file), first);
+  fs.writeFileSync(file, 'again'); // same size, same inode: mtime and ctime move
+  const second = await readImageFile(file);
+  t.not(second, first);
+  t.is(Buffer.from(second).toString(), 'again');
+  t.is(Buffer.from(first).toString(), 'first', 'a reader keeps the bytes it was given');
+  settle(file); // same mtime as 'first' had, but the rewrite moved ctime
+  const settled = await readImageFile(file);
+  t.not(settled, first);
+  t.is(Buffer.from(settled).toString(), 'again');
+  fs.writeFileSync(path.join(dir, 'new'), 'third');
+  fs.renameSync(path.join(dir, 'new'), file);
+  t.is(Buffer.from(await readImageFile(file)).toString(), 'third');
+});
+
+test.serial('the cache holds buffers weakly: once no reader holds one, it is freed', async (t) => {
+  if (!global.gc) return t.pass('needs --expose-gc');
+  const file = path.join(tmp(), 'big');
+  fs.writeFileSync(file, Buffer.alloc(1 << 20, 1));
+  settle(file);
+  let held: Uint8Array | undefined = await readImageFile(file);
+  const before = cachedImageCount();
+  t.true(before >= 1);
+  held = undefined;
+  // WeakRef targets survive until the job that created the ref ends, so collect across turns.
+  for (let i = 0; i < 10 && cachedImageCount() >= before; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    global.gc();
+  }
+  t.is(held, undefined);
+  t.true(cachedImageCount() < before);
+});
+
+test.serial('a file modified within the last two seconds is read afresh each time (two writes in one clock tick can share an mtime)', async (t) => {
+  const file = path.join(tmp(), 'fresh');
+  fs.writeFileSync(file, 'fresh');
+  const a = await readImageFile(file);
+  const b = await readImageFile(file);
+  t.not(a, b);
+  t.deepEqual(a, b);
+});
+
+test('a missing file fails like fs does', async (t) => {
+  await t.throwsAsync(readImageFile('/nonexistent/kernel'), { code: 'ENOENT' });
+});
