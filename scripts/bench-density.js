@@ -5,8 +5,15 @@
  *  - VMs per second booted to the tiny PVH guest's marker and stopped, 1 and
  *    8 at a time, against Firecracker's published 5 microVMs per host core
  *    per second;
- *  - memory per idle VM: RSS growth per added VM (guest pages the tiny guest
- *    touches are under 0.2 MiB), against Firecracker's 5 MiB per VMM.
+ *  - memory per idle VM: RSS growth per added VM, guest pages excluded (the
+ *    tiny guest touches a few pages, but guest RAM asks for transparent huge
+ *    pages, so they are resident as 2 MiB pages: AnonHugePages growth is
+ *    subtracted), against Firecracker's 5 MiB per VMM;
+ *  - with the guest artifacts cached (scripts/guest-artifacts.js): RSS growth
+ *    per added VM created from Debian's kernel and the test initramfs, from
+ *    their files (VMs share the bytes) against the same images handed to
+ *    each VM as its own copy (what every VM held before they were shared).
+ *    The VMs are created, not started: this machine's KVM cannot run Linux.
  *
  *   node --expose-gc scripts/bench-density.js [--seconds S] [--idle N]
  */
@@ -15,6 +22,8 @@ const { createVm } = require('../dist/lib/vm/vm');
 const { tinyPvhKernel } = require('../dist/lib/testing/tiny-pvh');
 const { processResources, kvmSkipReason } = require('../dist/lib/testing/kvm-test-helpers');
 
+const { findGuestArtifacts } = require('../dist/lib/testing/artifacts');
+const fs = require('node:fs');
 const { numberOption } = require('./lib/options');
 const SECONDS = numberOption('--seconds', 10);
 const IDLE = numberOption('--idle', 32);
@@ -45,6 +54,11 @@ async function rate(parallel) {
   return done / ((Date.now() - started) / 1000);
 }
 
+/** Resident anonymous memory in transparent huge pages, in KiB. */
+function anonHugeKiB() {
+  return Number(/^AnonHugePages:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/self/smaps_rollup', 'utf8'))?.[1] ?? 0);
+}
+
 async function idleOverhead() {
   const vms = [];
   for (let i = 0; i < 4; i++) {
@@ -56,6 +70,7 @@ async function idleOverhead() {
   }
   global.gc?.();
   const before = processResources().rssKiB;
+  const hugeBefore = anonHugeKiB();
   for (let i = 0; i < IDLE; i++) {
     const vm = await createVm({ kernel: idleKernel, boot: 'pvh', memory: '64M' });
     await vm.start();
@@ -65,8 +80,26 @@ async function idleOverhead() {
   global.gc?.();
   await new Promise((r) => setTimeout(r, 200));
   const after = processResources();
+  const hugeAfter = anonHugeKiB();
   for (const vm of vms) await vm.kill();
-  return { perVmMiB: (after.rssKiB - before) / IDLE / 1024, threads: after.threads };
+  // Guest RAM asks for transparent huge pages, so the few pages the tiny guest touches
+  // are resident as whole 2 MiB pages; nothing else in the process uses THP here.
+  const perVmMiB = (after.rssKiB - before) / IDLE / 1024;
+  const guestMiB = (hugeAfter - hugeBefore) / IDLE / 1024;
+  return { perVmMiB, guestMiB, vmmMiB: perVmMiB - guestMiB, threads: after.threads };
+}
+
+/** RSS growth per created VM, in MiB, for VMs made by `make` (held until measured). */
+async function perCreatedVm(make, n = 8) {
+  const vms = [await make()];
+  global.gc?.();
+  const before = processResources().rssKiB;
+  for (let i = 0; i < n; i++) vms.push(await make());
+  global.gc?.();
+  await new Promise((r) => setTimeout(r, 200));
+  const perVm = (processResources().rssKiB - before) / n / 1024;
+  for (const vm of vms) await vm.kill();
+  return perVm;
 }
 
 async function main() {
@@ -84,7 +117,19 @@ async function main() {
   console.log(`tiny PVH VMs booted to marker and stopped, ${SECONDS} s each:`);
   console.log(`  1 at a time: ${one.toFixed(1)} VMs/s   8 at a time: ${eight.toFixed(1)} VMs/s   Firecracker published: ${FC_PER_CORE}/core/s = ${fc} VMs/s on ${cores} cores   ratio ${(eight / fc).toFixed(2)}x`);
   const idle = await idleOverhead();
-  console.log(`idle VMs in one process: ${idle.perVmMiB.toFixed(2)} MiB RSS per added VM (incl. <0.2 MiB guest pages), Firecracker: ${FC_MIB_PER_VM} MiB per VMM   ratio ${(idle.perVmMiB / FC_MIB_PER_VM).toFixed(2)}x; ${IDLE + 4} VMs -> ${idle.threads} threads`);
+  console.log(`idle VMs in one process: ${idle.perVmMiB.toFixed(2)} MiB RSS per added VM, of which guest RAM in huge pages ${idle.guestMiB.toFixed(2)} MiB; VMM overhead ${idle.vmmMiB.toFixed(2)} MiB, Firecracker: ${FC_MIB_PER_VM} MiB per VMM   ratio ${(idle.vmmMiB / FC_MIB_PER_VM).toFixed(2)}x; ${IDLE + 4} VMs -> ${idle.threads} threads`);
+  const a = findGuestArtifacts();
+  if (!a) {
+    console.log('Linux images: skipped (no cached guest artifacts; node scripts/guest-artifacts.js fetches them)');
+    return;
+  }
+  const config = { kernel: a.vmlinuz, initrd: a.testInitramfs, memory: '128M' };
+  const shared = await perCreatedVm(() => createVm(config));
+  const kernelBytes = fs.readFileSync(a.vmlinuz);
+  const initrdBytes = fs.readFileSync(a.testInitramfs);
+  const copied = await perCreatedVm(() => createVm({ ...config, kernel: new Uint8Array(kernelBytes), initrd: new Uint8Array(initrdBytes) }));
+  const imageMiB = (kernelBytes.length + initrdBytes.length) / 1048576;
+  console.log(`VMs created from Debian's kernel + test initramfs (${imageMiB.toFixed(1)} MiB of images): ${shared.toFixed(2)} MiB RSS per added VM from the files (shared), ${copied.toFixed(2)} MiB with a copy each   ratio ${(shared / copied).toFixed(2)}x`);
 }
 
 main().catch((e) => {
