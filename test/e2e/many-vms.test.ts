@@ -86,8 +86,9 @@ e2e('8 vms run concurrently in one process, each runs exec and powers off, leavi
   t.is(first.threads, before.threads, 'threads after the first eight');
   // The first eight raise the C heap's high-water mark: their images and buffers were
   // live at once, and glibc keeps freed main-arena memory resident (measured 2026-12-06:
-  // +52 MiB in [heap] after the first eight, with V8's heap and external memory back
-  // within 2 MiB of before). A leak grows with every round; a high-water mark does not,
+  // +52 MiB in [heap] after the first eight while each VM read its own copy of the
+  // images, +19 MiB once they shared them; V8's heap and external memory back within
+  // 2 MiB of before). A leak grows with every round; a high-water mark does not,
   // so the memory check is that a second eight add nothing.
   await eightAtOnce(t);
   await settle();
