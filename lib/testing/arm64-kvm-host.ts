@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { NodevmmError } from '../errors';
 import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
+import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
 
 /** The meta package; the versioned kernel it depends on is resolved at download time. */
 export const ARM64_KERNEL_META_PACKAGE = 'linux-image-arm64';
@@ -170,6 +171,8 @@ export interface Arm64KvmHostOptions {
   smp?: number;
   onConsole?: (text: string) => void;
   artifacts?: Arm64Artifacts;
+  /** Give up on a frozen host: QEMU used no CPU at all for this long (ms; default 90000, 0: never; see qemu-stall.ts). */
+  stallMs?: number;
 }
 
 export interface Arm64KvmHostResult {
@@ -273,6 +276,10 @@ function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promi
       failure ??= new NodevmmError('ERR_KVM_HOST_TIMEOUT', `arm64-kvm-host: the run hit its ${o.timeoutMs} ms limit; last console lines:\n${tail()}`);
       child.kill('SIGKILL');
     }, o.timeoutMs);
+    const stopWatching = watchForStall(child.pid, o.stallMs ?? DEFAULT_STALL_MS, (idle) => {
+      failure ??= new NodevmmError('ERR_KVM_HOST_STALLED', `arm64-kvm-host: qemu-system-aarch64 used no CPU for ${idle} s: the emulated host is frozen; last console lines:\n${tail()}`);
+      child.kill('SIGKILL');
+    });
     const onText = (chunk: Buffer) => {
       const text = chunk.toString('utf8');
       log += text;
@@ -285,10 +292,12 @@ function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promi
     child.stderr.on('data', onText);
     child.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
+      stopWatching();
       reject(new NodevmmError('ERR_KVM_HOST_SPAWN', err.code === 'ENOENT' ? 'arm64-kvm-host: qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)' : `arm64-kvm-host: starting qemu failed: ${err.message}`));
     });
     child.on('close', () => {
       clearTimeout(timer);
+      stopWatching();
       if (failure) return reject(failure);
       let status: number | undefined;
       try {

@@ -13,6 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { NodevmmError } from '../errors';
 import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
+import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
 import { ensureGuestArtifacts, guestCacheRoot, KVM_HOST_MODULES, type GuestArtifacts } from './artifacts';
 
 export interface KvmHostOptions {
@@ -42,12 +43,7 @@ export interface KvmHostOptions {
   abortOn?: RegExp;
   /** Bytes typed into the host's console (an interactive session); default: none. */
   input?: NodeJS.ReadableStream;
-  /**
-   * Give up on the host when QEMU has used no CPU at all for this long (ms; default 90000, 0:
-   * never): the emulated machine is frozen (seen 2026-12-06 with eight nested guests: QEMU's
-   * CPU time flat for minutes, the host's clock stopped). An idle host that still runs costs
-   * QEMU 3-4 clock ticks (30-40 ms) every 10 s here, so a flat minute and a half is no pause.
-   */
+  /** Give up on a frozen host: QEMU used no CPU at all for this long (ms; default 90000, 0: never; see qemu-stall.ts). */
   stallMs?: number;
 }
 
@@ -68,7 +64,6 @@ const QEMU = 'qemu-system-x86_64';
 const NINEP_OPTS = 'trans=virtio,version=9p2000.L,msize=512000';
 const CONSOLE_TAIL_LINES = 30;
 const DEFAULT_BOOT_TIMEOUT_MS = 120_000;
-const DEFAULT_STALL_MS = 90_000;
 const TCG_FEATURE_WARNING = /warning: TCG doesn't support requested feature/;
 
 /** The host's /init: modules, 9p root, pseudo filesystems, chroot, status, power off. */
@@ -223,19 +218,9 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
       child.kill('SIGKILL');
     };
     const hardTimer = setTimeout(() => stop('ERR_KVM_HOST_TIMEOUT', `the run hit its ${options.timeoutMs} ms limit`), options.timeoutMs);
-    const stallMs = options.stallMs ?? DEFAULT_STALL_MS;
-    let cpuTicks = -1;
-    let cpuMovedAt = Date.now();
-    const stallTimer = stallMs > 0 ? setInterval(() => {
-      const ticks = child.pid === undefined ? undefined : processCpuTicks(child.pid);
-      if (ticks === undefined) return;
-      if (ticks !== cpuTicks) {
-        cpuTicks = ticks;
-        cpuMovedAt = Date.now();
-      } else if (Date.now() - cpuMovedAt >= stallMs) {
-        stop('ERR_KVM_HOST_STALLED', `${QEMU} used no CPU for ${Math.round((Date.now() - cpuMovedAt) / 1000)} s: the emulated host is frozen`);
-      }
-    }, Math.min(10_000, stallMs / 3)) : undefined;
+    const stopWatching = watchForStall(child.pid, options.stallMs ?? DEFAULT_STALL_MS, (idle) =>
+      stop('ERR_KVM_HOST_STALLED', `${QEMU} used no CPU for ${idle} s: the emulated host is frozen`),
+    );
     const bootTimer = setTimeout(() => {
       if (bootMs === undefined) stop('ERR_KVM_HOST_BOOT', `the host never printed ${KVM_HOST_READY_MARKER} within ${bootTimeoutMs} ms`);
     }, bootTimeoutMs);
@@ -267,7 +252,7 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
     child.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(hardTimer);
       clearTimeout(bootTimer);
-      clearInterval(stallTimer);
+      stopWatching();
       reject(
         err.code === 'ENOENT'
           ? new NodevmmError('ERR_KVM_HOST_QEMU_MISSING', `kvm-host: ${QEMU} is not installed (apt-get install qemu-system-x86)`, { cause: err })
@@ -277,7 +262,7 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
     child.on('close', (qemuStatus) => {
       clearTimeout(hardTimer);
       clearTimeout(bootTimer);
-      clearInterval(stallTimer);
+      stopWatching();
       if (failure) return reject(failure);
       const durationMs = Date.now() - started;
       let status: number | undefined;
@@ -293,18 +278,6 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
       resolve({ exitCode: status, consoleLog: log, durationMs, bootMs: bootMs ?? durationMs });
     });
   });
-}
-
-/** User plus system CPU time of a process, in clock ticks; undefined once it is gone. */
-function processCpuTicks(pid: number): number | undefined {
-  try {
-    // Fields after the command name (which may hold spaces and parentheses): utime is 14th, stime 15th.
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(fields[11]) + Number(fields[12]);
-  } catch {
-    return undefined;
-  }
 }
 
 function tail(log: string): string {
