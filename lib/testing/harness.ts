@@ -39,6 +39,23 @@ function report(t: TestContextLike, text: string): void {
   else process.stderr.write(text + '\n');
 }
 
+/**
+ * A teardown that kills `vm` if it still runs, once. The test framework holds
+ * it until the test ends, which may be long after the VM is done (several
+ * withVm calls in one test), so it lets go of the VM when it has run. It is
+ * made here, not inside withVm: closures made in one function share that
+ * function's variables, so a teardown made there would keep the VM alive
+ * through the others' references to it.
+ */
+function killOnce(vm: Vm): () => Promise<void> {
+  let live: Vm | undefined = vm;
+  return async () => {
+    const v = live;
+    live = undefined;
+    if (v && v.state !== 'stopped') await v.kill();
+  };
+}
+
 export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: (vm: Vm) => Promise<T>): Promise<T> {
   const { waitFor = /GUEST-INIT-OK/, timeoutMs = 120_000, bootTimeoutMs = 60_000, agent = true, ...config } = options;
   const cfg: VmConfig = { memory: '256M', ...config };
@@ -50,14 +67,7 @@ export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: 
   }
   t.timeout?.(timeoutMs + 10_000);
   const vm = await createVm(cfg);
-  // The test framework holds the teardown until the test ends, which may be long
-  // after fn returned (several withVm calls in one test): it must not hold the VM.
-  let live: Vm | undefined = vm;
-  const teardown = async () => {
-    const v = live;
-    live = undefined;
-    if (v && v.state !== 'stopped') await v.kill();
-  };
+  const teardown = killOnce(vm);
   (t.teardown ?? t.after)?.call(t, teardown);
   let timer: NodeJS.Timeout | undefined;
   try {

@@ -4,6 +4,7 @@
  */
 import test from 'ava';
 import { createVm } from '../../lib/vm/vm';
+import { withVm } from '../../lib/testing/harness';
 import { kvmSkipReason, processResources } from '../../lib/testing/kvm-test-helpers';
 import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 import { ConfigError } from '../../lib/errors';
@@ -130,4 +131,28 @@ kvm('8 vms alive at once in one process, each on its own serial log; rounds of t
   t.is(after.threads, before.threads, 'threads');
   // 40 VMs of 64 MiB: leaking one VM's guest RAM (or touched pages of several) would show.
   t.true(after.rssKiB - before.rssKiB < 8 * 1024, `rss grew by ${after.rssKiB - before.rssKiB} KiB`);
+});
+
+kvm('a stopped vm is not kept alive by withVm teardowns the test framework still holds, nor by the exit-kill set', async (t) => {
+  if (!global.gc) return t.pass('needs --expose-gc');
+  // Stands in for ava, which keeps every t.teardown until the test ends.
+  const held: Array<() => unknown> = [];
+  const ctx = { teardown: (f: () => unknown) => void held.push(f), log: () => {} };
+  const refs: Array<WeakRef<object>> = [];
+  await Promise.all(
+    Array.from({ length: 4 }, () =>
+      withVm(ctx, { kernel: tinyPvhKernel('UP\n', { powerOff: false }), boot: 'pvh', memory: '64M', waitFor: 'UP', agent: false }, async (vm) => {
+        refs.push(new WeakRef(vm));
+        await vm.kill();
+      }),
+    ),
+  );
+  t.is(held.length, 4);
+  // WeakRef targets live at least until the current job ends: collect across turns.
+  for (let i = 0; i < 20 && refs.some((r) => r.deref()); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    global.gc();
+  }
+  t.deepEqual(refs.map((r) => r.deref() === undefined), [true, true, true, true]);
+  for (const f of held) await f(); // harmless once the VM is gone
 });
