@@ -106,7 +106,7 @@ export class SerialPort extends Duplex {
 
   /** The whole retained log (latin1, so offsets are byte offsets). */
   log(): string {
-    return Buffer.concat(this.recent.length ? [...this.chunks, ...this.recent] : this.chunks).toString('latin1');
+    return this.logFrom(0);
   }
 
   /**
