@@ -59,47 +59,34 @@ function anonHugeKiB() {
   return Number(/^AnonHugePages:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/self/smaps_rollup', 'utf8'))?.[1] ?? 0);
 }
 
-async function idleOverhead() {
+/**
+ * RSS growth per VM that `make` adds, in MiB, after `warm` VMs made first (so lazy
+ * start-up costs are not counted), with the growth of transparent huge pages apart:
+ * guest RAM asks for THP, so the few pages a tiny guest touches are resident as whole
+ * 2 MiB pages, and nothing else in the process uses THP here. VMs are held until measured.
+ */
+async function growthPerAddedVm(make, n, warm) {
   const vms = [];
-  for (let i = 0; i < 4; i++) {
-    // warm-up VM, kept so the first measured one does not pay for lazy init
-    const vm = await createVm({ kernel: idleKernel, boot: 'pvh', memory: '64M' });
-    await vm.start();
-    await vm.serial(1).expect('IDLE');
-    vms.push(vm);
-  }
+  for (let i = 0; i < warm; i++) vms.push(await make());
   global.gc?.();
   const before = processResources().rssKiB;
   const hugeBefore = anonHugeKiB();
-  for (let i = 0; i < IDLE; i++) {
-    const vm = await createVm({ kernel: idleKernel, boot: 'pvh', memory: '64M' });
-    await vm.start();
-    await vm.serial(1).expect('IDLE');
-    vms.push(vm);
-  }
+  for (let i = 0; i < n; i++) vms.push(await make());
   global.gc?.();
   await new Promise((r) => setTimeout(r, 200));
   const after = processResources();
   const hugeAfter = anonHugeKiB();
   for (const vm of vms) await vm.kill();
-  // Guest RAM asks for transparent huge pages, so the few pages the tiny guest touches
-  // are resident as whole 2 MiB pages; nothing else in the process uses THP here.
-  const perVmMiB = (after.rssKiB - before) / IDLE / 1024;
-  const guestMiB = (hugeAfter - hugeBefore) / IDLE / 1024;
+  const perVmMiB = (after.rssKiB - before) / n / 1024;
+  const guestMiB = (hugeAfter - hugeBefore) / n / 1024;
   return { perVmMiB, guestMiB, vmmMiB: perVmMiB - guestMiB, threads: after.threads };
 }
 
-/** RSS growth per created VM, in MiB, for VMs made by `make` (held until measured). */
-async function perCreatedVm(make, n = 8) {
-  const vms = [await make()];
-  global.gc?.();
-  const before = processResources().rssKiB;
-  for (let i = 0; i < n; i++) vms.push(await make());
-  global.gc?.();
-  await new Promise((r) => setTimeout(r, 200));
-  const perVm = (processResources().rssKiB - before) / n / 1024;
-  for (const vm of vms) await vm.kill();
-  return perVm;
+async function idleVm() {
+  const vm = await createVm({ kernel: idleKernel, boot: 'pvh', memory: '64M' });
+  await vm.start();
+  await vm.serial(1).expect('IDLE');
+  return vm;
 }
 
 async function main() {
@@ -116,7 +103,7 @@ async function main() {
   const fc = FC_PER_CORE * cores;
   console.log(`tiny PVH VMs booted to marker and stopped, ${SECONDS} s each:`);
   console.log(`  1 at a time: ${one.toFixed(1)} VMs/s   8 at a time: ${eight.toFixed(1)} VMs/s   Firecracker published: ${FC_PER_CORE}/core/s = ${fc} VMs/s on ${cores} cores   ratio ${(eight / fc).toFixed(2)}x`);
-  const idle = await idleOverhead();
+  const idle = await growthPerAddedVm(idleVm, IDLE, 4);
   console.log(`idle VMs in one process: ${idle.perVmMiB.toFixed(2)} MiB RSS per added VM, of which guest RAM in huge pages ${idle.guestMiB.toFixed(2)} MiB; VMM overhead ${idle.vmmMiB.toFixed(2)} MiB, Firecracker: ${FC_MIB_PER_VM} MiB per VMM   ratio ${(idle.vmmMiB / FC_MIB_PER_VM).toFixed(2)}x; ${IDLE + 4} VMs -> ${idle.threads} threads`);
   const a = findGuestArtifacts();
   if (!a) {
@@ -124,10 +111,10 @@ async function main() {
     return;
   }
   const config = { kernel: a.vmlinuz, initrd: a.testInitramfs, memory: '128M' };
-  const shared = await perCreatedVm(() => createVm(config));
+  const shared = (await growthPerAddedVm(() => createVm(config), 8, 1)).perVmMiB;
   const kernelBytes = fs.readFileSync(a.vmlinuz);
   const initrdBytes = fs.readFileSync(a.testInitramfs);
-  const copied = await perCreatedVm(() => createVm({ ...config, kernel: new Uint8Array(kernelBytes), initrd: new Uint8Array(initrdBytes) }));
+  const copied = (await growthPerAddedVm(() => createVm({ ...config, kernel: new Uint8Array(kernelBytes), initrd: new Uint8Array(initrdBytes) }), 8, 1)).perVmMiB;
   const imageMiB = (kernelBytes.length + initrdBytes.length) / 1048576;
   console.log(`VMs created from Debian's kernel + test initramfs (${imageMiB.toFixed(1)} MiB of images): ${shared.toFixed(2)} MiB RSS per added VM from the files (shared), ${copied.toFixed(2)} MiB with a copy each   ratio ${(shared / copied).toFixed(2)}x`);
 }
