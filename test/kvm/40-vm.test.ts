@@ -3,8 +3,12 @@
  * vCPUs) with the tiny PVH kernel, on this machine's /dev/kvm.
  */
 import test from 'ava';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { createVm } from '../../lib/vm/vm';
 import { withVm } from '../../lib/testing/harness';
+import { cachedImageCount } from '../../lib/vm/image-files';
 import { kvmSkipReason, processResources } from '../../lib/testing/kvm-test-helpers';
 import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 import { ConfigError } from '../../lib/errors';
@@ -155,4 +159,26 @@ kvm('a stopped vm is not kept alive by withVm teardowns the test framework still
   }
   t.deepEqual(refs.map((r) => r.deref() === undefined), [true, true, true, true]);
   for (const f of held) await f(); // harmless once the VM is gone
+});
+
+kvm('a stopped vm that is still held lets go of its kernel bytes (a stopped vm never boots again)', async (t) => {
+  if (!global.gc) return t.pass('needs --expose-gc');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-held-'));
+  const file = path.join(dir, 'tiny-pvh');
+  fs.writeFileSync(file, tinyPvhKernel('HELD\n', { powerOff: false }));
+  const old = new Date(Date.now() - 60_000); // files modified in the last 2 s are not shared, so not cached
+  fs.utimesSync(file, old, old);
+  const before = cachedImageCount();
+  const vm = await createVm({ kernel: file, boot: 'pvh', memory: '64M' });
+  t.is(cachedImageCount(), before + 1, 'the kernel file is read into the shared cache');
+  await vm.start();
+  await vm.expect('HELD');
+  await vm.kill();
+  for (let i = 0; i < 20 && cachedImageCount() > before; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    global.gc();
+  }
+  t.is(cachedImageCount(), before, 'the held, stopped vm no longer keeps the kernel bytes alive');
+  t.is(vm.state, 'stopped');
+  fs.rmSync(dir, { recursive: true, force: true });
 });
