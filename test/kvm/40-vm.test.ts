@@ -15,6 +15,9 @@ import { ConfigError } from '../../lib/errors';
 
 const skip = kvmSkipReason();
 const kvm = skip ? test.skip : test;
+// Tests that count the process's fds, threads and RSS: ava runs serial tests first, one at a
+// time, so no other test's VMs are open while they measure.
+const kvmAlone = skip ? test.skip : test.serial;
 if (skip) console.log(`# SKIP kvm tier: ${skip}`);
 
 kvm('the tiny PVH kernel prints on COM1 and powers off through the ACPI PM block', async (t) => {
@@ -102,7 +105,7 @@ test('a missing kernel file is one clear sentence', async (t) => {
   await t.throwsAsync(() => createVm({ kernel: '/nonexistent/vmlinuz' }), { code: 'ERR_FILE', message: 'kernel file /nonexistent/vmlinuz does not exist' });
 });
 
-kvm('8 vms alive at once in one process, each on its own serial log; rounds of them leave no fds, threads or memory behind', async (t) => {
+kvmAlone('8 vms alive at once in one process, each on its own serial log; rounds of them leave no fds, threads or memory behind', async (t) => {
   // The whole Vm stack (machine, devices, serial, lifecycle) eight times over, with the tiny
   // PVH guest: real Linux cannot boot on this machine's KVM-PVM (test/e2e/many-vms.test.ts
   // does the Linux version wherever a real KVM is).
