@@ -21,7 +21,7 @@ export { CpioWriter } from './initramfs/cpio';
 export { buildInitramfs, buildTestInitramfs, buildShellInitramfs } from './initramfs/initramfs';
 export { parseIgvm } from './igvm/parse';
 export { inspectIgvm, formatIgvmSummary } from './igvm/inspect';
-export { buildLinuxDirectIgvm } from './igvm/linux-direct';
+export { buildLinuxDirectIgvm } from './loader/igvm/linux-direct';
 export { buildX86AcpiTables } from './acpi/x86-tables';
 export { loadLinuxDirectX86 } from './loader/linux-direct';
 export { FdtWriter } from './fdt/writer';

@@ -57,7 +57,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     if (cmd === 'igvm') {
       // Loaded on demand: `run` should not pay for the IGVM modules at start-up.
-      const { runIgvmCommand } = require('../igvm/cli') as typeof import('../igvm/cli');
+      const { runIgvmCommand } = require('./igvm') as typeof import('./igvm');
       return runIgvmCommand(rest.filter((a) => a !== '--verbose'), {
         readFile: (p) => readInputFile('input', p),
         writeFile: (p, d) => fs.writeFileSync(p, d),
@@ -85,8 +85,8 @@ async function run(argv: readonly string[]): Promise<number> {
   const probe = binding.probe();
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
   if (binding.arch === 'aarch64') return (require('./run-arm64') as typeof import('./run-arm64')).runArm64(args);
-  const loader = args.config.igvm !== undefined ? (require('../vm/igvm-boot') as typeof import('../vm/igvm-boot')).igvmLoader : undefined;
-  const vm = await createVm(args.config, loader);
+  // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
+  const vm = await createVm(args.config);
   const cleanups: Array<() => void> = [];
   const quit = () => void vm.kill();
   for (const [name, binding] of Object.entries(args.serial) as [ComPort, SerialBinding][]) {

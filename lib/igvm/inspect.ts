@@ -9,7 +9,7 @@ import { hex } from '../util/bytes';
 import { headerTypeLabel } from './defs';
 import type { IgvmFile, IgvmSupportedPlatform } from './model';
 import { parseIgvm } from './parse';
-import { coalesceRanges, type IgvmGpaRange } from './plan';
+import { coalesceRanges, type IgvmGpaRange } from './ranges';
 import { decodeNativeVpContextX64, decodeVbsVpContext } from './vp-context';
 
 export interface IgvmSummary {

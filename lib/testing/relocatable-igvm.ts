@@ -13,7 +13,7 @@ import { buildIgvm, type IgvmBuildHeader } from '../igvm/build';
 import type { IgvmParameterTypeName } from '../igvm/defs';
 import { encodeNativeVpContextX64 } from '../igvm/vp-context';
 import { encodeGdt } from '../arch/x86_64/cpu';
-import { RELOCATION_FLAG_APPLY_GDTR, RELOCATION_FLAG_APPLY_RIP } from '../igvm/relocate';
+import { RELOCATION_FLAG_APPLY_GDTR, RELOCATION_FLAG_APPLY_RIP } from '../igvm/defs';
 
 export const RELOCATABLE_IGVM = {
   /** The region as the file places it. */

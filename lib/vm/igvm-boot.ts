@@ -9,10 +9,10 @@
 import { randomBytes } from 'node:crypto';
 import { NodevmmError } from '../errors';
 import { parseIgvm } from '../igvm/parse';
-import { planIgvmLoad, type IgvmLoadPlan } from '../igvm/plan';
+import { planIgvmLoad, type IgvmLoadPlan } from '../loader/igvm/plan';
 import type { IgvmFile } from '../igvm/model';
-import { igvmMemoryMap, loadIgvm } from '../igvm/load';
-import { buildIgvmHostDeviceTree } from '../igvm/host-device-tree';
+import { igvmMemoryMap, loadIgvm } from '../loader/igvm/load';
+import { buildIgvmHostDeviceTree } from '../loader/igvm/host-device-tree';
 import { encodeSrat } from '../acpi/srat';
 import { encodeSlit } from '../acpi/slit';
 import { encodePptt } from '../acpi/pptt';
@@ -24,16 +24,24 @@ import type { X86AcpiTables } from '../acpi/x86-tables';
 import { MMIO_GAP_SIZE, MMIO_GAP_START } from '../arch/x86_64/layout';
 import { COM_RESOURCES, enabledComPorts } from './x86-machine';
 
+/** A parsed IGVM file and its load plan for this config: made once by createVm, used by every boot of the VM. */
+export interface PlannedIgvm {
+  file: IgvmFile;
+  plan: IgvmLoadPlan;
+}
+
 /** Parse the image and plan its load as this config asks (createVm runs it early to refuse bad files). */
-export function planIgvmForConfig(bytes: Uint8Array, config: Pick<ResolvedVmConfig, 'igvmRelocateTo'>): { file: IgvmFile; plan: IgvmLoadPlan } {
+export function planIgvmForConfig(bytes: Uint8Array, config: Pick<ResolvedVmConfig, 'igvmRelocateTo'>): PlannedIgvm {
   const file = parseIgvm(bytes);
   return { file, plan: planIgvmLoad(file, config.igvmRelocateTo !== undefined ? { relocateTo: config.igvmRelocateTo } : {}) };
 }
 
-export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables): X86VcpuInitState {
-  const bytes = config.igvm;
-  if (!(bytes instanceof Uint8Array)) throw new NodevmmError('ERR_IGVM', 'igvm image was not read');
-  const { file, plan } = planIgvmForConfig(bytes, config);
+/** The machine loader for a planned IGVM image (a guest reboot loads the same plan again). */
+export function igvmLoader({ file, plan }: PlannedIgvm) {
+  return (partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables): X86VcpuInitState => loadPlannedIgvm(partition, config, acpi, file, plan);
+}
+
+function loadPlannedIgvm(partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables, file: IgvmFile, plan: IgvmLoadPlan): X86VcpuInitState {
   // RAM the file requires outside the configured memory (e.g. 512 GiB in COCONUT's files, or a moved region).
   for (const r of plan.requiredRam) {
     if (!partition.memory.isRam(r.gpa, r.size)) {

@@ -21,7 +21,7 @@ import { readImageFile } from './image-files';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
-import { igvmLoader, planIgvmForConfig } from './igvm-boot';
+import { igvmLoader, planIgvmForConfig, type PlannedIgvm } from './igvm-boot';
 import { openDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
 import type { VirtioNetStats } from '../devices/virtio/net';
@@ -453,10 +453,11 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly).fd);
+  let planned: PlannedIgvm | undefined;
   if (igvm) {
     // A bad IGVM file (or a relocation base it does not allow) fails createVm, not start().
     try {
-      planIgvmForConfig(igvm, resolved);
+      planned = planIgvmForConfig(igvm, resolved);
     } catch (e) {
       // Name the file: "image.igvm: igvm: header 1 (RELOCATABLE_REGION): ..." for format errors and refusals alike.
       if (typeof config.igvm === 'string') {
@@ -466,8 +467,8 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
       throw e;
     }
   }
-  // An IGVM image boots through the IGVM loader unless the caller brings its own.
-  const vm = new Vm(resolved, { kernel, initrd }, customLoader ?? (igvm ? igvmLoader : undefined));
+  // An IGVM image boots through the IGVM loader, with the plan made above, unless the caller brings its own.
+  const vm = new Vm(resolved, { kernel, initrd }, customLoader ?? (planned ? igvmLoader(planned) : undefined));
   for (const k of ['kernel', 'initrd', 'igvm'] as const) {
     const v = config[k];
     if (typeof v === 'string') vm.paths[k] = v;

@@ -7,10 +7,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { buildLinuxDirectIgvm } from '../../lib/igvm/linux-direct';
+import { buildLinuxDirectIgvm } from '../../lib/loader/igvm/linux-direct';
 import { parseIgvm } from '../../lib/igvm/parse';
 import { e2eArtifacts, e2eSkipReason, FIRMWARE_COMPLAINTS, guestMarkers, cmdParam } from '../../lib/testing/e2e';
-import { igvmLoader } from '../../lib/vm/igvm-boot';
 import { createVm } from '../../lib/vm/vm';
 
 const skip = e2eSkipReason();
@@ -21,7 +20,7 @@ e2e('an IGVM built from the Debian kernel and the test initramfs reaches GUEST-I
   const a = e2eArtifacts!;
   const built = buildLinuxDirectIgvm({ kernel: new Uint8Array(fs.readFileSync(a.vmlinuz)), initrd: new Uint8Array(fs.readFileSync(a.testInitramfs)), cmdline: 'console=ttyS0', memoryBytes: 256 * 2 ** 20 });
   t.true(parseIgvm(built.file).headers.length > 0);
-  const vm = await createVm({ igvm: built.file, memory: '256M', cmdline: cmdParam('echo igvm-$((40+2))') }, igvmLoader);
+  const vm = await createVm({ igvm: built.file, memory: '256M', cmdline: cmdParam('echo igvm-$((40+2))') });
   await vm.start();
   const stop = await vm.waitForStop();
   const log = vm.serial(1).log().replace(/\r/g, '');

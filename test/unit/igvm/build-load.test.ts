@@ -2,9 +2,9 @@ import test from 'ava';
 import { NodevmmError } from '../../../lib/errors';
 import { buildIgvm } from '../../../lib/igvm/build';
 import { parseIgvm } from '../../../lib/igvm/parse';
-import { planIgvmLoad } from '../../../lib/igvm/plan';
-import { loadIgvm } from '../../../lib/igvm/load';
-import { buildLinuxDirectIgvm, IGVM_MEMORY_MAP_GPA } from '../../../lib/igvm/linux-direct';
+import { planIgvmLoad } from '../../../lib/loader/igvm/plan';
+import { loadIgvm } from '../../../lib/loader/igvm/load';
+import { buildLinuxDirectIgvm, IGVM_MEMORY_MAP_GPA } from '../../../lib/loader/igvm/linux-direct';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { ramRangesFor } from '../../../lib/arch/x86_64/layout';
 import { loadLinuxDirectX86 } from '../../../lib/loader/linux-direct';
@@ -176,7 +176,7 @@ test('a host command line overrides the one built into a Linux Direct IGVM', (t)
 });
 
 test('the igvm cli builds a file that its inspect command then describes', (t) => {
-  const { runIgvmCommand } = require('../../../lib/igvm/cli') as typeof import('../../../lib/igvm/cli');
+  const { runIgvmCommand } = require('../../../lib/cli/igvm') as typeof import('../../../lib/cli/igvm');
   const files = new Map<string, Uint8Array>([['bzImage', makeBzImage()]]);
   let out = '';
   const io = { readFile: (p: string) => files.get(p)!, writeFile: (p: string, d: Uint8Array) => void files.set(p, d), stdout: (s: string) => void (out += s) };

@@ -1,11 +1,11 @@
 import test from 'ava';
 import { FormatError, NodevmmError } from '../../../lib/errors';
 import { parseIgvm } from '../../../lib/igvm/parse';
-import { planIgvmLoad } from '../../../lib/igvm/plan';
-import { loadIgvm } from '../../../lib/igvm/load';
+import { planIgvmLoad } from '../../../lib/loader/igvm/plan';
+import { loadIgvm } from '../../../lib/loader/igvm/load';
 import { inspectIgvm } from '../../../lib/igvm/inspect';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
-import { buildLinuxDirectIgvm } from '../../../lib/igvm/linux-direct';
+import { buildLinuxDirectIgvm } from '../../../lib/loader/igvm/linux-direct';
 import { relocatableTestIgvm } from '../../../lib/testing/relocatable-igvm';
 import { makeBzImage } from '../loader/fixtures';
 import { fixCrc, realBytes, smallNative } from './helpers';

@@ -4,7 +4,7 @@
  * CPUs, memory with its IGVM type, the command line, COM1 and the entropy.
  */
 import test from 'ava';
-import { buildIgvmHostDeviceTree } from '../../../lib/igvm/host-device-tree';
+import { buildIgvmHostDeviceTree } from '../../../lib/loader/igvm/host-device-tree';
 import { MemoryMapEntryType } from '../../../lib/igvm/defs';
 import { decompile, fdtget } from '../fdt/dtc-tools';
 

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { planIgvmLoad } from '../../../lib/igvm/plan';
+import { planIgvmLoad } from '../../../lib/loader/igvm/plan';
 import { FormatError } from '../../../lib/errors';
 import { parseIgvm } from '../../../lib/igvm/parse';
 import { buildIgvm } from '../../../lib/igvm/build';

@@ -7,9 +7,9 @@
 import test from 'ava';
 import { buildIgvm, igvmFileToBuildInput, type IgvmBuildHeader } from '../../../lib/igvm/build';
 import { parseIgvm } from '../../../lib/igvm/parse';
-import { planIgvmLoad } from '../../../lib/igvm/plan';
-import { loadIgvm } from '../../../lib/igvm/load';
-import { rebuildPageTables, type IgvmRelocation } from '../../../lib/igvm/relocate';
+import { planIgvmLoad } from '../../../lib/loader/igvm/plan';
+import { loadIgvm } from '../../../lib/loader/igvm/load';
+import { rebuildPageTables, type IgvmRelocation } from '../../../lib/loader/igvm/relocate';
 import type { IgvmPageTableRelocation } from '../../../lib/igvm/model';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { GDT_ENTRIES } from '../../../lib/arch/x86_64/cpu';

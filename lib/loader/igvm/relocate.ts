@@ -10,14 +10,10 @@
  * moves to the new address (identity mapping: VA = PA), and a move shorter
  * than a leaf's size stays inside that leaf and changes nothing.
  */
-import { NodevmmError } from '../errors';
-import { hex } from '../util/bytes';
-import { IGVM_MAX_GPA } from './defs';
-import type { IgvmPageTableRelocation, IgvmRelocatableRegion } from './model';
-
-export const RELOCATION_FLAG_IS_VTL2 = 0x1;
-export const RELOCATION_FLAG_APPLY_RIP = 0x2;
-export const RELOCATION_FLAG_APPLY_GDTR = 0x4;
+import { NodevmmError } from '../../errors';
+import { hex } from '../../util/bytes';
+import { IGVM_MAX_GPA, RELOCATION_FLAG_APPLY_GDTR, RELOCATION_FLAG_APPLY_RIP } from '../../igvm/defs';
+import type { IgvmPageTableRelocation, IgvmRelocatableRegion } from '../../igvm/model';
 
 const PAGE = 4096;
 const PTE_PRESENT = 1n;

@@ -6,14 +6,14 @@
  * host may override it), a MEMORY_MAP area, REQUIRED_MEMORY for the RAM the
  * zero page's E820 describes, and the BSP state as a NATIVE VP context.
  */
-import { NodevmmError } from '../errors';
-import { GuestMemory } from '../memory/guest-memory';
-import type { X86Segment } from '../hv/x86-state';
-import { CMDLINE_LONG_SIZE, CMDLINE_LONG_START, ramRangesFor } from '../arch/x86_64/layout';
-import { loadLinuxDirectX86 } from '../loader/linux-direct';
-import { IgvmPlatformType, PAGE_SIZE_4K } from './defs';
-import { buildIgvm, type IgvmBuildHeader } from './build';
-import { encodeNativeVpContextX64 } from './vp-context';
+import { NodevmmError } from '../../errors';
+import { GuestMemory } from '../../memory/guest-memory';
+import type { X86Segment } from '../../hv/x86-state';
+import { CMDLINE_LONG_SIZE, CMDLINE_LONG_START, ramRangesFor } from '../../arch/x86_64/layout';
+import { loadLinuxDirectX86 } from '../linux-direct';
+import { IgvmPlatformType, PAGE_SIZE_4K } from '../../igvm/defs';
+import { buildIgvm, type IgvmBuildHeader } from '../../igvm/build';
+import { encodeNativeVpContextX64 } from '../../igvm/vp-context';
 
 export const NATIVE_MASK = 0x1;
 /** The free page after the long-cmdline window and before the ACPI tables. */

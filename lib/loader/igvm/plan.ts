@@ -8,12 +8,14 @@
  * context follows the region's flags and the page-table region is rebuilt
  * (relocate.ts). Spec: `igvm_defs` §platforms, §relocation.
  */
-import { NodevmmError } from '../errors';
-import { hex } from '../util/bytes';
-import type { X86VcpuInitState } from '../hv/x86-state';
-import { IGVM_PAGE_DATA_FLAG_IS_2MB_PAGE, IGVM_REQUIRED_MEMORY_FLAG_VTL2_PROTECTABLE, type IgvmPageDataTypeName, type IgvmParameterTypeName, type IgvmPlatformTypeName } from './defs';
-import type { IgvmFile, IgvmHeader, IgvmPageTableRelocation, IgvmParameterArea, IgvmRelocatableRegion, IgvmSupportedPlatform, IgvmVpContext } from './model';
-import { decodeNativeVpContextX64, decodeVbsVpContext, nativeContextToVcpuState, vbsContextToVcpuState } from './vp-context';
+import { NodevmmError } from '../../errors';
+import { hex } from '../../util/bytes';
+import type { X86VcpuInitState } from '../../hv/x86-state';
+import { IGVM_PAGE_DATA_FLAG_IS_2MB_PAGE, IGVM_REQUIRED_MEMORY_FLAG_VTL2_PROTECTABLE, type IgvmPageDataTypeName, type IgvmParameterTypeName, type IgvmPlatformTypeName } from '../../igvm/defs';
+import type { IgvmFile, IgvmHeader, IgvmPageTableRelocation, IgvmParameterArea, IgvmRelocatableRegion, IgvmSupportedPlatform, IgvmVpContext } from '../../igvm/model';
+import { decodeNativeVpContextX64, decodeVbsVpContext } from '../../igvm/vp-context';
+import { nativeContextToVcpuState, vbsContextToVcpuState } from './vcpu-state';
+import { coalesceRanges, type IgvmGpaRange } from '../../igvm/ranges';
 import { rebuildPageTables, relocatedGpa, relocateRegion, type IgvmRelocation } from './relocate';
 
 export type IgvmPlatformChoice = 'native' | 'vsm' | 'snp' | 'tdx' | 'sev' | 'sev-es' | 'cca';
@@ -49,11 +51,6 @@ export type IgvmLoadStep =
   | { op: 'error-range'; header: number; gpa: number; size: number }
   /** Bytes the plan made itself: the rebuilt page tables of a relocated load. */
   | { op: 'data'; header: number; gpa: number; bytes: Uint8Array };
-
-export interface IgvmGpaRange {
-  gpa: number;
-  size: number;
-}
 
 export interface IgvmBootContext {
   header: number;
@@ -271,21 +268,4 @@ function chooseBootContext(platform: IgvmSupportedPlatform, contexts: IgvmBootCo
   }
   if (skipped.length) warnings.push(`VTL2 context of header ${skipped.map((c) => c.header).join(', ')} skipped: the backend has no virtual trust levels; booting the VTL0 context`);
   return usable[0];
-}
-
-/** Sort and merge overlapping or touching ranges; drops empty ones. */
-export function coalesceRanges(ranges: readonly IgvmGpaRange[]): IgvmGpaRange[] {
-  const sorted = ranges.filter((r) => r.size > 0).sort((a, b) => a.gpa - b.gpa);
-  const out: IgvmGpaRange[] = [];
-  for (const r of sorted) {
-    const last = out[out.length - 1];
-    if (last && r.gpa <= last.gpa + last.size) last.size = Math.max(last.size, r.gpa + r.size - last.gpa);
-    else out.push({ ...r });
-  }
-  return out;
-}
-
-/** Headers that apply to a mask (exported for inspect). */
-export function appliesTo(h: IgvmHeader, mask: number): boolean {
-  return !('compatibility_mask' in h) || h.kind === 'SUPPORTED_PLATFORM' || (h.compatibility_mask & mask) !== 0;
 }

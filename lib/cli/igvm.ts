@@ -5,8 +5,8 @@
  * errors propagate with the file name attached.
  */
 import { ConfigError, FormatError } from '../errors';
-import { formatIgvmSummary, inspectIgvm } from './inspect';
-import { buildLinuxDirectIgvm } from './linux-direct';
+import { formatIgvmSummary, inspectIgvm } from '../igvm/inspect';
+import { buildLinuxDirectIgvm } from '../loader/igvm/linux-direct';
 
 export interface IgvmCliIo {
   readFile(path: string): Uint8Array;

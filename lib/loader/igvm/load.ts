@@ -6,13 +6,14 @@
  * It does not create RAM: the VM must already have `plan.requiredRam`, which
  * is checked before the first write. Spec: `igvm_defs` IGVM_VHS_PARAMETER*.
  */
-import { NodevmmError } from '../errors';
-import type { GuestMemory } from '../memory/guest-memory';
-import type { X86VcpuInitState } from '../hv/x86-state';
-import { hex } from '../util/bytes';
-import { IGVM_VHS_MEMORY_MAP_ENTRY_SIZE, MemoryMapEntryType, type IgvmParameterTypeName } from './defs';
-import type { IgvmFile } from './model';
-import { coalesceRanges, type IgvmGpaRange, type IgvmLoadPlan, type IgvmLoadStep } from './plan';
+import { NodevmmError } from '../../errors';
+import type { GuestMemory } from '../../memory/guest-memory';
+import type { X86VcpuInitState } from '../../hv/x86-state';
+import { hex } from '../../util/bytes';
+import { IGVM_VHS_MEMORY_MAP_ENTRY_SIZE, MemoryMapEntryType, type IgvmParameterTypeName } from '../../igvm/defs';
+import type { IgvmFile } from '../../igvm/model';
+import { coalesceRanges, type IgvmGpaRange } from '../../igvm/ranges';
+import type { IgvmLoadPlan, IgvmLoadStep } from './plan';
 
 export interface IgvmHostParameters {
   /** vCPUs the VM will start (VP_COUNT_PARAMETER). */

@@ -9,7 +9,7 @@
  * the entropy bytes sit in a property named `reg`, and the PIO serial port
  * has `interrupts` without an interrupt parent (an ISA IRQ number).
  */
-import { FdtWriter } from '../fdt/writer';
+import { FdtWriter } from '../../fdt/writer';
 import type { IgvmMemoryMapEntry } from './load';
 
 export interface IgvmHostDeviceTreeOptions {
