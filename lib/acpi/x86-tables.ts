@@ -3,7 +3,8 @@
  * XSDT, FADT, FACS, MADT and DSDT, laid out back to back from `tablesGpa`
  * with absolute pointers between them. Pure: it returns bytes and addresses;
  * the caller writes them into guest memory and reserves the range in E820.
- * It decides no addresses beyond packing the tables; the layout passes them in.
+ * It decides no addresses, ports or IRQs beyond packing the tables: the
+ * caller passes the machine's (lib/arch/x86_64/layout.ts for ours).
  * Spec: ACPI 6.5 §5.2 (table relationships: RSDP -> XSDT -> FADT -> DSDT/FACS).
  */
 import { FormatError } from '../errors';
@@ -16,25 +17,6 @@ import { encodeMadt, MPS_INTI } from './madt';
 import { encodeRsdp, RSDP_SIZE } from './rsdp';
 import { encodeXsdt } from './xsdt';
 
-/** Every default of the x86 table set, in one place (values from OpenVMM's Linux Direct layout). */
-export const X86_ACPI_DEFAULTS = {
-  /** Just above the page tables; the loader reserves [TABLES_GPA, +blob) as ACPI in E820. */
-  TABLES_GPA: 0x19000,
-  /** Inside the BIOS area 0xE0000-0xFFFFF that Linux scans for "RSD PTR " when no RSDP address is passed. */
-  RSDP_GPA: 0xe0000,
-  PM_BASE: 0x400,
-  SCI_IRQ: 9,
-  IO_APIC_ID: 0,
-  IO_APIC_ADDRESS: 0xfec00000,
-  IO_APIC_GSI_BASE: 0,
-  /** The PIT drives ISA IRQ0, which the IOAPIC receives on pin 2 (pin 0 is the 8259 ExtINT). */
-  PIT_IRQ: 0,
-  PIT_GSI: 2,
-  RTC: { port: 0x70, irq: 8 },
-  /** LINT1 is the NMI input on every PC since the MP spec. */
-  NMI_LINT: 1,
-} as const;
-
 /** Tables are placed on 8-byte boundaries so every 64-bit field in them is naturally aligned. */
 const TABLE_ALIGNMENT = 8;
 
@@ -44,12 +26,21 @@ export interface X86AcpiOptions {
   apicIds?: readonly number[];
   serialPorts: readonly SerialPortDesc[];
   virtioMmio?: readonly VirtioMmioDesc[];
-  tablesGpa?: number;
-  rsdpGpa?: number;
-  pmBase?: number;
-  sci?: number;
-  /** Whether a CMOS RTC is emulated at 0x70 (default true). */
-  cmosRtc?: boolean;
+  /** Where the tables go (FACS first, so 64-byte aligned). */
+  tablesGpa: number;
+  /** Where the RSDP goes (16-byte aligned; Linux also scans 0xE0000-0xFFFFF for it). */
+  rsdpGpa: number;
+  /** I/O port of the ACPI PM register block. */
+  pmBase: number;
+  /** ISA IRQ of the SCI. */
+  sci: number;
+  ioApic: { id: number; address: number; gsiBase: number };
+  /** The PIT's ISA IRQ and the IOAPIC pin it reaches (an interrupt source override). */
+  pit: { irq: number; gsi: number };
+  /** The CMOS RTC's port and IRQ, or null when the machine has none. */
+  rtc: { port: number; irq: number } | null;
+  /** The LAPIC input wired to NMI. */
+  nmiLint: 0 | 1;
 }
 
 export interface AcpiTable {
@@ -74,11 +65,7 @@ function badOption(field: string, message: string, actual: string): FormatError 
 }
 
 export function buildX86AcpiTables(opts: X86AcpiOptions): X86AcpiTables {
-  const d = X86_ACPI_DEFAULTS;
-  const tablesGpa = opts.tablesGpa ?? d.TABLES_GPA;
-  const rsdpGpa = opts.rsdpGpa ?? d.RSDP_GPA;
-  const pmBase = opts.pmBase ?? d.PM_BASE;
-  const sci = opts.sci ?? d.SCI_IRQ;
+  const { tablesGpa, rsdpGpa, pmBase, sci } = opts;
   const apicIds = opts.apicIds ?? Array.from({ length: opts.vcpus }, (_, i) => i);
   if (apicIds.length !== opts.vcpus) {
     throw badOption('apicIds', `apicIds has ${apicIds.length} entries but vcpus is ${opts.vcpus}`, String(apicIds.length));
@@ -101,23 +88,23 @@ export function buildX86AcpiTables(opts: X86AcpiOptions): X86AcpiTables {
   const facsGpa = place('FACS', encodeFacs());
   const dsdtGpa = place(
     'DSDT',
-    encodeDsdt({ vcpus: opts.vcpus, serialPorts: opts.serialPorts, virtioMmio: opts.virtioMmio ?? [], rtc: opts.cmosRtc === false ? null : d.RTC }),
+    encodeDsdt({ vcpus: opts.vcpus, serialPorts: opts.serialPorts, virtioMmio: opts.virtioMmio ?? [], rtc: opts.rtc }),
   );
-  const fadtGpa = place('FACP', encodeFadt({ dsdtGpa, facsGpa, pmBase, sci, cmosRtc: opts.cmosRtc !== false }));
+  const fadtGpa = place('FACP', encodeFadt({ dsdtGpa, facsGpa, pmBase, sci, cmosRtc: opts.rtc !== null }));
   const madtGpa = place(
     'APIC',
     encodeMadt({
       apicIds,
-      ioApicId: d.IO_APIC_ID,
-      ioApicAddress: d.IO_APIC_ADDRESS,
-      ioApicGsiBase: d.IO_APIC_GSI_BASE,
+      ioApicId: opts.ioApic.id,
+      ioApicAddress: opts.ioApic.address,
+      ioApicGsiBase: opts.ioApic.gsiBase,
       overrides: [
-        { source: d.PIT_IRQ, gsi: d.PIT_GSI, flags: MPS_INTI.CONFORMS },
+        { source: opts.pit.irq, gsi: opts.pit.gsi, flags: MPS_INTI.CONFORMS },
         // Our PM device drives the SCI level-triggered and active-high; without this
         // override Linux would assume the ACPI default of level/active-low.
         { source: sci, gsi: sci, flags: MPS_INTI.LEVEL | MPS_INTI.ACTIVE_HIGH },
       ],
-      nmiLint: d.NMI_LINT,
+      nmiLint: opts.nmiLint,
       pcatCompat: true,
     }),
   );

@@ -21,8 +21,8 @@ import type { X86VcpuInitState } from '../hv/x86-state';
 import { ZERO_REGS } from '../hv/x86-state';
 import type { ResolvedVmConfig } from './config';
 import type { X86AcpiTables } from '../acpi/x86-tables';
-import { MMIO_GAP_SIZE, MMIO_GAP_START } from '../arch/x86_64/layout';
-import { COM_RESOURCES, enabledComPorts } from './x86-machine';
+import { COM_RESOURCES, MMIO_GAP_SIZE, MMIO_GAP_START } from '../arch/x86_64/layout';
+import { enabledComPorts } from './x86-machine';
 
 /** A parsed IGVM file and its load plan for this config: made once by createVm, used by every boot of the VM. */
 export interface PlannedIgvm {

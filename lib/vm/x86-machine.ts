@@ -7,7 +7,7 @@
  * no PCI. Addresses come from lib/arch/x86_64/layout.ts.
  */
 import { buildX86AcpiTables, type X86AcpiTables } from '../acpi/x86-tables';
-import { ACPI_TABLES_START, RSDP_START, ramRangesFor } from '../arch/x86_64/layout';
+import { ACPI_PLATFORM, CMOS_RTC, COM_RESOURCES, I8042_COMMAND_PORT, MMIO_GAP_START, PM_BASE, POST_PORT, SCI_IRQ, ramRangesFor } from '../arch/x86_64/layout';
 import { AcpiPm, ACPI_PM_BLOCK_SIZE } from '../devices/acpi-pm';
 import { CmosRtc } from '../devices/cmos-rtc';
 import { I8042Reset } from '../devices/i8042-reset';
@@ -28,24 +28,10 @@ import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-
 import { ioeventfdQueueNotifier } from './queue-notifier';
 import { openVhostVsock } from './vhost-vsock';
 
-/** ISA COM ports: base port and IRQ (PC/AT convention, as OpenVMM). */
-export const COM_RESOURCES: Record<ComPort, { port: number; irq: number }> = {
-  com1: { port: 0x3f8, irq: 4 },
-  com2: { port: 0x2f8, irq: 3 },
-  com3: { port: 0x3e8, irq: 4 },
-  com4: { port: 0x2e8, irq: 3 },
-};
-
 /** The COM ports the config turns on, in COM1-COM4 order. */
 export function enabledComPorts(cfg: Pick<ResolvedVmConfig, 'serial'>): ComPort[] {
   return (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => cfg.serial[c]);
 }
-const PM_BASE = 0x400;
-const SCI_IRQ = 9;
-const RTC_PORT = 0x70;
-const RTC_IRQ = 8;
-const POST_PORT = 0x80;
-const I8042_COMMAND_PORT = 0x64;
 /** UART registers whose reads have no side effects (IER, LCR, MCR, LSR, SCR): answered natively. */
 const UART_SHADOWED = [1, 3, 4, 5, 7];
 
@@ -146,11 +132,8 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     const acpi = buildX86AcpiTables({
       vcpus: cfg.vcpus,
       serialPorts: ports.map((c) => ({ name: c.toUpperCase(), port: COM_RESOURCES[c].port, irq: COM_RESOURCES[c].irq })),
-      tablesGpa: ACPI_TABLES_START,
-      rsdpGpa: RSDP_START,
-      pmBase: PM_BASE,
-      sci: SCI_IRQ,
       virtioMmio: slots,
+      ...ACPI_PLATFORM,
     });
     partition.memory.write(acpi.tablesGpa, acpi.blob);
     partition.memory.write(acpi.rsdpGpa, acpi.rsdp);
@@ -206,8 +189,8 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       onReset: () => hooks.onReset(),
     });
     partition.pio.register(PM_BASE, ACPI_PM_BLOCK_SIZE, pm);
-    const lowRam = Math.min(cfg.memory, 0xf800_0000);
-    partition.pio.register(RTC_PORT, 2, new CmosRtc({ irq: irqs.line(RTC_IRQ), memory: { belowFourGiB: lowRam, aboveFourGiB: cfg.memory - lowRam } }));
+    const lowRam = Math.min(cfg.memory, MMIO_GAP_START);
+    partition.pio.register(CMOS_RTC.port, 2, new CmosRtc({ irq: irqs.line(CMOS_RTC.irq), memory: { belowFourGiB: lowRam, aboveFourGiB: cfg.memory - lowRam } }));
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));

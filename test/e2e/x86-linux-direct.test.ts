@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { buildX86AcpiTables } from '../../lib/acpi/x86-tables';
+import { ACPI_PLATFORM } from '../../lib/arch/x86_64/layout';
 import { createVm } from '../../lib/vm/vm';
 import { bootToStop, e2eArtifacts, e2eSkipReason, FIRMWARE_COMPLAINTS } from '../../lib/testing/e2e';
 
@@ -111,6 +112,7 @@ e2e('the ACPI tables the guest sees equal the bytes we built', async (t) => {
   const r = await bootToStop({ vcpus: 2, command: 'for x in APIC DSDT FACP FACS; do echo "TABLE-$x=$(base64 /sys/firmware/acpi/tables/$x | tr -d "\\n")"; done' });
   t.is(r.stop.reason, 'poweroff');
   const built = buildX86AcpiTables({
+    ...ACPI_PLATFORM,
     vcpus: 2,
     serialPorts: [
       { name: 'COM1', port: 0x3f8, irq: 4 },

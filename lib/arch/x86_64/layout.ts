@@ -24,6 +24,11 @@
  *                               0xFEB0_0000, IOAPIC 0xFEC0_0000,
  *                               LAPIC 0xFEE0_0000, device windows    (absent)
  *   0x1_0000_0000 - ...         RAM above 4 GiB when memory > gap    RAM
+ *
+ * The I/O ports and ISA IRQs of the PC devices (COM1-COM4, ACPI PM block,
+ * CMOS RTC, POST port, keyboard controller) and the interrupt routing the
+ * ACPI tables describe are named here too, so the machine recipe, the ACPI
+ * builder's caller and the IGVM host device tree read the same values.
  */
 import { ConfigError } from '../../errors';
 import { GiB, KiB, MiB, hex } from '../../util/bytes';
@@ -93,7 +98,47 @@ export const VIRTIO_MMIO_MAX_SLOTS = (IOAPIC_START - VIRTIO_MMIO_START) / VIRTIO
  */
 export const VIRTIO_MMIO_GSIS: readonly number[] = [16, 17, 18, 19, 20, 21, 22, 23];
 export const LAPIC_START = 0xfee0_0000;
+/**
+ * KVM on Intel needs three pages for the real-mode TSS (KVM_SET_TSS_ADDR) and
+ * one for the EPT identity map (KVM_SET_IDENTITY_MAP_ADDR) inside the 4 GiB
+ * space but outside RAM and devices: the BIOS area just below 4 GiB, as QEMU.
+ */
+export const KVM_TSS_START = 0xfffb_d000;
+export const KVM_IDENTITY_MAP_START = 0xfffb_c000;
 export const HIGH_RAM_START = FOUR_GIB;
+
+/** ISA COM ports: base port (8 registers) and IRQ (PC/AT convention, as OpenVMM). */
+export const COM_RESOURCES = {
+  com1: { port: 0x3f8, irq: 4 },
+  com2: { port: 0x2f8, irq: 3 },
+  com3: { port: 0x3e8, irq: 4 },
+  com4: { port: 0x2e8, irq: 3 },
+} as const satisfies Record<string, { port: number; irq: number }>;
+/** The ACPI PM register block (PM1a event/control, PM timer, GPE0, reset) and its SCI, as OpenVMM. */
+export const PM_BASE = 0x400;
+export const SCI_IRQ = 9;
+export const CMOS_RTC = { port: 0x70, irq: 8 } as const;
+/** Linux's outb_p() delays by writing the POST code port. */
+export const POST_PORT = 0x80;
+/** The 8042's command port; only its pulse-reset command is modelled. */
+export const I8042_COMMAND_PORT = 0x64;
+/** The IOAPIC takes GSIs 0-23; the PIT drives ISA IRQ0, which reaches the IOAPIC on pin 2 (pin 0 is the 8259's ExtINT). */
+export const IOAPIC = { id: 0, address: IOAPIC_START, gsiBase: 0 } as const;
+export const PIT_ROUTE = { irq: 0, gsi: 2 } as const;
+/** LINT1 is the NMI input on every PC since the MP spec. */
+export const NMI_LINT = 1;
+
+/** The fixed part of this machine that its ACPI tables describe (the options of buildX86AcpiTables besides vCPUs and devices). */
+export const ACPI_PLATFORM = {
+  tablesGpa: ACPI_TABLES_START,
+  rsdpGpa: RSDP_START,
+  pmBase: PM_BASE,
+  sci: SCI_IRQ,
+  ioApic: IOAPIC,
+  pit: PIT_ROUTE,
+  rtc: CMOS_RTC,
+  nmiLint: NMI_LINT,
+} as const;
 
 /** 2 MiB: the leaf size of the boot page tables and the initrd alignment. */
 export const RAM_ALIGN = 2 * MiB;

@@ -11,6 +11,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildX86AcpiTables, X86AcpiOptions, X86AcpiTables } from '../../../lib/acpi/x86-tables';
+import { ACPI_PLATFORM } from '../../../lib/arch/x86_64/layout';
 import { encodeSrat } from '../../../lib/acpi/srat';
 import { encodeSlit } from '../../../lib/acpi/slit';
 import { encodePptt } from '../../../lib/acpi/pptt';
@@ -27,6 +28,7 @@ const iaslTest = IASL ? test : test.skip;
 const acpiexecTest = ACPIEXEC ? test : test.skip;
 
 const OPTS: X86AcpiOptions = {
+  ...ACPI_PLATFORM,
   vcpus: 3,
   serialPorts: [
     { name: 'COM1', port: 0x3f8, irq: 4 },

@@ -4,6 +4,7 @@ import { encodeFadt, FADT_SIZE } from '../../../lib/acpi/fadt';
 import { encodeFacs } from '../../../lib/acpi/facs';
 import { encodeMadt, INTERRUPT_SOURCE_OVERRIDE_SIZE, IO_APIC_ENTRY_SIZE, LOCAL_APIC_ENTRY_SIZE } from '../../../lib/acpi/madt';
 import { buildX86AcpiTables, X86AcpiOptions } from '../../../lib/acpi/x86-tables';
+import { ACPI_PLATFORM } from '../../../lib/arch/x86_64/layout';
 import { FormatError } from '../../../lib/errors';
 
 const sum = (b: Uint8Array): number => b.reduce((s, x) => (s + x) & 0xff, 0);
@@ -16,7 +17,7 @@ const COMS = [
   { name: 'COM3', port: 0x3e8, irq: 4 },
   { name: 'COM4', port: 0x2e8, irq: 3 },
 ];
-const OPTS: X86AcpiOptions = { vcpus: 4, serialPorts: COMS, virtioMmio: [{ base: 0xfeb00000, size: 0x1000, irq: 5 }] };
+const OPTS: X86AcpiOptions = { vcpus: 4, serialPorts: COMS, virtioMmio: [{ base: 0xfeb00000, size: 0x1000, irq: 5 }], ...ACPI_PLATFORM };
 
 /** Walk MADT interrupt controller structures from offset 44: [type, length, ...]. */
 function madtEntries(madt: Uint8Array): { type: number; bytes: Uint8Array }[] {

@@ -4,6 +4,7 @@ import { parseRunArgs } from '../../../lib/cli/args';
 import { resolveVmConfig } from '../../../lib/vm/config';
 import { virtioSlots } from '../../../lib/vm/virtio-devices';
 import { buildX86AcpiTables } from '../../../lib/acpi/x86-tables';
+import { ACPI_PLATFORM } from '../../../lib/arch/x86_64/layout';
 import { openVhostVsock } from '../../../lib/vm/vhost-vsock';
 import { nativeBinding } from '../../../lib/hv/native';
 import { VsockStream } from '../../../lib/vm/vsock-stream';
@@ -51,7 +52,7 @@ test('the vsock slot comes right after the disks and, like every slot, is edge-t
   t.deepEqual(slots.map((s) => s.device.kind), ['blk', 'vsock', 'rng', 'console']);
   t.deepEqual(slots.map((s) => s.trigger), ['edge', 'edge', 'edge', 'edge']);
   t.deepEqual(slots.map((s) => s.irq), [16, 17, 18, 19]);
-  const acpi = buildX86AcpiTables({ vcpus: 1, serialPorts: [], tablesGpa: 0x19000, rsdpGpa: 0xe0000, pmBase: 0x400, sci: 9, virtioMmio: slots });
+  const acpi = buildX86AcpiTables({ vcpus: 1, serialPorts: [], ...ACPI_PLATFORM, virtioMmio: slots });
   t.is(Buffer.from(acpi.blob).toString('latin1').split('LNRO0005').length - 1, 4);
   // Without vsock nothing moves.
   t.deepEqual(virtioSlots({ disks: [{ path: 'a' }], rng: true, virtioConsole: false }).map((s) => s.base), [slots[0]!.base, slots[1]!.base]);

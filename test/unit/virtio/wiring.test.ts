@@ -5,6 +5,7 @@ import { resolveVmConfig } from '../../../lib/vm/config';
 import { virtioSlots, openDisk } from '../../../lib/vm/virtio-devices';
 import { IOAPIC_START, MMIO_GAP_START } from '../../../lib/arch/x86_64/layout';
 import { buildX86AcpiTables } from '../../../lib/acpi/x86-tables';
+import { ACPI_PLATFORM } from '../../../lib/arch/x86_64/layout';
 
 test('slots are 4 KiB apart inside the MMIO gap below the IOAPIC, one edge-triggered GSI each, disks first', (t) => {
   const slots = virtioSlots({ disks: [{ path: 'a' }, { path: 'b' }], rng: true, virtioConsole: true });
@@ -20,7 +21,7 @@ test('slots are 4 KiB apart inside the MMIO gap below the IOAPIC, one edge-trigg
 
 test('the DSDT carries one LNRO0005 device per slot', (t) => {
   const slots = virtioSlots({ disks: [{ path: 'a' }], rng: true, virtioConsole: false });
-  const acpi = buildX86AcpiTables({ vcpus: 1, serialPorts: [], tablesGpa: 0x19000, rsdpGpa: 0xe0000, pmBase: 0x400, sci: 9, virtioMmio: slots });
+  const acpi = buildX86AcpiTables({ vcpus: 1, serialPorts: [], ...ACPI_PLATFORM, virtioMmio: slots });
   const text = Buffer.from(acpi.blob).toString('latin1');
   t.is(text.split('LNRO0005').length - 1, 2);
 });
