@@ -4,14 +4,8 @@
  * GPA, KVM or Node streams; the bus translates.
  */
 
-/** A device reachable through port I/O or MMIO. `offset` is relative to the claimed range. */
-export interface IoDevice {
-  /** Short name for diagnostics ("com1", "acpi-pm", "cmos"). */
-  readonly name: string;
-  /** Read `size` (1, 2, 4 or 8) bytes at offset; return the value (bigint only for size 8). */
-  read(offset: number, size: number): number;
-  write(offset: number, size: number, value: number): void;
-}
+/** A device reachable through port I/O or MMIO: the contract is the bus's own (lib/hv/io-bus.ts). */
+export type { IoDevice } from '../hv/io-bus';
 
 /** An interrupt line a device drives. Edge devices call pulse(); level devices call set(). */
 export interface IrqLine {

@@ -33,6 +33,8 @@ export function arm64CoreRegId(name: Arm64CoreReg): bigint {
 }
 
 export type Arm64CoreReg = `x${number}` | 'sp' | 'pc' | 'pstate' | 'sp_el1' | 'elr_el1';
+/** A set of core registers to write (those left out keep their values). */
+export type Arm64CoreRegs = Partial<Record<Arm64CoreReg, bigint>>;
 
 /** ARM64_SYS_REG(op0, op1, CRn, CRm, op2) from the uapi header. */
 export function arm64SysRegId(op0: number, op1: number, crn: number, crm: number, op2: number): bigint {

@@ -9,8 +9,21 @@
  * posted writes without waking JS (see docs/architecture.md).
  */
 import { NodevmmError } from '../errors';
-import type { IoDevice } from '../devices/types';
 import { hex } from '../util/bytes';
+
+/**
+ * What the bus dispatches to: a device reachable through port I/O or MMIO.
+ * `offset` is relative to the claimed range; a device never learns its port
+ * number or GPA. Device models implement it (lib/devices/types.ts names it
+ * among their other contracts).
+ */
+export interface IoDevice {
+  /** Short name for diagnostics ("com1", "acpi-pm", "cmos"). */
+  readonly name: string;
+  /** Read `size` (1, 2, 4 or 8) bytes at offset; return the value (bigint only for size 8). */
+  read(offset: number, size: number): number;
+  write(offset: number, size: number, value: number): void;
+}
 
 export type BusKind = 'pio' | 'mmio';
 

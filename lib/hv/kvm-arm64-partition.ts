@@ -23,6 +23,7 @@ import {
   kvmArmSpiIrq,
   MPIDR_EL1,
   type Arm64CoreReg,
+  type Arm64CoreRegs,
 } from './arm64-regs';
 import { KvmPartition } from './kvm-partition';
 import type { Arm64Partition } from './partition';
@@ -51,8 +52,6 @@ export interface KvmArm64PartitionOptions {
   /** See KvmPartitionOptions.dispatchSpinUs. */
   dispatchSpinUs?: number;
 }
-
-export type Arm64CoreRegs = Partial<Record<Arm64CoreReg, bigint>>;
 
 export class KvmArm64Partition extends KvmPartition implements Arm64Partition {
   /** KVM_ARM_PREFERRED_TARGET's answer, used for every vCPU. */

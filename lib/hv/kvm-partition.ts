@@ -18,8 +18,7 @@ import { adjustCpuid } from './cpuid';
 import { checkLayout, EXIT_KIND_PIO, VcpuSharedView } from './exit-mailbox';
 import { IoBus, type BusRange, type ShadowBlock } from './io-bus';
 import { native, nativeBinding, type CpuidEntry, type NativeBinding, type NativeEvent, type NativeGuestRam, type NativeRoute, type NativeVcpu, type NativeVm } from './native';
-import type { NotifyOps } from '../devices/virtio/vsock';
-import type { FileIoMode, PartitionStats, PendingExit, RamOptions, VcpuStop, X86Partition, X86VirtualProcessor } from './partition';
+import type { FileIoMode, NotifyOps, PartitionStats, PendingExit, RamOptions, VcpuStop, X86Partition, X86VirtualProcessor } from './partition';
 import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
 
 export type { FileIoMode } from './partition';

@@ -6,11 +6,23 @@
  * so callers never change.
  */
 import type { EventEmitter } from 'node:events';
-import type { NotifyOps } from '../devices/virtio/vsock';
 import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
-import type { Arm64CoreRegs } from './kvm-arm64-partition';
+import type { Arm64CoreRegs } from './arm64-regs';
 import type { IoBus } from './io-bus';
 import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
+
+/**
+ * eventfds and their registrations with the partition: a guest write to an
+ * address signals an eventfd (ioeventfd), an eventfd raises a GSI (irqfd).
+ * Devices that are served off the main thread (vhost, queue notifiers) use them.
+ */
+export interface NotifyOps {
+  eventfd(): number;
+  signal(fd: number): void;
+  close(fd: number): void;
+  ioeventfd(fd: number, address: number, length: number, datamatch: number, assign: boolean): void;
+  irqfd(fd: number, gsi: number, assign: boolean): void;
+}
 
 /** Why a vCPU left its run loop for good. */
 export interface VcpuStop {

@@ -7,7 +7,7 @@
  * on the queue index the driver writes (VIRTIO 1.2 §4.2.3.3).
  */
 import { REG } from '../devices/virtio/mmio';
-import type { NotifyOps } from '../devices/virtio/vsock';
+import type { NotifyOps } from '../hv/partition';
 import { nativeBinding, watchReadable } from '../hv/native';
 
 /** A `queueNotifier` for the transport of the slot whose registers start at `base`. */

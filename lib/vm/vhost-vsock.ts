@@ -5,7 +5,8 @@
  * and eventfds registered on the VM fd as ioeventfds and irqfds.
  */
 import { NodevmmError } from '../errors';
-import type { NotifyOps, VhostVsockOps } from '../devices/virtio/vsock';
+import type { VhostVsockOps } from '../devices/virtio/vsock';
+import type { NotifyOps } from '../hv/partition';
 import { asKvmError, native, nativeBinding, type NativeBinding, type NativeVm } from '../hv/native';
 
 export const VHOST_VSOCK_PATH = '/dev/vhost-vsock';

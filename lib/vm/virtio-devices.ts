@@ -21,7 +21,8 @@ import { VirtioConsole } from '../devices/virtio/console';
 import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
 import { VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../devices/virtio/mmio';
 import { VirtioRng } from '../devices/virtio/rng';
-import { VirtioVsock, type HostRamMapping, type NotifyOps, type VhostVsockOps } from '../devices/virtio/vsock';
+import { VirtioVsock, type HostRamMapping, type VhostVsockOps } from '../devices/virtio/vsock';
+import type { NotifyOps } from '../hv/partition';
 import type { ResolvedVmConfig } from './config';
 import type { SerialPort } from './serial-port';
 

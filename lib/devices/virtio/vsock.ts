@@ -14,6 +14,7 @@ import { NodevmmError } from '../../errors';
 import { hex } from '../../util/bytes';
 import { INT_USED_BUFFER, REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
 import { splitQueueSizes, VirtioQueueError, type SplitQueueLayout } from './queue';
+import type { NotifyOps } from '../../hv/partition';
 
 export const VIRTIO_ID_VSOCK = 19;
 export const VSOCK_QUEUE = { rx: 0, tx: 1, event: 2 } as const;
@@ -48,15 +49,6 @@ export interface VhostVsockOps {
   setVringKick(index: number, fd: number): void;
   setVringCall(index: number, fd: number): void;
   setRunning(running: boolean): void;
-}
-
-/** eventfds and their KVM registrations (the VM fd's ioeventfd and irqfd). */
-export interface NotifyOps {
-  eventfd(): number;
-  signal(fd: number): void;
-  close(fd: number): void;
-  ioeventfd(fd: number, address: number, length: number, datamatch: number, assign: boolean): void;
-  irqfd(fd: number, gsi: number, assign: boolean): void;
 }
 
 export interface VirtioVsockOptions {

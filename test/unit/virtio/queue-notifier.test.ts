@@ -8,7 +8,7 @@ import test from 'ava';
 import { REG, STATUS } from '../../../lib/devices/virtio/mmio';
 import { VirtioRng } from '../../../lib/devices/virtio/rng';
 import { VIRTQ_DESC_F_NEXT } from '../../../lib/devices/virtio/queue';
-import type { NotifyOps } from '../../../lib/devices/virtio/vsock';
+import type { NotifyOps } from '../../../lib/hv/partition';
 import { nativeBinding } from '../../../lib/hv/native';
 import { ioeventfdQueueNotifier } from '../../../lib/vm/queue-notifier';
 import { FakeDriver } from './driver';

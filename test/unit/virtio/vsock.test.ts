@@ -1,6 +1,7 @@
 import test from 'ava';
 import { INT_CONFIG_CHANGE, INT_USED_BUFFER, REG, STATUS, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../../lib/devices/virtio/mmio';
-import { VirtioVsock, VIRTIO_VSOCK_F_SEQPACKET, type HostRamMapping, type NotifyOps, type VhostVsockOps } from '../../../lib/devices/virtio/vsock';
+import { VirtioVsock, VIRTIO_VSOCK_F_SEQPACKET, type HostRamMapping, type VhostVsockOps } from '../../../lib/devices/virtio/vsock';
+import type { NotifyOps } from '../../../lib/hv/partition';
 import { FakeDriver, RAM } from './driver';
 
 const RING_FEATURES = (1n << VIRTIO_F_VERSION_1) | (1n << VIRTIO_F_RING_INDIRECT_DESC) | (1n << VIRTIO_F_RING_EVENT_IDX);
