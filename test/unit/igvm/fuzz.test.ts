@@ -8,7 +8,8 @@ import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { buildLinuxDirectIgvm } from '../../../lib/igvm/linux-direct';
 import { relocatableTestIgvm } from '../../../lib/testing/relocatable-igvm';
 import { makeBzImage } from '../loader/fixtures';
-import { fixCrc, realBytes, smallNative } from './helpers';
+import { fixCrc, REAL_FILE_MISSING, realBytes, smallNative } from './helpers';
+import { testWhen } from '../../needs';
 
 /** mulberry32: small, seeded, reproducible. */
 function prng(seed: number): () => number {
@@ -110,7 +111,7 @@ function fuzz(t: import('ava').ExecutionContext, name: string, base: Uint8Array,
   t.true(counts.refused > 0);
 }
 
-test('mutated and truncated copies of the real file load cleanly or fail with a typed error', (t) => {
+testWhen(REAL_FILE_MISSING)('mutated and truncated copies of the real file load cleanly or fail with a typed error', (t) => {
   const real = realBytes();
   // Mutations target the fixed header, the header section and the first page of file data (the NATIVE context).
   fuzz(t, 'real', real, CASES_REAL, 0x1963, 0x7210 + 0x1000);
