@@ -80,11 +80,14 @@ async function tiny() {
   fs.writeFileSync(ours, tinyPvhKernel('TINY-PVH-OK\n'));
   fs.writeFileSync(theirs, tinyPvhKernel('TINY-PVH-OK\n', { exit: 'isa-debug-exit' }));
   const rows = { nodevmm: [], qemu: [] };
-  for (let i = 0; i < RUNS; i++) {
-    rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'], 'TINY-PVH-OK', 30_000));
-    rows.qemu.push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', theirs], 'TINY-PVH-OK', 30_000));
+  try {
+    for (let i = 0; i < RUNS; i++) {
+      rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'], 'TINY-PVH-OK', 30_000));
+      rows.qemu.push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', theirs], 'TINY-PVH-OK', 30_000));
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
-  fs.rmSync(dir, { recursive: true, force: true });
   const line = report(`tiny PVH guest, 128 MiB, 1 vCPU, ${RUNS} interleaved runs, medians (process start to ...)`, rows);
   line('marker on COM1', (r) => r.markerMs, 'ms');
   line('exit', (r) => r.exitMs, 'ms');

@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
+import { tempDir } from '../temp-dir';
 import * as path from 'node:path';
 import { createVm } from '../../lib/vm/vm';
 import { withVm } from '../../lib/testing/harness';
@@ -166,7 +166,7 @@ kvm('a stopped vm is not kept alive by withVm teardowns the test framework still
 
 kvm('a stopped vm that is still held lets go of its kernel bytes (a stopped vm never boots again)', async (t) => {
   if (!global.gc) return t.pass('needs --expose-gc');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-held-'));
+  const dir = tempDir(t, 'nodevmm-held-');
   const file = path.join(dir, 'tiny-pvh');
   fs.writeFileSync(file, tinyPvhKernel('HELD\n', { powerOff: false }));
   const old = new Date(Date.now() - 60_000); // files modified in the last 2 s are not shared, so not cached
@@ -183,5 +183,4 @@ kvm('a stopped vm that is still held lets go of its kernel bytes (a stopped vm n
   }
   t.is(cachedImageCount(), before, 'the held, stopped vm no longer keeps the kernel bytes alive');
   t.is(vm.state, 'stopped');
-  fs.rmSync(dir, { recursive: true, force: true });
 });
