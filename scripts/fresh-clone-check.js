@@ -50,8 +50,8 @@ function run(command, { cwd, env, timeoutMs, shell }) {
       stream.write(d);
       if (!shell) return;
       out = (out + d.toString('latin1')).slice(-4096);
-      // busybox sh -l prompts "~ # " or "/ # " once the guest is up.
-      if (!typed && /(?:^|\n)[~/][^\n]* # $/.test(out.replace(/\r/g, ''))) {
+      // busybox sh -l prompts "/ # " once the guest is up, then asks the terminal for the cursor position (ESC [6n).
+      if (!typed && /(?:^|\n)[~/][^\n]* # $/.test(out.replace(/\x1b\[[0-9;?]*[A-Za-z]|\r/g, ''))) {
         typed = true;
         child.stdin.write(`echo ${MARKER.slice(0, 6)}''${MARKER.slice(6)}\r`);
         child.stdin.write('exit\r');
