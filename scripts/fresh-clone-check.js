@@ -74,6 +74,16 @@ function run(command, { cwd, env, timeoutMs, shell }) {
   });
 }
 
+/** `shared/testdata/igvm/` beside this checkout or a folder above it, as test/unit/igvm/helpers.ts looks. */
+function findIgvmFixtureDir() {
+  if (process.env.NODEVMM_IGVM_TESTDATA) return process.env.NODEVMM_IGVM_TESTDATA;
+  for (let dir = path.dirname(root); ; dir = path.dirname(dir)) {
+    const d = path.join(dir, 'shared', 'testdata', 'igvm');
+    if (fs.existsSync(path.join(d, 'coconut-svsm-qemu-snp-tdx-native-v2.igvm'))) return d;
+    if (path.dirname(dir) === dir) return undefined;
+  }
+}
+
 async function main() {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-fresh-clone-'));
   const results = [];
@@ -89,6 +99,9 @@ async function main() {
       npm_config_cache: path.join(work, 'npm-cache'),
       NODEVMM_CACHE: path.join(work, 'nodevmm-cache'),
     };
+    // The IGVM fixture lives beside the checkout, not in it (docs/testing.md): point the clone at ours.
+    const fixture = findIgvmFixtureDir();
+    if (fixture) env.NODEVMM_IGVM_TESTDATA = fixture;
     for (const k of Object.keys(env)) {
       // npm run passes its own configuration down; the clone must see a user's, not ours.
       if (k.startsWith('npm_') && k !== 'npm_config_cache' && k !== 'npm_config_nodedir') delete env[k];
