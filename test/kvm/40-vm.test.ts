@@ -31,6 +31,14 @@ kvm('the tiny PVH kernel prints on COM1 and powers off through the ACPI PM block
   t.regex(vm.serial(1).log(), /^HELLO-FROM-PVH\n/);
 });
 
+kvm('boot auto (the default) enters the tiny PVH kernel, which is not Linux, through PVH', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('AUTO-PVH\n'), memory: '64M' });
+  await vm.start();
+  await vm.serial(1).expect(/AUTO-PVH/, { timeoutMs: 10_000 });
+  const stop = await vm.waitForStop();
+  t.is(stop.reason, 'poweroff', stop.message);
+});
+
 kvm('kill stops a running vm at once and a second kill is harmless', async (t) => {
   const vm = await createVm({ kernel: tinyPvhKernel('X\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
   await vm.start();
