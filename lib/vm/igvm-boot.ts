@@ -8,14 +8,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { NodevmmError } from '../errors';
-import { parseIgvm } from '../igvm/parse';
-import { planIgvmLoad, type IgvmLoadPlan } from '../igvm/plan';
+import type { IgvmLoadPlan } from '../igvm/plan';
 import type { IgvmFile } from '../igvm/model';
-import { igvmMemoryMap, loadIgvm } from '../igvm/load';
-import { buildIgvmHostDeviceTree } from '../igvm/host-device-tree';
-import { encodeSrat } from '../acpi/srat';
-import { encodeSlit } from '../acpi/slit';
-import { encodePptt } from '../acpi/pptt';
 import type { X86Partition } from '../hv/partition';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import { ZERO_REGS } from '../hv/x86-state';
@@ -26,6 +20,9 @@ import { COM_RESOURCES, enabledComPorts } from './x86-machine';
 
 /** Parse the image and plan its load as this config asks (createVm runs it early to refuse bad files). */
 export function planIgvmForConfig(bytes: Uint8Array, config: Pick<ResolvedVmConfig, 'igvmRelocateTo'>): { file: IgvmFile; plan: IgvmLoadPlan } {
+  // The IGVM modules (~130 KB) load when an IGVM file boots, not with every VM (CLI start-up time, docs/benchmarks.md).
+  const { parseIgvm } = require('../igvm/parse') as typeof import('../igvm/parse');
+  const { planIgvmLoad } = require('../igvm/plan') as typeof import('../igvm/plan');
   const file = parseIgvm(bytes);
   return { file, plan: planIgvmLoad(file, config.igvmRelocateTo !== undefined ? { relocateTo: config.igvmRelocateTo } : {}) };
 }
@@ -34,6 +31,11 @@ export function igvmLoader(partition: X86Partition, config: ResolvedVmConfig, ac
   const bytes = config.igvm;
   if (!(bytes instanceof Uint8Array)) throw new NodevmmError('ERR_IGVM', 'igvm image was not read');
   const { file, plan } = planIgvmForConfig(bytes, config);
+  const { igvmMemoryMap, loadIgvm } = require('../igvm/load') as typeof import('../igvm/load');
+  const { buildIgvmHostDeviceTree } = require('../igvm/host-device-tree') as typeof import('../igvm/host-device-tree');
+  const { encodeSrat } = require('../acpi/srat') as typeof import('../acpi/srat');
+  const { encodeSlit } = require('../acpi/slit') as typeof import('../acpi/slit');
+  const { encodePptt } = require('../acpi/pptt') as typeof import('../acpi/pptt');
   // RAM the file requires outside the configured memory (e.g. 512 GiB in COCONUT's files, or a moved region).
   for (const r of plan.requiredRam) {
     if (!partition.memory.isRam(r.gpa, r.size)) {
