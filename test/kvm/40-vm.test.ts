@@ -31,6 +31,16 @@ kvm('the tiny PVH kernel prints on COM1 and powers off through the ACPI PM block
   t.regex(vm.serial(1).log(), /^HELLO-FROM-PVH\n/);
 });
 
+kvm('a VM with a disk, an entropy device and a virtio console attaches them (their models load on first use) and boots', async (t) => {
+  const disk = path.join(tempDir(t, 'nodevmm-virtio-'), 'disk.img');
+  fs.writeFileSync(disk, Buffer.alloc(1 << 20));
+  const vm = await createVm({ kernel: tinyPvhKernel('VIRTIO-UP\n'), boot: 'pvh', memory: '64M', disks: [{ path: disk }], rng: true, virtioConsole: true });
+  await vm.start();
+  await vm.serial(1).expect(/VIRTIO-UP/, { timeoutMs: 10_000 });
+  const stop = await vm.waitForStop();
+  t.is(stop.reason, 'poweroff', stop.message);
+});
+
 kvm('boot auto (the default) enters the tiny PVH kernel, which is not Linux, through PVH', async (t) => {
   const vm = await createVm({ kernel: tinyPvhKernel('AUTO-PVH\n'), memory: '64M' });
   await vm.start();
