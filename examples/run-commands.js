@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // Boot the cached Debian guest, run three commands through the exec agent, print their output.
+// It uses only the package's public entry points (nodevmm, nodevmm/testing), so it runs as is
+// from a project that installed nodevmm; inside this checkout Node resolves them by self-reference.
 //   node examples/run-commands.js      (needs a /dev/kvm that runs Linux; see README)
 'use strict';
-const { createVm } = require('..');
-const { ensureGuestArtifacts, AGENT_CMDLINE } = require('../dist/lib/testing');
+const { createVm } = require('nodevmm');
+const { ensureGuestArtifacts, AGENT_CMDLINE } = require('nodevmm/testing');
 
 async function main() {
   const a = await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => console.error(m) });

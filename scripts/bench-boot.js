@@ -7,7 +7,12 @@
  *   node scripts/bench-boot.js tiny [--runs N]
  *     The tiny PVH guest (prints a marker on COM1, powers off) on this
  *     machine's KVM: process start to exit and peak RSS, `nodevmm run` against
- *     `qemu-system-x86_64 -M microvm` with -device isa-debug-exit.
+ *     `qemu-system-x86_64 -M microvm` with -device isa-debug-exit. Two
+ *     baselines in the same run, interleaved: a bare `node -e` printing the
+ *     marker (what any Node CLI pays before its first line), and
+ *     scripts/bench/raw-first-exit.c (what a C VMM pays this machine's KVM to
+ *     create a VM with irqchip, PIT, RAM and a vCPU and run it to its first
+ *     exit); nodevmm's own part is its marker time minus node's.
  *
  *   node scripts/bench-boot.js linux [--runs N]
  *     Debian's kernel + the test initramfs under a real KVM (run it through
@@ -16,7 +21,7 @@
  *     nodevmm against QEMU microvm with the same kernel, initrd, command line,
  *     memory and vCPUs.
  */
-const { spawn } = require('node:child_process');
+const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -80,15 +85,29 @@ async function tiny() {
   fs.writeFileSync(ours, tinyPvhKernel('TINY-PVH-OK\n'));
   fs.writeFileSync(theirs, tinyPvhKernel('TINY-PVH-OK\n', { exit: 'isa-debug-exit' }));
   const rows = { nodevmm: [], qemu: [] };
-  for (let i = 0; i < RUNS; i++) {
-    rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'], 'TINY-PVH-OK', 30_000));
-    rows.qemu.push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', theirs], 'TINY-PVH-OK', 30_000));
+  const bareNode = [];
+  const rawKvm = [];
+  try {
+    const rawExe = path.join(dir, 'raw-first-exit');
+    execFileSync('cc', ['-O2', '-pthread', '-o', rawExe, path.join(__dirname, 'bench', 'raw-first-exit.c')]);
+    for (let i = 0; i < RUNS; i++) {
+      rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'], 'TINY-PVH-OK', 30_000));
+      rows.qemu.push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', theirs], 'TINY-PVH-OK', 30_000));
+      bareNode.push(await timed(process.execPath, ['-e', 'process.stdout.write("TINY-PVH-OK\\n")'], 'TINY-PVH-OK', 10_000));
+      rawKvm.push(Number(execFileSync(rawExe, ['3']).toString().trim()));
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
-  fs.rmSync(dir, { recursive: true, force: true });
   const line = report(`tiny PVH guest, 128 MiB, 1 vCPU, ${RUNS} interleaved runs, medians (process start to ...)`, rows);
   line('marker on COM1', (r) => r.markerMs, 'ms');
   line('exit', (r) => r.exitMs, 'ms');
   line('peak RSS', (r) => r.rssKiB / 1024, 'MiB');
+  const nodeMs = median(bareNode.map((r) => r.markerMs));
+  const ownMs = median(rows.nodevmm.map((r) => r.markerMs)) - nodeMs;
+  const kvmMs = median(rawKvm);
+  console.log(`  bare node -e printing the marker: ${nodeMs.toFixed(1)} ms; nodevmm's own part (marker minus that): ${ownMs.toFixed(1)} ms`);
+  console.log(`  raw C, this machine's KVM: create vm (irqchip, PIT, 256 MiB, 1 vCPU) and run to the first exit: ${kvmMs.toFixed(1)} ms; nodevmm's own part without it: ${(ownMs - kvmMs).toFixed(1)} ms`);
   // Baseline for "minus guest memory": a Node process that does nothing.
   const idle = [];
   for (let i = 0; i < 5; i++) idle.push((await timed(process.execPath, ['-e', 'console.log("IDLE")'], 'IDLE', 10_000)).rssKiB);

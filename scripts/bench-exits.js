@@ -42,8 +42,8 @@ const GUESTS = {
   pioread: loop([0xe4, 0x10]), // in al, 0x10
 };
 
-function compileBaseline(name) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-'));
+/** Compiles scripts/bench/<name>.c into `dir` (main's temporary folder, removed when it ends). */
+function compileBaseline(dir, name) {
   const exe = path.join(dir, name);
   execFileSync('cc', ['-O2', '-pthread', '-o', exe, path.join(__dirname, 'bench', `${name}.c`)]);
   return exe;
@@ -116,8 +116,17 @@ async function timeToFirstExit() {
 }
 
 async function main() {
-  const exe = compileBaseline('raw-exits');
-  const firstExe = compileBaseline('raw-first-exit');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-'));
+  try {
+    await measure(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function measure(dir) {
+  const exe = compileBaseline(dir, 'raw-exits');
+  const firstExe = compileBaseline(dir, 'raw-first-exit');
   const rows = [
     { label: '(a) cpuid, handled in the kernel', mode: 'cpuid', variant: { path: 'kernel' } },
     { label: '(b) port write, answered natively (constant route)', mode: 'pio', variant: { path: 'native' } },

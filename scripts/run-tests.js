@@ -4,6 +4,10 @@
 //  - unit: dist/test/unit; kvm: dist/test/kvm on the local /dev/kvm (skipped without one);
 //  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise each file in its own boot
 //    of the emulated KVM host (QEMU TCG + SVM, see docs/testing.md), up to three boots per file;
+//  - first provisions the host, once: the tools the tiers run (dtc, cpio, iasl, QEMU, ...) with
+//    apt-get when root on a machine with apt (lib/testing/host-tools.ts), and the guest artifacts;
+//    what it cannot provide, the tests that need it skip (fail under CI=true), and the summary says
+//    what was missing and how to get it;
 //  - prints each tier's wall time and ends with exactly one line "N passed, N failed, N skipped".
 'use strict';
 const { spawn, spawnSync } = require('node:child_process');
@@ -317,6 +321,35 @@ async function runE2eArm64() {
   return runAva(files);
 }
 
+/**
+ * What `npm test` sets up before its tiers, like `npm start` does: the host tools (apt-get,
+ * visibly, only when something is missing and we may) and the guest artifacts the unit and
+ * e2e tiers read. Returns lines for the summary naming what is still missing.
+ */
+async function provision(plan) {
+  const { provisionHostTools, installHint } = require('../dist/lib/testing/host-tools');
+  const notes = [];
+  const started = Date.now();
+  const tools = provisionHostTools(undefined, undefined, undefined, (m) => log(`provision: ${m}`));
+  if (tools.installed.length) log(`provision: installed ${tools.installed.join(' ')}`);
+  if (tools.missing.length) {
+    const commands = tools.missing.map((t) => t.command);
+    log(`provision: missing ${commands.join(', ')} (${tools.reason}); the tests that need them skip`);
+    notes.push(`missing tools: ${commands.join(', ')}; get them with \`${installHint(commands)}\` or run npm test as root on a machine with apt-get`);
+  }
+  if (plan.includes('unit') || plan.includes('e2e')) {
+    const { ensureGuestArtifacts, guestCacheRoot } = require('../dist/lib/testing/artifacts');
+    try {
+      await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => log(`provision: artifacts: ${m}`) });
+    } catch (err) {
+      log(`provision: guest artifacts unavailable: ${err.message}`);
+      notes.push(`no guest artifacts in ${guestCacheRoot()} (${err.message.split('\n')[0]}); they need apt-get (apt-get download) and Debian's archive: node scripts/guest-artifacts.js`);
+    }
+  }
+  log(`provision: done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  return notes;
+}
+
 async function main() {
   const mode = process.argv[2] || 'all';
   const plan = { unit: ['unit'], kvm: ['kvm'], e2e: ['e2e', 'e2e-arm64'], 'e2e-x86': ['e2e'], 'e2e-arm64': ['e2e-arm64'], all: ['unit', 'kvm', 'e2e', 'e2e-arm64'] }[mode];
@@ -325,6 +358,7 @@ async function main() {
     process.exit(2);
   }
   buildIfStale();
+  const notes = await provision(plan);
   const runners = { unit: runUnit, kvm: runKvm, e2e: runE2e, 'e2e-arm64': runE2eArm64 };
   const total = { passed: 0, failed: 0, skipped: 0 };
   const timings = [];
@@ -344,6 +378,10 @@ async function main() {
     for (const k of Object.keys(total)) total[k] += counts[k];
   }
   log(`wall time per tier: ${timings.join(', ')}`);
+  if (notes.length && total.skipped) {
+    log('some tests skipped because this machine lacks what they need:');
+    for (const n of notes) log(`  ${n}`);
+  }
   process.stdout.write(`${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped\n`);
   process.exit(total.failed > 0 ? 1 : 0);
 }

@@ -6,7 +6,7 @@
  * stopped (lib/vm/lifecycle.ts EXIT_CODES).
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import { ConfigError, FormatError, HypervisorUnavailableError, KvmError, NodevmmError } from '../errors';
 import { nativeBinding } from '../hv/native';
 import type { ComPort } from '../vm/config';
@@ -148,7 +148,8 @@ async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => v
     }
     case 'tcp': {
       const sock = await new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect(b.port, b.host, () => resolve(s));
+        // node:net loads only for a tcp: serial binding (CLI start-up time, docs/benchmarks.md).
+        const s = (require('node:net') as typeof net).connect(b.port, b.host, () => resolve(s));
         s.once('error', (e) => reject(new NodevmmError('ERR_FILE', `${name}: cannot connect to tcp:${b.host}:${b.port}: ${e.message}`)));
       });
       const on = (chunk: Buffer) => sock.write(chunk);

@@ -6,7 +6,7 @@
  */
 import { NodevmmError } from '../errors';
 import { nativeBinding, watchReadable, type ReadableWatcher } from '../hv/native';
-import { VIRTIO_NET_HDR_BYTES, type NetBackend } from './virtio/net';
+import type { NetBackend } from './virtio/net';
 
 export interface OpenTapOptions {
   /** Pass virtio-net headers through (IFF_VNET_HDR), which the offloads need. Default true. */
@@ -51,6 +51,8 @@ export class TapBackend implements NetBackend {
   static open(name: string, opts: OpenTapOptions = {}): TapBackend {
     const vnetHdr = opts.vnetHdr ?? true;
     const b = nativeBinding();
+    // virtio-net's model loads with the first TAP, not with every VM (CLI start-up time).
+    const { VIRTIO_NET_HDR_BYTES } = require('./virtio/net') as typeof import('./virtio/net');
     let r: { fd: number; name: string };
     try {
       r = b.openTap(name, { vnetHdr, vnetHdrSize: VIRTIO_NET_HDR_BYTES });

@@ -4,7 +4,7 @@
  * a Windows Hypervisor Platform backend slots in here, beside it.
  */
 import { NodevmmError } from '../errors';
-import { KvmArm64Partition } from './kvm-arm64-partition';
+import type { KvmArm64Partition } from './kvm-arm64-partition';
 import { KvmPartition, supportedCpuid } from './kvm-partition';
 import type { CpuidEntry } from './native';
 import type { Arm64Partition, Arm64PartitionOptions, X86Partition, X86PartitionOptions } from './partition';
@@ -21,7 +21,8 @@ export interface Hypervisor {
 const kvm: Hypervisor = {
   name: 'kvm',
   createX86Partition: (opts) => new KvmPartition(opts),
-  createArm64Partition: (opts) => new KvmArm64Partition(opts),
+  // Loaded on first use: an x86 VM never compiles the arm64 backend (CLI start-up time).
+  createArm64Partition: (opts) => new (require('./kvm-arm64-partition') as { KvmArm64Partition: typeof KvmArm64Partition }).KvmArm64Partition(opts),
   supportedCpuid: () => supportedCpuid(),
 };
 

@@ -1,5 +1,6 @@
 /**
- * Loads the addon (prebuilds first, then build/Release, via node-gyp-build)
+ * Loads the addon via node-gyp-build (build/Release when present, else the
+ * shipped prebuilds/<platform>-<arch>/)
  * and describes its exact shape. Nothing else in lib/ touches the binding's
  * untyped surface. Native failures arrive as Errors carrying code/errno/
  * syscall/ioctl; `asKvmError` turns them into KvmError.
@@ -221,7 +222,8 @@ export function nativeBinding(): NativeBinding {
   if (cached) return cached;
   if (loadError) throw loadError;
   try {
-    // node-gyp-build looks in prebuilds/<platform>-<arch>/ first, then build/Release.
+    // node-gyp-build prefers build/Release (a local build: `npm run build:native`) and falls back to
+    // prebuilds/<platform>-<arch>/, which the npm package ships (scripts/prebuilds.sh).
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const load = require('node-gyp-build') as (dir: string) => NativeBinding;
     cached = load(path.resolve(__dirname, '..', '..', '..'));

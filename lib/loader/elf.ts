@@ -20,6 +20,20 @@ export const PT_NOTE = 4;
 
 /** Xen's note type for the 32-bit physical PVH entry point (`public/elfnote.h`). */
 export const XEN_ELFNOTE_PHYS32_ENTRY = 18;
+/** Xen's note type naming the guest OS, "linux" in a Linux vmlinux (`public/elfnote.h`). */
+export const XEN_ELFNOTE_GUEST_OS = 6;
+
+/**
+ * Whether the ELF says it is a Linux kernel: a note owned by "Linux" (the
+ * kernel's own ELFNOTE()s, e.g. LINUX_ELFNOTE_BUILD_SALT, in every vmlinux
+ * since 4.18) or a Xen GUEST_OS note reading "linux" (every vmlinux built
+ * with Xen or PVH support).
+ */
+export function isLinuxElf(notes: readonly Elf64Note[]): boolean {
+  return notes.some(
+    (n) => n.name === 'Linux' || (n.name === 'Xen' && n.type === XEN_ELFNOTE_GUEST_OS && new TextDecoder().decode(n.desc).replace(/\0+$/, '') === 'linux'),
+  );
+}
 
 const ELF_HEADER_SIZE = 64;
 const PHDR_SIZE = 56;

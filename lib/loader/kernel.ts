@@ -11,7 +11,7 @@ import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
 import { BZIMAGE_ENTRY_OFFSET, BZIMAGE_LOAD_START, FOUR_GIB, HIGH_MEMORY_START } from '../arch/x86_64/layout';
 import { looksLikeBzImage, parseBzImage, type BzImageHeader } from './bzimage';
-import { parseElf64 } from './elf';
+import { isLinuxElf, parseElf64 } from './elf';
 import { formatSize } from './format-size';
 
 export type KernelFormat = 'elf' | 'bzimage' | 'arm64-image' | 'unknown';
@@ -51,10 +51,13 @@ export function detectKernelFormat(bytes: Uint8Array): KernelFormatGuess {
 
 export interface X86KernelLoadOptions {
   /**
-   * 'auto' enters every kernel at its 64-bit entry ('linux64'): that is
-   * OpenVMM's default path, needs no ELF note and works for both formats.
-   * PVH is opt-in because it is only reachable in an ELF vmlinux built with
-   * CONFIG_PVH, and the 32-bit entry gives up nothing we need.
+   * 'auto' chooses per image. A bzImage, and an ELF that is a Linux kernel
+   * (isLinuxElf), enter at their 64-bit entry ('linux64'): OpenVMM's path, no
+   * 32-bit code runs, and a Linux vmlinux supports it whether or not it also
+   * carries the PVH note. Any other ELF with the Xen PHYS32_ENTRY note (a
+   * unikernel, a test kernel) enters through PVH, as QEMU, Firecracker and
+   * Cloud Hypervisor do: its e_entry need not be a 64-bit entry at all. An
+   * ELF with neither enters at e_entry. docs/linux-direct.md.
    */
   protocol: 'auto' | X86BootProtocol;
 }
@@ -110,7 +113,7 @@ function loadElf(mem: GuestMemory, bytes: Uint8Array, opts: X86KernelLoadOptions
   }
   if (kernelEnd === 0) throw new FormatError('ERR_ELF_NO_LOAD', 'elf: every PT_LOAD segment is empty', { format: 'elf', field: 'p_memsz' });
 
-  const protocol: X86BootProtocol = opts.protocol === 'pvh' ? 'pvh' : 'linux64';
+  const protocol: X86BootProtocol = opts.protocol === 'auto' ? (elf.pvhEntry !== undefined && !isLinuxElf(elf.notes) ? 'pvh' : 'linux64') : opts.protocol;
   let entry: number;
   if (protocol === 'pvh') {
     if (elf.pvhEntry === undefined) {

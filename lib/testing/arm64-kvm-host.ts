@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { NodevmmError } from '../errors';
 import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
+import { guestCacheRoot } from './artifacts';
 import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
 
 /** The meta package; the versioned kernel it depends on is resolved at download time. */
@@ -66,7 +67,7 @@ export interface Arm64Artifacts {
 }
 
 export function arm64CacheRoot(): string {
-  return path.join(process.env.NODEVMM_CACHE ?? path.join(os.homedir(), '.cache', 'nodevmm'), 'arm64');
+  return path.join(guestCacheRoot(), 'arm64');
 }
 
 /** The kernel version unpacked into `dir` (from root/boot/vmlinuz-<version>), if any. */

@@ -85,9 +85,25 @@ export interface EnsureGuestArtifactsOptions {
   cacheDir?: string;
 }
 
-/** The cache root: $NODEVMM_CACHE, else ~/.cache/nodevmm. */
+/** The cache root: $NODEVMM_CACHE, else ~/.cache/nodevmm (see cacheRootFor). */
 export function guestCacheRoot(): string {
-  return process.env.NODEVMM_CACHE || path.join(os.homedir(), '.cache', 'nodevmm');
+  let home = '';
+  try {
+    home = os.homedir(); // $HOME, else the passwd entry; throws when neither exists
+  } catch {}
+  return cacheRootFor(process.env, home, os.tmpdir(), process.getuid?.() ?? 0);
+}
+
+/**
+ * $NODEVMM_CACHE; else `<home>/.cache/nodevmm`; else, when there is no usable
+ * home (HOME unset or `/` with no passwd entry, as in a bare chroot or a
+ * container, where `/.cache` would land in the root of the filesystem),
+ * `<tmpdir>/nodevmm-cache-<uid>`, which the progress messages name.
+ */
+export function cacheRootFor(env: NodeJS.ProcessEnv, home: string, tmpdir: string, uid: number): string {
+  if (env.NODEVMM_CACHE) return env.NODEVMM_CACHE;
+  if (home && home !== '/' && path.isAbsolute(home)) return path.join(home, '.cache', 'nodevmm');
+  return path.join(tmpdir, `nodevmm-cache-${uid}`);
 }
 
 /** Paths of a finished cache, or undefined if it is missing or incomplete (no fetching). */

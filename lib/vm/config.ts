@@ -23,7 +23,7 @@ export interface VmConfig {
   memory?: number | string;
   /** vCPU count. Default 1. */
   vcpus?: number;
-  /** How to enter the kernel. Default 'auto': linux64 for bzImage and ELF; 'pvh' needs the PVH note. */
+  /** How to enter the kernel. Default 'auto': linux64 for a bzImage and a Linux vmlinux, pvh for any other ELF with the PVH note. 'pvh' needs the note. */
   boot?: BootProtocol;
   /** Boot an IGVM file instead of a kernel. */
   igvm?: string | Uint8Array;

@@ -6,13 +6,13 @@
  * eventfd and runs the device there. One eventfd per (slot, queue), matched
  * on the queue index the driver writes (VIRTIO 1.2 §4.2.3.3).
  */
-import { REG } from '../devices/virtio/mmio';
 import type { NotifyOps } from '../hv/partition';
 import { nativeBinding, watchReadable } from '../hv/native';
 
 /** A `queueNotifier` for the transport of the slot whose registers start at `base`. */
 export function ioeventfdQueueNotifier(ops: NotifyOps, base: number): (index: number, onNotify: () => void) => () => void {
-  const address = base + REG.queueNotify;
+  // The transport's model loads with the first virtio device, not with every VM (CLI start-up time).
+  const address = base + (require('../devices/virtio/mmio') as typeof import('../devices/virtio/mmio')).REG.queueNotify;
   return (index, onNotify) => {
     const fd = ops.eventfd();
     try {

@@ -15,13 +15,13 @@ import type { IoBus } from '../hv/io-bus';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { IrqLine } from '../devices/types';
 import { BatchingSink } from '../devices/serial-sinks';
-import { VirtioBlk } from '../devices/virtio/blk';
-import { bounceFileBackend, directFileBackend, imageStorage, type DirectFileIo } from '../devices/virtio/blk-backends';
-import { VirtioConsole } from '../devices/virtio/console';
-import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
-import { VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../devices/virtio/mmio';
-import { VirtioRng } from '../devices/virtio/rng';
-import { VirtioVsock, type HostRamMapping, type VhostVsockOps } from '../devices/virtio/vsock';
+import type { VirtioBlk } from '../devices/virtio/blk';
+import type { DirectFileIo } from '../devices/virtio/blk-backends';
+import type { VirtioConsole } from '../devices/virtio/console';
+import type { NetBackend, VirtioNet } from '../devices/virtio/net';
+import type { VirtioDevice, VirtioMmioOptions, VirtioMmioTransport } from '../devices/virtio/mmio';
+import type { VirtioRng } from '../devices/virtio/rng';
+import type { HostRamMapping, VhostVsockOps, VirtioVsock } from '../devices/virtio/vsock';
 import type { NotifyOps } from '../hv/partition';
 import type { ResolvedVmConfig } from './config';
 import type { SerialPort } from './serial-port';
@@ -146,6 +146,23 @@ export interface AttachVirtioOptions {
 }
 
 /** Open disks, build the devices and put their transports on the MMIO bus. */
+/**
+ * The virtio device models, loaded when a VM has a virtio device: a VM without
+ * one (a tiny guest, a plain `nodevmm run`) never compiles their ~80 KB, which
+ * is part of the CLI's start-up time (docs/benchmarks.md).
+ */
+function deviceModels() {
+  return {
+    ...(require('../devices/virtio/blk') as typeof import('../devices/virtio/blk')),
+    ...(require('../devices/virtio/blk-backends') as typeof import('../devices/virtio/blk-backends')),
+    ...(require('../devices/virtio/console') as typeof import('../devices/virtio/console')),
+    ...(require('../devices/virtio/net') as typeof import('../devices/virtio/net')),
+    ...(require('../devices/virtio/mmio') as typeof import('../devices/virtio/mmio')),
+    ...(require('../devices/virtio/rng') as typeof import('../devices/virtio/rng')),
+    ...(require('../devices/virtio/vsock') as typeof import('../devices/virtio/vsock')),
+  };
+}
+
 export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   const opened: OpenedDisk[] = [];
   try {
@@ -173,6 +190,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   let console: VirtioConsole | undefined;
   let sink: BatchingSink | undefined;
   try {
+    const { VirtioBlk, directFileBackend, bounceFileBackend, imageStorage, VirtioNet, parseMac, VirtioVsock, VirtioRng, VirtioConsole, VirtioMmioTransport } = opts.slots.length ? deviceModels() : ({} as ReturnType<typeof deviceModels>);
     for (const slot of opts.slots) {
       let device: VirtioDevice;
       if (slot.device.kind === 'blk') {

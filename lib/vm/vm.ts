@@ -21,7 +21,7 @@ import { readImageFile } from './image-files';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
-import { igvmLoader, planIgvmForConfig, type PlannedIgvm } from './igvm-boot';
+import type { PlannedIgvm } from './igvm-boot';
 import { openDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
 import type { VirtioNetStats } from '../devices/virtio/net';
@@ -454,10 +454,12 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly).fd);
   let planned: PlannedIgvm | undefined;
-  if (igvm) {
+  // The IGVM modules (~130 KB) load when an IGVM file boots, not with every VM (CLI start-up time, docs/benchmarks.md).
+  const igvmBoot = igvm ? (require('./igvm-boot') as typeof import('./igvm-boot')) : undefined;
+  if (igvm && igvmBoot) {
     // A bad IGVM file (or a relocation base it does not allow) fails createVm, not start().
     try {
-      planned = planIgvmForConfig(igvm, resolved);
+      planned = igvmBoot.planIgvmForConfig(igvm, resolved);
     } catch (e) {
       // Name the file: "image.igvm: igvm: header 1 (RELOCATABLE_REGION): ..." for format errors and refusals alike.
       if (typeof config.igvm === 'string') {
@@ -468,7 +470,7 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
     }
   }
   // An IGVM image boots through the IGVM loader, with the plan made above, unless the caller brings its own.
-  const vm = new Vm(resolved, { kernel, initrd }, customLoader ?? (planned ? igvmLoader(planned) : undefined));
+  const vm = new Vm(resolved, { kernel, initrd }, customLoader ?? (planned && igvmBoot ? igvmBoot.igvmLoader(planned) : undefined));
   for (const k of ['kernel', 'initrd', 'igvm'] as const) {
     const v = config[k];
     if (typeof v === 'string') vm.paths[k] = v;

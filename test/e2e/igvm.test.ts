@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
+import { tempDir } from '../temp-dir';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { buildLinuxDirectIgvm } from '../../lib/loader/igvm/linux-direct';
@@ -34,7 +34,7 @@ e2e('an IGVM built from the Debian kernel and the test initramfs reaches GUEST-I
 e2e('nodevmm igvm build then nodevmm run --igvm boots the same guest from the command line', (t) => {
   const a = e2eArtifacts!;
   const bin = path.resolve(__dirname, '../../../bin/nodevmm.js');
-  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-igvm-')), 'guest.igvm');
+  const out = path.join(tempDir(t, 'nodevmm-igvm-'), 'guest.igvm');
   const b = spawnSync(process.execPath, [bin, 'igvm', 'build', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--cmdline', 'console=ttyS0', '-o', out], { timeout: 60_000 });
   t.is(b.status, 0, b.stderr.toString());
   const r = spawnSync(process.execPath, [bin, 'run', '--igvm', out, '-m', '256M', '--com1', 'stdio'], { input: '', timeout: 180_000 });

@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
+import { tempDir } from '../temp-dir';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { buildX86AcpiTables } from '../../lib/acpi/x86-tables';
@@ -135,7 +135,7 @@ e2e('nodevmm run exits 0 when the guest powers off and 2 with one sentence for a
   const ok = spawnSync(process.execPath, [bin, 'run', '--kernel', e2eArtifacts!.vmlinuz, '--initrd', e2eArtifacts!.testInitramfs, '-m', '256M', '--com1', 'stdio'], { input: '', timeout: 180_000 });
   t.is(ok.status, 0, ok.stderr.toString());
   t.regex(ok.stdout.toString(), /GUEST-INIT-OK/);
-  const bad = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-')), 'truncated');
+  const bad = path.join(tempDir(t), 'truncated');
   fs.writeFileSync(bad, fs.readFileSync(e2eArtifacts!.vmlinuz).subarray(0, 8192));
   const r = spawnSync(process.execPath, [bin, 'run', '--kernel', bad], { timeout: 30_000 });
   t.is(r.status, 2);

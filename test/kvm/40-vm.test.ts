@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
+import { tempDir } from '../temp-dir';
 import * as path from 'node:path';
 import { createVm } from '../../lib/vm/vm';
 import { withVm } from '../../lib/testing/harness';
@@ -29,6 +29,24 @@ kvm('the tiny PVH kernel prints on COM1 and powers off through the ACPI PM block
   t.is(stop.reason, 'poweroff', stop.message);
   t.is(vm.state, 'stopped');
   t.regex(vm.serial(1).log(), /^HELLO-FROM-PVH\n/);
+});
+
+kvm('a VM with a disk, an entropy device and a virtio console attaches them (their models load on first use) and boots', async (t) => {
+  const disk = path.join(tempDir(t, 'nodevmm-virtio-'), 'disk.img');
+  fs.writeFileSync(disk, Buffer.alloc(1 << 20));
+  const vm = await createVm({ kernel: tinyPvhKernel('VIRTIO-UP\n'), boot: 'pvh', memory: '64M', disks: [{ path: disk }], rng: true, virtioConsole: true });
+  await vm.start();
+  await vm.serial(1).expect(/VIRTIO-UP/, { timeoutMs: 10_000 });
+  const stop = await vm.waitForStop();
+  t.is(stop.reason, 'poweroff', stop.message);
+});
+
+kvm('boot auto (the default) enters the tiny PVH kernel, which is not Linux, through PVH', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('AUTO-PVH\n'), memory: '64M' });
+  await vm.start();
+  await vm.serial(1).expect(/AUTO-PVH/, { timeoutMs: 10_000 });
+  const stop = await vm.waitForStop();
+  t.is(stop.reason, 'poweroff', stop.message);
 });
 
 kvm('kill stops a running vm at once and a second kill is harmless', async (t) => {
@@ -166,7 +184,7 @@ kvm('a stopped vm is not kept alive by withVm teardowns the test framework still
 
 kvm('a stopped vm that is still held lets go of its kernel bytes (a stopped vm never boots again)', async (t) => {
   if (!global.gc) return t.pass('needs --expose-gc');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-held-'));
+  const dir = tempDir(t, 'nodevmm-held-');
   const file = path.join(dir, 'tiny-pvh');
   fs.writeFileSync(file, tinyPvhKernel('HELD\n', { powerOff: false }));
   const old = new Date(Date.now() - 60_000); // files modified in the last 2 s are not shared, so not cached
@@ -183,5 +201,4 @@ kvm('a stopped vm that is still held lets go of its kernel bytes (a stopped vm n
   }
   t.is(cachedImageCount(), before, 'the held, stopped vm no longer keeps the kernel bytes alive');
   t.is(vm.state, 'stopped');
-  fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -6,7 +6,6 @@
  * and data only exist there, mapped by the page tables the loader rebuilt.
  */
 import test from 'ava';
-import { existsSync } from 'node:fs';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
 import { kvmSkipReason } from '../../lib/testing/kvm-test-helpers';
 import { parseIgvm } from '../../lib/igvm/parse';
@@ -23,7 +22,7 @@ const skip = kvmSkipReason();
 const kvm = skip ? test.skip : test;
 if (skip) console.log(`# SKIP kvm igvm tests: ${skip}`);
 
-(existsSync(REAL_FILE) ? kvm : test.skip)('KVM takes COCONUT-SVSM’s NATIVE context on the boot cpu and reads it back unchanged', (t) => {
+(REAL_FILE ? kvm : test.skip)('KVM takes COCONUT-SVSM’s NATIVE context on the boot cpu and reads it back unchanged', (t) => {
   const file = parseIgvm(realBytes());
   const plan = planIgvmLoad(file);
   const p = new KvmPartition({ vcpus: 1, irqchip: false });

@@ -4,6 +4,9 @@ import { arm64RamRanges, kvmDefaultMpidr, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_SPI
 import { findNode, getCells, getString, getStringList, getU32, parseFdt } from '../../../lib/fdt/reader';
 import { ConfigError } from '../../../lib/errors';
 import { decompile, fdtget, fdtlist } from '../fdt/dtc-tools';
+import { testNeeding } from '../../needs';
+
+const dtcTest = testNeeding(['dtc', 'fdtget']);
 
 const CMDLINE = 'console=ttyAMA0 earlycon panic=-1 rdinit=/init';
 
@@ -20,14 +23,14 @@ function options(cpus: number, extra: Partial<Arm64DeviceTreeOptions> = {}): Arm
 }
 
 for (const cpus of [1, 2, 4]) {
-  test(`a ${cpus}-cpu tree decompiles with dtc without a single warning`, (t) => {
+  dtcTest(`a ${cpus}-cpu tree decompiles with dtc without a single warning`, (t) => {
     const r = decompile(buildArm64DeviceTree(options(cpus)));
     t.is(r.status, 0);
     t.is(r.stderr, '');
     t.regex(r.stdout, /compatible = "arm,gic-v3"/);
   });
 
-  test(`fdtget reads back bootargs, initrd and the ${cpus} cpu reg values`, (t) => {
+  dtcTest(`fdtget reads back bootargs, initrd and the ${cpus} cpu reg values`, (t) => {
     const blob = buildArm64DeviceTree(options(cpus));
     t.is(fdtget(blob, '/chosen', 'bootargs', 's'), CMDLINE);
     t.is(fdtget(blob, '/chosen', 'linux,initrd-start', 'x'), '0 41000000');
@@ -40,7 +43,7 @@ for (const cpus of [1, 2, 4]) {
   });
 }
 
-test('stdout-path resolves to the console pl011 node', (t) => {
+dtcTest('stdout-path resolves to the console pl011 node', (t) => {
   const blob = buildArm64DeviceTree(options(2));
   const path = fdtget(blob, '/chosen', 'stdout-path', 's');
   t.is(path, '/pl011@effec000');
@@ -64,7 +67,7 @@ test('cpu reg is the MPIDR affinity KVM assigns, beyond 16 cpus too', (t) => {
   t.is(findNode(root, '/cpus/cpu@10'), undefined);
 });
 
-test('a cpu with a non-zero Aff3 switches /cpus to two address cells', (t) => {
+dtcTest('a cpu with a non-zero Aff3 switches /cpus to two address cells', (t) => {
   const blob = buildArm64DeviceTree(options(2, { cpuMpidrs: [0x8000_0000n, 0x1_8000_0001n] }));
   const root = parseFdt(blob).root;
   t.is(getU32(findNode(root, '/cpus')!, '#address-cells'), 2);
@@ -92,7 +95,7 @@ test('gic, timer, psci and uart nodes carry the binding values', (t) => {
   t.is(getU32(clk, 'clock-frequency'), 24_000_000);
 });
 
-test('each ram range gets its own memory node', (t) => {
+dtcTest('each ram range gets its own memory node', (t) => {
   const blob = buildArm64DeviceTree(options(1, { memory: arm64RamRanges(3 * 1024 * 1024 * 1024) }));
   t.is(fdtget(blob, '/memory@40000000', 'reg', 'x'), '0 40000000 0 80000000');
   t.is(fdtget(blob, '/memory@100000000', 'reg', 'x'), '1 0 0 40000000');
@@ -116,7 +119,7 @@ function virtioSlotsOf(n: number): Arm64VirtioMmio[] {
 }
 
 for (const slots of [1, 8]) {
-  test(`a tree with ${slots} virtio-mmio slot(s) decompiles with dtc without a single warning`, (t) => {
+  dtcTest(`a tree with ${slots} virtio-mmio slot(s) decompiles with dtc without a single warning`, (t) => {
     const r = decompile(buildArm64DeviceTree(options(2, { virtioMmio: virtioSlotsOf(slots) })));
     t.is(r.status, 0);
     t.is(r.stderr, '');
@@ -124,7 +127,7 @@ for (const slots of [1, 8]) {
   });
 }
 
-test('fdtget reads back compatible, reg, an edge-rising SPI and dma-coherent for every virtio slot', (t) => {
+dtcTest('fdtget reads back compatible, reg, an edge-rising SPI and dma-coherent for every virtio slot', (t) => {
   const blob = buildArm64DeviceTree(options(1, { virtioMmio: virtioSlotsOf(3) }));
   t.deepEqual(
     fdtlist(blob, '/').filter((n) => n.startsWith('virtio_mmio@')),
@@ -141,7 +144,7 @@ test('fdtget reads back compatible, reg, an edge-rising SPI and dma-coherent for
   }
 });
 
-test('without virtio slots the tree has no virtio node', (t) => {
+dtcTest('without virtio slots the tree has no virtio node', (t) => {
   t.false(fdtlist(buildArm64DeviceTree(options(1)), '/').some((n) => n.startsWith('virtio_mmio')));
 });
 

@@ -6,6 +6,9 @@ import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { ConfigError, FormatError } from '../../../lib/errors';
 import { syntheticImage } from './synthetic-image';
 import { decompile } from '../fdt/dtc-tools';
+import { testNeeding } from '../../needs';
+
+const dtcTest = testNeeding(['dtc', 'fdtget']);
 
 const MiB = 1024 * 1024;
 const RAM = 64 * MiB;
@@ -30,7 +33,7 @@ test('without an initrd the kernel sits at RAM+16 MiB and the DTB on the page af
   t.deepEqual(mem.read(r.kernelGpa + kernel.length, 16), new Uint8Array(16));
 });
 
-test('with an initrd: initrd at RAM+16 MiB, kernel at the next 2 MiB boundary plus text_offset', (t) => {
+dtcTest('with an initrd: initrd at RAM+16 MiB, kernel at the next 2 MiB boundary plus text_offset', (t) => {
   const mem = memory();
   const initrd = new Uint8Array(3 * MiB + 5).fill(0x5a);
   const kernel = syntheticImage({ textOffset: 0x80000n, imageSize: 0x10_0000n });

@@ -5,7 +5,6 @@
  * FACS and evaluate our objects. Skipped, with a printed reason, when the
  * tools are missing. Tested against iasl 20200925 (Debian acpica-tools).
  */
-import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,17 +14,10 @@ import { ACPI_PLATFORM } from '../../../lib/arch/x86_64/layout';
 import { encodeSrat } from '../../../lib/acpi/srat';
 import { encodeSlit } from '../../../lib/acpi/slit';
 import { encodePptt } from '../../../lib/acpi/pptt';
+import { testNeeding } from '../../needs';
 
-function toolPath(name: string): string | null {
-  const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
-  return r.status === 0 ? r.stdout.trim() : null;
-}
-const IASL = toolPath('iasl');
-const ACPIEXEC = toolPath('acpiexec');
-if (!IASL) console.warn('acpi iasl tests skipped: iasl not found (apt-get install acpica-tools)');
-if (!ACPIEXEC) console.warn('acpi acpiexec tests skipped: acpiexec not found (apt-get install acpica-tools)');
-const iaslTest = IASL ? test : test.skip;
-const acpiexecTest = ACPIEXEC ? test : test.skip;
+const iaslTest = testNeeding(['iasl']);
+const acpiexecTest = testNeeding(['acpiexec']);
 
 const OPTS: X86AcpiOptions = {
   ...ACPI_PLATFORM,
@@ -92,7 +84,7 @@ iaslTest('every table disassembles with iasl -d without errors or warnings', (t)
   withDir((dir) => {
     const r = buildX86AcpiTables(OPTS);
     for (const file of writeTables(dir, r)) {
-      const out = run(IASL!, ['-d', file], dir);
+      const out = run('iasl', ['-d', file], dir);
       t.deepEqual(problems(out), [], `${file}:\n${out}`);
       t.regex(out, /valid ACPI table, disassembling/, file);
     }
@@ -102,7 +94,7 @@ iaslTest('every table disassembles with iasl -d without errors or warnings', (t)
 iaslTest('the DSDT disassembly shows the sleep states, COM1-4, the RTC, the processors and virtio-mmio', (t) => {
   withDir((dir) => {
     writeTables(dir, buildX86AcpiTables(OPTS));
-    run(IASL!, ['-d', 'dsdt.dat'], dir);
+    run('iasl', ['-d', 'dsdt.dat'], dir);
     const dsl = readFileSync(join(dir, 'dsdt.dsl'), 'utf8');
     t.regex(dsl, /Name \(_S0, Package \(0x02\)\s*\/\/ _S0_/);
     t.regex(dsl, /Name \(_S5, Package \(0x02\)\s*\/\/ _S5_/);
@@ -124,7 +116,7 @@ iaslTest('the MADT, FADT and XSDT disassemblies show the expected fields', (t) =
   withDir((dir) => {
     const r = buildX86AcpiTables(OPTS);
     writeTables(dir, r);
-    run(IASL!, ['-d', 'apic.dat', 'facp.dat', 'xsdt.dat'], dir);
+    run('iasl', ['-d', 'apic.dat', 'facp.dat', 'xsdt.dat'], dir);
     const apic = readFileSync(join(dir, 'apic.dsl'), 'utf8');
     t.is(count(apic, '[Processor Local APIC]'), 3);
     t.is(count(apic, '[I/O APIC]'), 1);
@@ -150,9 +142,9 @@ iaslTest('every disassembly recompiles with iasl to the same bytes', (t) => {
     writeTables(dir, r);
     for (const tbl of r.tables) {
       const base = tbl.signature.toLowerCase();
-      run(IASL!, ['-d', `${base}.dat`], dir);
+      run('iasl', ['-d', `${base}.dat`], dir);
       // -oa: no AML optimisations, so iasl emits exactly what the source says.
-      const out = run(IASL!, ['-oa', '-p', `${base}-rt`, `${base}.dsl`], dir);
+      const out = run('iasl', ['-oa', '-p', `${base}-rt`, `${base}.dsl`], dir);
       t.deepEqual(problems(out), [], `${base}:\n${out}`);
       const again = readFileSync(join(dir, `${base}-rt.aml`));
       t.is(again.length, tbl.bytes.length, base);
@@ -165,7 +157,7 @@ iaslTest('all tables disassemble together in one iasl run', (t) => {
   withDir((dir) => {
     const files = writeTables(dir, buildX86AcpiTables(OPTS));
     // -e lets the AML disassembler resolve names defined in other tables, as it would for SSDTs.
-    const out = run(IASL!, ['-e', 'facp.dat', '-d', ...files], dir);
+    const out = run('iasl', ['-e', 'facp.dat', '-d', ...files], dir);
     t.deepEqual(problems(out), [], out);
     t.is(count(out, /valid ACPI table, disassembling/), files.length);
   });
@@ -177,9 +169,9 @@ iaslTest('a 200-vCPU DSDT, whose \\_SB scope needs a 3-byte PkgLength, round-tri
     const dsdt = r.tables.find((x) => x.signature === 'DSDT')!.bytes;
     t.true(dsdt.length > 4096);
     writeFileSync(join(dir, 'dsdt.dat'), dsdt);
-    t.deepEqual(problems(run(IASL!, ['-d', 'dsdt.dat'], dir)), []);
+    t.deepEqual(problems(run('iasl', ['-d', 'dsdt.dat'], dir)), []);
     t.is(count(readFileSync(join(dir, 'dsdt.dsl'), 'utf8'), '"ACPI0007"'), 200);
-    t.deepEqual(problems(run(IASL!, ['-oa', '-p', 'rt', 'dsdt.dsl'], dir)), []);
+    t.deepEqual(problems(run('iasl', ['-oa', '-p', 'rt', 'dsdt.dsl'], dir)), []);
     t.deepEqual(unexpectedDiffs(dsdt, readFileSync(join(dir, 'rt.aml'))), []);
   });
 });
@@ -202,7 +194,7 @@ iaslTest('the RSDP matches the one iasl compiles from the same fields, checksums
       '',
     ].join('\n');
     writeFileSync(join(dir, 'rsdp.asl'), asl);
-    const out = run(IASL!, ['rsdp.asl'], dir);
+    const out = run('iasl', ['rsdp.asl'], dir);
     t.deepEqual(problems(out), [], out);
     t.deepEqual(new Uint8Array(readFileSync(join(dir, 'rsdp.aml'))), r.rsdp);
   });
@@ -212,7 +204,7 @@ acpiexecTest('acpiexec loads our FADT, DSDT, MADT and FACS without ACPICA warnin
   withDir((dir) => {
     writeTables(dir, buildX86AcpiTables(OPTS));
     const out = run(
-      ACPIEXEC!,
+      'acpiexec',
       ['-b', 'evaluate \\_S5; evaluate \\_SB.C002._STA; evaluate \\_SB.C002._UID; evaluate \\_SB.UAR1._HID', 'facp.dat', 'dsdt.dat', 'apic.dat', 'facs.dat'],
       dir,
     );
@@ -236,7 +228,7 @@ acpiexecTest('acpiexec flags a FADT whose block length disagrees with its GAS, s
     facp[88] = 3; // PM1_EVT_LEN 3 while X_PM1a_EVT_BLK is 32 bits wide
     facp[9] = (facp[9]! + 1) & 0xff; // keep the checksum valid
     writeFileSync(join(dir, 'facp.dat'), facp);
-    const out = run(ACPIEXEC!, ['-b', 'evaluate \\_S5', 'facp.dat', 'dsdt.dat'], dir);
+    const out = run('acpiexec', ['-b', 'evaluate \\_S5', 'facp.dat', 'dsdt.dat'], dir);
     t.true(problems(out).some((l) => /length mismatch/i.test(l)), out);
   });
 });
@@ -252,9 +244,9 @@ iaslTest('SRAT, SLIT and PPTT disassemble without problems, show our entries and
   withDir((dir) => {
     for (const { name, bytes } of TOPOLOGY_TABLES()) {
       writeFileSync(join(dir, `${name}.dat`), bytes);
-      const out = run(IASL!, ['-d', `${name}.dat`], dir);
+      const out = run('iasl', ['-d', `${name}.dat`], dir);
       t.deepEqual(problems(out), [], `${name}:\n${out}`);
-      const rt = run(IASL!, ['-p', `${name}-rt`, `${name}.dsl`], dir);
+      const rt = run('iasl', ['-p', `${name}-rt`, `${name}.dsl`], dir);
       t.deepEqual(problems(rt), [], `${name}:\n${rt}`);
       t.deepEqual(unexpectedDiffs(bytes, readFileSync(join(dir, `${name}-rt.aml`))), [], name);
     }

@@ -1,14 +1,13 @@
-import test from 'ava';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { testNeeding } from '../../needs';
 
 // CI compiles the addon for aarch64 so the arm64 backend never rots. Runs when
 // g++-aarch64-linux-gnu is installed (skipped otherwise, with the reason).
 const root = path.resolve(__dirname, '..', '..', '..', '..');
-const haveCross = spawnSync('aarch64-linux-gnu-g++', ['--version']).status === 0;
-const maybe = haveCross ? test : test.skip;
+const maybe = testNeeding(['aarch64-linux-gnu-g++', 'file']);
 
 maybe('the addon cross-compiles for aarch64 with the arm64 backend in it', (t) => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-cross-'));

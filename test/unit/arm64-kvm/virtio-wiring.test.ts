@@ -10,6 +10,9 @@ import { ARM64_VIRTIO_PLACEMENT } from '../../../lib/vm/arm64-linux';
 import { virtioSlots } from '../../../lib/vm/virtio-devices';
 import { syntheticImage } from '../aarch64/synthetic-image';
 import { decompile } from '../fdt/dtc-tools';
+import { testNeeding } from '../../needs';
+
+const dtcTest = testNeeding(['dtc', 'fdtget']);
 
 const RAM = 64 * 1024 * 1024;
 
@@ -31,7 +34,7 @@ test('nine arm64 virtio devices are refused with the number that fits', (t) => {
   t.is(e?.message, '9 virtio devices were asked for, at most 8 fit (one interrupt each)');
 });
 
-test('the loaded device tree has a node for every slot, at the address and SPI the slot list wires', (t) => {
+dtcTest('the loaded device tree has a node for every slot, at the address and SPI the slot list wires', (t) => {
   const slots = virtioSlots({ disks: [{ path: 'a' }], rng: true, virtioConsole: true }, ARM64_VIRTIO_PLACEMENT);
   const mem = GuestMemory.anonymous(arm64RamRanges(RAM));
   const r = loadLinuxDirectArm64(mem, {

@@ -2,6 +2,9 @@ import test from 'ava';
 import { FdtWriter, FDT_MAX_DEPTH } from '../../../lib/fdt/writer';
 import { NodevmmError } from '../../../lib/errors';
 import { compileDts, decompile, fdtget } from './dtc-tools';
+import { testNeeding } from '../../needs';
+
+const dtcTest = testNeeding(['dtc', 'fdtget']);
 
 /** Big-endian words to bytes, so vectors can be written one field per line. */
 function words(...ws: number[]): Uint8Array {
@@ -69,12 +72,12 @@ test('a tiny tree matches the annotated vector byte for byte', (t) => {
   t.deepEqual(tinyTree(), TINY_EXPECTED_FULL);
 });
 
-test('a tiny tree is byte-identical to what dtc compiles from the same source', (t) => {
+dtcTest('a tiny tree is byte-identical to what dtc compiles from the same source', (t) => {
   const fromDtc = compileDts('/dts-v1/;\n/ { compatible = "x"; val = <0x12345678>; n { compatible = "x"; }; };\n');
   t.deepEqual(tinyTree(), fromDtc);
 });
 
-test('dtc decompiles a tiny tree without warnings and fdtget reads the values back', (t) => {
+dtcTest('dtc decompiles a tiny tree without warnings and fdtget reads the values back', (t) => {
   const blob = tinyTree();
   const r = decompile(blob);
   t.is(r.status, 0);
@@ -83,7 +86,7 @@ test('dtc decompiles a tiny tree without warnings and fdtget reads the values ba
   t.is(fdtget(blob, '/n', 'compatible', 's'), 'x');
 });
 
-test('memory reservations are written before the structure block, which stays 4-byte aligned', (t) => {
+dtcTest('memory reservations are written before the structure block, which stays 4-byte aligned', (t) => {
   const w = new FdtWriter();
   w.endNode(w.beginNode(''));
   const blob = w.finish({ bootCpuId: 3, memReserve: [{ address: 0x4000_0000n, size: 0x1000n }] });
@@ -215,7 +218,7 @@ test('the strings block holds each property name once', (t) => {
   t.is(dv.getUint32(0x20, false), 'compatible\0reg\0'.length);
 });
 
-test('the dtc warning check is live: a unit address without reg is reported on stderr', (t) => {
+dtcTest('the dtc warning check is live: a unit address without reg is reported on stderr', (t) => {
   const w = new FdtWriter();
   const root = w.beginNode('');
   w.endNode(w.beginNode('n@1'));

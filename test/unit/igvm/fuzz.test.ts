@@ -8,7 +8,8 @@ import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { buildLinuxDirectIgvm } from '../../../lib/loader/igvm/linux-direct';
 import { relocatableTestIgvm } from '../../../lib/testing/relocatable-igvm';
 import { makeBzImage } from '../loader/fixtures';
-import { fixCrc, realBytes, smallNative } from './helpers';
+import { fixCrc, REAL_FILE_MISSING, realBytes, smallNative } from './helpers';
+import { testWhen } from '../../needs';
 
 /** mulberry32: small, seeded, reproducible. */
 function prng(seed: number): () => number {
@@ -27,6 +28,7 @@ const CASES_REAL = 2500;
 const CASES_OWN = 7500;
 const CASES_LINUX_DIRECT = 2000;
 const CASES_RELOCATABLE = 2000;
+/** A runaway case (a walk the caps should have cut short): its CPU time, far above the ~200 ms the slowest real case takes. */
 const PER_CASE_LIMIT_MS = 1500;
 
 // One bounded memory reused by every case: loads either fit it or are refused for missing RAM.
@@ -93,24 +95,26 @@ function fuzz(t: import('ava').ExecutionContext, name: string, base: Uint8Array,
       if (rnd() < 0.8) fixCrc(work);
       input = work;
     }
-    const start = performance.now();
+    // CPU time, not wall time: a loaded machine (CI runs other tiers beside this one) stretches wall time, not work.
+    const start = process.cpuUsage();
     let outcome: Outcome;
     try {
       outcome = runCase(input, base.length < 1 * MiB, relocate);
     } catch (e) {
       return t.fail(`${name} case ${c} (seed ${seed}) threw ${(e as Error).name}: ${(e as Error).message}`);
     }
-    slowest = Math.max(slowest, performance.now() - start);
+    const used = process.cpuUsage(start);
+    slowest = Math.max(slowest, (used.user + used.system) / 1000);
     counts[outcome]++;
     for (let i = undo.length - 1; i >= 0; i--) work[undo[i]![0]] = undo[i]![1];
     work.set(crcBackup, 16);
   }
-  t.log(`${name}: ${cases} cases, ${counts.loaded} loaded, ${counts.refused} refused, slowest ${slowest.toFixed(1)} ms`);
-  t.true(slowest < PER_CASE_LIMIT_MS, `slowest case took ${slowest} ms`);
+  t.log(`${name}: ${cases} cases, ${counts.loaded} loaded, ${counts.refused} refused, slowest ${slowest.toFixed(1)} ms of CPU`);
+  t.true(slowest < PER_CASE_LIMIT_MS, `slowest case took ${slowest} ms of CPU`);
   t.true(counts.refused > 0);
 }
 
-test('mutated and truncated copies of the real file load cleanly or fail with a typed error', (t) => {
+testWhen(REAL_FILE_MISSING)('mutated and truncated copies of the real file load cleanly or fail with a typed error', (t) => {
   const real = realBytes();
   // Mutations target the fixed header, the header section and the first page of file data (the NATIVE context).
   fuzz(t, 'real', real, CASES_REAL, 0x1963, 0x7210 + 0x1000);

@@ -1,10 +1,38 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { crc32Update } from '../../../lib/igvm/crc32';
 import { buildIgvm, type IgvmBuildHeader } from '../../../lib/igvm/build';
 import { encodeNativeVpContextX64, type IgvmNativeVpContextX64 } from '../../../lib/igvm/vp-context';
 
-export const REAL_FILE = '/work/shared/testdata/igvm/coconut-svsm-qemu-snp-tdx-native-v2.igvm';
-export const realBytes = (): Uint8Array => new Uint8Array(readFileSync(REAL_FILE));
+const REAL_FILE_NAME = 'coconut-svsm-qemu-snp-tdx-native-v2.igvm';
+/** The checkout: this file runs as dist/test/unit/igvm/helpers.js. */
+const REPO = path.resolve(__dirname, '..', '..', '..', '..');
+
+/**
+ * The COCONUT-SVSM IGVM fixture (not committed: 3.5 MiB, see docs/igvm.md):
+ * `shared/testdata/igvm/` beside the checkout (`<repo>/../shared/...`), or
+ * beside a folder above it (a worktree under `<root>/wt/NAME` finds
+ * `<root>/shared/...`); NODEVMM_IGVM_TESTDATA names another folder.
+ * Undefined when absent: the tests that need it then skip with
+ * REAL_FILE_MISSING as the reason (and fail under CI).
+ */
+export const REAL_FILE: string | undefined = findRealFile();
+export const REAL_FILE_MISSING: string | undefined = REAL_FILE
+  ? undefined
+  : `the COCONUT-SVSM IGVM fixture ${REAL_FILE_NAME} is not in ${path.join(path.dirname(REPO), 'shared', 'testdata', 'igvm')} (or NODEVMM_IGVM_TESTDATA)`;
+export const realBytes = (): Uint8Array => new Uint8Array(readFileSync(REAL_FILE!));
+
+function findRealFile(): string | undefined {
+  if (process.env.NODEVMM_IGVM_TESTDATA) {
+    const f = path.join(process.env.NODEVMM_IGVM_TESTDATA, REAL_FILE_NAME);
+    return existsSync(f) ? f : undefined;
+  }
+  for (let dir = path.dirname(REPO); ; dir = path.dirname(dir)) {
+    const f = path.join(dir, 'shared', 'testdata', 'igvm', REAL_FILE_NAME);
+    if (existsSync(f)) return f;
+    if (path.dirname(dir) === dir) return undefined;
+  }
+}
 
 /** Recompute the fixed-header checksum after a mutation, so later checks are reached. */
 export function fixCrc(b: Uint8Array): Uint8Array {

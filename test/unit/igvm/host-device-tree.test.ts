@@ -7,6 +7,9 @@ import test from 'ava';
 import { buildIgvmHostDeviceTree } from '../../../lib/loader/igvm/host-device-tree';
 import { MemoryMapEntryType } from '../../../lib/igvm/defs';
 import { decompile, fdtget } from '../fdt/dtc-tools';
+import { testNeeding } from '../../needs';
+
+const dtcTest = testNeeding(['dtc', 'fdtget']);
 
 const blob = () =>
   buildIgvmHostDeviceTree({
@@ -30,7 +33,7 @@ const CONTRACT_WARNINGS = [
   /Failed prerequisite/,
 ];
 
-test('dtc reads the host device tree; it warns only about the entropy and ISA-IRQ properties OpenHCL expects', (t) => {
+dtcTest('dtc reads the host device tree; it warns only about the entropy and ISA-IRQ properties OpenHCL expects', (t) => {
   const r = decompile(blob());
   t.is(r.status, 0, r.stderr);
   const warnings = r.stderr.split('\n').filter((l) => l.trim());
@@ -40,7 +43,7 @@ test('dtc reads the host device tree; it warns only about the entropy and ISA-IR
   t.deepEqual([...r.stdout.matchAll(/memory@([0-9a-f]+) \{/g)].map((m) => m[1]), ['0', '100000000', '8000000000']);
 });
 
-test('fdtget finds cpus by APIC ID, memory with its IGVM type, bootargs, COM1 and 64 bytes of entropy', (t) => {
+dtcTest('fdtget finds cpus by APIC ID, memory with its IGVM type, bootargs, COM1 and 64 bytes of entropy', (t) => {
   const b = blob();
   t.is(fdtget(b, '/cpus/cpu@2', 'reg', 'x'), '2');
   t.is(fdtget(b, '/memory@8000000000', 'reg', 'x'), '80 0 0 1000000');
@@ -52,7 +55,7 @@ test('fdtget finds cpus by APIC ID, memory with its IGVM type, bootargs, COM1 an
   t.is(new DataView(b.buffer).getUint32(28, false), 0, 'boot_cpuid_phys is the first APIC ID');
 });
 
-test('without bootargs /chosen stays empty, so the image keeps its own command line', (t) => {
+dtcTest('without bootargs /chosen stays empty, so the image keeps its own command line', (t) => {
   const b = buildIgvmHostDeviceTree({ apicIds: [0], memory: [{ gpa: 0, size: 0x100000, type: 0 }], entropy: new Uint8Array(64) });
   t.regex(decompile(b).stdout, /chosen \{\s*\};/);
 });

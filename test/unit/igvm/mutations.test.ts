@@ -1,11 +1,13 @@
-import test from 'ava';
 import { planIgvmLoad } from '../../../lib/loader/igvm/plan';
 import { FormatError } from '../../../lib/errors';
 import { parseIgvm } from '../../../lib/igvm/parse';
 import { buildIgvm } from '../../../lib/igvm/build';
-import { fixCrc, realBytes, smallNativeHeaders } from './helpers';
+import { fixCrc, REAL_FILE, REAL_FILE_MISSING, realBytes, smallNative, smallNativeHeaders } from './helpers';
+import { testWhen } from '../../needs';
 
-const original = realBytes();
+const test = testWhen(REAL_FILE_MISSING);
+// Without the fixture every test skips (or fails under CI); a small build of ours stands in so the module loads.
+const original = REAL_FILE ? realBytes() : smallNative();
 const file = parseIgvm(original);
 const header = (i: number) => file.headers[i]!;
 const dvOf = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength);

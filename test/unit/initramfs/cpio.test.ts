@@ -7,6 +7,9 @@ import { gunzipSync } from 'node:zlib';
 import { NodevmmError } from '../../../lib/errors';
 import { CpioWriter, NEWC_HEADER_SIZE } from '../../../lib/initramfs/cpio';
 import { buildTestInitramfs, CMDLINE_PARAMS, GUEST_MARKERS } from '../../../lib/initramfs/initramfs';
+import { testNeeding } from '../../needs';
+
+const cpioTest = testNeeding(['cpio']);
 
 // Unpacking device nodes needs root; everything else is checked as any user.
 const isRoot = process.getuid?.() === 0;
@@ -34,7 +37,7 @@ function randomData(size: number, seed: number): Uint8Array {
   return out;
 }
 
-test('GNU cpio lists every entry we wrote, with implicit parents first', (t) => {
+cpioTest('GNU cpio lists every entry we wrote, with implicit parents first', (t) => {
   const archive = new CpioWriter()
     .addFile('/a/b/file.txt', 'hi\n')
     .addSymlink('/a/link', 'b/file.txt')
@@ -44,7 +47,7 @@ test('GNU cpio lists every entry we wrote, with implicit parents first', (t) => 
   t.deepEqual(listed, ['a', 'a/b', 'a/b/file.txt', 'a/link', 'empty']);
 });
 
-test('files round-trip through cpio -idv byte for byte, with their modes, for sizes around the 4-byte padding', (t) => {
+cpioTest('files round-trip through cpio -idv byte for byte, with their modes, for sizes around the 4-byte padding', (t) => {
   const dir = tempDir(t);
   const w = new CpioWriter();
   const files: { name: string; data: Uint8Array; mode: number }[] = [];
@@ -63,7 +66,7 @@ test('files round-trip through cpio -idv byte for byte, with their modes, for si
   }
 });
 
-test('directories, symlinks and device nodes round-trip with their modes, targets and numbers', (t) => {
+cpioTest('directories, symlinks and device nodes round-trip with their modes, targets and numbers', (t) => {
   const dir = tempDir(t);
   const w = new CpioWriter().addDir('/etc', 0o750).addDir('/srv/x', 0o711).addSymlink('/bin/sh', 'busybox').addSymlink('/etc/abs', '/proc/self/mounts');
   if (isRoot) w.addDevice('/dev/console', 'c', 5, 1, 0o600).addDevice('/dev/vda', 'b', 254, 0, 0o660).addDevice('/dev/big', 'c', 511, 70000, 0o620);
@@ -131,7 +134,7 @@ test('misuse is refused with a stable error code', (t) => {
   t.is(code(() => w.addFile('late', '')), 'ERR_CPIO_FINISHED');
 });
 
-test('the test initramfs unpacks to busybox, an executable /init that reads nodevmm.cmd, and /dev/console', (t) => {
+cpioTest('the test initramfs unpacks to busybox, an executable /init that reads nodevmm.cmd, and /dev/console', (t) => {
   const dir = tempDir(t);
   const busybox = randomData(1000, 3);
   const archive = gunzipSync(buildTestInitramfs({ busybox, extraFiles: [{ path: '/etc/hello', data: 'hi', mode: 0o600 }] }));

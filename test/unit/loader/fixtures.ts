@@ -141,9 +141,13 @@ export function pattern(size: number, seed: number): Uint8Array {
 }
 
 /** A vmlinux-like image: text at 16 MiB, data with a bss tail, and a PVH note. */
-export function makeVmlinux(opts: { pvh?: boolean; pvhDescBytes?: 4 | 8 } = {}): Uint8Array {
+export function makeVmlinux(opts: { pvh?: boolean; pvhDescBytes?: 4 | 8; linuxNote?: 'Linux' | 'xen-guest-os' } = {}): Uint8Array {
   const pvhEntry = 0x1000400;
-  const notes = opts.pvh === false ? undefined : [{ name: 'Xen', type: 18, desc: opts.pvhDescBytes === 4 ? u32le(pvhEntry) : u64le(BigInt(pvhEntry)) }];
+  const list = opts.pvh === false ? [] : [{ name: 'Xen', type: 18, desc: opts.pvhDescBytes === 4 ? u32le(pvhEntry) : u64le(BigInt(pvhEntry)) }];
+  // What a real vmlinux carries besides: a Linux-owned note (build salt), or Xen's GUEST_OS "linux".
+  if (opts.linuxNote === 'Linux') list.unshift({ name: 'Linux', type: 0x100, desc: u32le(0) });
+  if (opts.linuxNote === 'xen-guest-os') list.unshift({ name: 'Xen', type: 6, desc: new TextEncoder().encode('linux\0') });
+  const notes = list.length ? list : undefined;
   return makeElf({
     entry: 0x1000000n,
     segments: [

@@ -3,6 +3,7 @@ import { FormatError, GuestMemoryError } from '../../../lib/errors';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { detectKernelFormat, loadX86Kernel } from '../../../lib/loader/kernel';
 import { makeBzImage, makeElf, makeVmlinux, pattern } from './fixtures';
+import { tinyPvhKernel } from '../../../lib/testing/tiny-pvh';
 
 const MiB = 1024 * 1024;
 
@@ -44,11 +45,35 @@ test('an ELF loads each segment at p_paddr and zeroes the bss', (t) => {
   t.is(r.kernelEnd, 0x1205000);
 });
 
-test('auto boots an ELF through its 64-bit e_entry even when it has a PVH note', (t) => {
+test('auto boots a Linux vmlinux through its 64-bit e_entry even when it has a PVH note', (t) => {
+  for (const linuxNote of ['Linux', 'xen-guest-os'] as const) {
+    const r = loadX86Kernel(ram(64 * MiB), makeVmlinux({ linuxNote }), { protocol: 'auto' });
+    t.is(r.protocol, 'linux64', linuxNote);
+    t.is(r.entry, 0x1000000);
+    t.is(r.pvhEntry, 0x1000400);
+  }
+});
+
+test('auto boots an ELF that is not Linux but has the PVH note through PVH (as QEMU, Firecracker, Cloud Hypervisor do)', (t) => {
   const r = loadX86Kernel(ram(64 * MiB), makeVmlinux(), { protocol: 'auto' });
-  t.is(r.protocol, 'linux64');
-  t.is(r.entry, 0x1000000);
-  t.is(r.pvhEntry, 0x1000400);
+  t.is(r.protocol, 'pvh');
+  t.is(r.entry, 0x1000400);
+  // The tiny PVH guest the kvm tier boots: a real non-Linux PVH kernel, whose e_entry is 32-bit code.
+  const tiny = loadX86Kernel(ram(64 * MiB), tinyPvhKernel('X\n'), { protocol: 'auto' });
+  t.is(tiny.protocol, 'pvh');
+  t.is(tiny.entry, tiny.pvhEntry!);
+});
+
+test('auto boots an ELF without the PVH note at e_entry, Linux or not', (t) => {
+  for (const linuxNote of [undefined, 'Linux'] as const) {
+    const r = loadX86Kernel(ram(64 * MiB), makeVmlinux({ pvh: false, ...(linuxNote ? { linuxNote } : {}) }), { protocol: 'auto' });
+    t.is(r.protocol, 'linux64');
+    t.is(r.entry, 0x1000000);
+  }
+});
+
+test('an explicit protocol linux64 enters a non-Linux PVH ELF at e_entry', (t) => {
+  t.is(loadX86Kernel(ram(64 * MiB), makeVmlinux(), { protocol: 'linux64' }).protocol, 'linux64');
 });
 
 test('protocol pvh enters at the note entry', (t) => {

@@ -53,7 +53,7 @@ test('the layout report lists non-overlapping items in address order', (t) => {
 
 test('a vmlinux boots through linux64 with a synthesised zero page header', (t) => {
   const mem = memFor(64 * MiB);
-  const r = loadLinuxDirectX86(mem, { kernel: makeVmlinux(), cmdline: 'quiet', memoryBytes: 64 * MiB });
+  const r = loadLinuxDirectX86(mem, { kernel: makeVmlinux({ linuxNote: 'Linux' }), cmdline: 'quiet', memoryBytes: 64 * MiB });
   t.is(r.protocol, 'linux64');
   t.is(r.entry, 0x1000000);
   t.is(mem.readU16(0x2000 + 0x1fe), 0xaa55);

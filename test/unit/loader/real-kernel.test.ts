@@ -7,7 +7,7 @@
 import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { parseBzImage } from '../../../lib/loader/bzimage';
-import { parseElf64 } from '../../../lib/loader/elf';
+import { isLinuxElf, parseElf64 } from '../../../lib/loader/elf';
 import { detectKernelFormat, loadX86Kernel } from '../../../lib/loader/kernel';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { findGuestArtifacts, guestCacheRoot } from '../../../lib/testing/artifacts';
@@ -42,6 +42,8 @@ if (!a) {
     const pvh = loadX86Kernel(mem, bytes, { protocol: 'pvh' });
     t.is(pvh.protocol, 'pvh');
     t.is(pvh.entry, elf.pvhEntry!);
+    // It carries both the PVH note and Linux's own notes: auto keeps the 64-bit entry (docs/linux-direct.md).
+    t.true(isLinuxElf(elf.notes));
     const l64 = loadX86Kernel(mem, bytes, { protocol: 'auto' });
     t.is(l64.protocol, 'linux64');
   });

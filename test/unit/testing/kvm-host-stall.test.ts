@@ -4,20 +4,14 @@
  * (SIGSTOP) once the host is up. Needs qemu-system-x86_64 and the cached
  * guest artifacts; skipped without them, as CI installs both.
  */
-import test from 'ava';
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { findGuestArtifacts } from '../../../lib/testing/artifacts';
+import { findGuestArtifacts, guestCacheRoot } from '../../../lib/testing/artifacts';
+import { missingToolsReason } from '../../../lib/testing/host-tools';
 import { KVM_HOST_READY_MARKER, runInKvmHost } from '../../../lib/testing/kvm-host';
+import { testWhen } from '../../needs';
 
 const artifacts = findGuestArtifacts('x86_64');
-let qemu = true;
-try {
-  execFileSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' });
-} catch {
-  qemu = false;
-}
-const skip = !qemu ? 'qemu-system-x86_64 is not installed' : !artifacts ? 'guest artifacts are not built (node scripts/guest-artifacts.js)' : undefined;
+const skip = missingToolsReason(['qemu-system-x86_64']) ?? (!artifacts ? `no guest artifacts in ${guestCacheRoot()} (npm test or node scripts/guest-artifacts.js fetches them)` : undefined);
 
 /** Our child processes named `name`. */
 function children(name: string): number[] {
@@ -35,7 +29,7 @@ function children(name: string): number[] {
   return out;
 }
 
-(skip ? test.skip : test)(`a frozen emulated host fails with ERR_KVM_HOST_STALLED after stallMs, not at the time limit${skip ? ` (skipped: ${skip})` : ''}`, async (t) => {
+testWhen(skip)('a frozen emulated host fails with ERR_KVM_HOST_STALLED after stallMs, not at the time limit', async (t) => {
   let frozenAt = 0;
   let seen = '';
   const run = runInKvmHost('sleep 600', {

@@ -1,10 +1,11 @@
 import test from 'ava';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { cachedImageCount, readImageFile } from '../../../lib/vm/image-files';
+import { tempDir } from '../../temp-dir';
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-images-'));
+const tmp = (t: { teardown(f: () => void): void }) => tempDir(t, 'nodevmm-images-');
+
 /** Files modified in the last two seconds are never cached: date this one back a minute. */
 const settle = (file: string) => {
   const t = new Date(Date.now() - 60_000);
@@ -12,7 +13,7 @@ const settle = (file: string) => {
 };
 
 test.serial('readers of the same unchanged file share one buffer, concurrent readers included', async (t) => {
-  const file = path.join(tmp(), 'kernel');
+  const file = path.join(tmp(t), 'kernel');
   fs.writeFileSync(file, Buffer.alloc(3 << 20, 0x5a));
   fs.linkSync(file, file + '.link'); // (linking changes the file's ctime: link first)
   settle(file);
@@ -27,7 +28,7 @@ test.serial('readers of the same unchanged file share one buffer, concurrent rea
 });
 
 test.serial('a file rewritten in place or replaced is read again', async (t) => {
-  const dir = tmp();
+  const dir = tmp(t);
   const file = path.join(dir, 'initrd');
   fs.writeFileSync(file, 'first');
   settle(file);
@@ -49,7 +50,7 @@ test.serial('a file rewritten in place or replaced is read again', async (t) => 
 
 test.serial('the cache holds buffers weakly: once no reader holds one, it is freed', async (t) => {
   if (!global.gc) return t.pass('needs --expose-gc');
-  const file = path.join(tmp(), 'big');
+  const file = path.join(tmp(t), 'big');
   fs.writeFileSync(file, Buffer.alloc(1 << 20, 1));
   settle(file);
   let held: Uint8Array | undefined = await readImageFile(file);
@@ -66,7 +67,7 @@ test.serial('the cache holds buffers weakly: once no reader holds one, it is fre
 });
 
 test.serial('a file modified within the last two seconds is read afresh each time (two writes in one clock tick can share an mtime)', async (t) => {
-  const file = path.join(tmp(), 'fresh');
+  const file = path.join(tmp(t), 'fresh');
   fs.writeFileSync(file, 'fresh');
   const a = await readImageFile(file);
   const b = await readImageFile(file);
