@@ -4,6 +4,12 @@
  * 1 (transmitq) guest output to a ByteSink. Input that finds no guest buffer
  * waits in a bounded queue until the driver adds buffers. Not here: multiple
  * ports, control queues, emergency write, console resize.
+ *
+ * A transmit chain's bytes are counted by its descriptors, not by the guest
+ * memory behind them: 63 descriptors of 16 MiB over the same pages make a
+ * 1 GiB chain in a 32 MiB guest. The device copies at most
+ * MAX_TX_CHAIN_BYTES of a chain and drops the rest (counted), as a line
+ * drops what overruns it; Linux's hvc driver sends at most a page per chain.
  */
 import type { ByteSink } from '../types';
 import type { VirtioActivation, VirtioDevice } from './mmio';
@@ -12,6 +18,8 @@ import { readConfigBytes } from './mmio';
 export const VIRTIO_ID_CONSOLE = 3;
 const RX = 0;
 const TX = 1;
+/** Bytes of one transmit chain handed to the sink; the rest of the chain is dropped and counted. */
+export const MAX_TX_CHAIN_BYTES = 64 * 1024;
 
 export interface VirtioConsoleOptions {
   sink: ByteSink;
@@ -34,6 +42,8 @@ export class VirtioConsole implements VirtioDevice {
   private ctx: VirtioActivation | undefined;
   private input: Uint8Array[] = [];
   private inputBytes = 0;
+  /** Guest output bytes dropped because a transmit chain held more than MAX_TX_CHAIN_BYTES. */
+  txDroppedBytes = 0;
 
   constructor(opts: VirtioConsoleOptions) {
     this.sink = opts.sink;
@@ -81,7 +91,8 @@ export class VirtioConsole implements VirtioDevice {
     if (!ctx || !q) return;
     let any = false;
     for (let chain = q.pop(); chain; chain = q.pop()) {
-      if (chain.readableBytes) this.sink.write(q.readAll(chain));
+      if (chain.readableBytes) this.sink.write(q.readAll(chain, MAX_TX_CHAIN_BYTES));
+      this.txDroppedBytes += Math.max(0, chain.readableBytes - MAX_TX_CHAIN_BYTES);
       q.pushUsed(chain.head, 0);
       any = true;
     }
