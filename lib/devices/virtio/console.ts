@@ -14,6 +14,7 @@
 import type { ByteSink } from '../types';
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
+import { DeferredPass } from './queue';
 
 export const VIRTIO_ID_CONSOLE = 3;
 const RX = 0;
@@ -44,6 +45,7 @@ export class VirtioConsole implements VirtioDevice {
   private inputBytes = 0;
   /** Guest output bytes dropped because a transmit chain held more than MAX_TX_CHAIN_BYTES. */
   txDroppedBytes = 0;
+  private readonly passes = [new DeferredPass(() => this.deferred(RX)), new DeferredPass(() => this.deferred(TX))];
 
   constructor(opts: VirtioConsoleOptions) {
     this.sink = opts.sink;
@@ -85,18 +87,31 @@ export class VirtioConsole implements VirtioDevice {
     else if (index === RX) this.fillRx();
   }
 
+  /** A pass that stopped at the queue-size bound goes on here, on a later turn of the event loop. */
+  private deferred(index: number): void {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      this.notify(index);
+    } catch (e) {
+      ctx.fail(e);
+    }
+  }
+
   private drainTx(): void {
     const ctx = this.ctx;
     const q = ctx?.queues[TX];
     if (!ctx || !q) return;
-    let any = false;
-    for (let chain = q.pop(); chain; chain = q.pop()) {
+    let taken = 0;
+    for (; taken < q.size; taken++) {
+      const chain = q.pop();
+      if (!chain) break;
       if (chain.readableBytes) this.sink.write(q.readAll(chain, MAX_TX_CHAIN_BYTES));
       this.txDroppedBytes += Math.max(0, chain.readableBytes - MAX_TX_CHAIN_BYTES);
       q.pushUsed(chain.head, 0);
-      any = true;
     }
-    if (any) ctx.usedBuffers(TX);
+    if (taken) ctx.usedBuffers(TX);
+    if (taken === q.size && q.pending()) this.passes[TX]!.schedule();
   }
 
   private fillRx(): void {
@@ -104,7 +119,12 @@ export class VirtioConsole implements VirtioDevice {
     const q = ctx?.queues[RX];
     if (!ctx || !q || this.inputBytes === 0) return;
     let any = false;
+    let taken = 0;
     while (this.inputBytes > 0) {
+      if (taken++ === q.size) {
+        this.passes[RX]!.schedule();
+        break;
+      }
       const chain = q.pop();
       if (!chain) break;
       let written = 0;

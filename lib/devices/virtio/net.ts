@@ -13,7 +13,7 @@
  */
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
-import { gather, scatter, VirtioQueueError, type SplitQueue, type VirtqChain, type VirtqSegment } from './queue';
+import { DeferredPass, gather, scatter, VirtioQueueError, type SplitQueue, type VirtqChain, type VirtqSegment } from './queue';
 import type { GuestMemory } from '../../memory/guest-memory';
 
 export const VIRTIO_ID_NET = 1;
@@ -109,6 +109,15 @@ export class VirtioNet implements VirtioDevice {
   private readonly overflow = new Uint8Array(MAX_PACKET_BYTES);
   private readonly zeroHeader = new Uint8Array(VIRTIO_NET_HDR_BYTES);
   private closed = false;
+  private readonly txPass = new DeferredPass(() => {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      this.drainTx();
+    } catch (e) {
+      ctx.fail(e);
+    }
+  });
 
   constructor(opts: VirtioNetOptions) {
     if (opts.mac.length !== 6) throw new RangeError(`virtio-net: a MAC address has 6 bytes, got ${opts.mac.length}`);
@@ -266,15 +275,18 @@ export class VirtioNet implements VirtioDevice {
     const ctx = this.ctx;
     const q = ctx?.queues[TX];
     if (!ctx || !q) return;
-    let any = false;
-    // Take everything: the next kick may only come after more is queued.
-    for (let chain = q.pop(); chain; chain = q.pop()) {
+    // Take everything (the next kick may only come after more is queued),
+    // a queue's worth per pass, the rest on a later turn (see DeferredPass).
+    let taken = 0;
+    for (; taken < q.size; taken++) {
+      const chain = q.pop();
+      if (!chain) break;
       if (chain.readableBytes < VIRTIO_NET_HDR_BYTES) throw new VirtioQueueError(`transmit buffer ${chain.head} has ${chain.readableBytes} readable bytes, less than the ${VIRTIO_NET_HDR_BYTES}-byte virtio-net header`);
       this.transmit(ctx.memory, chain);
       q.pushUsed(chain.head, 0);
-      any = true;
     }
-    if (any) ctx.usedBuffers(TX);
+    if (taken) ctx.usedBuffers(TX);
+    if (taken === q.size && q.pending()) this.txPass.schedule();
   }
 
   private transmit(mem: GuestMemory, chain: VirtqChain): void {

@@ -24,6 +24,28 @@ export const VIRTQ_MAX_SIZE = 32768;
 export const VIRTQ_MAX_INDIRECT_ENTRIES = 65536;
 const DESC_SIZE = 16;
 
+/**
+ * A pass over a queue (one kick's work) takes at most `SplitQueue.size`
+ * chains. A driver on another vCPU can make chains available as fast as the
+ * device takes them (moving `avail.idx` over the same heads is enough), so
+ * a pass that ran until the ring was empty could hold the event loop
+ * forever. A device that stops at the bound schedules the rest here: one
+ * more pass on a later turn of the event loop, at most one outstanding.
+ */
+export class DeferredPass {
+  private scheduled = false;
+  constructor(private readonly run: () => void) {}
+
+  schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.run();
+    });
+  }
+}
+
 /** The guest broke a virtqueue rule; the device must stop using the queue until reset. */
 export class VirtioQueueError extends NodevmmError {
   constructor(message: string) {
