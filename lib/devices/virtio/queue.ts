@@ -193,7 +193,8 @@ export class SplitQueue {
 
   /**
    * Follow a chain from `head`, checking it against the spec's bounds: at
-   * most `size` descriptors in all, direct and indirect together (§2.7.5.3.1:
+   * most `size` buffer descriptors in all, direct ones and those of an
+   * indirect table together, the one pointing at the table not counted (§2.7.5.3.1:
    * a chain is never longer than the queue size, so a longer walk is a loop
    * or a broken driver), an indirect table of at most 65 536 entries (`next`
    * is 16 bits: more are unreachable) that is not itself indirect and is
@@ -222,6 +223,10 @@ export class SplitQueue {
         if (d.length > VIRTQ_MAX_INDIRECT_ENTRIES * DESC_SIZE) throw new VirtioQueueError(`indirect table of descriptor ${index} has ${d.length / DESC_SIZE} entries, more than the ${VIRTQ_MAX_INDIRECT_ENTRIES} a 16-bit next can reach`);
         if (!this.mem.isRam(d.gpa, d.length)) throw new VirtioQueueError(`indirect table at ${hex(d.gpa)} with ${d.length} bytes is outside guest ram`);
         if (d.gpa % 8 !== 0) throw new VirtioQueueError(`indirect table at ${hex(d.gpa)} is not 8-byte aligned`);
+        // The descriptor that points at the table is not itself a buffer of the
+        // chain: Linux puts a whole queue-size request (virtio-blk: seg_max + 2)
+        // in the table behind it.
+        budget++;
         indirect = true;
         table = this.tableView(d.gpa, d.length);
         tableSize = d.length / DESC_SIZE;

@@ -211,21 +211,31 @@ test('a chain through an indirect table may not be longer than the queue size', 
 test('direct descriptors before an indirect table count toward the queue-size bound', (t) => {
   const { q, desc, offer } = setup();
   const table = 0x5000;
-  // 2 direct + the indirect one + 6 in the table = 9 steps > 8.
+  // 2 direct + 7 in the table = 9 buffers > 8 (the descriptor pointing at the table is not a buffer).
   desc(0, 0x8000, 4, VIRTQ_DESC_F_NEXT, 1);
   desc(1, 0x8000, 4, VIRTQ_DESC_F_NEXT, 2);
-  desc(2, table, 16 * 6, VIRTQ_DESC_F_INDIRECT);
-  for (let i = 0; i < 6; i++) desc(i, 0x8000, 4, i < 5 ? VIRTQ_DESC_F_NEXT : 0, i + 1, table);
+  desc(2, table, 16 * 7, VIRTQ_DESC_F_INDIRECT);
+  for (let i = 0; i < 7; i++) desc(i, 0x8000, 4, i < 6 ? VIRTQ_DESC_F_NEXT : 0, i + 1, table);
   offer(0);
   t.throws(() => q.pop(), { instanceOf: VirtioQueueError, message: /longer than the queue size/ });
-  // One fewer in the table fits: 2 + 1 + 5 = 8.
+  // One fewer in the table fits: 2 + 6 = 8.
   const s = setup();
   s.desc(0, 0x8000, 4, VIRTQ_DESC_F_NEXT, 1);
   s.desc(1, 0x8000, 4, VIRTQ_DESC_F_NEXT, 2);
-  s.desc(2, table, 16 * 5, VIRTQ_DESC_F_INDIRECT);
-  for (let i = 0; i < 5; i++) s.desc(i, 0x8000, 4, i < 4 ? VIRTQ_DESC_F_NEXT : 0, i + 1, table);
+  s.desc(2, table, 16 * 6, VIRTQ_DESC_F_INDIRECT);
+  for (let i = 0; i < 6; i++) s.desc(i, 0x8000, 4, i < 5 ? VIRTQ_DESC_F_NEXT : 0, i + 1, table);
   s.offer(0);
-  t.is(s.q.pop()!.readable.length, 7);
+  t.is(s.q.pop()!.readable.length, 8);
+});
+
+test('an indirect table of exactly the queue size is a whole chain (Linux virtio-blk sends seg_max + 2 = queue size entries)', (t) => {
+  const { q, desc, offer } = setup();
+  const table = 0x5000;
+  for (let i = 0; i < SIZE; i++) desc(i, 0x8000 + 512 * i, 512, (i < SIZE - 1 ? VIRTQ_DESC_F_NEXT : 0) | (i > 0 ? VIRTQ_DESC_F_WRITE : 0), i + 1, table);
+  desc(0, table, 16 * SIZE, VIRTQ_DESC_F_INDIRECT);
+  offer(0);
+  const c = q.pop()!;
+  t.is(c.readable.length + c.writable.length, SIZE);
 });
 
 test('INDIRECT together with NEXT is refused', (t) => {
