@@ -4,7 +4,8 @@
  * inside and past the range, widths 1/2/4/8 and odd ones, any value,
  * mixed with host input and clock polls. Invariants, each failure naming
  * the seed that replays it (`NODEVMM_FUZZ_SEED=<seed>`): no access throws,
- * none holds the event loop over CALL_LIMIT_MS (replayed once), buffered
+ * none holds the event loop over CALL_LIMIT_MS (a slow case is replayed
+ * twice and fails only when slow every time), buffered
  * state stays within its bound, and a well-formed use afterwards works.
  */
 import test from 'ava';
@@ -229,9 +230,13 @@ for (const kind of kinds) {
     let slowest = 0;
     for (const seed of seeds) {
       let r = runCase(kind, seed);
-      if (!r.failure && r.slowest > CALL_LIMIT_MS) {
-        const again = runCase(kind, seed);
-        r = again.slowest > CALL_LIMIT_MS ? { ...again, failure: `an access took ${again.slowest.toFixed(1)} ms (twice)` } : again;
+      // Slow in each of 3 runs, or it was the machine (see virtio.test.ts).
+      for (let attempt = 1; !r.failure && r.slowest > CALL_LIMIT_MS; attempt++) {
+        if (attempt === 3) {
+          r = { ...r, failure: `an access took ${r.slowest.toFixed(1)} ms in each of 3 runs` };
+          break;
+        }
+        r = runCase(kind, seed);
       }
       if (r.failure) return t.fail(`${kind.name}: case with seed ${seed} (replay: NODEVMM_FUZZ_SEED=${seed}): ${r.failure}`);
       slowest = Math.max(slowest, r.slowest);

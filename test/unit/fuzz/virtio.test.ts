@@ -10,7 +10,8 @@
  * replays it (`NODEVMM_FUZZ_SEED=<seed>` runs that case alone):
  * - no exception escapes any call into the transport or device;
  * - no call holds the event loop over CALL_LIMIT_MS (each call timed; a
- *   slow call is replayed once, so a GC pause alone does not fail it);
+ *   slow case is replayed twice and fails only when slow every time, so a
+ *   GC pause or a loaded machine alone does not fail it);
  * - no call grows ArrayBuffer memory by more than ALLOC_LIMIT, and what
  *   the devices hand their backends stays within the documented caps;
  * - after a driver reset and a clean bring-up, a well-formed request works.
@@ -340,12 +341,16 @@ async function fuzz(t: import('ava').ExecutionContext, kind: Kind): Promise<void
   const seeds = ONLY_SEED !== undefined ? [ONLY_SEED] : Array.from({ length: kind.cases }, (_, i) => caseSeed(kind.seed, i));
   for (const seed of seeds) {
     let r = await runCase(kind, mem, seed);
-    if (!r.failure && r.slowest > CALL_LIMIT_MS) {
-      // Replay once: a GC pause or a busy machine can stretch one call; a real stall repeats.
+    // A GC pause or a busy machine (two cores shared by many) can stretch one
+    // call; a real stall is work the case repeats. Replay up to twice, and
+    // fail only a case that is slow every time.
+    for (let attempt = 1; !r.failure && r.slowest > CALL_LIMIT_MS; attempt++) {
+      if (attempt === 3) {
+        r = { ...r, failure: `${r.slowestWhat} took ${r.slowest.toFixed(1)} ms in each of 3 runs, over ${CALL_LIMIT_MS} ms` };
+        break;
+      }
       replays++;
-      const again = await runCase(kind, mem, seed);
-      if (again.slowest > CALL_LIMIT_MS) r = { ...again, failure: `${again.slowestWhat} took ${again.slowest.toFixed(1)} ms (twice), over ${CALL_LIMIT_MS} ms` };
-      else r = again;
+      r = await runCase(kind, mem, seed);
     }
     if (r.failure) return t.fail(`${kind.name}: case with seed ${seed} (replay: NODEVMM_FUZZ_SEED=${seed}): ${r.failure}`);
     if (r.slowest > slowest) {
