@@ -9,7 +9,8 @@
  * memory behind them: 63 descriptors of 16 MiB over the same pages make a
  * 1 GiB chain in a 32 MiB guest. The device copies at most
  * MAX_TX_CHAIN_BYTES of a chain and drops the rest (counted), as a line
- * drops what overruns it; Linux's hvc driver sends at most a page per chain.
+ * drops what overruns it; Linux sends at most a page per chain from hvc0
+ * (its output buffer) and 32 KiB from a port device's write().
  */
 import type { ByteSink } from '../types';
 import type { VirtioActivation, VirtioDevice } from './mmio';
