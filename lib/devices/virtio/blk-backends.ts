@@ -83,28 +83,40 @@ export function directFileBackend(fd: number, io: DirectFileIo, storage: ImageSt
 /** An image fd served through bounce buffers copied in and out of `memory`. */
 export function bounceFileBackend(fd: number, memory: GuestMemoryAccess): BlockBackend {
   return {
+    // One bounce of at most BOUNCE_CHUNK bytes at a time: a guest buffer may
+    // be as large as guest RAM, and a request may name it many times.
     read: async (buffers, position) => {
-      for (const b of buffers) {
-        const buf = new Uint8Array(b.length);
+      for (const piece of chunked(buffers)) {
+        const buf = new Uint8Array(piece.length);
         let got = 0;
-        while (got < b.length) {
-          const n = await fsRead(fd, buf, got, b.length - got, position + got);
+        while (got < piece.length) {
+          const n = await fsRead(fd, buf, got, piece.length - got, position + got);
           if (n === 0) break; // past the end of the file: the rest stays zero
           got += n;
         }
-        memory.write(b.gpa, buf);
-        position += b.length;
+        memory.write(piece.gpa, buf);
+        position += piece.length;
       }
     },
     write: async (buffers, position) => {
-      for (const b of buffers) {
-        await writeAll(fd, memory.read(b.gpa, b.length), position);
-        position += b.length;
+      for (const piece of chunked(buffers)) {
+        await writeAll(fd, memory.read(piece.gpa, piece.length), position);
+        position += piece.length;
       }
     },
     writeZeroes: (position, length) => writeZeroes(fd, position, length),
     datasync: () => new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve()))),
   };
+}
+
+/** Bytes of one bounce buffer of `bounceFileBackend`. */
+const BOUNCE_CHUNK = 1 << 20;
+
+/** The same bytes as `buffers`, in pieces of at most BOUNCE_CHUNK. */
+function* chunked(buffers: readonly GuestBuffer[]): Generator<GuestBuffer> {
+  for (const b of buffers) {
+    for (let at = 0; at < b.length; at += BOUNCE_CHUNK) yield { gpa: b.gpa + at, length: Math.min(BOUNCE_CHUNK, b.length - at) };
+  }
 }
 
 function fsRead(fd: number, buf: Uint8Array, offset: number, length: number, position: number): Promise<number> {

@@ -17,7 +17,7 @@
 import type { GuestBuffer } from '../../memory/guest-memory';
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
-import { VirtioQueueError, type SplitQueue, type VirtqChain } from './queue';
+import { DeferredPass, VirtioQueueError, type SplitQueue, type VirtqChain } from './queue';
 
 export const VIRTIO_ID_BLOCK = 2;
 export const SECTOR_SIZE = 512;
@@ -100,6 +100,15 @@ export class VirtioBlk implements VirtioDevice {
   private tail: Promise<void> = Promise.resolve();
   private inflight = 0;
   private idleWaiters: Array<() => void> = [];
+  private readonly pass = new DeferredPass(() => {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      this.drain(0);
+    } catch (e) {
+      ctx.fail(e);
+    }
+  });
   /** Counters for tests and diagnostics. */
   readonly stats = { reads: 0, writes: 0, flushes: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
 
@@ -160,12 +169,18 @@ export class VirtioBlk implements VirtioDevice {
     const ctx = this.ctx;
     const q = ctx?.queues[index];
     if (!ctx || !q) return;
+    // A queue's worth of requests per pass; the rest on a later turn (see DeferredPass).
+    let taken = 0;
     for (;;) {
       q.setKicks(false);
       let chain: VirtqChain | undefined;
-      while ((chain = q.pop())) this.start(ctx, q, index, chain);
+      while (taken < q.size && (chain = q.pop())) {
+        this.start(ctx, q, index, chain);
+        taken++;
+      }
       q.setKicks(true);
       if (q.pending() === 0) return;
+      if (taken >= q.size) return this.pass.schedule();
     }
   }
 

@@ -4,14 +4,24 @@
  * 1 (transmitq) guest output to a ByteSink. Input that finds no guest buffer
  * waits in a bounded queue until the driver adds buffers. Not here: multiple
  * ports, control queues, emergency write, console resize.
+ *
+ * A transmit chain's bytes are counted by its descriptors, not by the guest
+ * memory behind them: 63 descriptors of 16 MiB over the same pages make a
+ * 1 GiB chain in a 32 MiB guest. The device copies at most
+ * MAX_TX_CHAIN_BYTES of a chain and drops the rest (counted), as a line
+ * drops what overruns it; Linux sends at most a page per chain from hvc0
+ * (its output buffer) and 32 KiB from a port device's write().
  */
 import type { ByteSink } from '../types';
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
+import { DeferredPass } from './queue';
 
 export const VIRTIO_ID_CONSOLE = 3;
 const RX = 0;
 const TX = 1;
+/** Bytes of one transmit chain handed to the sink; the rest of the chain is dropped and counted. */
+export const MAX_TX_CHAIN_BYTES = 64 * 1024;
 
 export interface VirtioConsoleOptions {
   sink: ByteSink;
@@ -34,6 +44,9 @@ export class VirtioConsole implements VirtioDevice {
   private ctx: VirtioActivation | undefined;
   private input: Uint8Array[] = [];
   private inputBytes = 0;
+  /** Guest output bytes dropped because a transmit chain held more than MAX_TX_CHAIN_BYTES. */
+  txDroppedBytes = 0;
+  private readonly passes = [new DeferredPass(() => this.deferred(RX)), new DeferredPass(() => this.deferred(TX))];
 
   constructor(opts: VirtioConsoleOptions) {
     this.sink = opts.sink;
@@ -75,17 +88,31 @@ export class VirtioConsole implements VirtioDevice {
     else if (index === RX) this.fillRx();
   }
 
+  /** A pass that stopped at the queue-size bound goes on here, on a later turn of the event loop. */
+  private deferred(index: number): void {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      this.notify(index);
+    } catch (e) {
+      ctx.fail(e);
+    }
+  }
+
   private drainTx(): void {
     const ctx = this.ctx;
     const q = ctx?.queues[TX];
     if (!ctx || !q) return;
-    let any = false;
-    for (let chain = q.pop(); chain; chain = q.pop()) {
-      if (chain.readableBytes) this.sink.write(q.readAll(chain));
+    let taken = 0;
+    for (; taken < q.size; taken++) {
+      const chain = q.pop();
+      if (!chain) break;
+      if (chain.readableBytes) this.sink.write(q.readAll(chain, MAX_TX_CHAIN_BYTES));
+      this.txDroppedBytes += Math.max(0, chain.readableBytes - MAX_TX_CHAIN_BYTES);
       q.pushUsed(chain.head, 0);
-      any = true;
     }
-    if (any) ctx.usedBuffers(TX);
+    if (taken) ctx.usedBuffers(TX);
+    if (taken === q.size && q.pending()) this.passes[TX]!.schedule();
   }
 
   private fillRx(): void {
@@ -93,7 +120,12 @@ export class VirtioConsole implements VirtioDevice {
     const q = ctx?.queues[RX];
     if (!ctx || !q || this.inputBytes === 0) return;
     let any = false;
+    let taken = 0;
     while (this.inputBytes > 0) {
+      if (taken++ === q.size) {
+        this.passes[RX]!.schedule();
+        break;
+      }
       const chain = q.pop();
       if (!chain) break;
       let written = 0;

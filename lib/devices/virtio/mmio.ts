@@ -338,6 +338,11 @@ export class VirtioMmioTransport implements IoDevice {
       this.resetState();
       return;
     }
+    // §2.1.1: the driver MUST NOT clear a status bit; only a reset does. Bits
+    // only accumulate, so DRIVER_OK can be added once per reset: a device is
+    // never activated twice (which would leak what the first activation made).
+    // DEVICE_NEEDS_RESET is the device's to set.
+    value = (value & ~STATUS.needsReset) | this.status;
     const added = value & ~this.status;
     if (added & STATUS.featuresOk) {
       const unknown = this.driverFeatures & ~this.offeredFeatures;
@@ -349,8 +354,7 @@ export class VirtioMmioTransport implements IoDevice {
       this.activate();
       return;
     }
-    // The device owns NEEDS_RESET: the driver cannot clear it except by reset.
-    this.status = value | (this.status & STATUS.needsReset);
+    this.status = value;
   }
 
   private activate(): void {

@@ -13,7 +13,7 @@
  */
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
-import { gather, scatter, VirtioQueueError, type SplitQueue, type VirtqChain, type VirtqSegment } from './queue';
+import { DeferredPass, gather, scatter, VirtioQueueError, type SplitQueue, type VirtqChain, type VirtqSegment } from './queue';
 import type { GuestMemory } from '../../memory/guest-memory';
 
 export const VIRTIO_ID_NET = 1;
@@ -109,6 +109,15 @@ export class VirtioNet implements VirtioDevice {
   private readonly overflow = new Uint8Array(MAX_PACKET_BYTES);
   private readonly zeroHeader = new Uint8Array(VIRTIO_NET_HDR_BYTES);
   private closed = false;
+  private readonly txPass = new DeferredPass(() => {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      this.drainTx();
+    } catch (e) {
+      ctx.fail(e);
+    }
+  });
 
   constructor(opts: VirtioNetOptions) {
     if (opts.mac.length !== 6) throw new RangeError(`virtio-net: a MAC address has 6 bytes, got ${opts.mac.length}`);
@@ -230,7 +239,11 @@ export class VirtioNet implements VirtioDevice {
     if (chain.writableBytes < VIRTIO_NET_HDR_BYTES) throw new VirtioQueueError(`receive buffer ${chain.head} has ${chain.writableBytes} writable bytes, less than the ${VIRTIO_NET_HDR_BYTES}-byte virtio-net header`);
     const hdr = this.backend.vnetHdr;
     // Without backend headers the packet lands after a header we write ourselves.
-    const plan = planSegments(mem, chain.writable, hdr ? 0 : VIRTIO_NET_HDR_BYTES, true);
+    // No packet is longer than MAX_PACKET_BYTES: room beyond it is never
+    // filled, so the plan (and any bounce buffer) covers no more, however
+    // many bytes the chain's descriptors claim. The overflow tail still
+    // catches a longer packet, which is then dropped and counted.
+    const plan = planSegments(mem, chain.writable, hdr ? 0 : VIRTIO_NET_HDR_BYTES, true, MAX_PACKET_BYTES);
     plan.buffers.push(this.overflow);
     let n: number;
     try {
@@ -242,7 +255,7 @@ export class VirtioNet implements VirtioDevice {
       return -1;
     }
     if (n < 0) return -1;
-    const room = chain.writableBytes - (hdr ? 0 : VIRTIO_NET_HDR_BYTES);
+    const room = Math.min(chain.writableBytes - (hdr ? 0 : VIRTIO_NET_HDR_BYTES), MAX_PACKET_BYTES);
     copyBounces(mem, plan, Math.min(n, room));
     if (n > room) {
       // Longer than the guest's buffer: hand it back empty, which the driver counts as a length error.
@@ -262,15 +275,18 @@ export class VirtioNet implements VirtioDevice {
     const ctx = this.ctx;
     const q = ctx?.queues[TX];
     if (!ctx || !q) return;
-    let any = false;
-    // Take everything: the next kick may only come after more is queued.
-    for (let chain = q.pop(); chain; chain = q.pop()) {
+    // Take everything (the next kick may only come after more is queued),
+    // a queue's worth per pass, the rest on a later turn (see DeferredPass).
+    let taken = 0;
+    for (; taken < q.size; taken++) {
+      const chain = q.pop();
+      if (!chain) break;
       if (chain.readableBytes < VIRTIO_NET_HDR_BYTES) throw new VirtioQueueError(`transmit buffer ${chain.head} has ${chain.readableBytes} readable bytes, less than the ${VIRTIO_NET_HDR_BYTES}-byte virtio-net header`);
       this.transmit(ctx.memory, chain);
       q.pushUsed(chain.head, 0);
-      any = true;
     }
-    if (any) ctx.usedBuffers(TX);
+    if (taken) ctx.usedBuffers(TX);
+    if (taken === q.size && q.pending()) this.txPass.schedule();
   }
 
   private transmit(mem: GuestMemory, chain: VirtqChain): void {
@@ -279,7 +295,7 @@ export class VirtioNet implements VirtioDevice {
       return;
     }
     const hdr = this.backend.vnetHdr;
-    const plan = planSegments(mem, chain.readable, hdr ? 0 : VIRTIO_NET_HDR_BYTES, false);
+    const plan = planSegments(mem, chain.readable, hdr ? 0 : VIRTIO_NET_HDR_BYTES, false, MAX_PACKET_BYTES);
     const bytes = chain.readableBytes - VIRTIO_NET_HDR_BYTES;
     if (plan.buffers.length === 0) {
       // A header with no frame: nothing to send.
@@ -301,19 +317,24 @@ export class VirtioNet implements VirtioDevice {
 }
 
 /**
- * Buffers covering `segs` from byte `skip` on: views into guest memory, or
- * bounce buffers for ranges that span two mappings or for chains with more
- * segments than one readv/writev takes (filled from guest memory now when
- * `forWrite` is false, copied to it after the read when true).
+ * Buffers covering `segs` from byte `skip` on, `limit` bytes at most: views
+ * into guest memory, or bounce buffers for ranges that span two mappings or
+ * for chains with more segments than one readv/writev takes (filled from
+ * guest memory now when `forWrite` is false, copied to it after the read
+ * when true). Bounce buffers together hold at most `limit` bytes.
  */
-function planSegments(mem: GuestMemory, segs: readonly VirtqSegment[], skip: number, forWrite: boolean): IoPlan {
+function planSegments(mem: GuestMemory, segs: readonly VirtqSegment[], skip: number, forWrite: boolean, limit: number): IoPlan {
   const parts: VirtqSegment[] = [];
+  let left = limit;
   for (const s of segs) {
+    if (left === 0) break;
     if (skip >= s.length) {
       skip -= s.length;
       continue;
     }
-    parts.push({ gpa: s.gpa + skip, length: s.length - skip });
+    const length = Math.min(s.length - skip, left);
+    parts.push({ gpa: s.gpa + skip, length });
+    left -= length;
     skip = 0;
   }
   const plan: IoPlan = { buffers: [], bounces: [] };

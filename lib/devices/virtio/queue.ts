@@ -20,7 +20,31 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 /** §2.7: the largest queue size a split virtqueue can have. */
 export const VIRTQ_MAX_SIZE = 32768;
+/** Entries an indirect table may have: `next` is 16 bits, so no chain reaches further (vhost's limit too). */
+export const VIRTQ_MAX_INDIRECT_ENTRIES = 65536;
 const DESC_SIZE = 16;
+
+/**
+ * A pass over a queue (one kick's work) takes at most `SplitQueue.size`
+ * chains. A driver on another vCPU can make chains available as fast as the
+ * device takes them (moving `avail.idx` over the same heads is enough), so
+ * a pass that ran until the ring was empty could hold the event loop
+ * forever. A device that stops at the bound schedules the rest here: one
+ * more pass on a later turn of the event loop, at most one outstanding.
+ */
+export class DeferredPass {
+  private scheduled = false;
+  constructor(private readonly run: () => void) {}
+
+  schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.run();
+    });
+  }
+}
 
 /** The guest broke a virtqueue rule; the device must stop using the queue until reset. */
 export class VirtioQueueError extends NodevmmError {
@@ -29,7 +53,7 @@ export class VirtioQueueError extends NodevmmError {
   }
 }
 
-/** One guest buffer of a descriptor chain; `gpa + length` is inside guest RAM. */
+/** One guest buffer of a descriptor chain: `length` > 0 and `gpa + length` inside guest RAM. */
 export interface VirtqSegment {
   gpa: number;
   length: number;
@@ -167,6 +191,18 @@ export class SplitQueue {
     return { gpa, length, flags: table.getUint16(at + 12, true), next: table.getUint16(at + 14, true) };
   }
 
+  /**
+   * Follow a chain from `head`, checking it against the spec's bounds: at
+   * most `size` buffer descriptors in all, direct ones and those of an
+   * indirect table together, the one pointing at the table not counted (§2.7.5.3.1:
+   * a chain is never longer than the queue size, so a longer walk is a loop
+   * or a broken driver), an indirect table of at most 65 536 entries (`next`
+   * is 16 bits: more are unreachable) that is not itself indirect and is
+   * the chain's last descriptor, and at most 2^32 bytes (§2.7.5.2). The walk
+   * therefore reads at most `size` descriptors and copies at most 1 MiB of
+   * table, whatever the guest wrote. Zero-length descriptors are checked
+   * like any other but add no segment.
+   */
   private walk(head: number): VirtqChain {
     if (head >= this.size) throw new VirtioQueueError(`available ring names descriptor ${head}, outside a queue of size ${this.size}`);
     const chain: VirtqChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
@@ -174,32 +210,38 @@ export class SplitQueue {
     let tableSize = this.size;
     let index = head;
     let indirect = false;
-    // A chain visits each descriptor of its table at most once; a longer walk is a loop.
-    let budget = tableSize;
+    let budget = this.size;
+    let writableSeen = false;
     for (;;) {
-      if (budget-- <= 0) throw new VirtioQueueError(`descriptor chain from head ${head} is longer than its table of ${tableSize} entries (a loop)`);
+      if (budget-- <= 0) throw new VirtioQueueError(`descriptor chain from head ${head} is longer than the queue size ${this.size} (a loop, or a chain the spec forbids)`);
       const d = this.readDesc(table, index);
       if (d.flags & VIRTQ_DESC_F_INDIRECT) {
         if (!this.features.indirect) throw new VirtioQueueError(`descriptor ${index} is indirect but VIRTIO_F_RING_INDIRECT_DESC was not negotiated`);
         if (indirect) throw new VirtioQueueError(`indirect table entry ${index} is itself indirect`);
         if (d.flags & VIRTQ_DESC_F_NEXT) throw new VirtioQueueError(`descriptor ${index} has both INDIRECT and NEXT set`);
         if (d.length === 0 || d.length % DESC_SIZE !== 0) throw new VirtioQueueError(`indirect table length ${d.length} of descriptor ${index} is not a non-zero multiple of 16`);
+        if (d.length > VIRTQ_MAX_INDIRECT_ENTRIES * DESC_SIZE) throw new VirtioQueueError(`indirect table of descriptor ${index} has ${d.length / DESC_SIZE} entries, more than the ${VIRTQ_MAX_INDIRECT_ENTRIES} a 16-bit next can reach`);
         if (!this.mem.isRam(d.gpa, d.length)) throw new VirtioQueueError(`indirect table at ${hex(d.gpa)} with ${d.length} bytes is outside guest ram`);
         if (d.gpa % 8 !== 0) throw new VirtioQueueError(`indirect table at ${hex(d.gpa)} is not 8-byte aligned`);
+        // The descriptor that points at the table is not itself a buffer of the
+        // chain: Linux puts a whole queue-size request (virtio-blk: seg_max + 2)
+        // in the table behind it.
+        budget++;
         indirect = true;
         table = this.tableView(d.gpa, d.length);
         tableSize = d.length / DESC_SIZE;
-        budget = tableSize;
         index = 0;
         continue;
       }
       if (d.length > 0 && !this.mem.isRam(d.gpa, d.length)) throw new VirtioQueueError(`descriptor ${index} buffer at ${hex(d.gpa)} with ${d.length} bytes is outside guest ram`);
       if (d.flags & VIRTQ_DESC_F_WRITE) {
-        chain.writable.push({ gpa: d.gpa, length: d.length });
+        writableSeen = true;
+        if (d.length > 0) chain.writable.push({ gpa: d.gpa, length: d.length });
         chain.writableBytes += d.length;
       } else {
-        if (chain.writable.length) throw new VirtioQueueError(`descriptor ${index} is device-readable but follows a device-writable one`);
-        chain.readable.push({ gpa: d.gpa, length: d.length });
+        // The order rule holds for every descriptor, zero-length ones included.
+        if (writableSeen) throw new VirtioQueueError(`descriptor ${index} is device-readable but follows a device-writable one`);
+        if (d.length > 0) chain.readable.push({ gpa: d.gpa, length: d.length });
         chain.readableBytes += d.length;
       }
       if (chain.readableBytes + chain.writableBytes > 0xffff_ffff) throw new VirtioQueueError(`descriptor chain from head ${head} holds more than 4 GiB`);

@@ -6,6 +6,7 @@
  */
 import { randomFillSync } from 'node:crypto';
 import type { VirtioActivation, VirtioDevice } from './mmio';
+import { DeferredPass } from './queue';
 
 export const VIRTIO_ID_ENTROPY = 4;
 /** A guest asking for more than this per buffer gets a short answer: it asks again. */
@@ -19,6 +20,15 @@ export class VirtioRng implements VirtioDevice {
   private ctx: VirtioActivation | undefined;
   /** Bytes handed to the guest so far. */
   bytesServed = 0;
+  private readonly pass = new DeferredPass(() => {
+    const ctx = this.ctx;
+    if (!ctx) return;
+    try {
+      this.notify(0);
+    } catch (e) {
+      ctx.fail(e);
+    }
+  });
 
   readConfig(): number {
     return 0;
@@ -37,8 +47,10 @@ export class VirtioRng implements VirtioDevice {
     const ctx = this.ctx;
     const q = ctx?.queues[index];
     if (!ctx || !q) return;
-    let any = false;
-    for (let chain = q.pop(); chain; chain = q.pop()) {
+    let taken = 0;
+    for (; taken < q.size; taken++) {
+      const chain = q.pop();
+      if (!chain) break;
       let budget = MAX_BYTES_PER_REQUEST;
       let written = 0;
       for (const s of chain.writable) {
@@ -52,8 +64,9 @@ export class VirtioRng implements VirtioDevice {
       }
       q.pushUsed(chain.head, written);
       this.bytesServed += written;
-      any = true;
     }
-    if (any) ctx.usedBuffers(index);
+    if (taken) ctx.usedBuffers(index);
+    // At most a queue's worth per pass (see DeferredPass).
+    if (taken === q.size && q.pending()) this.pass.schedule();
   }
 }

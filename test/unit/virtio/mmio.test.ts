@@ -171,3 +171,56 @@ test('no descriptor flag trick lets a device write outside guest ram', (t) => {
   t.truthy(d.r(REG.status) & STATUS.needsReset);
   t.is(d.usedIdx(q), 0);
 });
+
+test('an indirect table past what a 16-bit next reaches puts the device in needs-reset without walking it, and reset recovers', (t) => {
+  const rng = new VirtioRng();
+  const d = new FakeDriver(rng);
+  d.up([8], { features: 1n << 28n });
+  const q = d.queues[0]!;
+  // 0x10_0000 bytes of RAM hold no such table: a length of 2^20 entries is refused before the RAM check.
+  d.writeDesc(q, 0, 0x1000, 16 * (1 << 20), 4, 0);
+  d.offer(q, 0);
+  t.notThrows(() => d.kick(q));
+  t.truthy(d.r(REG.status) & STATUS.needsReset);
+  t.is(d.r(REG.interruptStatus) & INT_CONFIG_CHANGE, INT_CONFIG_CHANGE);
+  t.regex(d.t.lastError ?? '', /more than the 65536/);
+  d.queues.length = 0;
+  d.up([8]);
+  const q2 = d.queues[0]!;
+  d.offer(q2, d.chain(q2, [{ gpa: d.alloc(8), len: 8, write: true }]));
+  d.kick(q2);
+  t.deepEqual(d.takeUsed(q2), [[0, 8]]);
+});
+
+test('a driver cannot clear status bits without a reset: DRIVER_OK written again does not activate the device twice (found by the fuzzer: vsock leaked its eventfds)', (t) => {
+  let activations = 0;
+  let resets = 0;
+  class CountingRng extends VirtioRng {
+    override activate(ctx: Parameters<VirtioRng['activate']>[0]): void {
+      activations++;
+      super.activate(ctx);
+    }
+    override reset(): void {
+      resets++;
+      super.reset();
+    }
+  }
+  const d = new FakeDriver(new CountingRng());
+  d.up([8]);
+  t.is(activations, 1);
+  const all = STATUS.acknowledge | STATUS.driver | STATUS.featuresOk | STATUS.driverOk;
+  // §2.1.1: the driver MUST NOT clear a status bit; the device keeps them until reset.
+  d.w(REG.status, STATUS.acknowledge | STATUS.driver | STATUS.featuresOk);
+  t.is(d.r(REG.status), all);
+  d.w(REG.status, all);
+  t.is(activations, 1);
+  // The queues still work, and a reset still resets.
+  const q = d.queues[0]!;
+  d.offer(q, d.chain(q, [{ gpa: d.alloc(8), len: 8, write: true }]));
+  d.kick(q);
+  t.is(d.takeUsed(q).length, 1);
+  const before = resets;
+  d.w(REG.status, 0);
+  t.is(d.r(REG.status), 0);
+  t.is(resets, before + 1);
+});

@@ -69,11 +69,12 @@ class FakeBackend implements NetBackend {
 const MAC = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56);
 const NO_OFFLOADS = (1n << VIRTIO_NET_F_MAC) | (1n << VIRTIO_NET_F_STATUS);
 
-function setup(opts: { vnetHdr?: boolean; features?: bigint; mem?: GuestMemory } = {}) {
+function setup(opts: { vnetHdr?: boolean; features?: bigint; mem?: GuestMemory; queueSize?: number } = {}) {
   const backend = new FakeBackend(opts.vnetHdr ?? false);
-  const nic = new VirtioNet({ backend, mac: MAC, queueSize: 16 });
+  const size = opts.queueSize ?? 16;
+  const nic = new VirtioNet({ backend, mac: MAC, queueSize: size });
   const d = new FakeDriver(nic, {}, opts.mem);
-  d.up([16, 16], { features: opts.features ?? NO_OFFLOADS });
+  d.up([size, size], { features: opts.features ?? NO_OFFLOADS });
   return { backend, nic, d, rx: d.queues[0]!, tx: d.queues[1]! };
 }
 
@@ -267,7 +268,8 @@ test('parseMac and formatMac', (t) => {
 
 test('tx and rx chains with more segments than one writev/readv takes go through one bounce buffer', (t) => {
   const INDIRECT = 28n;
-  const { backend, d, tx, rx } = setup({ features: NO_OFFLOADS | (1n << INDIRECT) });
+  // A chain may be as long as its queue (§2.7.5.3.1), so only a queue of more than 1000 entries can carry one.
+  const { backend, d, tx, rx } = setup({ features: NO_OFFLOADS | (1n << INDIRECT), queueSize: 2048 });
   const n = 1100;
   const indirectChain = (q: FakeQueue, write: boolean, fill: (i: number) => number): { table: number; data: number } => {
     const data = d.alloc(2 * n);
@@ -313,4 +315,37 @@ test('a backend read that fails pauses reads and keeps the buffer; the next rx k
   backend.readv = readv;
   d.kick(rx);
   t.deepEqual(d.takeUsed(rx), [[0, 42]]);
+});
+
+test('a receive chain of 1001 aliased 64 KiB descriptors gets no bounce buffer the size of the chain: readv sees at most one frame plus the overflow tail', (t) => {
+  const INDIRECT = 28n;
+  const { backend, d, rx } = setup({ features: NO_OFFLOADS | (1n << INDIRECT), queueSize: 2048 });
+  const n = 1001;
+  const seg = 64 * 1024;
+  const data = d.alloc(seg);
+  const table = d.alloc(16 * n);
+  for (let i = 0; i < n; i++) {
+    const at = table + 16 * i;
+    d.mem.writeU64(at, BigInt(data));
+    d.mem.writeU32(at + 8, seg);
+    d.mem.writeU16(at + 12, 2 | (i < n - 1 ? 1 : 0));
+    d.mem.writeU16(at + 14, i + 1);
+  }
+  d.writeDesc(rx, 0, table, 16 * n, 4, 0);
+  d.offer(rx, 0);
+  const offered: number[] = [];
+  const readv = backend.readv.bind(backend);
+  backend.readv = (buffers) => {
+    offered.push(buffers.reduce((sum, b) => sum + b.length, 0));
+    return readv(buffers);
+  };
+  d.kick(rx);
+  const p = frame(1500, 3);
+  backend.arrive(p);
+  t.is(d.r(REG.status) & STATUS.needsReset, 0, d.t.lastError);
+  t.true(offered.length > 0);
+  // The chain claims 62.6 MiB; the buffers cover one largest frame, then the overflow tail.
+  for (const bytes of offered) t.true(bytes <= 2 * MAX_PACKET_BYTES, `readv offered ${bytes} bytes`);
+  t.deepEqual(d.takeUsed(rx), [[0, 1500 + VIRTIO_NET_HDR_BYTES]]);
+  t.deepEqual(d.mem.read(data + VIRTIO_NET_HDR_BYTES, 1500), p);
 });

@@ -175,3 +175,91 @@ test('with event index, draining the ring publishes avail_event so the driver ki
     t.is(mem.readU16(USED + 4 + 8 * SIZE), i + 1);
   }
 });
+
+// --- walk bounds (issue 15 item 3) ------------------------------------------
+
+test('an indirect table of more than 65536 entries is refused before it is walked', (t) => {
+  const mem = GuestMemory.anonymous([{ gpa: 0, size: 32 << 20 }]);
+  const q = new SplitQueue(mem, { size: SIZE, descGpa: DESC, availGpa: AVAIL, usedGpa: USED }, { eventIdx: false, indirect: true });
+  // 1 Mi entries of zero-length descriptors, each chained to the next: the
+  // walk used to visit all of them (228 ms and 72 MiB of heap).
+  const table = 0x10_0000;
+  const entries = 1 << 20;
+  const dv = new DataView(mem.view(table, 16 * entries)!.buffer, table, 16 * entries);
+  for (let i = 0; i < entries - 1; i++) {
+    dv.setUint16(16 * i + 12, VIRTQ_DESC_F_NEXT, true);
+    dv.setUint16(16 * i + 14, (i + 1) & 0xffff, true);
+  }
+  mem.writeU64(DESC, BigInt(table));
+  mem.writeU32(DESC + 8, 16 * entries);
+  mem.writeU16(DESC + 12, VIRTQ_DESC_F_INDIRECT);
+  mem.writeU16(AVAIL + 4, 0);
+  mem.writeU16(AVAIL + 2, 1);
+  t.throws(() => q.pop(), { instanceOf: VirtioQueueError, message: /1048576 entries, more than the 65536/ });
+});
+
+test('a chain through an indirect table may not be longer than the queue size', (t) => {
+  const { q, desc, offer } = setup();
+  const table = 0x5000;
+  // SIZE + 1 descriptors chained inside a table of 16: no loop, but longer than the queue.
+  for (let i = 0; i <= SIZE; i++) desc(i, 0x8000, 4, i < SIZE ? VIRTQ_DESC_F_NEXT : 0, i + 1, table);
+  desc(0, table, 16 * 16, VIRTQ_DESC_F_INDIRECT);
+  offer(0);
+  t.throws(() => q.pop(), { instanceOf: VirtioQueueError, message: /longer than the queue size 8/ });
+});
+
+test('direct descriptors before an indirect table count toward the queue-size bound', (t) => {
+  const { q, desc, offer } = setup();
+  const table = 0x5000;
+  // 2 direct + 7 in the table = 9 buffers > 8 (the descriptor pointing at the table is not a buffer).
+  desc(0, 0x8000, 4, VIRTQ_DESC_F_NEXT, 1);
+  desc(1, 0x8000, 4, VIRTQ_DESC_F_NEXT, 2);
+  desc(2, table, 16 * 7, VIRTQ_DESC_F_INDIRECT);
+  for (let i = 0; i < 7; i++) desc(i, 0x8000, 4, i < 6 ? VIRTQ_DESC_F_NEXT : 0, i + 1, table);
+  offer(0);
+  t.throws(() => q.pop(), { instanceOf: VirtioQueueError, message: /longer than the queue size/ });
+  // One fewer in the table fits: 2 + 6 = 8.
+  const s = setup();
+  s.desc(0, 0x8000, 4, VIRTQ_DESC_F_NEXT, 1);
+  s.desc(1, 0x8000, 4, VIRTQ_DESC_F_NEXT, 2);
+  s.desc(2, table, 16 * 6, VIRTQ_DESC_F_INDIRECT);
+  for (let i = 0; i < 6; i++) s.desc(i, 0x8000, 4, i < 5 ? VIRTQ_DESC_F_NEXT : 0, i + 1, table);
+  s.offer(0);
+  t.is(s.q.pop()!.readable.length, 8);
+});
+
+test('an indirect table of exactly the queue size is a whole chain (Linux virtio-blk sends seg_max + 2 = queue size entries)', (t) => {
+  const { q, desc, offer } = setup();
+  const table = 0x5000;
+  for (let i = 0; i < SIZE; i++) desc(i, 0x8000 + 512 * i, 512, (i < SIZE - 1 ? VIRTQ_DESC_F_NEXT : 0) | (i > 0 ? VIRTQ_DESC_F_WRITE : 0), i + 1, table);
+  desc(0, table, 16 * SIZE, VIRTQ_DESC_F_INDIRECT);
+  offer(0);
+  const c = q.pop()!;
+  t.is(c.readable.length + c.writable.length, SIZE);
+});
+
+test('INDIRECT together with NEXT is refused', (t) => {
+  const { q, desc, offer } = setup();
+  desc(0, 0x5000, 16, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, 1);
+  desc(1, 0x8000, 4, 0);
+  offer(0);
+  t.throws(() => q.pop(), { instanceOf: VirtioQueueError, message: /both INDIRECT and NEXT/ });
+});
+
+test('zero-length descriptors are checked but make no segments', (t) => {
+  const { q, desc, offer } = setup();
+  desc(0, 0x8000, 0, VIRTQ_DESC_F_NEXT, 1);
+  desc(1, 0x8000, 8, VIRTQ_DESC_F_NEXT, 2);
+  desc(2, 0xffff_0000, 0, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 3); // a zero-length buffer needs no RAM behind it
+  desc(3, 0x9000, 4, VIRTQ_DESC_F_WRITE);
+  offer(0);
+  const c = q.pop()!;
+  t.deepEqual(c.readable, [{ gpa: 0x8000, length: 8 }]);
+  t.deepEqual(c.writable, [{ gpa: 0x9000, length: 4 }]);
+  // Order still holds for zero-length ones: a readable after a zero-length writable is refused.
+  const s = setup();
+  s.desc(0, 0x8000, 0, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 1);
+  s.desc(1, 0x8000, 4, 0);
+  s.offer(0);
+  t.throws(() => s.q.pop(), { message: /follows a device-writable/ });
+});
