@@ -685,6 +685,10 @@ export class KvmPartition extends EventEmitter implements X86Partition {
     }
   }
 
+  reportHostError(error: Error): void {
+    this.hostError(error);
+  }
+
   /** A device model threw while handling a guest access: that is a host bug, so stop the VM. */
   private hostError(error: Error): void {
     // Destroyed meanwhile (a handler killed the VM, then something threw): the destroy stands.
