@@ -21,8 +21,12 @@ if (skip) console.log(`# SKIP kvm tier: ${skip}`);
 const SERIAL_PORT = 0x3f8;
 const ANSWER_PORT = 0x600;
 const UNMAPPED_MMIO = 0xd000_0000;
-/** Liveness only: a host that answers the guest synchronously forever would show seconds. */
-const MAX_TIMER_GAP_MS = 500;
+/**
+ * Liveness only: a loop the guest could starve would show seconds, or never
+ * come back. Alone on this machine the worst gap is ~30 ms; with the rest of
+ * the kvm tier running beside it on two shared cores, ~300 ms was seen.
+ */
+const MAX_TIMER_GAP_MS = 1000;
 
 function floodingPartition(counts: { serial: number; answers: number }): KvmPartition {
   const p = new KvmPartition({ vcpus: 2, irqchip: false });
