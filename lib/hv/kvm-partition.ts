@@ -278,9 +278,10 @@ export class KvmPartition extends EventEmitter implements X86Partition {
    * Move bytes between a file and guest pages on the thread pool, with no
    * copy through JS (native/block_io.cc): 'read' fills `buffers` from the file
    * at `position` (zeros past its end), 'write' writes them there. Each
-   * buffer must lie in guest RAM, writable RAM for a read. The pages stay
-   * mapped until the I/O is done, even if the partition is destroyed meanwhile.
-   * Resolves with the bytes moved.
+   * buffer must lie in guest RAM, writable RAM for a read. Destroying the
+   * partition meanwhile waits (up to 10 s) for a transfer already running and
+   * cancels one still queued (it rejects with code ECANCELED, nothing moved),
+   * so a write never copies freed pages to the file. Resolves with the bytes moved.
    *
    * `how` says where the transfer runs: 'pool' (default) on libuv's thread
    * pool; 'nowait' first on this thread with RWF_NOWAIT, which succeeds when
