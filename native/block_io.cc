@@ -14,8 +14,10 @@
 //     the same read or write on the calling thread (see below)
 //
 // Every RAM a request touches is pinned (GuestRam::IoPin) until the callback
-// has run, so destroying the VM meanwhile cannot unmap pages a pool thread is
-// writing.
+// has run, and the transfer itself runs between IoPin::Begin() and End():
+// destroying the VM (releasing its RAM) cancels a request not yet started
+// (ECANCELED) and waits for one in progress, so a write puts the guest's
+// bytes on the disk or none of them, never zeros from freed pages.
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/uio.h>
@@ -79,7 +81,13 @@ class BlockIoWorker : public Napi::AsyncWorker {
       if (r < 0) err_ = errno;
       return;
     }
-    err_ = Transfer(op_, fd_, position_, iov_, 0, &done_);
+    // Claim the pages for the transfer: a request still queued when its VM
+    // was destroyed is cancelled here, before it touches released RAM.
+    size_t begun = 0;
+    while (begun < pins_.size() && pins_[begun]->Begin()) begun++;
+    if (begun == pins_.size()) err_ = Transfer(op_, fd_, position_, iov_, 0, &done_);
+    else err_ = ECANCELED;
+    for (size_t i = 0; i < begun; i++) pins_[i]->End();
   }
 
   void OnOK() override {

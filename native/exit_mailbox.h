@@ -3,11 +3,17 @@
 // asserts them at load time through `mailboxLayout()`).
 //
 // Protocol for an exit that a TypeScript device must answer:
-//   vCPU thread: fill kind/address/size/data, store state=PENDING (release),
-//                wake JS (coalesced), spin briefly, then futex-wait on state.
+//   vCPU thread: fill kind/address/size/data, CAS state IDLE->PENDING
+//                (release), wake JS (coalesced), spin briefly, then
+//                futex-wait on state; on DONE read `data` and CAS DONE->IDLE.
 //   JS:          read the record, run the device, write `data` for reads,
-//                call completeExit(i), which stores state=DONE and wakes the
-//                thread only if it went to sleep.
+//                CAS PENDING->DONE (lib/hv/exit-mailbox.ts) and call
+//                completeExit(i) only if the thread went to sleep.
+//   Stop:        store ABORTED unconditionally and wake the futex.
+// ABORTED is terminal: no one ever stores over it, since every other
+// transition is a CAS from a named state. So a stop that lands at any moment
+// (before the thread publishes, while it waits, after JS answered) is seen
+// by the thread's next mailbox step, which then leaves the run loop.
 // No JS objects are created per exit; the event loop sees one task per batch.
 #pragma once
 
@@ -21,7 +27,7 @@ enum MailboxState : int32_t {
   kMailboxIdle = 0,     // the vCPU owns the record
   kMailboxPending = 1,  // JS must handle it
   kMailboxDone = 2,     // JS answered; the vCPU may continue
-  kMailboxAborted = 3,  // the VM is being torn down; the vCPU must stop
+  kMailboxAborted = 3,  // the vCPU is being stopped; terminal, never overwritten
 };
 
 enum ExitKind : uint32_t {

@@ -3,6 +3,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
+
 #include "common.h"
 
 namespace nodevmm {
@@ -14,6 +16,10 @@ constexpr napi_type_tag kGuestRamTag = {0x6e6f6465766d6d2dull, 0x67756573747261u
 // One ArrayBuffer per GiB: V8's limit on a single buffer is well above that
 // on 64-bit hosts, but typed-array lengths and some APIs still assume < 2^32.
 constexpr uint64_t kDefaultViewSize = 1ull << 30;
+// How long Release() waits for transfers in flight (a pwritev of a few MiB
+// to a sick disk can take seconds). Past it the pages stay mapped, owned by
+// the last pin, so a late transfer still sees the guest's bytes.
+constexpr auto kReleaseIoWait = std::chrono::seconds(10);
 
 // Guest RAM starts on a 2 MiB boundary, as a guest-physical region does:
 // only then can a transparent huge page back a 2 MiB guest page and KVM map
@@ -166,13 +172,25 @@ void GuestRam::ReleaseImpl(Napi::Env env) {
     if (st != napi_ok) all_detached = false;
   }
   views_.clear();
-  // Pins only come and go on this thread, so this count cannot change under us.
-  if (deferred_->pins.load() > 0) all_detached = false;
-  if (all_detached && deferred_->live.load() == 0) {
+  // No transfer starts from now on; wait for those running. Pins only come
+  // and go on this thread, so once none is active the memory is ours.
+  bool io_done;
+  {
+    std::unique_lock<std::mutex> lock(deferred_->io_mu);
+    deferred_->io_closed = true;
+    io_done = deferred_->io_cv.wait_for(lock, kReleaseIoWait, [&] { return deferred_->io_active == 0; });
+  }
+  if (!io_done) {
+    // A transfer is stuck in the kernel: leave it the real pages (swapping
+    // in empty ones would make a write copy zeros to the disk). The last
+    // pin or view unmaps; the straggler views were detached above or will
+    // read the same pages.
+    deferred_->unmap_when_last = true;
+  } else if (all_detached && deferred_->live.load() == 0) {
     munmap(host_, size_);
   } else if (all_detached) {
-    // Detached buffers never touch the memory again, but their finalizers
-    // still hold the hint: unmap now, and tell them not to.
+    // Detached buffers and finished pins never touch the memory again, but
+    // their finalizers still hold the hint: unmap now, and tell them not to.
     munmap(host_, size_);
     deferred_->host = nullptr;
   } else {
@@ -192,6 +210,18 @@ void GuestRam::ReleaseImpl(Napi::Env env) {
 GuestRam::IoPin::IoPin(std::shared_ptr<GuestRamDeferred> d) : d_(std::move(d)) {
   d_->pins++;
   d_->live++;
+}
+
+bool GuestRam::IoPin::Begin() {
+  std::lock_guard<std::mutex> lock(d_->io_mu);
+  if (d_->io_closed) return false;
+  d_->io_active++;
+  return true;
+}
+
+void GuestRam::IoPin::End() {
+  std::lock_guard<std::mutex> lock(d_->io_mu);
+  if (--d_->io_active == 0) d_->io_cv.notify_all();
 }
 
 GuestRam::IoPin::~IoPin() {

@@ -13,8 +13,10 @@
 #include <napi.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace nodevmm {
@@ -28,6 +30,12 @@ struct GuestRamDeferred {
   std::atomic<bool> unmap_when_last{false};
   uint8_t* host = nullptr;
   uint64_t size = 0;
+  // Transfers running on other threads right now (IoPin::Begin..End), and
+  // whether the RAM was released (no transfer may start after that).
+  std::mutex io_mu;
+  std::condition_variable io_cv;
+  int io_active = 0;
+  bool io_closed = false;
 };
 
 class GuestRam : public Napi::ObjectWrap<GuestRam> {
@@ -37,12 +45,17 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
   ~GuestRam() override;
 
   // Keeps the pages mapped while native I/O on another thread reads or
-  // writes them. Create and destroy pins on the JS thread only. A release
-  // while pinned swaps in empty pages (the I/O lands there, harmlessly) and
-  // leaves the unmap to the last pin.
+  // writes them. Create and destroy pins on the JS thread only. The thread
+  // doing the transfer brackets it with Begin()/End(): Begin() refuses once
+  // the RAM is released, so a transfer still queued then never starts (it
+  // fails with ECANCELED), and Release() waits (bounded) for those that
+  // did start, so a disk write copies the guest's bytes, never zeros.
   class IoPin {
    public:
     ~IoPin();
+    // Any thread. False: the RAM was released, do not touch it.
+    bool Begin();
+    void End();
     IoPin(const IoPin&) = delete;
     IoPin& operator=(const IoPin&) = delete;
 

@@ -492,8 +492,9 @@ Napi::Value Vcpu::Stop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// completeExit(): JS answered the mailbox (it may already have stored DONE
-// itself, see lib/hv/exit-mailbox.ts); wake the vCPU if it sleeps.
+// completeExit(): JS answered the mailbox (it may already have moved it to
+// DONE itself, see lib/hv/exit-mailbox.ts); wake the vCPU if it sleeps. A
+// CAS from PENDING only: an ABORTED mailbox stays aborted.
 Napi::Value Vcpu::CompleteExit(const Napi::CallbackInfo& info) {
   auto core = core_.lock();
   if (!core) return info.Env().Undefined();

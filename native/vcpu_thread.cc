@@ -229,11 +229,15 @@ void VcpuCore::Stop() {
     request_ = kRequestStop;
     cv_.notify_all();
   }
-  // Wake a thread waiting for JS to answer an exit.
+  // ABORTED is terminal: every later transition of the vCPU thread
+  // (IDLE->PENDING, DONE->IDLE) and of JS (PENDING->DONE) is a CAS that
+  // fails on it. Whatever the thread is doing (in KVM_RUN, between its
+  // return and publishing an exit, spinning or asleep waiting for JS, in a
+  // rep string loop), its next mailbox step sees ABORTED and it leaves.
   ExitMailbox& mb = shared_->mailbox;
-  int32_t expected = kMailboxPending;
-  mb.state.compare_exchange_strong(expected, kMailboxAborted);
+  mb.state.exchange(kMailboxAborted, std::memory_order_seq_cst);
   Futex(&mb.state, FUTEX_WAKE, INT32_MAX);
+  // In KVM_RUN (or about to enter it): immediate_exit plus the signal.
   if (started_) Kick();
 }
 
@@ -332,19 +336,24 @@ bool VcpuCore::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_
       if (st != kMailboxPending) goto answered;
       CpuRelax();
     }
+    // A stop asked for after we published: Stop() aborts the mailbox too,
+    // but do not rely on one mechanism for leaving.
+    if (request_.load(std::memory_order_acquire) == kRequestStop) return false;
     mb.sleeping.store(1, std::memory_order_seq_cst);
     if (mb.state.load(std::memory_order_seq_cst) == kMailboxPending) Futex(&mb.state, FUTEX_WAIT, kMailboxPending);
     mb.sleeping.store(0, std::memory_order_relaxed);
     if (mb.state.load(std::memory_order_acquire) != kMailboxPending) break;
   }
 answered:
-  if (mb.state.load(std::memory_order_acquire) == kMailboxAborted) return false;
+  if (mb.state.load(std::memory_order_acquire) != kMailboxDone) return false;  // aborted
   if (!is_write) {
     uint64_t r = mb.data;
     std::memcpy(data, &r, size > 8 ? 8 : size);
   }
-  mb.state.store(kMailboxIdle, std::memory_order_release);
-  return true;
+  // A CAS, not a store: a stop that aborted the mailbox after JS answered
+  // must not be overwritten by IDLE (the next exit would then wait forever).
+  expected = kMailboxDone;
+  return mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_acq_rel);
 }
 
 bool VcpuCore::HandleIo(const DecodedExit& x) {

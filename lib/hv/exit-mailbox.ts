@@ -107,7 +107,7 @@ export class VcpuSharedView {
   }
 
   /** Apply every queued posted write in order; returns how many. */
-  drainPosted(apply: (kind: number, address: number, size: number, value: number) => void): number {
+  drainPosted(apply: (kind: number, address: number, size: number, value: number) => unknown): number {
     let n = 0;
     for (;;) {
       const head = Atomics.load(this.u32, 16);

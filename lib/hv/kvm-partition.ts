@@ -277,9 +277,10 @@ export class KvmPartition extends EventEmitter implements X86Partition {
    * Move bytes between a file and guest pages on the thread pool, with no
    * copy through JS (native/block_io.cc): 'read' fills `buffers` from the file
    * at `position` (zeros past its end), 'write' writes them there. Each
-   * buffer must lie in guest RAM, writable RAM for a read. The pages stay
-   * mapped until the I/O is done, even if the partition is destroyed meanwhile.
-   * Resolves with the bytes moved.
+   * buffer must lie in guest RAM, writable RAM for a read. Destroying the
+   * partition meanwhile waits (up to 10 s) for a transfer already running and
+   * cancels one still queued (it rejects with code ECANCELED, nothing moved),
+   * so a write never copies freed pages to the file. Resolves with the bytes moved.
    *
    * `how` says where the transfer runs: 'pool' (default) on libuv's thread
    * pool; 'nowait' first on this thread with RWF_NOWAIT, which succeeds when
@@ -545,9 +546,13 @@ export class KvmPartition extends EventEmitter implements X86Partition {
           this.scheduleRedispatch();
           break;
         }
+        // A device handler may have destroyed the partition (vm.kill() from
+        // a listener): the control block is gone then, and so is the work.
+        if (this.destroyed) return;
         Atomics.store(this.control, 0, 0);
         if (!this.serviceVcpus()) break;
       }
+      if (this.destroyed) return;
       if (Atomics.load(this.control, 1) !== 0) this.handleEvents(this.vm.takeEvents());
     } catch (e) {
       this.hostError(e as Error);
@@ -600,8 +605,12 @@ export class KvmPartition extends EventEmitter implements X86Partition {
   private serviceVcpus(): boolean {
     let handled = false;
     for (const v of this.vcpus) {
+      // Every device call below may destroy the partition: after that no
+      // device of it may run again, and the exits left are aborted natively.
+      if (this.destroyed) return handled;
       const sh = v.shared;
-      if (sh.drainPosted((kind, address, size, value) => (kind === EXIT_KIND_PIO ? this.pio : this.mmio).write(address, size, value)) > 0) handled = true;
+      if (sh.drainPosted((kind, address, size, value) => this.destroyed || (kind === EXIT_KIND_PIO ? this.pio : this.mmio).write(address, size, value)) > 0) handled = true;
+      if (this.destroyed) return handled;
       if (sh.pending) {
         const bus = sh.kind === EXIT_KIND_PIO ? this.pio : this.mmio;
         if (sh.isWrite) bus.write(sh.address, sh.size, sh.data);
@@ -676,13 +685,23 @@ export class KvmPartition extends EventEmitter implements X86Partition {
     }
   }
 
+  reportHostError(error: Error): void {
+    this.hostError(error);
+  }
+
   /** A device model threw while handling a guest access: that is a host bug, so stop the VM. */
   private hostError(error: Error): void {
+    // Destroyed meanwhile (a handler killed the VM, then something threw): the destroy stands.
+    if (this.state === 'destroyed') return;
+    let first: VcpuStop | undefined;
     for (const v of this.vcpus) {
       if (v.stopped) continue;
       v.stopped = { vcpu: v.index, kind: 'host-error', message: `host error while handling a guest access: ${error.message}`, error };
+      first ??= v.stopped;
     }
-    this.emit('vcpu-stop', this.vcpus[0]!.stopped);
+    // One event for the VM; none when every vCPU had already stopped (that stop was reported).
+    if (first) this.emit('vcpu-stop', first);
+    if (this.destroyed) return; // a 'vcpu-stop' listener destroyed the partition
     for (const v of this.vcpus) v.native.stop();
     this.state = 'stopped';
     this.vm.unref();

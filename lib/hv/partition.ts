@@ -91,6 +91,12 @@ export interface Partition extends EventEmitter {
   pause(): Promise<void>;
   setIrqLine(irq: number, level: boolean): void;
   stats(): PartitionStats;
+  /**
+   * A device failed outside an exit (an ioeventfd kick, a timer): stop every
+   * vCPU and report one `host-error` stop, as for a device that throws while
+   * answering an exit. Nothing happens once the partition is destroyed.
+   */
+  reportHostError(error: Error): void;
   destroy(): void;
   readonly destroyed: boolean;
 }

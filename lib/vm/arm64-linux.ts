@@ -141,7 +141,8 @@ export class Arm64LinuxVm {
         // Each slot owns its SPI, so no OR of several sources is needed (x86's IrqLines).
         irq: (spi) => new SpiLine(partition, spi),
         consolePort: o.virtioConsole,
-        queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base),
+        queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
+        onHostError: (e) => partition.reportHostError(e),
         directIo: partition,
       });
     } catch (e) {

@@ -141,6 +141,8 @@ export interface AttachVirtioOptions {
    * base address; vsock registers its own ioeventfds for vhost.
    */
   queueNotifier?: (base: number) => VirtioMmioOptions['queueNotifier'];
+  /** Where a device's host bug outside an exit dispatch goes (Partition.reportHostError). */
+  onHostError?: (error: Error) => void;
   /** Disk I/O straight to and from guest pages (a partition's PartitionIo); without it disks copy through JS buffers. */
   directIo?: DirectFileIo;
 }
@@ -219,7 +221,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
         port?.attach({ enqueue: (b) => c.enqueue(b) });
       }
       const queueNotifier = slot.device.kind === 'vsock' ? undefined : opts.queueNotifier?.(slot.base);
-      const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level', queueNotifier });
+      const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level', queueNotifier, ...(opts.onHostError ? { onHostError: opts.onHostError } : {}) });
       const interruptStatus = t.interruptStatusRegisters;
       const range = opts.mmio.register(slot.base, slot.size, t, interruptStatus ? { interruptStatus } : {});
       if (range.shadow && interruptStatus) t.shareInterruptStatus(range.shadow.word);

@@ -203,7 +203,8 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       consolePort: hooks.virtioConsole,
       netBackends: hooks.netBackends ?? [],
       vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
-      queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base),
+      queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
+      onHostError: (e) => partition.reportHostError(e),
       directIo: partition,
     });
     phase('devices');

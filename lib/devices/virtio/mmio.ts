@@ -137,6 +137,14 @@ export interface VirtioMmioOptions {
    * kernel (vhost), which register their own.
    */
   queueNotifier?: (index: number, onNotify: () => void) => () => void;
+  /**
+   * A host bug (an error that is not the guest's doing) surfaced outside an
+   * exit dispatch, e.g. in a device's deferred pass on a later event-loop
+   * turn: the VM must stop with `host-error` (Partition.reportHostError).
+   * Without it such an error is rethrown, as inside a dispatch, where the
+   * partition turns it into that stop itself.
+   */
+  onHostError?: (error: Error) => void;
 }
 
 export class VirtioMmioTransport implements IoDevice {
@@ -157,6 +165,7 @@ export class VirtioMmioTransport implements IoDevice {
   private configGeneration = 0;
   private active: Array<SplitQueue | undefined> | undefined;
   private readonly queueNotifier: VirtioMmioOptions['queueNotifier'];
+  private readonly onHostError: ((error: Error) => void) | undefined;
   /** Undo functions of the queue notifiers registered at DRIVER_OK. */
   private notifiers: Array<() => void> = [];
   /** Last reason the device entered needs-reset (for diagnostics). */
@@ -170,6 +179,7 @@ export class VirtioMmioTransport implements IoDevice {
     this.slot = opts.slot;
     this.edge = opts.trigger === 'edge';
     this.queueNotifier = opts.queueNotifier;
+    this.onHostError = opts.onHostError;
     for (const m of opts.device.queueMaxSizes) {
       if (!isValidQueueSize(m)) throw new NodevmmError('ERR_INVALID_ARG', `virtio ${opts.device.name}: queue max size ${m} is not a power of two from 1 to 32768`);
     }
@@ -420,10 +430,15 @@ export class VirtioMmioTransport implements IoDevice {
 
   /**
    * Guest misbehaviour (a VirtioQueueError or a guest-memory fault) stops the
-   * device until the driver resets it; anything else is a host bug and is rethrown.
+   * device until the driver resets it; anything else is a host bug: it goes to
+   * onHostError (the VM stops with host-error), or is rethrown without one.
    */
   fail(e: unknown): void {
-    if (!(e instanceof NodevmmError)) throw e;
+    if (!(e instanceof NodevmmError)) {
+      const error = e instanceof Error ? e : new Error(String(e));
+      if (!this.onHostError) throw error;
+      return this.onHostError(error);
+    }
     this.lastError = e.message;
     if (this.status & STATUS.needsReset) return;
     this.device.reset();

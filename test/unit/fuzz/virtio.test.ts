@@ -26,7 +26,8 @@ import { MAX_TX_CHAIN_BYTES, VirtioConsole } from '../../../lib/devices/virtio/c
 import { MAX_PACKET_BYTES, VIRTIO_NET_HDR_BYTES, VirtioNet, type NetBackend } from '../../../lib/devices/virtio/net';
 import { BLK_S, BLK_T, VirtioBlk } from '../../../lib/devices/virtio/blk';
 import { bounceFileBackend } from '../../../lib/devices/virtio/blk-backends';
-import { VirtioVsock, VIRTIO_VSOCK_F_SEQPACKET, type NotifyOps, type VhostVsockOps } from '../../../lib/devices/virtio/vsock';
+import { VirtioVsock, VIRTIO_VSOCK_F_SEQPACKET, type VhostVsockOps } from '../../../lib/devices/virtio/vsock';
+import type { NotifyOps } from '../../../lib/hv/partition';
 import { FakeDriver, type FakeQueue } from '../virtio/driver';
 import { tempImage } from '../../temp-image';
 import { CALL_LIMIT_MS, caseSeed, prng, type Rng } from './prng';

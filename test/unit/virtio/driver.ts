@@ -37,7 +37,7 @@ export class FakeDriver {
   private nextData = DATA_BASE;
 
   /** `mem` defaults to one RAM range of RAM bytes at 0. */
-  constructor(device: VirtioDevice, opts: Pick<VirtioMmioOptions, 'slot' | 'trigger' | 'queueNotifier'> = {}, mem: GuestMemory = GuestMemory.anonymous([{ gpa: 0, size: RAM }])) {
+  constructor(device: VirtioDevice, opts: Pick<VirtioMmioOptions, 'slot' | 'trigger' | 'queueNotifier' | 'onHostError'> = {}, mem: GuestMemory = GuestMemory.anonymous([{ gpa: 0, size: RAM }])) {
     this.mem = mem;
     this.t = new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device, ...opts });
   }

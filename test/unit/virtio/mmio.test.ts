@@ -224,3 +224,29 @@ test('a driver cannot clear status bits without a reset: DRIVER_OK written again
   t.is(d.r(REG.status), 0);
   t.is(resets, before + 1);
 });
+
+test('a host bug in a device outside an exit dispatch (an ioeventfd kick, a deferred pass) goes to onHostError, not up the event loop', (t) => {
+  class BrokenRng extends VirtioRng {
+    broken = false;
+    override notify(index: number): void {
+      if (this.broken) throw new TypeError('a bug in the device model');
+      super.notify(index);
+    }
+  }
+  const kicks: Array<() => void> = [];
+  const errors: Error[] = [];
+  const rng = new BrokenRng();
+  const d = new FakeDriver(rng, { queueNotifier: (_i, onNotify) => (kicks.push(onNotify), () => undefined), onHostError: (e) => errors.push(e) });
+  d.up([8]);
+  rng.broken = true;
+  t.is(kicks.length, 1);
+  t.notThrows(() => kicks[0]!());
+  t.is(errors.length, 1);
+  t.regex(errors[0]!.message, /a bug in the device model/);
+  // Without a handler the transport rethrows, as inside a dispatch, where the partition stops the VM.
+  const bareRng = new BrokenRng();
+  const bare = new FakeDriver(bareRng, { queueNotifier: (_i, onNotify) => (kicks.push(onNotify), () => undefined) });
+  bare.up([8]);
+  bareRng.broken = true;
+  t.throws(() => kicks[1]!(), { instanceOf: TypeError });
+});

@@ -99,7 +99,7 @@ test('ioeventfd notifier: registers on QueueNotify with the queue index, drains 
     },
     irqfd: () => t.fail('no irqfd for kicks'),
   };
-  const notify = ioeventfdQueueNotifier(ops, 0xfeb0_1000);
+  const notify = ioeventfdQueueNotifier(ops, 0xfeb0_1000, (e) => t.fail(e.message));
   let kicks = 0;
   const undo = notify(1, () => kicks++);
   t.deepEqual(calls, ['assign 0xfeb01050 4 1']);
@@ -114,4 +114,36 @@ test('ioeventfd notifier: registers on QueueNotify with the queue index, drains 
   t.is(kicks, 2);
   undo();
   t.deepEqual(calls, ['assign 0xfeb01050 4 1', 'deassign 0xfeb01050 4 1', 'close 0']);
+});
+
+test('ioeventfd notifier: a device that throws on a kick reaches onError, not the process (which would end)', async (t) => {
+  const b = nativeBinding();
+  const fds: number[] = [];
+  const ops: NotifyOps = {
+    eventfd: () => {
+      const fd = b.eventfd(0);
+      fds.push(fd);
+      return fd;
+    },
+    signal: (fd) => b.eventfdWrite(fd, 1),
+    close: (fd) => b.closeFd(fd),
+    ioeventfd: () => {},
+    irqfd: () => t.fail('no irqfd for kicks'),
+  };
+  const errors: string[] = [];
+  const notify = ioeventfdQueueNotifier(ops, 0xfeb0_1000, (e) => errors.push(e.message));
+  let kicks = 0;
+  const undo = notify(0, () => {
+    kicks++;
+    throw new Error('device fault on a kick');
+  });
+  b.eventfdWrite(fds[0]!, 1);
+  await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(errors, ['device fault on a kick']);
+  // The watcher lives on: the owner decides (a VM stops with host-error and undoes its notifiers).
+  b.eventfdWrite(fds[0]!, 1);
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(kicks, 2);
+  t.deepEqual(errors, ['device fault on a kick', 'device fault on a kick']);
+  undo();
 });
