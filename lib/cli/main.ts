@@ -12,7 +12,9 @@ import { nativeBinding } from '../hv/native';
 import type { ComPort } from '../vm/config';
 import { EXIT_CODES } from '../vm/lifecycle';
 import { createVm, type Vm } from '../vm/vm';
-import { parseRunArgs, RUN_USAGE, type SerialBinding } from './args';
+import { parseSize } from '../vm/config';
+import { parseRunArgs, RUN_USAGE, type RunArgs, type SerialBinding } from './args';
+import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
 import { readInputFile } from '../util/file-errors';
 
@@ -33,7 +35,7 @@ environment: needs /dev/kvm (read/write) on Linux x86_64.`;
 function isUsageError(e: unknown): boolean {
   if (e instanceof ConfigError || e instanceof FormatError || e instanceof HypervisorUnavailableError) return true;
   if (e instanceof NodevmmError) {
-    return /^ERR_(FILE|CONFIG|KERNEL|BZIMAGE|ELF|INITRD|CMDLINE|IGVM|GUEST_MEMORY_LAYOUT|INVALID_ARG)/.test(e.code);
+    return /^ERR_(FILE|DISK|CONFIG|KERNEL|BZIMAGE|ELF|INITRD|CMDLINE|IGVM|GUEST_MEMORY_LAYOUT|INVALID_ARG)/.test(e.code);
   }
   return false;
 }
@@ -81,6 +83,25 @@ async function run(argv: readonly string[]): Promise<number> {
     process.stdout.write(RUN_USAGE + '\n');
     return 0;
   }
+  const memoryBytes = args.config.memory !== undefined ? parseSize(args.config.memory) : undefined;
+  if (args.memoryArg && memoryBytes !== undefined) checkGuestMemoryFits(args.memoryArg.flag, args.memoryArg.value, memoryBytes, hostBackableBytes(), args.overcommit);
+  try {
+    return await runVm(args);
+  } catch (e) {
+    // The host refused the guest RAM mapping itself (address space, overcommit
+    // policy): say which flag asked for it.
+    if (e instanceof NodevmmError && (e as { errno?: unknown }).errno === 12 && /guest ram/.test(e.message)) {
+      const m = args.memoryArg ?? { flag: '--memory', value: '1G' };
+      throw new ConfigError([{ path: m.flag, message: `${m.value} of guest RAM could not be mapped on this host (${e.message}); use a smaller size` }]);
+    }
+    throw e;
+  }
+}
+
+/** Exit statuses for the signals that stop `nodevmm run` (128 + the signal's number, as shells report). */
+const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
+
+async function runVm(args: RunArgs): Promise<number> {
   const binding = nativeBinding();
   const probe = binding.probe();
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
@@ -97,9 +118,17 @@ async function run(argv: readonly string[]): Promise<number> {
     const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit });
     cleanups.push(() => h.detach());
   }
-  const onSignal = () => quit();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  let signalled: keyof typeof SIGNAL_EXIT | undefined;
+  const onSigint = () => {
+    signalled ??= 'SIGINT';
+    quit();
+  };
+  const onSigterm = () => {
+    signalled ??= 'SIGTERM';
+    quit();
+  };
+  process.once('SIGINT', onSigint);
+  process.once('SIGTERM', onSigterm);
   try {
     await vm.start();
     if (args.trace) {
@@ -115,11 +144,12 @@ async function run(argv: readonly string[]): Promise<number> {
     }
     // Let batched console output reach the terminal before we exit.
     await new Promise((r) => setImmediate(r));
+    if (stop.reason === 'killed' && signalled) return SIGNAL_EXIT[signalled];
     if (stop.reason !== 'poweroff' && stop.reason !== 'killed') process.stderr.write(`nodevmm: vm stopped: ${stop.reason}: ${stop.message}\n`);
     return EXIT_CODES[stop.reason];
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigterm);
     for (const c of cleanups) c();
   }
 }
