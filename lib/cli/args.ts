@@ -76,6 +76,8 @@ serial bindings:
   stdio       stdin/stdout as plain byte streams, no escape key
   file:PATH   guest output appended to PATH
   tcp:H:P     connect to H:P and bridge the port to that socket
+  (console and tcp: input is read only as fast as the guest takes it; output
+  the terminal or peer does not take is dropped past 1 MiB, and counted on exit)
   none        no UART at this port
 
 exit status: 0 guest powered off or reset (with --on-reset stop), 2 bad usage or

@@ -16,6 +16,7 @@ import { parseSize } from '../vm/config';
 import { parseRunArgs, RUN_USAGE, type RunArgs, type SerialBinding } from './args';
 import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
+import { bridgeTcp } from './stream-bridge';
 import { readInputFile } from '../util/file-errors';
 
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
@@ -181,13 +182,12 @@ async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => v
         const s = net.connect(b.port, b.host, () => resolve(s));
         s.once('error', (e) => reject(new NodevmmError('ERR_FILE', `${name}: cannot connect to tcp:${b.host}:${b.port}: ${e.message}`)));
       });
-      const on = (chunk: Buffer) => sock.write(chunk);
-      port.on('output', on);
-      sock.on('data', (d) => port.write(d));
       sock.on('error', () => undefined);
+      const bridge = bridgeTcp(port, sock);
       return () => {
-        port.off('output', on);
+        bridge.detach();
         sock.destroy();
+        if (bridge.dropped) process.stderr.write(`nodevmm: ${name}: ${bridge.dropped} bytes of guest output were dropped because tcp:${b.host}:${b.port} did not read them in time\n`);
       };
     }
     default:
