@@ -59,7 +59,8 @@ async function execOnce(port: SerialPort, command: string, opts: ExecOptions): P
   let to: number;
   try {
     from = (await started).end;
-    const ended = await port.expectAt(new RegExp(`${end}=(\\d+)`), { timeoutMs: Math.max(1, deadline - Date.now()) });
+    // Up to the line end: a status split across deliveries ("=1" then "27") must not match early.
+    const ended = await port.expectAt(new RegExp(`${end}=(\\d+)\\r?\\n`), { timeoutMs: Math.max(1, deadline - Date.now()) });
     m = ended.match;
     to = ended.start;
   } catch (e) {
