@@ -86,6 +86,9 @@ file or block device, under 512 bytes, or in use by another VM), 3 triple
 fault, 4 internal error (e.g. emulation failure), 1 host error, 130 killed
 by Ctrl-A x or SIGINT (Ctrl-C with --com1 stdio), 143 killed by SIGTERM.`;
 
+/** Exit statuses of `nodevmm run` stopped by a signal (128 + the signal's number, as shells report it). */
+export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
+
 function parseBinding(flag: string, v: string, issues: ConfigIssue[]): SerialBinding {
   if (v === 'console' || v === 'stdio' || v === 'none') return { kind: v };
   if (v.startsWith('file:') && v.length > 5) return { kind: 'file', path: v.slice(5) };

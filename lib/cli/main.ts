@@ -13,7 +13,7 @@ import type { ComPort } from '../vm/config';
 import { EXIT_CODES } from '../vm/lifecycle';
 import { createVm, type Vm } from '../vm/vm';
 import { parseSize } from '../vm/config';
-import { parseRunArgs, RUN_USAGE, type RunArgs, type SerialBinding } from './args';
+import { parseRunArgs, RUN_USAGE, SIGNAL_EXIT_CODES, type RunArgs, type SerialBinding } from './args';
 import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
 import { bridgeTcp } from './stream-bridge';
@@ -99,8 +99,7 @@ async function run(argv: readonly string[]): Promise<number> {
   }
 }
 
-/** Exit statuses for the signals that stop `nodevmm run` (128 + the signal's number, as shells report). */
-const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143 } as const;
+const SIGNAL_EXIT = SIGNAL_EXIT_CODES;
 
 async function runVm(args: RunArgs): Promise<number> {
   const binding = nativeBinding();
