@@ -61,7 +61,7 @@ async function main() {
       console.error(`[kvm-host] exit ${r.exitCode}, host ready in ${(r.bootMs / 1000).toFixed(1)} s, total ${((Date.now() - started) / 1000).toFixed(1)} s, retries ${attempt}${failures.length ? ` (${failures.join('; ')})` : ''}`);
       process.exit(r.exitCode);
     } catch (err) {
-      const first = `${err.code ? err.code + ': ' : ''}${err.message.split('\n')[0]}`;
+      const first = `${err.code ? err.code + ': ' : ''}${err.message.split('\n')[0].replace(/; last \d+ console lines:$/, '')}`;
       const left = (timeoutMs - (Date.now() - started)) / 1000;
       if (!HOST_FAILURES.has(err.code) || attempt >= retries || left < MIN_ATTEMPT_S) {
         console.error(`${err.code ? err.code + ': ' : ''}${err.message}`);
