@@ -11,6 +11,7 @@ namespace nodevmm {
 void DestroyAllVms(Napi::Env env);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitBlockIo(Napi::Env env, Napi::Object exports);
+void InitFileOps(Napi::Env env, Napi::Object exports);
 Napi::Object InitVhost(Napi::Env env, Napi::Object exports);
 Napi::Object InitVsockSocket(Napi::Env env, Napi::Object exports);
 Napi::Object InitFdWatcher(Napi::Env env, Napi::Object exports);
@@ -51,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitSystem(env, exports);
   nodevmm::InitTap(env, exports);
   nodevmm::InitBlockIo(env, exports);
+  nodevmm::InitFileOps(env, exports);
   nodevmm::InitVhost(env, exports);
   nodevmm::InitVsockSocket(env, exports);
   nodevmm::InitFdWatcher(env, exports);

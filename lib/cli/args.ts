@@ -21,6 +21,10 @@ export interface RunArgs {
   help: boolean;
   /** Print the boot phase timings and the memory layout to stderr. */
   trace: boolean;
+  /** Accept --memory above the host's RAM plus swap. */
+  overcommit: boolean;
+  /** The memory flag as typed (`-m` or `--memory`) and its value, for messages about it. */
+  memoryArg?: { flag: string; value: string };
 }
 
 export const RUN_USAGE = `usage: nodevmm run --kernel PATH [options]
@@ -35,7 +39,10 @@ options:
   --cmdline STR          appended to the default command line "panic=-1 console=ttyS0"
                          (with --igvm and no --cmdline, the image keeps its own)
   --no-default-cmdline   use --cmdline alone
-  -m, --memory SIZE      guest RAM, e.g. 512M, 1G, 6G (default 1G)
+  -m, --memory SIZE      guest RAM, e.g. 512M, 1G, 6G (default 1G); at most the
+                         host's RAM plus swap unless --overcommit
+  --overcommit           allow --memory above the host's RAM plus swap (guest RAM is
+                         only allocated when the guest touches it)
   -p, --processors N     vCPUs (default 1)
   --boot auto|linux64|pvh
                          entry protocol (default auto: the 64-bit boot protocol;
@@ -69,11 +76,18 @@ serial bindings:
   stdio       stdin/stdout as plain byte streams, no escape key
   file:PATH   guest output appended to PATH
   tcp:H:P     connect to H:P and bridge the port to that socket
+  (console and tcp: input is read only as fast as the guest takes it; output
+  the terminal or peer does not take is dropped past 1 MiB, and counted on exit)
   none        no UART at this port
 
 exit status: 0 guest powered off or reset (with --on-reset stop), 2 bad usage or
-configuration, 3 triple fault, 4 internal error (e.g. emulation failure),
-1 host error, 130 killed (Ctrl-A x).`;
+configuration (including a disk image that is missing, a directory, not a
+file or block device, under 512 bytes, or in use by another VM), 3 triple
+fault, 4 internal error (e.g. emulation failure), 1 host error, 130 killed
+by Ctrl-A x or SIGINT (Ctrl-C with --com1 stdio), 143 killed by SIGTERM.`;
+
+/** Exit statuses of `nodevmm run` stopped by a signal (128 + the signal's number, as shells report it). */
+export const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
 
 function parseBinding(flag: string, v: string, issues: ConfigIssue[]): SerialBinding {
   if (v === 'console' || v === 'stdio' || v === 'none') return { kind: v };
@@ -88,7 +102,7 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
   const issues: ConfigIssue[] = [];
   const config: VmConfig = {};
   const serial: Record<ComPort, SerialBinding> = { com1: { kind: 'console' }, com2: { kind: 'null' }, com3: { kind: 'null' }, com4: { kind: 'null' } };
-  const out: RunArgs = { config, serial, verbose: false, help: false, trace: false };
+  const out: RunArgs = { config, serial, verbose: false, help: false, trace: false, overcommit: false };
   for (let i = 0; i < argv.length; i++) {
     const raw = argv[i]!;
     const eq = raw.startsWith('--') ? raw.indexOf('=') : -1;
@@ -112,7 +126,14 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       case '--cmdline': { const v = value(); if (v !== undefined) config.cmdline = v; break; }
       case '--no-default-cmdline': config.cmdlineDefaults = false; break;
       case '-m':
-      case '--memory': { const v = value(); if (v !== undefined) config.memory = /^\d+$/.test(v) ? `${v}M` : v; break; }
+      case '--memory': {
+        const v = value();
+        if (v === undefined) break;
+        config.memory = /^\d+$/.test(v) ? `${v}M` : v;
+        out.memoryArg = { flag, value: v };
+        break;
+      }
+      case '--overcommit': out.overcommit = true; break;
       case '-p':
       case '--processors': {
         const v = value();

@@ -4,7 +4,9 @@
  * helps, Ctrl-A Ctrl-A sends one Ctrl-A); otherwise stdin is piped to the
  * guest as-is so scripts can drive it. The terminal is always restored.
  */
+import type { Readable, Writable } from 'node:stream';
 import type { SerialPort } from '../vm/serial-port';
+import { feedInput, forwardOutput } from './stream-bridge';
 
 const CTRL_A = 0x01;
 
@@ -12,18 +14,29 @@ export interface ConsoleHandle {
   detach(): void;
 }
 
-export function attachConsole(port: SerialPort, opts: { interactive: boolean; onQuit: () => void }): ConsoleHandle {
-  const stdin = process.stdin;
-  const stdout = process.stdout;
-  const tty = opts.interactive && stdin.isTTY === true;
-  const onOutput = (b: Buffer) => stdout.write(b);
-  port.on('output', onOutput);
+export interface ConsoleOptions {
+  interactive: boolean;
+  onQuit: () => void;
+  /** The terminal's streams (default process.stdin and process.stdout). */
+  stdin?: Readable & { isTTY?: boolean; setRawMode?: (raw: boolean) => unknown };
+  stdout?: Writable;
+  /** Where the count of dropped output is reported at detach (default process.stderr). */
+  stderr?: Writable;
+}
+
+/**
+ * Input is read only as fast as the guest's UART takes it (stdin pauses
+ * meanwhile); output a slow terminal or pipe cannot take is dropped past a
+ * bound (lib/cli/stream-bridge.ts) rather than held without limit.
+ */
+export function attachConsole(port: SerialPort, opts: ConsoleOptions): ConsoleHandle {
+  const stdin = opts.stdin ?? process.stdin;
+  const stdout = opts.stdout ?? process.stdout;
+  const tty = opts.interactive && stdin.isTTY === true && typeof stdin.setRawMode === 'function';
+  const output = forwardOutput(port, stdout);
   let escape = false;
-  const onInput = (chunk: Buffer) => {
-    if (!tty) {
-      port.write(chunk);
-      return;
-    }
+  const onInput = (chunk: Buffer): Buffer | undefined => {
+    if (!tty) return chunk;
     const out: number[] = [];
     for (const c of chunk) {
       if (escape) {
@@ -31,7 +44,7 @@ export function attachConsole(port: SerialPort, opts: { interactive: boolean; on
         if (c === 0x78 /* x */ || c === 0x58) {
           stdout.write('\r\nnodevmm: quit (Ctrl-A x)\r\n');
           opts.onQuit();
-          return;
+          return undefined;
         }
         if (c === 0x68 /* h */ || c === 0x3f) {
           stdout.write('\r\nnodevmm console: Ctrl-A x quit, Ctrl-A h help, Ctrl-A Ctrl-A send Ctrl-A\r\n');
@@ -43,19 +56,19 @@ export function attachConsole(port: SerialPort, opts: { interactive: boolean; on
       if (c === CTRL_A) escape = true;
       else out.push(c);
     }
-    if (out.length) port.write(Buffer.from(out));
+    return out.length ? Buffer.from(out) : undefined;
   };
-  if (tty) stdin.setRawMode(true);
-  stdin.on('data', onInput);
-  stdin.resume();
+  if (tty) stdin.setRawMode!(true);
+  const input = feedInput(stdin, port, onInput);
   let detached = false;
   const restore = () => {
     if (detached) return;
     detached = true;
-    port.off('output', onOutput);
-    stdin.off('data', onInput);
-    if (tty) stdin.setRawMode(false);
+    output.detach();
+    input.detach();
+    if (tty) stdin.setRawMode!(false);
     stdin.pause();
+    if (output.dropped) (opts.stderr ?? process.stderr).write(`nodevmm: ${port.portName}: ${output.dropped} bytes of guest output were dropped because the terminal did not keep up\n`);
   };
   process.once('exit', restore);
   return { detach: restore };

@@ -12,8 +12,11 @@ import { nativeBinding } from '../hv/native';
 import type { ComPort } from '../vm/config';
 import { EXIT_CODES } from '../vm/lifecycle';
 import { createVm, type Vm } from '../vm/vm';
-import { parseRunArgs, RUN_USAGE, type SerialBinding } from './args';
+import { parseSize } from '../vm/config';
+import { parseRunArgs, RUN_USAGE, SIGNAL_EXIT_CODES, type RunArgs, type SerialBinding } from './args';
+import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
+import { bridgeTcp } from './stream-bridge';
 import { readInputFile } from '../util/file-errors';
 
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
@@ -33,7 +36,7 @@ environment: needs /dev/kvm (read/write) on Linux x86_64.`;
 function isUsageError(e: unknown): boolean {
   if (e instanceof ConfigError || e instanceof FormatError || e instanceof HypervisorUnavailableError) return true;
   if (e instanceof NodevmmError) {
-    return /^ERR_(FILE|CONFIG|KERNEL|BZIMAGE|ELF|INITRD|CMDLINE|IGVM|GUEST_MEMORY_LAYOUT|INVALID_ARG)/.test(e.code);
+    return /^ERR_(FILE|DISK|CONFIG|KERNEL|BZIMAGE|ELF|INITRD|CMDLINE|IGVM|GUEST_MEMORY_LAYOUT|INVALID_ARG)/.test(e.code);
   }
   return false;
 }
@@ -81,6 +84,24 @@ async function run(argv: readonly string[]): Promise<number> {
     process.stdout.write(RUN_USAGE + '\n');
     return 0;
   }
+  const memoryBytes = args.config.memory !== undefined ? parseSize(args.config.memory) : undefined;
+  if (args.memoryArg && memoryBytes !== undefined) checkGuestMemoryFits(args.memoryArg.flag, args.memoryArg.value, memoryBytes, hostBackableBytes(), args.overcommit);
+  try {
+    return await runVm(args);
+  } catch (e) {
+    // The host refused the guest RAM mapping itself (address space, overcommit
+    // policy): say which flag asked for it.
+    if (e instanceof NodevmmError && (e as { errno?: unknown }).errno === 12 && /guest ram/.test(e.message)) {
+      const m = args.memoryArg ?? { flag: '--memory', value: '1G' };
+      throw new ConfigError([{ path: m.flag, message: `${m.value} of guest RAM could not be mapped on this host (${e.message}); use a smaller size` }]);
+    }
+    throw e;
+  }
+}
+
+const SIGNAL_EXIT = SIGNAL_EXIT_CODES;
+
+async function runVm(args: RunArgs): Promise<number> {
   const binding = nativeBinding();
   const probe = binding.probe();
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
@@ -97,9 +118,17 @@ async function run(argv: readonly string[]): Promise<number> {
     const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit });
     cleanups.push(() => h.detach());
   }
-  const onSignal = () => quit();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  let signalled: keyof typeof SIGNAL_EXIT | undefined;
+  const onSigint = () => {
+    signalled ??= 'SIGINT';
+    quit();
+  };
+  const onSigterm = () => {
+    signalled ??= 'SIGTERM';
+    quit();
+  };
+  process.once('SIGINT', onSigint);
+  process.once('SIGTERM', onSigterm);
   try {
     await vm.start();
     if (args.trace) {
@@ -115,11 +144,12 @@ async function run(argv: readonly string[]): Promise<number> {
     }
     // Let batched console output reach the terminal before we exit.
     await new Promise((r) => setImmediate(r));
+    if (stop.reason === 'killed' && signalled) return SIGNAL_EXIT[signalled];
     if (stop.reason !== 'poweroff' && stop.reason !== 'killed') process.stderr.write(`nodevmm: vm stopped: ${stop.reason}: ${stop.message}\n`);
     return EXIT_CODES[stop.reason];
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigterm);
     for (const c of cleanups) c();
   }
 }
@@ -152,13 +182,12 @@ async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => v
         const s = (require('node:net') as typeof net).connect(b.port, b.host, () => resolve(s));
         s.once('error', (e) => reject(new NodevmmError('ERR_FILE', `${name}: cannot connect to tcp:${b.host}:${b.port}: ${e.message}`)));
       });
-      const on = (chunk: Buffer) => sock.write(chunk);
-      port.on('output', on);
-      sock.on('data', (d) => port.write(d));
       sock.on('error', () => undefined);
+      const bridge = bridgeTcp(port, sock);
       return () => {
-        port.off('output', on);
+        bridge.detach();
         sock.destroy();
+        if (bridge.dropped) process.stderr.write(`nodevmm: ${name}: ${bridge.dropped} bytes of guest output were dropped because tcp:${b.host}:${b.port} did not read them in time\n`);
       };
     }
     default:

@@ -12,7 +12,7 @@ import { SerialPort } from '../vm/serial-port';
 import { attachConsole } from './console';
 import { readInputFile } from '../util/file-errors';
 import { EXIT_CODES, type StopReasonKind } from '../vm/lifecycle';
-import type { RunArgs } from './args';
+import { SIGNAL_EXIT_CODES, type RunArgs } from './args';
 
 /** Default command line on arm64: the PL011 is ttyAMA0 (OpenVMM uses the same). */
 export const ARM64_DEFAULT_CMDLINE = 'panic=-1 console=ttyAMA0';
@@ -51,12 +51,24 @@ export async function runArm64(args: RunArgs): Promise<number> {
   }
   // Not interactive, like the PL011 binding above: no raw mode and no Ctrl-A escape on arm64 yet.
   const hvcTerminal = hvc && binding.kind === 'none' ? attachConsole(hvc, { interactive: false, onQuit: () => {} }) : undefined;
+  // SIGINT and SIGTERM stop the VM with the statuses x86 uses (130, 143); destroy() runs below.
+  let onSigint = () => {};
+  let onSigterm = () => {};
+  const signalled = new Promise<number>((resolve) => {
+    onSigint = () => resolve(SIGNAL_EXIT_CODES.SIGINT);
+    onSigterm = () => resolve(SIGNAL_EXIT_CODES.SIGTERM);
+  });
+  process.once('SIGINT', onSigint);
+  process.once('SIGTERM', onSigterm);
   try {
-    const r = await vm.run();
+    const r = await Promise.race([vm.run(), signalled]);
+    if (typeof r === 'number') return r;
     const reason: StopReasonKind = r.reason === 'poweroff' ? 'poweroff' : r.reason === 'reset' ? 'reset' : 'internal-error';
     if (reason !== 'poweroff') process.stderr.write(`nodevmm: vm stopped: ${reason}: ${r.stop.message}\n`);
     return EXIT_CODES[reason];
   } finally {
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigterm);
     hvcTerminal?.detach();
     process.stdin.off('data', onInput);
     process.stdin.pause();

@@ -195,6 +195,12 @@ export interface NativeBinding {
   blockIo(op: 0 | 1 | 2, fd: number, position: number, rams: NativeGuestRam[], segments: Float64Array, callback: (error: Error | null, bytes: number) => void): void;
   /** The same read or write on this thread; with `nowait` a try: -1 would block, -2 the file cannot promise not to. */
   blockIoNow(op: 0 | 1, fd: number, position: number, rams: NativeGuestRam[], segments: Float64Array, nowait: boolean): number;
+  /** native/file_ops.cc: BLKGETSIZE64 on a block device fd. */
+  blockDeviceSize(fd: number): bigint;
+  /** F_OFD_SETLK over the whole file: type 0 unlock, 1 shared, 2 exclusive; false when a conflicting lock is held elsewhere. */
+  ofdLock(fd: number, type: 0 | 1 | 2): boolean;
+  /** F_OFD_GETLK: the type of a lock held elsewhere that would block `type` (0 none, 1 shared, 2 exclusive). */
+  ofdLockConflict(fd: number, type: 1 | 2): 0 | 1 | 2;
   vhost: NativeVhost;
   /** callback(status, readable, writable): status 0 or a negative errno. */
   watchFd(fd: number, events: { readable?: boolean; writable?: boolean }, callback: (status: number, readable: boolean, writable: boolean) => void): NativeFdWatcher;

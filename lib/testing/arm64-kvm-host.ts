@@ -17,6 +17,7 @@ import { gunzipSync } from 'node:zlib';
 import { NodevmmError } from '../errors';
 import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
 import { guestCacheRoot } from './artifacts';
+import { createHostWatchdog } from './host-watchdog';
 import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
 
 /** The meta package; the versioned kernel it depends on is resolved at download time. */
@@ -174,6 +175,8 @@ export interface Arm64KvmHostOptions {
   artifacts?: Arm64Artifacts;
   /** Give up on a frozen host: QEMU used no CPU at all for this long (ms; default 90000, 0: never; see qemu-stall.ts). */
   stallMs?: number;
+  /** Give up on a host whose kernel panicked or is wedged (see host-watchdog.ts) with ERR_KVM_HOST_DEAD. Default true. */
+  watchdog?: boolean;
 }
 
 export interface Arm64KvmHostResult {
@@ -281,6 +284,7 @@ function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promi
       failure ??= new NodevmmError('ERR_KVM_HOST_STALLED', `arm64-kvm-host: qemu-system-aarch64 used no CPU for ${idle} s: the emulated host is frozen; last console lines:\n${tail()}`);
       child.kill('SIGKILL');
     });
+    const watchdog = o.watchdog === false ? undefined : createHostWatchdog();
     const onText = (chunk: Buffer) => {
       const text = chunk.toString('utf8');
       log += text;
@@ -288,6 +292,11 @@ function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promi
       if (bootMs === undefined && log.includes(ARM64_HOST_READY_MARKER)) bootMs = Date.now() - started;
       const m = new RegExp(`${ARM64_HOST_FAILED_MARKER} (.*)`).exec(log);
       if (m && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `arm64-kvm-host: the host's init failed: ${m[1]?.trim()}; last console lines:\n${tail()}`);
+      const dead = watchdog?.feed(text);
+      if (dead && !failure) {
+        failure = new NodevmmError('ERR_KVM_HOST_DEAD', `arm64-kvm-host: gave up: ${dead} after ${((Date.now() - started) / 1000).toFixed(1)} s; last console lines:\n${tail()}`);
+        child.kill('SIGKILL');
+      }
     };
     child.stdout.on('data', onText);
     child.stderr.on('data', onText);

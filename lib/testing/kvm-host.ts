@@ -13,6 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { NodevmmError } from '../errors';
 import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
+import { createHostWatchdog } from './host-watchdog';
 import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
 import { ensureGuestArtifacts, guestCacheRoot, KVM_HOST_MODULES, type GuestArtifacts } from './artifacts';
 
@@ -24,6 +25,7 @@ export interface KvmHostOptions {
   /** Extra environment for the command, on top of PATH, HOME, CI and NODEVMM_CACHE from here. */
   env?: Record<string, string>;
   memoryMiB?: number;
+  /** CPUs of the emulated host (default DEFAULT_KVM_HOST_CPUS). */
   smp?: number;
   /**
    * QEMU's TCG threading: 'multi' (default, one host thread per vCPU) or 'single' (one thread
@@ -45,6 +47,11 @@ export interface KvmHostOptions {
   input?: NodeJS.ReadableStream;
   /** Give up on a frozen host: QEMU used no CPU at all for this long (ms; default 90000, 0: never; see qemu-stall.ts). */
   stallMs?: number;
+  /**
+   * Give up on a host whose kernel panicked or is wedged (a soft lockup of a minute, a
+   * repeated RCU stall; see host-watchdog.ts) with ERR_KVM_HOST_DEAD. Default true.
+   */
+  watchdog?: boolean;
 }
 
 export interface KvmHostResult {
@@ -64,6 +71,15 @@ const QEMU = 'qemu-system-x86_64';
 const NINEP_OPTS = 'trans=virtio,version=9p2000.L,msize=512000';
 const CONSOLE_TAIL_LINES = 30;
 const DEFAULT_BOOT_TIMEOUT_MS = 120_000;
+/**
+ * CPUs of the emulated host unless a caller says otherwise. With 2, the host's kernel wedged
+ * under a guest with several vCPUs (soft lockups: a guest vCPU spinning for another that waits
+ * for the same emulated CPU, which TCG's nested SVM never takes back on the host's timer):
+ * `bench-boot.js linux --runs 3` wedged from ~90 s on and used its whole 1400 s, and run-tests'
+ * 4-vCPU e2e test wedged twice out of two; with 4 both finished (the benchmark in 274 s,
+ * 2026-12-06). Idle emulated CPUs cost little; all of them share this machine's cores.
+ */
+export const DEFAULT_KVM_HOST_CPUS = 4;
 const TCG_FEATURE_WARNING = /warning: TCG doesn't support requested feature/;
 
 /** The host's /init: modules, 9p root, pseudo filesystems, chroot, status, power off. */
@@ -144,7 +160,7 @@ export function qemuArgs(kernel: string, initrd: string, results: string, artifa
   const projectArgs = project ? ['-virtfs', `local,path=${project},mount_tag=project,security_model=none,readonly=on,multidevs=remap`] : [];
   return [
     '-M', 'q35', '-accel', `tcg,thread=${options.tcgThread ?? 'multi'}`, '-cpu', 'EPYC,+svm,+npt',
-    '-m', `${options.memoryMiB ?? 4096}M`, '-smp', String(options.smp ?? 2),
+    '-m', `${options.memoryMiB ?? 4096}M`, '-smp', String(options.smp ?? DEFAULT_KVM_HOST_CPUS),
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-kernel', kernel, '-initrd', initrd,
     '-append', `console=ttyS0 quiet panic=-1 mitigations=off transparent_hugepage=never nodevmm.results=${results} nodevmm.artifacts=${artifactsDir}${project ? ` nodevmm.project=${project}` : ''}`,
@@ -221,6 +237,7 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
     const stopWatching = watchForStall(child.pid, options.stallMs ?? DEFAULT_STALL_MS, (idle) =>
       stop('ERR_KVM_HOST_STALLED', `${QEMU} used no CPU for ${idle} s: the emulated host is frozen`),
     );
+    const watchdog = options.watchdog === false ? undefined : createHostWatchdog();
     const bootTimer = setTimeout(() => {
       if (bootMs === undefined) stop('ERR_KVM_HOST_BOOT', `the host never printed ${KVM_HOST_READY_MARKER} within ${bootTimeoutMs} ms`);
     }, bootTimeoutMs);
@@ -235,6 +252,8 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
       const fresh = log.slice(Math.max(0, log.length - text.length - 200));
       const abort = options.abortOn?.exec(fresh);
       if (abort && !failure) stop('ERR_KVM_HOST_ABORTED', `the host's console showed "${abort[0]}"`);
+      const dead = watchdog?.feed(text);
+      if (dead && !failure) stop('ERR_KVM_HOST_DEAD', `gave up: ${dead}`);
     };
     child.stdout.on('data', onText);
     if (options.input) {

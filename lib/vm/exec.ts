@@ -48,13 +48,25 @@ async function execOnce(port: SerialPort, command: string, opts: ExecOptions): P
   const split = (m: string) => `'${m.slice(0, -1)}''${m.slice(-1)}'`;
   const line = `echo ${split(begin)}; ( ${command} ) </dev/null 2>&1; echo ${split(end)}=$?\n`;
   const timeoutMs = opts.timeoutMs ?? 30_000;
-  const started = port.expect(new RegExp(`${begin}\\r?\\n([\\s\\S]*?)${end}=(\\d+)`), { timeoutMs });
+  const deadline = Date.now() + timeoutMs;
+  // Two short matches, the markers, and the output taken between them: a
+  // single pattern spanning the output would have to be searched whole
+  // (expect() bounds how long a RegExp match may be).
+  const started = port.expectAt(new RegExp(`${begin}\\r?\\n`), { timeoutMs });
   port.write(line);
+  let from: number;
   let m: RegExpExecArray;
+  let to: number;
   try {
-    m = await started;
+    from = (await started).end;
+    // Up to the line end: a status split across deliveries ("=1" then "27") must not match early.
+    const ended = await port.expectAt(new RegExp(`${end}=(\\d+)\\r?\\n`), { timeoutMs: Math.max(1, deadline - Date.now()) });
+    m = ended.match;
+    to = ended.start;
   } catch (e) {
     throw new NodevmmError('ERR_EXEC_TIMEOUT', `exec: ${JSON.stringify(command)} did not finish within ${timeoutMs} ms on ${port.portName}; last lines:\n${port.tail(30)}`, { cause: e });
   }
-  return { stdout: m[1]!.replace(/\r\n/g, '\n'), exitCode: Number(m[2]) };
+  const stdout = port.text(from, to);
+  if (stdout === undefined) throw new NodevmmError('ERR_EXEC_OUTPUT', `exec: the output of ${JSON.stringify(command)} on ${port.portName} was longer than the port's log (serialLogBytes) keeps`);
+  return { stdout: stdout.replace(/\r\n/g, '\n'), exitCode: Number(m[1]) };
 }

@@ -10,7 +10,25 @@ import { NodevmmError } from '../errors';
 
 export interface ExpectOptions {
   timeoutMs?: number;
+  /**
+   * The longest match a RegExp pattern may have, in bytes (default 64 KiB).
+   * Each delivery of output is searched from this many bytes before its
+   * start on, so matching costs the new output plus this window, not all the
+   * output since the last expect(): a match longer than this can be missed.
+   * String patterns need no window (their own length bounds the match).
+   */
+  maxMatchBytes?: number;
 }
+
+/** A match and where it lies in all output ever (byte offsets). */
+export interface ExpectMatch {
+  match: RegExpExecArray;
+  start: number;
+  end: number;
+}
+
+/** Default longest RegExp match for expect() (see ExpectOptions.maxMatchBytes). */
+export const DEFAULT_MAX_MATCH_BYTES = 64 * 1024;
 
 /** Where guest input goes; the UART implements it. */
 export interface SerialInputTarget {
@@ -37,6 +55,8 @@ export class SerialPort extends Duplex {
   private target: SerialInputTarget | undefined;
   private pendingInput: { bytes: Uint8Array; cb: (e?: Error | null) => void } | undefined;
   totalBytes = 0;
+  /** Characters expect() has handed to the pattern matcher, in all (a work counter for tests). */
+  expectScannedChars = 0;
 
   constructor(portName: string, logLimit: number) {
     super({ allowHalfOpen: true });
@@ -110,18 +130,27 @@ export class SerialPort extends Duplex {
   }
 
   /**
-   * The retained log from byte `offset` of it on (latin1): only the blocks
-   * that reach past `offset` are copied, so expect() costs what it has not
-   * consumed yet, not the whole log, on each delivery.
+   * The retained log from byte `offset` of it on (latin1): only the bytes
+   * from `offset` on are copied, found by walking back from the newest block,
+   * so a caller that asks for the tail pays for the tail.
    */
   private logFrom(offset: number): string {
     const parts = this.recent.length ? [...this.chunks, ...this.recent] : this.chunks;
-    let at = 0;
-    let i = 0;
-    while (i < parts.length && at + parts[i]!.length <= offset) at += parts[i++]!.length;
-    if (i === parts.length) return '';
-    const tail = i === 0 ? parts : parts.slice(i);
-    return Buffer.concat(tail).toString('latin1', offset - at);
+    let at = this.logged;
+    let i = parts.length;
+    while (i > 0 && at > offset) at -= parts[--i]!.length;
+    if (at >= this.logged) return '';
+    const first = parts[i]!.subarray(Math.max(0, offset - at));
+    return i + 1 === parts.length ? first.toString('latin1') : Buffer.concat([first, ...parts.slice(i + 1)]).toString('latin1');
+  }
+
+  /**
+   * The output between absolute offsets `from` and `to` (latin1), or
+   * undefined when part of it has already been dropped from the log.
+   */
+  text(from: number, to: number): string | undefined {
+    if (from < this.dropped || to < from || to > this.totalBytes) return undefined;
+    return this.logFrom(from - this.dropped).slice(0, to - from);
   }
 
   /** The last `n` lines of output, for error messages. */
@@ -133,30 +162,62 @@ export class SerialPort extends Duplex {
   /**
    * Wait until `pattern` appears in output not yet consumed by an earlier
    * expect(); resolves with the match and moves past it. Rejects after
-   * `timeoutMs` with the last lines seen.
+   * `timeoutMs` with the last lines seen. A RegExp match may be at most
+   * `maxMatchBytes` long (see ExpectOptions).
    */
-  expect(pattern: RegExp | string, opts: ExpectOptions = {}): Promise<RegExpExecArray> {
+  async expect(pattern: RegExp | string, opts: ExpectOptions = {}): Promise<RegExpExecArray> {
+    return (await this.expectAt(pattern, opts)).match;
+  }
+
+  /**
+   * expect(), also saying where the match lies in all output ever, so a
+   * caller can take the text between two matches with text().
+   *
+   * Matching is incremental: the first check searches everything not yet
+   * consumed; after that each delivery is searched from `window` bytes
+   * before the end of what was already searched, where `window` is the
+   * pattern's length - 1 for a string and maxMatchBytes for a RegExp. One
+   * more byte before that is kept as context, with the search starting after
+   * it, so `^`, `\b` and one-character look-behinds see the real preceding
+   * byte instead of a start of input.
+   */
+  expectAt(pattern: RegExp | string, opts: ExpectOptions = {}): Promise<ExpectMatch> {
     const timeoutMs = opts.timeoutMs ?? 30_000;
-    const re = typeof pattern === 'string' ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : new RegExp(pattern.source, pattern.flags.replace('g', ''));
+    const isString = typeof pattern === 'string';
+    const re = isString ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'g') : new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, '') + 'g');
+    const shown = isString ? new RegExp(re.source) : new RegExp(pattern.source, pattern.flags.replace('g', ''));
+    const window = isString ? Math.max(0, pattern.length - 1) : Math.max(0, opts.maxMatchBytes ?? DEFAULT_MAX_MATCH_BYTES);
+    /** Absolute offset up to which output has been searched without a match. */
+    let searched = -1;
     return new Promise((resolve, reject) => {
       const check = (): boolean => {
-        const start = Math.max(0, this.cursor - this.dropped);
-        const text = this.logFrom(start);
+        const begin = Math.max(this.cursor, this.dropped);
+        const from = searched < 0 ? begin : Math.max(begin, searched - window);
+        if (searched >= this.totalBytes) return false;
+        const context = from > begin ? 1 : 0;
+        const text = this.logFrom(from - context - this.dropped);
+        this.expectScannedChars += text.length;
+        searched = this.totalBytes;
+        re.lastIndex = context;
         const m = re.exec(text);
         if (!m) return false;
-        this.cursor = this.dropped + start + m.index + m[0].length;
+        const start = from - context + m.index;
+        const end = start + m[0].length;
+        this.cursor = end;
         done();
-        resolve(m);
+        // As before incremental matching: the index counts from where this search could start.
+        m.index = start - begin;
+        resolve({ match: m, start, end });
         return true;
       };
       const timer = setTimeout(() => {
         done();
-        reject(new NodevmmError('ERR_SERIAL_TIMEOUT', `${this.portName}: ${re} did not appear within ${timeoutMs} ms; last lines:\n${this.tail(30)}`));
+        reject(new NodevmmError('ERR_SERIAL_TIMEOUT', `${this.portName}: ${shown} did not appear within ${timeoutMs} ms; last lines:\n${this.tail(30)}`));
       }, timeoutMs);
       const onClose = (why?: string) => {
         if (check()) return;
         done();
-        reject(new NodevmmError('ERR_SERIAL_CLOSED', `${this.portName}: the vm stopped (${why ?? 'unknown reason'}) before ${re} appeared; last lines:\n${this.tail(30)}`));
+        reject(new NodevmmError('ERR_SERIAL_CLOSED', `${this.portName}: the vm stopped (${why ?? 'unknown reason'}) before ${shown} appeared; last lines:\n${this.tail(30)}`));
       };
       const waiter = () => void check();
       const done = () => {

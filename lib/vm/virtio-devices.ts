@@ -7,7 +7,6 @@
  * (LNRO0005 nodes) or the device tree (virtio,mmio nodes), so what the guest
  * is told and what is wired cannot drift apart.
  */
-import * as fs from 'node:fs';
 import { VIRTIO_MMIO_GSIS, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START } from '../arch/x86_64/layout';
 import type { VirtioMmioDesc } from '../acpi/dsdt';
 import { NodevmmError } from '../errors';
@@ -24,6 +23,7 @@ import type { VirtioRng } from '../devices/virtio/rng';
 import type { HostRamMapping, VhostVsockOps, VirtioVsock } from '../devices/virtio/vsock';
 import type { NotifyOps } from '../hv/partition';
 import type { ResolvedVmConfig } from './config';
+import { openDisk, type OpenedDisk } from './disk-images';
 import type { SerialPort } from './serial-port';
 
 export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'vsock' } | { kind: 'rng' } | { kind: 'console' };
@@ -71,39 +71,7 @@ export function virtioSlots(
   }));
 }
 
-export interface OpenedDisk {
-  fd: number;
-  sizeBytes: number;
-  readonly: boolean;
-  path: string;
-}
-
-/** Open a disk image for the device; throws a one-sentence NodevmmError naming the file. */
-export function openDisk(path: string, readonly: boolean): OpenedDisk {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, readonly ? 'r' : 'r+');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why =
-      code === 'ENOENT' ? 'does not exist'
-      : code === 'EACCES' || code === 'EPERM' ? `is not ${readonly ? 'readable' : 'readable and writable'} by this user${readonly ? '' : ' (add ,ro for a read-only disk)'}`
-      : code === 'EISDIR' ? 'is a directory'
-      : code === 'EROFS' ? 'is on a read-only file system (add ,ro for a read-only disk)'
-      : (e as Error).message;
-    throw new NodevmmError('ERR_DISK', `disk image ${path} ${why}`);
-  }
-  const st = fs.fstatSync(fd);
-  if (!st.isFile() && !st.isBlockDevice()) {
-    fs.closeSync(fd);
-    throw new NodevmmError('ERR_DISK', `disk image ${path} ${st.isDirectory() ? 'is a directory' : 'is not a regular file or block device'}`);
-  }
-  if (st.isFile() && st.size < 512) {
-    fs.closeSync(fd);
-    throw new NodevmmError('ERR_DISK', `disk image ${path} is ${st.size} bytes, smaller than one 512-byte sector`);
-  }
-  return { fd, sizeBytes: st.size, readonly, path };
-}
+export { openDisk, type OpenedDisk } from './disk-images';
 
 /** Async positional I/O on an fd, on libuv's thread pool. */
 export interface AttachedVirtio {
@@ -168,9 +136,10 @@ function deviceModels() {
 export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   const opened: OpenedDisk[] = [];
   try {
-    for (const d of opts.cfg.disks) opened.push(openDisk(d.path, !!d.readonly));
+    // The config entry is the lock's owner: it stays the same across this VM's machine rebuilds.
+    for (const d of opts.cfg.disks) opened.push(openDisk(d.path, !!d.readonly, d));
   } catch (e) {
-    for (const o of opened) fs.closeSync(o.fd);
+    for (const o of opened) o.close();
     throw e;
   }
   let vsockBackends: VsockBackends | undefined;
@@ -180,7 +149,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       if (!opts.vsockBackends) throw new NodevmmError('ERR_VSOCK', 'vsock is configured but this machine has no vhost backend');
       vsockBackends = opts.vsockBackends(vsockCid);
     } catch (e) {
-      for (const o of opened) fs.closeSync(o.fd);
+      for (const o of opened) o.close();
       throw e;
     }
   }
@@ -230,7 +199,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   } catch (e) {
     // Nothing of this machine runs yet: give back the CID and the image fds.
     vsockBackends?.vhost.close();
-    for (const o of opened) fs.closeSync(o.fd);
+    for (const o of opened) o.close();
     throw e;
   }
   return {
@@ -258,7 +227,8 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       for (const nic of nics) nic.close();
       // Requests already on the thread pool still use the fds; close after them.
       void Promise.all(disks.map((d) => d.idle())).then(() => {
-        for (const o of opened) fs.close(o.fd, () => {});
+        // Synchronously: the image lock goes with the last fd, and the next VM on this image must find it gone.
+        for (const o of opened) o.close();
       });
     },
   };
