@@ -79,7 +79,8 @@ test('needs-reset and dispose undo the notifiers; a notifier that cannot registe
   );
 });
 
-test('ioeventfd notifier: registers on QueueNotify with the queue index, drains the eventfd on the loop, and undoes everything', async (t) => {
+/** NotifyOps over real eventfds (no KVM): `calls` records closes and (de)registrations, `fds` the eventfds made. */
+function eventfdOps(t: import('ava').ExecutionContext): { ops: NotifyOps; calls: string[]; fds: number[] } {
   const b = nativeBinding();
   const calls: string[] = [];
   const fds: number[] = [];
@@ -99,6 +100,12 @@ test('ioeventfd notifier: registers on QueueNotify with the queue index, drains 
     },
     irqfd: () => t.fail('no irqfd for kicks'),
   };
+  return { ops, calls, fds };
+}
+
+test('ioeventfd notifier: registers on QueueNotify with the queue index, drains the eventfd on the loop, and undoes everything', async (t) => {
+  const b = nativeBinding();
+  const { ops, calls, fds } = eventfdOps(t);
   const notify = ioeventfdQueueNotifier(ops, 0xfeb0_1000, (e) => t.fail(e.message));
   let kicks = 0;
   const undo = notify(1, () => kicks++);
@@ -118,18 +125,7 @@ test('ioeventfd notifier: registers on QueueNotify with the queue index, drains 
 
 test('ioeventfd notifier: a device that throws on a kick reaches onError, not the process (which would end)', async (t) => {
   const b = nativeBinding();
-  const fds: number[] = [];
-  const ops: NotifyOps = {
-    eventfd: () => {
-      const fd = b.eventfd(0);
-      fds.push(fd);
-      return fd;
-    },
-    signal: (fd) => b.eventfdWrite(fd, 1),
-    close: (fd) => b.closeFd(fd),
-    ioeventfd: () => {},
-    irqfd: () => t.fail('no irqfd for kicks'),
-  };
+  const { ops, fds } = eventfdOps(t);
   const errors: string[] = [];
   const notify = ioeventfdQueueNotifier(ops, 0xfeb0_1000, (e) => errors.push(e.message));
   let kicks = 0;
