@@ -24,6 +24,7 @@ import { buildX86Machine, type X86Machine } from './x86-machine';
 import { igvmLoader, planIgvmForConfig } from './igvm-boot';
 import { openDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
+import { PasstBackend } from '../devices/passt';
 import type { VirtioNetStats } from '../devices/virtio/net';
 import { VsockServer, VsockStream } from './vsock-stream';
 import { execOverVsock } from './vsock-exec';
@@ -61,8 +62,12 @@ export class Vm extends EventEmitter<VmEvents> {
   /** Kept for guest reboots (a restart loads them again); dropped when the VM stops, since a stopped VM never boots again. */
   private images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
-  /** The TAPs of config.net: opened at start, kept across guest reboots (a non-persistent TAP disappears with its fd), closed at stop. */
-  private taps: TapBackend[] = [];
+  /**
+   * The backends of config.net (TAPs, passt processes): opened at start, kept
+   * across guest reboots (a non-persistent TAP disappears with its fd; passt
+   * keeps its DHCP lease and forwards), closed at stop.
+   */
+  private taps: Array<TapBackend | PasstBackend> = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
   private agentReady = new Map<ComPort, Promise<unknown>>();
   /** Open host-side vsock connections and listeners: closed when the VM stops. */
@@ -183,7 +188,15 @@ export class Vm extends EventEmitter<VmEvents> {
   private openTaps(): void {
     if (this.taps.length === this.config.net.length) return;
     try {
-      for (const n of this.config.net) this.taps.push(TapBackend.open(n.tap));
+      for (const n of this.config.net) {
+        if (n.tap !== undefined) this.taps.push(TapBackend.open(n.tap));
+        else {
+          const p = PasstBackend.open({ forward: n.user.forward });
+          // passt gone means the NIC is gone: the VM stops rather than run on without its network.
+          p.onFailure = (message) => setImmediate(() => this.finish({ reason: 'host-error', message: `user networking failed: ${message}` }));
+          this.taps.push(p);
+        }
+      }
     } catch (e) {
       this.closeTaps();
       throw e;
