@@ -46,8 +46,11 @@ options:
   --com1 BINDING         console|stdio|file:PATH|tcp:HOST:PORT|none (default console)
   --com2, --com3, --com4 BINDING  (default: present, output kept in memory only)
   --on-reset stop|restart  what a guest reboot does (default stop)
-  --disk PATH[,ro]       a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
-                         ,ro makes it read-only; repeat for more disks
+  --disk PATH[,ro|,snapshot]
+                         a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
+                         ,ro makes it read-only; ,snapshot keeps the image unchanged (opened
+                         read-only) and sends the guest's writes to a temporary overlay
+                         dropped at stop, so many VMs can share one image; repeat for more disks
   --net tap:NAME[,mac=MAC]
                          a virtio-net NIC on host TAP NAME (eth0, eth1, ... in order),
                          created if missing (needs CAP_NET_ADMIN); repeat for more NICs;
@@ -160,8 +163,9 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       case '--disk': {
         const v = value();
         if (v === undefined) break;
-        const m = /^(.+?)(,ro)?$/.exec(v);
-        if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH or PATH,ro` });
+        const m = /^(.+?)(,ro|,snapshot)?$/.exec(v);
+        if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH, PATH,ro or PATH,snapshot` });
+        else if (m[2] === ',snapshot') (config.disks ??= []).push({ path: m[1]!, overlay: 'temp' });
         else (config.disks ??= []).push({ path: m[1]!, readonly: m[2] !== undefined });
         break;
       }

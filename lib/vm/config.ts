@@ -106,6 +106,13 @@ export interface DiskConfig {
   path: string;
   /** Expose the disk read-only (VIRTIO_BLK_F_RO) and open the file read-only. */
   readonly?: boolean;
+  /**
+   * 'temp': the image is a read-only base the guest cannot change (QEMU's
+   * snapshot=on): its writes go to a private temporary overlay, discarded when
+   * the VM stops, so any number of VMs can boot from one image. Kept across
+   * guest reboots.
+   */
+  overlay?: 'temp';
 }
 
 export const DEFAULTS = {
@@ -278,6 +285,13 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
         if (typeof o !== 'object' || o === null) return bad(`disks[${i}]`, `must be an object like { path: "disk.img" }, got ${describe(d)}`);
         if (typeof o.path !== 'string' || o.path.length === 0) return bad(`disks[${i}].path`, `must be a non-empty file path, got ${describe(o.path)}`);
         if (o.readonly !== undefined && typeof o.readonly !== 'boolean') return bad(`disks[${i}].readonly`, `must be true or false, got ${describe(o.readonly)}`);
+        for (const k of Object.keys(o)) if (!['path', 'readonly', 'overlay'].includes(k)) return bad(`disks[${i}].${k}`, 'is not a known option (known: path, readonly, overlay)');
+        if (o.overlay !== undefined) {
+          if (o.overlay !== 'temp') return bad(`disks[${i}].overlay`, `${describe(o.overlay)} is not supported: only 'temp' (a temporary overlay discarded at stop)`);
+          if (o.readonly) return bad(`disks[${i}].overlay`, 'cannot be combined with readonly: an overlay exists to take writes (use one or the other)');
+          disks.push({ path: o.path, readonly: false, overlay: 'temp' });
+          return;
+        }
         disks.push({ path: o.path, readonly: o.readonly ?? false });
       });
   }

@@ -16,7 +16,8 @@ import type { GuestMemory } from '../memory/guest-memory';
 import type { IrqLine } from '../devices/types';
 import { BatchingSink } from '../devices/serial-sinks';
 import { VirtioBlk } from '../devices/virtio/blk';
-import { bounceFileBackend, directFileBackend, imageStorage, type DirectFileIo } from '../devices/virtio/blk-backends';
+import { bounceFileBackend, directFileBackend, imageStorage, type DirectFileIo, type ImageStorage } from '../devices/virtio/blk-backends';
+import { ClusterMap, createTempOverlay, OverlayBackend, overlayDirectory } from '../devices/virtio/blk-overlay';
 import { VirtioConsole } from '../devices/virtio/console';
 import { parseMac, VirtioNet, type NetBackend } from '../devices/virtio/net';
 import { VirtioMmioTransport, type VirtioDevice, type VirtioMmioOptions } from '../devices/virtio/mmio';
@@ -104,6 +105,46 @@ export function openDisk(path: string, readonly: boolean): OpenedDisk {
   return { fd, sizeBytes: st.size, readonly, path };
 }
 
+/**
+ * A disk with a temporary copy-on-write overlay (`overlay: 'temp'`): the base
+ * opened read-only, the unlinked overlay file, and the cluster map, which
+ * together are the disk's content; kept across guest reboots by the VM.
+ */
+export interface OverlayDisk {
+  base: OpenedDisk;
+  overlayFd: number;
+  map: ClusterMap;
+  /** Close both fds (after the devices using them went idle). */
+  close(): void;
+}
+
+/** Open `path` read-only as the base of a fresh temporary overlay; one-sentence errors name the file or directory. */
+export function openOverlayDisk(path: string): OverlayDisk {
+  // The base is only read, never written, so any number of VMs may share it.
+  // Seam for image locking: a shared lock on the base (OFD, native/file_ops.cc
+  // on branch cli-disks) belongs here, once, for the life of the overlay.
+  const base = openDisk(path, true);
+  let overlayFd: number;
+  try {
+    overlayFd = createTempOverlay(base.sizeBytes);
+  } catch (e) {
+    fs.closeSync(base.fd);
+    throw new NodevmmError('ERR_DISK', `disk image ${path},snapshot: ${(e as Error).message}`, { cause: e });
+  }
+  let closed = false;
+  return {
+    base,
+    overlayFd,
+    map: new ClusterMap(base.sizeBytes),
+    close: () => {
+      if (closed) return;
+      closed = true;
+      fs.closeSync(base.fd);
+      fs.closeSync(overlayFd);
+    },
+  };
+}
+
 /** Async positional I/O on an fd, on libuv's thread pool. */
 export interface AttachedVirtio {
   transports: VirtioMmioTransport[];
@@ -115,6 +156,8 @@ export interface AttachedVirtio {
   flush(): void;
   /** Detach the console port and the NICs from their backends; close image files once in-flight requests finished. */
   dispose(): void;
+  /** Resolves once no disk request of this machine is in flight (caller-owned overlays may be closed then). */
+  disksIdle(): Promise<void>;
 }
 
 /** What virtio-vsock runs on: vhost opened for the CID, KVM's eventfd wiring, the RAM mappings. */
@@ -142,15 +185,35 @@ export interface AttachVirtioOptions {
   queueNotifier?: (base: number) => VirtioMmioOptions['queueNotifier'];
   /** Disk I/O straight to and from guest pages (a partition's PartitionIo); without it disks copy through JS buffers. */
   directIo?: DirectFileIo;
+  /**
+   * Per cfg.disks index, the open overlay of an `overlay: 'temp'` disk, owned by the
+   * caller (kept across machine rebuilds). Overlay disks without one get an
+   * overlay of this attachment's own, closed by dispose().
+   */
+  overlays?: readonly (OverlayDisk | undefined)[];
 }
 
 /** Open disks, build the devices and put their transports on the MMIO bus. */
 export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   const opened: OpenedDisk[] = [];
+  /** Overlays this attachment made (no caller-owned one): closed with the image fds. */
+  const ownOverlays: OverlayDisk[] = [];
+  /** Per disk: its overlay, when it has one. */
+  const diskOverlays: Array<OverlayDisk | undefined> = [];
+  const closeOpened = () => {
+    for (const o of opened) if (o) fs.closeSync(o.fd);
+    for (const o of ownOverlays) o.close();
+  };
   try {
-    for (const d of opts.cfg.disks) opened.push(openDisk(d.path, !!d.readonly));
+    opts.cfg.disks.forEach((d, i) => {
+      if (d.overlay === 'temp') {
+        let ovl = opts.overlays?.[i];
+        if (!ovl) ownOverlays.push((ovl = openOverlayDisk(d.path)));
+        diskOverlays[i] = ovl;
+      } else opened[i] = openDisk(d.path, !!d.readonly);
+    });
   } catch (e) {
-    for (const o of opened) fs.closeSync(o.fd);
+    closeOpened();
     throw e;
   }
   let vsockBackends: VsockBackends | undefined;
@@ -160,7 +223,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       if (!opts.vsockBackends) throw new NodevmmError('ERR_VSOCK', 'vsock is configured but this machine has no vhost backend');
       vsockBackends = opts.vsockBackends(vsockCid);
     } catch (e) {
-      for (const o of opened) fs.closeSync(o.fd);
+      closeOpened();
       throw e;
     }
   }
@@ -175,8 +238,14 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     for (const slot of opts.slots) {
       let device: VirtioDevice;
       if (slot.device.kind === 'blk') {
-        const o = opened[slot.device.index]!;
-        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: opts.directIo ? directFileBackend(o.fd, opts.directIo, imageStorage(o.path)) : bounceFileBackend(o.fd, opts.memory), sizeBytes: o.sizeBytes, readonly: o.readonly });
+        const fileBackend = (fd: number, storage: ImageStorage) => (opts.directIo ? directFileBackend(fd, opts.directIo, storage) : bounceFileBackend(fd, opts.memory));
+        const ovl = diskOverlays[slot.device.index];
+        const o = ovl?.base ?? opened[slot.device.index]!;
+        const backend = ovl
+          ? new OverlayBackend({ baseFd: ovl.base.fd, overlayFd: ovl.overlayFd, sizeBytes: ovl.base.sizeBytes }, fileBackend(ovl.base.fd, imageStorage(ovl.base.path)), fileBackend(ovl.overlayFd, imageStorage(overlayDirectory())), ovl.map)
+          : fileBackend(o.fd, imageStorage(o.path));
+        // An overlay disk is writable although its base is opened read-only.
+        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend, sizeBytes: o.sizeBytes, readonly: ovl ? false : o.readonly });
         disks.push(blk);
         device = blk;
       } else if (slot.device.kind === 'net') {
@@ -209,7 +278,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   } catch (e) {
     // Nothing of this machine runs yet: give back the CID and the image fds.
     vsockBackends?.vhost.close();
-    for (const o of opened) fs.closeSync(o.fd);
+    closeOpened();
     throw e;
   }
   return {
@@ -220,6 +289,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     console,
     vsock,
     flush: () => sink?.flush(),
+    disksIdle: () => Promise.all(disks.map((d) => d.idle())).then(() => undefined),
     dispose: () => {
       sink?.flush();
       opts.consolePort?.attach(undefined);
@@ -237,7 +307,8 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       for (const nic of nics) nic.close();
       // Requests already on the thread pool still use the fds; close after them.
       void Promise.all(disks.map((d) => d.idle())).then(() => {
-        for (const o of opened) fs.close(o.fd, () => {});
+        for (const o of opened) if (o) fs.close(o.fd, () => {});
+        for (const o of ownOverlays) o.close();
       });
     },
   };

@@ -100,9 +100,10 @@ export class OverlayBackend implements BlockBackend {
     private readonly files: OverlayFiles,
     private readonly base: BlockBackend,
     private readonly overlay: BlockBackend,
-    clusterBytes: number = OVERLAY_CLUSTER_BYTES,
+    /** The overlay's cluster map: a new one (with this cluster size), or one kept from an earlier attachment of the same overlay. */
+    map: ClusterMap | number = OVERLAY_CLUSTER_BYTES,
   ) {
-    this.map = new ClusterMap(files.sizeBytes, clusterBytes);
+    this.map = typeof map === 'number' ? new ClusterMap(files.sizeBytes, map) : map;
   }
 
   private get clusterBytes(): number {

@@ -17,6 +17,10 @@ import { ClusterMap, createTempOverlay, OverlayBackend, sliceBuffers } from '../
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import type { GuestBuffer } from '../../../lib/memory/guest-memory';
 import { tempImage } from '../../temp-image';
+import { parseRunArgs } from '../../../lib/cli/args';
+import { resolveVmConfig } from '../../../lib/vm/config';
+import { attachVirtioDevices, virtioSlots } from '../../../lib/vm/virtio-devices';
+import { IoBus } from '../../../lib/hv/io-bus';
 
 const SECTOR = 512;
 
@@ -179,4 +183,39 @@ test('two partial writes racing into one fresh cluster both survive (the base co
   expect.fill(0xbb, 8192, 8704);
   t.true(Buffer.compare(got, expect) === 0);
   t.is(ovl.stats.copiedClusters, 1, 'the cluster was copied once');
+});
+
+test('--disk PATH,snapshot and overlay: \'temp\' resolve; other overlays and overlay with readonly are one sentence each', async (t) => {
+  t.deepEqual(parseRunArgs(['--kernel', 'k', '--disk', 'base.img,snapshot', '--disk', 'b.img,ro', '--disk', 'c.img']).config.disks, [
+    { path: 'base.img', overlay: 'temp' },
+    { path: 'b.img', readonly: true },
+    { path: 'c.img', readonly: false },
+  ]);
+  t.throws(() => parseRunArgs(['--kernel', 'k', '--disk', 'a.img,snapshot,ro']), { message: /"a.img,snapshot,ro" is not PATH, PATH,ro or PATH,snapshot/ });
+  t.deepEqual(resolveVmConfig({ kernel: 'k', disks: [{ path: 'a', overlay: 'temp' }] }).disks, [{ path: 'a', readonly: false, overlay: 'temp' }]);
+  const e = t.throws(() => resolveVmConfig({ kernel: 'k', disks: [{ path: 'a', overlay: '/tmp/x.ovl' as never }, { path: 'b', overlay: 'temp', readonly: true }, { path: 'c', snapshot: true } as never] }));
+  t.deepEqual((e as unknown as { issues: Array<{ path: string; message: string }> }).issues, [
+    { path: 'disks[0].overlay', message: `"/tmp/x.ovl" is not supported: only 'temp' (a temporary overlay discarded at stop)` },
+    { path: 'disks[1].overlay', message: 'cannot be combined with readonly: an overlay exists to take writes (use one or the other)' },
+    { path: 'disks[2].snapshot', message: 'is not a known option (known: path, readonly, overlay)' },
+  ]);
+});
+
+test.serial('an overlay disk attached to a machine: the device is writable, writes land in the overlay, the read-only base is untouched, and dispose closes what the attachment opened', async (t) => {
+  const baseBytes = randomBytes(1 << 20);
+  const base = tempImage(t, baseBytes);
+  fs.chmodSync(base.file, 0o444);
+  const cfg = resolveVmConfig({ kernel: 'k', disks: [{ path: base.file, overlay: 'temp' }] });
+  const mem = GuestMemory.anonymous([{ gpa: 0, size: 1 << 20 }]);
+  const fdsBefore = fs.readdirSync('/proc/self/fd').length;
+  const v = attachVirtioDevices({ cfg, slots: virtioSlots(cfg), memory: mem, mmio: new IoBus('mmio'), irq: () => ({ set: () => {}, pulse: () => {} }) as never });
+  t.is(fs.readdirSync('/proc/self/fd').length, fdsBefore + 2, 'base and overlay');
+  const blk = v.disks[0]!;
+  t.false(blk.readonly);
+  t.is(blk.capacitySectors, (1 << 20) / 512);
+  v.dispose();
+  await v.disksIdle();
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(fs.readdirSync('/proc/self/fd').length, fdsBefore, 'both fds closed');
+  t.true(Buffer.compare(fs.readFileSync(base.file), baseBytes) === 0);
 });
