@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { ConfigError } from '../../../lib/errors';
 import { parseNetFlag, parseRunArgs } from '../../../lib/cli/args';
 import { resolveVmConfig } from '../../../lib/vm/config';
-import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, RX_QUEUE_MAX_BYTES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
+import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, passtRunAsArgs, RX_QUEUE_MAX_BYTES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
 import { findExecutable, spawnHelper } from '../../../lib/util/helper-process';
 
 function randomInt(n: number): number {
@@ -55,6 +55,12 @@ test('copyFrameInto fills buffers in order and reports the whole length', (t) =>
   t.is(copyFrameInto(Uint8Array.of(1, 2, 3, 4), [a, b]), 4);
   t.deepEqual([...a, ...b], [1, 2, 3, 4, 0, 0, 0]);
   t.is(copyFrameInto(new Uint8Array(10).fill(9), [a]), 10);
+});
+
+test('passt keeps root\'s IDs when started by root, and runs as the caller otherwise', (t) => {
+  t.deepEqual(passtRunAsArgs(0), ['--runas', '0:0']);
+  t.deepEqual(passtRunAsArgs(1000), []);
+  t.deepEqual(passtRunAsArgs(undefined), []);
 });
 
 test('passt forward arguments', (t) => {
