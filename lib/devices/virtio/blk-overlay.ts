@@ -29,6 +29,12 @@ export const OVERLAY_CLUSTER_BYTES = 64 * 1024;
 /** One bit per cluster: set once the overlay holds the cluster. */
 export class ClusterMap {
   readonly clusters: number;
+  /**
+   * Clusters being brought into the overlay, each until its bit is set. Kept
+   * with the map, not the backend: after a guest reboot the new machine's
+   * backend must also wait for the old one's requests still in flight.
+   */
+  readonly locks = new Map<number, Promise<void>>();
   private readonly bits: Uint8Array;
   private setCount = 0;
 
@@ -94,7 +100,6 @@ export interface OverlayStats {
 export class OverlayBackend implements BlockBackend {
   readonly map: ClusterMap;
   readonly stats: OverlayStats = { copiedClusters: 0, wholeClusters: 0 };
-  private readonly locks = new Map<number, Promise<void>>();
 
   constructor(
     private readonly files: OverlayFiles,
@@ -155,14 +160,14 @@ export class OverlayBackend implements BlockBackend {
     const held: Array<{ cluster: number; release: () => void }> = [];
     try {
       for (let c = first; c <= last; c++) {
-        for (let lock = this.locks.get(c); lock; lock = this.locks.get(c)) await lock;
+        for (let lock = this.map.locks.get(c); lock; lock = this.map.locks.get(c)) await lock;
         if (this.map.has(c)) continue;
         const start = c * cb;
         const whole = position <= start && position + length >= Math.min(start + cb, this.files.sizeBytes);
         let release!: () => void;
-        this.locks.set(c, new Promise<void>((r) => (release = r)));
+        this.map.locks.set(c, new Promise<void>((r) => (release = r)));
         const unlock = () => {
-          this.locks.delete(c);
+          this.map.locks.delete(c);
           release();
         };
         if (whole) {

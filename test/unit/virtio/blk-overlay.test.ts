@@ -219,3 +219,24 @@ test.serial('an overlay disk attached to a machine: the device is writable, writ
   t.is(fs.readdirSync('/proc/self/fd').length, fdsBefore, 'both fds closed');
   t.true(Buffer.compare(fs.readFileSync(base.file), baseBytes) === 0);
 });
+
+test('after a guest reboot the new backend waits for the old one\'s cluster copy (the locks live with the map)', async (t) => {
+  const sizeBytes = 256 * 1024;
+  const baseBytes = randomBytes(sizeBytes);
+  const base = tempImage(t, baseBytes);
+  const overlayFd = createTempOverlay(sizeBytes);
+  t.teardown(() => fs.closeSync(overlayFd));
+  const mem = GuestMemory.anonymous([{ gpa: 0, size: 1 << 20 }]);
+  const files = { baseFd: base.fd, overlayFd, sizeBytes };
+  const before = new OverlayBackend(files, bounceFileBackend(base.fd, mem), bounceFileBackend(overlayFd, mem));
+  const after = new OverlayBackend(files, bounceFileBackend(base.fd, mem), bounceFileBackend(overlayFd, mem), before.map);
+  mem.write(0, new Uint8Array(512).fill(0xaa));
+  mem.write(4096, new Uint8Array(512).fill(0xbb));
+  await Promise.all([before.write([{ gpa: 0, length: 512 }], 1024), after.write([{ gpa: 4096, length: 512 }], 8192)]);
+  await after.read([{ gpa: 8192, length: 65536 }], 0);
+  const expect = Uint8Array.from(baseBytes.subarray(0, 65536));
+  expect.fill(0xaa, 1024, 1536);
+  expect.fill(0xbb, 8192, 8704);
+  t.true(Buffer.compare(mem.read(8192, 65536), expect) === 0);
+  t.is(before.stats.copiedClusters + after.stats.copiedClusters, 1);
+});
