@@ -156,7 +156,7 @@ export class PasstBackend implements NetBackend {
   lastError: string | undefined;
   /** Called once when passt exits or the stream breaks while the backend is open. */
   onFailure: ((message: string) => void) | undefined;
-  /** Frames from passt dropped because the stream broke mid-queue, and guest frames refused for a full socket. */
+  /** Frames handed to the device, frames sent to passt, and guest frames refused because the socket to passt was full. */
   readonly counters = { rxFrames: 0, txFrames: 0, txRefused: 0 };
 
   private constructor(helper: HelperProcess, socket: Socket) {
