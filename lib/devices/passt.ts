@@ -117,18 +117,6 @@ export function passtForwardArgs(forwards: readonly PortForward[]): string[] {
   return args;
 }
 
-/**
- * Started by root, passt would switch to nobody and then create its sandbox
- * namespaces as an unprivileged user, which hosts that restrict unprivileged
- * user namespaces refuse ("Couldn't create user namespace"); and a change of
- * user ID clears PR_SET_PDEATHSIG. So under root it keeps root's IDs
- * (--runas 0:0) and still isolates itself in its own namespaces. Other
- * users run it as themselves: no option.
- */
-export function passtRunAsArgs(uid: number | undefined): string[] {
-  return uid === 0 ? ['--runas', '0:0'] : [];
-}
-
 export interface OpenPasstOptions {
   forward?: readonly PortForward[];
   /** The passt executable (name in PATH, or a path). Default "passt". */
@@ -173,7 +161,7 @@ export class PasstBackend implements NetBackend {
 
   /** Start passt for one NIC. Throws a one-sentence NodevmmError when passt is missing. */
   static open(opts: OpenPasstOptions = {}): PasstBackend {
-    const args = ['--foreground', '--stderr', '--quiet', '--one-off', '--fd', '3', '--mtu', String(PASST_GUEST_MTU), ...passtRunAsArgs(process.getuid?.()), ...passtForwardArgs(opts.forward ?? []), ...(opts.extraArgs ?? [])];
+    const args = ['--foreground', '--stderr', '--quiet', '--one-off', '--fd', '3', '--mtu', String(PASST_GUEST_MTU), ...passtForwardArgs(opts.forward ?? []), ...(opts.extraArgs ?? [])];
     const helper = spawnHelper({ name: 'passt', command: opts.command ?? 'passt', args, installHint: 'apt-get install passt', extraStdio: ['pipe'] });
     return PasstBackend.attach(helper);
   }
@@ -200,6 +188,8 @@ export class PasstBackend implements NetBackend {
 
   private fail(message: string): void {
     if (this.closed || this.lastError) return;
+    // passt sandboxes itself in a user namespace; say why the kernel may refuse that.
+    if (/Couldn't create user namespace/.test(message)) message += ' (passt isolates itself in a user namespace: the kernel refuses one to a process in a chroot, and where user namespaces are disabled)';
     this.lastError = message;
     this.onFailure?.(message);
   }

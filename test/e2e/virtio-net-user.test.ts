@@ -10,16 +10,22 @@
  * port, and passt is gone once the VM stopped.
  */
 import test from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { e2eSkipReason } from '../../lib/testing/e2e';
 import { findExecutable } from '../../lib/util/helper-process';
+
+/** Whether the kernel refuses us a user namespace (in a chroot, or disabled): passt needs one for its sandbox. */
+function userNamespaceRefused(): boolean {
+  return spawnSync('unshare', ['--user', 'true']).status !== 0;
+}
 
 function skipReason(): string | undefined {
   const e2e = e2eSkipReason();
   if (e2e) return e2e;
   if (!findExecutable('passt')) return 'passt is not installed (apt-get install passt)';
   if (!findExecutable('unshare')) return 'unshare (util-linux) is not installed';
+  if (userNamespaceRefused()) return 'the kernel refuses this process a user namespace (in a chroot, as in the emulated KVM host, or with user namespaces disabled), and passt isolates itself in one';
   try {
     execFileSync('ip', ['-V'], { stdio: 'ignore' });
   } catch {

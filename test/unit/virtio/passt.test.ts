@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { ConfigError } from '../../../lib/errors';
 import { parseNetFlag, parseRunArgs } from '../../../lib/cli/args';
 import { resolveVmConfig } from '../../../lib/vm/config';
-import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, passtRunAsArgs, RX_QUEUE_MAX_BYTES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
+import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, RX_QUEUE_MAX_BYTES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
 import { findExecutable, spawnHelper } from '../../../lib/util/helper-process';
 
 function randomInt(n: number): number {
@@ -55,12 +55,6 @@ test('copyFrameInto fills buffers in order and reports the whole length', (t) =>
   t.is(copyFrameInto(Uint8Array.of(1, 2, 3, 4), [a, b]), 4);
   t.deepEqual([...a, ...b], [1, 2, 3, 4, 0, 0, 0]);
   t.is(copyFrameInto(new Uint8Array(10).fill(9), [a]), 10);
-});
-
-test('passt keeps root\'s IDs when started by root, and runs as the caller otherwise', (t) => {
-  t.deepEqual(passtRunAsArgs(0), ['--runas', '0:0']);
-  t.deepEqual(passtRunAsArgs(1000), []);
-  t.deepEqual(passtRunAsArgs(undefined), []);
 });
 
 test('passt forward arguments', (t) => {
@@ -186,6 +180,14 @@ test.serial('a peer that exits while open is one sentence through onFailure, wit
   t.teardown(() => b.close());
   const msg = await new Promise<string>((r) => (b.onFailure = r));
   t.regex(msg, /^test-peer \(pid \d+\) exited with status 1: No external routable interface for IPv4$/);
+});
+
+test.serial('passt refused its user namespace says where that happens', async (t) => {
+  const helper = peer('process.stderr.write("Couldn\'t create user namespace: Operation not permitted\n"); process.exit(1);');
+  const b = PasstBackend.attach(helper);
+  t.teardown(() => b.close());
+  const msg = await new Promise<string>((r) => (b.onFailure = r));
+  t.regex(msg, /exited with status 1: Couldn't create user namespace: Operation not permitted \(passt isolates itself in a user namespace: the kernel refuses one to a process in a chroot, and where user namespaces are disabled\)$/);
 });
 
 test('a missing passt binary is one sentence naming the package', (t) => {
