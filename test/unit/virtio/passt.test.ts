@@ -183,7 +183,7 @@ test.serial('a peer that exits while open is one sentence through onFailure, wit
 });
 
 test.serial('passt refused its user namespace says where that happens', async (t) => {
-  const helper = peer('process.stderr.write("Couldn\'t create user namespace: Operation not permitted\n"); process.exit(1);');
+  const helper = peer('process.stderr.write("Couldn\'t create user namespace: Operation not permitted\\n"); process.exit(1);');
   const b = PasstBackend.attach(helper);
   t.teardown(() => b.close());
   const msg = await new Promise<string>((r) => (b.onFailure = r));
