@@ -4,7 +4,7 @@
  */
 export * from './errors';
 export { createVm, Vm, type CustomLoader, type VmEvents } from './vm/vm';
-export { resolveVmConfig, parseSize, DEFAULTS, type VmConfig, type ResolvedVmConfig, type ComPort, type BootProtocol, type VsockConfig } from './vm/config';
+export { resolveVmConfig, parseSize, DEFAULTS, type VmConfig, type ResolvedVmConfig, type ComPort, type BootProtocol, type VsockConfig, type NetConfig, type UserNetConfig, type PortForwardConfig, type DiskConfig } from './vm/config';
 export { VsockStream, VsockServer, VMADDR_CID_HOST } from './vm/vsock-stream';
 export type { StopReason, StopReasonKind, VmState } from './vm/lifecycle';
 export { EXIT_CODES } from './vm/lifecycle';

@@ -4,7 +4,7 @@
  * ConfigError naming the flag (the CLI exits 2 on those).
  */
 import { ConfigError, type ConfigIssue } from '../errors';
-import type { BootProtocol, ComPort, VmConfig } from '../vm/config';
+import type { BootProtocol, ComPort, NetConfig, PortForwardConfig, VmConfig } from '../vm/config';
 
 export type SerialBinding =
   | { kind: 'console' }
@@ -53,12 +53,20 @@ options:
   --com1 BINDING         console|stdio|file:PATH|tcp:HOST:PORT|none (default console)
   --com2, --com3, --com4 BINDING  (default: present, output kept in memory only)
   --on-reset stop|restart  what a guest reboot does (default stop)
-  --disk PATH[,ro]       a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
-                         ,ro makes it read-only; repeat for more disks
+  --disk PATH[,ro|,snapshot]
+                         a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
+                         ,ro makes it read-only; ,snapshot keeps the image unchanged (opened
+                         read-only) and sends the guest's writes to a temporary overlay
+                         dropped at stop, so many VMs can share one image; repeat for more disks
   --net tap:NAME[,mac=MAC]
                          a virtio-net NIC on host TAP NAME (eth0, eth1, ... in order),
                          created if missing (needs CAP_NET_ADMIN); repeat for more NICs;
                          x86 only for now
+  --net user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC]
+                         a virtio-net NIC on user networking (a passt process nodevmm
+                         starts and stops; no root): the guest gets 10.0.2.x-style
+                         addresses by DHCP, its gateway address reaches the host's
+                         loopback; hostfwd (repeatable, also udp:) forwards a host port
   --rng                  a virtio-rng device (the guest's /dev/hwrng)
   --virtio-console       a virtio console (the guest's hvc0); bound to the terminal
                          when --com1 none
@@ -96,6 +104,31 @@ function parseBinding(flag: string, v: string, issues: ConfigIssue[]): SerialBin
   if (m && Number(m[2]) > 0 && Number(m[2]) < 65536) return { kind: 'tcp', host: m[1]!, port: Number(m[2]) };
   issues.push({ path: flag, message: `${JSON.stringify(v)} is not a serial binding (console, stdio, file:PATH, tcp:HOST:PORT, none)` });
   return { kind: 'none' };
+}
+
+const HOSTFWD_RE = /^(tcp|udp):(\[[0-9a-f:.]+\]|[0-9.]*):(\d+)-:(\d+)$/i;
+
+/** `tap:NAME[,mac=MAC]` or `user[,hostfwd=...][,mac=MAC]` to a NetConfig, or the sentence saying what is wrong. */
+export function parseNetFlag(v: string): NetConfig | string {
+  const tap = /^tap:([^,]+)(?:,mac=([^,]*))?$/.exec(v);
+  if (tap) return tap[2] !== undefined ? { tap: tap[1]!, mac: tap[2] } : { tap: tap[1]! };
+  const [kind, ...opts] = v.split(',');
+  if (kind !== 'user') return `${JSON.stringify(v)} is not tap:NAME[,mac=MAC] or user[,hostfwd=tcp::HOSTPORT-:GUESTPORT][,mac=MAC]`;
+  const forward: PortForwardConfig[] = [];
+  let mac: string | undefined;
+  for (const o of opts) {
+    if (o.startsWith('mac=')) {
+      mac = o.slice(4);
+      continue;
+    }
+    const m = o.startsWith('hostfwd=') ? HOSTFWD_RE.exec(o.slice(8)) : null;
+    if (!m) return `${JSON.stringify(o)} in ${JSON.stringify(v)} is not hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT (or udp:) or mac=MAC`;
+    const f: PortForwardConfig = { protocol: m[1]!.toLowerCase() as 'tcp' | 'udp', hostPort: Number(m[3]), guestPort: Number(m[4]) };
+    const addr = m[2]!.replace(/^\[|\]$/g, '');
+    if (addr) f.hostAddress = addr;
+    forward.push(f);
+  }
+  return mac !== undefined ? { user: { forward }, mac } : { user: { forward } };
 }
 
 export function parseRunArgs(argv: readonly string[]): RunArgs {
@@ -151,17 +184,18 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       case '--disk': {
         const v = value();
         if (v === undefined) break;
-        const m = /^(.+?)(,ro)?$/.exec(v);
-        if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH or PATH,ro` });
+        const m = /^(.+?)(,ro|,snapshot)?$/.exec(v);
+        if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH, PATH,ro or PATH,snapshot` });
+        else if (m[2] === ',snapshot') (config.disks ??= []).push({ path: m[1]!, overlay: 'temp' });
         else (config.disks ??= []).push({ path: m[1]!, readonly: m[2] !== undefined });
         break;
       }
       case '--net': {
         const v = value();
         if (v === undefined) break;
-        const m = /^tap:([^,]+)(?:,mac=([^,]*))?$/.exec(v);
-        if (!m) issues.push({ path: flag, message: `${JSON.stringify(v)} is not tap:NAME or tap:NAME,mac=52:54:00:12:34:56` });
-        else (config.net ??= []).push(m[2] !== undefined ? { tap: m[1]!, mac: m[2] } : { tap: m[1]! });
+        const nic = parseNetFlag(v);
+        if (typeof nic === 'string') issues.push({ path: flag, message: nic });
+        else (config.net ??= []).push(nic);
         break;
       }
       case '--rng': config.rng = true; break;

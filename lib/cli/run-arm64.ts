@@ -26,7 +26,7 @@ export async function runArm64(args: RunArgs): Promise<number> {
   const memory = parseSize(c.memory ?? '1G');
   if (memory === undefined) throw new NodevmmError('ERR_CONFIG', `--memory ${String(c.memory)} is not a size`);
   // Refused before anything is opened, so the user learns it without a boot.
-  if (c.net?.length) throw new NodevmmError('ERR_CONFIG', `--net tap:${c.net[0]!.tap} is x86-only for now: arm64 VMs have no virtio-net yet (--disk, --rng and --virtio-console work)`);
+  if (c.net?.length) throw new NodevmmError('ERR_CONFIG', `--net ${c.net[0]!.tap !== undefined ? `tap:${c.net[0]!.tap}` : 'user'} is x86-only for now: arm64 VMs have no virtio-net yet (--disk, --rng and --virtio-console work)`);
   if (c.vsock !== undefined) throw new NodevmmError('ERR_CONFIG', `--vsock ${c.vsock.cid} is x86-only for now: arm64 VMs have no virtio-vsock yet (--disk, --rng and --virtio-console work)`);
   const cmdline = [c.cmdlineDefaults === false ? '' : ARM64_DEFAULT_CMDLINE, c.cmdline ?? ''].filter(Boolean).join(' ');
   const binding = args.serial.com1;

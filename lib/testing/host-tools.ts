@@ -35,6 +35,8 @@ export const TEST_TOOLS: readonly HostTool[] = [
   { command: 'file', pkg: 'file' },
   { command: 'ip', pkg: 'iproute2' },
   { command: 'gcc', pkg: 'gcc' },
+  { command: 'passt', pkg: 'passt' },
+  { command: 'setpriv', pkg: 'util-linux' },
 ];
 
 /** The three facts the decision needs, injectable for tests. */

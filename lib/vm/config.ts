@@ -4,6 +4,7 @@
  * naming the field and the value. Nothing here reads files or touches KVM.
  */
 import { createHash } from 'node:crypto';
+import { isIP } from 'node:net';
 import { ConfigError, type ConfigIssue } from '../errors';
 import { GiB, MiB } from '../util/bytes';
 
@@ -49,18 +50,45 @@ export interface VmConfig {
   rng?: boolean;
   /** A virtio-console device (the guest's hvc0), reachable as vm.virtioConsole(). Default false. */
   virtioConsole?: boolean;
-  /** Network interfaces, each a virtio-net device on a host TAP (the guest's eth0, eth1, ... in order). */
+  /** Network interfaces, each a virtio-net device on a host TAP or on passt user networking (the guest's eth0, eth1, ... in order). */
   net?: NetConfig[];
   /** A virtio-vsock device backed by the host kernel's vhost-vsock; reach the guest with vm.vsockConnect(port). */
   vsock?: VsockConfig;
 }
 
+/** A NIC: on a host TAP (`tap`), or on user networking through a passt process (`user`). Exactly one of the two. */
 export interface NetConfig {
   /** Host TAP interface name (at most 15 bytes); created if it does not exist and we may. */
-  tap: string;
-  /** The guest's MAC, "52:54:00:12:34:56". Default: derived from the vm name, TAP and position, locally administered. */
+  tap?: string;
+  /**
+   * User networking without root: nodevmm starts `passt` for this NIC and
+   * stops it with the VM. The guest gets its address by DHCP; see docs/virtio.md.
+   */
+  user?: UserNetConfig;
+  /** The guest's MAC, "52:54:00:12:34:56". Default: derived from the vm name, TAP (or "user") and position, locally administered. */
   mac?: string;
 }
+
+export interface UserNetConfig {
+  /** Host ports forwarded into the guest. */
+  forward?: PortForwardConfig[];
+}
+
+export interface PortForwardConfig {
+  /** Default 'tcp'. */
+  protocol?: 'tcp' | 'udp';
+  /** The port connections arrive at on the host (1-65535). */
+  hostPort: number;
+  /** The guest port they go to (1-65535). */
+  guestPort: number;
+  /** Listen only on this host IPv4/IPv6 address (e.g. "127.0.0.1"). Default: every address. */
+  hostAddress?: string;
+}
+
+/** A resolved NIC: a TAP, or passt user networking with its forwards. */
+export type ResolvedNetConfig =
+  | { tap: string; mac: string; user?: undefined }
+  | { user: { forward: Array<Required<Omit<PortForwardConfig, 'hostAddress'>> & { hostAddress?: string }> }; mac: string; tap?: undefined };
 
 export interface VsockConfig {
   /** The guest's context ID, unique on this host: 3 to 4294967294 (0-2 are reserved, 2^32-1 is VMADDR_CID_ANY). */
@@ -78,6 +106,13 @@ export interface DiskConfig {
   path: string;
   /** Expose the disk read-only (VIRTIO_BLK_F_RO) and open the file read-only. */
   readonly?: boolean;
+  /**
+   * 'temp': the image is a read-only base the guest cannot change (QEMU's
+   * snapshot=on): its writes go to a private temporary overlay, discarded when
+   * the VM stops, so any number of VMs can boot from one image. Kept across
+   * guest reboots.
+   */
+  overlay?: 'temp';
 }
 
 export const DEFAULTS = {
@@ -115,7 +150,7 @@ export interface ResolvedVmConfig {
   disks: DiskConfig[];
   rng: boolean;
   virtioConsole: boolean;
-  net: Array<{ tap: string; mac: string }>;
+  net: ResolvedNetConfig[];
   vsock: VsockConfig | undefined;
 }
 
@@ -152,6 +187,32 @@ function describe(v: unknown): string {
   } catch {
     return String(v);
   }
+}
+
+type ResolvedForward = Extract<ResolvedNetConfig, { user: object }>['user']['forward'][number];
+
+/** The forwards of a `user` NIC, or undefined after reporting what is wrong. */
+function resolveForwards(user: unknown, path: string, bad: (path: string, message: string) => void): ResolvedForward[] | undefined {
+  if (typeof user !== 'object' || user === null) return void bad(path, `must be an object like { forward: [{ hostPort: 8080, guestPort: 80 }] }, got ${describe(user)}`);
+  const u = user as Partial<UserNetConfig>;
+  for (const k of Object.keys(u)) if (k !== 'forward') return void bad(`${path}.${k}`, 'is not a known option (known: forward)');
+  if (u.forward === undefined) return [];
+  if (!Array.isArray(u.forward)) return void bad(`${path}.forward`, `must be an array of { hostPort, guestPort, protocol?, hostAddress? }, got ${describe(u.forward)}`);
+  const out: ResolvedForward[] = [];
+  const port = (v: unknown) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
+  for (const [j, f] of u.forward.entries()) {
+    const at = `${path}.forward[${j}]`;
+    if (typeof f !== 'object' || f === null) return void bad(at, `must be an object like { hostPort: 8080, guestPort: 80 }, got ${describe(f)}`);
+    for (const k of Object.keys(f)) if (!['protocol', 'hostPort', 'guestPort', 'hostAddress'].includes(k)) return void bad(`${at}.${k}`, 'is not a known option (known: protocol, hostPort, guestPort, hostAddress)');
+    const protocol = f.protocol ?? 'tcp';
+    if (protocol !== 'tcp' && protocol !== 'udp') return void bad(`${at}.protocol`, `${describe(f.protocol)} must be tcp or udp`);
+    if (!port(f.hostPort)) return void bad(`${at}.hostPort`, `${describe(f.hostPort)} must be a port number from 1 to 65535`);
+    if (!port(f.guestPort)) return void bad(`${at}.guestPort`, `${describe(f.guestPort)} must be a port number from 1 to 65535`);
+    if (f.hostAddress !== undefined && (typeof f.hostAddress !== 'string' || isIP(f.hostAddress) === 0)) return void bad(`${at}.hostAddress`, `${describe(f.hostAddress)} is not an IPv4 or IPv6 address`);
+    if (out.some((g) => g.protocol === protocol && g.hostPort === f.hostPort)) return void bad(`${at}.hostPort`, `${protocol} host port ${f.hostPort} is forwarded twice`);
+    out.push(f.hostAddress !== undefined ? { protocol, hostPort: f.hostPort, guestPort: f.guestPort, hostAddress: f.hostAddress } : { protocol, hostPort: f.hostPort, guestPort: f.guestPort });
+  }
+  return out;
 }
 
 /** Validate and fill in defaults; throws ConfigError listing every problem. */
@@ -224,26 +285,46 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
         if (typeof o !== 'object' || o === null) return bad(`disks[${i}]`, `must be an object like { path: "disk.img" }, got ${describe(d)}`);
         if (typeof o.path !== 'string' || o.path.length === 0) return bad(`disks[${i}].path`, `must be a non-empty file path, got ${describe(o.path)}`);
         if (o.readonly !== undefined && typeof o.readonly !== 'boolean') return bad(`disks[${i}].readonly`, `must be true or false, got ${describe(o.readonly)}`);
+        for (const k of Object.keys(o)) if (!['path', 'readonly', 'overlay'].includes(k)) return bad(`disks[${i}].${k}`, 'is not a known option (known: path, readonly, overlay)');
+        if (o.overlay !== undefined) {
+          if (o.overlay !== 'temp') return bad(`disks[${i}].overlay`, `${describe(o.overlay)} is not supported: only 'temp' (a temporary overlay discarded at stop)`);
+          if (o.readonly) return bad(`disks[${i}].overlay`, 'cannot be combined with readonly: an overlay exists to take writes (use one or the other)');
+          disks.push({ path: o.path, readonly: false, overlay: 'temp' });
+          return;
+        }
         disks.push({ path: o.path, readonly: o.readonly ?? false });
       });
   }
-  const net: Array<{ tap: string; mac?: string }> = [];
+  const net: Array<Omit<ResolvedNetConfig, 'mac'> & { mac?: string }> = [];
   if (config.net !== undefined) {
-    if (!Array.isArray(config.net)) bad('net', `must be an array of { tap, mac? }, got ${describe(config.net)}`);
+    if (!Array.isArray(config.net)) bad('net', `must be an array of { tap, mac? } or { user, mac? }, got ${describe(config.net)}`);
     else
       config.net.forEach((n: unknown, i) => {
         const o = n as Partial<NetConfig> | null;
-        if (typeof o !== 'object' || o === null) return bad(`net[${i}]`, `must be an object like { tap: "tap0" }, got ${describe(n)}`);
-        for (const k of Object.keys(o)) if (k !== 'tap' && k !== 'mac') return bad(`net[${i}].${k}`, 'is not a known option (known: tap, mac)');
-        if (typeof o.tap !== 'string' || o.tap.length === 0) return bad(`net[${i}].tap`, `must be a TAP interface name, got ${describe(o.tap)}`);
-        if (Buffer.byteLength(o.tap) > IFNAME_MAX) return bad(`net[${i}].tap`, `${describe(o.tap)} is longer than the ${IFNAME_MAX} bytes an interface name may have`);
-        if (/[\s/:]/.test(o.tap) || o.tap === '.' || o.tap === '..') return bad(`net[${i}].tap`, `${describe(o.tap)} is not a valid interface name (no spaces, '/' or ':')`);
-        if (net.some((x) => x.tap === o.tap)) return bad(`net[${i}].tap`, `${describe(o.tap)} is used twice: one TAP serves one NIC`);
+        if (typeof o !== 'object' || o === null) return bad(`net[${i}]`, `must be an object like { tap: "tap0" } or { user: {} }, got ${describe(n)}`);
+        for (const k of Object.keys(o)) if (k !== 'tap' && k !== 'mac' && k !== 'user') return bad(`net[${i}].${k}`, 'is not a known option (known: tap, user, mac)');
+        if (o.tap !== undefined && o.user !== undefined) return bad(`net[${i}]`, 'has both tap and user: a NIC is on a TAP or on user networking');
+        if (o.tap === undefined && o.user === undefined) return bad(`net[${i}]`, 'needs tap (a host TAP) or user (passt user networking)');
         if (o.mac !== undefined) {
           if (typeof o.mac !== 'string' || !MAC_RE.test(o.mac)) return bad(`net[${i}].mac`, `${describe(o.mac)} is not a MAC address like "52:54:00:12:34:56"`);
           if (parseInt(o.mac.slice(0, 2), 16) & 1) return bad(`net[${i}].mac`, `${describe(o.mac)} is a multicast address (the first byte must be even)`);
         }
-        net.push(o.mac !== undefined ? { tap: o.tap, mac: o.mac.toLowerCase() } : { tap: o.tap });
+        const mac = o.mac !== undefined ? { mac: o.mac.toLowerCase() } : {};
+        if (o.user !== undefined) {
+          const forward = resolveForwards(o.user, `net[${i}].user`, bad);
+          if (!forward) return;
+          for (const f of forward) {
+            const clash = net.some((x) => x.user?.forward.some((g) => g.protocol === f.protocol && g.hostPort === f.hostPort));
+            if (clash) return bad(`net[${i}].user.forward`, `${f.protocol} host port ${f.hostPort} is forwarded twice`);
+          }
+          net.push({ user: { forward }, ...mac });
+          return;
+        }
+        if (typeof o.tap !== 'string' || o.tap.length === 0) return bad(`net[${i}].tap`, `must be a TAP interface name, got ${describe(o.tap)}`);
+        if (Buffer.byteLength(o.tap) > IFNAME_MAX) return bad(`net[${i}].tap`, `${describe(o.tap)} is longer than the ${IFNAME_MAX} bytes an interface name may have`);
+        if (/[\s/:]/.test(o.tap) || o.tap === '.' || o.tap === '..') return bad(`net[${i}].tap`, `${describe(o.tap)} is not a valid interface name (no spaces, '/' or ':')`);
+        if (net.some((x) => x.tap === o.tap)) return bad(`net[${i}].tap`, `${describe(o.tap)} is used twice: one TAP serves one NIC`);
+        net.push({ tap: o.tap, ...mac });
       });
   }
   for (const key of ['rng', 'virtioConsole'] as const) {
@@ -280,7 +361,7 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     disks,
     rng: config.rng === true,
     virtioConsole: config.virtioConsole === true,
-    net: net.map((n, i) => ({ tap: n.tap, mac: n.mac ?? defaultMac(name, n.tap, i) })),
+    net: net.map((n, i): ResolvedNetConfig => (n.user ? { user: n.user, mac: n.mac ?? defaultMac(name, 'user', i) } : { tap: n.tap!, mac: n.mac ?? defaultMac(name, n.tap!, i) })),
     vsock,
   };
   if (config.kernel !== undefined) resolved.kernel = config.kernel;

@@ -7,6 +7,7 @@
  * (LNRO0005 nodes) or the device tree (virtio,mmio nodes), so what the guest
  * is told and what is wired cannot drift apart.
  */
+import * as fs from 'node:fs';
 import { VIRTIO_MMIO_GSIS, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START } from '../arch/x86_64/layout';
 import type { VirtioMmioDesc } from '../acpi/dsdt';
 import { NodevmmError } from '../errors';
@@ -22,6 +23,8 @@ import type { VirtioDevice, VirtioMmioOptions, VirtioMmioTransport } from '../de
 import type { VirtioRng } from '../devices/virtio/rng';
 import type { HostRamMapping, VhostVsockOps, VirtioVsock } from '../devices/virtio/vsock';
 import type { NotifyOps } from '../hv/partition';
+import type { ClusterMap } from '../devices/virtio/blk-overlay';
+import type { ImageStorage } from '../devices/virtio/blk-backends';
 import type { ResolvedVmConfig } from './config';
 import { openDisk, type OpenedDisk } from './disk-images';
 import type { SerialPort } from './serial-port';
@@ -73,6 +76,49 @@ export function virtioSlots(
 
 export { openDisk, type OpenedDisk } from './disk-images';
 
+/**
+ * A disk with a temporary copy-on-write overlay (`overlay: 'temp'`): the base
+ * opened read-only, the unlinked overlay file, and the cluster map, which
+ * together are the disk's content; kept across guest reboots by the VM.
+ */
+export interface OverlayDisk {
+  base: OpenedDisk;
+  overlayFd: number;
+  map: ClusterMap;
+  /** Close both fds (after the devices using them went idle). */
+  close(): void;
+}
+
+/**
+ * Open `path` read-only as the base of a fresh temporary overlay; one-sentence
+ * errors name the file or directory. `owner` holds the base's image lock (see openDisk).
+ */
+export function openOverlayDisk(path: string, owner?: object): OverlayDisk {
+  // The base is only read, never written, so any number of VMs may share it:
+  // its image lock is the shared one, held for the life of the overlay.
+  const base = openDisk(path, true, owner);
+  const { ClusterMap, createTempOverlay } = require('../devices/virtio/blk-overlay') as typeof import('../devices/virtio/blk-overlay');
+  let overlayFd: number;
+  try {
+    overlayFd = createTempOverlay(base.sizeBytes);
+  } catch (e) {
+    base.close();
+    throw new NodevmmError('ERR_DISK', `disk image ${path},snapshot: ${(e as Error).message}`, { cause: e });
+  }
+  let closed = false;
+  return {
+    base,
+    overlayFd,
+    map: new ClusterMap(base.sizeBytes),
+    close: () => {
+      if (closed) return;
+      closed = true;
+      base.close();
+      fs.closeSync(overlayFd);
+    },
+  };
+}
+
 /** Async positional I/O on an fd, on libuv's thread pool. */
 export interface AttachedVirtio {
   transports: VirtioMmioTransport[];
@@ -84,6 +130,8 @@ export interface AttachedVirtio {
   flush(): void;
   /** Detach the console port and the NICs from their backends; close image files once in-flight requests finished. */
   dispose(): void;
+  /** Resolves once no disk request of this machine is in flight (caller-owned overlays may be closed then). */
+  disksIdle(): Promise<void>;
 }
 
 /** What virtio-vsock runs on: vhost opened for the CID, KVM's eventfd wiring, the RAM mappings. */
@@ -113,6 +161,12 @@ export interface AttachVirtioOptions {
   onHostError?: (error: Error) => void;
   /** Disk I/O straight to and from guest pages (a partition's PartitionIo); without it disks copy through JS buffers. */
   directIo?: DirectFileIo;
+  /**
+   * Per cfg.disks index, the open overlay of an `overlay: 'temp'` disk, owned by the
+   * caller (kept across machine rebuilds). Overlay disks without one get an
+   * overlay of this attachment's own, closed by dispose().
+   */
+  overlays?: readonly (OverlayDisk | undefined)[];
 }
 
 /** Open disks, build the devices and put their transports on the MMIO bus. */
@@ -125,6 +179,7 @@ function deviceModels() {
   return {
     ...(require('../devices/virtio/blk') as typeof import('../devices/virtio/blk')),
     ...(require('../devices/virtio/blk-backends') as typeof import('../devices/virtio/blk-backends')),
+    ...(require('../devices/virtio/blk-overlay') as typeof import('../devices/virtio/blk-overlay')),
     ...(require('../devices/virtio/console') as typeof import('../devices/virtio/console')),
     ...(require('../devices/virtio/net') as typeof import('../devices/virtio/net')),
     ...(require('../devices/virtio/mmio') as typeof import('../devices/virtio/mmio')),
@@ -135,11 +190,25 @@ function deviceModels() {
 
 export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   const opened: OpenedDisk[] = [];
+  /** Overlays this attachment made (no caller-owned one): closed with the image fds. */
+  const ownOverlays: OverlayDisk[] = [];
+  /** Per disk: its overlay, when it has one. */
+  const diskOverlays: Array<OverlayDisk | undefined> = [];
+  const closeOpened = () => {
+    for (const o of opened) o?.close();
+    for (const o of ownOverlays) o.close();
+  };
   try {
     // The config entry is the lock's owner: it stays the same across this VM's machine rebuilds.
-    for (const d of opts.cfg.disks) opened.push(openDisk(d.path, !!d.readonly, d));
+    opts.cfg.disks.forEach((d, i) => {
+      if (d.overlay === 'temp') {
+        let ovl = opts.overlays?.[i];
+        if (!ovl) ownOverlays.push((ovl = openOverlayDisk(d.path, d)));
+        diskOverlays[i] = ovl;
+      } else opened[i] = openDisk(d.path, !!d.readonly, d);
+    });
   } catch (e) {
-    for (const o of opened) o.close();
+    closeOpened();
     throw e;
   }
   let vsockBackends: VsockBackends | undefined;
@@ -149,7 +218,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       if (!opts.vsockBackends) throw new NodevmmError('ERR_VSOCK', 'vsock is configured but this machine has no vhost backend');
       vsockBackends = opts.vsockBackends(vsockCid);
     } catch (e) {
-      for (const o of opened) o.close();
+      closeOpened();
       throw e;
     }
   }
@@ -161,12 +230,18 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   let console: VirtioConsole | undefined;
   let sink: BatchingSink | undefined;
   try {
-    const { VirtioBlk, directFileBackend, bounceFileBackend, imageStorage, VirtioNet, parseMac, VirtioVsock, VirtioRng, VirtioConsole, VirtioMmioTransport } = opts.slots.length ? deviceModels() : ({} as ReturnType<typeof deviceModels>);
+    const { VirtioBlk, directFileBackend, bounceFileBackend, imageStorage, OverlayBackend, overlayDirectory, VirtioNet, parseMac, VirtioVsock, VirtioRng, VirtioConsole, VirtioMmioTransport } = opts.slots.length ? deviceModels() : ({} as ReturnType<typeof deviceModels>);
     for (const slot of opts.slots) {
       let device: VirtioDevice;
       if (slot.device.kind === 'blk') {
-        const o = opened[slot.device.index]!;
-        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend: opts.directIo ? directFileBackend(o.fd, opts.directIo, imageStorage(o.path)) : bounceFileBackend(o.fd, opts.memory), sizeBytes: o.sizeBytes, readonly: o.readonly });
+        const fileBackend = (fd: number, storage: ImageStorage) => (opts.directIo ? directFileBackend(fd, opts.directIo, storage) : bounceFileBackend(fd, opts.memory));
+        const ovl = diskOverlays[slot.device.index];
+        const o = ovl?.base ?? opened[slot.device.index]!;
+        const backend = ovl
+          ? new OverlayBackend({ baseFd: ovl.base.fd, overlayFd: ovl.overlayFd, sizeBytes: ovl.base.sizeBytes }, fileBackend(ovl.base.fd, imageStorage(ovl.base.path)), fileBackend(ovl.overlayFd, imageStorage(overlayDirectory())), ovl.map)
+          : fileBackend(o.fd, imageStorage(o.path));
+        // An overlay disk is writable although its base is opened read-only.
+        const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend, sizeBytes: o.sizeBytes, readonly: ovl ? false : o.readonly });
         disks.push(blk);
         device = blk;
       } else if (slot.device.kind === 'net') {
@@ -199,7 +274,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   } catch (e) {
     // Nothing of this machine runs yet: give back the CID and the image fds.
     vsockBackends?.vhost.close();
-    for (const o of opened) o.close();
+    closeOpened();
     throw e;
   }
   return {
@@ -210,6 +285,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     console,
     vsock,
     flush: () => sink?.flush(),
+    disksIdle: () => Promise.all(disks.map((d) => d.idle())).then(() => undefined),
     dispose: () => {
       sink?.flush();
       opts.consolePort?.attach(undefined);
@@ -228,7 +304,8 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       // Requests already on the thread pool still use the fds; close after them.
       void Promise.all(disks.map((d) => d.idle())).then(() => {
         // Synchronously: the image lock goes with the last fd, and the next VM on this image must find it gone.
-        for (const o of opened) o.close();
+        for (const o of opened) o?.close();
+        for (const o of ownOverlays) o.close();
       });
     },
   };

@@ -22,8 +22,9 @@ import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
 import type { PlannedIgvm } from './igvm-boot';
-import { openDisk } from './virtio-devices';
+import { openDisk, openOverlayDisk, type OverlayDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
+import { PasstBackend } from '../devices/passt';
 import type { VirtioNetStats } from '../devices/virtio/net';
 import { VsockServer, VsockStream } from './vsock-stream';
 import { execOverVsock } from './vsock-exec';
@@ -61,8 +62,14 @@ export class Vm extends EventEmitter<VmEvents> {
   /** Kept for guest reboots (a restart loads them again); dropped when the VM stops, since a stopped VM never boots again. */
   private images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
-  /** The TAPs of config.net: opened at start, kept across guest reboots (a non-persistent TAP disappears with its fd), closed at stop. */
-  private taps: TapBackend[] = [];
+  /**
+   * The backends of config.net (TAPs, passt processes): opened at start, kept
+   * across guest reboots (a non-persistent TAP disappears with its fd; passt
+   * keeps its DHCP lease and forwards), closed at stop.
+   */
+  private taps: Array<TapBackend | PasstBackend> = [];
+  /** Overlays of `overlay: 'temp'` disks (per disk index): opened at start, kept across guest reboots (they are the disk's content), closed at stop. */
+  private overlays: Array<OverlayDisk | undefined> = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
   private agentReady = new Map<ComPort, Promise<unknown>>();
   /** Open host-side vsock connections and listeners: closed when the VM stops. */
@@ -183,7 +190,15 @@ export class Vm extends EventEmitter<VmEvents> {
   private openTaps(): void {
     if (this.taps.length === this.config.net.length) return;
     try {
-      for (const n of this.config.net) this.taps.push(TapBackend.open(n.tap));
+      for (const n of this.config.net) {
+        if (n.tap !== undefined) this.taps.push(TapBackend.open(n.tap));
+        else {
+          const p = PasstBackend.open({ forward: n.user.forward });
+          // passt gone means the NIC is gone: the VM stops rather than run on without its network.
+          p.onFailure = (message) => setImmediate(() => this.finish({ reason: 'host-error', message: `user networking failed: ${message}` }));
+          this.taps.push(p);
+        }
+      }
     } catch (e) {
       this.closeTaps();
       throw e;
@@ -195,8 +210,21 @@ export class Vm extends EventEmitter<VmEvents> {
     this.taps = [];
   }
 
+  /** Open the overlay of every `overlay: 'temp'` disk, or none. */
+  private openOverlays(): void {
+    if (this.overlays.length) return;
+    try {
+      for (const d of this.config.disks) this.overlays.push(d.overlay === 'temp' ? openOverlayDisk(d.path) : undefined);
+    } catch (e) {
+      for (const o of this.overlays) o?.close();
+      this.overlays = [];
+      throw e;
+    }
+  }
+
   private build(): void {
     this.openTaps();
+    this.openOverlays();
     const images = this.images.kernel ? { kernel: this.images.kernel, initrd: this.images.initrd } : undefined;
     const loader = this.customLoader ? (p: X86Partition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
     const m = buildX86Machine(
@@ -206,6 +234,7 @@ export class Vm extends EventEmitter<VmEvents> {
         serial: this.ports,
         virtioConsole: this.hvc,
         netBackends: this.taps,
+        overlays: this.overlays,
         onPowerOff: () => setImmediate(() => this.finish({ reason: 'poweroff', message: 'the guest powered off' })),
         onReset: () => setImmediate(() => this.guestReset()),
       },
@@ -424,6 +453,10 @@ export class Vm extends EventEmitter<VmEvents> {
       m?.dispose();
     } finally {
       this.closeTaps();
+      // Requests still on the thread pool use the overlay fds: close after them.
+      const overlays = this.overlays;
+      this.overlays = [];
+      if (overlays.length) void (m ? m.virtio.disksIdle() : Promise.resolve()).then(() => overlays.forEach((o) => o?.close()));
       this.images = {};
       this.stopReason = reason;
       this.setState('stopped');
@@ -452,7 +485,8 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   const [kernel, initrd, igvm] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
-  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly).fd);
+  // (An overlay disk's base is only read.)
+  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);
   let planned: PlannedIgvm | undefined;
   // The IGVM modules (~130 KB) load when an IGVM file boots, not with every VM (CLI start-up time, docs/benchmarks.md).
   const igvmBoot = igvm ? (require('./igvm-boot') as typeof import('./igvm-boot')) : undefined;

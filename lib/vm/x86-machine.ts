@@ -24,7 +24,7 @@ import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
 import type { NetBackend } from '../devices/virtio/net';
-import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
+import { attachVirtioDevices, virtioSlots, type AttachedVirtio, type OverlayDisk } from './virtio-devices';
 import { ioeventfdQueueNotifier } from './queue-notifier';
 import { openVhostVsock } from './vhost-vsock';
 
@@ -41,6 +41,8 @@ export interface MachineHooks {
   virtioConsole?: SerialPort | undefined;
   /** Backends for cfg.net, in order; the VM owns them across machine rebuilds. */
   netBackends?: readonly NetBackend[] | undefined;
+  /** Open overlays of `overlay: 'temp'` disks, per cfg.disks index; the VM owns them across machine rebuilds. */
+  overlays?: readonly (OverlayDisk | undefined)[] | undefined;
   /** The guest asked for S5 (power off). */
   onPowerOff(): void;
   /** The guest asked for a reset (ACPI reset register or the keyboard controller). */
@@ -202,6 +204,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       irq: (gsi) => irqs.line(gsi),
       consolePort: hooks.virtioConsole,
       netBackends: hooks.netBackends ?? [],
+      overlays: hooks.overlays ?? [],
       vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
       queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
       onHostError: (e) => partition.reportHostError(e),

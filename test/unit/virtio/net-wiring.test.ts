@@ -62,7 +62,7 @@ test('--net tap:NAME[,mac=MAC] is repeatable and becomes config; malformed value
   const a = parseRunArgs(['--kernel', 'k', '--net', 'tap:tap0', '--net=tap:tap1,mac=52:54:00:00:00:01']);
   t.deepEqual(a.config.net, [{ tap: 'tap0' }, { tap: 'tap1', mac: '52:54:00:00:00:01' }]);
   const e = t.throws(() => parseRunArgs(['--kernel', 'k', '--net', 'tap0']), { instanceOf: ConfigError });
-  t.deepEqual(e!.issues, [{ path: '--net', message: '"tap0" is not tap:NAME or tap:NAME,mac=52:54:00:12:34:56' }]);
+  t.deepEqual(e!.issues, [{ path: '--net', message: '"tap0" is not tap:NAME[,mac=MAC] or user[,hostfwd=tcp::HOSTPORT-:GUESTPORT][,mac=MAC]' }]);
   t.throws(() => parseRunArgs(['--kernel', 'k', '--net', 'tap:tap0,ip=1']), { message: /not tap:NAME/ });
   t.throws(() => parseRunArgs(['--kernel', 'k', '--net']), { message: /needs a value/ });
 });

@@ -1,0 +1,330 @@
+/**
+ * User networking: the stream framing (random chunking against the frames
+ * sent), the bounded queues in both directions against a real socket peer,
+ * `--net user,...` and `net: [{ user }]` parsing, real passt answering a DHCP
+ * DISCOVER through the backend (where passt can start: it needs an interface
+ * with a default route), and helpers (and passt) dying with a SIGKILLed Node.
+ */
+import test from 'ava';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ConfigError } from '../../../lib/errors';
+import { parseNetFlag, parseRunArgs } from '../../../lib/cli/args';
+import { resolveVmConfig } from '../../../lib/vm/config';
+import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, RX_QUEUE_MAX_BYTES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
+import { findExecutable, spawnHelper } from '../../../lib/util/helper-process';
+
+function randomInt(n: number): number {
+  return Math.floor(Math.random() * n);
+}
+
+test('the frame decoder gives back exactly the frames sent, however the stream is cut', (t) => {
+  for (let round = 0; round < 50; round++) {
+    const frames = Array.from({ length: 1 + randomInt(40) }, () => randomBytes(1 + randomInt(round % 5 === 0 ? MAX_FRAME_BYTES : 2000)));
+    const stream = Buffer.concat(frames.map((f) => encodeFrame([f.subarray(0, 3), f.subarray(3)])));
+    const d = new FrameDecoder();
+    const got: Uint8Array[] = [];
+    for (let at = 0; at < stream.length; ) {
+      const n = randomInt(4) === 0 ? 1 + randomInt(3) : 1 + randomInt(70_000);
+      for (const f of d.push(stream.subarray(at, at + n))) got.push(Buffer.from(f));
+      at += n;
+    }
+    t.is(d.pendingBytes, 0);
+    t.is(got.length, frames.length);
+    t.true(got.every((g, i) => Buffer.compare(g, frames[i]!) === 0), `round ${round}`);
+  }
+});
+
+test('a frame length of 0 or beyond any MTU is a broken stream', (t) => {
+  const hdr = (n: number) => Buffer.from([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
+  t.throws(() => new FrameDecoder().push(hdr(0)), { instanceOf: FrameStreamError, message: 'a frame of 0 bytes (expected 1 to 65550)' });
+  t.throws(() => new FrameDecoder().push(hdr(MAX_FRAME_BYTES + 1)), { instanceOf: FrameStreamError });
+  t.throws(() => new FrameDecoder().push(hdr(0xffff_ffff)), { instanceOf: FrameStreamError });
+  // A partial header is held, not misread.
+  const d = new FrameDecoder();
+  t.deepEqual(d.push(Buffer.from([0, 0])), []);
+  t.deepEqual(d.push(Buffer.from([0, 2, 7, 8])).map((f) => [...f]), [[7, 8]]);
+});
+
+test('copyFrameInto fills buffers in order and reports the whole length', (t) => {
+  const a = new Uint8Array(2);
+  const b = new Uint8Array(5);
+  t.is(copyFrameInto(Uint8Array.of(1, 2, 3, 4), [a, b]), 4);
+  t.deepEqual([...a, ...b], [1, 2, 3, 4, 0, 0, 0]);
+  t.is(copyFrameInto(new Uint8Array(10).fill(9), [a]), 10);
+});
+
+test('passt forward arguments', (t) => {
+  t.deepEqual(passtForwardArgs([{ protocol: 'tcp', hostPort: 8080, guestPort: 80 }, { protocol: 'udp', hostPort: 5353, guestPort: 53, hostAddress: '127.0.0.1' }]), ['-t', '8080:80', '-u', '127.0.0.1/5353:53']);
+});
+
+test('--net user[,hostfwd=...][,mac=] becomes config; malformed values say what is expected', (t) => {
+  t.deepEqual(parseNetFlag('user'), { user: { forward: [] } });
+  t.deepEqual(parseNetFlag('user,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-:53,mac=52:54:00:00:00:09'), {
+    user: { forward: [{ protocol: 'tcp', hostPort: 2222, guestPort: 22 }, { protocol: 'udp', hostPort: 5353, guestPort: 53, hostAddress: '127.0.0.1' }] },
+    mac: '52:54:00:00:00:09',
+  });
+  t.deepEqual(parseNetFlag('user,hostfwd=tcp:[::1]:8080-:80'), { user: { forward: [{ protocol: 'tcp', hostPort: 8080, guestPort: 80, hostAddress: '::1' }] } });
+  t.is(parseNetFlag('user,hostfwd=tcp::22-10.0.2.15:22'), '"hostfwd=tcp::22-10.0.2.15:22" in "user,hostfwd=tcp::22-10.0.2.15:22" is not hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT (or udp:) or mac=MAC');
+  t.regex(parseNetFlag('usr') as string, /is not tap:NAME\[,mac=MAC\] or user/);
+  const a = parseRunArgs(['--kernel', 'k', '--net', 'user,hostfwd=tcp::8080-:80', '--net', 'tap:tap0']);
+  t.deepEqual(a.config.net, [{ user: { forward: [{ protocol: 'tcp', hostPort: 8080, guestPort: 80 }] } }, { tap: 'tap0' }]);
+  // Bad port numbers are caught by the config check, naming the field.
+  const e = t.throws(() => resolveVmConfig(parseRunArgs(['--kernel', 'k', '--net', 'user,hostfwd=tcp::70000-:80']).config), { instanceOf: ConfigError });
+  t.deepEqual(e!.issues, [{ path: 'net[0].user.forward[0].hostPort', message: '70000 must be a port number from 1 to 65535' }]);
+});
+
+test('config: user NICs resolve with defaults and reject bad shapes, naming the field', (t) => {
+  const c = resolveVmConfig({ kernel: 'k', name: 'w', net: [{ user: {} }, { user: { forward: [{ hostPort: 1, guestPort: 2 }] } }] });
+  t.deepEqual(c.net[0]!.user, { forward: [] });
+  t.deepEqual(c.net[1]!.user, { forward: [{ protocol: 'tcp', hostPort: 1, guestPort: 2 }] });
+  t.regex(c.net[0]!.mac, /^52:54:00(:[0-9a-f]{2}){3}$/);
+  t.not(c.net[0]!.mac, c.net[1]!.mac);
+  const e = t.throws(
+    () =>
+      resolveVmConfig({
+        kernel: 'k',
+        net: [
+          { tap: 't0', user: {} },
+          {},
+          { user: { forward: [{ hostPort: 80, guestPort: 0 }] } },
+          { user: { forward: [{ hostPort: 80, guestPort: 8, protocol: 'sctp' as never }] } },
+          { user: { forward: [{ hostPort: 80, guestPort: 8, hostAddress: 'localhost' }] } },
+          { user: { forward: [{ hostPort: 81, guestPort: 8 }, { hostPort: 81, guestPort: 9 }] } },
+          { user: { ports: [] } as never },
+          { user: { forward: [{ hostPort: 82, guestPort: 8 }] } },
+          { user: { forward: [{ hostPort: 82, guestPort: 9 }] } },
+        ],
+      }),
+    { instanceOf: ConfigError },
+  );
+  t.deepEqual(
+    e!.issues.map((i) => `${i.path}: ${i.message}`),
+    [
+      'net[0]: has both tap and user: a NIC is on a TAP or on user networking',
+      'net[1]: needs tap (a host TAP) or user (passt user networking)',
+      'net[2].user.forward[0].guestPort: 0 must be a port number from 1 to 65535',
+      'net[3].user.forward[0].protocol: "sctp" must be tcp or udp',
+      'net[4].user.forward[0].hostAddress: "localhost" is not an IPv4 or IPv6 address',
+      'net[5].user.forward[1].hostPort: tcp host port 81 is forwarded twice',
+      'net[6].user.ports: is not a known option (known: forward)',
+      'net[8].user.forward: tcp host port 82 is forwarded twice',
+    ],
+  );
+});
+
+/** A peer at fd 3 of a helper: a node script (the test's stand-in for passt's end of the socket). */
+function peer(script: string) {
+  return spawnHelper({ name: 'test-peer', command: process.execPath, args: ['-e', script], installHint: 'node', extraStdio: ['pipe'] });
+}
+
+test.serial('frames from the peer wait in a bounded queue while the guest takes none, and all arrive in order once it does', async (t) => {
+  const FRAMES = 6000;
+  const SIZE = 1000;
+  // Writes FRAMES numbered frames as fast as the socket takes them.
+  const helper = peer(`
+    const fs = require('fs'); const net = require('net'); const s = new net.Socket({ fd: 3 });
+    let i = 0; const next = () => { while (i < ${FRAMES}) { const b = Buffer.alloc(4 + ${SIZE}, i & 255); b.writeUInt32BE(${SIZE}, 0); b.writeUInt32BE(i, 4); i++; if (!s.write(b)) return s.once('drain', next); } };
+    next(); setInterval(() => {}, 1000);`);
+  const b = PasstBackend.attach(helper);
+  t.teardown(() => b.close());
+  b.watch(() => {});
+  b.pauseReads();
+  // Wait until the queue hit its bound and the socket was paused (the peer then blocks).
+  let maxQueued = 0;
+  while (b.queuedBytes < RX_QUEUE_MAX_BYTES) {
+    await new Promise((r) => setTimeout(r, 20));
+    maxQueued = Math.max(maxQueued, b.queuedBytes);
+  }
+  for (let i = 0; i < 20; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    maxQueued = Math.max(maxQueued, b.queuedBytes);
+  }
+  t.true(maxQueued <= RX_QUEUE_MAX_BYTES + 65_536, `queued ${maxQueued} bytes`);
+  const buf = new Uint8Array(2048);
+  let expect = 0;
+  while (expect < FRAMES) {
+    const n = b.readv([buf]);
+    if (n < 0) {
+      await new Promise((r) => setImmediate(r));
+      continue;
+    }
+    maxQueued = Math.max(maxQueued, b.queuedBytes);
+    t.is(n, SIZE);
+    const seq = new DataView(buf.buffer).getUint32(0);
+    if (seq !== expect) return t.fail(`frame ${seq} arrived where ${expect} was expected`);
+    expect++;
+  }
+  t.true(maxQueued <= RX_QUEUE_MAX_BYTES + 65_536);
+  t.is(b.counters.rxFrames, FRAMES);
+});
+
+test.serial('frames to a peer that reads nothing are refused once the bound is reached, never queued without limit', async (t) => {
+  const helper = peer('setInterval(() => {}, 1000);');
+  const b = PasstBackend.attach(helper);
+  t.teardown(() => b.close());
+  const frame = new Uint8Array(1500);
+  let refused = 0;
+  for (let i = 0; i < 20_000 && refused === 0; i++) if (b.writev([frame]) < 0) refused++;
+  t.is(refused, 1);
+  t.true(b.unsentBytes <= TX_QUEUE_MAX_BYTES + 1504, `${b.unsentBytes} bytes queued`);
+  t.is(b.counters.txRefused, 1);
+});
+
+test.serial('a peer that exits while open is one sentence through onFailure, with its stderr', async (t) => {
+  const helper = peer('process.stderr.write("No external routable interface for IPv4\\n"); process.exit(1);');
+  const b = PasstBackend.attach(helper);
+  t.teardown(() => b.close());
+  const msg = await new Promise<string>((r) => (b.onFailure = r));
+  t.regex(msg, /^test-peer \(pid \d+\) exited with status 1: No external routable interface for IPv4$/);
+});
+
+test.serial('passt refused its user namespace says where that happens', async (t) => {
+  const helper = peer('process.stderr.write("Couldn\'t create user namespace: Operation not permitted\\n"); process.exit(1);');
+  const b = PasstBackend.attach(helper);
+  t.teardown(() => b.close());
+  const msg = await new Promise<string>((r) => (b.onFailure = r));
+  t.regex(msg, /exited with status 1: Couldn't create user namespace: Operation not permitted \(passt isolates itself in a user namespace: the kernel refuses one to a process in a chroot, and where user namespaces are disabled\)$/);
+});
+
+test('a missing passt binary is one sentence naming the package', (t) => {
+  t.throws(() => PasstBackend.open({ command: 'passt-that-does-not-exist' }), { message: 'passt is not installed: no passt-that-does-not-exist in PATH (apt-get install passt)' });
+  t.is(findExecutable('definitely-not-here-xyz'), undefined);
+});
+
+function passtSkipReason(): string | undefined {
+  if (!findExecutable('passt')) return 'passt is not installed';
+  if (!findExecutable('setpriv')) return 'setpriv is not installed';
+  try {
+    if (!execFileSync('ip', ['route', 'show', 'default'], { encoding: 'utf8' }).trim()) return 'passt needs an interface with a default route as its template, and this host has none';
+  } catch {
+    return 'iproute2 (ip) is not installed';
+  }
+  return undefined;
+}
+const passtSkip = passtSkipReason();
+const withPasst = passtSkip ? test.skip : test.serial;
+if (passtSkip) test.skip(`real passt tests skipped: ${passtSkip}`, () => {});
+
+/** An Ethernet frame with a DHCPDISCOVER from `mac`. */
+function dhcpDiscover(mac: Uint8Array): Uint8Array {
+  const bootp = Buffer.alloc(240 + 4);
+  bootp[0] = 1; // BOOTREQUEST
+  bootp[1] = 1; // Ethernet
+  bootp[2] = 6;
+  bootp.writeUInt32BE(0x1234_5678, 4); // xid
+  bootp.set(mac, 28);
+  bootp.writeUInt32BE(0x6382_5363, 236); // magic cookie
+  bootp.set([53, 1, 1, 255], 240); // DHCPDISCOVER, end
+  const udp = Buffer.alloc(8);
+  udp.writeUInt16BE(68, 0);
+  udp.writeUInt16BE(67, 2);
+  udp.writeUInt16BE(8 + bootp.length, 4);
+  const ip = Buffer.alloc(20);
+  ip[0] = 0x45;
+  ip.writeUInt16BE(20 + 8 + bootp.length, 2);
+  ip[8] = 64;
+  ip[9] = 17;
+  ip.writeUInt32BE(0xffff_ffff, 16);
+  let sum = 0;
+  for (let i = 0; i < 20; i += 2) sum += ip.readUInt16BE(i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  ip.writeUInt16BE(~sum & 0xffff, 10);
+  const eth = Buffer.alloc(14, 0xff);
+  eth.set(mac, 6);
+  eth.writeUInt16BE(0x0800, 12);
+  return Buffer.concat([eth, ip, udp, bootp]);
+}
+
+withPasst('real passt answers a DHCPDISCOVER through the backend with an offer', async (t) => {
+  const b = PasstBackend.open();
+  t.teardown(() => b.close());
+  const mac = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56);
+  const offer = await new Promise<Buffer>((resolve, reject) => {
+    b.onFailure = (m) => reject(new Error(m));
+    const buf = new Uint8Array(2048);
+    b.watch(() => {
+      for (let n = b.readv([buf]); n >= 0; n = b.readv([buf])) {
+        const f = Buffer.from(buf.subarray(0, n));
+        // IPv4, UDP, from port 67: passt's DHCP server.
+        if (f.readUInt16BE(12) === 0x0800 && f[23] === 17 && f.readUInt16BE(34) === 67) resolve(f);
+      }
+    });
+    b.writev([dhcpDiscover(mac)]);
+  });
+  t.deepEqual([...offer.subarray(0, 6)], [...mac], 'to our MAC');
+  const bootp = offer.subarray(42);
+  t.is(bootp.readUInt32BE(4), 0x1234_5678, 'same transaction');
+  const yiaddr = [...bootp.subarray(16, 20)].join('.');
+  t.not(yiaddr, '0.0.0.0');
+  // Option 53 (message type) = 2 (offer), option 26 (MTU) = 1500.
+  const opts = bootp.subarray(240);
+  const opt = (code: number) => {
+    for (let i = 0; i < opts.length && opts[i] !== 255; ) {
+      if (opts[i] === 0) { i++; continue; }
+      if (opts[i] === code) return opts.subarray(i + 2, i + 2 + opts[i + 1]!);
+      i += 2 + opts[i + 1]!;
+    }
+    return undefined;
+  };
+  t.deepEqual([...(opt(53) ?? [])], [2]);
+  t.deepEqual([...(opt(26) ?? [])], [1500 >> 8, 1500 & 255]);
+  t.log(`passt offered ${yiaddr}`);
+});
+
+/** Whether process `pid` is gone (or a zombie: dead, waiting to be reaped by init). */
+function gone(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+async function waitGone(pid: number): Promise<boolean> {
+  for (let i = 0; i < 100; i++) {
+    if (gone(pid)) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return gone(pid);
+}
+
+/** Runs `body` in a child Node that prints pids as "PIDS a b", then SIGKILLs itself; returns the pids. */
+function pidsFromKilledChild(body: string): Promise<number[]> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-helper-'));
+  const file = path.join(dir, 'child.js');
+  const lib = path.join(__dirname, '../../../lib');
+  fs.writeFileSync(file, `const lib = ${JSON.stringify(lib)};\n${body}\n`);
+  return new Promise((resolve, reject) => {
+    const c = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.on('exit', (_code, signal) => {
+      fs.rmSync(dir, { recursive: true, force: true });
+      const m = /PIDS ([\d ]+)/.exec(out);
+      if (signal !== 'SIGKILL' || !m) return reject(new Error(`the child ended with ${signal} and printed ${JSON.stringify(out)}`));
+      resolve(m[1]!.trim().split(' ').map(Number));
+    });
+  });
+}
+
+test.serial('a helper dies with a SIGKILLed Node (PR_SET_PDEATHSIG through setpriv)', async (t) => {
+  const [pid] = await pidsFromKilledChild(`
+    const { spawnHelper } = require(lib + '/util/helper-process.js');
+    const h = spawnHelper({ name: 'sleep', command: 'sleep', args: ['1000'], installHint: 'coreutils' });
+    setTimeout(() => { console.log('PIDS ' + h.pid); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 100); }, 200);`);
+  t.true(await waitGone(pid!), `sleep ${pid} outlived the Node that started it`);
+});
+
+withPasst('passt dies with a SIGKILLed Node', async (t) => {
+  const [pid] = await pidsFromKilledChild(`
+    const { PasstBackend } = require(lib + '/devices/passt.js');
+    const b = PasstBackend.open();
+    b.onFailure = (m) => { console.error(m); process.exit(1); };
+    setTimeout(() => { console.log('PIDS ' + b.helper.pid); setTimeout(() => process.kill(process.pid, 'SIGKILL'), 100); }, 500);`);
+  t.true(await waitGone(pid!), `passt ${pid} outlived the Node that started it`);
+});
