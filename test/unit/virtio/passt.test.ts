@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { ConfigError } from '../../../lib/errors';
 import { parseNetFlag, parseRunArgs } from '../../../lib/cli/args';
 import { resolveVmConfig } from '../../../lib/vm/config';
-import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, RX_QUEUE_MAX_BYTES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
+import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, RX_QUEUE_MAX_BYTES, RX_QUEUE_MAX_FRAMES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
 import { findExecutable, spawnHelper } from '../../../lib/util/helper-process';
 
 function randomInt(n: number): number {
@@ -133,9 +133,14 @@ test.serial('frames from the peer wait in a bounded queue while the guest takes 
   t.teardown(() => b.close());
   b.watch(() => {});
   b.pauseReads();
-  // Wait until the queue hit its bound and the socket was paused (the peer then blocks).
+  // Wait until the queue hit its bound, in bytes or in frames, whichever comes first for these
+  // frames, and the socket was paused (the peer then blocks). A deadline, so a queue that never
+  // fills fails the test instead of hanging it.
+  const bound = Math.min(RX_QUEUE_MAX_BYTES, RX_QUEUE_MAX_FRAMES * SIZE);
+  const deadline = Date.now() + 30_000;
   let maxQueued = 0;
-  while (b.queuedBytes < RX_QUEUE_MAX_BYTES) {
+  while (b.queuedBytes < bound) {
+    if (Date.now() > deadline) return t.fail(`the queue held ${b.queuedBytes} bytes after 30 s, never reaching its bound of ${bound}`);
     await new Promise((r) => setTimeout(r, 20));
     maxQueued = Math.max(maxQueued, b.queuedBytes);
   }
@@ -146,9 +151,11 @@ test.serial('frames from the peer wait in a bounded queue while the guest takes 
   t.true(maxQueued <= RX_QUEUE_MAX_BYTES + 65_536, `queued ${maxQueued} bytes`);
   const buf = new Uint8Array(2048);
   let expect = 0;
+  const readDeadline = Date.now() + 30_000;
   while (expect < FRAMES) {
     const n = b.readv([buf]);
     if (n < 0) {
+      if (Date.now() > readDeadline) return t.fail(`only ${expect} of ${FRAMES} frames arrived within 30 s`);
       await new Promise((r) => setImmediate(r));
       continue;
     }
