@@ -185,6 +185,8 @@ function tapTests(text) {
 }
 
 const E2E_ATTEMPTS = 3;
+/** A console quiet for this long ends the attempt (the longest quiet stretch of a healthy run is a few minutes, in many-vms). */
+const E2E_SILENCE_MS = 8 * 60 * 1000;
 /**
  * Files that need another emulated host. many-vms: eight nested guests at once
  * need an emulated host with one CPU and one TCG thread. With several TCG
@@ -232,6 +234,10 @@ async function runE2eFileInHost(file, { artifacts, started, flaky }) {
         artifacts,
         // The host tool gives up on a panicked or wedged host itself (host-watchdog.ts) and
         // sizes it to DEFAULT_KVM_HOST_CPUS, one CPU per vCPU of the largest guest here (4).
+        // A host can also wedge with QEMU burning CPU and nothing on its console (seen twice in
+        // one CI run, in x86-linux-direct): every e2e file prints a TAP line per test and the
+        // host kernel a line per guest boot, so 8 silent minutes mean a dead host, not a slow one.
+        silenceMs: E2E_SILENCE_MS,
         ...E2E_HOST_OVERRIDES[path.basename(file)],
         onConsole: (text) => {
           seen += text;

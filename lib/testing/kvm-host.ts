@@ -52,6 +52,13 @@ export interface KvmHostOptions {
    * repeated RCU stall; see host-watchdog.ts) with ERR_KVM_HOST_DEAD. Default true.
    */
   watchdog?: boolean;
+  /**
+   * Give up on a host whose console printed nothing for this long (ms; default: never) with
+   * ERR_KVM_HOST_SILENT: a host wedged while QEMU still burns CPU, which neither the stall
+   * watchdog (no CPU used) nor the console watchdog (a lockup report) can see. For callers
+   * whose command prints regularly (the e2e tier: a TAP line per test, a kernel line per guest).
+   */
+  silenceMs?: number;
 }
 
 export interface KvmHostResult {
@@ -238,11 +245,20 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
       stop('ERR_KVM_HOST_STALLED', `${QEMU} used no CPU for ${idle} s: the emulated host is frozen`),
     );
     const watchdog = options.watchdog === false ? undefined : createHostWatchdog();
+    const silenceMs = options.silenceMs ?? 0;
+    let silenceTimer: NodeJS.Timeout | undefined;
+    const heard = () => {
+      if (!silenceMs) return;
+      clearTimeout(silenceTimer);
+      silenceTimer = setTimeout(() => stop('ERR_KVM_HOST_SILENT', `the console printed nothing for ${silenceMs / 1000} s: the emulated host is wedged`), silenceMs);
+    };
+    heard();
     const bootTimer = setTimeout(() => {
       if (bootMs === undefined) stop('ERR_KVM_HOST_BOOT', `the host never printed ${KVM_HOST_READY_MARKER} within ${bootTimeoutMs} ms`);
     }, bootTimeoutMs);
     const onText = (chunk: Buffer) => {
       const text = chunk.toString('utf8');
+      heard();
       log += text;
       options.onConsole?.(text);
       if (bootMs === undefined && log.includes(KVM_HOST_READY_MARKER)) bootMs = Date.now() - started;
@@ -271,6 +287,7 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
     child.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(hardTimer);
       clearTimeout(bootTimer);
+      clearTimeout(silenceTimer);
       stopWatching();
       reject(
         err.code === 'ENOENT'
@@ -281,6 +298,7 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
     child.on('close', (qemuStatus) => {
       clearTimeout(hardTimer);
       clearTimeout(bootTimer);
+      clearTimeout(silenceTimer);
       stopWatching();
       if (failure) return reject(failure);
       const durationMs = Date.now() - started;
