@@ -22,7 +22,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { GuestBuffer } from '../../memory/guest-memory';
-import type { BlockBackend } from './blk';
+import { sliceBuffers, type BlockBackend } from './blk';
 
 export const OVERLAY_CLUSTER_BYTES = 64 * 1024;
 
@@ -57,23 +57,6 @@ export class ClusterMap {
   get allocated(): number {
     return this.setCount;
   }
-}
-
-/** `length` bytes of `buffers` from byte `offset` on, as guest buffers. */
-export function sliceBuffers(buffers: readonly GuestBuffer[], offset: number, length: number): GuestBuffer[] {
-  const out: GuestBuffer[] = [];
-  for (const b of buffers) {
-    if (length <= 0) break;
-    if (offset >= b.length) {
-      offset -= b.length;
-      continue;
-    }
-    const n = Math.min(b.length - offset, length);
-    out.push({ gpa: b.gpa + offset, length: n });
-    length -= n;
-    offset = 0;
-  }
-  return out;
 }
 
 /** The raw file operations the overlay needs beside the two block backends (base cluster copies). */
