@@ -12,6 +12,9 @@ const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 
 const root = path.resolve(__dirname, '..');
+/** Failures of the emulated host itself (lib/testing/kvm-host.ts), not of the guest: worth a fresh host. */
+const HOST_FAILURES = new Set(['ERR_KVM_HOST_DEAD', 'ERR_KVM_HOST_STALLED', 'ERR_KVM_HOST_BOOT', 'ERR_KVM_HOST_NO_STATUS']);
+const HOST_ATTEMPTS = 3;
 
 /** Debian packages `npm start` needs on this machine; installed with apt when missing and we are root. */
 function ensureHostPackages(needQemu) {
@@ -52,14 +55,28 @@ async function main() {
   process.stdin.resume();
   const quoted = [process.execPath, ...runArgs].map((s) => `'${s.replace(/'/g, `'\\''`)}'`).join(' ');
   try {
-    const r = await runInKvmHost(quoted, {
-      cwd: root,
-      timeoutMs: 24 * 3600 * 1000,
-      artifacts: a,
-      input: process.stdin,
-      onConsole: (text) => process.stdout.write(text),
-    });
-    return r.exitCode;
+    // The emulated host's own kernel now and then wedges or dies while it boots (TCG with nested
+    // SVM; soft lockups and RCU stalls before our guest even starts). Such a host is replaced, up
+    // to twice, as long as the guest had not started yet; a session already in the guest is not.
+    for (let attempt = 1; ; attempt++) {
+      let guestStarted = false;
+      try {
+        const r = await runInKvmHost(quoted, {
+          cwd: root,
+          timeoutMs: 24 * 3600 * 1000,
+          artifacts: a,
+          input: process.stdin,
+          onConsole: (text) => {
+            if (text.includes('Run /init') || text.includes('GUEST-INIT-OK')) guestStarted = true;
+            process.stdout.write(text);
+          },
+        });
+        return r.exitCode;
+      } catch (e) {
+        if (guestStarted || attempt >= HOST_ATTEMPTS || !HOST_FAILURES.has(e.code)) throw e;
+        process.stderr.write(`\nnodevmm: ${e.message.split('\n')[0]}\nnodevmm: the emulated host failed before the guest started; starting a fresh one (attempt ${attempt + 1} of ${HOST_ATTEMPTS})\n`);
+      }
+    }
   } finally {
     if (tty) process.stdin.setRawMode(false);
     process.stdin.pause();
