@@ -7,7 +7,7 @@
  * what it was. Plus the cluster map, buffer slicing and the unlinked,
  * sparse temporary overlay file.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -166,14 +166,22 @@ for (const [name, sizeBytes, clusterBytes] of [
   });
 }
 
-test('two partial writes racing into one fresh cluster both survive (the base copy cannot land over either)', async (t) => {
+/** A 256 KiB random base image, its overlay file and 1 MiB of guest memory; `backend(map?)` makes an OverlayBackend over them (sharing `map`: a backend after a guest reboot). */
+function smallOverlay(t: ExecutionContext) {
   const sizeBytes = 256 * 1024;
   const baseBytes = randomBytes(sizeBytes);
   const base = tempImage(t, baseBytes);
   const overlayFd = createTempOverlay(sizeBytes);
   t.teardown(() => fs.closeSync(overlayFd));
   const mem = GuestMemory.anonymous([{ gpa: 0, size: 1 << 20 }]);
-  const ovl = new OverlayBackend({ baseFd: base.fd, overlayFd, sizeBytes }, bounceFileBackend(base.fd, mem), bounceFileBackend(overlayFd, mem));
+  const files = { baseFd: base.fd, overlayFd, sizeBytes };
+  const backend = (map?: ClusterMap) => new OverlayBackend(files, bounceFileBackend(base.fd, mem), bounceFileBackend(overlayFd, mem), map);
+  return { baseBytes, mem, backend };
+}
+
+test('two partial writes racing into one fresh cluster both survive (the base copy cannot land over either)', async (t) => {
+  const { baseBytes, mem, backend } = smallOverlay(t);
+  const ovl = backend();
   mem.write(0, new Uint8Array(512).fill(0xaa));
   mem.write(4096, new Uint8Array(512).fill(0xbb));
   await Promise.all([ovl.write([{ gpa: 0, length: 512 }], 65536 + 1024), ovl.write([{ gpa: 4096, length: 512 }], 65536 + 8192)]);
@@ -222,15 +230,9 @@ test.serial('an overlay disk attached to a machine: the device is writable, writ
 });
 
 test('after a guest reboot the new backend waits for the old one\'s cluster copy (the locks live with the map)', async (t) => {
-  const sizeBytes = 256 * 1024;
-  const baseBytes = randomBytes(sizeBytes);
-  const base = tempImage(t, baseBytes);
-  const overlayFd = createTempOverlay(sizeBytes);
-  t.teardown(() => fs.closeSync(overlayFd));
-  const mem = GuestMemory.anonymous([{ gpa: 0, size: 1 << 20 }]);
-  const files = { baseFd: base.fd, overlayFd, sizeBytes };
-  const before = new OverlayBackend(files, bounceFileBackend(base.fd, mem), bounceFileBackend(overlayFd, mem));
-  const after = new OverlayBackend(files, bounceFileBackend(base.fd, mem), bounceFileBackend(overlayFd, mem), before.map);
+  const { baseBytes, mem, backend } = smallOverlay(t);
+  const before = backend();
+  const after = backend(before.map);
   mem.write(0, new Uint8Array(512).fill(0xaa));
   mem.write(4096, new Uint8Array(512).fill(0xbb));
   await Promise.all([before.write([{ gpa: 0, length: 512 }], 1024), after.write([{ gpa: 4096, length: 512 }], 8192)]);
