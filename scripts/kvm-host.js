@@ -9,11 +9,9 @@
 // runs again in a fresh host, up to --retries times (default 2), while at least
 // MIN_ATTEMPT_S of the time limit is left. The last line counts the retries.
 'use strict';
-const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
+const { runInKvmHost, KVM_HOST_FAILURES: HOST_FAILURES } = require('../dist/lib/testing/kvm-host');
 const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
 
-/** Failures of the host, not of the command: worth a fresh host. */
-const HOST_FAILURES = new Set(['ERR_KVM_HOST_DEAD', 'ERR_KVM_HOST_STALLED', 'ERR_KVM_HOST_BOOT', 'ERR_KVM_HOST_NO_STATUS']);
 /** No retry starts with less time than this left (a host takes 1-2 min to boot here). */
 const MIN_ATTEMPT_S = 180;
 const USAGE = 'usage: node scripts/kvm-host.js [--timeout SECONDS] [--retries N] [--quiet] [--smp N] [--memory MiB] [--tcg-single] -- <command...>';

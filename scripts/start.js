@@ -12,8 +12,6 @@ const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 
 const root = path.resolve(__dirname, '..');
-/** Failures of the emulated host itself (lib/testing/kvm-host.ts), not of the guest: worth a fresh host. */
-const HOST_FAILURES = new Set(['ERR_KVM_HOST_DEAD', 'ERR_KVM_HOST_STALLED', 'ERR_KVM_HOST_BOOT', 'ERR_KVM_HOST_NO_STATUS']);
 const HOST_ATTEMPTS = 3;
 
 /** Debian packages `npm start` needs on this machine; installed with apt when missing and we are root. */
@@ -49,7 +47,7 @@ async function main() {
     return 2;
   }
   process.stderr.write(`nodevmm: ${kvm.reason}, so the guest boots inside an emulated KVM host (QEMU TCG with SVM) instead; Ctrl-A x quits\n`);
-  const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
+  const { runInKvmHost, KVM_HOST_FAILURES } = require('../dist/lib/testing/kvm-host');
   const tty = process.stdin.isTTY;
   if (tty) process.stdin.setRawMode(true);
   process.stdin.resume();
@@ -73,7 +71,7 @@ async function main() {
         });
         return r.exitCode;
       } catch (e) {
-        if (guestStarted || attempt >= HOST_ATTEMPTS || !HOST_FAILURES.has(e.code)) throw e;
+        if (guestStarted || attempt >= HOST_ATTEMPTS || !KVM_HOST_FAILURES.has(e.code)) throw e;
         process.stderr.write(`\nnodevmm: ${e.message.split('\n')[0]}\nnodevmm: the emulated host failed before the guest started; starting a fresh one (attempt ${attempt + 1} of ${HOST_ATTEMPTS})\n`);
       }
     }

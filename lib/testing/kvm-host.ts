@@ -17,6 +17,12 @@ import { createHostWatchdog } from './host-watchdog';
 import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
 import { ensureGuestArtifacts, guestCacheRoot, KVM_HOST_MODULES, type GuestArtifacts } from './artifacts';
 
+/**
+ * Error codes that mean the emulated host itself failed (its kernel died or wedged, QEMU froze or fell silent,
+ * it never booted, it ended without the command's status), not the command: worth a fresh host.
+ */
+export const KVM_HOST_FAILURES: ReadonlySet<string> = new Set(['ERR_KVM_HOST_DEAD', 'ERR_KVM_HOST_STALLED', 'ERR_KVM_HOST_BOOT', 'ERR_KVM_HOST_NO_STATUS', 'ERR_KVM_HOST_SILENT']);
+
 export interface KvmHostOptions {
   /** Hard limit for the whole run, boot included; QEMU is killed when it passes. */
   timeoutMs: number;
