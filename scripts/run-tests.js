@@ -2,8 +2,9 @@
 // The test runner behind `npm test`: node scripts/run-tests.js unit|kvm|e2e|all
 //  - builds with tsc first when dist/ is missing or older than a source file;
 //  - unit: dist/test/unit; kvm: dist/test/kvm on the local /dev/kvm (skipped without one);
-//  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise each file in its own boot
-//    of the emulated KVM host (QEMU TCG + SVM, see docs/testing.md), up to three boots per file;
+//  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise in the emulated KVM host
+//    (QEMU TCG + SVM, see docs/testing.md): one host for most files, one for each file that needs
+//    a host of another shape, up to three hosts each;
 //  - first provisions the host, once: the tools the tiers run (dtc, cpio, iasl, QEMU, ...) with
 //    apt-get when root on a machine with apt (lib/testing/host-tools.ts), and the guest artifacts;
 //    what it cannot provide, the tests that need it skip (fail under CI=true), and the summary says
@@ -20,9 +21,9 @@ const TIERS = { unit: 'dist/test/unit', kvm: 'dist/test/kvm', e2e: 'dist/test/e2
 /**
  * The whole e2e tier's budget, retries included, so CI cannot hang. A healthy run takes ~20 min
  * here; the rest is room for retries in fresh hosts (a wedged host costs up to E2E_SILENCE_MS
- * before its retry). 55 min keeps .ci/run near an hour at worst, inside CI's 90.
+ * before its retry). 45 min keeps .ci/run under an hour at worst, inside CI's 90.
  */
-const E2E_HOST_TIMEOUT_MS = Number(process.env.NODEVMM_E2E_TIMEOUT_MS || 55 * 60 * 1000);
+const E2E_HOST_TIMEOUT_MS = Number(process.env.NODEVMM_E2E_TIMEOUT_MS || 45 * 60 * 1000);
 const TIER_TIMEOUT_MS = 30 * 60 * 1000;
 
 function log(msg) {
@@ -160,13 +161,18 @@ async function runE2e() {
   if (spawnSync('qemu-system-x86_64', ['--version']).error) {
     return unavailable(files, `${kvm.reason}, and qemu-system-x86_64 is not installed for the emulated KVM host (apt-get install qemu-system-x86)`);
   }
-  log(`${kvm.reason}: running the e2e files in the emulated KVM host, one boot per file`);
-  const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
+  // One emulated host and one ava run serve all files but those that need a host of another
+  // shape: a host boot and ava's start-up inside it cost ~60-75 s per file (a file whose
+  // tests all skip took 75 s on its own), ten files ~11 min of a ~20 min tier.
+  const alone = files.filter((f) => E2E_HOST_OVERRIDES[path.basename(f)]);
+  const shared = files.filter((f) => !alone.includes(f));
+  const groups = [...(shared.length ? [shared] : []), ...alone.map((f) => [f])];
+  log(`${kvm.reason}: running the e2e files in the emulated KVM host, ${groups.length} host session(s): ${groups.map((g) => g.map((f) => path.basename(f, '.test.js')).join(' + ')).join('; ')}`);
   const total = { passed: 0, failed: 0, skipped: 0 };
   const flaky = [];
   const started = Date.now();
-  for (const file of files) {
-    const counts = await runE2eFileInHost(file, { artifacts, started, flaky });
+  for (const group of groups) {
+    const counts = await runE2eGroupInHost(group, { artifacts, started, flaky });
     for (const k of Object.keys(total)) total[k] += counts[k];
   }
   if (flaky.length) {
@@ -176,21 +182,38 @@ async function runE2e() {
   return total;
 }
 
-/** Each test's title and outcome from ava's TAP output (one file, so titles carry no file prefix). */
-function tapTests(text) {
+/**
+ * Each test's file, bare title and outcome from ava's TAP output. With several files ava
+ * prefixes titles with the file's name ("virtio › title"); with one file it does not, and
+ * the test belongs to `files[0]`.
+ */
+function tapTests(text, files) {
+  const byName = new Map(files.map((f) => [path.basename(f, '.test.js'), f]));
   const tests = [];
   for (const line of text.replace(/\r/g, '').split('\n')) {
     const m = /^(not ok|ok) \d+ - (.*?)(?: # (SKIP|TODO)\b.*)?$/.exec(line);
     if (!m) continue;
     const status = m[3] ? 'skip' : m[1] === 'ok' ? 'pass' : 'fail';
-    tests.push({ title: m[2], status });
+    let file = files[0];
+    let title = m[2];
+    const sep = title.indexOf(' \u203a ');
+    if (files.length > 1 && sep > 0 && byName.has(title.slice(0, sep))) {
+      file = byName.get(title.slice(0, sep));
+      title = title.slice(sep + 3);
+    }
+    tests.push({ file, title, status });
   }
   return tests;
 }
 
 const E2E_ATTEMPTS = 3;
-/** A console quiet for this long ends the attempt (the longest quiet stretch of a healthy run is a few minutes, in many-vms). */
-const E2E_SILENCE_MS = 8 * 60 * 1000;
+/**
+ * A console quiet for this long ends the attempt: the longest quiet stretch of a healthy tier
+ * was 70 s (2026-12-07, in many-vms; the host prints a line per guest boot, ava one per test).
+ */
+const E2E_SILENCE_MS = 4 * 60 * 1000;
+/** One attempt's limit: the shared session runs ~13 min when healthy, many-vms ~9. */
+const E2E_ATTEMPT_MS = 35 * 60 * 1000;
 /**
  * Files that need another emulated host. many-vms: eight nested guests at once
  * need an emulated host with one CPU and one TCG thread. With several TCG
@@ -202,47 +225,55 @@ const E2E_SILENCE_MS = 8 * 60 * 1000;
 const E2E_HOST_OVERRIDES = { 'many-vms.test.js': { tcgThread: 'single', smp: 1 } };
 
 /**
- * One e2e file in the emulated KVM host, with up to three fresh hosts.
+ * Some e2e files in one emulated KVM host and one ava run (one at a time:
+ * --concurrency=1, since several guests booting at once upset the host), with
+ * up to three fresh hosts.
  *
  * Guests under the emulated host occasionally die in early boot (a triple
  * fault or a stall before the console, in a few percent of boots, for QEMU's
  * guests as well as ours: docs/testing.md), and the host's own kernel (TCG
- * with nested SVM) now and then panics under load ("corrupted stack end
- * detected inside scheduler"). Neither is a test result, so a test that fails
- * there, or never reports because the host died, runs again in a fresh host;
- * tests that already passed do not (ava --match '!title'). A real bug fails
- * all three times and is counted; every test that needed a retry is printed as
- * FLAKY so it stays visible.
+ * with nested SVM) now and then panics or wedges under load. Neither is a test
+ * result, so a test that fails there, or never reports because the host died,
+ * runs again in a fresh host; tests that already passed do not (ava --match
+ * '!title'), and files whose tests all passed are left out. A real bug fails
+ * all three times and is counted; every test that needed a retry is printed
+ * as FLAKY so it stays visible.
  */
-async function runE2eFileInHost(file, { artifacts, started, flaky }) {
+async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
   const { runInKvmHost } = require('../dist/lib/testing/kvm-host');
   const quote = (a) => `'${a.replace(/'/g, `'\\''`)}'`;
-  const outcome = new Map(); // title -> pass | skip | fail, latest attempt wins
+  const key = (t) => `${path.basename(t.file)}: ${t.title}`;
+  const outcome = new Map(); // key -> { file, title, status }, latest attempt wins
   const failedBefore = new Set();
+  const reported = new Set(); // files with at least one reported test
+  let pending = files; // files with a test still to run or rerun
   let unexplained = 0; // attempts that ended badly without naming a failed test
+  const name = files.length === 1 ? files[0] : `${files.length} e2e files`;
   for (let attempt = 1; attempt <= E2E_ATTEMPTS; attempt++) {
     const remaining = E2E_HOST_TIMEOUT_MS - (Date.now() - started);
     if (remaining < 60_000) {
-      log(`no time left in the e2e budget for ${file}`);
+      log(`no time left in the e2e budget for ${pending.join(', ')}`);
       unexplained = 1;
       break;
     }
-    const done = [...outcome].filter(([, s]) => s !== 'fail').map(([t]) => `--match=${quote(`!${t}`)}`);
-    const argv = [AVA_CLI, file].map(quote).concat(done).join(' ');
+    const done = [...outcome.values()].filter((t) => t.status !== 'fail' && pending.includes(t.file)).map((t) => `--match=${quote(`!${t.title}`)}`);
+    const argv = [AVA_CLI, ...pending].map(quote).concat('--concurrency=1', done).join(' ');
     let result;
     let seen = '';
+    let lastFile;
     try {
       result = await runInKvmHost(`${JSON.stringify(process.execPath)} ${argv} --tap`, {
         cwd: ROOT,
-        timeoutMs: Math.min(remaining, 20 * 60 * 1000),
+        timeoutMs: Math.min(remaining, E2E_ATTEMPT_MS),
         artifacts,
         // The host tool gives up on a panicked or wedged host itself (host-watchdog.ts) and
         // sizes it to DEFAULT_KVM_HOST_CPUS, one CPU per vCPU of the largest guest here (4).
         // A host can also wedge with QEMU burning CPU and nothing on its console (seen twice in
         // one CI run, in x86-linux-direct): every e2e file prints a TAP line per test and the
-        // host kernel a line per guest boot, so 8 silent minutes mean a dead host, not a slow one.
+        // host kernel a line per guest boot, so a console silent for E2E_SILENCE_MS means a dead
+        // host, not a slow one.
         silenceMs: E2E_SILENCE_MS,
-        ...E2E_HOST_OVERRIDES[path.basename(file)],
+        ...E2E_HOST_OVERRIDES[path.basename(files[0])],
         onConsole: (text) => {
           seen += text;
           process.stdout.write(text.replace(/\r/g, ''));
@@ -250,15 +281,20 @@ async function runE2eFileInHost(file, { artifacts, started, flaky }) {
       });
     } catch (err) {
       process.stdout.write('\n');
-      log(`emulated KVM host failed on ${file} (attempt ${attempt} of ${E2E_ATTEMPTS}): ${err.code || ''} ${err.message.split('\n')[0]}`);
+      log(`emulated KVM host failed on ${name} (attempt ${attempt} of ${E2E_ATTEMPTS}): ${err.code || ''} ${err.message.split('\n')[0]}`);
       // Whatever the console showed before the host died still counts.
-      tapTests(seen).forEach(record);
+      const tests = tapTests(seen, pending);
+      tests.forEach(record);
+      lastFile = tests.length ? tests[tests.length - 1].file : undefined;
       unexplained = 1;
+      pending = stillPending(tests, lastFile);
+      if (pending.length === 0) pending = files.filter((f) => !reported.has(f));
+      if (pending.length === 0) break;
       continue;
     }
     process.stdout.write('\n');
-    log(`${file}: emulated KVM host ready in ${(result.bootMs / 1000).toFixed(1)} s, ava exit ${result.exitCode}, ${(result.durationMs / 1000).toFixed(1)} s in all (attempt ${attempt} of ${E2E_ATTEMPTS})`);
-    const tests = tapTests(result.consoleLog);
+    log(`${name}: emulated KVM host ready in ${(result.bootMs / 1000).toFixed(1)} s, ava exit ${result.exitCode}, ${(result.durationMs / 1000).toFixed(1)} s in all (attempt ${attempt} of ${E2E_ATTEMPTS})`);
+    const tests = tapTests(result.consoleLog, pending);
     tests.forEach(record);
     const failedNow = tests.filter((t) => t.status === 'fail');
     // ava failing without a failed test (a crash, a timeout) is a failure too.
@@ -266,22 +302,33 @@ async function runE2eFileInHost(file, { artifacts, started, flaky }) {
     if (failedNow.length === 0 && unexplained === 0) break;
     // ava failing after reporting only passes is no guest flake (and a rerun would match no test).
     if (failedNow.length === 0 && tests.length > 0) break;
-    if (attempt < E2E_ATTEMPTS) log(`FLAKY? ${file}: ${failedNow.map((t) => JSON.stringify(t.title)).join(', ') || `ava exit ${result.exitCode}`} failed in the emulated host: running ${failedNow.length ? 'them' : 'the file'} again in a fresh host`);
+    pending = stillPending(tests, undefined);
+    if (pending.length === 0) pending = files.filter((f) => !reported.has(f));
+    if (attempt < E2E_ATTEMPTS) log(`FLAKY? ${failedNow.map((t) => JSON.stringify(key(t))).join(', ') || `ava exit ${result.exitCode}`} failed in the emulated host: running ${failedNow.length ? 'them' : 'the files'} again in a fresh host`);
   }
   const counts = { passed: 0, failed: 0, skipped: 0 };
-  for (const [title, status] of outcome) {
-    if (status === 'pass') counts.passed++;
-    else if (status === 'skip') counts.skipped++;
+  for (const t of outcome.values()) {
+    if (t.status === 'pass') counts.passed++;
+    else if (t.status === 'skip') counts.skipped++;
     else counts.failed++;
-    if (status === 'pass' && failedBefore.has(title)) flaky.push(`${path.basename(file)}: ${title}`);
+    if (t.status === 'pass' && failedBefore.has(key(t))) flaky.push(key(t));
   }
-  // A named failure already explains a bad exit; without one, the file still failed.
+  // A named failure already explains a bad exit; without one, the files still failed.
   if (counts.failed === 0) counts.failed = unexplained;
   return counts;
 
   function record(t) {
-    if (t.status === 'fail') failedBefore.add(t.title);
-    outcome.set(t.title, t.status);
+    if (t.status === 'fail') failedBefore.add(key(t));
+    outcome.set(key(t), t);
+    reported.add(t.file);
+  }
+
+  /**
+   * What the next host runs: files with a failed test, files that reported nothing, and the
+   * file that was running when the host died (its later tests never reported).
+   */
+  function stillPending(tests, runningWhenDied) {
+    return pending.filter((f) => f === runningWhenDied || !reported.has(f) || [...outcome.values()].some((t) => t.file === f && t.status === 'fail'));
   }
 }
 
