@@ -4,6 +4,9 @@
  * a guest with the test initramfs, optionally runs one command in it
  * (nodevmm.cmd), and returns the console, the markers and the stop reason.
  */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { NodevmmError } from '../errors';
 import { findGuestArtifacts, type GuestArtifacts } from './artifacts';
 import { detectKvm } from './detect';
@@ -135,3 +138,24 @@ export function timeoutReport(what: string, log: string, spentMs: number, limitM
 
 /** Lines that mean our firmware tables or devices upset the kernel. */
 export const FIRMWARE_COMPLAINTS = /ACPI BIOS Error|ACPI Error|ACPI Warning|\[Firmware Bug\]|\[Firmware Warn\]/;
+
+/**
+ * An ext4 root image made by `mkfs.ext4 -d` from a busybox tree in `dir`: `/bin/busybox`,
+ * `/sbin/init` (a busybox shell script: mounts /proc, installs the applets, then `initLines`),
+ * `/etc/from-host` holding `made-by-mkfs`. The test initramfs switch_roots to it with
+ * `root=/dev/vda rootfstype=ext4`. Returns the image's path; a failing mkfs.ext4 throws with
+ * its stderr.
+ */
+export function ext4RootImage(dir: string, initLines: string[], size = '32M'): string {
+  const tree = path.join(dir, 'tree');
+  for (const d of ['bin', 'sbin', 'proc', 'sys', 'dev', 'tmp', 'etc']) fs.mkdirSync(path.join(tree, d), { recursive: true });
+  fs.copyFileSync(e2eArtifacts!.busybox, path.join(tree, 'bin', 'busybox'));
+  fs.chmodSync(path.join(tree, 'bin', 'busybox'), 0o755);
+  const init = ['#!/bin/busybox sh', '/bin/busybox mount -t proc proc /proc', '/bin/busybox --install -s /bin', ...initLines, ''];
+  fs.writeFileSync(path.join(tree, 'sbin', 'init'), init.join('\n'), { mode: 0o755 });
+  fs.writeFileSync(path.join(tree, 'etc', 'from-host'), 'made-by-mkfs\n');
+  const image = path.join(dir, 'root.ext4');
+  const mkfs = spawnSync('mkfs.ext4', ['-q', '-F', '-L', 'nodevmm-root', '-d', tree, image, size], { encoding: 'utf8' });
+  if (mkfs.status !== 0) throw new NodevmmError('ERR_E2E_MKFS', `mkfs.ext4 of ${image} failed (status ${mkfs.status}): ${mkfs.stderr || mkfs.error?.message}`);
+  return image;
+}

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { bootToStop, e2eArtifacts, e2eSkipReason } from '../../lib/testing/e2e';
+import { bootToStop, e2eSkipReason, ext4RootImage } from '../../lib/testing/e2e';
 
 const skip = e2eSkipReason();
 const e2e = skip ? test.skip : test.serial;
@@ -25,19 +25,11 @@ const VMS = 3;
 const sha256 = (file: string) => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 e2e(`${VMS} VMs boot at once from one ext4 image with temporary overlays, each writes and reads back its own files, and the image is byte-identical afterwards`, async (t) => {
-  const a = e2eArtifacts!;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-shared-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const tree = path.join(dir, 'tree');
-  for (const d of ['bin', 'sbin', 'proc', 'sys', 'dev', 'tmp', 'etc']) fs.mkdirSync(path.join(tree, d), { recursive: true });
-  fs.copyFileSync(a.busybox, path.join(tree, 'bin', 'busybox'));
-  fs.chmodSync(path.join(tree, 'bin', 'busybox'), 0o755);
-  fs.writeFileSync(
-    path.join(tree, 'sbin', 'init'),
+  const image = ext4RootImage(
+    dir,
     [
-      '#!/bin/busybox sh',
-      '/bin/busybox mount -t proc proc /proc',
-      '/bin/busybox --install -s /bin',
       'id=$(sed -n "s/.*nodevmm_vmid=\\([0-9]*\\).*/\\1/p" /proc/cmdline)',
       'echo "vm-$id" > /written-by-vm-$id',
       'dd if=/dev/urandom of=/data-$id bs=64k count=64 2>/dev/null',
@@ -50,14 +42,9 @@ e2e(`${VMS} VMs boot at once from one ext4 image with temporary overlays, each w
       'echo "GUEST-BASE-FILE=$(cat /etc/from-host)"',
       'mount -o remount,ro / && echo GUEST-ROOT-RO=1',
       'poweroff -f',
-      '',
-    ].join('\n'),
-    { mode: 0o755 },
+    ],
+    '48M',
   );
-  fs.writeFileSync(path.join(tree, 'etc', 'from-host'), 'made-by-mkfs\n');
-  const image = path.join(dir, 'root.ext4');
-  const mkfs = spawnSync('mkfs.ext4', ['-q', '-F', '-L', 'nodevmm-root', '-d', tree, image, '48M'], { encoding: 'utf8' });
-  t.is(mkfs.status, 0, `mkfs.ext4: ${mkfs.stderr}`);
   // The base may be read-only to this user: an overlay never opens it for writing.
   fs.chmodSync(image, 0o444);
   const before = sha256(image);

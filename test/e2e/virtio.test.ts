@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { bootToStop, e2eArtifacts, e2eSkipReason, FIRMWARE_COMPLAINTS } from '../../lib/testing/e2e';
+import { bootToStop, e2eSkipReason, ext4RootImage, FIRMWARE_COMPLAINTS } from '../../lib/testing/e2e';
 
 const skip = e2eSkipReason();
 const e2e = skip ? test.skip : test.serial;
@@ -98,34 +98,17 @@ e2e('output written to /dev/hvc0 reaches vm.virtioConsole()', async (t) => {
  * off. On the host, debugfs reads the file back and e2fsck finds the filesystem clean.
  */
 e2e('a Debian kernel boots with root=/dev/vda on an ext4 image, writes a file, and the file is in the image after power-off', async (t) => {
-  const a = e2eArtifacts!;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-ext4-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const tree = path.join(dir, 'tree');
-  for (const d of ['bin', 'sbin', 'proc', 'sys', 'dev', 'tmp', 'etc']) fs.mkdirSync(path.join(tree, d), { recursive: true });
-  fs.copyFileSync(a.busybox, path.join(tree, 'bin', 'busybox'));
-  fs.chmodSync(path.join(tree, 'bin', 'busybox'), 0o755);
   const payload = `written-on-the-ext4-root-${process.pid}`;
-  fs.writeFileSync(
-    path.join(tree, 'sbin', 'init'),
-    [
-      '#!/bin/busybox sh',
-      '/bin/busybox mount -t proc proc /proc',
-      '/bin/busybox --install -s /bin',
-      'echo "GUEST-ROOTFS=$(awk \'$2 == "/" { t = $1 " " $3 } END { print t }\' /proc/mounts)"',
-      'echo "GUEST-ROOT-HOST-FILE=$(cat /etc/from-host)"',
-      `echo ${payload} > /written-by-guest`,
-      'sync',
-      'mount -o remount,ro / && echo GUEST-ROOT-RO=1',
-      'poweroff -f',
-      '',
-    ].join('\n'),
-    { mode: 0o755 },
-  );
-  fs.writeFileSync(path.join(tree, 'etc', 'from-host'), 'made-by-mkfs\n');
-  const image = path.join(dir, 'root.ext4');
-  const mkfs = spawnSync('mkfs.ext4', ['-q', '-F', '-L', 'nodevmm-root', '-d', tree, image, '32M'], { encoding: 'utf8' });
-  t.is(mkfs.status, 0, `mkfs.ext4: ${mkfs.stderr}`);
+  const image = ext4RootImage(dir, [
+    'echo "GUEST-ROOTFS=$(awk \'$2 == "/" { t = $1 " " $3 } END { print t }\' /proc/mounts)"',
+    'echo "GUEST-ROOT-HOST-FILE=$(cat /etc/from-host)"',
+    `echo ${payload} > /written-by-guest`,
+    'sync',
+    'mount -o remount,ro / && echo GUEST-ROOT-RO=1',
+    'poweroff -f',
+  ]);
 
   const r = await bootToStop({ disks: [{ path: image }], cmdline: 'root=/dev/vda rootfstype=ext4', timeoutMs: 120_000 });
   t.is(r.stop.reason, 'poweroff', r.log.slice(-3000));
