@@ -11,6 +11,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import { StringDecoder } from 'node:string_decoder';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -285,12 +286,15 @@ function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promi
       child.kill('SIGKILL');
     });
     const watchdog = o.watchdog === false ? undefined : createHostWatchdog();
+    // Stateful: a character split across two chunks stays whole.
+    const decoder = new StringDecoder('utf8');
     const onText = (chunk: Buffer) => {
-      const text = chunk.toString('utf8');
+      const text = decoder.write(chunk);
       log += text;
       o.onConsole?.(text);
       if (bootMs === undefined && log.includes(ARM64_HOST_READY_MARKER)) bootMs = Date.now() - started;
-      const m = new RegExp(`${ARM64_HOST_FAILED_MARKER} (.*)`).exec(log);
+      // Only the new text and a line before it: the whole log per chunk would be quadratic.
+      const m = new RegExp(`${ARM64_HOST_FAILED_MARKER} (.*)`).exec(log.slice(Math.max(0, log.length - text.length - 200)));
       if (m && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `arm64-kvm-host: the host's init failed: ${m[1]?.trim()}; last console lines:\n${tail()}`);
       const dead = watchdog?.feed(text);
       if (dead && !failure) {

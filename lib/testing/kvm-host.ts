@@ -9,6 +9,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import { StringDecoder } from 'node:string_decoder';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NodevmmError } from '../errors';
@@ -262,16 +263,19 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
     const bootTimer = setTimeout(() => {
       if (bootMs === undefined) stop('ERR_KVM_HOST_BOOT', `the host never printed ${KVM_HOST_READY_MARKER} within ${bootTimeoutMs} ms`);
     }, bootTimeoutMs);
+    // Stateful: a character split across two chunks (ava's "›" in test titles) stays whole.
+    const decoder = new StringDecoder('utf8');
     const onText = (chunk: Buffer) => {
-      const text = chunk.toString('utf8');
+      const text = decoder.write(chunk);
       heard();
       log += text;
       options.onConsole?.(text);
       if (bootMs === undefined && log.includes(KVM_HOST_READY_MARKER)) bootMs = Date.now() - started;
-      const failed = new RegExp(`${KVM_HOST_FAILED_MARKER} (.*)`).exec(log);
-      if (failed && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `kvm-host: the host's init failed: ${failed[1]?.trim()} (after ${elapsed()} s); last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`);
-      // Only the new text (plus a line's worth before it, for a match split across chunks).
+      // Only the new text (plus a line's worth before it, for a match split across chunks):
+      // scanning the whole log per chunk is quadratic over an e2e session's megabytes.
       const fresh = log.slice(Math.max(0, log.length - text.length - 200));
+      const failed = new RegExp(`${KVM_HOST_FAILED_MARKER} (.*)`).exec(fresh);
+      if (failed && !failure) failure = new NodevmmError('ERR_KVM_HOST_INIT', `kvm-host: the host's init failed: ${failed[1]?.trim()} (after ${elapsed()} s); last ${CONSOLE_TAIL_LINES} console lines:\n${tail(log)}`);
       const abort = options.abortOn?.exec(fresh);
       if (abort && !failure) stop('ERR_KVM_HOST_ABORTED', `the host's console showed "${abort[0]}"`);
       const dead = watchdog?.feed(text);

@@ -53,3 +53,13 @@ testWhen(skip)('a frozen emulated host fails with ERR_KVM_HOST_STALLED after sta
   t.log(`gave up ${Date.now() - frozenAt} ms after the freeze (stallMs 15000, time limit 300000)`);
   t.deepEqual(children('qemu-system'), [], 'QEMU was killed');
 });
+
+testWhen(skip)('console text keeps multibyte characters whole across chunk boundaries (ava titles carry "›")', async (t) => {
+  // 3000 three-byte characters over a serial line arrive in many chunks, most of which end
+  // mid-character; decoding each chunk alone turns those into U+FFFD.
+  const r = await runInKvmHost(`printf '%.0s\\342\\200\\272' $(seq 3000); echo; echo END-OF-TEXT`, { cwd: '/', timeoutMs: 300_000, smp: 1, artifacts: artifacts! });
+  t.is(r.exitCode, 0);
+  const line = r.consoleLog.split(/\r?\n/).find((l) => l.startsWith('›'));
+  t.is(line?.replace(/\r/g, ''), '›'.repeat(3000));
+  t.false(r.consoleLog.includes('\ufffd'), 'no replacement characters');
+});
