@@ -6,7 +6,6 @@
  */
 import { NodevmmError } from '../errors';
 import type { ShadowBlock } from './io-bus';
-import type { NativeLayout } from './native';
 
 export const MAILBOX_IDLE = 0;
 export const MAILBOX_PENDING = 1;
@@ -15,8 +14,34 @@ export const MAILBOX_ABORTED = 3;
 export const EXIT_KIND_PIO = 1;
 export const EXIT_KIND_MMIO = 2;
 
+/** Where each field of the shared pages sits, as the addon's layout() reports it. */
+export interface SharedPageLayout {
+  mailboxSize: number;
+  mailboxState: number;
+  mailboxKind: number;
+  mailboxIsWrite: number;
+  mailboxSize_: number;
+  mailboxAddress: number;
+  mailboxData: number;
+  mailboxExitsToJs: number;
+  mailboxExitsNative: number;
+  mailboxExitsPosted: number;
+  ringHead: number;
+  ringTail: number;
+  ring: number;
+  ringEntries: number;
+  postedWriteSize: number;
+  vcpuSharedSize: number;
+  controlNotifyPending: number;
+  controlEventCount: number;
+  controlUnclaimedReads: number;
+  controlUnclaimedWrites: number;
+  controlShadow: number;
+  controlShadowSize: number;
+}
+
 /** Offsets this file was written against. */
-const EXPECTED: Partial<NativeLayout> = {
+const EXPECTED: Partial<SharedPageLayout> = {
   mailboxState: 0,
   mailboxKind: 4,
   mailboxIsWrite: 8,
@@ -37,7 +62,7 @@ const EXPECTED: Partial<NativeLayout> = {
   controlShadow: 128,
 };
 
-export function checkLayout(layout: NativeLayout): void {
+export function checkLayout(layout: SharedPageLayout): void {
   for (const [k, v] of Object.entries(EXPECTED)) {
     if ((layout as unknown as Record<string, number>)[k] !== v) {
       throw new NodevmmError('ERR_NATIVE_LAYOUT', `native layout field ${k} is ${(layout as unknown as Record<string, number>)[k]}, lib/hv/exit-mailbox.ts expects ${v}: the addon and the TypeScript build are out of step (rebuild both)`);

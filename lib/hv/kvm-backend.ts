@@ -9,7 +9,7 @@ import { NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from './backend';
 import { checkLayout, VcpuSharedView } from './exit-mailbox';
-import { native, nativeBinding, type NativeBinding, type NativeGuestRam, type NativeVcpu, type NativeVm } from './native';
+import { native, nativeBinding, watchReadable, type NativeBinding, type NativeGuestRam, type NativeVcpu, type NativeVm } from './native';
 import type { NotifyOps, VcpuStop } from './partition';
 import type { Route } from './route-table';
 
@@ -136,6 +136,8 @@ export class KvmBackend<V> implements PartitionBackend<V> {
       close: (fd) => binding.closeFd(fd),
       ioeventfd: (fd, address, length, datamatch, assign) => native(() => vm.ioeventfd(fd, address, length, { datamatch, deassign: !assign })),
       irqfd: (fd, gsi, assign) => native(() => vm.irqfd(fd, gsi, { deassign: !assign })),
+      drain: (fd) => native(() => binding.eventfdRead(fd)),
+      watch: watchReadable,
     };
   }
   ref(): void {

@@ -25,19 +25,15 @@ export interface KvmPartitionOptions {
   irqchip?: boolean;
   /** In-kernel PIT (KVM_CREATE_PIT2). Default: same as irqchip. */
   pit?: boolean;
-  /** GPA of the 3-page TSS area Intel VMX needs below 4 GiB; must not be RAM. */
+  /** GPA of the 3-page TSS area Intel VMX needs below 4 GiB; must not be RAM. Required with the irqchip (the machine's layout names it: KVM_TSS_START). */
   tssAddress?: number;
-  /** GPA of the identity-map page Intel VMX needs for real mode; must not be RAM. */
+  /** GPA of the identity-map page Intel VMX needs for real mode; must not be RAM. Required with the irqchip (KVM_IDENTITY_MAP_START). */
   identityMapAddress?: number;
   /** Set the adjusted supported CPUID on every vCPU. Default true. */
   cpuid?: boolean;
   /** See DEFAULT_DISPATCH_SPIN_US (partition-core.ts); 0 turns polling off. */
   dispatchSpinUs?: number;
 }
-
-/** Where KVM's private pages go: just below the IOAPIC, inside the MMIO gap (QEMU uses the same spot). */
-export const DEFAULT_TSS_ADDRESS = 0xfffbd000;
-export const DEFAULT_IDENTITY_MAP_ADDRESS = 0xfffbc000;
 
 /** include/uapi/linux/kvm.h */
 const KVM_CAP_TSC_DEADLINE_TIMER = 72;
@@ -135,13 +131,18 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
 
 /** Irqchip, PIT, VMX pages and CPUID on a fresh VM; its vCPUs. */
 function kvmX86Backend(opts: KvmPartitionOptions): KvmBackend<KvmX86Vcpu> {
+  const irqchip = opts.irqchip ?? true;
+  const { tssAddress, identityMapAddress } = opts;
   const kvm: KvmVm = openKvmVm(opts.vcpus);
   const { vm, binding } = kvm;
   try {
-    const irqchip = opts.irqchip ?? true;
+    // The hypervisor chooses no guest addresses: the machine's layout does (arch/x86_64/layout.ts).
+    if (irqchip && (tssAddress === undefined || identityMapAddress === undefined)) {
+      throw new NodevmmError('ERR_INVALID_ARG', 'an x86 partition with the in-kernel irqchip needs tssAddress and identityMapAddress (pages outside RAM below 4 GiB that KVM keeps for Intel VMX; arch/x86_64/layout.ts names them)');
+    }
     if (irqchip) {
-      native(() => vm.setTssAddr(opts.tssAddress ?? DEFAULT_TSS_ADDRESS));
-      native(() => vm.setIdentityMapAddr(opts.identityMapAddress ?? DEFAULT_IDENTITY_MAP_ADDRESS));
+      native(() => vm.setTssAddr(tssAddress!));
+      native(() => vm.setIdentityMapAddr(identityMapAddress!));
       native(() => vm.createIrqchip());
       if (opts.pit ?? true) native(() => vm.createPit2(0));
     }

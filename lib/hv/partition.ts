@@ -22,6 +22,10 @@ export interface NotifyOps {
   close(fd: number): void;
   ioeventfd(fd: number, address: number, length: number, datamatch: number, assign: boolean): void;
   irqfd(fd: number, gsi: number, assign: boolean): void;
+  /** Read (and so reset) an eventfd's counter: the kicks since the last drain, 0 when none. */
+  drain(fd: number): number;
+  /** Call `onReadable` on the event loop while `fd` is readable (never keeps the process alive); `onReadable(errnoName)` on a poll error. */
+  watch(fd: number, onReadable: (error?: string) => void): { close(): void };
 }
 
 /** Why a vCPU left its run loop for good. */
@@ -124,6 +128,13 @@ export interface PendingExit {
 
 export interface X86PartitionOptions {
   vcpus: number;
+  /**
+   * Guest-physical pages below 4 GiB, outside RAM, that a hypervisor may
+   * keep for itself (KVM on Intel VMX: a 3-page TSS and an identity-map
+   * page). The machine's layout names them; a backend that needs none ignores them.
+   */
+  tssAddress: number;
+  identityMapAddress: number;
   /** Adaptive exit-polling window of the dispatcher, in µs (0: off). */
   dispatchSpinUs?: number;
 }
