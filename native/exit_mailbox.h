@@ -1,6 +1,7 @@
-// The exit mailbox: one per vCPU, shared between the vCPU thread and JS as an
-// external ArrayBuffer (lib/hv/exit-mailbox.ts mirrors these offsets and
-// asserts them at load time through `mailboxLayout()`).
+// The pages shared with JS as external ArrayBuffers (lib/hv/exit-mailbox.ts
+// mirrors these offsets and asserts them at load time through `layout()`):
+// per vCPU, the exit mailbox and the posted-write ring; per VM, the control
+// block. Hypervisor-neutral: any backend's run loop uses the same pages.
 //
 // Protocol for an exit that a TypeScript device must answer:
 //   vCPU thread: fill kind/address/size/data, CAS state IDLE->PENDING
@@ -65,5 +66,32 @@ struct PostedWrite {
   uint64_t data;
 };
 static_assert(sizeof(PostedWrite) == 24, "posted write layout");
+
+// Per-VM control block shared with JS.
+struct alignas(64) VmControl {
+  std::atomic<int32_t> notify_pending;   // 0: a JS wakeup is owed when set 0->1
+  std::atomic<int32_t> event_count;      // events queued for takeEvents()
+  uint32_t pad0[14];
+  std::atomic<uint64_t> unclaimed_reads; // 64
+  std::atomic<uint64_t> unclaimed_writes;// 72
+  uint32_t pad1[12];
+  uint8_t shadow[4096];                  // 128: register shadows written by JS
+};
+static_assert(offsetof(VmControl, unclaimed_reads) == 64, "control layout");
+static_assert(offsetof(VmControl, shadow) == 128, "control layout");
+
+// The per-vCPU shared page: mailbox, then the posted-write ring.
+constexpr uint32_t kRingEntries = 256;
+struct alignas(64) VcpuShared {
+  ExitMailbox mailbox;                 // 0
+  std::atomic<uint32_t> ring_head;     // 64, written by the vCPU
+  uint32_t pad0[15];
+  std::atomic<uint32_t> ring_tail;     // 128, written by JS
+  uint32_t pad1[15];
+  PostedWrite ring[kRingEntries];      // 192
+};
+static_assert(offsetof(VcpuShared, ring_head) == 64, "vcpu shared layout");
+static_assert(offsetof(VcpuShared, ring_tail) == 128, "vcpu shared layout");
+static_assert(offsetof(VcpuShared, ring) == 192, "vcpu shared layout");
 
 }  // namespace nodevmm

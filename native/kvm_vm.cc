@@ -1,5 +1,6 @@
-// The KVM VM fd: memory slots, interrupt controllers, irqfd/ioeventfd, the
-// I/O route table the vCPU threads consult, and the JS notification path.
+// The KVM VM fd: memory slots, interrupt controllers, irqfd/ioeventfd, vCPU
+// creation, and the JS entry points of its VmChannel (routes, control block,
+// events, notification), which the vCPU threads share with JS.
 #include "kvm_vm.h"
 
 #include <fcntl.h>
@@ -84,9 +85,6 @@ Vm::Vm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Vm>(info) {
     return;
   }
   fd_ = fd;
-  control_ = std::make_shared<VmControl>();
-  std::memset(static_cast<void*>(control_.get()), 0, sizeof(VmControl));
-  routes_ = std::make_shared<const std::vector<Route>>();
   InstallKickHandler();
   std::lock_guard<std::mutex> lock(g_live_mu);
   g_live.insert(this);
@@ -99,13 +97,13 @@ Vm::~Vm() {
   }
   // GC of an undestroyed VM: stop threads without touching JS.
   if (!destroyed_) {
-    aborting_ = true;
+    channel_.StartAborting();
     for (auto& v : vcpus_) v->Stop();
     for (auto& v : vcpus_) v->Join();
     vcpus_.clear();
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
-    if (has_tsfn_) tsfn_.Abort();
+    channel_.Abandon();
   }
 }
 
@@ -357,7 +355,7 @@ Napi::Value Vm::CreateVcpu(const Napi::CallbackInfo& info) {
     close(vfd);
     return ThrowErrno(env, err, "mmap", nullptr, "map kvm_run of vcpu " + std::to_string(index));
   }
-  auto core = std::make_shared<VcpuCore>(this, index, vfd, static_cast<kvm_run*>(run), run_size);
+  auto core = std::make_shared<VcpuCore>(&channel_, index, vfd, static_cast<kvm_run*>(run), run_size);
   vcpus_.push_back(core);
   Napi::Object obj = Vcpu::constructor->New({});
   Vcpu::Unwrap(obj)->Attach(this, Value(), core);
@@ -368,68 +366,15 @@ Napi::Value Vm::CreateVcpu(const Napi::CallbackInfo& info) {
 Napi::Value Vm::SetRoutes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();
-  if (!info[0].IsArray()) return ThrowUsage(env, "routes must be an array");
-  Napi::Array arr = info[0].As<Napi::Array>();
-  auto table = std::make_shared<std::vector<Route>>();
-  for (uint32_t i = 0; i < arr.Length(); i++) {
-    Napi::Object o = arr.Get(i).As<Napi::Object>();
-    Route r{};
-    r.kind = o.Get("kind").ToNumber().Uint32Value();
-    if (!GetU64(o.Get("start"), &r.start) || !GetU64(o.Get("end"), &r.end) || r.end <= r.start) return ThrowUsage(env, "route start/end invalid");
-    r.mode = o.Get("mode").ToNumber().Uint32Value();
-    r.posted_mask = o.Get("postedMask").ToNumber().Uint32Value();
-    r.shadow_mask = o.Get("shadowMask").ToNumber().Uint32Value();
-    r.shadow_offset = o.Get("shadowOffset").ToNumber().Uint32Value();
-    r.isr_read = kNoIsr;
-    r.isr_ack = kNoIsr;
-    if (o.Get("isrRead").IsNumber() && o.Get("isrAck").IsNumber()) {
-      r.isr_read = o.Get("isrRead").ToNumber().Uint32Value();
-      r.isr_ack = o.Get("isrAck").ToNumber().Uint32Value();
-      if ((r.isr_read & 3) || (r.isr_ack & 3) || r.isr_read >= r.end - r.start || r.isr_ack >= r.end - r.start)
-        return ThrowUsage(env, "route interrupt-status registers must be 4-byte aligned offsets inside the range");
-    }
-    bool uses_shadow = r.shadow_mask || r.posted_mask || r.isr_read != kNoIsr;
-    if (uses_shadow && (r.shadow_offset + 32 > sizeof(control_->shadow) || (r.shadow_offset & 31)))
-      return ThrowUsage(env, "route shadow block must be a 32-byte aligned block inside the shadow page");
-    if (!GetU64(o.Get("readValue"), &r.read_value)) r.read_value = ~0ull;
-    table->push_back(r);
-  }
-  std::sort(table->begin(), table->end(), [](const Route& a, const Route& b) { return a.kind != b.kind ? a.kind < b.kind : a.start < b.start; });
-  for (size_t i = 1; i < table->size(); i++) {
-    const Route& a = (*table)[i - 1];
-    const Route& b = (*table)[i];
-    if (a.kind == b.kind && b.start < a.end) return ThrowUsage(env, "routes overlap");
-  }
-  std::lock_guard<std::mutex> lock(routes_mu_);
-  std::atomic_store(&routes_, std::shared_ptr<const std::vector<Route>>(table));
+  std::string err;
+  if (!channel_.SetRoutes(info[0], &err)) return ThrowUsage(env, err);
   return env.Undefined();
-}
-
-const Route* Vm::FindRoute(uint32_t kind, uint64_t address, std::shared_ptr<const std::vector<Route>>* hold) {
-  *hold = std::atomic_load(&routes_);
-  const std::vector<Route>& t = **hold;
-  size_t lo = 0, hi = t.size();
-  while (lo < hi) {
-    size_t mid = (lo + hi) / 2;
-    const Route& r = t[mid];
-    if (r.kind < kind || (r.kind == kind && r.end <= address)) lo = mid + 1;
-    else hi = mid;
-  }
-  if (lo < t.size() && t[lo].kind == kind && t[lo].start <= address && address < t[lo].end) return &t[lo];
-  return nullptr;
 }
 
 Napi::Value Vm::ControlBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();
-  if (!control_ab_.IsEmpty() && !control_ab_.Value().IsEmpty()) return control_ab_.Value();
-  // SAFETY: the buffer's finalizer holds a reference to the control block,
-  // so JS can never see it freed, whatever the Vm's own lifetime.
-  auto* hold = new std::shared_ptr<VmControl>(control_);
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-      env, control_.get(), sizeof(VmControl), [](Napi::Env, void*, std::shared_ptr<VmControl>* h) { delete h; }, hold);
-  control_ab_ = Napi::Persistent(ab);
-  return ab;
+  return channel_.ControlBuffer(env);
 }
 
 // setNotify(fn): fn() is called (coalesced) whenever exits, posted writes
@@ -438,93 +383,27 @@ Napi::Value Vm::SetNotify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();
   if (!info[0].IsFunction()) return ThrowUsage(env, "notify must be a function");
-  if (has_tsfn_) return ThrowUsage(env, "notify already set");
-  tsfn_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "nodevmm-exits", 0, 1);
-  tsfn_.Unref(env);
-  has_tsfn_ = true;
+  std::string err;
+  if (!channel_.SetNotify(env, info[0].As<Napi::Function>(), &err)) return ThrowUsage(env, err);
   return env.Undefined();
 }
 
-void Vm::Notify() {
-  if (!has_tsfn_) return;
-  if (control_->notify_pending.exchange(1, std::memory_order_acq_rel) == 0) {
-    tsfn_.NonBlockingCall();
-  }
-}
-
-void Vm::PostEvent(VcpuEvent ev) {
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    events_.push_back(std::move(ev));
-    control_->event_count.store(static_cast<int32_t>(events_.size()), std::memory_order_release);
-  }
-  Notify();
-}
-
-static Napi::Object ExitToJs(Napi::Env env, const DecodedExit& x) {
-  Napi::Object o = Napi::Object::New(env);
-  const char* type = "unknown";
-  switch (x.type) {
-    case ExitType::kHlt: type = "hlt"; break;
-    case ExitType::kShutdown: type = "shutdown"; break;
-    case ExitType::kSystemEvent: type = "system-event"; break;
-    case ExitType::kFailEntry: type = "fail-entry"; break;
-    case ExitType::kInternalError: type = "internal-error"; break;
-    case ExitType::kDebug: type = "debug"; break;
-    case ExitType::kPio: type = "pio"; break;
-    case ExitType::kMmio: type = "mmio"; break;
-    default: break;
-  }
-  o.Set("type", type);
-  o.Set("rawReason", x.raw_reason);
-  o.Set("subtype", x.subtype);
-  Napi::Array d = Napi::Array::New(env, x.ndetail);
-  for (uint32_t i = 0; i < x.ndetail; i++) d.Set(i, Napi::BigInt::New(env, x.detail[i]));
-  o.Set("detail", d);
-  if (x.type == ExitType::kPio || x.type == ExitType::kMmio) {
-    o.Set("address", Napi::BigInt::New(env, x.address));
-    o.Set("size", x.size);
-    o.Set("isWrite", x.is_write);
-  }
-  return o;
-}
-
-Napi::Value Vm::TakeEvents(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::vector<VcpuEvent> evs;
-  {
-    std::lock_guard<std::mutex> lock(events_mu_);
-    evs.swap(events_);
-    control_->event_count.store(0, std::memory_order_release);
-  }
-  Napi::Array out = Napi::Array::New(env, evs.size());
-  for (size_t i = 0; i < evs.size(); i++) {
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("vcpu", evs[i].vcpu);
-    o.Set("type", evs[i].type);
-    if (evs[i].type == "exited") {
-      o.Set("exit", ExitToJs(env, evs[i].exit));
-      o.Set("reason", evs[i].reason);
-    }
-    out.Set(static_cast<uint32_t>(i), o);
-  }
-  return out;
-}
+Napi::Value Vm::TakeEvents(const Napi::CallbackInfo& info) { return channel_.TakeEvents(info.Env()); }
 
 Napi::Value Vm::Ref(const Napi::CallbackInfo& info) {
-  if (has_tsfn_ && !destroyed_) tsfn_.Ref(info.Env());
+  if (!destroyed_) channel_.Ref(info.Env());
   return info.Env().Undefined();
 }
 
 Napi::Value Vm::Unref(const Napi::CallbackInfo& info) {
-  if (has_tsfn_ && !destroyed_) tsfn_.Unref(info.Env());
+  if (!destroyed_) channel_.Unref(info.Env());
   return info.Env().Undefined();
 }
 
 void Vm::DestroyImpl(Napi::Env env) {
   if (destroyed_) return;
   destroyed_ = true;
-  aborting_ = true;
+  channel_.StartAborting();
   for (auto& v : vcpus_) v->Stop();
   for (auto& v : vcpus_) v->Join();
   vcpus_.clear();
@@ -534,15 +413,7 @@ void Vm::DestroyImpl(Napi::Env env) {
   }
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
-  if (has_tsfn_) {
-    tsfn_.Release();
-  }
-  if (!control_ab_.IsEmpty()) {
-    Napi::Value v = control_ab_.Value();
-    if (!v.IsEmpty() && v.IsArrayBuffer() && !v.As<Napi::ArrayBuffer>().IsDetached()) napi_detach_arraybuffer(env, v);
-    control_ab_.Reset();
-  }
-  (void)env;
+  channel_.Close(env);
 }
 
 Napi::Value Vm::Destroy(const Napi::CallbackInfo& info) {

@@ -1,4 +1,6 @@
-// KVM partition (VM fd) and vCPU objects exposed to JS. Each wrapper method is
+// KVM partition (VM fd) and vCPU objects exposed to JS. What the vCPU threads
+// share with JS (control block, events, routes) is the VmChannel; the
+// threads themselves are vcpu_thread.h's. Each wrapper method is
 // named after the ioctl it issues (KVM_SET_USER_MEMORY_REGION ->
 // setUserMemoryRegion). Decisions (addresses, which devices, when to pause)
 // are made in TypeScript; this file only carries them out.
@@ -18,116 +20,52 @@
 
 #include "exit_mailbox.h"
 #include "hypervisor.h"
+#include "vcpu_thread.h"
+#include "vm_channel.h"
 
 namespace nodevmm {
 
 class GuestRam;
 class Vm;
 
-// A claimed I/O range and how the vCPU thread answers it without JS.
-struct Route {
-  uint32_t kind;            // kExitKindPio or kExitKindMmio
-  uint64_t start;           // inclusive
-  uint64_t end;             // exclusive
-  uint32_t mode;            // kRouteJs or kRouteConstant
-  uint32_t posted_mask;     // bit n: writes at offset n are posted (queued, not waited for)
-  uint32_t shadow_mask;     // bit n: 1-byte reads at offset n come from the shadow page
-  uint32_t shadow_offset;   // where this range's shadow bytes start in the shadow page
-  uint64_t read_value;      // kRouteConstant: value returned for reads
-  // An interrupt-status register pair (virtio-mmio InterruptStatus and
-  // InterruptACK) answered here: 4-byte reads at isr_read return the 32-bit
-  // word at the start of the shadow block, 4-byte writes at isr_ack clear the
-  // bits written. JS sets bits atomically when it raises an interrupt. Only
-  // for edge-triggered lines: an ACK here never lowers a line.
-  uint32_t isr_read;        // register offset, or kNoIsr
-  uint32_t isr_ack;         // register offset, or kNoIsr
-};
-constexpr uint32_t kNoIsr = 0xffffffffu;
-enum RouteMode : uint32_t { kRouteJs = 0, kRouteConstant = 1 };
-
-// Per-VM control block shared with JS (lib/hv/exit-mailbox.ts mirrors it).
-struct alignas(64) VmControl {
-  std::atomic<int32_t> notify_pending;   // 0: a JS wakeup is owed when set 0->1
-  std::atomic<int32_t> event_count;      // events queued for takeEvents()
-  uint32_t pad0[14];
-  std::atomic<uint64_t> unclaimed_reads; // 64
-  std::atomic<uint64_t> unclaimed_writes;// 72
-  uint32_t pad1[12];
-  uint8_t shadow[4096];                  // 128: register shadows written by JS
-};
-static_assert(offsetof(VmControl, unclaimed_reads) == 64, "control layout");
-static_assert(offsetof(VmControl, shadow) == 128, "control layout");
-
-// The per-vCPU shared page: mailbox, then the posted-write ring.
-constexpr uint32_t kRingEntries = 256;
-struct alignas(64) VcpuShared {
-  ExitMailbox mailbox;                 // 0
-  std::atomic<uint32_t> ring_head;     // 64, written by the vCPU
-  uint32_t pad0[15];
-  std::atomic<uint32_t> ring_tail;     // 128, written by JS
-  uint32_t pad1[15];
-  PostedWrite ring[kRingEntries];      // 192
-};
-static_assert(offsetof(VcpuShared, ring_head) == 64, "vcpu shared layout");
-static_assert(offsetof(VcpuShared, ring_tail) == 128, "vcpu shared layout");
-static_assert(offsetof(VcpuShared, ring) == 192, "vcpu shared layout");
-
-enum class VcpuState { kCreated, kPaused, kRunning, kExited, kJoined };
-enum VcpuRequest : int32_t { kRequestNone = 0, kRequestPause = 1, kRequestStop = 2 };
-
-// Events the vCPU threads report to JS, drained by takeEvents().
-struct VcpuEvent {
-  uint32_t vcpu;
-  std::string type;  // "paused", "exited"
-  DecodedExit exit;  // for "exited"
-  std::string reason;
-};
-
-class VcpuCore : public VcpuBackend {
+// A KVM vCPU's entry into the guest: the fd, its kvm_run mapping, and the
+// decode of kvm_run into a DecodedExit (kvm_vcpu_run.cc).
+class KvmVcpuRun : public VcpuBackend {
  public:
-  VcpuCore(Vm* vm, uint32_t index, int fd, kvm_run* run, size_t run_size);
-  ~VcpuCore() override;
-
+  KvmVcpuRun(int fd, kvm_run* run, size_t run_size);
+  ~KvmVcpuRun() override;
   DecodedExit Run() override;
   void RequestImmediateExit(bool on) override;
-
-  bool Start(std::string* err);
-  void Resume();
-  void Pause();
-  void Stop();
-  void Join();
-  VcpuState state() const { return state_.load(); }
-  bool in_guest_or_starting() const;
-
   int fd() const { return fd_; }
-  uint32_t index() const { return index_; }
-  VcpuShared* shared() { return shared_.get(); }
-  std::shared_ptr<VcpuShared> shared_ref() { return shared_; }
 
  private:
-  void ThreadMain();
-  bool HandleIo(const DecodedExit& exit);
-  bool DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_t address, uint8_t* data);
-  bool PostWrite(uint32_t kind, uint32_t size, uint64_t address, uint64_t value);
-  void Kick();
-
-  Vm* vm_;
-  uint32_t index_;
   int fd_;
   kvm_run* run_;
   size_t run_size_;
-  std::shared_ptr<VcpuShared> shared_;
-  std::thread thread_;
-  pthread_t tid_{};
-  // Guards tid_/thread_alive_ so a kick never targets a finished thread.
-  std::mutex kick_mu_;
-  bool thread_alive_ = false;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::atomic<VcpuState> state_{VcpuState::kCreated};
-  std::atomic<int32_t> request_{kRequestNone};
-  bool resume_requested_ = false;
-  bool started_ = false;
+};
+
+// A KVM vCPU: its KVM entry and the neutral thread that drives it. The
+// thread is declared last, so it is stopped and joined before the fd and
+// kvm_run mapping go.
+class VcpuCore {
+ public:
+  VcpuCore(VmChannel* channel, uint32_t index, int fd, kvm_run* run, size_t run_size)
+      : run_(fd, run, run_size), thread_(channel, &run_, index) {}
+
+  bool Start(std::string* err) { return thread_.Start(err); }
+  void Resume() { thread_.Resume(); }
+  void Pause() { thread_.Pause(); }
+  void Stop() { thread_.Stop(); }
+  void Join() { thread_.Join(); }
+  VcpuState state() const { return thread_.state(); }
+  int fd() const { return run_.fd(); }
+  uint32_t index() const { return thread_.index(); }
+  VcpuShared* shared() { return thread_.shared(); }
+  std::shared_ptr<VcpuShared> shared_ref() { return thread_.shared_ref(); }
+
+ private:
+  KvmVcpuRun run_;
+  VcpuThread thread_;
 };
 
 class Vm : public Napi::ObjectWrap<Vm> {
@@ -136,12 +74,7 @@ class Vm : public Napi::ObjectWrap<Vm> {
   explicit Vm(const Napi::CallbackInfo& info);
   ~Vm() override;
 
-  // Called from vCPU threads.
-  void Notify();
-  void PostEvent(VcpuEvent ev);
-  const Route* FindRoute(uint32_t kind, uint64_t address, std::shared_ptr<const std::vector<Route>>* hold);
-  VmControl* control() { return control_.get(); }
-  bool aborting() const { return aborting_.load(); }
+  bool aborting() const { return channel_.aborting(); }
   // Host pointer for [gpa, gpa+len) if it lies in one memory slot.
   uint8_t* HostAddress(uint64_t gpa, uint64_t len);
 
@@ -183,10 +116,9 @@ class Vm : public Napi::ObjectWrap<Vm> {
   bool CheckAlive(Napi::Env env);
 
   int fd_ = -1;
-  std::shared_ptr<VmControl> control_;
+  // Declared before the vCPUs: their threads use it until they are joined.
+  VmChannel channel_;
   std::vector<std::shared_ptr<VcpuCore>> vcpus_;
-  std::shared_ptr<const std::vector<Route>> routes_;
-  std::mutex routes_mu_;
   struct Slot {
     uint32_t slot;
     uint64_t gpa;
@@ -196,13 +128,7 @@ class Vm : public Napi::ObjectWrap<Vm> {
   };
   std::vector<Slot> slots_;
   std::mutex slots_mu_;
-  std::mutex events_mu_;
-  std::vector<VcpuEvent> events_;
-  Napi::ThreadSafeFunction tsfn_;
-  bool has_tsfn_ = false;
-  std::atomic<bool> aborting_{false};
   bool destroyed_ = false;
-  Napi::Reference<Napi::ArrayBuffer> control_ab_;
 };
 
 // JS handle for one vCPU; register access is only allowed while its thread
@@ -259,9 +185,6 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
 // /dev/kvm, opened once per process on first use.
 int KvmSystemFd(std::string* err, int* err_no);
 size_t KvmRunMmapSize();
-// The kick signal; its handler does nothing but interrupt KVM_RUN.
-int KickSignal();
-void InstallKickHandler();
 
 Napi::Object InitSystem(Napi::Env env, Napi::Object exports);
 

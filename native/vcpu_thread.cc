@@ -1,21 +1,19 @@
-// One native thread per vCPU running KVM_RUN, with Firecracker's state
-// machine: Created -> Paused <-> Running -> Exited -> Joined. Hot exits are
-// answered here (unclaimed ports, constant ranges, register shadows, posted
-// writes); only exits a TypeScript device must see go through the mailbox.
+// The vCPU thread (vcpu_thread.h): enters the guest through its backend and
+// answers hot exits here (unclaimed ports, constant ranges, register
+// shadows, posted writes); only exits a TypeScript device must see go
+// through the mailbox.
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstring>
 
-#include "kvm_vm.h"
+#include "vcpu_thread.h"
 
 namespace nodevmm {
 
@@ -36,112 +34,18 @@ inline void CpuRelax() {
 }
 }  // namespace
 
-VcpuCore::VcpuCore(Vm* vm, uint32_t index, int fd, kvm_run* run, size_t run_size)
-    : vm_(vm), index_(index), fd_(fd), run_(run), run_size_(run_size), shared_(std::make_shared<VcpuShared>()) {
+VcpuThread::VcpuThread(VmChannel* channel, VcpuBackend* backend, uint32_t index)
+    : channel_(channel), backend_(backend), index_(index), shared_(std::make_shared<VcpuShared>()) {
   std::memset(static_cast<void*>(shared_.get()), 0, sizeof(VcpuShared));
   shared_->mailbox.vcpu_index = index;
 }
 
-VcpuCore::~VcpuCore() {
+VcpuThread::~VcpuThread() {
   Stop();
   Join();
-  if (run_) munmap(run_, run_size_);
-  if (fd_ >= 0) close(fd_);
 }
 
-void VcpuCore::RequestImmediateExit(bool on) {
-  // SAFETY: run_ is the live kvm_run mapping of this vCPU.
-  __atomic_store_n(&run_->immediate_exit, on ? 1 : 0, __ATOMIC_RELEASE);
-}
-
-DecodedExit VcpuCore::Run() {
-  DecodedExit x;
-  int r = ioctl(fd_, KVM_RUN, 0);
-  if (r < 0) {
-    if (errno == EINTR) {
-      RequestImmediateExit(false);
-      x.type = ExitType::kInterrupted;
-    } else if (errno == EAGAIN) {
-      x.type = ExitType::kRetry;
-    } else {
-      x.type = ExitType::kInternalError;
-      x.subtype = 0xffff;  // host-side run failure, detail[0] = errno
-      x.detail[0] = static_cast<uint64_t>(errno);
-      x.ndetail = 1;
-    }
-    return x;
-  }
-  x.raw_reason = run_->exit_reason;
-  switch (run_->exit_reason) {
-    case KVM_EXIT_IO:
-      x.type = ExitType::kPio;
-      x.is_write = run_->io.direction == KVM_EXIT_IO_OUT;
-      x.size = run_->io.size;
-      x.count = run_->io.count;
-      x.address = run_->io.port;
-      // SAFETY: data_offset lies inside the kvm_run mapping (KVM ABI).
-      x.data = reinterpret_cast<uint8_t*>(run_) + run_->io.data_offset;
-      break;
-    case KVM_EXIT_MMIO:
-      x.type = ExitType::kMmio;
-      x.is_write = run_->mmio.is_write;
-      x.size = run_->mmio.len;
-      x.address = run_->mmio.phys_addr;
-      x.data = run_->mmio.data;
-      break;
-    case KVM_EXIT_HLT:
-      x.type = ExitType::kHlt;
-      break;
-    case KVM_EXIT_SHUTDOWN:
-      x.type = ExitType::kShutdown;
-      break;
-    case KVM_EXIT_SYSTEM_EVENT:
-      x.type = ExitType::kSystemEvent;
-      x.subtype = run_->system_event.type;
-      x.ndetail = run_->system_event.ndata > 4 ? 4 : run_->system_event.ndata;
-      for (uint32_t i = 0; i < x.ndetail; i++) x.detail[i] = run_->system_event.data[i];
-      break;
-    case KVM_EXIT_FAIL_ENTRY:
-      x.type = ExitType::kFailEntry;
-      x.detail[0] = run_->fail_entry.hardware_entry_failure_reason;
-      x.detail[1] = run_->fail_entry.cpu;
-      x.ndetail = 2;
-      break;
-    case KVM_EXIT_INTERNAL_ERROR:
-      x.type = ExitType::kInternalError;
-      x.subtype = run_->internal.suberror;
-      x.ndetail = run_->internal.ndata > 4 ? 4 : run_->internal.ndata;
-      for (uint32_t i = 0; i < x.ndetail; i++) x.detail[i] = run_->internal.data[i];
-      break;
-    case KVM_EXIT_DEBUG:
-      x.type = ExitType::kDebug;
-#if defined(__x86_64__)
-      x.detail[0] = run_->debug.arch.exception;
-      x.detail[1] = run_->debug.arch.pc;
-      x.detail[2] = run_->debug.arch.dr6;
-      x.detail[3] = run_->debug.arch.dr7;
-      x.ndetail = 4;
-#elif defined(__aarch64__)
-      x.detail[0] = run_->debug.arch.hsr;
-      x.detail[1] = run_->debug.arch.far;
-      x.ndetail = 2;
-#endif
-      break;
-    case KVM_EXIT_INTR:
-      RequestImmediateExit(false);
-      x.type = ExitType::kInterrupted;
-      break;
-    case KVM_EXIT_IRQ_WINDOW_OPEN:
-      x.type = ExitType::kRetry;
-      break;
-    default:
-      x.type = ExitType::kUnknown;
-      break;
-  }
-  return x;
-}
-
-bool VcpuCore::Start(std::string* err) {
+bool VcpuThread::Start(std::string* err) {
   std::lock_guard<std::mutex> lock(mu_);
   if (started_) {
     *err = "vcpu already started";
@@ -184,14 +88,14 @@ bool VcpuCore::Start(std::string* err) {
   return true;
 }
 
-void VcpuCore::Kick() {
-  RequestImmediateExit(true);
+void VcpuThread::Kick() {
+  backend_->RequestImmediateExit(true);
   std::atomic_thread_fence(std::memory_order_release);
   std::lock_guard<std::mutex> k(kick_mu_);
   if (thread_alive_) pthread_kill(tid_, KickSignal());
 }
 
-void VcpuCore::Resume() {
+void VcpuThread::Resume() {
   std::lock_guard<std::mutex> lock(mu_);
   if (state_ == VcpuState::kExited || state_ == VcpuState::kJoined) return;
   request_ = kRequestNone;
@@ -199,7 +103,7 @@ void VcpuCore::Resume() {
   cv_.notify_all();
 }
 
-void VcpuCore::Pause() {
+void VcpuThread::Pause() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (state_ == VcpuState::kPaused) {
@@ -216,14 +120,14 @@ void VcpuCore::Pause() {
     VcpuEvent ev;
     ev.vcpu = index_;
     ev.type = "paused";
-    vm_->PostEvent(std::move(ev));
+    channel_->PostEvent(std::move(ev));
   }
   return;
 kick:
   Kick();
 }
 
-void VcpuCore::Stop() {
+void VcpuThread::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     request_ = kRequestStop;
@@ -241,12 +145,12 @@ void VcpuCore::Stop() {
   if (started_) Kick();
 }
 
-void VcpuCore::Join() {
+void VcpuThread::Join() {
   if (thread_.joinable()) thread_.join();
   if (started_) state_ = VcpuState::kJoined;
 }
 
-void VcpuCore::ThreadMain() {
+void VcpuThread::ThreadMain() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -259,10 +163,10 @@ void VcpuCore::ThreadMain() {
     for (;;) {
       int32_t req = request_.load(std::memory_order_acquire);
       if (req != kRequestNone) {
-        RequestImmediateExit(false);
+        backend_->RequestImmediateExit(false);
         break;
       }
-      DecodedExit x = Run();
+      DecodedExit x = backend_->Run();
       if (x.type == ExitType::kPio || x.type == ExitType::kMmio) {
         if (!HandleIo(x)) break;  // aborted while waiting for JS
         continue;
@@ -274,7 +178,7 @@ void VcpuCore::ThreadMain() {
       ev.type = "exited";
       ev.exit = x;
       state_ = VcpuState::kExited;
-      vm_->PostEvent(std::move(ev));
+      channel_->PostEvent(std::move(ev));
       exited = true;
       break;
     }
@@ -292,13 +196,13 @@ void VcpuCore::ThreadMain() {
       VcpuEvent ev;
       ev.vcpu = index_;
       ev.type = "paused";
-      vm_->PostEvent(std::move(ev));
+      channel_->PostEvent(std::move(ev));
     }
   }
   if (state_ != VcpuState::kExited) state_ = VcpuState::kPaused;
 }
 
-bool VcpuCore::PostWrite(uint32_t kind, uint32_t size, uint64_t address, uint64_t value) {
+bool VcpuThread::PostWrite(uint32_t kind, uint32_t size, uint64_t address, uint64_t value) {
   VcpuShared* s = shared_.get();
   uint32_t head = s->ring_head.load(std::memory_order_relaxed);
   uint32_t tail = s->ring_tail.load(std::memory_order_acquire);
@@ -312,12 +216,12 @@ bool VcpuCore::PostWrite(uint32_t kind, uint32_t size, uint64_t address, uint64_
   // Dekker pairing with the JS consumer (store tail, then load head): if JS
   // had drained everything before our store, we must wake it.
   uint32_t tail2 = s->ring_tail.load(std::memory_order_seq_cst);
-  if (tail2 == head) vm_->Notify();
+  if (tail2 == head) channel_->Notify();
   s->mailbox.exits_posted++;
   return true;
 }
 
-bool VcpuCore::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_t address, uint8_t* data) {
+bool VcpuThread::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_t address, uint8_t* data) {
   ExitMailbox& mb = shared_->mailbox;
   mb.kind = kind;
   mb.is_write = is_write;
@@ -329,7 +233,7 @@ bool VcpuCore::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_
   mb.exits_to_js++;
   int32_t expected = kMailboxIdle;
   if (!mb.state.compare_exchange_strong(expected, kMailboxPending, std::memory_order_acq_rel)) return false;  // aborted
-  vm_->Notify();
+  channel_->Notify();
   for (;;) {
     for (int i = 0; i < kSpinIterations; i++) {
       int32_t st = mb.state.load(std::memory_order_acquire);
@@ -356,13 +260,13 @@ answered:
   return mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_acq_rel);
 }
 
-bool VcpuCore::HandleIo(const DecodedExit& x) {
+bool VcpuThread::HandleIo(const DecodedExit& x) {
   uint32_t kind = x.type == ExitType::kPio ? kExitKindPio : kExitKindMmio;
-  std::shared_ptr<const std::vector<Route>> hold;
-  VmControl* ctl = vm_->control();
+  Routes hold;
+  VmControl* ctl = channel_->control();
   for (uint32_t i = 0; i < x.count; i++) {
     uint8_t* data = x.data + static_cast<size_t>(i) * x.size;
-    const Route* r = vm_->FindRoute(kind, x.address, &hold);
+    const Route* r = channel_->FindRoute(kind, x.address, &hold);
     if (!r) {
       // Unclaimed: reads float high like an empty ISA bus, writes vanish.
       if (x.is_write) ctl->unclaimed_writes.fetch_add(1, std::memory_order_relaxed);

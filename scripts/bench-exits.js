@@ -15,7 +15,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { KvmPartition } = require('../dist/lib/hv/kvm-partition');
-const { waitForStop, kvmSkipReason } = require('../dist/lib/testing/kvm-test-helpers');
+const { waitForStop, kvmSkipReason, X86_KVM_PAGES } = require('../dist/lib/testing/kvm-test-helpers');
 
 const { numberOption } = require('./lib/options');
 const N = numberOption('--iterations', 20000);
@@ -97,7 +97,7 @@ async function timeToFirstExit() {
   for (let i = 0; i < FIRST_EXIT_SAMPLES + 5; i++) {
     const t0 = process.hrtime.bigint();
     let t1 = 0n;
-    const p = new KvmPartition({ vcpus: 1 });
+    const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
     p.addRam({ gpa: 0, size: 256 * 1024 * 1024 });
     const done = new Promise((resolve) => {
       p.pio.register(0x10, 1, { name: 'first-exit', read: () => 0, write: () => { t1 = process.hrtime.bigint(); resolve(); } });

@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import type * as net from 'node:net';
 import { ConfigError, FormatError, HypervisorUnavailableError, KvmError, NodevmmError } from '../errors';
-import { nativeBinding } from '../hv/native';
+import { openHypervisor } from '../hv/hypervisor';
 import type { ComPort } from '../vm/config';
 import { EXIT_CODES } from '../vm/lifecycle';
 import { createVm, type Vm } from '../vm/vm';
@@ -102,10 +102,10 @@ async function run(argv: readonly string[]): Promise<number> {
 const SIGNAL_EXIT = SIGNAL_EXIT_CODES;
 
 async function runVm(args: RunArgs): Promise<number> {
-  const binding = nativeBinding();
-  const probe = binding.probe();
+  const hv = openHypervisor();
+  const probe = hv.probe();
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
-  if (binding.arch === 'aarch64') return (require('./run-arm64') as typeof import('./run-arm64')).runArm64(args);
+  if (hv.arch === 'aarch64') return (require('./run-arm64') as typeof import('./run-arm64')).runArm64(args);
   // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
   const vm = await createVm(args.config);
   const cleanups: Array<() => void> = [];

@@ -5,7 +5,7 @@
  * once, so a mismatch fails loudly at load instead of corrupting exits.
  */
 import { NodevmmError } from '../errors';
-import type { NativeLayout } from './native';
+import type { ShadowBlock } from './io-bus';
 
 export const MAILBOX_IDLE = 0;
 export const MAILBOX_PENDING = 1;
@@ -14,8 +14,34 @@ export const MAILBOX_ABORTED = 3;
 export const EXIT_KIND_PIO = 1;
 export const EXIT_KIND_MMIO = 2;
 
+/** Where each field of the shared pages sits, as the addon's layout() reports it. */
+export interface SharedPageLayout {
+  mailboxSize: number;
+  mailboxState: number;
+  mailboxKind: number;
+  mailboxIsWrite: number;
+  mailboxSize_: number;
+  mailboxAddress: number;
+  mailboxData: number;
+  mailboxExitsToJs: number;
+  mailboxExitsNative: number;
+  mailboxExitsPosted: number;
+  ringHead: number;
+  ringTail: number;
+  ring: number;
+  ringEntries: number;
+  postedWriteSize: number;
+  vcpuSharedSize: number;
+  controlNotifyPending: number;
+  controlEventCount: number;
+  controlUnclaimedReads: number;
+  controlUnclaimedWrites: number;
+  controlShadow: number;
+  controlShadowSize: number;
+}
+
 /** Offsets this file was written against. */
-const EXPECTED: Partial<NativeLayout> = {
+const EXPECTED: Partial<SharedPageLayout> = {
   mailboxState: 0,
   mailboxKind: 4,
   mailboxIsWrite: 8,
@@ -36,7 +62,7 @@ const EXPECTED: Partial<NativeLayout> = {
   controlShadow: 128,
 };
 
-export function checkLayout(layout: NativeLayout): void {
+export function checkLayout(layout: SharedPageLayout): void {
   for (const [k, v] of Object.entries(EXPECTED)) {
     if ((layout as unknown as Record<string, number>)[k] !== v) {
       throw new NodevmmError('ERR_NATIVE_LAYOUT', `native layout field ${k} is ${(layout as unknown as Record<string, number>)[k]}, lib/hv/exit-mailbox.ts expects ${v}: the addon and the TypeScript build are out of step (rebuild both)`);
@@ -127,5 +153,71 @@ export class VcpuSharedView {
       // tail): one of the two sides always sees the other's update.
       Atomics.store(this.u32, 32, tail);
     }
+  }
+}
+
+/** Bytes of one range's shadow block; the last byte holds the enable bits. */
+export const SHADOW_BLOCK_SIZE = 32;
+const SHADOW_START = 128;
+/** Shadow blocks that fit the control block's 4 KiB shadow page. */
+export const SHADOW_BLOCKS = 4096 / SHADOW_BLOCK_SIZE;
+
+/**
+ * The per-VM control block (native VmControl): the "notification pending"
+ * flag the vCPU threads raise before waking JS, the count of queued
+ * lifecycle events, the unclaimed-access counters of the native fast path
+ * and the shadow page JS writes register values into.
+ */
+export class ControlBlock {
+  private readonly i32: Int32Array;
+  private readonly u8: Uint8Array;
+  private readonly u32: Uint32Array;
+  private readonly dv: DataView;
+
+  constructor(buffer: ArrayBuffer) {
+    this.i32 = new Int32Array(buffer);
+    this.u8 = new Uint8Array(buffer);
+    this.u32 = new Uint32Array(buffer);
+    this.dv = new DataView(buffer);
+  }
+
+  /** A vCPU raised the flag and owes JS no further wakeup until it is cleared. */
+  get notifyPending(): boolean {
+    return Atomics.load(this.i32, 0) !== 0;
+  }
+  clearNotify(): void {
+    Atomics.store(this.i32, 0, 0);
+  }
+  /** Lifecycle events (paused, exited) wait in the backend's queue. */
+  get eventsQueued(): boolean {
+    return Atomics.load(this.i32, 1) !== 0;
+  }
+  get unclaimedReads(): bigint {
+    return this.dv.getBigUint64(64, true);
+  }
+  get unclaimedWrites(): bigint {
+    return this.dv.getBigUint64(72, true);
+  }
+
+  /** Block `block` of the shadow page as a device's handle on it. */
+  shadowBlock(block: number): ShadowBlock {
+    const base = SHADOW_START + block * SHADOW_BLOCK_SIZE;
+    const u8 = this.u8;
+    const u32 = this.u32;
+    const w = base / 4;
+    return {
+      set: (offset, value) => {
+        u8[base + offset] = value;
+      },
+      enable: (shadows, posting) => {
+        Atomics.store(u8, base + SHADOW_BLOCK_SIZE - 1, (shadows ? 1 : 0) | (posting ? 2 : 0));
+      },
+      word: {
+        load: () => Atomics.load(u32, w),
+        store: (v) => void Atomics.store(u32, w, v),
+        or: (bits) => void Atomics.or(u32, w, bits),
+        and: (mask) => void Atomics.and(u32, w, mask),
+      },
+    };
   }
 }

@@ -6,12 +6,16 @@
 import { NodevmmError } from '../errors';
 import type { KvmArm64Partition } from './kvm-arm64-partition';
 import { KvmPartition, supportedCpuid } from './kvm-partition';
-import type { CpuidEntry } from './native';
+import { nativeBinding, type CpuidEntry } from './native';
 import type { Arm64Partition, Arm64PartitionOptions, X86Partition, X86PartitionOptions } from './partition';
 
 export interface Hypervisor {
   /** 'kvm' today. */
   readonly name: string;
+  /** The architecture of the guests this host runs (the addon's build); loads the addon. */
+  readonly arch: 'x86_64' | 'aarch64' | 'unknown';
+  /** Whether VMs can run here, or one sentence why not (no /dev/kvm, no permission, too old). */
+  probe(): { ok: true } | { ok: false; message: string };
   createX86Partition(opts: X86PartitionOptions): X86Partition;
   createArm64Partition(opts: Arm64PartitionOptions): Arm64Partition;
   /** The CPUID leaves the hypervisor can give an x86 guest. */
@@ -20,6 +24,13 @@ export interface Hypervisor {
 
 const kvm: Hypervisor = {
   name: 'kvm',
+  get arch() {
+    return nativeBinding().arch;
+  },
+  probe: () => {
+    const p = nativeBinding().probe();
+    return p.ok ? { ok: true } : { ok: false, message: p.message };
+  },
   createX86Partition: (opts) => new KvmPartition(opts),
   // Loaded on first use: an x86 VM never compiles the arm64 backend (CLI start-up time).
   createArm64Partition: (opts) => new (require('./kvm-arm64-partition') as { KvmArm64Partition: typeof KvmArm64Partition }).KvmArm64Partition(opts),

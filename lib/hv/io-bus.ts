@@ -76,6 +76,14 @@ export interface ShadowBlock {
   word: SharedWord;
 }
 
+/** What a bus tells the route table of its partition (route-table.ts). */
+export interface BusRoutes {
+  /** Ranges were added or removed. */
+  changed(): void;
+  /** A shadow block for a range that wants shadows, posted writes or an interrupt-status pair. */
+  allocShadow(): { block: number; shadow: ShadowBlock };
+}
+
 export interface BusRange {
   start: number;
   length: number;
@@ -98,10 +106,8 @@ export class IoBus {
   private lastHit: BusRange | undefined;
   unclaimedReads = 0;
   unclaimedWrites = 0;
-  /** Called whenever ranges change (the partition pushes new native routes). */
-  onChange: (() => void) | undefined;
-  /** Supplies shadow blocks (the partition's shadow page); absent on pure-JS buses. */
-  shadowAllocator: ((range: BusRange) => { block: number; shadow: ShadowBlock }) | undefined;
+  /** The partition's route table: told of every change, supplies shadow blocks; absent on pure-JS buses. */
+  routes: BusRoutes | undefined;
 
   constructor(kind: BusKind) {
     this.kind = kind;
@@ -133,8 +139,8 @@ export class IoBus {
       throw new NodevmmError('ERR_BUS_RANGE', `interrupt-status registers of ${device.name} at ${isr.read}/${isr.ack} must be 4-byte aligned offsets inside the range`);
     }
     const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [], interruptStatus: isr, jsAccesses: 0 };
-    if ((range.posted.length || range.shadowed.length || isr) && this.shadowAllocator) {
-      const a = this.shadowAllocator(range);
+    if ((range.posted.length || range.shadowed.length || isr) && this.routes) {
+      const a = this.routes.allocShadow();
       range.shadow = a.shadow;
       range.shadowBlock = a.block;
     }
@@ -155,14 +161,14 @@ export class IoBus {
     if (i < 0) return;
     this.ranges.splice(i, 1);
     this.lastHit = undefined;
-    this.onChange?.();
+    this.routes?.changed();
   }
 
   private insert(range: BusRange): void {
     this.ranges.push(range);
     this.ranges.sort((a, b) => a.start - b.start);
     this.lastHit = undefined;
-    this.onChange?.();
+    this.routes?.changed();
   }
 
   list(): readonly BusRange[] {

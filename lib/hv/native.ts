@@ -8,6 +8,8 @@
 import * as path from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { HypervisorUnavailableError, KvmError, NodevmmError } from '../errors';
+import type { SharedPageLayout } from './exit-mailbox';
+import type { Route } from './route-table';
 import type { X86Regs, X86Sregs, X86Msr } from './x86-state';
 
 export interface NativeExit {
@@ -26,19 +28,8 @@ export interface NativeEvent {
   exit?: NativeExit;
 }
 
-export interface NativeRoute {
-  kind: 1 | 2;
-  start: number;
-  end: number;
-  mode: 0 | 1;
-  postedMask: number;
-  shadowMask: number;
-  shadowOffset: number;
-  readValue?: number | bigint;
-  /** Interrupt-status read / ACK register offsets answered natively from the shadow block's first word. */
-  isrRead?: number;
-  isrAck?: number;
-}
+/** A route as setRoutes takes it (route-table.ts defines it: the neutral core builds them). */
+export type NativeRoute = Route;
 
 export interface CpuidEntry {
   function: number;
@@ -143,30 +134,8 @@ export interface NativeFdWatcher {
   close(): void;
 }
 
-export interface NativeLayout {
-  mailboxSize: number;
-  mailboxState: number;
-  mailboxKind: number;
-  mailboxIsWrite: number;
-  mailboxSize_: number;
-  mailboxAddress: number;
-  mailboxData: number;
-  mailboxExitsToJs: number;
-  mailboxExitsNative: number;
-  mailboxExitsPosted: number;
-  ringHead: number;
-  ringTail: number;
-  ring: number;
-  ringEntries: number;
-  postedWriteSize: number;
-  vcpuSharedSize: number;
-  controlNotifyPending: number;
-  controlEventCount: number;
-  controlUnclaimedReads: number;
-  controlUnclaimedWrites: number;
-  controlShadow: number;
-  controlShadowSize: number;
-}
+/** The shared pages' offsets as the addon reports them (exit-mailbox.ts checks them). */
+export type NativeLayout = SharedPageLayout;
 
 export interface NativeBinding {
   backend: 'kvm';

@@ -1,9 +1,9 @@
 /**
- * The hypervisor-neutral contract the VM layer programs against. The KVM
- * backends (kvm-partition.ts for x86_64, kvm-arm64-partition.ts for arm64)
- * implement it today and `openHypervisor()` (hypervisor.ts) hands them out; a
- * Windows Hypervisor Platform backend implements the same interfaces later,
- * so callers never change.
+ * The hypervisor-neutral contract the VM layer programs against.
+ * `openHypervisor()` (hypervisor.ts) hands out partitions; each is the
+ * neutral core (partition-core.ts) with one backend plugged in (backend.ts:
+ * KVM x86_64 and KVM arm64 today, a Windows Hypervisor Platform backend
+ * later), so callers never change.
  */
 import type { EventEmitter } from 'node:events';
 import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
@@ -22,6 +22,10 @@ export interface NotifyOps {
   close(fd: number): void;
   ioeventfd(fd: number, address: number, length: number, datamatch: number, assign: boolean): void;
   irqfd(fd: number, gsi: number, assign: boolean): void;
+  /** Read (and so reset) an eventfd's counter: the kicks since the last drain, 0 when none. */
+  drain(fd: number): number;
+  /** Call `onReadable` on the event loop while `fd` is readable (never keeps the process alive); `onReadable(errnoName)` on a poll error. */
+  watch(fd: number, onReadable: (error?: string) => void): { close(): void };
 }
 
 /** Why a vCPU left its run loop for good. */
@@ -54,9 +58,15 @@ export interface RamOptions {
   hugepages?: boolean;
 }
 
+/** A vCPU of any architecture. */
 export interface VirtualProcessor {
   readonly index: number;
+  /** Its run thread's state ('created', 'paused', 'running', 'exited', ...). */
   readonly state: string;
+}
+
+/** An x86 vCPU as the VM layer sees it. */
+export interface X86VirtualProcessor extends VirtualProcessor {
   getRegs(): X86Regs;
   setRegs(regs: Partial<X86Regs>): void;
   getSregs(): X86Sregs;
@@ -65,6 +75,10 @@ export interface VirtualProcessor {
   setMsrs(msrs: X86Msr[]): void;
   getMpState(): number;
   setMpState(state: number): void;
+  /** The local APIC page (KVM_GET_LAPIC layout: 1 KiB of registers). */
+  getLapic(): Uint8Array;
+  /** The exit this vCPU waits on JavaScript for, if any. */
+  pendingExit(): PendingExit | undefined;
 }
 
 export interface PartitionStats {
@@ -101,7 +115,7 @@ export interface Partition extends EventEmitter {
   readonly destroyed: boolean;
 }
 
-/** Where a partition's `fileIo` runs a transfer (see KvmPartition.fileIo). */
+/** Where a partition's `fileIo` runs a transfer (see PartitionCore.fileIo in partition-core.ts). */
 export type FileIoMode = 'pool' | 'nowait' | 'inline';
 
 /** An exit a vCPU is waiting on JavaScript for (diagnosis). */
@@ -112,16 +126,15 @@ export interface PendingExit {
   address: number;
 }
 
-/** An x86 vCPU as the VM layer sees it. */
-export interface X86VirtualProcessor extends VirtualProcessor {
-  /** The local APIC page (KVM_GET_LAPIC layout: 1 KiB of registers). */
-  getLapic(): Uint8Array;
-  /** The exit this vCPU waits on JavaScript for, if any. */
-  pendingExit(): PendingExit | undefined;
-}
-
 export interface X86PartitionOptions {
   vcpus: number;
+  /**
+   * Guest-physical pages below 4 GiB, outside RAM, that a hypervisor may
+   * keep for itself (KVM on Intel VMX: a 3-page TSS and an identity-map
+   * page). The machine's layout names them; a backend that needs none ignores them.
+   */
+  tssAddress: number;
+  identityMapAddress: number;
   /** Adaptive exit-polling window of the dispatcher, in µs (0: off). */
   dispatchSpinUs?: number;
 }

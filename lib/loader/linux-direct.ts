@@ -29,8 +29,8 @@ import {
   PVH_START_INFO_START,
   ZERO_PAGE_SIZE,
   ZERO_PAGE_START,
-  ramRangesFor,
   type LayoutItem,
+  type RamRange,
 } from '../arch/x86_64/layout';
 import { buildPvhStartInfo } from '../arch/x86_64/pvh';
 import { encodeCmdline } from './cmdline';
@@ -49,8 +49,8 @@ export interface LinuxDirectX86Options {
   initrd?: Uint8Array | undefined;
   cmdline: string;
   protocol?: 'auto' | X86BootProtocol;
-  /** Guest RAM in bytes; RAM is laid out by ramRangesFor and must already exist in `mem`. */
-  memoryBytes: number;
+  /** The guest's RAM (the machine computes it once, with ramRangesFor); it must already exist in `mem`. */
+  ramRanges: readonly RamRange[];
   /** Where the caller's ACPI builder put the RSDP (normally RSDP_START). */
   acpi?: { rsdpGpa: number } | undefined;
   /** The ACPI tables' range (from ACPI_TABLES_START), marked ACPI in E820. */
@@ -74,10 +74,11 @@ export interface LinuxDirectX86Result {
 }
 
 export function loadLinuxDirectX86(mem: GuestMemory, opts: LinuxDirectX86Options): LinuxDirectX86Result {
-  const ramRanges = ramRangesFor(opts.memoryBytes);
+  const ramRanges = opts.ramRanges;
+  if (ramRanges.length === 0) throw new NodevmmError('ERR_GUEST_MEMORY_LAYOUT', 'linux direct boot needs at least one ram range');
   for (const r of ramRanges) {
     if (!mem.isRam(r.gpa, r.size)) {
-      throw new NodevmmError('ERR_GUEST_MEMORY_LAYOUT', `guest memory does not back ram range [${hex(r.gpa)}, ${hex(r.gpa + r.size)}) that ${opts.memoryBytes} bytes of memory imply`);
+      throw new NodevmmError('ERR_GUEST_MEMORY_LAYOUT', `guest memory does not back ram range [${hex(r.gpa)}, ${hex(r.gpa + r.size)}) the machine declared`);
     }
   }
   if (opts.acpiRange && (opts.acpiRange.gpa < ACPI_TABLES_START || opts.acpiRange.gpa + opts.acpiRange.size > LEGACY_HOLE_START)) {

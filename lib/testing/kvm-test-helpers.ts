@@ -4,14 +4,18 @@
  * process's fds, threads and RSS for leak checks.
  */
 import * as fs from 'node:fs';
-import { nativeBinding } from '../hv/native';
+import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from '../arch/x86_64/layout';
+import { openHypervisor } from '../hv/hypervisor';
 import type { KvmPartition } from '../hv/kvm-partition';
 import type { VcpuStop } from '../hv/partition';
+
+/** The pages an x86 KvmPartition with the in-kernel irqchip needs, where the x86 machine puts them. */
+export const X86_KVM_PAGES = { tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START } as const;
 
 /** Why KVM tests cannot run here, or undefined when they can. */
 export function kvmSkipReason(): string | undefined {
   try {
-    const p = nativeBinding().probe();
+    const p = openHypervisor().probe();
     return p.ok ? undefined : p.message;
   } catch (e) {
     return (e as Error).message;

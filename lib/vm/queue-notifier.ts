@@ -12,7 +12,6 @@
  * So it goes to `onError`, which stops the VM the same way.
  */
 import type { NotifyOps } from '../hv/partition';
-import { nativeBinding, watchReadable } from '../hv/native';
 
 /** A `queueNotifier` for the transport of the slot whose registers start at `base`. */
 export function ioeventfdQueueNotifier(ops: NotifyOps, base: number, onError: (error: Error) => void): (index: number, onNotify: () => void) => () => void {
@@ -26,11 +25,10 @@ export function ioeventfdQueueNotifier(ops: NotifyOps, base: number, onError: (e
       ops.close(fd);
       throw e;
     }
-    const binding = nativeBinding();
     // Several kicks before the loop looks are one read (the counter adds up): one drain is enough.
-    const watcher = watchReadable(fd, () => {
+    const watcher = ops.watch(fd, () => {
       try {
-        if (binding.eventfdRead(fd) > 0) onNotify();
+        if (ops.drain(fd) > 0) onNotify();
       } catch (e) {
         onError(e instanceof Error ? e : new Error(String(e)));
       }

@@ -7,7 +7,7 @@
 import { NodevmmError } from '../errors';
 import type { VhostVsockOps } from '../devices/virtio/vsock';
 import type { NotifyOps } from '../hv/partition';
-import { asKvmError, native, nativeBinding, type NativeBinding, type NativeVm } from '../hv/native';
+import { vhostHostOps, type VhostHostOps } from '../hv/host-ops';
 
 export const VHOST_VSOCK_PATH = '/dev/vhost-vsock';
 
@@ -22,8 +22,7 @@ function codeOf(e: unknown): string | undefined {
 }
 
 /** Open /dev/vhost-vsock for a guest with `cid`. Throws ERR_VSOCK with one sentence. */
-export function openVhostVsock(cid: number, path = VHOST_VSOCK_PATH, binding: NativeBinding = nativeBinding()): OpenedVhostVsock {
-  const v = binding.vhost;
+export function openVhostVsock(cid: number, path = VHOST_VSOCK_PATH, v: VhostHostOps = vhostHostOps()): OpenedVhostVsock {
   let fd: number;
   try {
     fd = v.open(path);
@@ -37,36 +36,35 @@ export function openVhostVsock(cid: number, path = VHOST_VSOCK_PATH, binding: Na
   }
   let features: bigint;
   try {
-    native(() => v.setOwner(fd));
-    features = native(() => v.getFeatures(fd));
+    v.setOwner(fd);
+    features = v.getFeatures(fd);
     try {
       v.vsockSetGuestCid(fd, cid);
     } catch (e) {
       if (codeOf(e) === 'EADDRINUSE') throw new NodevmmError('ERR_VSOCK', `vsock cid ${cid} is already used by another VM on this host (give vsock.cid another value)`, { cause: e });
-      throw asKvmError(e);
+      throw e;
     }
   } catch (e) {
-    binding.closeFd(fd);
+    v.close(fd);
     throw e;
   }
   let open = true;
-  const call = <T>(f: () => T): T => native(f);
   return {
     fd,
     features,
-    setFeatures: (f) => call(() => v.setFeatures(fd, f)),
-    setMemTable: (regions) => call(() => v.setMemTable(fd, regions)),
-    setVringNum: (i, n) => call(() => v.setVringNum(fd, i, n)),
-    setVringBase: (i, n) => call(() => v.setVringBase(fd, i, n)),
-    setVringAddr: (i, a) => call(() => v.setVringAddr(fd, i, a)),
-    getVringBase: (i) => call(() => v.getVringBase(fd, i)),
-    setVringKick: (i, efd) => call(() => v.setVringKick(fd, i, efd)),
-    setVringCall: (i, efd) => call(() => v.setVringCall(fd, i, efd)),
-    setRunning: (r) => call(() => v.vsockSetRunning(fd, r)),
+    setFeatures: (f) => v.setFeatures(fd, f),
+    setMemTable: (regions) => v.setMemTable(fd, regions),
+    setVringNum: (i, n) => v.setVringNum(fd, i, n),
+    setVringBase: (i, n) => v.setVringBase(fd, i, n),
+    setVringAddr: (i, a) => v.setVringAddr(fd, i, a),
+    getVringBase: (i) => v.getVringBase(fd, i),
+    setVringKick: (i, efd) => v.setVringKick(fd, i, efd),
+    setVringCall: (i, efd) => v.setVringCall(fd, i, efd),
+    setRunning: (r) => v.vsockSetRunning(fd, r),
     close: () => {
       if (!open) return;
       open = false;
-      binding.closeFd(fd);
+      v.close(fd);
     },
   };
 }

@@ -24,6 +24,7 @@ import { buildX86Machine, type X86Machine } from './x86-machine';
 import type { PlannedIgvm } from './igvm-boot';
 import { openDisk, openOverlayDisk, type OverlayDisk } from './virtio-devices';
 import { TapBackend } from '../devices/tap';
+import { tapHostOps } from '../hv/host-ops';
 import { PasstBackend } from '../devices/passt';
 import type { VirtioNetStats } from '../devices/virtio/net';
 import { VsockServer, VsockStream } from './vsock-stream';
@@ -191,7 +192,7 @@ export class Vm extends EventEmitter<VmEvents> {
     if (this.taps.length === this.config.net.length) return;
     try {
       for (const n of this.config.net) {
-        if (n.tap !== undefined) this.taps.push(TapBackend.open(n.tap));
+        if (n.tap !== undefined) this.taps.push(TapBackend.open(n.tap, tapHostOps()));
         else {
           const p = PasstBackend.open({ forward: n.user.forward });
           // passt gone means the NIC is gone: the VM stops rather than run on without its network.

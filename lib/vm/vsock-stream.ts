@@ -9,7 +9,7 @@
 import { Duplex } from 'node:stream';
 import { EventEmitter } from 'node:events';
 import { NodevmmError } from '../errors';
-import { asKvmError, nativeBinding, type NativeBinding, type NativeFdWatcher } from '../hv/native';
+import { vsockSocketOps, type FdWatcher, type VsockSocketOps } from '../hv/host-ops';
 
 /** VMADDR_CID_HOST: where a guest connects to reach this host. */
 export const VMADDR_CID_HOST = 2;
@@ -33,59 +33,59 @@ export class VsockStream extends Duplex {
   readonly remoteCid: number;
   readonly remotePort: number;
   private fd: number;
-  private readonly binding: NativeBinding;
-  private watcher: NativeFdWatcher | undefined;
+  private readonly ops: VsockSocketOps;
+  private watcher: FdWatcher | undefined;
   private wantRead = false;
   private pending: { data: Uint8Array; cb: (e?: Error | null) => void } | undefined;
 
   /** Wrap a connected, non-blocking AF_VSOCK fd; the stream owns it from here. */
-  constructor(fd: number, remote: { cid: number; port: number }, binding: NativeBinding = nativeBinding()) {
+  constructor(fd: number, remote: { cid: number; port: number }, ops: VsockSocketOps = vsockSocketOps()) {
     // As net.Socket by default: when the peer ends, we end too, so its close completes at once.
     super({ allowHalfOpen: false });
     this.fd = fd;
-    this.binding = binding;
+    this.ops = ops;
     this.remoteCid = remote.cid;
     this.remotePort = remote.port;
     try {
-      this.watcher = binding.watchFd(fd, {}, (status, readable, writable) => this.onReady(status, readable, writable));
+      this.watcher = ops.watch(fd, {}, (status, readable, writable) => this.onReady(status, readable, writable));
     } catch (e) {
-      binding.closeFd(fd);
+      ops.close(fd);
       this.fd = -1;
-      throw asKvmError(e);
+      throw e;
     }
   }
 
   /** Connect to `port` on the VM with `cid`; resolves once the guest accepted. */
-  static connect(cid: number, port: number, binding: NativeBinding = nativeBinding()): Promise<VsockStream> {
+  static connect(cid: number, port: number, ops: VsockSocketOps = vsockSocketOps()): Promise<VsockStream> {
     const what = `vsock connect to cid ${cid} port ${port}`;
     return new Promise((resolve, reject) => {
       let fd: number;
       try {
-        fd = binding.vsockConnect(cid, port);
+        fd = ops.connect(cid, port);
       } catch (e) {
         reject(vsockError(what, (e as { code?: string }).code ?? 'EUNKNOWN', e));
         return;
       }
-      let watcher: NativeFdWatcher;
+      let watcher: FdWatcher;
       try {
-        watcher = binding.watchFd(fd, { writable: true }, (status) => {
+        watcher = ops.watch(fd, { writable: true }, (status) => {
           watcher.close();
           // libuv reports a socket error (POLLERR) as UV_EBADF: the socket knows the real one.
-          const err = binding.socketError(fd) ?? (status < 0 ? 'EIO' : null);
+          const err = ops.error(fd) ?? (status < 0 ? 'EIO' : null);
           if (err) {
-            binding.closeFd(fd);
+            ops.close(fd);
             reject(vsockError(what, err));
             return;
           }
           try {
-            resolve(new VsockStream(fd, { cid, port }, binding));
+            resolve(new VsockStream(fd, { cid, port }, ops));
           } catch (e) {
             reject(e);
           }
         });
       } catch (e) {
-        binding.closeFd(fd);
-        reject(asKvmError(e));
+        ops.close(fd);
+        reject(e as Error);
       }
     });
   }
@@ -97,7 +97,7 @@ export class VsockStream extends Duplex {
   private onReady(status: number, readable: boolean, writable: boolean): void {
     if (this.fd < 0) return;
     if (status < 0) {
-      this.destroy(vsockError('vsock socket', this.binding.socketError(this.fd) ?? 'EIO'));
+      this.destroy(vsockError('vsock socket', this.ops.error(this.fd) ?? 'EIO'));
       return;
     }
     if (writable && this.pending) this.flushPending();
@@ -109,7 +109,7 @@ export class VsockStream extends Duplex {
       const buf = Buffer.allocUnsafe(READ_CHUNK);
       let n: number;
       try {
-        n = this.binding.socketRead(this.fd, buf);
+        n = this.ops.read(this.fd, buf);
       } catch (e) {
         this.destroy(vsockError('vsock read', (e as { code?: string }).code ?? 'EIO', e));
         return;
@@ -142,7 +142,7 @@ export class VsockStream extends Duplex {
     while (p.data.length > 0) {
       let n: number;
       try {
-        n = this.binding.socketWrite(this.fd, p.data);
+        n = this.ops.write(this.fd, p.data);
       } catch (e) {
         this.pending = undefined;
         this.updateInterest();
@@ -162,10 +162,10 @@ export class VsockStream extends Duplex {
 
   override _final(cb: (e?: Error | null) => void): void {
     try {
-      if (this.fd >= 0) this.binding.socketShutdownWrite(this.fd);
+      if (this.fd >= 0) this.ops.shutdownWrite(this.fd);
       cb();
     } catch (e) {
-      cb(asKvmError(e));
+      cb(e as Error);
     }
   }
 
@@ -173,7 +173,7 @@ export class VsockStream extends Duplex {
     // Watcher first: libuv must not poll an fd number that may be reused.
     this.watcher?.close();
     this.watcher = undefined;
-    if (this.fd >= 0) this.binding.closeFd(this.fd);
+    if (this.fd >= 0) this.ops.close(this.fd);
     this.fd = -1;
     const p = this.pending;
     this.pending = undefined;
@@ -191,36 +191,36 @@ export interface VsockServerEvents {
 export class VsockServer extends EventEmitter<VsockServerEvents> {
   readonly port: number;
   private fd: number;
-  private watcher: NativeFdWatcher | undefined;
-  private readonly binding: NativeBinding;
+  private watcher: FdWatcher | undefined;
+  private readonly ops: VsockSocketOps;
 
-  constructor(port: number, binding: NativeBinding = nativeBinding()) {
+  constructor(port: number, ops: VsockSocketOps = vsockSocketOps()) {
     super();
     this.port = port;
-    this.binding = binding;
+    this.ops = ops;
     try {
-      this.fd = binding.vsockListen(port);
+      this.fd = ops.listen(port);
     } catch (e) {
       const code = (e as { code?: string }).code ?? 'EUNKNOWN';
       throw new NodevmmError('ERR_VSOCK', code === 'EADDRINUSE' ? `vsock port ${port} is already listened on by another program on this host` : `vsock listen on port ${port} failed: ${(e as Error).message}`, { cause: e });
     }
-    this.watcher = binding.watchFd(this.fd, { readable: true }, () => this.acceptAll());
+    this.watcher = ops.watch(this.fd, { readable: true }, () => this.acceptAll());
   }
 
   private acceptAll(): void {
     for (;;) {
       let c: { fd: number; cid: number; port: number } | null;
       try {
-        c = this.binding.vsockAccept(this.fd);
+        c = this.ops.accept(this.fd);
       } catch (e) {
         // An unhandled 'error' would kill the process for one failed accept (EMFILE): warn instead.
-        const err = asKvmError(e);
+        const err = e as Error;
         if (this.listenerCount('error') > 0) this.emit('error', err);
         else process.emitWarning(`vsock port ${this.port}: accept failed: ${err.message}`);
         return;
       }
       if (!c) return;
-      this.emit('connection', new VsockStream(c.fd, { cid: c.cid, port: c.port }, this.binding));
+      this.emit('connection', new VsockStream(c.fd, { cid: c.cid, port: c.port }, this.ops));
     }
   }
 
@@ -228,7 +228,7 @@ export class VsockServer extends EventEmitter<VsockServerEvents> {
   close(): void {
     this.watcher?.close();
     this.watcher = undefined;
-    if (this.fd >= 0) this.binding.closeFd(this.fd);
+    if (this.fd >= 0) this.ops.close(this.fd);
     this.fd = -1;
   }
 }

@@ -7,7 +7,7 @@
  * no PCI. Addresses come from lib/arch/x86_64/layout.ts.
  */
 import { buildX86AcpiTables, type X86AcpiTables } from '../acpi/x86-tables';
-import { ACPI_PLATFORM, CMOS_RTC, COM_RESOURCES, I8042_COMMAND_PORT, MMIO_GAP_START, PM_BASE, POST_PORT, SCI_IRQ, ramRangesFor } from '../arch/x86_64/layout';
+import { ACPI_PLATFORM, CMOS_RTC, COM_RESOURCES, I8042_COMMAND_PORT, KVM_IDENTITY_MAP_START, KVM_TSS_START, PM_BASE, POST_PORT, SCI_IRQ, ramAroundFourGiB, ramRangesFor } from '../arch/x86_64/layout';
 import { AcpiPm, ACPI_PM_BLOCK_SIZE } from '../devices/acpi-pm';
 import { CmosRtc } from '../devices/cmos-rtc';
 import { I8042Reset } from '../devices/i8042-reset';
@@ -119,13 +119,15 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
 
   // 1. Partition and vCPUs (in-kernel irqchip and PIT).
   const spin = cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {};
-  const partition = openHypervisor().createX86Partition({ vcpus: cfg.vcpus, ...spin });
+  const partition = openHypervisor().createX86Partition({ vcpus: cfg.vcpus, tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START, ...spin });
   const sinks: BatchingSink[] = [];
   let virtio: AttachedVirtio | undefined;
   try {
     phase('partition');
     // 2. RAM below the MMIO gap and above 4 GiB.
-    for (const r of ramRangesFor(cfg.memory)) partition.addRam({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high' });
+    // Computed once here; the loader (E820, boot page tables) and the CMOS take them from here.
+    const ram = ramRangesFor(cfg.memory);
+    for (const r of ram) partition.addRam({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high' });
     phase('memory');
 
     // 3. ACPI tables: they only depend on the machine shape.
@@ -151,7 +153,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
         initrd: images.initrd,
         cmdline: cfg.cmdline,
         protocol: cfg.boot,
-        memoryBytes: cfg.memory,
+        ramRanges: ram,
         acpi: { rsdpGpa: acpi.rsdpGpa },
         acpiRange: { gpa: acpi.tablesGpa, size: alignUp(acpi.blob.length, 4096) },
         physAddrBits: physAddrBits(),
@@ -191,8 +193,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       onReset: () => hooks.onReset(),
     });
     partition.pio.register(PM_BASE, ACPI_PM_BLOCK_SIZE, pm);
-    const lowRam = Math.min(cfg.memory, MMIO_GAP_START);
-    partition.pio.register(CMOS_RTC.port, 2, new CmosRtc({ irq: irqs.line(CMOS_RTC.irq), memory: { belowFourGiB: lowRam, aboveFourGiB: cfg.memory - lowRam } }));
+    partition.pio.register(CMOS_RTC.port, 2, new CmosRtc({ irq: irqs.line(CMOS_RTC.irq), memory: ramAroundFourGiB(ram) }));
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));

@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
-import { kvmSkipReason, waitForStop } from '../../lib/testing/kvm-test-helpers';
+import { kvmSkipReason, waitForStop, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode, setupRealMode } from '../../lib/testing/tiny-guests';
 import { GiB, MiB } from '../../lib/util/bytes';
 import { directFileBackend } from '../../lib/devices/virtio/blk-backends';
@@ -59,7 +59,7 @@ kvm('several regions, a read-only region and a region at 512 GiB all work', asyn
 });
 
 kvm('an 8 GiB guest is addressable through several views', (t) => {
-  const p = new KvmPartition({ vcpus: 1 });
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
   t.teardown(() => p.destroy());
   p.addRam({ gpa: 0, size: 3 * GiB, name: 'below-gap' });
   p.addRam({ gpa: 4 * GiB, size: 5 * GiB, name: 'above-4g' });
@@ -73,7 +73,7 @@ kvm('an 8 GiB guest is addressable through several views', (t) => {
 });
 
 kvm('bad memory arguments are refused with a clear error', (t) => {
-  const p = new KvmPartition({ vcpus: 1 });
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
   t.teardown(() => p.destroy());
   p.addRam({ gpa: 0, size: 1 * MiB, name: 'low' });
   t.throws(() => p.addRam({ gpa: 0x80000, size: 1 * MiB, name: 'dup' }), { code: 'ERR_GUEST_MEMORY_OVERLAP', message: /dup .* overlaps low/ });
@@ -82,10 +82,12 @@ kvm('bad memory arguments are refused with a clear error', (t) => {
   t.throws(() => p.addRam({ gpa: 2 ** 52, size: 4096 }), { code: 'ERR_GUEST_MEMORY_RANGE' });
   t.throws(() => p.memory.read(0x100000, 1), { code: 'ERR_GUEST_MEMORY_RANGE', message: /0x100000 is outside guest ram/ });
   t.throws(() => new KvmPartition({ vcpus: 0 }), { code: 'ERR_INVALID_ARG' });
+  // The hypervisor picks no guest addresses of its own: the machine's layout names KVM's private pages.
+  t.throws(() => new KvmPartition({ vcpus: 1 }), { code: 'ERR_INVALID_ARG', message: /needs tssAddress and identityMapAddress/ });
 });
 
 kvm('destroying a vm while JS still holds a view does not crash', (t) => {
-  const p = new KvmPartition({ vcpus: 1 });
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
   p.addRam({ gpa: 0, size: 1 * MiB });
   const view = p.memory.view(0, 4096)!;
   view[0] = 1;
@@ -161,7 +163,7 @@ kvm('directFileBackend transfers at once for an image in memory, and never for a
 });
 
 kvm('GSI routing takes irqchip and MSI entries, refuses other types, and KVM_SIGNAL_MSI reaches the in-kernel LAPIC', (t) => {
-  const p = new KvmPartition({ vcpus: 1 });
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
   t.teardown(() => p.destroy());
   const vm = p.nativeVm;
   // The default ISA routes (IOAPIC pins 0-23) plus one MSI route, as a VMM with an MSI-capable device sets it.

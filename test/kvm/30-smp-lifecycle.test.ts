@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
-import { kvmSkipReason, processResources, waitForStop } from '../../lib/testing/kvm-test-helpers';
+import { kvmSkipReason, processResources, waitForStop, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode } from '../../lib/testing/tiny-guests';
 import { MiB } from '../../lib/util/bytes';
 
@@ -43,7 +43,7 @@ kvm('2 to 4 vcpus run at once, each reporting through its own port', async (t) =
 });
 
 kvm('pause stops a spinning vcpu and resume lets it continue', async (t) => {
-  const p = new KvmPartition({ vcpus: 1 });
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
   t.teardown(() => p.destroy());
   p.addRam({ gpa: 0, size: 4 * MiB });
   setupLongMode(p, spinner(0x100000, 0x3000));
@@ -66,7 +66,7 @@ kvm('pause stops a spinning vcpu and resume lets it continue', async (t) => {
 
 kvm('destroying a partition while its vcpus run stops them and frees everything', async (t) => {
   const before = processResources();
-  const p = new KvmPartition({ vcpus: 2 });
+  const p = new KvmPartition({ vcpus: 2, ...X86_KVM_PAGES });
   p.addRam({ gpa: 0, size: 4 * MiB });
   setupLongMode(p, spinner(0x100000, 0x3000), 0x100000, 0);
   setupLongMode(p, spinner(0x101000, 0x3004), 0x101000, 1);

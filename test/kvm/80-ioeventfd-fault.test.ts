@@ -8,7 +8,7 @@ import test from 'ava';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
 import type { VcpuStop } from '../../lib/hv/partition';
 import { ioeventfdQueueNotifier } from '../../lib/vm/queue-notifier';
-import { kvmSkipReason, waitForStop } from '../../lib/testing/kvm-test-helpers';
+import { kvmSkipReason, waitForStop, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode } from '../../lib/testing/tiny-guests';
 import { MiB } from '../../lib/util/bytes';
 
@@ -20,8 +20,8 @@ const SLOT_BASE = 0xd000_0000;
 const QUEUE_NOTIFY = SLOT_BASE + 0x50;
 
 kvm('a device that throws on an ioeventfd kick stops its vm with one host-error; another vm runs on', async (t) => {
-  const faulty = new KvmPartition({ vcpus: 1 });
-  const healthy = new KvmPartition({ vcpus: 1 });
+  const faulty = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
+  const healthy = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
   t.teardown(() => {
     faulty.destroy();
     healthy.destroy();

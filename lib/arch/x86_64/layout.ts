@@ -163,6 +163,18 @@ export function ramRangesFor(memoryBytes: number): RamRange[] {
   return ranges;
 }
 
+/** Bytes of RAM below and above 4 GiB in `ranges` (what the CMOS reports). */
+export function ramAroundFourGiB(ranges: readonly RamRange[]): { belowFourGiB: number; aboveFourGiB: number } {
+  let belowFourGiB = 0;
+  let aboveFourGiB = 0;
+  for (const r of ranges) {
+    const below = Math.max(0, Math.min(r.gpa + r.size, FOUR_GIB) - r.gpa);
+    belowFourGiB += below;
+    aboveFourGiB += r.size - below;
+  }
+  return { belowFourGiB, aboveFourGiB };
+}
+
 /** One row of the report a loader returns: what it put where. */
 export interface LayoutItem {
   name: string;

@@ -67,7 +67,7 @@ export function buildLinuxDirectIgvm(opts: LinuxDirectIgvmOptions): LinuxDirectI
   const ram = ramRangesFor(memoryBytes);
   const mem = new RecordingMemory();
   for (const r of ram) mem.addRegion({ gpa: r.gpa, size: r.size, views: [{ gpa: r.gpa, buffer: new ArrayBuffer(r.size) }] });
-  const boot = loadLinuxDirectX86(mem, { kernel: opts.kernel, initrd: opts.initrd, cmdline: opts.cmdline, memoryBytes });
+  const boot = loadLinuxDirectX86(mem, { kernel: opts.kernel, initrd: opts.initrd, cmdline: opts.cmdline, ramRanges: ram });
   const sregs = boot.bsp.sregs;
   const regs = boot.bsp.regs ?? {};
   if (!sregs?.cs || !sregs.ds) throw new NodevmmError('ERR_IGVM_BUILD', 'igvm build: the linux direct loader returned no segment state to put in a vp context');

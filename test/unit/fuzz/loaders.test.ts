@@ -80,7 +80,7 @@ const targets: Target[] = [
     cases: 1000,
     seed: 0xb2,
     run(rnd) {
-      loadLinuxDirectX86(x86Memory, { kernel: mutate(bzImage, 0x400, rnd), initrd: randomInitrd(rnd), cmdline: randomCmdline(rnd), memoryBytes: RAM });
+      loadLinuxDirectX86(x86Memory, { kernel: mutate(bzImage, 0x400, rnd), initrd: randomInitrd(rnd), cmdline: randomCmdline(rnd), ramRanges: ramRangesFor(RAM) });
     },
   },
   {
@@ -88,7 +88,7 @@ const targets: Target[] = [
     cases: 1000,
     seed: 0xe1f,
     run(rnd) {
-      loadLinuxDirectX86(x86Memory, { kernel: mutate(vmlinux, Math.min(vmlinux.length, 0x400), rnd), initrd: randomInitrd(rnd), cmdline: randomCmdline(rnd), memoryBytes: RAM, protocol: rnd.pick(['auto', 'pvh', 'linux64'] as const) });
+      loadLinuxDirectX86(x86Memory, { kernel: mutate(vmlinux, Math.min(vmlinux.length, 0x400), rnd), initrd: randomInitrd(rnd), cmdline: randomCmdline(rnd), ramRanges: ramRangesFor(RAM), protocol: rnd.pick(['auto', 'pvh', 'linux64'] as const) });
     },
   },
   {

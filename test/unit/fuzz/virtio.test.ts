@@ -601,6 +601,8 @@ const vsockKind: Kind = {
       },
       ioeventfd: ok,
       irqfd: ok,
+      drain: () => 0,
+      watch: () => ({ close: ok }),
     };
     const ranges = mem.ranges();
     const device = new VirtioVsock({ cid: 3, vhost, notify, ram: () => ranges.map((r, i) => ({ gpa: r.gpa, size: r.size, hostAddress: BigInt(0x7f00_0000_0000 + i * 0x1000_0000) })) });

@@ -145,7 +145,7 @@ test('the Linux Direct IGVM reproduces the direct loader’s memory and boot CPU
   const viaIgvm = GuestMemory.anonymous(ram);
   const result = loadIgvm(viaIgvm, f, plan, { vpCount: 1 });
   const direct = GuestMemory.anonymous(ram);
-  const boot = loadLinuxDirectX86(direct, { kernel, initrd, cmdline, memoryBytes });
+  const boot = loadLinuxDirectX86(direct, { kernel, initrd, cmdline, ramRanges: ram });
 
   for (const r of ram) {
     for (let p = r.gpa; p < r.gpa + r.size; p += 4096) {

@@ -18,7 +18,7 @@ test('bzImage boot writes GDT, page tables, zero page, cmdline and initrd where 
     kernel: makeBzImage({ prefAddress: 0x1000000n, initSize: 0x2100000 }),
     initrd,
     cmdline: 'console=ttyS0 panic=-1',
-    memoryBytes: 256 * MiB,
+    ramRanges: ramRangesFor(256 * MiB),
     acpi: { rsdpGpa: 0xe0000 },
     acpiRange: { gpa: 0x19000, size: 0x1800 },
     physAddrBits: 46,
@@ -45,7 +45,7 @@ test('bzImage boot writes GDT, page tables, zero page, cmdline and initrd where 
 });
 
 test('the layout report lists non-overlapping items in address order', (t) => {
-  const r = loadLinuxDirectX86(memFor(128 * MiB), { kernel: makeBzImage(), initrd: pattern(4096, 1), cmdline: 'x', memoryBytes: 128 * MiB, acpiRange: { gpa: 0x19000, size: 0x1000 } });
+  const r = loadLinuxDirectX86(memFor(128 * MiB), { kernel: makeBzImage(), initrd: pattern(4096, 1), cmdline: 'x', ramRanges: ramRangesFor(128 * MiB), acpiRange: { gpa: 0x19000, size: 0x1000 } });
   const items = r.layoutReport;
   for (let i = 1; i < items.length; i++) t.true(items[i]!.gpa >= items[i - 1]!.gpa + items[i - 1]!.size, `${items[i]!.name} overlaps ${items[i - 1]!.name}`);
   t.truthy(items.find((i) => i.name === 'mmio gap' && i.gpa === 0xf8000000));
@@ -53,7 +53,7 @@ test('the layout report lists non-overlapping items in address order', (t) => {
 
 test('a vmlinux boots through linux64 with a synthesised zero page header', (t) => {
   const mem = memFor(64 * MiB);
-  const r = loadLinuxDirectX86(mem, { kernel: makeVmlinux({ linuxNote: 'Linux' }), cmdline: 'quiet', memoryBytes: 64 * MiB });
+  const r = loadLinuxDirectX86(mem, { kernel: makeVmlinux({ linuxNote: 'Linux' }), cmdline: 'quiet', ramRanges: ramRangesFor(64 * MiB) });
   t.is(r.protocol, 'linux64');
   t.is(r.entry, 0x1000000);
   t.is(mem.readU16(0x2000 + 0x1fe), 0xaa55);
@@ -63,7 +63,7 @@ test('a vmlinux boots through linux64 with a synthesised zero page header', (t) 
 
 test('pvh boot writes start_info and points EBX at it; no zero page is written', (t) => {
   const mem = memFor(64 * MiB);
-  const r = loadLinuxDirectX86(mem, { kernel: makeVmlinux(), initrd: pattern(100, 3), cmdline: 'quiet', memoryBytes: 64 * MiB, protocol: 'pvh', acpi: { rsdpGpa: 0xe0000 } });
+  const r = loadLinuxDirectX86(mem, { kernel: makeVmlinux(), initrd: pattern(100, 3), cmdline: 'quiet', ramRanges: ramRangesFor(64 * MiB), protocol: 'pvh', acpi: { rsdpGpa: 0xe0000 } });
   t.is(r.protocol, 'pvh');
   t.is(r.entry, 0x1000400);
   const si = Number(r.bsp.regs?.rbx);
@@ -79,32 +79,36 @@ test('pvh boot writes start_info and points EBX at it; no zero page is written',
 test('a command line over one page moves to the long-cmdline area when the kernel allows it', (t) => {
   const mem = memFor(64 * MiB);
   const line = 'a'.repeat(6000);
-  const r = loadLinuxDirectX86(mem, { kernel: makeBzImage({ cmdlineSize: 8191 }), cmdline: line, memoryBytes: 64 * MiB });
+  const r = loadLinuxDirectX86(mem, { kernel: makeBzImage({ cmdlineSize: 8191 }), cmdline: line, ramRanges: ramRangesFor(64 * MiB) });
   t.is(r.cmdlineGpa, 0xb000);
   t.is(mem.readU32(0x2000 + 0x228), 0xb000);
   t.is(mem.readU8(0xb000 + 6000), 0);
 });
 
 test('a command line longer than the kernel cmdline_size names length and limit', (t) => {
-  const err = t.throws(() => loadLinuxDirectX86(memFor(64 * MiB), { kernel: makeBzImage({ cmdlineSize: 255 }), cmdline: 'b'.repeat(256), memoryBytes: 64 * MiB }), { instanceOf: NodevmmError });
+  const err = t.throws(() => loadLinuxDirectX86(memFor(64 * MiB), { kernel: makeBzImage({ cmdlineSize: 255 }), cmdline: 'b'.repeat(256), ramRanges: ramRangesFor(64 * MiB) }), { instanceOf: NodevmmError });
   t.is(err.code, 'ERR_CMDLINE_TOO_LONG');
   t.regex(err.message, /256 bytes .* limit of 256 bytes/);
 });
 
 test('an initrd too large for RAM fails with the sizes in the message', (t) => {
-  const err = t.throws(() => loadLinuxDirectX86(memFor(64 * MiB), { kernel: makeVmlinux(), initrd: new Uint8Array(60 * MiB), cmdline: '', memoryBytes: 64 * MiB }), { instanceOf: NodevmmError });
+  const err = t.throws(() => loadLinuxDirectX86(memFor(64 * MiB), { kernel: makeVmlinux(), initrd: new Uint8Array(60 * MiB), cmdline: '', ramRanges: ramRangesFor(64 * MiB) }), { instanceOf: NodevmmError });
   t.is(err.code, 'ERR_INITRD_TOO_LARGE');
   t.regex(err.message, /initrd of 60 MiB .* with 64 MiB of ram/);
 });
 
 test('memory that does not back the RAM layout is refused', (t) => {
-  const err = t.throws(() => loadLinuxDirectX86(memFor(64 * MiB), { kernel: makeVmlinux(), cmdline: '', memoryBytes: 128 * MiB }), { instanceOf: NodevmmError });
+  const err = t.throws(() => loadLinuxDirectX86(memFor(64 * MiB), { kernel: makeVmlinux(), cmdline: '', ramRanges: ramRangesFor(128 * MiB) }), { instanceOf: NodevmmError });
   t.is(err.code, 'ERR_GUEST_MEMORY_LAYOUT');
+});
+
+test('no ram ranges at all are refused in one sentence', (t) => {
+  t.throws(() => loadLinuxDirectX86(memFor(64 * MiB), { kernel: makeVmlinux(), cmdline: '', ramRanges: [] }), { code: 'ERR_GUEST_MEMORY_LAYOUT', message: /at least one ram range/ });
 });
 
 test('a reload clears stale bytes in the loader pages', (t) => {
   const mem = memFor(64 * MiB);
-  loadLinuxDirectX86(mem, { kernel: makeBzImage({ cmdlineSize: 8191 }), cmdline: 'c'.repeat(5000), memoryBytes: 64 * MiB });
-  loadLinuxDirectX86(mem, { kernel: makeBzImage(), cmdline: 'short', memoryBytes: 64 * MiB });
+  loadLinuxDirectX86(mem, { kernel: makeBzImage({ cmdlineSize: 8191 }), cmdline: 'c'.repeat(5000), ramRanges: ramRangesFor(64 * MiB) });
+  loadLinuxDirectX86(mem, { kernel: makeBzImage(), cmdline: 'short', ramRanges: ramRangesFor(64 * MiB) });
   t.true(mem.read(0xb000, 5000).every((b) => b === 0));
 });

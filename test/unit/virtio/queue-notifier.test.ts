@@ -9,7 +9,7 @@ import { REG, STATUS } from '../../../lib/devices/virtio/mmio';
 import { VirtioRng } from '../../../lib/devices/virtio/rng';
 import { VIRTQ_DESC_F_NEXT } from '../../../lib/devices/virtio/queue';
 import type { NotifyOps } from '../../../lib/hv/partition';
-import { nativeBinding } from '../../../lib/hv/native';
+import { nativeBinding, watchReadable } from '../../../lib/hv/native';
 import { ioeventfdQueueNotifier } from '../../../lib/vm/queue-notifier';
 import { FakeDriver } from './driver';
 
@@ -99,6 +99,8 @@ function eventfdOps(t: import('ava').ExecutionContext): { ops: NotifyOps; calls:
       calls.push(`${assign ? 'assign' : 'deassign'} 0x${address.toString(16)} ${length} ${datamatch}`);
     },
     irqfd: () => t.fail('no irqfd for kicks'),
+    drain: (fd) => b.eventfdRead(fd),
+    watch: watchReadable,
   };
   return { ops, calls, fds };
 }

@@ -8,6 +8,7 @@ import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { TapBackend } from '../../../lib/devices/tap';
+import { tapHostOps } from '../../../lib/hv/host-ops';
 
 function tapSkipReason(): string | undefined {
   if (process.getuid?.() !== 0) return 'creating TAPs needs root';
@@ -28,11 +29,11 @@ const name = (tag: string) => `nvut${tag}${process.pid % 100000}`;
 
 tap('a second open of the same TAP is busy; closing twice is harmless and frees the fd and the interface', (t) => {
   const n = name('a');
-  const a = TapBackend.open(n);
+  const a = TapBackend.open(n, tapHostOps());
   t.teardown(() => a.close());
   t.is(a.name, n);
   t.true(fs.existsSync(`/sys/class/net/${n}`));
-  t.throws(() => TapBackend.open(n), { code: 'ERR_TAP', message: `TAP ${n} is busy: another process (or VM) has it open` });
+  t.throws(() => TapBackend.open(n, tapHostOps()), { code: 'ERR_TAP', message: `TAP ${n} is busy: another process (or VM) has it open` });
   a.watch(() => {});
   a.close();
   a.close();
@@ -41,12 +42,13 @@ tap('a second open of the same TAP is busy; closing twice is harmless and frees 
 });
 
 tap('an interface that is not a TAP is refused in one sentence', (t) => {
-  t.throws(() => TapBackend.open('lo'), { code: 'ERR_TAP', message: 'TAP lo cannot be attached: a network interface of that name exists and is not a TAP' });
+  t.throws(() => TapBackend.open('lo', tapHostOps()), { code: 'ERR_TAP', message: 'TAP lo cannot be attached: a network interface of that name exists and is not a TAP' });
 });
 
 tap('a user who may not open /dev/net/tun gets the permission sentence', (t) => {
   const module = JSON.stringify(require.resolve('../../../lib/devices/tap'));
-  const script = `let m; try { m = require(${module}) } catch { console.log('unreadable'); process.exit(0) } try { m.TapBackend.open('nvutperm'); console.log('opened') } catch (e) { console.log(e.code + ' ' + e.message) }`;
+  const hostOps = JSON.stringify(require.resolve('../../../lib/hv/host-ops'));
+  const script = `let m, h; try { m = require(${module}); h = require(${hostOps}) } catch { console.log('unreadable'); process.exit(0) } try { m.TapBackend.open('nvutperm', h.tapHostOps()); console.log('opened') } catch (e) { console.log(e.code + ' ' + e.message) }`;
   const out = execFileSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, encoding: 'utf8' }).trim();
   if (out === 'unreadable') return t.pass('the checkout is not readable by nobody: nothing to check');
   t.is(out, 'ERR_TAP TAP nvutperm cannot be opened by this user: run as root, or create it for this user first (ip tuntap add dev nvutperm mode tap user $USER)');
@@ -55,7 +57,7 @@ tap('a user who may not open /dev/net/tun gets the permission sentence', (t) => 
 tap('the watcher fires when the kernel sends on the TAP, and readv returns the frame after its virtio-net header', async (t) => {
   if (fs.readFileSync('/proc/sys/net/ipv6/conf/all/disable_ipv6', 'utf8').trim() === '1') return t.pass('IPv6 is disabled: no link-up traffic to watch');
   const n = name('b');
-  const b = TapBackend.open(n);
+  const b = TapBackend.open(n, tapHostOps());
   t.teardown(() => b.close());
   const frame = await new Promise<Uint8Array>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('no frame within 10 s of link up')), 10_000);
@@ -76,7 +78,7 @@ tap('the watcher fires when the kernel sends on the TAP, and readv returns the f
 
 tap('writev hands a frame to the interface, which counts it', (t) => {
   const n = name('c');
-  const c = TapBackend.open(n, { vnetHdr: false });
+  const c = TapBackend.open(n, tapHostOps(), { vnetHdr: false });
   t.teardown(() => c.close());
   execFileSync('ip', ['link', 'set', n, 'up']);
   const count = () => Number(fs.readFileSync(`/sys/class/net/${n}/statistics/rx_packets`, 'utf8'));

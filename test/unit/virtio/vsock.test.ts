@@ -69,6 +69,12 @@ class Fakes {
         if (assign) this.irqfds.set(fd, gsi);
         else this.irqfds.delete(fd);
       },
+      drain: () => {
+        throw new Error('vhost drains its own kicks');
+      },
+      watch: () => {
+        throw new Error('vhost watches its own kicks');
+      },
     };
   }
 }

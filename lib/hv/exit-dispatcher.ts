@@ -1,0 +1,161 @@
+/**
+ * The JS side of the exit path (docs/architecture.md): a vCPU thread answers
+ * what it can natively (unclaimed and constant ranges, shadowed registers,
+ * posted writes); the rest lands in its mailbox and one coalesced
+ * notification wakes `dispatch()`, which drains posted writes, answers
+ * mailboxes through the buses, and hands lifecycle events to the partition.
+ * With a spin window > 0 the dispatcher keeps polling the mailboxes for that
+ * long after an exit, so back-to-back exits skip the event-loop wakeup. A
+ * 50 ms watchdog rescues work a lost wakeup would strand.
+ */
+import { EXIT_KIND_PIO, type ControlBlock } from './exit-mailbox';
+import type { VcpuRunner } from './backend';
+import type { IoBus } from './io-bus';
+
+/** Longest the dispatcher holds the event loop in one go before yielding (ns). */
+const DISPATCH_TURN_NS = 2_000_000n;
+const WATCHDOG_MS = 50;
+
+/** What the dispatcher works for: the partition's buses and vCPUs, and its answers to events and device failures. */
+export interface DispatchTarget {
+  readonly runners: readonly VcpuRunner[];
+  readonly pio: IoBus;
+  readonly mmio: IoBus;
+  /** A device handler may destroy the partition: asked after every call into one. */
+  destroyed(): boolean;
+  /** True while the vCPUs should be running (the watchdog looks only then). */
+  running(): boolean;
+  /** Take and handle the queued lifecycle events. */
+  handleEvents(): void;
+  /** A device threw while answering an exit. */
+  hostError(error: Error): void;
+}
+
+export class ExitDispatcher {
+  /** Dispatches started (notifications from the vCPUs, redispatches, rescues). */
+  notifications = 0;
+  /** Dispatches the watchdog had to start because no wakeup arrived. */
+  rescues = 0;
+  private readonly spinNs: number;
+  private redispatchScheduled = false;
+  private watchdog: NodeJS.Timeout | undefined;
+  private lastWatchdogNotifications = -1;
+
+  constructor(
+    private readonly target: DispatchTarget,
+    private readonly control: ControlBlock,
+    spinUs: number,
+  ) {
+    this.spinNs = Math.max(0, spinUs * 1000);
+  }
+
+  /**
+   * Runs on the JS thread for every (coalesced) notification from the vCPU
+   * threads. The "notification pending" flag stays set while we poll, so
+   * vCPUs skip the cross-thread wakeup entirely during a burst; it is
+   * cleared only when we go idle, followed by one last look so an exit
+   * posted just before the clear is never stranded.
+   */
+  dispatch(): void {
+    const t = this.target;
+    if (t.destroyed()) return;
+    this.redispatchScheduled = false;
+    this.notifications++;
+    const turnEnd = process.hrtime.bigint() + DISPATCH_TURN_NS;
+    try {
+      for (;;) {
+        if (this.serviceVcpus() && this.spinNs > 0) this.poll(turnEnd);
+        if (process.hrtime.bigint() >= turnEnd) {
+          // A guest that exits without pause must not starve the event loop
+          // (timers, I/O, other VMs): yield, and come back on the next turn.
+          // The notify flag stays set, so the vCPUs send no wakeups meanwhile.
+          this.scheduleRedispatch();
+          break;
+        }
+        // A device handler may have destroyed the partition (vm.kill() from
+        // a listener): the control block is gone then, and so is the work.
+        if (t.destroyed()) return;
+        this.control.clearNotify();
+        if (!this.serviceVcpus()) break;
+      }
+      if (t.destroyed()) return;
+      if (this.control.eventsQueued) t.handleEvents();
+    } catch (e) {
+      t.hostError(e as Error);
+    }
+  }
+
+  startWatchdog(): void {
+    this.watchdog ??= setInterval(() => this.watchdogTick(), WATCHDOG_MS).unref();
+  }
+
+  stopWatchdog(): void {
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = undefined;
+  }
+
+  /**
+   * Safety net against a lost wakeup: while running, every 50 ms check for
+   * work the vCPUs left (a pending exit, queued posted writes, a raised
+   * notify flag) that no dispatch has picked up since the last check, and
+   * dispatch it.
+   */
+  private watchdogTick(): void {
+    if (!this.target.running()) return;
+    const waiting = this.control.notifyPending || this.target.runners.some((r) => r.shared.pending || r.shared.postedQueued());
+    if (waiting && this.notifications === this.lastWatchdogNotifications) {
+      this.rescues++;
+      this.dispatch();
+    }
+    this.lastWatchdogNotifications = this.notifications;
+  }
+
+  private scheduleRedispatch(): void {
+    if (this.redispatchScheduled) return;
+    this.redispatchScheduled = true;
+    setImmediate(() => this.dispatch());
+  }
+
+  /** Keep answering exits until none arrives for spinNs (adaptive polling), at most until turnEnd. */
+  private poll(turnEnd: bigint): void {
+    let now = process.hrtime.bigint();
+    let deadline = now + BigInt(this.spinNs);
+    let iter = 0;
+    while (!this.target.destroyed()) {
+      if (this.serviceVcpus()) {
+        now = process.hrtime.bigint();
+        if (now >= turnEnd) return;
+        deadline = now + BigInt(this.spinNs);
+        continue;
+      }
+      if (this.control.eventsQueued) return; // lifecycle events need the caller
+      if ((++iter & 63) === 0) {
+        now = process.hrtime.bigint();
+        if (now > deadline || now >= turnEnd) return;
+      }
+    }
+  }
+
+  /** Posted writes first (they happened before any pending read), then mailboxes. */
+  private serviceVcpus(): boolean {
+    const t = this.target;
+    let handled = false;
+    for (const r of t.runners) {
+      // Every device call below may destroy the partition: after that no
+      // device of it may run again, and the exits left are aborted natively.
+      if (t.destroyed()) return handled;
+      const sh = r.shared;
+      if (sh.drainPosted((kind, address, size, value) => t.destroyed() || (kind === EXIT_KIND_PIO ? t.pio : t.mmio).write(address, size, value)) > 0) handled = true;
+      if (t.destroyed()) return handled;
+      if (sh.pending) {
+        const bus = sh.kind === EXIT_KIND_PIO ? t.pio : t.mmio;
+        if (sh.isWrite) bus.write(sh.address, sh.size, sh.data);
+        else sh.setReadResult(bus.read(sh.address, sh.size));
+        // Answer from JS; only a vCPU that went to sleep needs the native wake.
+        if (sh.complete()) r.completeExit();
+        handled = true;
+      }
+    }
+    return handled;
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * What the x86_64 and arm64 KVM backends share: a VM fd from the addon, its
+ * memory slots, vCPU threads, route table, control block and event queue
+ * (native/kvm_vm.cc, vcpu_thread.cc), eventfd plumbing and file transfers.
+ * Each architecture adds its own vCPU setup, interrupt lines, clock and stop
+ * site through `KvmArch` (the shape of kvmtool's kvm__arch_* hooks).
+ */
+import { NodevmmError } from '../errors';
+import type { GuestMemory } from '../memory/guest-memory';
+import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from './backend';
+import { checkLayout, VcpuSharedView } from './exit-mailbox';
+import { native, nativeBinding, watchReadable, type NativeBinding, type NativeGuestRam, type NativeVcpu, type NativeVm } from './native';
+import type { NotifyOps, VcpuStop } from './partition';
+import type { Route } from './route-table';
+
+/** The most vCPUs a partition may have. */
+export const MAX_VCPUS = 255;
+
+/** include/uapi/linux/kvm.h KVM_SYSTEM_EVENT_* */
+const KVM_SYSTEM_EVENT: Record<number, NonNullable<VcpuStop['systemEvent']>> = { 1: 'shutdown', 2: 'reset', 3: 'crash' };
+
+/** A fresh KVM VM fd and what its vCPUs need to share pages with JS. */
+export interface KvmVm {
+  readonly binding: NativeBinding;
+  readonly vm: NativeVm;
+  readonly ringEntries: number;
+  /** Asked for first, as the VM opens (its JS buffer lives as long as the partition). */
+  readonly control: ArrayBuffer;
+}
+
+/** Check the vCPU count and open a VM (the addon's layout checked against exit-mailbox.ts first). */
+export function openKvmVm(vcpus: number, binding: NativeBinding = nativeBinding()): KvmVm {
+  if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > MAX_VCPUS) {
+    throw new NodevmmError('ERR_INVALID_ARG', `vcpu count ${vcpus} must be an integer from 1 to ${MAX_VCPUS}`);
+  }
+  const layout = binding.layout();
+  checkLayout(layout);
+  const vm = native(() => new binding.Vm());
+  try {
+    return { binding, vm, ringEntries: layout.ringEntries, control: native(() => vm.controlBuffer()) };
+  } catch (e) {
+    vm.destroy();
+    throw e;
+  }
+}
+
+/** One KVM vCPU's run thread (native/vcpu_thread.cc). */
+export class KvmVcpuRunner implements VcpuRunner {
+  readonly shared: VcpuSharedView;
+
+  constructor(
+    readonly native: NativeVcpu,
+    ringEntries: number,
+  ) {
+    this.shared = new VcpuSharedView(native.sharedBuffer(), ringEntries);
+  }
+  start(): void {
+    native(() => this.native.start());
+  }
+  resume(): void {
+    this.native.resume();
+  }
+  pause(): void {
+    this.native.pause();
+  }
+  stop(): void {
+    this.native.stop();
+  }
+  completeExit(): void {
+    this.native.completeExit();
+  }
+}
+
+/** What one architecture adds to the shared KVM backend. */
+export interface KvmArch<V> {
+  readonly vcpus: readonly V[];
+  readonly runners: readonly KvmVcpuRunner[];
+  readonly clock: PartitionBackend['clock'];
+  irqLine(irq: number, level: boolean): void;
+  stopSite(vcpu: number, memory: GuestMemory): StopSite | undefined;
+}
+
+export class KvmBackend<V> implements PartitionBackend<V> {
+  readonly name = 'kvm';
+  readonly runCall = 'KVM_RUN';
+  readonly vcpus: readonly V[];
+  readonly runners: readonly KvmVcpuRunner[];
+  readonly control: ArrayBuffer;
+  readonly clock: PartitionBackend['clock'];
+  readonly binding: NativeBinding;
+  readonly vm: NativeVm;
+
+  constructor(
+    kvm: KvmVm,
+    private readonly arch: KvmArch<V>,
+  ) {
+    this.binding = kvm.binding;
+    this.vm = kvm.vm;
+    this.vcpus = arch.vcpus;
+    this.runners = arch.runners;
+    this.clock = arch.clock;
+    this.control = kvm.control;
+  }
+
+  allocateRam(size: number, opts: { memfd?: boolean; name: string }): HostRam {
+    return native(() => new this.binding.GuestRam(size, opts));
+  }
+  mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void {
+    native(() => this.vm.setUserMemoryRegion(slot, gpa, ram as NativeGuestRam, 0, ram.size, { readonly }));
+  }
+  transfer(op: 0 | 1 | 2, fd: number, position: number, rams: readonly HostRam[], segments: Float64Array, done: (error: Error | null, bytes: number) => void): void {
+    native(() => this.binding.blockIo(op, fd, position, rams as NativeGuestRam[], segments, done));
+  }
+  transferNow(op: 0 | 1, fd: number, position: number, rams: readonly HostRam[], segments: Float64Array, nowait: boolean): number {
+    return native(() => this.binding.blockIoNow(op, fd, position, rams as NativeGuestRam[], segments, nowait));
+  }
+  setRoutes(routes: Route[]): void {
+    native(() => this.vm.setRoutes(routes));
+  }
+  onNotify(fn: () => void): void {
+    this.vm.setNotify(fn);
+  }
+  takeEvents(): VcpuEvent[] {
+    return this.vm.takeEvents();
+  }
+  irqLine(irq: number, level: boolean): void {
+    this.arch.irqLine(irq, level);
+  }
+  /** eventfds registered on this VM's fd as ioeventfds (kicks) and irqfds (interrupts). */
+  notifyOps(): NotifyOps {
+    const binding = this.binding;
+    const vm = this.vm;
+    return {
+      eventfd: () => native(() => binding.eventfd(0)),
+      signal: (fd) => native(() => binding.eventfdWrite(fd, 1)),
+      close: (fd) => binding.closeFd(fd),
+      ioeventfd: (fd, address, length, datamatch, assign) => native(() => vm.ioeventfd(fd, address, length, { datamatch, deassign: !assign })),
+      irqfd: (fd, gsi, assign) => native(() => vm.irqfd(fd, gsi, { deassign: !assign })),
+      drain: (fd) => native(() => binding.eventfdRead(fd)),
+      watch: watchReadable,
+    };
+  }
+  ref(): void {
+    this.vm.ref();
+  }
+  unref(): void {
+    this.vm.unref();
+  }
+  stopSite(vcpu: number, memory: GuestMemory): StopSite | undefined {
+    try {
+      return this.arch.stopSite(vcpu, memory);
+    } catch {
+      // registers are best effort: the vCPU may be in a state KVM won't report
+      return undefined;
+    }
+  }
+  systemEvent(subtype: number): NonNullable<VcpuStop['systemEvent']> {
+    return KVM_SYSTEM_EVENT[subtype] ?? 'other';
+  }
+  destroy(): void {
+    this.vm.destroy();
+  }
+}

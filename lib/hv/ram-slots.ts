@@ -1,0 +1,168 @@
+/**
+ * Guest RAM of one partition: each region's host memory, the slot the
+ * backend maps it in, its place in GuestMemory, and the (ram index, offset,
+ * length) tables that move file bytes straight to and from guest pages
+ * (native/block_io.cc) without a copy through JS.
+ */
+import { GuestMemoryError, NodevmmError } from '../errors';
+import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
+import { hex } from '../util/bytes';
+import type { HostRam, PartitionBackend } from './backend';
+import type { FileIoMode, RamOptions } from './partition';
+
+/** Guest RAM of at least this size asks for transparent huge pages (native/guest_ram.cc aligns it to them). */
+const HUGE_PAGE = 2 * 1024 * 1024;
+/** Guest physical addresses have at most 52 bits. */
+const GPA_LIMIT = 2 ** 52;
+
+type Op = 'read' | 'write';
+
+export class RamSlots {
+  private readonly rams: HostRam[] = [];
+  private readonly gpas: number[] = [];
+  /** Each RAM's size, kept here: a native accessor is too slow for per-descriptor use. */
+  private readonly sizes: number[] = [];
+  private readonly readonly: boolean[] = [];
+  /** Fds whose filesystem refused RWF_NOWAIT: fileIo goes straight to the pool for them. */
+  private readonly noNowait = new Set<number>();
+
+  constructor(
+    private readonly memory: GuestMemory,
+    private readonly backend: PartitionBackend,
+  ) {}
+
+  add(opts: RamOptions): void {
+    const { gpa, size } = opts;
+    const name = opts.name ?? `ram@${hex(gpa)}`;
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(size) || gpa < 0 || size <= 0 || gpa % 4096 || size % 4096) {
+      throw new NodevmmError('ERR_GUEST_MEMORY_ALIGN', `guest ram ${name} at gpa ${hex(gpa)} with size ${hex(size)} must be 4 KiB aligned and non-empty`);
+    }
+    if (gpa + size > GPA_LIMIT) throw new NodevmmError('ERR_GUEST_MEMORY_RANGE', `guest ram ${name} ends at ${hex(gpa + size)}, beyond the 52-bit guest physical address space`);
+    // Overlap check before any kernel state changes.
+    for (const r of this.memory.ranges()) {
+      if (gpa < r.gpa + r.size && r.gpa < gpa + size) {
+        throw new NodevmmError('ERR_GUEST_MEMORY_OVERLAP', `guest ram ${name} [${hex(gpa)}, ${hex(gpa + size)}) overlaps ${r.name} [${hex(r.gpa)}, ${hex(r.gpa + r.size)})`);
+      }
+    }
+    const ram = this.backend.allocateRam(size, opts.memfd ? { memfd: true, name } : { name });
+    if (opts.hugepages !== false && size >= HUGE_PAGE) {
+      try {
+        ram.advise('hugepage');
+      } catch {
+        // A host without transparent huge pages (THP "never", or not built): 4 KiB pages work too.
+      }
+    }
+    const readonly = !!opts.readonly;
+    try {
+      this.backend.mapRam(this.rams.length, gpa, ram, readonly);
+      let at = gpa;
+      const views = ram.views().map((buffer) => {
+        const v = { gpa: at, buffer };
+        at += buffer.byteLength;
+        return v;
+      });
+      this.memory.addRegion({ gpa, size, readonly, name, views });
+    } catch (e) {
+      ram.release();
+      throw e;
+    }
+    this.rams.push(ram);
+    this.gpas.push(gpa);
+    this.sizes.push(size);
+    this.readonly.push(readonly);
+  }
+
+  /** Partition.fileIo (documented there). */
+  fileIo(op: Op, fd: number, position: number, buffers: readonly GuestBuffer[], how: FileIoMode): Promise<number> {
+    const table = this.segmentTable(op, buffers);
+    const code = op === 'read' ? 0 : 1;
+    if (how !== 'pool') {
+      let done: number;
+      try {
+        done = this.transferNow(code, fd, position, table, how === 'nowait');
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      if (done >= 0) return Promise.resolve(done);
+    }
+    return new Promise((resolve, reject) => {
+      this.backend.transfer(code, fd, position, this.rams, table, (e, bytes) => (e ? reject(e) : resolve(bytes)));
+    });
+  }
+
+  /** Partition.fileIoNow (documented there). */
+  fileIoNow(op: Op, fd: number, position: number, buffers: readonly GuestBuffer[], nowait: boolean): number {
+    return this.transferNow(op === 'read' ? 0 : 1, fd, position, this.segmentTable(op, buffers), nowait);
+  }
+
+  fileSync(fd: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.backend.transfer(2, fd, 0, [], new Float64Array(0), (e) => (e ? reject(e) : resolve()));
+    });
+  }
+
+  private transferNow(code: 0 | 1, fd: number, position: number, table: Float64Array, nowait: boolean): number {
+    if (nowait && this.noNowait.has(fd)) return -1;
+    const done = this.backend.transferNow(code, fd, position, this.rams, table, nowait);
+    // -2: this file cannot say whether it would block (no RWF_NOWAIT): stop asking.
+    if (done === -2) this.noNowait.add(fd);
+    return done < 0 ? -1 : done;
+  }
+
+  /**
+   * (ram index, offset, length) triples for `buffers`; a buffer across two RAM
+   * regions takes two. A 1 MiB request is ~256 buffers, and under an emulated
+   * CPU every call and allocation per buffer shows in the throughput: plain
+   * arrays only, one typed array sized for the common case, grown only when a
+   * buffer crosses regions.
+   */
+  segmentTable(op: Op, buffers: readonly GuestBuffer[]): Float64Array {
+    const gpas = this.gpas;
+    const sizes = this.sizes;
+    let table = new Float64Array(buffers.length * 3);
+    let n = 0;
+    let i = 0; // the region of the last buffer: most requests stay in one
+    for (let b = 0; b < buffers.length; b++) {
+      let gpa = buffers[b]!.gpa;
+      let left = buffers[b]!.length;
+      while (left > 0) {
+        if (!(gpa >= gpas[i]! && gpa - gpas[i]! < sizes[i]!)) i = this.indexOf(gpa);
+        if (i < 0) throw new GuestMemoryError(`disk ${op} at gpa ${hex(gpa)} is outside guest ram`, gpa, left);
+        if (op === 'read' && this.readonly[i]) throw new GuestMemoryError(`disk read at gpa ${hex(gpa)} targets read-only guest memory`, gpa, left, 'ERR_GUEST_MEMORY_READONLY');
+        const offset = gpa - gpas[i]!;
+        const len = Math.min(left, sizes[i]! - offset);
+        if (n + 3 > table.length) {
+          const grown = new Float64Array(table.length * 2 + 3);
+          grown.set(table);
+          table = grown;
+        }
+        table[n++] = i;
+        table[n++] = offset;
+        table[n++] = len;
+        gpa += len;
+        left -= len;
+      }
+    }
+    return n < table.length ? table.subarray(0, n) : table;
+  }
+
+  /** The index of the RAM holding `gpa`, or -1. */
+  private indexOf(gpa: number): number {
+    for (let k = 0; k < this.gpas.length; k++) if (gpa >= this.gpas[k]! && gpa - this.gpas[k]! < this.sizes[k]!) return k;
+    return -1;
+  }
+
+  mappings(): Array<{ gpa: number; size: number; hostAddress: bigint }> {
+    return this.rams.map((r, i) => ({ gpa: this.gpas[i]!, size: this.sizes[i]!, hostAddress: r.hostAddress }));
+  }
+
+  /** Give every region's host memory back (after the backend stopped using it) and invalidate the views. */
+  release(): void {
+    for (const r of this.rams) r.release();
+    this.rams.length = 0;
+    this.gpas.length = 0;
+    this.sizes.length = 0;
+    this.readonly.length = 0;
+    this.memory.invalidate();
+  }
+}

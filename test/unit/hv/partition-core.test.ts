@@ -1,0 +1,287 @@
+/**
+ * lib/hv/partition-core.ts and the neutral modules it composes (exit
+ * dispatch, route table and shadows, run state, RAM and file-I/O tables,
+ * stop descriptions, destroy order) against a fake backend: plain
+ * ArrayBuffers stand in for the native shared pages, and the test plays the
+ * vCPU threads by writing mailboxes and events. No /dev/kvm needed.
+ */
+import test from 'ava';
+import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from '../../../lib/hv/backend';
+import { EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { PartitionCore } from '../../../lib/hv/partition-core';
+import type { NotifyOps, VcpuStop, VirtualProcessor } from '../../../lib/hv/partition';
+import type { Route } from '../../../lib/hv/route-table';
+
+const RING_ENTRIES = 256;
+
+class FakeRunner implements VcpuRunner {
+  readonly shared = new VcpuSharedView(new ArrayBuffer(192 + RING_ENTRIES * 24), RING_ENTRIES);
+  readonly calls: string[] = [];
+  start(): void {
+    this.calls.push('start');
+  }
+  resume(): void {
+    this.calls.push('resume');
+  }
+  pause(): void {
+    this.calls.push('pause');
+  }
+  stop(): void {
+    this.calls.push('stop');
+  }
+  completeExit(): void {
+    this.calls.push('completeExit');
+  }
+  /** Play the vCPU thread: leave an exit in the mailbox (asleep: waits for the native wake). */
+  exit(kind: number, write: boolean, size: number, address: number, data = 0, asleep = false): void {
+    const u32 = this.shared.u32;
+    u32[1] = kind;
+    u32[2] = write ? 1 : 0;
+    u32[3] = size;
+    u32[4] = address;
+    u32[5] = 0;
+    u32[6] = data;
+    u32[7] = 0;
+    u32[8] = asleep ? 1 : 0;
+    Atomics.store(this.shared.i32, 0, MAILBOX_PENDING);
+  }
+  /** Queue a posted write in the ring. */
+  post(kind: number, size: number, address: number, value: number): void {
+    const u32 = this.shared.u32;
+    const head = u32[16]!;
+    const at = 48 + (head % RING_ENTRIES) * 6;
+    u32.set([kind, size, address, 0, value, 0], at);
+    Atomics.store(u32, 16, head + 1);
+  }
+}
+
+class FakeRam implements HostRam {
+  readonly hostAddress = 0x7f00_0000_0000n;
+  released = false;
+  private readonly buffer: ArrayBuffer;
+  constructor(readonly size: number) {
+    this.buffer = new ArrayBuffer(size);
+  }
+  views(): ArrayBuffer[] {
+    return [this.buffer];
+  }
+  advise(): void {}
+  release(): void {
+    this.released = true;
+  }
+}
+
+class FakeBackend implements PartitionBackend<VirtualProcessor> {
+  readonly name = 'fakehv';
+  readonly runCall = 'FAKE_RUN';
+  readonly runners: FakeRunner[];
+  readonly vcpus: VirtualProcessor[];
+  readonly control = new ArrayBuffer(128 + 4096);
+  readonly log: string[] = [];
+  readonly routePushes: Route[][] = [];
+  readonly transfers: Array<{ op: number; segments: number[] }> = [];
+  events: VcpuEvent[] = [];
+  clockNs = 1000n;
+  readonly clock = { get: () => this.clockNs, set: (ns: bigint) => void this.log.push(`clock ${ns}`) };
+  notify: () => void = () => {};
+
+  constructor(n: number) {
+    this.runners = Array.from({ length: n }, () => new FakeRunner());
+    this.vcpus = this.runners.map((_, index) => ({ index, state: 'fake' }));
+  }
+  allocateRam(size: number): HostRam {
+    return new FakeRam(size);
+  }
+  mapRam(slot: number, gpa: number, _ram: HostRam, readonly: boolean): void {
+    this.log.push(`map ${slot} ${gpa.toString(16)}${readonly ? ' ro' : ''}`);
+  }
+  transfer(op: 0 | 1 | 2, _fd: number, _position: number, _rams: readonly HostRam[], segments: Float64Array, done: (error: Error | null, bytes: number) => void): void {
+    this.transfers.push({ op, segments: [...segments] });
+    done(null, 0);
+  }
+  transferNow(): number {
+    return -1;
+  }
+  setRoutes(routes: Route[]): void {
+    this.routePushes.push(routes);
+  }
+  onNotify(fn: () => void): void {
+    this.notify = fn;
+  }
+  takeEvents(): VcpuEvent[] {
+    const e = this.events;
+    this.events = [];
+    new Int32Array(this.control)[1] = 0;
+    return e;
+  }
+  /** Play a vCPU thread queueing a lifecycle event and waking JS. */
+  queue(ev: VcpuEvent): void {
+    this.events.push(ev);
+    new Int32Array(this.control)[1] = this.events.length;
+    this.notify();
+  }
+  irqLine(irq: number, level: boolean): void {
+    this.log.push(`irq ${irq} ${level}`);
+  }
+  notifyOps(): NotifyOps {
+    throw new Error('not used');
+  }
+  ref(): void {
+    this.log.push('ref');
+  }
+  unref(): void {
+    this.log.push('unref');
+  }
+  stopSite(vcpu: number): StopSite | undefined {
+    return { at: `pc 0x${(0x1000 + vcpu).toString(16)}` };
+  }
+  systemEvent(subtype: number): NonNullable<VcpuStop['systemEvent']> {
+    return subtype === 1 ? 'shutdown' : 'other';
+  }
+  destroy(): void {
+    this.log.push('backend destroy');
+  }
+}
+
+function partition(vcpus = 1, spinUs = 0): { p: PartitionCore<VirtualProcessor, FakeBackend>; b: FakeBackend } {
+  const b = new FakeBackend(vcpus);
+  return { p: new PartitionCore(b, spinUs), b };
+}
+
+test('a dispatch applies posted writes before answering the mailbox, and wakes only a vCPU that sleeps', (t) => {
+  const { p, b } = partition();
+  const seen: string[] = [];
+  p.pio.register(0x10, 4, { name: 'dev', read: (o, s) => (seen.push(`r${o}/${s}`), 0xab), write: (o, _s, v) => void seen.push(`w${o}=${v}`) });
+  p.start();
+  const r = b.runners[0]!;
+  r.post(EXIT_KIND_PIO, 1, 0x11, 7);
+  r.exit(EXIT_KIND_PIO, false, 1, 0x12);
+  b.notify();
+  t.deepEqual(seen, ['w1=7', 'r2/1']);
+  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_DONE);
+  t.is(r.shared.u32[6], 0xab);
+  t.false(r.calls.includes('completeExit'), 'an awake vCPU sees the answer itself');
+  r.exit(EXIT_KIND_PIO, true, 1, 0x13, 9, true);
+  b.notify();
+  t.deepEqual(seen.slice(2), ['w3=9']);
+  t.true(r.calls.includes('completeExit'));
+  t.is(p.stats().notifications, 2);
+  p.destroy();
+});
+
+test('routes are pushed at start and on every later bus change, with shadow blocks in order, and never after destroy', (t) => {
+  const { p, b } = partition();
+  const dev = { name: 'd', read: () => 0, write: () => {} };
+  p.mmio.register(0x1000, 0x100, dev, { posted: [4], shadowed: [0, 1], interruptStatus: { read: 0x60, ack: 0x64 } });
+  p.pio.registerConstant(0x80, 1, 'post', 0);
+  t.is(b.routePushes.length, 0, 'nothing before start');
+  p.start();
+  t.is(b.routePushes.length, 1);
+  t.deepEqual(b.routePushes[0], [
+    { kind: EXIT_KIND_PIO, start: 0x80, end: 0x81, mode: 1, postedMask: 0, shadowMask: 0, shadowOffset: 0, readValue: 0 },
+    { kind: EXIT_KIND_MMIO, start: 0x1000, end: 0x1100, mode: 0, postedMask: 1 << 4, shadowMask: 3, shadowOffset: 0, readValue: 0xffffffff, isrRead: 0x60, isrAck: 0x64 },
+  ]);
+  const second = p.mmio.register(0x2000, 0x10, dev, { shadowed: [2] });
+  t.is(b.routePushes.length, 2);
+  t.is(b.routePushes[1]![2]!.shadowOffset, 32, 'the second shadowed range gets the second block');
+  // The shadow block is the control block's: a byte set by the device is where the vCPU threads read it.
+  second.shadow!.set(2, 0x5a);
+  t.is(new Uint8Array(b.control)[128 + 32 + 2], 0x5a);
+  p.destroy();
+  p.mmio.unregister(second);
+  t.is(b.routePushes.length, 2);
+});
+
+test('pause resolves when every vCPU acknowledged it, freezes the clock, and resume restores it', async (t) => {
+  const { p, b } = partition(2);
+  p.start();
+  t.deepEqual(b.log, ['ref']);
+  let paused = false;
+  const done = p.pause().then(() => (paused = true));
+  t.deepEqual(b.runners.map((r) => r.calls.at(-1)), ['pause', 'pause']);
+  b.queue({ vcpu: 0, type: 'paused' });
+  await Promise.resolve();
+  t.false(paused, 'one vCPU is still running');
+  b.clockNs = 5000n;
+  b.queue({ vcpu: 1, type: 'paused' });
+  await done;
+  t.deepEqual(b.log, ['ref', 'unref']);
+  b.clockNs = 9000n;
+  p.resume();
+  t.deepEqual(b.log, ['ref', 'unref', 'clock 5000', 'ref']);
+  p.destroy();
+});
+
+test('an exit event becomes one vcpu-stop in the backend\'s words; the last one stops the partition', (t) => {
+  const { p, b } = partition(2);
+  const stops: VcpuStop[] = [];
+  p.on('vcpu-stop', (s: VcpuStop) => stops.push(s));
+  p.start();
+  b.queue({ vcpu: 0, type: 'exited', exit: { type: 'internal-error', rawReason: 17, subtype: 0xffff, detail: [4n] } });
+  b.queue({ vcpu: 1, type: 'exited', exit: { type: 'system-event', rawReason: 24, subtype: 1, detail: [] } });
+  t.deepEqual(
+    stops.map((s) => [s.kind, s.message]),
+    [
+      ['internal-error', 'vcpu 0: FAKE_RUN failed with errno 4 at pc 0x1000'],
+      ['system-event', 'vcpu 1 raised system event shutdown'],
+    ],
+  );
+  t.is(b.log.at(-1), 'unref');
+  t.throws(() => p.resume(), { message: /stopped/ });
+  p.destroy();
+});
+
+test('a device that throws while answering an exit stops every vCPU with one host-error stop', (t) => {
+  const { p, b } = partition(2);
+  const stops: VcpuStop[] = [];
+  p.on('vcpu-stop', (s: VcpuStop) => stops.push(s));
+  p.mmio.register(0x1000, 8, {
+    name: 'broken',
+    read: () => {
+      throw new Error('model bug');
+    },
+    write: () => {},
+  });
+  p.start();
+  b.runners[1]!.exit(EXIT_KIND_MMIO, false, 4, 0x1004);
+  b.notify();
+  t.is(stops.length, 1);
+  t.is(stops[0]!.kind, 'host-error');
+  t.regex(stops[0]!.message, /model bug/);
+  t.deepEqual(b.runners.map((r) => r.calls.at(-1)), ['stop', 'stop']);
+  p.destroy();
+});
+
+test('guest RAM: slots in order, overlap refused before the backend is asked, file I/O tables across regions, RAM released after the backend', async (t) => {
+  const { p, b } = partition();
+  p.addRam({ gpa: 0, size: 0x10000 });
+  p.addRam({ gpa: 0x10000, size: 0x10000, readonly: true });
+  t.throws(() => p.addRam({ gpa: 0x8000, size: 0x1000 }), { code: 'ERR_GUEST_MEMORY_OVERLAP' });
+  t.deepEqual(b.log, ['map 0 0', 'map 1 10000 ro']);
+  await p.fileIo('write', 3, 0, [{ gpa: 0xf000, length: 0x2000 }]);
+  t.deepEqual(b.transfers[0], { op: 1, segments: [0, 0xf000, 0x1000, 1, 0, 0x1000] });
+  // Bad buffers are refused before any transfer starts (thrown, not rejected).
+  t.throws(() => void p.fileIo('read', 3, 0, [{ gpa: 0x10000, length: 512 }]), { code: 'ERR_GUEST_MEMORY_READONLY' });
+  t.throws(() => void p.fileIo('read', 3, 0, [{ gpa: 0x30000, length: 512 }]), { message: /outside guest ram/ });
+  t.is(b.transfers.length, 1);
+  t.deepEqual(p.ramMappings().map((m) => m.gpa), [0, 0x10000]);
+  p.destroy();
+  t.deepEqual(b.log.slice(-1), ['backend destroy']);
+  t.throws(() => p.memory.read(0, 1));
+  t.throws(() => p.addRam({ gpa: 0x40000, size: 0x1000 }), { code: 'ERR_VM_STATE' });
+});
+
+test('the watchdog rescues an exit whose wakeup was lost', async (t) => {
+  const { p, b } = partition();
+  const seen: number[] = [];
+  p.pio.register(0x10, 1, { name: 'dev', read: () => 0, write: (_o, _s, v) => void seen.push(v) });
+  p.start();
+  // The vCPU left an exit and raised the flag, but its wakeup never arrived.
+  b.runners[0]!.exit(EXIT_KIND_PIO, true, 1, 0x10, 42);
+  Atomics.store(new Int32Array(b.control), 0, 1);
+  // Two 50 ms ticks are needed (the first only notes the count); wait for the rescue with a generous deadline.
+  for (let waited = 0; seen.length === 0 && waited < 5000; waited += 25) await new Promise((r) => setTimeout(r, 25));
+  t.deepEqual(seen, [42]);
+  t.true(p.stats().rescues >= 1);
+  p.destroy();
+});
