@@ -19,7 +19,7 @@ done
 # dist/ is built already; --ignore-scripts skips `prepare` (tsc) to keep this step fast.
 tarball=$(cd "$root" && npm pack --ignore-scripts --silent --pack-destination "$work")
 listing=$(tar -tzf "$work/$tarball")
-for want in package/prebuilds/linux-x64/ package/prebuilds/linux-arm64/ package/dist/lib/index.js package/bin/nodevmm.js; do
+for want in package/prebuilds/linux-x64/ package/prebuilds/linux-arm64/ package/dist/lib/index.js package/dist/lib/cli.bundle package/bin/nodevmm.js; do
   echo "$listing" | grep -q "^$want" || { echo "pack-check: $tarball lacks $want" >&2; exit 1; }
 done
 
@@ -45,4 +45,8 @@ const { createVm } = require("nodevmm");
 if (typeof createVm !== "function") throw new Error("nodevmm exports no createVm");
 console.log(`pack-check: the installed package loads ${file.slice(dir.length + 1)}`);
 '
+# The CLI starts from its bundle there (lib/cli/launch.ts): only that path writes a compile cache.
+NODEVMM_CACHE="$work/cache" PATH="$work/bin" "$work/app/node_modules/.bin/nodevmm" --version
+ls "$work/cache/compile-cache/"cli-*.v8cache >/dev/null 2>&1 || { echo "pack-check: the installed nodevmm did not start from dist/lib/cli.bundle (no compile cache was written)" >&2; exit 1; }
+
 echo "pack-check: ok in $(( $(date +%s) - start )) s ($tarball, $(du -k "$work/$tarball" | cut -f1) KiB)"
