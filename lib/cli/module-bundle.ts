@@ -88,20 +88,33 @@ export function writeModuleBundle(entry: string, outFile: string): { modules: nu
   if (!first.startsWith(root + path.sep)) throw new Error(`module bundle: entry ${entry} is not under ${root}`);
   visit(first);
   let at = 0;
-  sources.forEach((s, i) => {
-    mods[i]!.at = [at, s.length];
-    at += s.length;
+  const bodies = sources.map((src, i) => {
+    // Wrapped as Node wraps a CommonJS module (so the loader compiles a slice of the file, no
+    // concatenated copy), and ASCII only (so the loader reads it as latin1, ~6x faster than
+    // decoding UTF-8 with a few non-ASCII characters in it): \uXXXX means the same code unit in
+    // strings, templates, regular expressions, identifiers and comments alike.
+    const body = toAscii(`${WRAPPER[0]}${src}${WRAPPER[1]}`);
+    mods[i]!.at = [at, body.length];
+    at += body.length;
+    return body;
   });
-  const body = sources.join('');
+  const body = bodies.join('');
   // Build time only: node:crypto stays out of the CLI's start-up.
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const id = createHash('sha256').update(JSON.stringify(mods)).update(body).digest('hex').slice(0, 20);
   const header: BundleHeader = { id, modules: mods };
-  const text = `${MAGIC}${JSON.stringify(header)}\n${body}`;
+  const text = `${MAGIC}${toAscii(JSON.stringify(header))}\n${body}`;
   const tmp = `${outFile}.${process.pid}.tmp`;
   fs.writeFileSync(tmp, text);
   fs.renameSync(tmp, outFile);
-  return { modules: mods.length, bytes: Buffer.byteLength(text) };
+  return { modules: mods.length, bytes: text.length };
+}
+
+/** Node's CommonJS wrapper (lib/internal/modules/cjs/loader.js): the first line keeps its line number. */
+const WRAPPER = ['(function (exports, require, module, __filename, __dirname) { ', '\n});'] as const;
+
+function toAscii(s: string): string {
+  return s.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 export interface LoadedBundle<T> {
@@ -165,20 +178,20 @@ function readCodeCache(file: string, id: string): CodeCache | undefined {
  * its files changed since it was written): then require the entry instead.
  */
 export function loadModuleBundle<T>(file: string, opts: LoadBundleOptions = {}): LoadedBundle<T> | undefined {
-  let text: string;
+  let text: Buffer;
   let dir: string;
   try {
     // The real path: require() names modules by it, and require.cache must agree.
     dir = path.dirname(fs.realpathSync.native(file));
-    text = fs.readFileSync(file, 'utf8');
+    text = fs.readFileSync(file);
   } catch {
     return undefined;
   }
-  if (!text.startsWith(MAGIC)) return undefined;
-  const eol = text.indexOf('\n', MAGIC.length);
+  if (text.toString('latin1', 0, MAGIC.length) !== MAGIC) return undefined;
+  const eol = text.indexOf(10, MAGIC.length);
   let header: BundleHeader;
   try {
-    header = JSON.parse(text.slice(MAGIC.length, eol)) as BundleHeader;
+    header = JSON.parse(text.toString('latin1', MAGIC.length, eol)) as BundleHeader;
   } catch {
     return undefined;
   }
@@ -202,7 +215,8 @@ export function loadModuleBundle<T>(file: string, opts: LoadBundleOptions = {}):
     if (known) return known.exports;
     const mod = mods[i]!;
     const cached = cache?.entries[mod.file];
-    const script = new vm.Script(Module.wrap(text.slice(base + mod.at[0], base + mod.at[0] + mod.at[1])), {
+    // Only the modules that run are turned into strings; each is already wrapped (writeModuleBundle).
+    const script = new vm.Script(text.toString('latin1', base + mod.at[0], base + mod.at[0] + mod.at[1]), {
       filename,
       cachedData: cached ? cache!.data.subarray(cached[0], cached[0] + cached[1]) : undefined,
     });

@@ -34,7 +34,8 @@ function fixture(t: { teardown(f: () => void): void }): { root: string; bundle: 
       '',
     ].join('\n'),
   );
-  fs.writeFileSync(path.join(root, 'b.js'), '"use strict";\nexports.name = "b";\nexports.path = require("node:path").sep;\n');
+  // Non-ASCII in a comment, a string, a template and a regular expression (the bundle stores them escaped).
+  fs.writeFileSync(path.join(root, 'b.js'), '"use strict";\n// naïve → comment\nexports.name = "b";\nexports.path = require("node:path").sep;\nexports.text = ["naïve → 😀", `—${1}`, /^[→—]+$/u.test("→—")];\n');
   fs.writeFileSync(path.join(root, 'sub', 'c.js'), '"use strict";\nexports.name = "c:" + require("../b").name;\n');
   const bundle = path.join(root, 'test.bundle');
   writeModuleBundle(path.join(root, 'a.js'), bundle);
@@ -63,13 +64,14 @@ test('bundled modules behave as required ones: one instance per file, lazy and o
      return {
        sameB: require(${JSON.stringify(path.join(root, 'b.js'))}) === a.b,
        sameA: require(${JSON.stringify(path.join(root, 'a.js'))}) === a,
-       b: a.b.name, sep: a.b.path, lazy: a.lazy(), json: a.json(), where: a.where(), stack, compiled: bundle.compiled,
+       b: a.b.name, sep: a.b.path, text: a.b.text, lazy: a.lazy(), json: a.json(), where: a.where(), stack, compiled: bundle.compiled,
      };`,
   );
   t.true(r.sameB, 'a plain require() of a bundled file returns the bundled instance');
   t.true(r.sameA);
   t.is(r.b, 'b');
   t.is(r.sep, '/');
+  t.deepEqual(r.text, ['naïve → 😀', '—1', true]);
   t.is(r.lazy, 'c:b');
   t.is(r.json, 42);
   t.deepEqual(r.where, [path.join(root, 'a.js'), root]);
