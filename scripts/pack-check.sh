@@ -41,6 +41,8 @@ const file = require("node-gyp-build").resolve(dir);
 if (!file.includes("/prebuilds/linux-x64/")) throw new Error(`node-gyp-build picked ${file}, not the linux-x64 prebuild`);
 const binding = require("node-gyp-build")(dir);
 if (typeof binding.Vm !== "function" || typeof binding.GuestRam !== "function") throw new Error(`${file} loaded but lacks Vm/GuestRam`);
+// What the library itself loads (lib/hv/native.ts: build/Release first, which is absent here).
+if (typeof require(`${dir}/dist/lib/hv/native.js`).nativeBinding().Vm !== "function") throw new Error("nativeBinding() did not load the prebuild");
 const { createVm } = require("nodevmm");
 if (typeof createVm !== "function") throw new Error("nodevmm exports no createVm");
 console.log(`pack-check: the installed package loads ${file.slice(dir.length + 1)}`);
