@@ -13,6 +13,9 @@
  *     scripts/bench/raw-first-exit.c (what a C VMM pays this machine's KVM to
  *     create a VM with irqchip, PIT, RAM and a vCPU and run it to its first
  *     exit); nodevmm's own part is its marker time minus node's.
+ *     --against DIR also times another checkout's bin/nodevmm.js (built, e.g.
+ *     `git worktree add` of an older commit + npm run build) in the same
+ *     rounds, for before/after figures under the same machine load.
  *
  *   node scripts/bench-boot.js linux [--runs N]
  *     Debian's kernel + the test initramfs under a real KVM (run it through
@@ -27,7 +30,7 @@ const os = require('node:os');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const { args, numberOption } = require('./lib/options');
+const { args, numberOption, stringOption } = require('./lib/options');
 const mode = args[0];
 const RUNS = numberOption('--runs', mode === 'linux' ? 5 : 21);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -87,11 +90,15 @@ async function tiny() {
   const rows = { nodevmm: [], qemu: [] };
   const bareNode = [];
   const rawKvm = [];
+  const againstDir = stringOption('--against');
+  const against = [];
+  const runArgs = ['run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'];
   try {
     const rawExe = path.join(dir, 'raw-first-exit');
     execFileSync('cc', ['-O2', '-pthread', '-o', rawExe, path.join(__dirname, 'bench', 'raw-first-exit.c')]);
     for (let i = 0; i < RUNS; i++) {
-      rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'], 'TINY-PVH-OK', 30_000));
+      rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), ...runArgs], 'TINY-PVH-OK', 30_000));
+      if (againstDir) against.push(await timed(process.execPath, [path.join(path.resolve(againstDir), 'bin', 'nodevmm.js'), ...runArgs], 'TINY-PVH-OK', 30_000));
       rows.qemu.push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', theirs], 'TINY-PVH-OK', 30_000));
       bareNode.push(await timed(process.execPath, ['-e', 'process.stdout.write("TINY-PVH-OK\\n")'], 'TINY-PVH-OK', 10_000));
       rawKvm.push(Number(execFileSync(rawExe, ['3']).toString().trim()));
@@ -107,6 +114,10 @@ async function tiny() {
   const ownMs = median(rows.nodevmm.map((r) => r.markerMs)) - nodeMs;
   const kvmMs = median(rawKvm);
   console.log(`  bare node -e printing the marker: ${nodeMs.toFixed(1)} ms; nodevmm's own part (marker minus that): ${ownMs.toFixed(1)} ms`);
+  if (againstDir) {
+    const m = median(against.map((r) => r.markerMs));
+    console.log(`  --against ${againstDir}: marker ${m.toFixed(1)} ms, exit ${median(against.map((r) => r.exitMs)).toFixed(1)} ms, own part ${(m - nodeMs).toFixed(1)} ms (this checkout: ${ownMs.toFixed(1)} ms)`);
+  }
   console.log(`  raw C, this machine's KVM: create vm (irqchip, PIT, 256 MiB, 1 vCPU) and run to the first exit: ${kvmMs.toFixed(1)} ms; nodevmm's own part without it: ${(ownMs - kvmMs).toFixed(1)} ms`);
   // Baseline for "minus guest memory": a Node process that does nothing.
   const idle = [];
