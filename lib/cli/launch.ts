@@ -5,8 +5,9 @@
  * ruling the bundle out); NODE_DISABLE_COMPILE_CACHE=1 (Node's own switch)
  * turns the code cache off.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
+// `import x = require()`, not `import * as x`: no __importStar copy of each module's exports at start-up.
+import fs = require('node:fs');
+import path = require('node:path');
 import { cacheRoot } from '../util/cache-root';
 import { loadModuleBundle, type LoadedBundle } from './module-bundle';
 

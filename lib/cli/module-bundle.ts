@@ -19,9 +19,9 @@
  * A bundle whose files changed since it was written (a `tsc` without the
  * bundle step) is not used: the caller falls back to plain `require()`.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import * as vm from 'node:vm';
+import fs = require('node:fs');
+import path = require('node:path');
+import vm = require('node:vm');
 import Module = require('node:module');
 
 const MAGIC = 'nodevmm-module-bundle 1\n';

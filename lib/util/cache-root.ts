@@ -3,8 +3,8 @@
  * CLI's compile cache): $NODEVMM_CACHE, else ~/.cache/nodevmm. Its own
  * module so the CLI's start-up path can ask without loading lib/testing.
  */
-import * as os from 'node:os';
-import * as path from 'node:path';
+import os = require('node:os');
+import path = require('node:path');
 
 /** The cache root of this process (see cacheRootFor). */
 export function cacheRoot(): string {
