@@ -2,8 +2,8 @@
  * What bin/nodevmm.js runs: the CLI from its module bundle with a code cache
  * when the build made one (lib/cli/module-bundle.ts), else from dist/ with
  * plain require(). NODEVMM_NO_BUNDLE=1 forces the latter (profiling, or
- * ruling the bundle out); NODE_DISABLE_COMPILE_CACHE=1 (Node's own switch)
- * turns the code cache off.
+ * ruling the bundle out), and so does --enable-source-maps;
+ * NODE_DISABLE_COMPILE_CACHE=1 (Node's own switch) turns the code cache off.
  */
 // `import x = require()`, not `import * as x`: no __importStar copy of each module's exports at start-up.
 import fs = require('node:fs');
@@ -18,7 +18,10 @@ export const CLI_BUNDLE = path.resolve(__dirname, '..', 'cli.bundle');
 
 export async function launch(argv: readonly string[]): Promise<number> {
   let bundle: LoadedBundle<Cli> | undefined;
-  if (!process.env.NODEVMM_NO_BUNDLE) {
+  // Node applies source maps to required modules only, not to the bundle's scripts: with
+  // --enable-source-maps (someone is debugging) stack frames should name the .ts lines.
+  const sourceMaps = (process as { sourceMapsEnabled?: boolean }).sourceMapsEnabled === true;
+  if (!process.env.NODEVMM_NO_BUNDLE && !sourceMaps) {
     const cacheDir = process.env.NODE_DISABLE_COMPILE_CACHE ? undefined : path.join(cacheRoot(), 'compile-cache');
     // A checkout (where tsc may rewrite dist/ without the bundle step) has a tsconfig.json; the npm package has none.
     const verify = fs.existsSync(path.resolve(__dirname, '..', '..', '..', 'tsconfig.json'));

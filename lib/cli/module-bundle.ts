@@ -73,7 +73,7 @@ export function writeModuleBundle(entry: string, outFile: string): { modules: nu
     index.set(file, i);
     files.push(file);
     const st = fs.statSync(file);
-    // The source map comment would point at the wrong place in the bundle; the map sits beside the original file.
+    // Kept whole, `//# sourceMappingURL=` included: the module runs under its own file name, so the map beside it applies.
     const src = fs.readFileSync(file, 'utf8');
     const mod: BundledModule = { file: path.relative(root, file).split(path.sep).join('/'), deps: {}, stamp: [st.size, st.mtimeMs], at: [0, 0] };
     mods.push(mod);
