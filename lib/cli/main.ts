@@ -112,12 +112,16 @@ async function runVm(args: RunArgs): Promise<number> {
   Object.assign(vm.paths, paths);
   const cleanups: Array<() => void> = [];
   const quit = () => void vm.kill();
+  // Console input starts once the vCPUs run and the event loop has turned once (the guest's first
+  // exits, and its first output, come in that turn): see ConsoleOptions.inputWhen.
+  let vcpusRunning!: () => void;
+  const inputWhen = new Promise<void>((r) => (vcpusRunning = r));
   for (const [name, binding] of Object.entries(args.serial) as [ComPort, SerialBinding][]) {
     if (binding.kind === 'none' || binding.kind === 'null') continue;
-    cleanups.push(await bindSerial(vm, name, binding, quit));
+    cleanups.push(await bindSerial(vm, name, binding, quit, inputWhen));
   }
   if (args.config.virtioConsole && args.serial.com1.kind === 'none') {
-    const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit });
+    const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit, inputWhen });
     cleanups.push(() => h.detach());
   }
   let signalled: keyof typeof SIGNAL_EXIT | undefined;
@@ -133,6 +137,7 @@ async function runVm(args: RunArgs): Promise<number> {
   process.once('SIGTERM', onSigterm);
   try {
     await vm.start();
+    setTimeout(vcpusRunning, 0);
     if (args.trace) {
       process.stderr.write(`nodevmm: build phases ${vm.timings.map(([n, ms]) => `${n} ${ms.toFixed(1)}ms`).join(', ')}\n`);
     }
@@ -180,12 +185,12 @@ function readBootImages(config: VmConfig): { config: VmConfig; paths: { kernel?:
   return { config: out, paths };
 }
 
-async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => void): Promise<() => void> {
+async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => void, inputWhen: Promise<unknown>): Promise<() => void> {
   const port = vm.serial(name);
   switch (b.kind) {
     case 'console':
     case 'stdio': {
-      const h = attachConsole(port, { interactive: b.kind === 'console', onQuit: quit });
+      const h = attachConsole(port, { interactive: b.kind === 'console', onQuit: quit, inputWhen });
       return () => h.detach();
     }
     case 'file': {
