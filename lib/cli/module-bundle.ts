@@ -269,7 +269,15 @@ export function loadModuleBundle<T>(file: string, opts: LoadBundleOptions = {}):
         fs.mkdirSync(opts.cacheDir!, { recursive: true });
         const tmp = `${cacheFile}.${process.pid}.tmp`;
         try {
-          fs.writeFileSync(tmp, Buffer.concat([len, h, ...parts]));
+          // Written whole and synced before it replaces the old one: V8 checks a cache's version,
+          // flags, source length and payload length, but (in release builds) not its bytes.
+          const fd = fs.openSync(tmp, 'w');
+          try {
+            fs.writeSync(fd, Buffer.concat([len, h, ...parts]));
+            fs.fsyncSync(fd);
+          } finally {
+            fs.closeSync(fd);
+          }
           fs.renameSync(tmp, cacheFile);
         } finally {
           fs.rmSync(tmp, { force: true });
