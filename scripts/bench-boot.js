@@ -13,6 +13,13 @@
  *     scripts/bench/raw-first-exit.c (what a C VMM pays this machine's KVM to
  *     create a VM with irqchip, PIT, RAM and a vCPU and run it to its first
  *     exit); nodevmm's own part is its marker time minus node's.
+ *     --cpu adds the main thread's CPU time from process start to the marker
+ *     (scripts/bench/marker-cpu.js, preloaded into nodevmm and the bare node
+ *     alike): the same own part, measured so that a busy shared host does not
+ *     stretch it.
+ *     --against DIR also times another checkout's bin/nodevmm.js (built, e.g.
+ *     `git worktree add` of an older commit + npm run build) in the same
+ *     rounds, for before/after figures under the same machine load.
  *
  *   node scripts/bench-boot.js linux [--runs N]
  *     Debian's kernel + the test initramfs under a real KVM (run it through
@@ -27,19 +34,19 @@ const os = require('node:os');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const { args, numberOption } = require('./lib/options');
+const { args, flag, numberOption, stringOption } = require('./lib/options');
 const mode = args[0];
 const RUNS = numberOption('--runs', mode === 'linux' ? 5 : 21);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Spawn under /usr/bin/time (for peak RSS); resolve with timings of the first match of `marker` and of exit. */
-function timed(cmd, argv, marker, timeoutMs) {
+function timed(cmd, argv, marker, timeoutMs, env = process.env) {
   return new Promise((resolve, reject) => {
     const rssFile = path.join(os.tmpdir(), `nodevmm-bench-rss-${process.pid}-${Math.random().toString(36).slice(2)}`);
     const t0 = process.hrtime.bigint();
     // Its own process group, so a timeout kills the VMM under /usr/bin/time too (killing only
     // `time` would leave the VMM holding the pipes open, and 'close' would never come).
-    const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env });
     let out = '';
     let markerMs;
     const onData = (d) => {
@@ -85,16 +92,29 @@ async function tiny() {
   fs.writeFileSync(ours, tinyPvhKernel('TINY-PVH-OK\n'));
   fs.writeFileSync(theirs, tinyPvhKernel('TINY-PVH-OK\n', { exit: 'isa-debug-exit' }));
   const rows = { nodevmm: [], qemu: [] };
+  let cpu;
   const bareNode = [];
   const rawKvm = [];
+  const againstDir = stringOption('--against');
+  // --cpu: every node process preloads marker-cpu.js, which appends its main thread's CPU time at the marker to a file per kind.
+  const cpuFiles = flag('--cpu') ? { nodevmm: path.join(dir, 'cpu-nodevmm'), against: path.join(dir, 'cpu-against'), bare: path.join(dir, 'cpu-bare') } : undefined;
+  const node = (kind, argv) => (cpuFiles ? ['-r', path.join(__dirname, 'bench', 'marker-cpu.js'), ...argv] : argv);
+  const cpuEnv = (kind) => (cpuFiles ? { ...process.env, NODEVMM_BENCH_CPU_FILE: cpuFiles[kind] } : process.env);
+  const against = [];
+  const runArgs = ['run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'];
   try {
     const rawExe = path.join(dir, 'raw-first-exit');
     execFileSync('cc', ['-O2', '-pthread', '-o', rawExe, path.join(__dirname, 'bench', 'raw-first-exit.c')]);
     for (let i = 0; i < RUNS; i++) {
-      rows.nodevmm.push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', ours, '--boot', 'pvh', '-m', '128M', '--com1', 'stdio'], 'TINY-PVH-OK', 30_000));
+      rows.nodevmm.push(await timed(process.execPath, node('nodevmm', [path.join(root, 'bin', 'nodevmm.js'), ...runArgs]), 'TINY-PVH-OK', 30_000, cpuEnv('nodevmm')));
+      if (againstDir) against.push(await timed(process.execPath, node('against', [path.join(path.resolve(againstDir), 'bin', 'nodevmm.js'), ...runArgs]), 'TINY-PVH-OK', 30_000, cpuEnv('against')));
       rows.qemu.push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', theirs], 'TINY-PVH-OK', 30_000));
-      bareNode.push(await timed(process.execPath, ['-e', 'process.stdout.write("TINY-PVH-OK\\n")'], 'TINY-PVH-OK', 10_000));
+      bareNode.push(await timed(process.execPath, node('bare', ['-e', 'process.stdout.write("TINY-PVH-OK\\n")']), 'TINY-PVH-OK', 10_000, cpuEnv('bare')));
       rawKvm.push(Number(execFileSync(rawExe, ['3']).toString().trim()));
+    }
+    if (cpuFiles) {
+      const ms = (f) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').trim().split('\n').map((ns) => Number(ns) / 1e6) : []);
+      cpu = { nodevmm: median(ms(cpuFiles.nodevmm)), bare: median(ms(cpuFiles.bare)), against: againstDir ? median(ms(cpuFiles.against)) : undefined };
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -107,6 +127,14 @@ async function tiny() {
   const ownMs = median(rows.nodevmm.map((r) => r.markerMs)) - nodeMs;
   const kvmMs = median(rawKvm);
   console.log(`  bare node -e printing the marker: ${nodeMs.toFixed(1)} ms; nodevmm's own part (marker minus that): ${ownMs.toFixed(1)} ms`);
+  if (againstDir) {
+    const m = median(against.map((r) => r.markerMs));
+    console.log(`  --against ${againstDir}: marker ${m.toFixed(1)} ms, exit ${median(against.map((r) => r.exitMs)).toFixed(1)} ms, own part ${(m - nodeMs).toFixed(1)} ms (this checkout: ${ownMs.toFixed(1)} ms)`);
+  }
+  if (cpu) {
+    const also = cpu.against !== undefined ? `; --against: ${cpu.against.toFixed(1)} ms, own part ${(cpu.against - cpu.bare).toFixed(1)} ms` : '';
+    console.log(`  main-thread CPU, process start to marker (--cpu): nodevmm ${cpu.nodevmm.toFixed(1)} ms, bare node ${cpu.bare.toFixed(1)} ms, own part ${(cpu.nodevmm - cpu.bare).toFixed(1)} ms${also}`);
+  }
   console.log(`  raw C, this machine's KVM: create vm (irqchip, PIT, 256 MiB, 1 vCPU) and run to the first exit: ${kvmMs.toFixed(1)} ms; nodevmm's own part without it: ${(ownMs - kvmMs).toFixed(1)} ms`);
   // Baseline for "minus guest memory": a Node process that does nothing.
   const idle = [];

@@ -19,7 +19,7 @@ done
 # dist/ is built already; --ignore-scripts skips `prepare` (tsc) to keep this step fast.
 tarball=$(cd "$root" && npm pack --ignore-scripts --silent --pack-destination "$work")
 listing=$(tar -tzf "$work/$tarball")
-for want in package/prebuilds/linux-x64/ package/prebuilds/linux-arm64/ package/dist/lib/index.js package/bin/nodevmm.js; do
+for want in package/prebuilds/linux-x64/ package/prebuilds/linux-arm64/ package/dist/lib/index.js package/dist/lib/cli.bundle package/bin/nodevmm.js; do
   echo "$listing" | grep -q "^$want" || { echo "pack-check: $tarball lacks $want" >&2; exit 1; }
 done
 
@@ -41,8 +41,14 @@ const file = require("node-gyp-build").resolve(dir);
 if (!file.includes("/prebuilds/linux-x64/")) throw new Error(`node-gyp-build picked ${file}, not the linux-x64 prebuild`);
 const binding = require("node-gyp-build")(dir);
 if (typeof binding.Vm !== "function" || typeof binding.GuestRam !== "function") throw new Error(`${file} loaded but lacks Vm/GuestRam`);
+// What the library itself loads (lib/hv/native.ts: build/Release first, which is absent here).
+if (typeof require(`${dir}/dist/lib/hv/native.js`).nativeBinding().Vm !== "function") throw new Error("nativeBinding() did not load the prebuild");
 const { createVm } = require("nodevmm");
 if (typeof createVm !== "function") throw new Error("nodevmm exports no createVm");
 console.log(`pack-check: the installed package loads ${file.slice(dir.length + 1)}`);
 '
+# The CLI starts from its bundle there (lib/cli/launch.ts): only that path writes a compile cache.
+NODEVMM_CACHE="$work/cache" PATH="$work/bin" "$work/app/node_modules/.bin/nodevmm" --version
+ls "$work/cache/compile-cache/"cli-*.v8cache >/dev/null 2>&1 || { echo "pack-check: the installed nodevmm did not start from dist/lib/cli.bundle (no compile cache was written)" >&2; exit 1; }
+
 echo "pack-check: ok in $(( $(date +%s) - start )) s ($tarball, $(du -k "$work/$tarball" | cut -f1) KiB)"

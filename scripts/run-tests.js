@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The test runner behind `npm test`: node scripts/run-tests.js unit|kvm|e2e|all
-//  - builds with tsc first when dist/ is missing or older than a source file;
+//  - builds with tsc (and the CLI bundle) first when dist/ is missing or older than a source file;
 //  - unit: dist/test/unit; kvm: dist/test/kvm on the local /dev/kvm (skipped without one);
 //  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise in the emulated KVM host
 //    (QEMU TCG + SVM, see docs/testing.md): one host for most files, one for each file that needs
@@ -52,6 +52,9 @@ function buildIfStale() {
   const r = spawnSync('npx', ['tsc', '-p', '.'], { cwd: ROOT, stdio: 'inherit' });
   // tsc still emits when some file has type errors; the tests then show what is broken.
   if (r.status !== 0) log(`tsc exited with status ${r.status}; running the tests on what it emitted`);
+  // The CLI's bundle, as npm run build:ts makes it: the tests that run bin/nodevmm.js then start it the way users do.
+  const b = spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'bundle-cli.js')], { cwd: ROOT, stdio: 'inherit' });
+  if (b.status !== 0) log(`bundle-cli exited with status ${b.status}; bin/nodevmm.js loads dist/ module by module`);
   log(`build took ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 

@@ -22,6 +22,14 @@ export interface ConsoleOptions {
   stdout?: Writable;
   /** Where the count of dropped output is reported at detach (default process.stderr). */
   stderr?: Writable;
+  /**
+   * Read input (and, on a terminal, switch to raw mode) only once this
+   * settles; output is forwarded at once. `nodevmm run` passes "the vCPUs
+   * run": setting up process.stdin (~1 ms) then happens beside the guest's
+   * first instructions, not before them. Input typed meanwhile waits in the
+   * terminal or pipe.
+   */
+  inputWhen?: Promise<unknown>;
 }
 
 /**
@@ -30,13 +38,14 @@ export interface ConsoleOptions {
  * bound (lib/cli/stream-bridge.ts) rather than held without limit.
  */
 export function attachConsole(port: SerialPort, opts: ConsoleOptions): ConsoleHandle {
-  const stdin = opts.stdin ?? process.stdin;
   const stdout = opts.stdout ?? process.stdout;
-  const tty = opts.interactive && stdin.isTTY === true && typeof stdin.setRawMode === 'function';
   const output = forwardOutput(port, stdout);
   let escape = false;
+  let detached = false;
+  // Set when input starts: process.stdin is not even created before that.
+  let input: { stdin: NonNullable<ConsoleOptions['stdin']>; tty: boolean; feeder: ReturnType<typeof feedInput> } | undefined;
   const onInput = (chunk: Buffer): Buffer | undefined => {
-    if (!tty) return chunk;
+    if (!input?.tty) return chunk;
     const out: number[] = [];
     for (const c of chunk) {
       if (escape) {
@@ -58,16 +67,24 @@ export function attachConsole(port: SerialPort, opts: ConsoleOptions): ConsoleHa
     }
     return out.length ? Buffer.from(out) : undefined;
   };
-  if (tty) stdin.setRawMode!(true);
-  const input = feedInput(stdin, port, onInput);
-  let detached = false;
+  const startInput = () => {
+    if (detached) return;
+    const stdin = opts.stdin ?? process.stdin;
+    const tty = opts.interactive && stdin.isTTY === true && typeof stdin.setRawMode === 'function';
+    if (tty) stdin.setRawMode!(true);
+    input = { stdin, tty, feeder: feedInput(stdin, port, onInput) };
+  };
+  if (opts.inputWhen) opts.inputWhen.then(startInput, startInput);
+  else startInput();
   const restore = () => {
     if (detached) return;
     detached = true;
     output.detach();
-    input.detach();
-    if (tty) stdin.setRawMode!(false);
-    stdin.pause();
+    if (input) {
+      input.feeder.detach();
+      if (input.tty) input.stdin.setRawMode!(false);
+      input.stdin.pause();
+    }
     if (output.dropped) (opts.stderr ?? process.stderr).write(`nodevmm: ${port.portName}: ${output.dropped} bytes of guest output were dropped because the terminal did not keep up\n`);
   };
   process.once('exit', restore);

@@ -12,7 +12,7 @@ import { openHypervisor } from '../hv/hypervisor';
 import type { ComPort } from '../vm/config';
 import { EXIT_CODES } from '../vm/lifecycle';
 import { createVm, type Vm } from '../vm/vm';
-import { parseSize } from '../vm/config';
+import { parseSize, resolveVmConfig, type VmConfig } from '../vm/config';
 import { parseRunArgs, RUN_USAGE, SIGNAL_EXIT_CODES, type RunArgs, type SerialBinding } from './args';
 import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
@@ -107,15 +107,21 @@ async function runVm(args: RunArgs): Promise<number> {
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
   if (hv.arch === 'aarch64') return (require('./run-arm64') as typeof import('./run-arm64')).runArm64(args);
   // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
-  const vm = await createVm(args.config);
+  const { config, paths } = readBootImages(args.config);
+  const vm = await createVm(config);
+  Object.assign(vm.paths, paths);
   const cleanups: Array<() => void> = [];
   const quit = () => void vm.kill();
+  // Console input starts once the vCPUs run and the event loop has turned once (the guest's first
+  // exits, and its first output, come in that turn): see ConsoleOptions.inputWhen.
+  let vcpusRunning!: () => void;
+  const inputWhen = new Promise<void>((r) => (vcpusRunning = r));
   for (const [name, binding] of Object.entries(args.serial) as [ComPort, SerialBinding][]) {
     if (binding.kind === 'none' || binding.kind === 'null') continue;
-    cleanups.push(await bindSerial(vm, name, binding, quit));
+    cleanups.push(await bindSerial(vm, name, binding, quit, inputWhen));
   }
   if (args.config.virtioConsole && args.serial.com1.kind === 'none') {
-    const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit });
+    const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit, inputWhen });
     cleanups.push(() => h.detach());
   }
   let signalled: keyof typeof SIGNAL_EXIT | undefined;
@@ -131,6 +137,7 @@ async function runVm(args: RunArgs): Promise<number> {
   process.once('SIGTERM', onSigterm);
   try {
     await vm.start();
+    setTimeout(vcpusRunning, 0);
     if (args.trace) {
       process.stderr.write(`nodevmm: build phases ${vm.timings.map(([n, ms]) => `${n} ${ms.toFixed(1)}ms`).join(', ')}\n`);
     }
@@ -154,12 +161,36 @@ async function runVm(args: RunArgs): Promise<number> {
   }
 }
 
-async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => void): Promise<() => void> {
+/**
+ * The kernel and initrd read here, synchronously, rather than by createVm:
+ * the CLI has nothing else to do meanwhile, and createVm's asynchronous read
+ * (open, stat, read, stat, close on the thread pool, which starts with it)
+ * took 2-12 ms of start-up on a busy 2-core host against 0.3 ms
+ * (docs/benchmarks.md). The config is checked first, so errors come in the
+ * same order as from createVm, and with the same sentences (fileError). An
+ * empty file is left to createVm, which says what is wrong with it.
+ */
+function readBootImages(config: VmConfig): { config: VmConfig; paths: { kernel?: string; initrd?: string } } {
+  resolveVmConfig(config);
+  const out: VmConfig = { ...config };
+  const paths: { kernel?: string; initrd?: string } = {};
+  for (const k of ['kernel', 'initrd'] as const) {
+    const p = config[k];
+    if (typeof p !== 'string') continue;
+    const bytes = readInputFile(k, p);
+    if (bytes.length === 0) continue;
+    out[k] = bytes;
+    paths[k] = p;
+  }
+  return { config: out, paths };
+}
+
+async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => void, inputWhen: Promise<unknown>): Promise<() => void> {
   const port = vm.serial(name);
   switch (b.kind) {
     case 'console':
     case 'stdio': {
-      const h = attachConsole(port, { interactive: b.kind === 'console', onQuit: quit });
+      const h = attachConsole(port, { interactive: b.kind === 'console', onQuit: quit, inputWhen });
       return () => h.detach();
     }
     case 'file': {

@@ -10,12 +10,12 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { FormatError, NodevmmError } from '../errors';
 import { buildShellInitramfs, buildTestInitramfs } from '../initramfs/initramfs';
 import { ByteReader } from '../util/bytes';
+import { cacheRoot, cacheRootFor } from '../util/cache-root';
 
 /** Modules the emulated KVM host loads, in insmod order (dependencies first). */
 export const KVM_HOST_MODULES = [
@@ -87,26 +87,9 @@ export interface EnsureGuestArtifactsOptions {
   cacheDir?: string;
 }
 
-/** The cache root: $NODEVMM_CACHE, else ~/.cache/nodevmm (see cacheRootFor). */
-export function guestCacheRoot(): string {
-  let home = '';
-  try {
-    home = os.homedir(); // $HOME, else the passwd entry; throws when neither exists
-  } catch {}
-  return cacheRootFor(process.env, home, os.tmpdir(), process.getuid?.() ?? 0);
-}
-
-/**
- * $NODEVMM_CACHE; else `<home>/.cache/nodevmm`; else, when there is no usable
- * home (HOME unset or `/` with no passwd entry, as in a bare chroot or a
- * container, where `/.cache` would land in the root of the filesystem),
- * `<tmpdir>/nodevmm-cache-<uid>`, which the progress messages name.
- */
-export function cacheRootFor(env: NodeJS.ProcessEnv, home: string, tmpdir: string, uid: number): string {
-  if (env.NODEVMM_CACHE) return env.NODEVMM_CACHE;
-  if (home && home !== '/' && path.isAbsolute(home)) return path.join(home, '.cache', 'nodevmm');
-  return path.join(tmpdir, `nodevmm-cache-${uid}`);
-}
+/** The cache root: $NODEVMM_CACHE, else ~/.cache/nodevmm (lib/util/cache-root.ts). */
+export const guestCacheRoot = cacheRoot;
+export { cacheRootFor };
 
 /** Paths of a finished cache, or undefined if it is missing or incomplete (no fetching). */
 export function findGuestArtifacts(arch: 'x86_64' = 'x86_64', cacheDir = guestCacheRoot()): GuestArtifacts | undefined {

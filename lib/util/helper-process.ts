@@ -16,7 +16,7 @@
  * - on an ordinary exit of Node, a process 'exit' hook kills every helper
  *   still running.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NodevmmError } from '../errors';
@@ -144,6 +144,8 @@ export function spawnHelper(opts: SpawnHelperOptions): HelperProcess {
   if (!exe) throw new NodevmmError('ERR_HELPER_MISSING', `${opts.name} is not installed: no ${opts.command} in PATH (${opts.installHint})`);
   const setpriv = findExecutable('setpriv');
   if (!setpriv) throw new NodevmmError('ERR_HELPER_MISSING', `setpriv is not installed: nodevmm starts ${opts.name} through it so that it dies with this process (apt-get install util-linux)`);
+  // node:child_process loads when a helper starts, not with every VM (CLI start-up time, docs/benchmarks.md).
+  const { spawn } = require('node:child_process') as typeof import('node:child_process');
   const child = spawn(setpriv, ['--pdeathsig', 'KILL', '--', exe, ...opts.args], {
     stdio: ['ignore', 'ignore', 'pipe', ...(opts.extraStdio ?? [])],
   });

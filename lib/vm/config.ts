@@ -3,7 +3,6 @@
  * validator that reports every problem at once (ConfigError.issues), each
  * naming the field and the value. Nothing here reads files or touches KVM.
  */
-import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { ConfigError, type ConfigIssue } from '../errors';
 import { GiB, MiB } from '../util/bytes';
@@ -176,6 +175,8 @@ const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 
 /** A stable MAC for a VM's NIC: 52:54:00 (locally administered, unicast) and three bytes of a hash. */
 export function defaultMac(vmName: string, tap: string, index: number): string {
+  // node:crypto loads for a NIC's default MAC, not with every VM (CLI start-up time, docs/benchmarks.md).
+  const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const h = createHash('sha256').update(`${vmName}/${tap}/${index}`).digest();
   return ['52', '54', '00', ...[...h.subarray(0, 3)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }

@@ -16,7 +16,7 @@
  * modified in the last two seconds is read afresh and not cached.
  */
 import type { BigIntStats } from 'node:fs';
-import * as fsp from 'node:fs/promises';
+import type * as FsPromises from 'node:fs/promises';
 
 const cache = new Map<string, WeakRef<Uint8Array>>();
 const reading = new Map<string, Promise<Uint8Array>>();
@@ -30,6 +30,8 @@ const identity = (s: BigIntStats) => `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:$
 
 /** The bytes of `path`, shared with earlier readers of the same unchanged file. */
 export async function readImageFile(path: string): Promise<Uint8Array> {
+  // Loaded on first use: the CLI reads its images itself (CLI start-up time, docs/benchmarks.md).
+  const fsp = require('node:fs/promises') as typeof FsPromises;
   const handle = await fsp.open(path, 'r');
   try {
     const stat = await handle.stat({ bigint: true });

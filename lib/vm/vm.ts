@@ -16,22 +16,25 @@ import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
 import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
 import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
-import { AGENT_READY, execOnSerial, type ExecOptions, type ExecResult } from './exec';
+import type { ExecOptions, ExecResult } from './exec';
 import { readImageFile } from './image-files';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine, type X86Machine } from './x86-machine';
 import type { PlannedIgvm } from './igvm-boot';
 import { openDisk, openOverlayDisk, type OverlayDisk } from './virtio-devices';
-import { TapBackend } from '../devices/tap';
-import { tapHostOps } from '../hv/host-ops';
-import { PasstBackend } from '../devices/passt';
+import type { TapBackend } from '../devices/tap';
+import type { PasstBackend } from '../devices/passt';
 import type { VirtioNetStats } from '../devices/virtio/net';
-import { VsockServer, VsockStream } from './vsock-stream';
-import { execOverVsock } from './vsock-exec';
+import type { VsockServer, VsockStream } from './vsock-stream';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { X86Partition } from '../hv/partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
+
+// Networking, vsock and exec load on first use, not with every VM: a VM that uses none of them
+// (the CLI's tiny guest) starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
+const vsockStreams = () => require('./vsock-stream') as typeof import('./vsock-stream');
+const execModule = () => require('./exec') as typeof import('./exec');
 
 export interface VmEvents {
   state: [VmState];
@@ -112,7 +115,7 @@ export class Vm extends EventEmitter<VmEvents> {
     const cid = this.vsockCid('vsockConnect');
     if (!Number.isInteger(port) || port < 0 || port > 0xffff_fffe) throw new NodevmmError('ERR_INVALID_ARG', `vsockConnect: port ${port} must be an integer from 0 to 4294967294`);
     if (this._state !== 'running') throw new VmStateError('connect over vsock to', this._state);
-    const s = await VsockStream.connect(cid, port);
+    const s = await vsockStreams().VsockStream.connect(cid, port);
     // The state may have changed while we awaited the guest.
     if (this.state !== 'running' && this.state !== 'paused') {
       s.destroy();
@@ -130,7 +133,7 @@ export class Vm extends EventEmitter<VmEvents> {
   vsockListen(port: number): VsockServer {
     const cid = this.vsockCid('vsockListen');
     if (!Number.isInteger(port) || port < 0 || port > 0xffff_fffe) throw new NodevmmError('ERR_INVALID_ARG', `vsockListen: port ${port} must be an integer from 0 to 4294967294`);
-    const server = new VsockServer(port);
+    const server = new (vsockStreams().VsockServer)(port);
     server.on('connection', (c) => {
       // One host port space serves every VM: accept only our guest.
       if (c.remoteCid !== cid) c.destroy();
@@ -148,7 +151,7 @@ export class Vm extends EventEmitter<VmEvents> {
 
   private track(h: VsockStream | VsockServer): void {
     this.vsockHandles.add(h);
-    if (h instanceof VsockStream) h.once('close', () => this.vsockHandles.delete(h));
+    if (h instanceof vsockStreams().VsockStream) h.once('close', () => this.vsockHandles.delete(h));
   }
 
   get state(): VmState {
@@ -192,9 +195,12 @@ export class Vm extends EventEmitter<VmEvents> {
     if (this.taps.length === this.config.net.length) return;
     try {
       for (const n of this.config.net) {
-        if (n.tap !== undefined) this.taps.push(TapBackend.open(n.tap, tapHostOps()));
+        if (n.tap !== undefined) {
+          const { tapHostOps } = require('../hv/host-ops') as typeof import('../hv/host-ops');
+          this.taps.push((require('../devices/tap') as typeof import('../devices/tap')).TapBackend.open(n.tap, tapHostOps()));
+        }
         else {
-          const p = PasstBackend.open({ forward: n.user.forward });
+          const p = (require('../devices/passt') as typeof import('../devices/passt')).PasstBackend.open({ forward: n.user.forward });
           // passt gone means the NIC is gone: the VM stops rather than run on without its network.
           p.onFailure = (message) => setImmediate(() => this.finish({ reason: 'host-error', message: `user networking failed: ${message}` }));
           this.taps.push(p);
@@ -383,20 +389,20 @@ export class Vm extends EventEmitter<VmEvents> {
   exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     assertAllowed('exec', this._state);
     const agentPort = this.config.vsock?.agentPort;
-    if (agentPort !== undefined && opts.port === undefined) return execOverVsock(() => this.vsockConnect(agentPort), agentPort, command, opts.timeoutMs);
+    if (agentPort !== undefined && opts.port === undefined) return (require('./vsock-exec') as typeof import('./vsock-exec')).execOverVsock(() => this.vsockConnect(agentPort), agentPort, command, opts.timeoutMs);
     const name = opts.port ?? 'com2';
     const port = this.serial(name);
     // Wait (once per boot) for the agent's ready line before the first command.
     let ready = this.agentReady.get(name);
     if (!ready) {
       const timeoutMs = opts.timeoutMs ?? 30_000;
-      ready = port.expect(AGENT_READY, { timeoutMs }).catch((e: Error) => {
+      ready = port.expect(execModule().AGENT_READY, { timeoutMs }).catch((e: Error) => {
         this.agentReady.delete(name);
         throw new NodevmmError('ERR_EXEC_NO_AGENT', `exec: no agent answered on ${name} within ${timeoutMs} ms (boot the guest with an agent shell on that port, e.g. the test initramfs with nodevmm.agent=ttyS1)`, { cause: e });
       });
       this.agentReady.set(name, ready);
     }
-    return execOnSerial(port, command, opts, ready);
+    return execModule().execOnSerial(port, command, opts, ready);
   }
 
   private guestReset(): void {
@@ -449,7 +455,7 @@ export class Vm extends EventEmitter<VmEvents> {
     const m = this.machine;
     this.machine = undefined;
     try {
-      for (const h of this.vsockHandles) h instanceof VsockStream ? h.destroy() : h.close();
+      for (const h of this.vsockHandles) h instanceof vsockStreams().VsockStream ? h.destroy() : h.close();
       this.vsockHandles.clear();
       m?.dispose();
     } finally {

@@ -110,10 +110,11 @@ function physAddrBits(): number {
 
 export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: X86Partition, acpi: X86AcpiTables) => X86VcpuInitState): X86Machine {
   const timings: Array<[string, number]> = [];
-  let t = performance.now();
+  // process.hrtime, not performance.now(): the global `performance` loads perf_hooks (~0.7 ms of CLI start-up).
+  let t = process.hrtime.bigint();
   const phase = (name: string) => {
-    const now = performance.now();
-    timings.push([name, now - t]);
+    const now = process.hrtime.bigint();
+    timings.push([name, Number(now - t) / 1e6]);
     t = now;
   };
 

@@ -103,3 +103,33 @@ test('console: stdin is read only as fast as the guest takes it, and output a st
   h.detach();
   t.regex(report, /^nodevmm: com1: \d+ bytes of guest output were dropped because the terminal did not keep up\n$/);
 });
+
+test('console: with inputWhen, stdin is not touched until it settles; output flows at once; detach before it never reads', async (t) => {
+  const port = new SerialPort('com1', 1 * MiB);
+  let received = '';
+  port.attach({ enqueue: (b) => ((received += Buffer.from(b).toString()), b.length) });
+  const stdin = new PassThrough();
+  let out = '';
+  const stdout = new Writable({ write: (c: Buffer, _e, cb) => ((out += c.toString()), cb()) });
+  let start!: () => void;
+  const h = attachConsole(port, { interactive: false, onQuit: () => undefined, stdin, stdout, inputWhen: new Promise<void>((r) => (start = r)) });
+  stdin.write('typed ahead\n');
+  port.deliver(Buffer.from('guest says hi\n'));
+  await tick();
+  t.is(out, 'guest says hi\n');
+  t.is(received, '', 'no input before inputWhen');
+  t.is(stdin.readableFlowing, null, 'stdin was not even resumed');
+  start();
+  await tick();
+  await tick();
+  t.is(received, 'typed ahead\n', 'typed-ahead input arrives once input starts');
+  h.detach();
+
+  const stdin2 = new PassThrough();
+  let start2!: () => void;
+  const h2 = attachConsole(new SerialPort('com2', 1 * MiB), { interactive: false, onQuit: () => undefined, stdin: stdin2, stdout, inputWhen: new Promise<void>((r) => (start2 = r)) });
+  h2.detach();
+  start2();
+  await tick();
+  t.is(stdin2.readableFlowing, null, 'a console detached before its input started never reads stdin');
+});
