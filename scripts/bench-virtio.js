@@ -204,7 +204,8 @@ process.stdin.on('data', (d) => {
     const bytes = Number(line.slice(0, i));
     const chunk = Buffer.alloc(65536);
     const t0 = process.hrtime.bigint();
-    const s = net.connect(5202, '10.0.2.15', () => {
+    // The guest's nc half-closes at once (its stdin is empty): keep sending.
+    const s = net.connect({ port: 5202, host: '10.0.2.15', allowHalfOpen: true }, () => {
       let left = bytes;
       const pump = () => {
         while (left > 0) {
