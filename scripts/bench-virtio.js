@@ -52,6 +52,8 @@ const TRACE = flag('--trace');
 const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 const MIB = numberOption('--mib', mode === 'net' ? 4 : 256);
 const WARMUP_MIB = numberOption('--warmup-mib', 64);
+/** nodevmm's serial ports as QEMU's command line has them: COM1 on stdio, no COM2-COM4. */
+const ONE_UART = ['--com1', 'stdio', '--com2', 'none', '--com3', 'none', '--com4', 'none'];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /**
@@ -128,7 +130,7 @@ async function blk() {
     ].join('\n');
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const vmms = {
-      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--disk', image, ...(TRACE ? ['--trace'] : [])], 300_000),
+      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--disk', image, ...(TRACE ? ['--trace'] : [])], 300_000),
       qemu: () => run('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', initrd, '-append', cmdline, '-drive', `id=d0,file=${image},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0'], 300_000),
     };
     const rows = { nodevmm: [], qemu: [] };
@@ -268,7 +270,7 @@ async function netBench() {
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const mac = '52:54:00:12:34:56';
     const vmms = {
-      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--net', `tap:${tap},mac=${mac}`]), 900_000, onOutput),
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), 900_000, onOutput),
       qemu: (onOutput) => run('ip', inNs(['qemu-system-x86_64', '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no,vnet_hdr=on`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), 900_000, onOutput),
     };
     const rows = { nodevmm: [], qemu: [] };
