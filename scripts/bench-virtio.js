@@ -202,7 +202,7 @@ net.createServer((s) => {
 let line = '';
 process.stdin.on('data', (d) => {
   line += d;
-  for (let i; (i = line.indexOf('\n')) >= 0; line = line.slice(i + 1)) {
+  for (let i; (i = line.indexOf('\\n')) >= 0; line = line.slice(i + 1)) {
     const bytes = Number(line.slice(0, i));
     const chunk = Buffer.alloc(65536);
     const t0 = process.hrtime.bigint();
