@@ -13,9 +13,13 @@ namespace {
 // Marks JS objects that wrap a GuestRam (napi_type_tag_object), so native
 // calls taking a ram can tell it from any other object.
 constexpr napi_type_tag kGuestRamTag = {0x6e6f6465766d6d2dull, 0x67756573747261ull};
-// One ArrayBuffer per GiB: V8's limit on a single buffer is well above that
-// on 64-bit hosts, but typed-array lengths and some APIs still assume < 2^32.
-constexpr uint64_t kDefaultViewSize = 1ull << 30;
+// One ArrayBuffer per 32 MiB. V8 counts an external buffer's length as
+// memory a GC could free and starts a mark-compact whenever that count grew
+// by 64 MiB since the last one; guest RAM is freed by release(), never by a
+// GC, so each view takes its length back out of the count right after V8
+// adds it (GuestRam::Views), and views under 64 MiB keep the add itself from
+// crossing the limit. Counted, every 64 MiB guest cost a mark-compact.
+constexpr uint64_t kDefaultViewSize = 32ull << 20;
 // How long Release() waits for transfers in flight (a pwritev of a few MiB
 // to a sick disk can take seconds). Past it the pages stay mapped, owned by
 // the last pin, so a late transfer still sees the guest's bytes.
@@ -116,6 +120,9 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
 }
 
 GuestRam::~GuestRam() {
+  // Never released: the views may now be collected, and V8 takes their
+  // lengths out of its count then, so put them back first.
+  for (auto& v : views_) Napi::MemoryManagement::AdjustExternalMemory(Env(), v.uncounted);
   // Runs at GC or environment teardown. Views hold no reference to this
   // object, so unmapping here could strand a live view: defer if any remain.
   if (host_) {
@@ -153,7 +160,11 @@ Napi::Value GuestRam::Views(const Napi::CallbackInfo& info) {
           delete d;
         },
         hint);
-    views_.push_back(Napi::Weak(ab));
+    // V8 counted `len` as it made the buffer (see kDefaultViewSize); take it
+    // back out. Release() and the destructor put it back before V8 takes it
+    // out again, so the count never drops below what V8 really tracks.
+    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(len));
+    views_.push_back({Napi::Persistent(ab), static_cast<int64_t>(len)});
     out.Set(i, ab);
   }
   return out;
@@ -162,9 +173,10 @@ Napi::Value GuestRam::Views(const Napi::CallbackInfo& info) {
 void GuestRam::ReleaseImpl(Napi::Env env) {
   if (!host_) return;
   bool all_detached = true;
-  for (auto& ref : views_) {
-    if (ref.IsEmpty()) continue;
-    Napi::Value v = ref.Value();
+  for (auto& view : views_) {
+    // Back into V8's count before detaching takes it out (see Views).
+    Napi::MemoryManagement::AdjustExternalMemory(env, view.uncounted);
+    Napi::Value v = view.ref.Value();
     if (v.IsEmpty() || v.IsUndefined()) continue;
     Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
     if (ab.IsDetached()) continue;

@@ -87,7 +87,13 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
   uint8_t* host_ = nullptr;
   uint64_t size_ = 0;
   int memfd_ = -1;
-  std::vector<Napi::Reference<Napi::ArrayBuffer>> views_;
+  // Every view handed out, held until release() detaches it, and the length
+  // taken out of V8's external memory count for it (see Views()).
+  struct View {
+    Napi::Reference<Napi::ArrayBuffer> ref;
+    int64_t uncounted;
+  };
+  std::vector<View> views_;
   using Deferred = GuestRamDeferred;
   std::shared_ptr<Deferred> deferred_;
 };

@@ -21,12 +21,14 @@
  *     `git worktree add` of an older commit + npm run build) in the same
  *     rounds, for before/after figures under the same machine load.
  *
- *   node scripts/bench-boot.js linux [--runs N]
+ *   node scripts/bench-boot.js linux [--runs N] [--image bzimage|pvh|both]
  *     Debian's kernel + the test initramfs under a real KVM (run it through
  *     `node scripts/kvm-host.js -- node scripts/bench-boot.js linux` where
  *     /dev/kvm is KVM-PVM): process start to GUEST-INIT-OK and to exit,
  *     nodevmm against QEMU microvm with the same kernel, initrd, command line,
- *     memory and vCPUs.
+ *     memory and vCPUs; the bzImage (Linux boot protocol) and the vmlinux ELF
+ *     extracted from it (PVH entry; QEMU takes it through -kernel too),
+ *     interleaved. Each figure: min / median / max and the medians' ratio.
  */
 const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -37,6 +39,13 @@ const root = path.resolve(__dirname, '..');
 const { args, flag, numberOption, stringOption } = require('./lib/options');
 const mode = args[0];
 const RUNS = numberOption('--runs', mode === 'linux' ? 5 : 21);
+const IMAGE = stringOption('--image') ?? 'both';
+/**
+ * nodevmm's serial ports as QEMU's command line has them: COM1 on stdio and no
+ * others (the CLI otherwise gives the guest COM2-COM4 bound to nothing, three
+ * more UARTs for Linux to probe and register).
+ */
+const ONE_UART = ['--com1', 'stdio', '--com2', 'none', '--com3', 'none', '--com4', 'none'];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Spawn under /usr/bin/time (for peak RSS); resolve with timings of the first match of `marker` and of exit. */
@@ -146,7 +155,10 @@ async function linux() {
   const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
   const a = await ensureGuestArtifacts({ arch: 'x86_64' });
   const cmdline = 'console=ttyS0 panic=-1';
-  const rows = { nodevmm: [], qemu: [] };
+  const images = { bzimage: a.vmlinuz, pvh: a.vmlinux };
+  const kinds = IMAGE === 'both' ? ['bzimage', 'pvh'] : [IMAGE];
+  if (!kinds.every((k) => k in images)) throw new Error(`--image ${IMAGE}: use bzimage, pvh or both`);
+  const rows = Object.fromEntries(kinds.map((k) => [k, { nodevmm: [], qemu: [] }]));
   const failures = { nodevmm: 0, qemu: 0 };
   // Under the emulated KVM host a guest occasionally dies in early boot (docs/testing.md):
   // such a run is counted and reported, and replaced by another, for either VMM.
@@ -165,14 +177,29 @@ async function linux() {
     throw new Error(`${who} failed three times in a row`);
   };
   for (let i = 0; i < RUNS; i++) {
-    rows.nodevmm.push(await attempt('nodevmm', process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio']));
-    rows.qemu.push(await attempt('qemu', 'qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline]));
+    for (const kind of kinds) {
+      const kernel = images[kind];
+      rows[kind].nodevmm.push(await attempt('nodevmm', process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', kernel, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART]));
+      rows[kind].qemu.push(await attempt('qemu', 'qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', a.testInitramfs, '-append', cmdline]));
+    }
   }
   console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}`);
-  const line = report(`Debian ${a.kernelVersion} bzImage + test initramfs, 512 MiB, 1 vCPU, "${cmdline}", ${RUNS} interleaved runs, medians`, rows);
-  line('GUEST-INIT-OK', (r) => r.markerMs, 'ms', 0);
-  line('exit (after poweroff)', (r) => r.exitMs, 'ms', 0);
-  line('peak RSS', (r) => r.rssKiB / 1024, 'MiB');
+  const spread = (xs, digits) => {
+    const s = [...xs].sort((x, y) => x - y);
+    return `${s[0].toFixed(digits)} / ${median(s).toFixed(digits)} / ${s[s.length - 1].toFixed(digits)}`;
+  };
+  for (const kind of kinds) {
+    const r = rows[kind];
+    console.log(`Debian ${a.kernelVersion} ${kind === 'pvh' ? 'vmlinux through PVH' : 'bzImage'} + test initramfs, 512 MiB, 1 vCPU, "${cmdline}", ${RUNS} interleaved runs, min / median / max`);
+    const line = (name, f, unit, digits) => {
+      const n = r.nodevmm.map(f);
+      const q = r.qemu.map(f);
+      console.log(`  ${name.padEnd(24)} nodevmm ${spread(n, digits)} ${unit}   qemu ${spread(q, digits)} ${unit}   ratio ${(median(n) / median(q)).toFixed(2)}x`);
+    };
+    line('GUEST-INIT-OK', (x) => x.markerMs, 'ms', 0);
+    line('exit (after poweroff)', (x) => x.exitMs, 'ms', 0);
+    line('peak RSS', (x) => x.rssKiB / 1024, 'MiB', 1);
+  }
 }
 
 const modes = { tiny, linux };

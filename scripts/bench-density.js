@@ -3,8 +3,13 @@
 /**
  * Density benchmark (one Node process, this machine's KVM):
  *  - VMs per second booted to the tiny PVH guest's marker and stopped, 1 and
- *    8 at a time, against Firecracker's published 5 microVMs per host core
- *    per second;
+ *    8 at a time, and the process's CPU time per VM (user + system, all
+ *    threads: VMs per core-second is 1000 / that), against Firecracker's
+ *    published 5 microVMs per host core per second and, in the same run,
+ *    scripts/bench/raw-churn.c: a C program taking the same KVM steps for
+ *    each VM's whole life (create, 64 MiB slot, irqchip, PIT, vCPU, 13 port
+ *    exits, close), 1 and 8 threads. On a shared machine the wall-clock
+ *    rates move with the load (printed); CPU per VM does not;
  *  - memory per idle VM: RSS growth per added VM, guest pages excluded (the
  *    tiny guest touches a few pages, but guest RAM asks for transparent huge
  *    pages, so they are resident as 2 MiB pages: AnonHugePages growth is
@@ -18,6 +23,8 @@
  *   node --expose-gc scripts/bench-density.js [--seconds S] [--idle N]
  */
 const os = require('node:os');
+const path = require('node:path');
+const { execFileSync } = require('node:child_process');
 const { createVm } = require('../dist/lib/vm/vm');
 const { tinyPvhKernel } = require('../dist/lib/testing/tiny-pvh');
 const { processResources, kvmSkipReason } = require('../dist/lib/testing/kvm-test-helpers');
@@ -41,8 +48,10 @@ async function bootOnce() {
   if (stop.reason !== 'poweroff') throw new Error(`unexpected stop ${stop.reason}`);
 }
 
+/** VMs per second with `parallel` at a time, and this process's CPU milliseconds per VM. */
 async function rate(parallel) {
   const started = Date.now();
+  const cpu0 = process.cpuUsage();
   let done = 0;
   const worker = async () => {
     while (Date.now() - started < SECONDS * 1000) {
@@ -51,7 +60,14 @@ async function rate(parallel) {
     }
   };
   await Promise.all(Array.from({ length: parallel }, worker));
-  return done / ((Date.now() - started) / 1000);
+  const cpu = process.cpuUsage(cpu0);
+  return { perS: done / ((Date.now() - started) / 1000), cpuMs: (cpu.user + cpu.system) / 1000 / done };
+}
+
+/** The C baseline: [VMs per second, CPU ms per VM] for `vms` VMs on each of `threads` threads. */
+function rawChurn(exe, vms, threads) {
+  const [perS, cpuMs] = execFileSync(exe, [String(vms), '64', String(threads)], { encoding: 'utf8' }).trim().split(' ').map(Number);
+  return { perS, cpuMs };
 }
 
 /** Resident anonymous memory in transparent huge pages, in KiB. */
@@ -97,12 +113,27 @@ async function main() {
   }
   const cores = os.cpus().length;
   console.log(`host: ${os.cpus()[0].model}, ${cores} cpus, kernel ${os.release()}, node ${process.version}`);
-  await rate(1); // warm-up (JIT, allocators)
-  const one = await rate(1);
-  const eight = await rate(8);
+  const rawExe = path.join(os.tmpdir(), `nodevmm-raw-churn-${process.pid}`);
+  execFileSync('cc', ['-O2', '-pthread', '-o', rawExe, path.join(__dirname, 'bench', 'raw-churn.c')]);
+  let raw1;
+  let raw8;
+  let one;
+  let eight;
+  try {
+    await rate(1); // warm-up (JIT, allocators)
+    raw1 = rawChurn(rawExe, 100, 1);
+    one = await rate(1);
+    raw8 = rawChurn(rawExe, 40, 8);
+    eight = await rate(8);
+  } finally {
+    fs.rmSync(rawExe, { force: true });
+  }
   const fc = FC_PER_CORE * cores;
-  console.log(`tiny PVH VMs booted to marker and stopped, ${SECONDS} s each:`);
-  console.log(`  1 at a time: ${one.toFixed(1)} VMs/s   8 at a time: ${eight.toFixed(1)} VMs/s   Firecracker published: ${FC_PER_CORE}/core/s = ${fc} VMs/s on ${cores} cores   ratio ${(eight / fc).toFixed(2)}x`);
+  const perCore = (r) => `${(1000 / r.cpuMs).toFixed(0)}/core-s`;
+  console.log(`tiny PVH VMs booted to marker and stopped, ${SECONDS} s each (load average ${os.loadavg()[0].toFixed(1)} on ${cores} cores):`);
+  console.log(`  nodevmm, 1 at a time: ${one.perS.toFixed(1)} VMs/s, CPU ${one.cpuMs.toFixed(2)} ms/VM (${perCore(one)})   8 at a time: ${eight.perS.toFixed(1)} VMs/s, CPU ${eight.cpuMs.toFixed(2)} ms/VM (${perCore(eight)})`);
+  console.log(`  raw C, 1 thread:      ${raw1.perS.toFixed(1)} VMs/s, CPU ${raw1.cpuMs.toFixed(2)} ms/VM (${perCore(raw1)})   8 threads:   ${raw8.perS.toFixed(1)} VMs/s, CPU ${raw8.cpuMs.toFixed(2)} ms/VM (${perCore(raw8)})`);
+  console.log(`  ratios nodevmm / raw C: 1 at a time ${(one.perS / raw1.perS).toFixed(2)}x, 8 at a time ${(eight.perS / raw8.perS).toFixed(2)}x; Firecracker published: ${FC_PER_CORE}/core/s = ${fc} VMs/s on ${cores} cores   ratio ${(eight.perS / fc).toFixed(2)}x`);
   const idle = await growthPerAddedVm(idleVm, IDLE, 4);
   console.log(`idle VMs in one process: ${idle.perVmMiB.toFixed(2)} MiB RSS per added VM, of which guest RAM in huge pages ${idle.guestMiB.toFixed(2)} MiB; VMM overhead ${idle.vmmMiB.toFixed(2)} MiB, Firecracker: ${FC_MIB_PER_VM} MiB per VMM   ratio ${(idle.vmmMiB / FC_MIB_PER_VM).toFixed(2)}x; ${IDLE + 4} VMs -> ${idle.threads} threads`);
   const a = findGuestArtifacts();

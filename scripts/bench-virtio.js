@@ -12,8 +12,11 @@
  * QEMU with its defaults: cache=writeback, aio=threads), and in the guest
  *   - sequential read:  dd if=/dev/vda of=/dev/null bs=1M iflag=direct
  *   - sequential write: dd if=/dev/zero of=/dev/vda bs=1M oflag=direct conv=fsync
- *   - 4 KiB random reads at queue depth 1, O_DIRECT, for 5 s (scripts/bench/randread.c,
+ *   - 4 KiB random reads, O_DIRECT, for 4 s at queue depth 1 (pread) and for
+ *     4 s at queue depth 16 (Linux native AIO) (scripts/bench/randread.c,
  *     built static here and put in the initramfs).
+ * Each figure is printed as the min / median / max over the runs, with the
+ * ratio of the medians and the ratio each run had against its QEMU twin.
  * The guest times dd with /proc/uptime (10 ms resolution; each dd runs for
  * seconds). Before the timed passes, an untimed-for-the-ratio warm-up reads
  * and writes `--warmup-mib` MiB (default 64; 0 for none), as fio's ramp_time
@@ -24,11 +27,14 @@
  *
  *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js net [--runs N] [--mib N]
  *
- * net: TCP throughput guest to host. The script makes a network namespace
- * with a persistent TAP (10.0.2.1/24) and runs both VMMs and a Node receiver
- * inside it; the guest pipes N MiB of zeros through busybox nc to the
- * receiver, which times first byte to last. QEMU: -netdev tap (vnet_hdr) with
- * virtio-net-device. Needs root (ip netns, ip tuntap).
+ * net: TCP throughput both ways. The script makes a network namespace with a
+ * persistent TAP (10.0.2.1/24) and runs both VMMs and a Node peer inside it.
+ * Guest to host: the guest pipes N MiB of zeros through busybox nc to the
+ * peer, which times first byte to last. Host to guest: the guest listens
+ * with busybox nc (output to /dev/null), the peer connects, sends N MiB and
+ * half-closes, and times its connect to the guest's close (nc closes once it
+ * has read everything). QEMU: -netdev tap (vnet_hdr) with virtio-net-device.
+ * Needs root (ip netns, ip tuntap).
  */
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -38,7 +44,7 @@ const path = require('node:path');
 const root = path.resolve(__dirname, '..');
 const { args, flag, numberOption, stringOption } = require('./lib/options');
 const mode = args[0];
-const RUNS = numberOption('--runs', 3);
+const RUNS = numberOption('--runs', mode === 'blk' ? 5 : 3);
 /** `--only nodevmm|qemu`: measure one VMM (no ratio); `--trace`: nodevmm prints where its exits went. */
 const ONLY = stringOption('--only');
 const TRACE = flag('--trace');
@@ -46,15 +52,40 @@ const TRACE = flag('--trace');
 const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 const MIB = numberOption('--mib', mode === 'net' ? 4 : 256);
 const WARMUP_MIB = numberOption('--warmup-mib', 64);
+/** nodevmm's serial ports as QEMU's command line has them: COM1 on stdio, no COM2-COM4. */
+const ONE_UART = ['--com1', 'stdio', '--com2', 'none', '--com3', 'none', '--com4', 'none'];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/**
+ * A printer of one figure per row: min / median / max for each VMM, the ratio
+ * of the medians, and each run's ratio against the QEMU run beside it (runs
+ * are interleaved, so run i of each met the same host conditions).
+ */
+function spreadLine(rows, only, digits) {
+  const spread = (xs) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return `${s[0].toFixed(digits)} / ${median(s).toFixed(digits)} / ${s[s.length - 1].toFixed(digits)}`;
+  };
+  return (name, f, unit) => {
+    if (only) return console.log(`  ${name.padEnd(34)} ${only} ${spread(rows[only].map(f))} ${unit}`);
+    const n = rows.nodevmm.map(f);
+    const q = rows.qemu.map(f);
+    const pairs = n.slice(0, q.length).map((v, i) => (v / q[i]).toFixed(2)).join(' ');
+    console.log(`  ${name.padEnd(34)} nodevmm ${spread(n)}   qemu ${spread(q)} ${unit}   ratio ${(median(n) / median(q)).toFixed(2)}x (per run: ${pairs})`);
+  };
+}
+
 /** Run a VMM to its exit; resolve with the guest's GUEST-KEY=value markers. */
-function run(cmd, argv, timeoutMs) {
+function run(cmd, argv, timeoutMs, onOutput) {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
+    const on = (d) => {
+      out += d;
+      onOutput?.(out);
+    };
+    child.stdout.on('data', on);
+    child.stderr.on('data', on);
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('close', (status) => {
       clearTimeout(timer);
@@ -93,12 +124,13 @@ async function blk() {
         : []),
       `a=$(up); dd if=/dev/vda of=/dev/null bs=1M count=${MIB} iflag=direct 2>/dev/null; b=$(up); echo "GUEST-SEQREAD-S=$a $b"`,
       `a=$(up); dd if=/dev/zero of=/dev/vda bs=1M count=${MIB} oflag=direct conv=fsync 2>/dev/null; b=$(up); echo "GUEST-SEQWRITE-S=$a $b"`,
-      '/bin/randread /dev/vda 5',
+      '/bin/randread /dev/vda 4',
+      '/bin/randread /dev/vda 4 16',
       'echo GUEST-BENCH-DONE=1',
     ].join('\n');
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const vmms = {
-      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--disk', image, ...(TRACE ? ['--trace'] : [])], 300_000),
+      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', initrd, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--disk', image, ...(TRACE ? ['--trace'] : [])], 300_000),
       qemu: () => run('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', initrd, '-append', cmdline, '-drive', `id=d0,file=${image},format=raw,if=none`, '-device', 'virtio-blk-device,drive=d0'], 300_000),
     };
     const rows = { nodevmm: [], qemu: [] };
@@ -116,6 +148,7 @@ async function blk() {
               read: MIB / secs('SEQREAD-S'),
               write: MIB / secs('SEQWRITE-S'),
               iops: Number(m['RANDREAD-IOPS']),
+              iops16: Number(m['RANDREAD-QD16-IOPS']),
               coldRead: WARMUP_MIB / secs('WARMREAD-S'),
               coldWrite: WARMUP_MIB / secs('WARMWRITE-S'),
             });
@@ -129,17 +162,13 @@ async function blk() {
         }
       }
     }
-    console.log(`Debian ${a.kernelVersion}, virtio-blk over virtio-mmio, ${MIB} MiB raw image in the host page cache, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, medians; timed after a ${WARMUP_MIB} MiB read and write warm-up`);
+    console.log(`Debian ${a.kernelVersion}, virtio-blk over virtio-mmio, ${MIB} MiB raw image in the host page cache, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, min / median / max; timed after a ${WARMUP_MIB} MiB read and write warm-up`);
     if (failures.nodevmm + failures.qemu) console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}`);
-    const line = (name, f, unit) => {
-      if (ONLY) return console.log(`  ${name.padEnd(34)} ${ONLY} ${median(rows[ONLY].map(f)).toFixed(0).padStart(7)} ${unit}`);
-      const n = median(rows.nodevmm.map(f));
-      const q = median(rows.qemu.map(f));
-      console.log(`  ${name.padEnd(34)} nodevmm ${n.toFixed(0).padStart(7)} ${unit}   qemu ${q.toFixed(0).padStart(7)} ${unit}   ratio ${(n / q).toFixed(2)}x`);
-    };
+    const line = spreadLine(rows, ONLY, 0);
     line('sequential read, dd 1 MiB direct', (r) => r.read, 'MiB/s');
     line('sequential write, dd 1 MiB direct', (r) => r.write, 'MiB/s');
     line('4 KiB random read, QD1, direct', (r) => r.iops, 'IOPS');
+    line('4 KiB random read, QD16, direct', (r) => r.iops16, 'IOPS');
     if (WARMUP_MIB > 0) {
       line(`cold: first ${WARMUP_MIB} MiB read (warm-up)`, (r) => r.coldRead, 'MiB/s');
       line(`cold: first ${WARMUP_MIB} MiB written (warm-up)`, (r) => r.coldWrite, 'MiB/s');
@@ -149,8 +178,13 @@ async function blk() {
   }
 }
 
-/** Bytes per connection, first byte to last, printed by a receiver running in the namespace. */
-const RECEIVER = `
+/**
+ * The host side, in the namespace. Receives on 10.0.2.1:5201 and prints bytes
+ * and first byte to last per connection (RECV); on a SEND line from its
+ * stdin, connects to the guest's listener, writes that many bytes of zeros,
+ * half-closes, and prints bytes and connect to the guest's close (SENT).
+ */
+const PEER = `
 const net = require('node:net');
 const expect = Number(process.argv[1]);
 net.createServer((s) => {
@@ -165,6 +199,31 @@ net.createServer((s) => {
   });
   s.on('error', () => {});
 }).listen(5201, '10.0.2.1', () => console.log('LISTENING'));
+let line = '';
+process.stdin.on('data', (d) => {
+  line += d;
+  for (let i; (i = line.indexOf('\\n')) >= 0; line = line.slice(i + 1)) {
+    const bytes = Number(line.slice(0, i));
+    const chunk = Buffer.alloc(65536);
+    const t0 = process.hrtime.bigint();
+    // The guest's nc half-closes at once (its stdin is empty): keep sending.
+    const s = net.connect({ port: 5202, host: '10.0.2.15', allowHalfOpen: true }, () => {
+      let left = bytes;
+      const pump = () => {
+        while (left > 0) {
+          const n = Math.min(left, chunk.length);
+          left -= n;
+          if (!s.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return s.once('drain', pump);
+        }
+        s.end();
+      };
+      pump();
+    });
+    s.on('close', (hadError) => console.log((hadError ? 'SENTFAIL ' : 'SENT ') + bytes + ' ' + Number(process.hrtime.bigint() - t0) / 1e6));
+    s.on('error', () => {});
+    s.resume();
+  }
+});
 `;
 
 async function netBench() {
@@ -185,14 +244,15 @@ async function netBench() {
     sh(['ip', ...inNs(['ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap])]);
     sh(['ip', ...inNs(['ip', 'link', 'set', tap, 'up'])]);
     const bytes = MIB * 2 ** 20;
-    receiver = spawn('ip', inNs([process.execPath, '-e', RECEIVER, String(bytes)]), { stdio: ['ignore', 'pipe', 'inherit'] });
+    receiver = spawn('ip', inNs([process.execPath, '-e', PEER, String(bytes)]), { stdio: ['pipe', 'pipe', 'inherit'] });
     const received = [];
+    const sent = [];
     let rbuf = '';
     receiver.stdout.on('data', (d) => {
       rbuf += d;
       for (let i; (i = rbuf.indexOf('\n')) >= 0; rbuf = rbuf.slice(i + 1)) {
-        const m = /^RECV (\d+) ([\d.]+)/.exec(rbuf.slice(0, i));
-        if (m) received.push({ bytes: Number(m[1]), ms: Number(m[2]) });
+        const m = /^(RECV|SENT) (\d+) ([\d.]+)/.exec(rbuf.slice(0, i));
+        if (m) (m[1] === 'RECV' ? received : sent).push({ bytes: Number(m[2]), ms: Number(m[3]) });
       }
     });
     await new Promise((resolve, reject) => {
@@ -203,34 +263,43 @@ async function netBench() {
       'ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0',
       'i=0; while ! ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && [ $i -lt 30 ]; do i=$((i+1)); done',
       `dd if=/dev/zero bs=64k count=${MIB * 16} 2>/dev/null | nc 10.0.2.1 5201`,
+      // Host to guest: listen, say so (the script then tells the peer to send), read to EOF.
+      '(nc -l -p 5202 >/dev/null) & sleep 0.5; echo GUEST-LISTENING=1; wait',
       'echo GUEST-BENCH-DONE=1',
     ].join('\n');
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const mac = '52:54:00:12:34:56';
     const vmms = {
-      nodevmm: () => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--net', `tap:${tap},mac=${mac}`]), 900_000),
-      qemu: () => run('ip', inNs(['qemu-system-x86_64', '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no,vnet_hdr=on`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), 900_000),
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), 900_000, onOutput),
+      qemu: (onOutput) => run('ip', inNs(['qemu-system-x86_64', '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no,vnet_hdr=on`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), 900_000, onOutput),
     };
     const rows = { nodevmm: [], qemu: [] };
+    const mbit = (r) => (r.bytes * 8) / (r.ms / 1000) / 1e6;
     for (let i = 0; i < RUNS; i++) {
       for (const who of ['nodevmm', 'qemu']) {
-        const before = received.length;
+        const before = { received: received.length, sent: sent.length };
         try {
-          await vmms[who]();
+          let asked = false;
+          await vmms[who]((text) => {
+            if (asked || !text.includes('GUEST-LISTENING=1')) return;
+            asked = true;
+            receiver.stdin.write(`${bytes}\n`);
+          });
         } catch (e) {
           console.log(`  (${who} run failed: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
           continue;
         }
-        const r = received[before];
-        if (r) rows[who].push((r.bytes * 8) / (r.ms / 1000) / 1e6);
-        else console.log(`  (${who} run: the receiver got no complete transfer)`);
+        const r = received[before.received];
+        const s = sent[before.sent];
+        if (r && s) rows[who].push({ toHost: mbit(r), toGuest: mbit(s) });
+        else console.log(`  (${who} run: the peer got no complete transfer ${r ? 'to' : 'from'} the guest)`);
       }
     }
-    console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio on a TAP (vnet_hdr), 512 MiB guest, 1 vCPU, ${MIB} MiB guest-to-host over TCP (busybox nc), ${RUNS} interleaved runs, medians`);
+    console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio on a TAP (vnet_hdr), 512 MiB guest, 1 vCPU, ${MIB} MiB each way over TCP (busybox nc), ${RUNS} interleaved runs, min / median / max`);
     if (!rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
-    const n = median(rows.nodevmm);
-    const q = median(rows.qemu);
-    console.log(`  TCP guest to host                  nodevmm ${n.toFixed(2).padStart(7)} Mbit/s   qemu ${q.toFixed(2).padStart(7)} Mbit/s   ratio ${(n / q).toFixed(2)}x`);
+    const line = spreadLine(rows, undefined, 2);
+    line('TCP guest to host', (r) => r.toHost, 'Mbit/s');
+    line('TCP host to guest', (r) => r.toGuest, 'Mbit/s');
   } finally {
     receiver?.kill();
     spawnSync('ip', ['netns', 'del', ns]);

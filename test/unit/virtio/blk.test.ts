@@ -154,13 +154,13 @@ function nowBackend(fd: number, mem: GuestMemory, opts: { refuse?: (position: nu
   return { backend, calls };
 }
 
-function setupNow(t: { teardown(f: () => void): void }, opts: { refuse?: (position: number) => boolean; fail?: boolean } = {}) {
+function setupNow(t: { teardown(f: () => void): void }, opts: { refuse?: (position: number) => boolean; fail?: boolean; trigger?: 'edge' } = {}) {
   const content = new Uint8Array(16 * 512).map((_, i) => (i * 7 + 3) & 0xff);
   const img = tempImage(t, content);
   const mem = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
   const { backend, calls } = nowBackend(img.fd, mem, opts);
   const blk = new VirtioBlk({ backend, sizeBytes: content.length });
-  const d = new FakeDriver(blk, {}, mem);
+  const d = new FakeDriver(blk, opts.trigger ? { trigger: opts.trigger } : {}, mem);
   d.up([16]);
   return { blk, d, q: d.queues[0]!, img, content, calls };
 }
@@ -190,6 +190,25 @@ test('with a backend that can transfer at once, a read and a write complete befo
   t.is(d.mem.readU8(st), BLK_S.ok);
   t.deepEqual(new Uint8Array(fs.readFileSync(img.file).subarray(5 * 512, 6 * 512)), out);
   t.deepEqual(calls, { now: 2, async: 0 });
+});
+
+test('requests of one kick that complete at once raise one interrupt for the kick, not one each', (t) => {
+  // Interrupts on every used buffer (no EVENT_IDX, no NO_INTERRUPT flag), one
+  // edge per raise: what the guest would take without the batching.
+  const { d, q, content } = setupNow(t, { trigger: 'edge' });
+  const reads = [1, 4, 9, 2].map((sector) => ({ sector, ...offerRead(d, q, sector) }));
+  d.kick(q);
+  t.deepEqual(
+    d.takeUsed(q),
+    reads.map((r) => [r.head, 513]),
+  );
+  for (const r of reads) t.deepEqual(d.mem.read(r.data, 512), content.subarray(r.sector * 512, (r.sector + 1) * 512));
+  t.is(d.irq.pulses, 1);
+  // The next kick's request gets its own interrupt.
+  offerRead(d, q, 5);
+  d.kick(q);
+  t.is(d.takeUsed(q).length, 1);
+  t.is(d.irq.pulses, 2);
 });
 
 test('when the backend cannot transfer at once, the request runs the asynchronous way with the same result', async (t) => {
