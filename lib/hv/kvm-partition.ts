@@ -242,9 +242,7 @@ export class KvmPartition extends EventEmitter implements X86Partition {
         throw new NodevmmError('ERR_GUEST_MEMORY_OVERLAP', `guest ram ${name} [${hex(gpa)}, ${hex(gpa + size)}) overlaps ${r.name} [${hex(r.gpa)}, ${hex(r.gpa + r.size)})`);
       }
     }
-    const ramOpts: { memfd?: boolean; name?: string } = { name };
-    if (opts.memfd) ramOpts.memfd = true;
-    const ram = native(() => new this.binding.GuestRam(size, ramOpts));
+    const ram = native(() => new this.binding.GuestRam(size, { name }));
     if (opts.hugepages !== false && size >= HUGE_PAGE) {
       try {
         ram.advise('hugepage');
@@ -390,10 +388,10 @@ export class KvmPartition extends EventEmitter implements X86Partition {
     });
   }
 
-  /** Each RAM region with its address in this process (for vhost, which works on those). */
-  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint }> {
+  /** Each RAM region with its address in this process and its memfd (for vhost and vhost-user, which work on those). */
+  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint; fd: number }> {
     this.assertAlive('map the ram of');
-    return this.rams.map((r, i) => ({ gpa: this.ramGpas[i]!, size: r.size, hostAddress: r.hostAddress }));
+    return this.rams.map((r, i) => ({ gpa: this.ramGpas[i]!, size: r.size, hostAddress: r.hostAddress, fd: r.fd }));
   }
 
   setIrqLine(irq: number, level: boolean): void {
