@@ -41,13 +41,14 @@ export function cmdParam(command: string): string {
 }
 
 /** Boot the cached kernel (bzImage unless `kernel` says otherwise) to its stop. */
-export async function bootToStop(config: VmConfig & { command?: string; timeoutMs?: number }): Promise<BootResult> {
+export async function bootToStop(config: VmConfig & { command?: string; timeoutMs?: number; onRunning?: (vm: Vm) => void }): Promise<BootResult> {
   const a = e2eArtifacts!;
-  const { command, timeoutMs = 180_000, ...rest } = config;
+  const { command, timeoutMs = 180_000, onRunning, ...rest } = config;
   const cmdline = [rest.cmdline, command !== undefined ? cmdParam(command) : ''].filter(Boolean).join(' ');
   const started = Date.now();
   const vm = await createVm({ kernel: a.vmlinuz, initrd: a.testInitramfs, memory: '256M', ...rest, cmdline });
   await vm.start();
+  onRunning?.(vm);
   let diagnosis: string | undefined;
   let timedOut = false;
   // On a timeout, say where the guest was before killing it (its console may say nothing).

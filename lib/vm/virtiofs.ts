@@ -61,7 +61,7 @@ const flavours = new Map<string, 'rust' | 'qemu'>();
 function flavourOf(exe: string): 'rust' | 'qemu' {
   let f = flavours.get(exe);
   if (!f) {
-    const help = spawnSync(exe, ['--help'], { encoding: 'utf8', timeout: 5000 });
+    const help = spawnSync(exe, ['--help'], { encoding: 'utf8', timeout: 2000 });
     f = /--shared-dir/.test(`${help.stdout}${help.stderr}`) ? 'rust' : 'qemu';
     flavours.set(exe, f);
   }
@@ -97,6 +97,8 @@ export class VirtiofsShare {
   /** Called once when the daemon exits or the connection breaks while the share is open. */
   onFailure: ((message: string) => void) | undefined;
   private closed = false;
+  private reported = false;
+  private reportTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     spec: ShareSpec,
@@ -166,23 +168,31 @@ export class VirtiofsShare {
     }
   }
 
+  /**
+   * The first failure breaks the connection at once; the report waits a
+   * moment when the daemon has not exited yet, since a broken connection
+   * usually comes just before the exit, whose status and stderr say more.
+   */
   private fail(message: string): void {
-    if (this.closed || this.lastError !== undefined) return;
-    this.lastError = message;
-    // A broken connection usually comes just before the exit: give the exit (its status and stderr) a moment to be the reason.
-    const report = () => {
-      if (this.closed) return;
-      if (this.helper.exited) this.lastError = this.helper.exitMessage();
-      this.onFailure?.(this.lastError!);
-    };
-    if (this.helper.exited) report();
-    else setTimeout(report, 200).unref();
+    if (this.closed || this.reported) return;
+    this.lastError ??= message;
+    if (this.helper.exited) return this.report();
+    this.reportTimer ??= setTimeout(() => this.report(), 200);
+  }
+
+  private report(): void {
+    if (this.closed || this.reported) return;
+    this.reported = true;
+    clearTimeout(this.reportTimer);
+    if (this.helper.exited) this.lastError = this.helper.exitMessage();
+    this.onFailure?.(this.lastError!);
   }
 
   /** Close our end (virtiofsd exits on the hang-up) and stop virtiofsd; a second call does nothing. */
   close(): Promise<void> {
     if (!this.closed) {
       this.closed = true;
+      clearTimeout(this.reportTimer);
       this.socket.close();
     }
     return this.helper.stop().then(() => fs.rmSync(this.socketDir, { recursive: true, force: true }));
