@@ -26,6 +26,7 @@ if (skip) test.skip(`virtiofs ring test skipped: ${skip}`, () => {});
 
 const FUSE_INIT = 26;
 const FUSE_LOOKUP = 1;
+const FUSE_MKDIR = 9;
 const FUSE_ROOT_ID = 1n;
 const SLOT = { base: 0xfeb0_3000, gsi: 19 };
 
@@ -41,18 +42,14 @@ function fuseRequest(opcode: number, unique: bigint, nodeid: bigint, body: Uint8
   return out;
 }
 
-real('virtiofsd answers FUSE_INIT and a LOOKUP of a host file through rings in memfd guest RAM', async (t) => {
+/** A VirtioFs device on a real virtiofsd for `dir`, brought up by a fake driver, with FUSE_INIT done. */
+async function fuseSession(t: import('ava').ExecutionContext, dir: string, readOnly: boolean) {
   const b = nativeBinding();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-virtiofs-ring-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  fs.writeFileSync(path.join(dir, 'hello.txt'), 'hi');
-
   const ram = new b.GuestRam(RAM);
   t.teardown(() => ram.release());
   const mem = new GuestMemory();
   mem.addRegion({ gpa: 0, size: RAM, readonly: false, name: 'ram', views: ram.views().map((buffer) => ({ gpa: 0, buffer })) });
-
-  const share = await VirtiofsShare.open({ path: dir, tag: 'ring', readOnly: false });
+  const share = await VirtiofsShare.open({ path: dir, tag: 'ring', readOnly });
   t.teardown(() => void share.close());
   let callFd = -1;
   const notify: NotifyOps = {
@@ -68,40 +65,65 @@ real('virtiofsd answers FUSE_INIT and a LOOKUP of a host file through rings in m
   const d = new FakeDriver(dev, { slot: SLOT, trigger: 'edge' }, mem);
   d.up([16, 64], { features: 0n });
   t.is(d.r(REG.status) & STATUS.needsReset, 0, d.t.lastError);
-  t.true(callFd >= 0);
   const req = d.queues[1]!;
-
-  /** One request, one reply buffer; wait (bounded) for virtiofsd to use it. */
-  const roundTrip = async (request: Uint8Array, replyBytes: number) => {
+  let unique = 0n;
+  /** One request, one reply buffer; waits (bounded) for virtiofsd to use it; returns the reply's error and bytes. */
+  const call = async (opcode: number, nodeid: bigint, body: Uint8Array, replyBytes = 256) => {
+    const request = fuseRequest(opcode, ++unique, nodeid, body);
     const inGpa = d.alloc(request.length, request);
     const outGpa = d.alloc(replyBytes);
     d.offer(req, d.chain(req, [{ gpa: inGpa, len: request.length }, { gpa: outGpa, len: replyBytes, write: true }]));
     d.kick(req); // no ioeventfd here: the device forwards the MMIO kick to virtiofsd's eventfd
     for (let i = 0; i < 500 && d.usedIdx(req) === req.usedSeen; i++) await new Promise((r) => setTimeout(r, 10));
-    const used = d.takeUsed(req);
-    t.is(used.length, 1, 'virtiofsd used the request within 5 s');
-    return { len: used[0]?.[1] ?? 0, reply: mem.read(outGpa, replyBytes) };
+    t.is(d.takeUsed(req).length, 1, 'virtiofsd used the request within 5 s');
+    const reply = mem.read(outGpa, replyBytes);
+    const dv = new DataView(reply.buffer, reply.byteOffset);
+    t.is(dv.getBigUint64(8, true), unique, 'the reply answers our request');
+    return { error: dv.getInt32(4, true), dv };
   };
-
   const init = new Uint8Array(16);
   new DataView(init.buffer).setUint32(0, 7, true); // major
   new DataView(init.buffer).setUint32(4, 31, true); // minor
-  const r1 = await roundTrip(fuseRequest(FUSE_INIT, 1n, 0n, init), 256);
-  const h1 = new DataView(r1.reply.buffer, r1.reply.byteOffset);
-  t.is(h1.getInt32(4, true), 0, 'FUSE_INIT succeeded');
-  t.is(h1.getBigUint64(8, true), 1n, 'the reply answers our request');
-  t.is(h1.getUint32(16, true), 7, 'FUSE major version 7');
+  const r = await call(FUSE_INIT, 0n, init);
+  t.is(r.error, 0, 'FUSE_INIT succeeded');
+  t.is(r.dv.getUint32(16, true), 7, 'FUSE major version 7');
   t.true(b.eventfdRead(callFd) > 0, 'virtiofsd signalled the call eventfd (what the irqfd turns into an interrupt)');
+  return { call, d, dev, share };
+}
 
-  const name = new TextEncoder().encode('hello.txt\0');
-  const r2 = await roundTrip(fuseRequest(FUSE_LOOKUP, 2n, FUSE_ROOT_ID, name), 256);
-  const h2 = new DataView(r2.reply.buffer, r2.reply.byteOffset);
-  t.is(h2.getInt32(4, true), 0, 'LOOKUP of hello.txt succeeded');
+const cstr = (s: string) => new TextEncoder().encode(`${s}\0`);
+/** fuse_mkdir_in: mode, umask; then the name. */
+function mkdirBody(name: string): Uint8Array {
+  const n = cstr(name);
+  const out = new Uint8Array(8 + n.length);
+  new DataView(out.buffer).setUint32(0, 0o755, true);
+  out.set(n, 8);
+  return out;
+}
+
+real('virtiofsd answers FUSE requests through rings in memfd guest RAM: INIT, a LOOKUP of a host file, a MKDIR the host sees', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-virtiofs-ring-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'hello.txt'), 'hi');
+  const { call, d, dev, share } = await fuseSession(t, dir, false);
+  const lookup = await call(FUSE_LOOKUP, FUSE_ROOT_ID, cstr('hello.txt'));
+  t.is(lookup.error, 0, 'LOOKUP of hello.txt succeeded');
   // fuse_entry_out after the 16-byte header: nodeid, generation, entry/attr valid (4 x u64, 2 x u32), then fuse_attr (ino, size, ...).
-  t.is(h2.getBigUint64(16 + 40 + 8, true), 2n, 'the host file is 2 bytes');
-
+  t.is(lookup.dv.getBigUint64(16 + 40 + 8, true), 2n, 'the host file is 2 bytes');
+  t.is((await call(FUSE_MKDIR, FUSE_ROOT_ID, mkdirBody('made-by-guest'))).error, 0);
+  t.true(fs.statSync(path.join(dir, 'made-by-guest')).isDirectory(), 'the host sees the directory');
   // Reset stops virtiofsd's rings; the daemon stays up and healthy for the next probe.
   d.w(REG.status, 0);
   t.false(dev.backendRunning);
   t.is(share.lastError, undefined);
+});
+
+real('a read-only share refuses a MKDIR with EROFS from the host kernel and the host directory stays unchanged', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-virtiofs-ring-ro-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'hello.txt'), 'hi');
+  const { call } = await fuseSession(t, dir, true);
+  t.is((await call(FUSE_LOOKUP, FUSE_ROOT_ID, cstr('hello.txt'))).error, 0, 'reads still work');
+  t.is((await call(FUSE_MKDIR, FUSE_ROOT_ID, mkdirBody('nope'))).error, -os.constants.errno.EROFS);
+  t.deepEqual(fs.readdirSync(dir), ['hello.txt']);
 });
