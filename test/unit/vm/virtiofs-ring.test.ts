@@ -43,14 +43,14 @@ function fuseRequest(opcode: number, unique: bigint, nodeid: bigint, body: Uint8
 }
 
 /** A VirtioFs device on a real virtiofsd for `dir`, brought up by a fake driver, with FUSE_INIT done. */
-async function fuseSession(t: import('ava').ExecutionContext, dir: string, readOnly: boolean) {
+async function fuseSession(t: import('ava').ExecutionContext, dir: string, readOnly: boolean, existing?: VirtiofsShare) {
   const b = nativeBinding();
   const ram = new b.GuestRam(RAM);
   t.teardown(() => ram.release());
   const mem = new GuestMemory();
   mem.addRegion({ gpa: 0, size: RAM, readonly: false, name: 'ram', views: ram.views().map((buffer) => ({ gpa: 0, buffer })) });
-  const share = await VirtiofsShare.open({ path: dir, tag: 'ring', readOnly });
-  t.teardown(() => void share.close());
+  const share = existing ?? (await VirtiofsShare.open({ path: dir, tag: 'ring', readOnly }));
+  if (!existing) t.teardown(() => void share.close());
   let callFd = -1;
   const notify: NotifyOps = {
     eventfd: () => b.eventfd(0),
@@ -88,7 +88,7 @@ async function fuseSession(t: import('ava').ExecutionContext, dir: string, readO
   t.is(r.error, 0, 'FUSE_INIT succeeded');
   t.is(r.dv.getUint32(16, true), 7, 'FUSE major version 7');
   t.true(b.eventfdRead(callFd) > 0, 'virtiofsd signalled the call eventfd (what the irqfd turns into an interrupt)');
-  return { call, d, dev, share };
+  return { call, d, dev, share, ram };
 }
 
 const cstr = (s: string) => new TextEncoder().encode(`${s}\0`);
@@ -126,4 +126,17 @@ real('a read-only share refuses a MKDIR with EROFS from the host kernel and the 
   t.is((await call(FUSE_LOOKUP, FUSE_ROOT_ID, cstr('hello.txt'))).error, 0, 'reads still work');
   t.is((await call(FUSE_MKDIR, FUSE_ROOT_ID, mkdirBody('nope'))).error, -os.constants.errno.EROFS);
   t.deepEqual(fs.readdirSync(dir), ['hello.txt']);
+});
+
+real('a guest reboot: the next machine brings new RAM to the same virtiofsd (a new memory table), which serves it from a fresh FUSE_INIT', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-virtiofs-ring-reboot-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'hello.txt'), 'hi');
+  const first = await fuseSession(t, dir, false);
+  // The old machine goes away: its device resets (rings stopped), then its RAM is released.
+  first.d.w(REG.status, 0);
+  first.ram.release();
+  const second = await fuseSession(t, dir, false, first.share);
+  t.is((await second.call(FUSE_LOOKUP, FUSE_ROOT_ID, cstr('hello.txt'))).error, 0);
+  t.is(first.share.lastError, undefined);
 });
