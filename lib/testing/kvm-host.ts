@@ -137,17 +137,18 @@ fi
 # pivot_root (virtiofsd's) to a chrooted process. The host's root becomes the real
 # root of this mount namespace, and PID 1 (still us) continues in it with a copy of
 # our busybox on /run's tmpfs, since this initramfs is emptied and the host's own
-# poweroff needs systemd.
-cp /bin/busybox /host/run/nodevmm-busybox || fail "copying busybox to /run"
+# poweroff needs systemd. (Its name must start with "busybox": a busybox called by
+# any other name takes that name for the applet to run.)
+cp /bin/busybox /host/run/busybox-nodevmm || fail "copying busybox to /run"
 echo "${KVM_HOST_READY_MARKER} $(cut -d' ' -f1 /proc/uptime)"
-exec switch_root /host /run/nodevmm-busybox sh -c '
+exec switch_root /host /run/busybox-nodevmm sh -c '
 /bin/sh "$0/run.sh"
 status=$?
 echo "$status" > "$0/exit-status"
 echo "${KVM_HOST_EXIT_MARKER}$status"
 sync
 umount "$0"
-/run/nodevmm-busybox poweroff -f
+/run/busybox-nodevmm poweroff -f
 ' "$results"
 fail "switch_root to the host root failed"
 `;
