@@ -49,6 +49,7 @@ function virtiofsdPids(dir: string): number[] {
 }
 
 e2e('a guest mounts a writable and a read-only share at once: reads and writes files both ways, 64 MiB each way intact, the read-only share refuses writes, and virtiofsd stops with the VM', async (t) => {
+  t.timeout(600_000);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-virtiofs-e2e-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const rw = path.join(dir, 'rw');
