@@ -35,7 +35,8 @@
  * fs: virtio-fs through the same virtiofsd binary for both VMMs, started the
  * same way (lib/vm/virtiofs.ts's command line; nodevmm starts its own with
  * --share, for QEMU this script starts one on a socket). QEMU: microvm with
- * guest RAM on a shared memfd backend and vhost-user-fs-device (virtio-mmio).
+ * guest RAM on a shared memfd backend and vhost-user-fs-device (virtio-mmio,
+ * modern: microvm's legacy default is refused by libvhost-user).
  * In the guest, on the mounted share: sequential write, dd bs=1M of N MiB with
  * conv=fsync; then, after dropping the guest's page cache, sequential read of
  * an N MiB file the host wrote (in the host's page cache).
@@ -276,7 +277,7 @@ async function fsBench() {
       daemon = spawn(c.command, c.args, { stdio: ['ignore', 'ignore', 'inherit'] });
       for (let i = 0; i < 500 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 20));
       try {
-        return await run('qemu-system-x86_64', ['-M', 'microvm,memory-backend=mem', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-object', 'memory-backend-memfd,id=mem,size=512M,share=on', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-chardev', `socket,id=vfs,path=${socket}`, '-device', 'vhost-user-fs-device,chardev=vfs,tag=bench,queue-size=1024'], 600_000);
+        return await run('qemu-system-x86_64', ['-M', 'microvm,memory-backend=mem', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-object', 'memory-backend-memfd,id=mem,size=512M,share=on', '-global', 'virtio-mmio.force-legacy=false', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-chardev', `socket,id=vfs,path=${socket}`, '-device', 'vhost-user-fs-device,chardev=vfs,tag=bench,queue-size=1024'], 600_000);
       } finally {
         daemon.kill('SIGKILL');
       }
