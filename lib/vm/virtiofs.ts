@@ -92,6 +92,8 @@ export function virtiofsdCommand(exe: string, flavour: 'rust' | 'qemu', spec: Sh
 export class VirtiofsShare {
   readonly spec: ShareSpec;
   readonly frontend: VhostUserFrontend;
+  /** Where virtiofsd's socket was (it and its directory are removed once connected). */
+  socketPath = '';
   /** Why the share stopped working, once it did. */
   lastError: string | undefined;
   /** Called once when the daemon exits or the connection breaks while the share is open. */
@@ -104,7 +106,6 @@ export class VirtiofsShare {
     spec: ShareSpec,
     readonly helper: HelperProcess,
     private readonly socket: FdSocket,
-    private readonly socketDir: string,
   ) {
     this.spec = spec;
     const transport: VhostUserTransport = {
@@ -137,7 +138,11 @@ export class VirtiofsShare {
       const { command, args } = virtiofsdCommand(exe, flavourOf(exe), { ...spec, path: path.resolve(spec.path) }, socketPath, isRoot);
       helper = spawnHelper({ name: 'virtiofsd', command, args: [...args, ...(opts.extraArgs ?? [])], installHint: 'apt-get install virtiofsd' });
       socket = await waitForSocket(socketPath, helper, opts.socketWaitMs ?? SOCKET_WAIT_MS);
-      const share = new VirtiofsShare(spec, helper, socket, socketDir);
+      // virtiofsd serves this one connection for its life: the path is no longer needed, and
+      // removing it now leaves nothing behind however this process ends.
+      fs.rmSync(socketDir, { recursive: true, force: true });
+      const share = new VirtiofsShare(spec, helper, socket);
+      share.socketPath = socketPath;
       try {
         share.frontend.open();
       } catch (e) {
@@ -195,7 +200,7 @@ export class VirtiofsShare {
       clearTimeout(this.reportTimer);
       this.socket.close();
     }
-    return this.helper.stop().then(() => fs.rmSync(this.socketDir, { recursive: true, force: true }));
+    return this.helper.stop();
   }
 }
 

@@ -78,6 +78,8 @@ real('a share negotiates with virtiofsd, takes a memory table with the RAM memfd
   const dir = tempDir(t);
   const share = await VirtiofsShare.open({ path: dir, tag: 't', readOnly: false });
   const pid = share.helper.pid!;
+  t.regex(share.socketPath, /nodevmm-virtiofs-\w+\/vhost-user\.sock$/);
+  t.false(fs.existsSync(path.dirname(share.socketPath)), 'the socket and its directory are gone once connected (nothing is left if Node dies)');
   t.true((share.frontend.features & (1n << 32n)) !== 0n, 'VIRTIO_F_VERSION_1');
   t.true(share.frontend.hasProtocolFeature(VHOST_USER_PROTOCOL_F_REPLY_ACK), 'REPLY_ACK agreed, so every set is confirmed');
   const ram = new (nativeBinding().GuestRam)(2 * 1024 * 1024);
