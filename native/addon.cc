@@ -1,6 +1,7 @@
 // Addon entry: exports the /dev/kvm functions, GuestRam, Vm (Vcpu objects
 // come from vm.createVcpu), the layout constants the TS mirror checks, the
-// vhost ioctls, host AF_VSOCK sockets, the fd watcher and disk I/O.
+// vhost ioctls, host AF_VSOCK sockets, fd-passing UNIX sockets, the fd
+// watcher and disk I/O.
 #include <napi.h>
 
 #include "exit_mailbox.h"
@@ -15,6 +16,7 @@ void InitFileOps(Napi::Env env, Napi::Object exports);
 Napi::Object InitVhost(Napi::Env env, Napi::Object exports);
 Napi::Object InitVsockSocket(Napi::Env env, Napi::Object exports);
 Napi::Object InitFdWatcher(Napi::Env env, Napi::Object exports);
+Napi::Object InitUnixSocket(Napi::Env env, Napi::Object exports);
 }
 
 namespace {
@@ -56,6 +58,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitVhost(env, exports);
   nodevmm::InitVsockSocket(env, exports);
   nodevmm::InitFdWatcher(env, exports);
+  nodevmm::InitUnixSocket(env, exports);
   exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));

@@ -57,7 +57,12 @@ Napi::Function GuestRam::Init(Napi::Env env) {
                      });
 }
 
-// new GuestRam(size, { memfd?: boolean, name?: string })
+// new GuestRam(size, { name?: string })
+//
+// Always a memfd mapped MAP_SHARED: the same pages can then be handed to
+// another process (a vhost-user backend such as virtiofsd maps them from the
+// fd), while KVM and JS see them exactly as before. See docs/architecture.md,
+// "Guest memory", for what that changes (shmem accounting, THP knob, freeing).
 GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(info) {
   Napi::Env env = info.Env();
   uint64_t size = 0;
@@ -65,50 +70,37 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
     ThrowUsage(env, "guest ram size must be a positive multiple of 4096");
     return;
   }
-  bool use_memfd = false;
   std::string name = "nodevmm-ram";
   if (info.Length() > 1 && info[1].IsObject()) {
     Napi::Object o = info[1].As<Napi::Object>();
-    use_memfd = o.Get("memfd").ToBoolean();
     if (o.Get("name").IsString()) name = o.Get("name").As<Napi::String>().Utf8Value();
   }
-  void* p = MAP_FAILED;
-  if (use_memfd) {
-    int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
-    if (fd < 0) {
-      ThrowErrno(env, errno, "memfd_create", nullptr, "create guest ram memfd");
-      return;
-    }
-    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-      int err = errno;
-      close(fd);
-      ThrowErrno(env, err, "ftruncate", nullptr, "size guest ram memfd");
-      return;
-    }
-    void* at = ReserveAligned(size);
-    // SAFETY: fd is a fresh memfd of exactly `size` bytes; `at` is our own
-    // reservation of that size (or null: let the kernel choose).
-    p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0), fd, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      if (at) munmap(at, size);
-      close(fd);
-      ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
-      return;
-    }
-    memfd_ = fd;
-  } else {
-    void* at = ReserveAligned(size);
-    // SAFETY: anonymous private mapping over our own reservation of the same
-    // size; MAP_NORESERVE so a large guest only costs the pages it touches.
-    p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (at ? MAP_FIXED : 0), -1, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      if (at) munmap(at, size);
-      ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
-      return;
-    }
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (fd < 0) {
+    ThrowErrno(env, errno, "memfd_create", nullptr, "create guest ram memfd");
+    return;
   }
+  // A sparse file: pages exist once touched, as with MAP_NORESERVE anonymous memory.
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    close(fd);
+    ThrowErrno(env, err, "ftruncate", nullptr, "size guest ram memfd");
+    return;
+  }
+  void* at = ReserveAligned(size);
+  // SAFETY: fd is a fresh memfd of exactly `size` bytes; `at` is our own
+  // reservation of that size (or null: let the kernel choose). File offset 0
+  // sits at a 2 MiB-aligned address, so shmem huge pages line up with guest
+  // 2 MiB pages too.
+  void* p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0), fd, 0);
+  if (p == MAP_FAILED) {
+    int err = errno;
+    if (at) munmap(at, size);
+    close(fd);
+    ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
+    return;
+  }
+  memfd_ = fd;
   host_ = static_cast<uint8_t*>(p);
   size_ = size;
   napi_type_tag_object(env, info.This(), &kGuestRamTag);
@@ -260,7 +252,10 @@ Napi::Value GuestRam::Release(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// advise("dontneed" | "hugepage", offset, length)
+// advise("dontneed" | "hugepage", offset, length). "dontneed" frees the
+// range and leaves zeros: on a shared memfd mapping MADV_DONTNEED would only
+// drop this process's page-table entries and keep the pages in the file, so
+// it is MADV_REMOVE (a hole punched in the memfd).
 Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!host_) return ThrowUsage(env, "guest ram was released");
@@ -269,7 +264,7 @@ Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
   if (info.Length() > 1 && !GetU64(info[1], &off)) return ThrowUsage(env, "offset must be an integer");
   if (info.Length() > 2 && !GetU64(info[2], &len)) return ThrowUsage(env, "length must be an integer");
   if (off > size_ || len > size_ - off || (off & 0xfff)) return ThrowUsage(env, "advise range outside guest ram");
-  int advice = what == "dontneed" ? MADV_DONTNEED : what == "hugepage" ? MADV_HUGEPAGE : -1;
+  int advice = what == "dontneed" ? MADV_REMOVE : what == "hugepage" ? MADV_HUGEPAGE : -1;
   if (advice < 0) return ThrowUsage(env, "unknown advice " + what);
   if (madvise(host_ + off, len, advice) != 0) return ThrowErrno(env, errno, "madvise", nullptr, "advise guest ram");
   return env.Undefined();

@@ -35,6 +35,17 @@
  * half-closes, and times its connect to the guest's close (nc closes once it
  * has read everything). QEMU: -netdev tap (vnet_hdr) with virtio-net-device.
  * Needs root (ip netns, ip tuntap).
+ *
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js fs [--runs N] [--mib N]
+ *
+ * fs: virtio-fs through the same virtiofsd binary for both VMMs, started the
+ * same way (lib/vm/virtiofs.ts's command line; nodevmm starts its own with
+ * --share, for QEMU this script starts one on a socket). QEMU: microvm with
+ * guest RAM on a shared memfd backend and vhost-user-fs-device (virtio-mmio,
+ * modern: microvm's legacy default is refused by libvhost-user).
+ * In the guest, on the mounted share: sequential write, dd bs=1M of N MiB with
+ * conv=fsync; then, after dropping the guest's page cache, sequential read of
+ * an N MiB file the host wrote (in the host's page cache).
  */
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -306,9 +317,79 @@ async function netBench() {
   }
 }
 
-const modes = { blk, net: netBench };
+async function fsBench() {
+  const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
+  const { findVirtiofsd, virtiofsdCommand } = require('../dist/lib/vm/virtiofs');
+  const a = await ensureGuestArtifacts({ arch: 'x86_64' });
+  const exe = findVirtiofsd();
+  if (!exe) throw new Error('virtiofsd is not installed (apt-get install virtiofsd, or qemu-system-common)');
+  const flavour = /--shared-dir/.test(spawnSync(exe, ['--help'], { encoding: 'utf8' }).stdout) ? 'rust' : 'qemu';
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-fs-'));
+  const share = path.join(dir, 'share');
+  fs.mkdirSync(share);
+  let daemon;
+  try {
+    fs.writeFileSync(path.join(share, 'r.bin'), Buffer.alloc(MIB * 2 ** 20, 0x5a));
+    const script = [
+      'mkdir -p /mnt/s && mount -t virtiofs bench /mnt/s || echo GUEST-MOUNT-FAILED=1',
+      'up() { read -r u _ </proc/uptime; echo $u; }',
+      `a=$(up); dd if=/dev/zero of=/mnt/s/w.bin bs=1M count=${MIB} conv=fsync 2>/dev/null; b=$(up); echo "GUEST-FSWRITE-S=$a $b"`,
+      'rm -f /mnt/s/w.bin; sync; echo 3 > /proc/sys/vm/drop_caches',
+      `a=$(up); dd if=/mnt/s/r.bin of=/dev/null bs=1M 2>/dev/null; b=$(up); echo "GUEST-FSREAD-S=$a $b"`,
+      'umount /mnt/s; echo GUEST-BENCH-DONE=1',
+    ].join('\n');
+    const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
+    const qemu = async () => {
+      const socket = path.join(dir, 'qemu-vfsd.sock');
+      fs.rmSync(socket, { force: true });
+      const c = virtiofsdCommand(exe, flavour, { path: share, tag: 'bench', readOnly: false }, socket, process.getuid() === 0);
+      daemon = spawn(c.command, c.args, { stdio: ['ignore', 'ignore', 'inherit'] });
+      for (let i = 0; i < 500 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 20));
+      try {
+        return await run('qemu-system-x86_64', ['-M', 'microvm,memory-backend=mem', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-object', 'memory-backend-memfd,id=mem,size=512M,share=on', '-global', 'virtio-mmio.force-legacy=false', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-chardev', `socket,id=vfs,path=${socket}`, '-device', 'vhost-user-fs-device,chardev=vfs,tag=bench,queue-size=1024'], 600_000);
+      } finally {
+        daemon.kill('SIGKILL');
+      }
+    };
+    const vmms = {
+      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--share', `${share}:bench`], 600_000),
+      qemu,
+    };
+    const rows = { nodevmm: [], qemu: [] };
+    for (let i = 0; i < RUNS; i++) {
+      for (const who of ONLY ? [ONLY] : ['nodevmm', 'qemu']) {
+        try {
+          const m = await vmms[who]();
+          if (m['MOUNT-FAILED']) throw new Error('the guest could not mount the share');
+          const secs = (k) => {
+            const [st, e] = (m[k] ?? '').split(' ').map(Number);
+            return e - st;
+          };
+          rows[who].push({ write: MIB / secs('FSWRITE-S'), read: MIB / secs('FSREAD-S') });
+        } catch (e) {
+          console.log(`  (${who} run failed: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
+        }
+      }
+    }
+    console.log(`Debian ${a.kernelVersion}, virtio-fs over virtio-mmio, ${path.basename(exe)} (${flavour}) ${exe} with cache=auto for both, ${MIB} MiB files, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, medians`);
+    const line = (name, f) => {
+      if (ONLY) return console.log(`  ${name.padEnd(34)} ${ONLY} ${median(rows[ONLY].map(f)).toFixed(0).padStart(7)} MiB/s`);
+      if (!rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
+      const n = median(rows.nodevmm.map(f));
+      const q = median(rows.qemu.map(f));
+      console.log(`  ${name.padEnd(34)} nodevmm ${n.toFixed(0).padStart(7)} MiB/s   qemu ${q.toFixed(0).padStart(7)} MiB/s   ratio ${(n / q).toFixed(2)}x`);
+    };
+    line('sequential write, dd 1 MiB, fsync', (r) => r.write);
+    line('sequential read, dd 1 MiB', (r) => r.read);
+  } finally {
+    daemon?.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const modes = { blk, net: netBench, fs: fsBench };
 if (!modes[mode]) {
-  console.error('usage: node scripts/bench-virtio.js blk|net [--runs N] [--mib N]');
+  console.error('usage: node scripts/bench-virtio.js blk|net|fs [--runs N] [--mib N]');
   process.exit(2);
 }
 console.log(`host: ${os.cpus()[0].model}, ${os.cpus().length} cpus, kernel ${os.release()}, node ${process.version}`);

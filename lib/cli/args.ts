@@ -67,6 +67,11 @@ options:
                          starts and stops; no root): the guest gets 10.0.2.x-style
                          addresses by DHCP, its gateway address reaches the host's
                          loopback; hostfwd (repeatable, also udp:) forwards a host port
+  --share HOSTDIR:TAG[,ro]
+                         share host directory HOSTDIR over virtio-fs (a virtiofsd
+                         nodevmm starts and stops); the guest mounts it with
+                         mount -t virtiofs TAG /mnt; ,ro refuses the guest's writes;
+                         repeat for more shares; x86 only for now
   --rng                  a virtio-rng device (the guest's /dev/hwrng)
   --virtio-console       a virtio console (the guest's hvc0); bound to the terminal
                          when --com1 none
@@ -188,6 +193,14 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
         if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH, PATH,ro or PATH,snapshot` });
         else if (m[2] === ',snapshot') (config.disks ??= []).push({ path: m[1]!, overlay: 'temp' });
         else (config.disks ??= []).push({ path: m[1]!, readonly: m[2] !== undefined });
+        break;
+      }
+      case '--share': {
+        const v = value();
+        if (v === undefined) break;
+        const m = /^(.+):([^:,]+)(,ro)?$/.exec(v);
+        if (!m) issues.push({ path: flag, message: `${JSON.stringify(v)} is not HOSTDIR:TAG or HOSTDIR:TAG,ro` });
+        else (config.shares ??= []).push(m[3] ? { path: m[1]!, tag: m[2]!, readOnly: true } : { path: m[1]!, tag: m[2]! });
         break;
       }
       case '--net': {

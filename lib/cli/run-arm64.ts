@@ -28,6 +28,7 @@ export async function runArm64(args: RunArgs): Promise<number> {
   // Refused before anything is opened, so the user learns it without a boot.
   if (c.net?.length) throw new NodevmmError('ERR_CONFIG', `--net ${c.net[0]!.tap !== undefined ? `tap:${c.net[0]!.tap}` : 'user'} is x86-only for now: arm64 VMs have no virtio-net yet (--disk, --rng and --virtio-console work)`);
   if (c.vsock !== undefined) throw new NodevmmError('ERR_CONFIG', `--vsock ${c.vsock.cid} is x86-only for now: arm64 VMs have no virtio-vsock yet (--disk, --rng and --virtio-console work)`);
+  if (c.shares?.length) throw new NodevmmError('ERR_CONFIG', `--share ${c.shares[0]!.path}:${c.shares[0]!.tag} is x86-only for now: arm64 VMs have no virtio-fs yet (--disk, --rng and --virtio-console work)`);
   const cmdline = [c.cmdlineDefaults === false ? '' : ARM64_DEFAULT_CMDLINE, c.cmdline ?? ''].filter(Boolean).join(' ');
   const binding = args.serial.com1;
   const out = binding.kind === 'console' || binding.kind === 'stdio' ? (b: Uint8Array) => process.stdout.write(b) : () => undefined;

@@ -50,6 +50,8 @@ export interface HostRam {
   readonly size: number;
   /** Where this process maps it (for vhost). */
   readonly hostAddress: bigint;
+  /** The memfd behind the mapping at offset 0 (another process may map it: vhost-user); -1 once released. */
+  readonly fd: number;
   /** The RAM as ArrayBuffers, in order (one when it fits). */
   views(): ArrayBuffer[];
   advise(what: 'hugepage'): void;
@@ -79,7 +81,7 @@ export interface PartitionBackend<V = unknown> {
   /** The guest's clock, frozen across a pause when the backend has one (x86 kvmclock). */
   readonly clock: { get(): bigint; set(ns: bigint): void } | undefined;
 
-  allocateRam(size: number, opts: { memfd?: boolean; name: string }): HostRam;
+  allocateRam(size: number, opts: { name: string }): HostRam;
   /** Map `ram` at `gpa` in memory slot `slot`. */
   mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void;
   /** native/block_io.cc's transfer on the thread pool: op 0 read, 1 write, 2 fdatasync; `segments` as (ram index, offset, length). */

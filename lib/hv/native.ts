@@ -42,6 +42,7 @@ export interface CpuidEntry {
 
 export interface NativeGuestRam {
   readonly size: number;
+  /** The memfd behind the mapping (another process may map it: vhost-user); -1 once released. */
   readonly fd: number;
   /** Where this process maps the RAM (vhost's memory table wants it); 0n once released. */
   readonly hostAddress: bigint;
@@ -183,7 +184,14 @@ export interface NativeBinding {
   /** Bytes written (maybe fewer than given), -1 when the socket is full. */
   socketWrite(fd: number, bytes: Uint8Array): number;
   socketShutdownWrite(fd: number): void;
-  GuestRam: new (size: number, opts?: { memfd?: boolean; name?: string }) => NativeGuestRam;
+  /** native/unix_socket.cc: a connected AF_UNIX stream socket (non-blocking, close-on-exec). */
+  unixConnect(path: string): number;
+  /** sendmsg(2) of all of `bytes`, `fds` as SCM_RIGHTS; waits up to timeoutMs for room (ETIMEDOUT). */
+  unixSendmsg(fd: number, bytes: Uint8Array, fds: readonly number[], timeoutMs: number): number;
+  /** One recvmsg(2) once readable (up to timeoutMs, then ETIMEDOUT): bytes 0 means the peer closed; received fds are the caller's. */
+  unixRecvmsg(fd: number, into: Uint8Array, timeoutMs: number): { bytes: number; fds: number[] };
+  /** Guest RAM: a memfd of `size` bytes mapped shared, 2 MiB aligned (native/guest_ram.cc). */
+  GuestRam: new (size: number, opts?: { name?: string }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
 }

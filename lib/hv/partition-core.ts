@@ -134,7 +134,7 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
   }
 
   /** Each RAM region with its address in this process (for vhost, which works on those). */
-  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint }> {
+  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint; fd: number }> {
     this.assertAlive('map the ram of');
     return this.ram.mappings();
   }

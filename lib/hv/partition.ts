@@ -48,8 +48,6 @@ export interface RamOptions {
   size: number;
   readonly?: boolean;
   name?: string;
-  /** Back with a memfd (shareable with other processes) instead of anonymous memory. */
-  memfd?: boolean;
   /**
    * Ask for transparent huge pages (MADV_HUGEPAGE; default true), as QEMU
    * does for guest RAM: fewer nested-page faults and TLB misses for the
@@ -146,8 +144,8 @@ export interface PartitionIo {
   /** The same done before returning, or -1 if it would block. */
   fileIoNow(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], nowait: boolean): number;
   fileSync(fd: number): Promise<void>;
-  /** Each RAM region with its address in this process (for vhost). */
-  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint }>;
+  /** Each RAM region with its address in this process and the memfd behind it at offset 0 (for vhost and vhost-user). */
+  ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint; fd: number }>;
   /** eventfds and their registration with this partition (ioeventfd kicks, irqfd interrupts). */
   notifyOps(): NotifyOps;
 }

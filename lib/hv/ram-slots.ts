@@ -44,7 +44,7 @@ export class RamSlots {
         throw new NodevmmError('ERR_GUEST_MEMORY_OVERLAP', `guest ram ${name} [${hex(gpa)}, ${hex(gpa + size)}) overlaps ${r.name} [${hex(r.gpa)}, ${hex(r.gpa + r.size)})`);
       }
     }
-    const ram = this.backend.allocateRam(size, opts.memfd ? { memfd: true, name } : { name });
+    const ram = this.backend.allocateRam(size, { name });
     if (opts.hugepages !== false && size >= HUGE_PAGE) {
       try {
         ram.advise('hugepage');
@@ -152,8 +152,8 @@ export class RamSlots {
     return -1;
   }
 
-  mappings(): Array<{ gpa: number; size: number; hostAddress: bigint }> {
-    return this.rams.map((r, i) => ({ gpa: this.gpas[i]!, size: this.sizes[i]!, hostAddress: r.hostAddress }));
+  mappings(): Array<{ gpa: number; size: number; hostAddress: bigint; fd: number }> {
+    return this.rams.map((r, i) => ({ gpa: this.gpas[i]!, size: this.sizes[i]!, hostAddress: r.hostAddress, fd: r.fd }));
   }
 
   /** Give every region's host memory back (after the backend stopped using it) and invalidate the views. */

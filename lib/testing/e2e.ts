@@ -52,7 +52,8 @@ export function cmdParam(command: string): string {
  */
 export const EARLY_STALL_MS = process.env.NODEVMM_IN_KVM_HOST ? 60_000 : 0;
 
-type BootToStopConfig = VmConfig & { command?: string; timeoutMs?: number; earlyStallMs?: number };
+/** `onRunning` is called once the vm runs (e.g. to serve its guest while it boots). */
+type BootToStopConfig = VmConfig & { command?: string; timeoutMs?: number; earlyStallMs?: number; onRunning?: (vm: Vm) => void };
 
 /**
  * Boot the cached kernel (bzImage unless `kernel` says otherwise) to its stop.
@@ -73,11 +74,12 @@ export async function bootToStop(config: BootToStopConfig): Promise<BootResult> 
 
 async function bootOnce(config: BootToStopConfig): Promise<BootResult> {
   const a = e2eArtifacts!;
-  const { command, timeoutMs = 180_000, earlyStallMs = EARLY_STALL_MS, ...rest } = config;
+  const { command, timeoutMs = 180_000, earlyStallMs = EARLY_STALL_MS, onRunning, ...rest } = config;
   const cmdline = [rest.cmdline, command !== undefined ? cmdParam(command) : ''].filter(Boolean).join(' ');
   const started = Date.now();
   const vm = await createVm({ kernel: a.vmlinuz, initrd: a.testInitramfs, memory: '256M', ...rest, cmdline });
   await vm.start();
+  onRunning?.(vm);
   const port = vm.serial(1);
   let diagnosis: string | undefined;
   let ended: 'timeout' | 'stall' | undefined;

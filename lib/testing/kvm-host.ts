@@ -76,7 +76,7 @@ export interface KvmHostResult {
   bootMs: number;
 }
 
-/** Printed by the host's init once /dev/kvm is up and the chroot is mounted. */
+/** Printed by the host's init once /dev/kvm is up and the host root is mounted (just before switch_root). */
 export const KVM_HOST_READY_MARKER = 'NODEVMM-KVM-HOST-READY';
 export const KVM_HOST_EXIT_MARKER = 'NODEVMM-KVM-HOST-EXIT=';
 export const KVM_HOST_FAILED_MARKER = 'NODEVMM-KVM-HOST-FAILED:';
@@ -96,7 +96,7 @@ const DEFAULT_BOOT_TIMEOUT_MS = 120_000;
 export const DEFAULT_KVM_HOST_CPUS = 4;
 const TCG_FEATURE_WARNING = /warning: TCG doesn't support requested feature/;
 
-/** The host's /init: modules, 9p root, pseudo filesystems, chroot, status, power off. */
+/** The host's /init: modules, 9p root, pseudo filesystems, switch_root, status, power off. */
 export const KVM_HOST_INIT = `${INIT_PRELUDE}
 fail() { echo "${KVM_HOST_FAILED_MARKER} $*"; sync; poweroff -f; }
 results=
@@ -134,14 +134,24 @@ if [ -n "$project" ]; then
   mkdir -p "/host$project"
   mount -t 9p -o ro,cache=loose,${NINEP_OPTS} project "/host$project" || fail "mounting the project share"
 fi
+# switch_root, not chroot: the kernel refuses user namespaces (passt's sandbox) and
+# pivot_root (virtiofsd's) to a chrooted process. The host's root becomes the real
+# root of this mount namespace, and PID 1 (still us) continues in it with a copy of
+# our busybox on /run's tmpfs, since this initramfs is emptied and the host's own
+# poweroff needs systemd. (Its name must start with "busybox": a busybox called by
+# any other name takes that name for the applet to run.)
+cp /bin/busybox /host/run/busybox-nodevmm || fail "copying busybox to /run"
 echo "${KVM_HOST_READY_MARKER} $(cut -d' ' -f1 /proc/uptime)"
-chroot /host /bin/sh "$results/run.sh"
+exec switch_root /host /run/busybox-nodevmm sh -c '
+/bin/sh "$0/run.sh"
 status=$?
-echo "$status" > "/host$results/exit-status"
+echo "$status" > "$0/exit-status"
 echo "${KVM_HOST_EXIT_MARKER}$status"
 sync
-umount "/host$results"
-poweroff -f
+umount "$0"
+/run/busybox-nodevmm poweroff -f
+' "$results"
+fail "switch_root to the host root failed"
 `;
 
 /** Boots the emulated host, runs `command` with /bin/sh in `cwd`, and returns its exit status and the console. */

@@ -53,7 +53,25 @@ export interface VmConfig {
   net?: NetConfig[];
   /** A virtio-vsock device backed by the host kernel's vhost-vsock; reach the guest with vm.vsockConnect(port). */
   vsock?: VsockConfig;
+  /**
+   * Host directories shared into the guest, each a virtio-fs device served by
+   * a virtiofsd that nodevmm starts and stops with the VM. The guest mounts
+   * one with `mount -t virtiofs TAG /mnt`. See docs/virtio.md.
+   */
+  shares?: ShareConfig[];
 }
+
+export interface ShareConfig {
+  /** The host directory. */
+  path: string;
+  /** The name the guest mounts it by: 1 to 36 bytes of UTF-8, unique per VM. */
+  tag: string;
+  /** The guest cannot change anything in it (writes fail with EROFS). Default false. */
+  readOnly?: boolean;
+}
+
+/** Longest virtio-fs tag (VIRTIO 1.2 §5.11.4). */
+export const SHARE_TAG_MAX_BYTES = 36;
 
 /** A NIC: on a host TAP (`tap`), or on user networking through a passt process (`user`). Exactly one of the two. */
 export interface NetConfig {
@@ -151,6 +169,7 @@ export interface ResolvedVmConfig {
   virtioConsole: boolean;
   net: ResolvedNetConfig[];
   vsock: VsockConfig | undefined;
+  shares: Array<Required<ShareConfig>>;
 }
 
 const SIZE_RE = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i;
@@ -165,7 +184,7 @@ export function parseSize(v: number | string): number | undefined {
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
-const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'igvmRelocateTo', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock']);
+const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'igvmRelocateTo', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock', 'shares']);
 /** One interrupt per virtio-mmio slot (IOAPIC pins 16-23). */
 const MAX_VIRTIO_DEVICES = 8;
 
@@ -341,8 +360,25 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
       bad('vsock.agentPort', `${describe(v.agentPort)} must be an integer from 0 to ${VSOCK_CID_MAX}`);
     } else vsock = v.agentPort !== undefined ? { cid: v.cid!, agentPort: v.agentPort } : { cid: v.cid! };
   }
-  const virtioCount = disks.length + net.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0) + (config.vsock !== undefined ? 1 : 0);
-  if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, net, vsock, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);
+  const shares: Array<Required<ShareConfig>> = [];
+  if (config.shares !== undefined) {
+    if (!Array.isArray(config.shares)) bad('shares', `must be an array of { path, tag, readOnly? }, got ${describe(config.shares)}`);
+    else
+      config.shares.forEach((d: unknown, i) => {
+        const o = d as Partial<ShareConfig> | null;
+        if (typeof o !== 'object' || o === null) return bad(`shares[${i}]`, `must be an object like { path: "/srv/data", tag: "data" }, got ${describe(d)}`);
+        for (const k of Object.keys(o)) if (!['path', 'tag', 'readOnly'].includes(k)) return bad(`shares[${i}].${k}`, 'is not a known option (known: path, tag, readOnly)');
+        if (typeof o.path !== 'string' || o.path.length === 0) return bad(`shares[${i}].path`, `must be a non-empty directory path, got ${describe(o.path)}`);
+        if (typeof o.tag !== 'string' || o.tag.length === 0 || Buffer.byteLength(o.tag) > SHARE_TAG_MAX_BYTES || o.tag.includes('\0')) {
+          return bad(`shares[${i}].tag`, `${describe(o.tag)} must be 1 to ${SHARE_TAG_MAX_BYTES} bytes of UTF-8 without NUL`);
+        }
+        if (shares.some((x) => x.tag === o.tag)) return bad(`shares[${i}].tag`, `${describe(o.tag)} is used twice: the guest mounts a share by its tag`);
+        if (o.readOnly !== undefined && typeof o.readOnly !== 'boolean') return bad(`shares[${i}].readOnly`, `must be true or false, got ${describe(o.readOnly)}`);
+        shares.push({ path: o.path, tag: o.tag, readOnly: o.readOnly ?? false });
+      });
+  }
+  const virtioCount = disks.length + net.length + shares.length + (config.rng ? 1 : 0) + (config.virtioConsole ? 1 : 0) + (config.vsock !== undefined ? 1 : 0);
+  if (virtioCount > MAX_VIRTIO_DEVICES) bad('disks', `${virtioCount} virtio devices (disks, net, shares, vsock, rng, console) are more than the ${MAX_VIRTIO_DEVICES} that have an interrupt`);
   if (issues.length) throw new ConfigError(issues);
 
   const parts = [];
@@ -364,6 +400,7 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     virtioConsole: config.virtioConsole === true,
     net: net.map((n, i): ResolvedNetConfig => (n.user ? { user: n.user, mac: n.mac ?? defaultMac(name, 'user', i) } : { tap: n.tap!, mac: n.mac ?? defaultMac(name, n.tap!, i) })),
     vsock,
+    shares,
   };
   if (config.kernel !== undefined) resolved.kernel = config.kernel;
   if (config.initrd !== undefined) resolved.initrd = config.initrd;

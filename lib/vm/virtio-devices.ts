@@ -25,11 +25,12 @@ import type { HostRamMapping, VhostVsockOps, VirtioVsock } from '../devices/virt
 import type { NotifyOps } from '../hv/partition';
 import type { ClusterMap } from '../devices/virtio/blk-overlay';
 import type { ImageStorage } from '../devices/virtio/blk-backends';
+import type { SharedRamMapping, VhostUserDeviceOps, VirtioFs } from '../devices/virtio/fs';
 import type { ResolvedVmConfig } from './config';
 import { openDisk, type OpenedDisk } from './disk-images';
 import type { SerialPort } from './serial-port';
 
-export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'vsock' } | { kind: 'rng' } | { kind: 'console' };
+export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'fs'; index: number } | { kind: 'vsock' } | { kind: 'rng' } | { kind: 'console' };
 
 export interface VirtioSlot extends VirtioMmioDesc {
   /** The slot's interrupt: a GSI on x86, an SPI number (INTID - 32) on arm64. */
@@ -47,19 +48,23 @@ export interface VirtioSlotPlacement {
 /** x86: below the IOAPIC, IOAPIC pins 16-23. */
 export const X86_VIRTIO_PLACEMENT: VirtioSlotPlacement = { start: VIRTIO_MMIO_START, slotSize: VIRTIO_MMIO_SLOT_SIZE, irqs: VIRTIO_MMIO_GSIS };
 
-/** Slots in a fixed order (disks, net, vsock, rng, console), so a config always gives the same addresses. */
+/** Slots in a fixed order (disks, net, shares, vsock, rng, console), so a config always gives the same addresses. */
 export function virtioSlots(
-  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock'] },
+  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock']; shares?: ResolvedVmConfig['shares'] },
   placement: VirtioSlotPlacement = X86_VIRTIO_PLACEMENT,
 ): VirtioSlot[] {
-  const kinds: VirtioSlotKind[] = [...cfg.disks.map((_, index) => ({ kind: 'blk' as const, index })), ...(cfg.net ?? []).map((_, index) => ({ kind: 'net' as const, index }))];
+  const kinds: VirtioSlotKind[] = [
+    ...cfg.disks.map((_, index) => ({ kind: 'blk' as const, index })),
+    ...(cfg.net ?? []).map((_, index) => ({ kind: 'net' as const, index })),
+    ...(cfg.shares ?? []).map((_, index) => ({ kind: 'fs' as const, index })),
+  ];
   if (cfg.vsock) kinds.push({ kind: 'vsock' });
   if (cfg.rng) kinds.push({ kind: 'rng' });
   if (cfg.virtioConsole) kinds.push({ kind: 'console' });
   if (kinds.length > placement.irqs.length) {
     throw new NodevmmError('ERR_CONFIG', `${kinds.length} virtio devices were asked for, at most ${placement.irqs.length} fit (one interrupt each)`);
   }
-  // Every slot is edge-triggered. vsock: vhost's irqfd delivers one pulse per
+  // Every slot is edge-triggered. vsock and fs: the backend's irqfd delivers one pulse per
   // interrupt, and an edge latched while the guest handles the last one is
   // never lost (a level irqfd would need a resamplefd round trip through
   // userspace). The userspace devices: with an edge nothing needs to happen
@@ -124,6 +129,8 @@ export interface AttachedVirtio {
   transports: VirtioMmioTransport[];
   disks: VirtioBlk[];
   nics: VirtioNet[];
+  /** One per cfg.shares entry. */
+  shares: VirtioFs[];
   rng: VirtioRng | undefined;
   console: VirtioConsole | undefined;
   vsock: VirtioVsock | undefined;
@@ -141,8 +148,18 @@ export interface VsockBackends {
   ram: () => HostRamMapping[];
 }
 
+/** What virtio-fs runs on: the vhost-user connection of each share (owned by the VM), KVM's eventfd wiring, the RAM and its memfds. */
+export interface FsBackends {
+  /** One per cfg.shares entry. */
+  shares: readonly VhostUserDeviceOps[];
+  notify: NotifyOps;
+  ram: () => SharedRamMapping[];
+}
+
 export interface AttachVirtioOptions {
-  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock'] };
+  cfg: Pick<ResolvedVmConfig, 'disks' | 'rng' | 'virtioConsole'> & { net?: ResolvedVmConfig['net']; vsock?: ResolvedVmConfig['vsock']; shares?: ResolvedVmConfig['shares'] };
+  /** Needed when cfg.shares is not empty. */
+  fsBackends?: FsBackends;
   slots: readonly VirtioSlot[];
   /** One per cfg.net entry, owned (and closed) by the caller: they outlive a machine rebuild. */
   netBackends?: readonly NetBackend[];
@@ -181,6 +198,7 @@ function deviceModels() {
     ...(require('../devices/virtio/blk-backends') as typeof import('../devices/virtio/blk-backends')),
     ...(require('../devices/virtio/blk-overlay') as typeof import('../devices/virtio/blk-overlay')),
     ...(require('../devices/virtio/console') as typeof import('../devices/virtio/console')),
+    ...(require('../devices/virtio/fs') as typeof import('../devices/virtio/fs')),
     ...(require('../devices/virtio/net') as typeof import('../devices/virtio/net')),
     ...(require('../devices/virtio/mmio') as typeof import('../devices/virtio/mmio')),
     ...(require('../devices/virtio/rng') as typeof import('../devices/virtio/rng')),
@@ -224,13 +242,14 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   }
   const disks: VirtioBlk[] = [];
   const nics: VirtioNet[] = [];
+  const shares: VirtioFs[] = [];
   const transports: VirtioMmioTransport[] = [];
   let vsock: VirtioVsock | undefined;
   let rng: VirtioRng | undefined;
   let console: VirtioConsole | undefined;
   let sink: BatchingSink | undefined;
   try {
-    const { VirtioBlk, directFileBackend, bounceFileBackend, imageStorage, OverlayBackend, overlayDirectory, VirtioNet, parseMac, VirtioVsock, VirtioRng, VirtioConsole, VirtioMmioTransport } = opts.slots.length ? deviceModels() : ({} as ReturnType<typeof deviceModels>);
+    const { VirtioBlk, directFileBackend, bounceFileBackend, imageStorage, OverlayBackend, overlayDirectory, VirtioNet, parseMac, VirtioVsock, VirtioRng, VirtioConsole, VirtioFs, VirtioMmioTransport } = opts.slots.length ? deviceModels() : ({} as ReturnType<typeof deviceModels>);
     for (const slot of opts.slots) {
       let device: VirtioDevice;
       if (slot.device.kind === 'blk') {
@@ -252,6 +271,14 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
         const nic = new VirtioNet({ backend, mac: parseMac(n.mac)! });
         nics.push(nic);
         device = nic;
+      } else if (slot.device.kind === 'fs') {
+        const i = slot.device.index;
+        const share = opts.cfg.shares?.[i];
+        const backend = opts.fsBackends?.shares[i];
+        if (!share || !backend) throw new NodevmmError('ERR_INVALID_ARG', `virtio-fs ${i} has no backend (start its virtiofsd first)`);
+        const fs = new VirtioFs({ tag: share.tag, backend, notify: opts.fsBackends!.notify, ram: opts.fsBackends!.ram });
+        shares.push(fs);
+        device = fs;
       } else if (slot.device.kind === 'vsock') {
         const b = vsockBackends!;
         device = vsock = new VirtioVsock({ cid: vsockCid!, vhost: b.vhost, notify: b.notify, ram: b.ram });
@@ -264,7 +291,8 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
         const c = console;
         port?.attach({ enqueue: (b) => c.enqueue(b) });
       }
-      const queueNotifier = slot.device.kind === 'vsock' ? undefined : opts.queueNotifier?.(slot.base);
+      // vsock and fs hand their rings to a backend, which gets the kicks through ioeventfds of their own.
+      const queueNotifier = slot.device.kind === 'vsock' || slot.device.kind === 'fs' ? undefined : opts.queueNotifier?.(slot.base);
       const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level', queueNotifier, ...(opts.onHostError ? { onHostError: opts.onHostError } : {}) });
       const interruptStatus = t.interruptStatusRegisters;
       const range = opts.mmio.register(slot.base, slot.size, t, interruptStatus ? { interruptStatus } : {});
@@ -281,6 +309,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     transports,
     disks,
     nics,
+    shares,
     rng,
     console,
     vsock,

@@ -9,8 +9,8 @@
  * ports and their logs carry over.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync } from 'node:fs';
-import { FormatError, NodevmmError, VmStateError } from '../errors';
+import { closeSync, statSync } from 'node:fs';
+import { ConfigError, FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuStop } from '../hv/partition';
@@ -25,6 +25,7 @@ import type { PlannedIgvm } from './igvm-boot';
 import { openDisk, openOverlayDisk, type OverlayDisk } from './virtio-devices';
 import type { TapBackend } from '../devices/tap';
 import type { PasstBackend } from '../devices/passt';
+import type { VirtiofsShare } from './virtiofs';
 import type { VirtioNetStats } from '../devices/virtio/net';
 import type { VsockServer, VsockStream } from './vsock-stream';
 import type { X86VcpuInitState } from '../hv/x86-state';
@@ -72,6 +73,12 @@ export class Vm extends EventEmitter<VmEvents> {
    * keeps its DHCP lease and forwards), closed at stop.
    */
   private taps: Array<TapBackend | PasstBackend> = [];
+  /**
+   * The virtiofsd of each config.shares entry with its vhost-user connection:
+   * started at start, kept across guest reboots (a virtiofsd serves one
+   * connection for its life), stopped at stop.
+   */
+  private shares: VirtiofsShare[] = [];
   /** Overlays of `overlay: 'temp'` disks (per disk index): opened at start, kept across guest reboots (they are the disk's content), closed at stop. */
   private overlays: Array<OverlayDisk | undefined> = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
@@ -212,6 +219,30 @@ export class Vm extends EventEmitter<VmEvents> {
     }
   }
 
+  /** Start every share's virtiofsd, or none: a failure stops those already started. */
+  private async openShares(): Promise<void> {
+    if (this.shares.length === this.config.shares.length) return;
+    // The virtio-fs modules load when a VM has a share (CLI start-up time).
+    const { VirtiofsShare } = require('./virtiofs') as typeof import('./virtiofs');
+    try {
+      for (const spec of this.config.shares) {
+        const share = await VirtiofsShare.open(spec);
+        this.shares.push(share);
+        // The daemon gone means the guest's files are gone: stop rather than let its file system hang.
+        share.onFailure = (message) => setImmediate(() => this.finish({ reason: 'host-error', message: `virtio-fs share ${JSON.stringify(spec.tag)} failed: ${message}` }));
+        if (this._state !== 'starting') throw new NodevmmError('ERR_VM_STATE', `the vm was ${this._state} while its shares started`);
+      }
+    } catch (e) {
+      this.closeShares();
+      throw e;
+    }
+  }
+
+  private closeShares(): void {
+    for (const s of this.shares) void s.close();
+    this.shares = [];
+  }
+
   private closeTaps(): void {
     for (const t of this.taps) t.close();
     this.taps = [];
@@ -241,6 +272,7 @@ export class Vm extends EventEmitter<VmEvents> {
         serial: this.ports,
         virtioConsole: this.hvc,
         netBackends: this.taps,
+        shareBackends: this.shares.map((s) => s.frontend),
         overlays: this.overlays,
         onPowerOff: () => setImmediate(() => this.finish({ reason: 'poweroff', message: 'the guest powered off' })),
         onReset: () => setImmediate(() => this.guestReset()),
@@ -266,6 +298,7 @@ export class Vm extends EventEmitter<VmEvents> {
     assertAllowed('start', this._state);
     this.setState('starting');
     try {
+      await this.openShares();
       this.bootMachine();
     } catch (e) {
       if (e instanceof FormatError) {
@@ -460,6 +493,8 @@ export class Vm extends EventEmitter<VmEvents> {
       m?.dispose();
     } finally {
       this.closeTaps();
+      // After the devices stopped their rings (dispose above): virtiofsd exits on the hang-up.
+      this.closeShares();
       // Requests still on the thread pool use the overlay fds: close after them.
       const overlays = this.overlays;
       this.overlays = [];
@@ -494,6 +529,16 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   // (An overlay disk's base is only read.)
   for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);
+  // A share's directory must exist now, too (its virtiofsd starts with the VM).
+  for (const [i, s] of resolved.shares.entries()) {
+    let isDir = false;
+    try {
+      isDir = statSync(s.path).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!isDir) throw new ConfigError([{ path: `shares[${i}].path`, message: `${s.path} is not a directory (share ${JSON.stringify(s.tag)})` }]);
+  }
   let planned: PlannedIgvm | undefined;
   // The IGVM modules (~130 KB) load when an IGVM file boots, not with every VM (CLI start-up time, docs/benchmarks.md).
   const igvmBoot = igvm ? (require('./igvm-boot') as typeof import('./igvm-boot')) : undefined;

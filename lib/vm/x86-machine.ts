@@ -24,6 +24,7 @@ import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
 import type { NetBackend } from '../devices/virtio/net';
+import type { VhostUserDeviceOps } from '../devices/virtio/fs';
 import { attachVirtioDevices, virtioSlots, type AttachedVirtio, type OverlayDisk } from './virtio-devices';
 import { ioeventfdQueueNotifier } from './queue-notifier';
 import { openVhostVsock } from './vhost-vsock';
@@ -41,6 +42,8 @@ export interface MachineHooks {
   virtioConsole?: SerialPort | undefined;
   /** Backends for cfg.net, in order; the VM owns them across machine rebuilds. */
   netBackends?: readonly NetBackend[] | undefined;
+  /** The vhost-user connection of each cfg.shares entry; the VM owns them across machine rebuilds. */
+  shareBackends?: readonly VhostUserDeviceOps[] | undefined;
   /** Open overlays of `overlay: 'temp'` disks, per cfg.disks index; the VM owns them across machine rebuilds. */
   overlays?: readonly (OverlayDisk | undefined)[] | undefined;
   /** The guest asked for S5 (power off). */
@@ -207,6 +210,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       consolePort: hooks.virtioConsole,
       netBackends: hooks.netBackends ?? [],
       overlays: hooks.overlays ?? [],
+      fsBackends: { shares: hooks.shareBackends ?? [], notify: partition.notifyOps(), ram: () => partition.ramMappings() },
       vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
       queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
       onHostError: (e) => partition.reportHostError(e),

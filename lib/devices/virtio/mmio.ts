@@ -11,7 +11,8 @@
  * report InterruptStatus bits it raised itself (`pendingInterrupts`), since
  * an irqfd interrupt never passes through here. Such a slot should be
  * edge-triggered (`trigger: 'edge'`): see docs/virtio.md, virtio-vsock.
- * Not here: legacy (version 1) registers, shared memory regions.
+ * Not here: legacy (version 1) registers, shared memory regions (every
+ * region reads as absent).
  */
 import { NodevmmError } from '../../errors';
 import type { GuestMemory } from '../../memory/guest-memory';
@@ -49,6 +50,11 @@ export const REG = {
   queueDriverHigh: 0x094,
   queueDeviceLow: 0x0a0,
   queueDeviceHigh: 0x0a4,
+  shmSel: 0x0ac,
+  shmLenLow: 0x0b0,
+  shmLenHigh: 0x0b4,
+  shmBaseLow: 0x0b8,
+  shmBaseHigh: 0x0bc,
   configGeneration: 0x0fc,
 } as const;
 
@@ -277,6 +283,14 @@ export class VirtioMmioTransport implements IoDevice {
         return this.status;
       case REG.configGeneration:
         return this.configGeneration;
+      // §4.2.2: a shared memory region that does not exist has length (and base) -1. We have
+      // none; a 0 here reads as a region of length 0 at address 0, which Linux's virtio-fs
+      // tries to reserve for DAX and fails its probe with EBUSY.
+      case REG.shmLenLow:
+      case REG.shmLenHigh:
+      case REG.shmBaseLow:
+      case REG.shmBaseHigh:
+        return 0xffff_ffff;
       default:
         return 0;
     }

@@ -59,6 +59,7 @@ dtcTest('the loaded device tree has a node for every slot, at the address and SP
 for (const [flag, value, sentence] of [
   ['--net', 'tap:tap0', '--net tap:tap0 is x86-only for now: arm64 VMs have no virtio-net yet (--disk, --rng and --virtio-console work)'],
   ['--vsock', '42', '--vsock 42 is x86-only for now: arm64 VMs have no virtio-vsock yet (--disk, --rng and --virtio-console work)'],
+  ['--share', '/srv:data', '--share /srv:data is x86-only for now: arm64 VMs have no virtio-fs yet (--disk, --rng and --virtio-console work)'],
 ] as const) {
   test(`nodevmm run on arm64 refuses ${flag} with one sentence before opening anything`, async (t) => {
     // The kernel path does not exist: the refusal must come before any file is read.

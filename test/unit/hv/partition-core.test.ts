@@ -57,6 +57,7 @@ class FakeRunner implements VcpuRunner {
 
 class FakeRam implements HostRam {
   readonly hostAddress = 0x7f00_0000_0000n;
+  readonly fd = -1;
   released = false;
   private readonly buffer: ArrayBuffer;
   constructor(readonly size: number) {

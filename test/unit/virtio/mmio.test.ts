@@ -18,6 +18,17 @@ test('identification registers: magic, version 2, device id, and VERSION_1 offer
   t.is(d.r(REG.queueNumMax), 0, 'a queue that does not exist has max size 0');
 });
 
+test('no shared memory regions: every SHMSel reads back length and base -1, which drivers take as absent (Linux virtio-fs failed its probe on 0)', (t) => {
+  const d = new FakeDriver(new VirtioRng());
+  for (const id of [0, 1, 5]) {
+    d.w(REG.shmSel, id);
+    t.is(d.r(REG.shmLenLow), 0xffff_ffff);
+    t.is(d.r(REG.shmLenHigh), 0xffff_ffff);
+    t.is(d.r(REG.shmBaseLow), 0xffff_ffff);
+    t.is(d.r(REG.shmBaseHigh), 0xffff_ffff);
+  }
+});
+
 test('FEATURES_OK does not stick when the driver leaves out VERSION_1 or asks for unoffered bits', (t) => {
   const a = new FakeDriver(new VirtioRng());
   a.up([8], { omitVersion1: true });

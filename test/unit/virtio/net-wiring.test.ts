@@ -55,7 +55,7 @@ test('config rejects bad NICs, naming the field and the value', (t) => {
   t.regex(msg('net[5].tap'), /used twice/);
   t.throws(() => resolveVmConfig({ kernel: 'k', net: 'tap0' as never }), { message: /net: must be an array/ });
   const many = Array.from({ length: 7 }, (_, i) => ({ path: `d${i}` }));
-  t.throws(() => resolveVmConfig({ kernel: 'k', disks: many, net: [{ tap: 't0' }, { tap: 't1' }] }), { message: /9 virtio devices \(disks, net, vsock, rng, console\) are more than the 8/ });
+  t.throws(() => resolveVmConfig({ kernel: 'k', disks: many, net: [{ tap: 't0' }, { tap: 't1' }] }), { message: /9 virtio devices \(disks, net, shares, vsock, rng, console\) are more than the 8/ });
 });
 
 test('--net tap:NAME[,mac=MAC] is repeatable and becomes config; malformed values name the flag', (t) => {

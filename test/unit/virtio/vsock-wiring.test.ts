@@ -34,7 +34,7 @@ test('vsock.agentPort is optional and must be a port number', (t) => {
 test('vsock counts against the 8 virtio interrupts', (t) => {
   const seven = Array.from({ length: 7 }, (_, i) => ({ path: `d${i}` }));
   t.notThrows(() => resolveVmConfig({ kernel: 'k', disks: seven, vsock: { cid: 3 } }));
-  t.throws(() => resolveVmConfig({ kernel: 'k', disks: seven, vsock: { cid: 3 }, rng: true }), { message: /9 virtio devices \(disks, net, vsock, rng, console\) are more than the 8/ });
+  t.throws(() => resolveVmConfig({ kernel: 'k', disks: seven, vsock: { cid: 3 }, rng: true }), { message: /9 virtio devices \(disks, net, shares, vsock, rng, console\) are more than the 8/ });
 });
 
 test('--vsock CID becomes config; a non-number is refused with the flag and the value', (t) => {
