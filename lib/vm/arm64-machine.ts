@@ -8,24 +8,9 @@
  * events; the Vm maps them as it maps x86's ACPI S5 and reset register.
  * Addresses come from lib/arch/aarch64/layout.ts.
  */
+import { arm64DefaultDevices } from '../arch/aarch64/fdt';
 import { loadLinuxDirectArm64 } from '../arch/aarch64/linux-direct';
-import {
-  arm64RamRanges,
-  gicRedistributorRange,
-  GIC_DIST_START,
-  PL011_0_SPI,
-  PL011_0_START,
-  PL011_1_SPI,
-  PL011_1_START,
-  PL011_SIZE,
-  PL061_SIZE,
-  PL061_SPI,
-  PL061_START,
-  POWER_KEY_PIN,
-  VIRTIO_MMIO_SLOT_SIZE,
-  VIRTIO_MMIO_SPIS,
-  VIRTIO_MMIO_START,
-} from '../arch/aarch64/layout';
+import { arm64RamRanges, gicRedistributorRange, GIC_DIST_START, PL011_SIZE, PL061_SIZE, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_SPIS, VIRTIO_MMIO_START } from '../arch/aarch64/layout';
 import { Pl011 } from '../devices/pl011';
 import { Pl061 } from '../devices/pl061';
 import { BatchingSink } from '../devices/serial-sinks';
@@ -34,18 +19,13 @@ import { openHypervisor } from '../hv/hypervisor';
 import type { Arm64Partition } from '../hv/partition';
 import type { ComPort, ResolvedVmConfig } from './config';
 import { phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
-import { ioeventfdQueueNotifier } from './queue-notifier';
-import { openVhostVsock } from './vhost-vsock';
-import { attachVirtioDevices, virtioSlots, type AttachedVirtio, type VirtioSlotPlacement } from './virtio-devices';
+import { attachPartitionVirtio, virtioSlots, type AttachedVirtio, type VirtioSlotPlacement } from './virtio-devices';
 
 /** arm64 virtio-mmio slots: the bottom of the MMIO gap, SPIs 16-23 (lib/arch/aarch64/layout.ts). */
 export const ARM64_VIRTIO_PLACEMENT: VirtioSlotPlacement = { start: VIRTIO_MMIO_START, slotSize: VIRTIO_MMIO_SLOT_SIZE, irqs: VIRTIO_MMIO_SPIS };
 
-/** com1 and com2 are the PL011s: ttyAMA0 (the console) and ttyAMA1. */
-const PL011S: Partial<Record<ComPort, { base: number; spi: number }>> = {
-  com1: { base: PL011_0_START, spi: PL011_0_SPI },
-  com2: { base: PL011_1_START, spi: PL011_1_SPI },
-};
+/** com1 and com2 are the device tree's PL011s in order: ttyAMA0 (the console) and ttyAMA1. */
+const PL011_PORTS: readonly ComPort[] = ['com1', 'com2'];
 
 /** How long the power key stays pressed: longer than gpio-keys' 5 ms debounce, so the press is seen. */
 const POWER_KEY_PRESS_MS = 100;
@@ -100,9 +80,11 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
     });
     phase('load');
 
-    // 4. Devices. Both PL011s are always in the device tree; a port the config turns off gets no host end.
+    // 4. Devices, where the device tree says they are. Both PL011s are always there; a port the config turns off gets no host end.
+    const fixed = arm64DefaultDevices(cfg.vcpus);
     const uarts: Partial<Record<ComPort, Pl011>> = {};
-    for (const [c, r] of Object.entries(PL011S) as [ComPort, { base: number; spi: number }][]) {
+    for (const [i, r] of fixed.uarts.entries()) {
+      const c = PL011_PORTS[i]!;
       const port = cfg.serial[c] ? hooks.serial[c] : undefined;
       const sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
       sinks.push(sink);
@@ -111,22 +93,10 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
       port?.attach({ enqueue: (b) => uart.enqueue(b) });
       uarts[c] = uart;
     }
-    const gpio = new Pl061('pl061', spiLine(partition, PL061_SPI));
-    partition.mmio.register(PL061_START, PL061_SIZE, gpio);
-    virtio = attachVirtioDevices({
-      cfg,
-      slots,
-      memory: partition.memory,
-      mmio: partition.mmio,
-      irq: (spi) => spiLine(partition, spi),
-      consolePort: hooks.virtioConsole,
-      netBackends: hooks.netBackends ?? [],
-      overlays: hooks.overlays ?? [],
-      vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
-      queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
-      onHostError: (e) => partition.reportHostError(e),
-      directIo: partition,
-    });
+    const key = fixed.powerKey!;
+    const gpio = new Pl061('pl061', spiLine(partition, key.spi));
+    partition.mmio.register(key.base, PL061_SIZE, gpio);
+    virtio = attachPartitionVirtio(cfg, slots, partition, (spi) => spiLine(partition, spi), hooks);
     phase('devices');
 
     // 5. The boot vCPU enters the kernel with X0 = DTB; secondaries wait for PSCI CPU_ON.
@@ -144,10 +114,10 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
       pressPowerButton: () => {
         // Press, then release: a second press after the release is a new key event.
         if (keyTimer) return;
-        gpio.setInput(POWER_KEY_PIN, true);
+        gpio.setInput(key.powerKeyPin, true);
         keyTimer = setTimeout(() => {
           keyTimer = undefined;
-          gpio.setInput(POWER_KEY_PIN, false);
+          gpio.setInput(key.powerKeyPin, false);
         }, POWER_KEY_PRESS_MS);
         keyTimer.unref();
       },
@@ -171,7 +141,7 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
         keyTimer = undefined;
         for (const s of sinks) s.flush();
         virtio!.dispose();
-        for (const c of Object.keys(PL011S) as ComPort[]) if (cfg.serial[c]) hooks.serial[c]?.attach(undefined);
+        for (const c of PL011_PORTS) if (cfg.serial[c]) hooks.serial[c]?.attach(undefined);
         partition.destroy();
       },
     };

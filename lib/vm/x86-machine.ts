@@ -23,9 +23,7 @@ import { alignUp, GiB } from '../util/bytes';
 import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
-import { attachVirtioDevices, virtioSlots, type AttachedVirtio } from './virtio-devices';
-import { ioeventfdQueueNotifier } from './queue-notifier';
-import { openVhostVsock } from './vhost-vsock';
+import { attachPartitionVirtio, virtioSlots, type AttachedVirtio } from './virtio-devices';
 import { phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
 
 export type { BootImages, MachineHooks } from './machine';
@@ -167,20 +165,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
-    virtio = attachVirtioDevices({
-      cfg,
-      slots,
-      memory: partition.memory,
-      mmio: partition.mmio,
-      irq: (gsi) => irqs.line(gsi),
-      consolePort: hooks.virtioConsole,
-      netBackends: hooks.netBackends ?? [],
-      overlays: hooks.overlays ?? [],
-      vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
-      queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
-      onHostError: (e) => partition.reportHostError(e),
-      directIo: partition,
-    });
+    virtio = attachPartitionVirtio(cfg, slots, partition, (gsi) => irqs.line(gsi), hooks);
     phase('devices');
 
     // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.
