@@ -250,7 +250,11 @@ export class Vm extends EventEmitter<VmEvents> {
       const loader = this.customLoader ? (p: X86Partition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
       m = buildX86Machine(this.config, images, hooks, loader);
     }
-    m.partition.on('vcpu-stop', (s: VcpuStop) => this.onVcpuStop(s));
+    // Only this machine's stops count: a stop a replaced machine reports while it is torn down (a
+    // reset handled in the middle of its event batch) must not end the machine that replaced it.
+    m.partition.on('vcpu-stop', (s: VcpuStop) => {
+      if (this.machine === m) this.onVcpuStop(s);
+    });
     this.machine = m;
     this.agentReady.clear();
     this.timings = m.timings;
