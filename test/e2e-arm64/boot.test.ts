@@ -67,6 +67,7 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
     shutdown: 'poweroff',
     powerButtonSeen: true,
   });
+  t.regex(String(l.diagnose), /^vcpu0 pc 0x[0-9a-f]+ sp 0x[0-9a-f]+ pstate 0x[0-9a-f]+; com1 .*, com2 .*; exits to js \d+/);
 
   const d = results.devices!;
   t.is(d.error, undefined);

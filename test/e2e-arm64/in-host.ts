@@ -66,6 +66,8 @@ async function lifecycle(): Promise<Record<string, unknown>> {
     out.unameM = await sh(vm, 'uname -m');
     await vm.pause();
     out.paused = vm.state;
+    // While paused every vCPU is out of KVM_RUN: diagnose() reads their registers.
+    out.diagnose = await vm.diagnose();
     await vm.resume();
     out.afterResume = await sh(vm, 'echo resumed');
     // A host reset is a power cycle into the same kernel: the init prints its marker again.
