@@ -28,7 +28,7 @@ export const KVM_HOST_MODULES = [
 
 /**
  * Modules the guest initramfs loads, in insmod order (dependencies first): the ACPI power
- * button and its input events, the virtio drivers (blk, rng, console, net, vsock), and ext4
+ * button and its input events, the virtio drivers (blk, rng, console, net, vsock, fs), and ext4
  * with what it needs, so a test can mount an ext4 root disk and switch to it.
  */
 export const GUEST_MODULES = [
@@ -36,13 +36,15 @@ export const GUEST_MODULES = [
   'failover', 'net_failover', 'virtio_net',
   'vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport',
   'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4',
+  // virtio-fs shares (mount -t virtiofs TAG /mnt).
+  'fuse', 'virtiofs',
 ] as const;
 
 /**
  * Bumped whenever what the cache holds changes (modules, init scripts), so an
  * older cache is rebuilt instead of silently used.
  */
-export const ARTIFACTS_LAYOUT = 6;
+export const ARTIFACTS_LAYOUT = 7;
 
 const KERNEL_META_PACKAGE = 'linux-image-amd64';
 const BUSYBOX_PACKAGE = 'busybox-static';

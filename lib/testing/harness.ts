@@ -12,7 +12,6 @@ import { buildTestInitramfs } from '../initramfs/initramfs';
 import { guestTty, hostArch, type Arch, type VmConfig } from '../vm/config';
 import { createVm, type Vm } from '../vm/vm';
 import { ensureGuestArtifacts } from './artifacts';
-import { arm64GuestModules, findArm64Artifacts } from './arm64-kvm-host';
 
 /** The parts of ava's ExecutionContext and node:test's TestContext we use. */
 export interface TestContextLike {
@@ -51,6 +50,8 @@ async function defaultGuest(arch: Arch): Promise<{ kernel: string; initrd: strin
     const a = await ensureGuestArtifacts({ arch: 'x86_64' });
     return { kernel: a.vmlinuz, initrd: a.testInitramfs };
   }
+  // Loaded here: an x86 test never needs the arm64 host's module.
+  const { arm64GuestModules, findArm64Artifacts } = require('./arm64-kvm-host') as typeof import('./arm64-kvm-host');
   const a = findArm64Artifacts();
   if (!a) throw new NodevmmError('ERR_ARTIFACTS_ARCH', 'withVm: no arm64 guest artifacts in the cache (node scripts/arm64-kvm-host.js fetches them; NODEVMM_CACHE names the cache), or pass kernel and initrd');
   arm64Initramfs ??= buildTestInitramfs({ busybox: new Uint8Array(fs.readFileSync(a.busybox)), modules: arm64GuestModules(a) });

@@ -10,6 +10,7 @@ import { ConfigError } from '../../../lib/errors';
 import { ARCH_PROFILES, DEFAULTS, guestTty, hostArch, resolveVmConfig } from '../../../lib/vm/config';
 import type { VcpuStop } from '../../../lib/hv/partition';
 import { Vm } from '../../../lib/vm/vm';
+import { agentCmdline } from '../../../lib/testing/harness';
 
 /** The issues a ConfigError lists, as "path: message"; [] when `f` does not throw. */
 function issues(f: () => unknown): string[] {
@@ -70,6 +71,9 @@ test('the guest names of the serial ports follow the architecture', (t) => {
   t.is(guestTty('aarch64', 'com2'), 'ttyAMA1');
   t.throws(() => guestTty('aarch64', 'com3'), { instanceOf: ConfigError });
   t.is(ARCH_PROFILES.aarch64.serialPorts.length, 2);
+  // The test init's exec agent goes where the guest calls COM2.
+  t.is(agentCmdline('x86_64'), 'nodevmm.agent=ttyS1');
+  t.is(agentCmdline('aarch64'), 'nodevmm.agent=ttyAMA1');
 });
 
 /** A Vm that never started (no KVM needed): its vCPU-stop mapping is the one a running arm64 guest goes through. */
