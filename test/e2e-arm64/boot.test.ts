@@ -31,6 +31,8 @@ if (missing.length) console.log(`e2e-arm64 skipped: missing ${missing.join(', ')
 type Result = Record<string, unknown> & { error?: string; ms?: number };
 
 maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and virtio blk/rng/console/net/vsock', async (t) => {
+  // One test drives the whole emulated host: longer than ava's default 5 min of silence.
+  t.timeout(960_000);
   // The guest's vsock agent, static for aarch64, where the host sees it (this machine's / is its /host).
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-arm64-agent-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
