@@ -29,6 +29,19 @@ const a = findArm64Artifacts();
 if (!a) throw new Error('arm64 artifacts not visible inside the host (NODEVMM_CACHE)');
 const artifacts = a;
 
+/** A progress line written synchronously, so it is on the console even if the process dies right after. */
+function step(what: string): void {
+  fs.writeSync(1, `ARM64-STEP ${what}\n`);
+}
+
+/** The guest's console and agent output on the host console, prefixed, for a failure's log. */
+function tee(vm: Vm): void {
+  vm.on('state', (s) => step(`state ${s}`));
+  vm.on('serial', (port, bytes) => {
+    for (const line of bytes.toString('latin1').split(/\r?\n/)) if (line.trim()) fs.writeSync(1, `[${port}] ${line}\n`);
+  });
+}
+
 function report(name: string, value: unknown): void {
   console.log(`ARM64-RESULT ${name} ${JSON.stringify(value)}`);
 }
@@ -61,9 +74,16 @@ function cli(initrd: Uint8Array): Record<string, unknown> {
 
 async function lifecycle(): Promise<Record<string, unknown>> {
   const t = { log: (...v: unknown[]) => console.log(...v) };
-  return withVm(t, { onReset: 'restart', cmdline: 'quiet', timeoutMs: 400_000, bootTimeoutMs: 120_000 }, async (vm) => {
+  step('lifecycle: withVm');
+  // waitFor false: the console is teed to the host's from the start, then the marker is awaited here.
+  return withVm(t, { onReset: 'restart', cmdline: 'quiet', timeoutMs: 400_000, waitFor: false }, async (vm) => {
+    tee(vm);
+    step('lifecycle: started');
+    await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
     const out: Record<string, unknown> = { arch: vm.config.arch, memory: vm.config.memory };
+    step('lifecycle: booted');
     out.unameM = await sh(vm, 'uname -m');
+    step('lifecycle: exec done');
     await vm.pause();
     out.paused = vm.state;
     // While paused every vCPU is out of KVM_RUN: diagnose() reads their registers.
@@ -71,6 +91,7 @@ async function lifecycle(): Promise<Record<string, unknown>> {
     await vm.resume();
     out.afterResume = await sh(vm, 'echo resumed');
     // A host reset is a power cycle into the same kernel: the init prints its marker again.
+    step('lifecycle: reset');
     await vm.reset();
     await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
     out.bootsAfterHostReset = vm.boots;
@@ -82,6 +103,7 @@ async function lifecycle(): Promise<Record<string, unknown>> {
     await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
     out.bootsAfterGuestReboot = vm.boots;
     // The power key: gpio-keys reports KEY_POWER, the test init powers off (PSCI SYSTEM_OFF).
+    step('lifecycle: shutdown');
     const stop: StopReason = await vm.shutdown({ timeoutMs: 120_000 });
     out.shutdown = stop.reason;
     out.powerButtonSeen = vm.serial(1).log().includes('GUEST-POWER-BUTTON');
@@ -115,7 +137,9 @@ async function devices(initrd: Uint8Array): Promise<Record<string, unknown>> {
     vsock: { cid: 3, agentPort: AGENT_PORT },
   });
   const out: Record<string, unknown> = {};
+  tee(vm);
   try {
+    step('devices: start');
     await vm.start();
     await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
     // exec goes over vsock (vsock.agentPort), unless a serial port is named.
