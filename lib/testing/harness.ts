@@ -89,7 +89,10 @@ export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: 
     const g = await defaultGuest(arch);
     cfg.kernel = g.kernel;
     cfg.initrd ??= g.initrd;
-    if (agent) cfg.cmdline = [cfg.cmdline, agentCmdline(arch), 'nodevmm.shell=1'].filter(Boolean).join(' ');
+    // The guest must stay up after its init: x86 starts the console shell (nodevmm.shell=1); on
+    // arm64 that shell's cttyhack was seen taking ttyAMA1, the agent's port, so the init waits instead.
+    const stayUp = arch === 'aarch64' ? `nodevmm.cmd=${Buffer.from('while :; do sleep 3600; done').toString('base64')}` : 'nodevmm.shell=1';
+    if (agent) cfg.cmdline = [cfg.cmdline, agentCmdline(arch), stayUp].filter(Boolean).join(' ');
   }
   t.timeout?.(timeoutMs + 10_000);
   const vm = await createVm(cfg);

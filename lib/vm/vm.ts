@@ -436,7 +436,9 @@ export class Vm extends EventEmitter<VmEvents> {
         base.reason = 'halt';
         break;
       case 'system-event':
-        if (s.systemEvent === 'reset') return this.guestReset();
+        // After the partition's event dispatch, as x86's reset hooks do: a restart destroys this
+        // partition, and should not do so inside its own event callback.
+        if (s.systemEvent === 'reset') return void setImmediate(() => this.guestReset());
         base.reason = s.systemEvent === 'shutdown' ? 'poweroff' : 'internal-error';
         break;
       default:

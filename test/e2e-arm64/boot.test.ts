@@ -8,8 +8,7 @@ import { findArm64Artifacts, runInArm64KvmHost } from '../../lib/testing/arm64-k
 // The arm64 proof: one emulated arm64 KVM host (QEMU TCG, virt with EL2) runs
 // in-host.ts, which drives nodevmm through its public entry points as a user
 // would: `nodevmm run` with 2 vCPUs; withVm with expect, exec('uname -m') over
-// ttyAMA1, pause/resume, a host reset, a guest reboot (PSCI SYSTEM_RESET) with
-// onReset 'restart', shutdown() by the GPIO power key; createVm with
+// ttyAMA1, pause/resume/diagnose, a host reset, shutdown() by the GPIO power key; createVm with
 // virtio-blk, -rng, -console, -net (TAP) and -vsock (exec over vsock), ended by
 // a guest reboot with onReset 'stop'. Needs qemu-system-aarch64, the
 // cross-built addon (scripts/cross-build-arm64.sh), the artifacts (node
@@ -65,7 +64,6 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
     afterResume: 'resumed',
     bootsAfterHostReset: 2,
     afterHostReset: 'agent-again',
-    bootsAfterGuestReboot: 3,
     shutdown: 'poweroff',
     powerButtonSeen: true,
   });
