@@ -69,7 +69,9 @@ function cli(initrd: Uint8Array): Record<string, unknown> {
   fs.writeFileSync(file, initrd);
   const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'nodevmm.js'), 'run', '--kernel', artifacts.image, '--initrd', file, '-p', '2', '--cmdline', 'quiet', '--com1', 'stdio'], { input: '', timeout: 300_000 });
   const out = r.stdout.toString('latin1');
-  return { status: r.status, stderr: r.stderr.toString().trim(), initOk: out.includes(GUEST_MARKERS.initOk), nproc: Number(/GUEST-NPROC=(\d+)/.exec(out)?.[1] ?? -1) };
+  const nproc = Number(/GUEST-NPROC=(\d+)/.exec(out)?.[1] ?? -1);
+  // The console's last lines when the marker is missing, to tell a lost line from a cut-off run.
+  return { status: r.status, stderr: r.stderr.toString().trim(), initOk: out.includes(GUEST_MARKERS.initOk), nproc, ...(nproc < 0 ? { tail: out.slice(-1500) } : {}) };
 }
 
 async function lifecycle(): Promise<Record<string, unknown>> {
