@@ -13,13 +13,14 @@
  */
 #define _GNU_SOURCE /* accept4 */
 #include <errno.h>
+/* Before linux/vm_sockets.h, which uses struct sockaddr without including it (the aarch64 cross headers do not pull it in). */
+#include <sys/socket.h>
 #include <linux/vm_sockets.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>

@@ -34,9 +34,10 @@ Boot a Linux kernel directly (Linux Direct): no firmware, the VMM loads the
 kernel, builds boot_params/ACPI and starts the CPU at the kernel's entry.
 
 options:
-  --kernel PATH          bzImage or ELF vmlinux (x86_64)
+  --kernel PATH          bzImage or ELF vmlinux (x86_64), flat Image (arm64)
   --initrd PATH          initramfs (cpio, optionally compressed)
   --cmdline STR          appended to the default command line "panic=-1 console=ttyS0"
+                         (arm64: "panic=-1 console=ttyAMA0")
                          (with --igvm and no --cmdline, the image keeps its own)
   --no-default-cmdline   use --cmdline alone
   -m, --memory SIZE      guest RAM, e.g. 512M, 1G, 6G (default 1G); at most the
@@ -51,7 +52,8 @@ options:
   --igvm-relocate GPA    load the image's relocatable region at GPA (0x hex, bytes or
                          a size like 512M) instead of where the file puts it
   --com1 BINDING         console|stdio|file:PATH|tcp:HOST:PORT|none (default console)
-  --com2, --com3, --com4 BINDING  (default: present, output kept in memory only)
+  --com2, --com3, --com4 BINDING  (default: present, output kept in memory only;
+                         arm64 has --com1 and --com2: the PL011s ttyAMA0, ttyAMA1)
   --on-reset stop|restart  what a guest reboot does (default stop)
   --disk PATH[,ro|,snapshot]
                          a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
@@ -60,8 +62,7 @@ options:
                          dropped at stop, so many VMs can share one image; repeat for more disks
   --net tap:NAME[,mac=MAC]
                          a virtio-net NIC on host TAP NAME (eth0, eth1, ... in order),
-                         created if missing (needs CAP_NET_ADMIN); repeat for more NICs;
-                         x86 only for now
+                         created if missing (needs CAP_NET_ADMIN); repeat for more NICs
   --net user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC]
                          a virtio-net NIC on user networking (a passt process nodevmm
                          starts and stops; no root): the guest gets 10.0.2.x-style
@@ -76,8 +77,7 @@ options:
   --virtio-console       a virtio console (the guest's hvc0); bound to the terminal
                          when --com1 none
   --vsock CID            a virtio-vsock device with guest context ID CID (3 to
-                         4294967294, unique on this host), backed by /dev/vhost-vsock;
-                         x86 only for now
+                         4294967294, unique on this host), backed by /dev/vhost-vsock
   --trace                print boot phase timings, the memory layout and, at the
                          end, which devices' exits reached JS to stderr
   --verbose              show stack traces for errors
@@ -227,7 +227,8 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       default: issues.push({ path: raw, message: raw.startsWith('-') ? 'is not a nodevmm run option (see nodevmm run --help)' : 'unexpected argument (see nodevmm run --help)' });
     }
   }
-  config.serial = { com1: serial.com1.kind !== 'none', com2: serial.com2.kind !== 'none', com3: serial.com3.kind !== 'none', com4: serial.com4.kind !== 'none' };
+  // Ports left at their default are the architecture's (x86: COM1-COM4, arm64: com1 and com2).
+  config.serial = Object.fromEntries((Object.entries(serial) as [ComPort, SerialBinding][]).filter(([, b]) => b.kind !== 'null').map(([c, b]) => [c, b.kind !== 'none']));
   const consoles = Object.values(serial).filter((b) => b.kind === 'console' || b.kind === 'stdio').length;
   if (consoles > 1) issues.push({ path: '--com1..--com4', message: 'only one port can use the console or stdio' });
   if (issues.length && !out.help) throw new ConfigError(issues);

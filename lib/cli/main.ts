@@ -30,7 +30,7 @@ commands:
   run     boot a Linux kernel (Linux Direct) or an IGVM image   (nodevmm run --help)
   igvm    inspect or build IGVM images
 
-environment: needs /dev/kvm (read/write) on Linux x86_64.`;
+environment: needs /dev/kvm (read/write) on Linux x86_64 or arm64.`;
 
 /** Errors caused by what the user gave us: exit 2. */
 function isUsageError(e: unknown): boolean {
@@ -105,7 +105,6 @@ async function runVm(args: RunArgs): Promise<number> {
   const hv = openHypervisor();
   const probe = hv.probe();
   if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
-  if (hv.arch === 'aarch64') return (require('./run-arm64') as typeof import('./run-arm64')).runArm64(args);
   // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
   const { config, paths } = readBootImages(args.config);
   const vm = await createVm(config);

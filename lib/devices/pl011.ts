@@ -3,7 +3,9 @@
  * control registers, the interrupt mask/status/clear set and the PrimeCell
  * identification registers, enough for Linux's amba-pl011 driver and its
  * console. Transmit is instantaneous (the FIFO is always empty, bytes go
- * straight to the sink); receive has a 32-entry FIFO fed by `pushInput`.
+ * straight to the sink); receive has a 32-entry FIFO fed by `enqueue` (which
+ * takes what fits and calls `onRxSpace` once the guest made room again) or
+ * `pushInput` (which drops what does not fit).
  * No DMA, no modem-line changes, no break or error conditions.
  * Spec: Arm PrimeCell UART (PL011) Technical Reference Manual r1p5, ch. 3.
  */
@@ -56,15 +58,19 @@ export class Pl011 implements IoDevice {
   private ilpr = 0;
   private dmacr = 0;
   private irqLevel = false;
+  /** enqueue() refused bytes: tell onRxSpace when the guest has read some. */
+  private rxWanted = false;
+  private readonly onRxSpace: (() => void) | undefined;
   /** Bytes written to DR. */
   bytesOut = 0;
   /** Bytes dropped because the receive FIFO was full. */
   rxOverruns = 0;
 
-  constructor(name: string, irq: IrqLine, sink: ByteSink) {
+  constructor(name: string, irq: IrqLine, sink: ByteSink, onRxSpace?: () => void) {
     this.name = name;
     this.irq = irq;
     this.sink = sink;
+    this.onRxSpace = onRxSpace;
   }
 
   read(offset: number, size: number): number {
@@ -133,6 +139,14 @@ export class Pl011 implements IoDevice {
     this.updateIrq();
   }
 
+  /** Bytes from the host with backpressure: takes what fits in the receive FIFO and returns how many. */
+  enqueue(bytes: Uint8Array): number {
+    const n = Math.min(bytes.length, RX_FIFO_DEPTH - this.rx.length);
+    if (n < bytes.length) this.rxWanted = true;
+    if (n > 0) this.pushInput(bytes.subarray(0, n));
+    return n;
+  }
+
   /** The divisor state Linux programmed (for tests and diagnostics). */
   get divisors(): { ibrd: number; fbrd: number; lcrh: number; cr: number } {
     return { ibrd: this.ibrd, fbrd: this.fbrd, lcrh: this.lcrh, cr: this.cr };
@@ -145,6 +159,10 @@ export class Pl011 implements IoDevice {
         if (this.rx.length === 0) {
           this.ris &= ~(PL011_INT.RX | PL011_INT.RT);
           this.updateIrq();
+          if (this.rxWanted) {
+            this.rxWanted = false;
+            this.onRxSpace?.();
+          }
         }
         return b ?? 0;
       }

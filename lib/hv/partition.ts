@@ -7,7 +7,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
-import type { Arm64CoreRegs } from './arm64-regs';
+import type { Arm64CoreReg, Arm64CoreRegs } from './arm64-regs';
 import type { IoBus } from './io-bus';
 import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
 
@@ -165,6 +165,8 @@ export interface Arm64PartitionOptions {
 
 export interface Arm64Partition extends Partition, PartitionIo {
   setCoreRegs(vcpu: number, regs: Arm64CoreRegs): void;
+  /** One core register of a vCPU that is not in its run call (diagnosis). */
+  getCoreReg(vcpu: number, name: Arm64CoreReg): bigint;
   /** The MPIDR the hypervisor gave a vCPU (the device tree's cpu `reg`). */
   mpidr(vcpu: number): bigint;
 }

@@ -148,11 +148,12 @@ function testInitScript(alwaysShell: boolean): string {
   // (the agent's stderr goes to /dev/null; exec() merges each command's stderr itself)
   return `${INIT_PRELUDE}
 ${SWITCH_ROOT}
-# The ACPI power button (the host's shutdown()) powers off cleanly. Linux reports it as an input
-# device ("Power Button", from the button and evdev modules, both =m in Debian's kernel); the
-# first event read from it (24 bytes: one struct input_event) starts an orderly power-off.
+# The power button (the host's shutdown()) powers off cleanly. Linux reports it as an input
+# device: "Power Button" on x86 (ACPI, the button module), "gpio-keys" on arm64 (the PL061 power
+# key, the gpio_keys module), read through evdev (all =m in Debian's kernels); the first event
+# read from it (24 bytes on 64-bit: one struct input_event) starts an orderly power-off.
 for d in /sys/class/input/event*; do
-  if grep -q "Power Button" "$d/device/name" 2>/dev/null; then
+  if grep -qE "^(Power Button|gpio-keys)$" "$d/device/name" 2>/dev/null; then
     ( dd if="/dev/input/\${d##*/}" bs=24 count=1 >/dev/null 2>&1; echo GUEST-POWER-BUTTON; sync; poweroff -f ) &
   fi
 done

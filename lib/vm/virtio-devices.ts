@@ -22,12 +22,14 @@ import type { NetBackend, VirtioNet } from '../devices/virtio/net';
 import type { VirtioDevice, VirtioMmioOptions, VirtioMmioTransport } from '../devices/virtio/mmio';
 import type { VirtioRng } from '../devices/virtio/rng';
 import type { HostRamMapping, VhostVsockOps, VirtioVsock } from '../devices/virtio/vsock';
-import type { NotifyOps } from '../hv/partition';
+import type { NotifyOps, Partition, PartitionIo } from '../hv/partition';
 import type { ClusterMap } from '../devices/virtio/blk-overlay';
 import type { ImageStorage } from '../devices/virtio/blk-backends';
 import type { SharedRamMapping, VhostUserDeviceOps, VirtioFs } from '../devices/virtio/fs';
 import type { ResolvedVmConfig } from './config';
 import { openDisk, type OpenedDisk } from './disk-images';
+import { ioeventfdQueueNotifier } from './queue-notifier';
+import { openVhostVsock } from './vhost-vsock';
 import type { SerialPort } from './serial-port';
 
 export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'fs'; index: number } | { kind: 'vsock' } | { kind: 'rng' } | { kind: 'console' };
@@ -338,4 +340,35 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       });
     },
   };
+}
+
+/**
+ * A machine's virtio devices on its partition, wired the same on every
+ * architecture: the partition's MMIO bus and memory, ioeventfd kicks, vhost-vsock
+ * with the partition's eventfds and RAM, disk I/O straight to guest pages, and
+ * host errors reported through the partition. `irq` maps a slot's interrupt
+ * (a GSI on x86, an SPI on arm64) to a line.
+ */
+export function attachPartitionVirtio(
+  cfg: AttachVirtioOptions['cfg'],
+  slots: readonly VirtioSlot[],
+  partition: Partition & PartitionIo,
+  irq: (n: number) => IrqLine,
+  owned: { virtioConsole?: SerialPort | undefined; netBackends?: readonly NetBackend[] | undefined; shareBackends?: readonly VhostUserDeviceOps[] | undefined; overlays?: readonly (OverlayDisk | undefined)[] | undefined },
+): AttachedVirtio {
+  return attachVirtioDevices({
+    cfg,
+    slots,
+    memory: partition.memory,
+    mmio: partition.mmio,
+    irq,
+    consolePort: owned.virtioConsole,
+    netBackends: owned.netBackends ?? [],
+    overlays: owned.overlays ?? [],
+    fsBackends: { shares: owned.shareBackends ?? [], notify: partition.notifyOps(), ram: () => partition.ramMappings() },
+    vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
+    queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
+    onHostError: (e) => partition.reportHostError(e),
+    directIo: partition,
+  });
 }

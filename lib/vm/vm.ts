@@ -2,7 +2,10 @@
  * The VM users script: createVm(config) validates everything up front and
  * returns a Vm with start/pause/resume/reset/shutdown/kill, waitForStop(),
  * serial ports as Duplex streams with expect(), exec() through a shell on a
- * serial port, guest memory access, events, and async disposal.
+ * serial port, guest memory access, events, and async disposal. The same Vm
+ * runs x86_64 and arm64 guests (the host's architecture): an architecture's
+ * recipe (buildX86Machine, buildArm64Machine) builds a Machine, and
+ * everything else here is shared.
  *
  * A guest reboot with onReset 'restart' (and a host reset()) rebuilds the
  * machine from the same config and images, as a power cycle would; serial
@@ -13,14 +16,15 @@ import { closeSync, statSync } from 'node:fs';
 import { ConfigError, FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
-import type { VcpuStop } from '../hv/partition';
+import type { Partition, PartitionIo, VcpuStop } from '../hv/partition';
 import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
-import { COM_PORTS, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
+import { COM_PORTS, guestTty, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import type { ExecOptions, ExecResult } from './exec';
 import { readImageFile } from './image-files';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
-import { buildX86Machine, type X86Machine } from './x86-machine';
+import { buildX86Machine } from './x86-machine';
+import type { Machine } from './machine';
 import type { PlannedIgvm } from './igvm-boot';
 import { openDisk, openOverlayDisk, type OverlayDisk } from './virtio-devices';
 import type { TapBackend } from '../devices/tap';
@@ -44,7 +48,7 @@ export interface VmEvents {
   reset: [];
 }
 
-/** Loads something other than a Linux kernel (IGVM) into a fresh partition; returns the BSP state. */
+/** Loads something other than a Linux kernel (IGVM) into a fresh x86 partition; returns the BSP state. x86_64 only. */
 export type CustomLoader = (partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables) => X86VcpuInitState;
 
 async function readImage(what: string, v: string | Uint8Array | undefined): Promise<Uint8Array | undefined> {
@@ -58,7 +62,7 @@ async function readImage(what: string, v: string | Uint8Array | undefined): Prom
 
 export class Vm extends EventEmitter<VmEvents> {
   readonly config: ResolvedVmConfig;
-  private machine: X86Machine | undefined;
+  private machine: Machine | undefined;
   private _state: VmState = 'created';
   private stopReason: StopReason | undefined;
   private stopWaiters: Array<(r: StopReason) => void> = [];
@@ -177,8 +181,11 @@ export class Vm extends EventEmitter<VmEvents> {
     return this.machine.partition.memory;
   }
 
-  /** The underlying partition (vCPU registers, buses) for advanced use. */
-  get partition(): X86Partition {
+  /**
+   * The underlying partition (vCPU registers, buses) for advanced use: an
+   * X86Partition or an Arm64Partition, as `config.arch` says.
+   */
+  get partition(): Partition & PartitionIo {
     if (!this.machine) throw new NodevmmError('ERR_VM_STATE', `the vm has no partition while ${this._state}`);
     return this.machine.partition;
   }
@@ -189,7 +196,7 @@ export class Vm extends EventEmitter<VmEvents> {
     return this.machine.virtio.nics.map((n) => ({ ...n.stats }));
   }
 
-  /** Serial port `n` (1-4 or 'com1'...). */
+  /** Serial port `n` (1-4 or 'com1'...; arm64 has com1 and com2, the guest's ttyAMA0 and ttyAMA1). */
   serial(n: 1 | 2 | 3 | 4 | ComPort = 1): SerialPort {
     const name = typeof n === 'number' ? (`com${n}` as ComPort) : n;
     const p = this.ports[name];
@@ -264,22 +271,30 @@ export class Vm extends EventEmitter<VmEvents> {
     this.openTaps();
     this.openOverlays();
     const images = this.images.kernel ? { kernel: this.images.kernel, initrd: this.images.initrd } : undefined;
-    const loader = this.customLoader ? (p: X86Partition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
-    const m = buildX86Machine(
-      this.config,
-      images,
-      {
-        serial: this.ports,
-        virtioConsole: this.hvc,
-        netBackends: this.taps,
-        shareBackends: this.shares.map((s) => s.frontend),
-        overlays: this.overlays,
-        onPowerOff: () => setImmediate(() => this.finish({ reason: 'poweroff', message: 'the guest powered off' })),
-        onReset: () => setImmediate(() => this.guestReset()),
-      },
-      loader,
-    );
-    m.partition.on('vcpu-stop', (s: VcpuStop) => this.onVcpuStop(s));
+    const hooks = {
+      serial: this.ports,
+      virtioConsole: this.hvc,
+      netBackends: this.taps,
+      shareBackends: this.shares.map((s) => s.frontend),
+      overlays: this.overlays,
+      onPowerOff: () => setImmediate(() => this.finish({ reason: 'poweroff', message: 'the guest powered off' })),
+      onReset: () => setImmediate(() => this.guestReset()),
+    };
+    let m: Machine;
+    if (this.config.arch === 'aarch64') {
+      // Loaded here so x86 hosts never compile the arm64 recipe (CLI start-up time).
+      const { buildArm64Machine } = require('./arm64-machine') as typeof import('./arm64-machine');
+      if (!images) throw new NodevmmError('ERR_CONFIG', 'an arm64 vm boots a kernel Image: give kernel');
+      m = buildArm64Machine(this.config, images, hooks);
+    } else {
+      const loader = this.customLoader ? (p: X86Partition, acpi: X86AcpiTables) => this.customLoader!(p, this.config, acpi) : undefined;
+      m = buildX86Machine(this.config, images, hooks, loader);
+    }
+    // Only this machine's stops count: a stop a replaced machine reports while it is torn down (a
+    // reset handled in the middle of its event batch) must not end the machine that replaced it.
+    m.partition.on('vcpu-stop', (s: VcpuStop) => {
+      if (this.machine === m) this.onVcpuStop(s);
+    });
     this.machine = m;
     this.agentReady.clear();
     this.timings = m.timings;
@@ -325,8 +340,8 @@ export class Vm extends EventEmitter<VmEvents> {
 
   /**
    * One line on where a running or paused guest is, for a test or script
-   * that gave up waiting on it: each vCPU's RIP, RFLAGS and MP state, and the
-   * exit counters. Pauses a running VM to read the registers (it stays
+   * that gave up waiting on it: each vCPU's registers (x86: RIP, RFLAGS, MP
+   * state, LAPIC; arm64: PC, SP, PSTATE), the serial devices and the exit counters. Pauses a running VM to read the registers (it stays
    * paused). Best effort: fields KVM will not report are left out.
    */
   async diagnose(): Promise<string> {
@@ -340,23 +355,8 @@ export class Vm extends EventEmitter<VmEvents> {
       if (!paused) note = 'not all vcpus paused within 10 s; ';
     }
     const p = m.partition;
-    const hex = (v: bigint | number) => `0x${v.toString(16)}`;
-    const vcpus = p.vcpus.map((v) => {
-      const ex = v.pendingExit();
-      const waiting = ex ? ` waiting for JS on ${ex.kind} ${ex.write ? 'write' : 'read'}${ex.size} at ${hex(ex.address)}` : '';
-      // A vCPU still in its run call holds its mutex: reading its registers would block this thread.
-      if (v.state === 'running') return `vcpu${v.index}${waiting} (still running, registers not read)`;
-      try {
-        const r = v.getRegs();
-        return `vcpu${v.index}${waiting} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.getMpState()} ${describeLapic(v.getLapic())}`;
-      } catch (e) {
-        return `vcpu${v.index}${waiting} (${(e as Error).message})`;
-      }
-    });
-    const uarts = Object.entries(m.uarts).map(([name, u]) => {
-      const s = u!.snapshot();
-      return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending} rx ${s.rx.length}${s.rxBlocked ? ' (host waiting)' : ''} irq ${u!.irqAsserted() ? 'high' : 'low'}`;
-    });
+    const vcpus = m.describeVcpus();
+    const uarts = m.describeSerial();
     const st = p.stats();
     return `${note}${vcpus.join('; ')}; ${uarts.join(', ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
   }
@@ -381,11 +381,15 @@ export class Vm extends EventEmitter<VmEvents> {
     this.restart();
   }
 
-  /** ACPI power button: the guest should shut down cleanly. Resolves with the stop reason. */
+  /**
+   * Press the guest's power button (x86: the ACPI power button; arm64: the
+   * power key on the PL061 GPIO, a gpio-keys KEY_POWER): a guest that
+   * listens shuts down cleanly. Resolves with the stop reason.
+   */
   async shutdown(opts: { timeoutMs?: number } = {}): Promise<StopReason> {
     assertAllowed('shutdown', this._state);
     if (this._state === 'paused') await this.resume();
-    this.machine!.pm.pressPowerButton();
+    this.machine!.pressPowerButton();
     if (opts.timeoutMs === undefined) return this.waitForStop();
     const timeoutMs = opts.timeoutMs;
     return Promise.race([
@@ -431,7 +435,7 @@ export class Vm extends EventEmitter<VmEvents> {
       const timeoutMs = opts.timeoutMs ?? 30_000;
       ready = port.expect(execModule().AGENT_READY, { timeoutMs }).catch((e: Error) => {
         this.agentReady.delete(name);
-        throw new NodevmmError('ERR_EXEC_NO_AGENT', `exec: no agent answered on ${name} within ${timeoutMs} ms (boot the guest with an agent shell on that port, e.g. the test initramfs with nodevmm.agent=ttyS1)`, { cause: e });
+        throw new NodevmmError('ERR_EXEC_NO_AGENT', `exec: no agent answered on ${name} within ${timeoutMs} ms (boot the guest with an agent shell on that port, e.g. the test initramfs with nodevmm.agent=${guestTty(this.config.arch, name)})`, { cause: e });
       });
       this.agentReady.set(name, ready);
     }
@@ -473,7 +477,9 @@ export class Vm extends EventEmitter<VmEvents> {
         base.reason = 'halt';
         break;
       case 'system-event':
-        if (s.systemEvent === 'reset') return this.guestReset();
+        // After the partition's event dispatch, as x86's reset hooks do: a restart destroys this
+        // partition, and should not do so inside its own event callback.
+        if (s.systemEvent === 'reset') return void setImmediate(() => this.guestReset());
         base.reason = s.systemEvent === 'shutdown' ? 'poweroff' : 'internal-error';
         break;
       default:
@@ -524,6 +530,7 @@ export class Vm extends EventEmitter<VmEvents> {
  */
 export async function createVm(config: VmConfig, customLoader?: CustomLoader): Promise<Vm> {
   const resolved = resolveVmConfig(config);
+  if (customLoader && resolved.arch !== 'x86_64') throw new NodevmmError('ERR_CONFIG', `createVm: a custom loader loads x86_64 partitions; an ${resolved.arch} vm boots a kernel Image (config.kernel)`);
   const [kernel, initrd, igvm] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
@@ -575,23 +582,3 @@ process.once('exit', () => {
     if (vm && vm.state !== 'stopped') void vm.kill();
   }
 });
-
-/**
- * The LAPIC state that says why a vCPU waits: the highest vector in service
- * and requested, and the timer (mode, initial and current count). From the
- * kvm_lapic_state register page (Intel SDM vol. 3, table 11-1).
- */
-function describeLapic(page: Uint8Array): string {
-  const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
-  const reg = (off: number) => dv.getUint32(off, true);
-  const highest = (base: number) => {
-    for (let i = 7; i >= 0; i--) {
-      const w = reg(base + i * 16);
-      if (w) return `0x${(i * 32 + 31 - Math.clz32(w)).toString(16)}`;
-    }
-    return '-';
-  };
-  const lvtt = reg(0x320);
-  const mode = ['oneshot', 'periodic', 'deadline', 'reserved'][(lvtt >>> 17) & 3];
-  return `lapic isr ${highest(0x100)} irr ${highest(0x200)} tpr 0x${reg(0x80).toString(16)} timer ${mode}${lvtt & 0x10000 ? ' masked' : ''} vector 0x${(lvtt & 0xff).toString(16)} init ${reg(0x380)} cur ${reg(0x390)}`;
-}

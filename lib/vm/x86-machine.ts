@@ -23,11 +23,10 @@ import { alignUp, GiB } from '../util/bytes';
 import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
-import type { NetBackend } from '../devices/virtio/net';
-import type { VhostUserDeviceOps } from '../devices/virtio/fs';
-import { attachVirtioDevices, virtioSlots, type AttachedVirtio, type OverlayDisk } from './virtio-devices';
-import { ioeventfdQueueNotifier } from './queue-notifier';
-import { openVhostVsock } from './vhost-vsock';
+import { attachPartitionVirtio, virtioSlots, type AttachedVirtio } from './virtio-devices';
+import { phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
+
+export type { BootImages, MachineHooks } from './machine';
 
 /** The COM ports the config turns on, in COM1-COM4 order. */
 export function enabledComPorts(cfg: Pick<ResolvedVmConfig, 'serial'>): ComPort[] {
@@ -36,39 +35,12 @@ export function enabledComPorts(cfg: Pick<ResolvedVmConfig, 'serial'>): ComPort[
 /** UART registers whose reads have no side effects (IER, LCR, MCR, LSR, SCR): answered natively. */
 const UART_SHADOWED = [1, 3, 4, 5, 7];
 
-export interface MachineHooks {
-  serial: Partial<Record<ComPort, SerialPort>>;
-  /** Where the virtio console (hvc0) goes, when configured. */
-  virtioConsole?: SerialPort | undefined;
-  /** Backends for cfg.net, in order; the VM owns them across machine rebuilds. */
-  netBackends?: readonly NetBackend[] | undefined;
-  /** The vhost-user connection of each cfg.shares entry; the VM owns them across machine rebuilds. */
-  shareBackends?: readonly VhostUserDeviceOps[] | undefined;
-  /** Open overlays of `overlay: 'temp'` disks, per cfg.disks index; the VM owns them across machine rebuilds. */
-  overlays?: readonly (OverlayDisk | undefined)[] | undefined;
-  /** The guest asked for S5 (power off). */
-  onPowerOff(): void;
-  /** The guest asked for a reset (ACPI reset register or the keyboard controller). */
-  onReset(): void;
-}
-
-export interface BootImages {
-  kernel: Uint8Array;
-  initrd?: Uint8Array | undefined;
-}
-
-export interface X86Machine {
-  partition: X86Partition;
+export interface X86Machine extends Machine {
+  readonly partition: X86Partition;
   pm: AcpiPm;
   uarts: Partial<Record<ComPort, Uart16550>>;
   acpi: X86AcpiTables;
   boot: LinuxDirectX86Result | undefined;
-  virtio: AttachedVirtio;
-  /** Milliseconds per build phase, in order. */
-  timings: Array<[string, number]>;
-  /** Flush pending serial output. */
-  flush(): void;
-  dispose(): void;
 }
 
 /** A UART whose side-effect-free registers are mirrored into native shadows after every access. */
@@ -112,14 +84,7 @@ function physAddrBits(): number {
 }
 
 export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: X86Partition, acpi: X86AcpiTables) => X86VcpuInitState): X86Machine {
-  const timings: Array<[string, number]> = [];
-  // process.hrtime, not performance.now(): the global `performance` loads perf_hooks (~0.7 ms of CLI start-up).
-  let t = process.hrtime.bigint();
-  const phase = (name: string) => {
-    const now = process.hrtime.bigint();
-    timings.push([name, Number(now - t) / 1e6]);
-    t = now;
-  };
+  const { timings, phase } = phaseTimer();
 
   // 1. Partition and vCPUs (in-kernel irqchip and PIT).
   const spin = cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {};
@@ -201,21 +166,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
-    virtio = attachVirtioDevices({
-      cfg,
-      slots,
-      memory: partition.memory,
-      mmio: partition.mmio,
-      irq: (gsi) => irqs.line(gsi),
-      consolePort: hooks.virtioConsole,
-      netBackends: hooks.netBackends ?? [],
-      overlays: hooks.overlays ?? [],
-      fsBackends: { shares: hooks.shareBackends ?? [], notify: partition.notifyOps(), ram: () => partition.ramMappings() },
-      vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
-      queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
-      onHostError: (e) => partition.reportHostError(e),
-      directIo: partition,
-    });
+    virtio = attachPartitionVirtio(cfg, slots, partition, (gsi) => irqs.line(gsi), hooks);
     phase('devices');
 
     // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.
@@ -234,6 +185,13 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       boot,
       virtio,
       timings,
+      pressPowerButton: () => pm.pressPowerButton(),
+      describeVcpus: () => describeX86Vcpus(partition),
+      describeSerial: () =>
+        Object.entries(uarts).map(([name, u]) => {
+          const s = u!.snapshot();
+          return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending} rx ${s.rx.length}${s.rxBlocked ? ' (host waiting)' : ''} irq ${u!.irqAsserted() ? 'high' : 'low'}`;
+        }),
       flush: () => {
         sinks.forEach((s) => s.flush());
         virtio!.flush();
@@ -250,4 +208,42 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     partition.destroy();
     throw e;
   }
+}
+
+const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+
+/** Each vCPU's RIP, RFLAGS, MP state and LAPIC, and the exit it waits on JS for. */
+function describeX86Vcpus(p: X86Partition): string[] {
+  return p.vcpus.map((v) => {
+    const ex = v.pendingExit();
+    const waiting = ex ? ` waiting for JS on ${ex.kind} ${ex.write ? 'write' : 'read'}${ex.size} at ${hex(ex.address)}` : '';
+    // A vCPU still in its run call holds its mutex: reading its registers would block this thread.
+    if (v.state === 'running') return `vcpu${v.index}${waiting} (still running, registers not read)`;
+    try {
+      const r = v.getRegs();
+      return `vcpu${v.index}${waiting} rip ${hex(r.rip)} rsp ${hex(r.rsp)} rflags ${hex(r.rflags)} mp_state ${v.getMpState()} ${describeLapic(v.getLapic())}`;
+    } catch (e) {
+      return `vcpu${v.index}${waiting} (${(e as Error).message})`;
+    }
+  });
+}
+
+/**
+ * The LAPIC state that says why a vCPU waits: the highest vector in service
+ * and requested, and the timer (mode, initial and current count). From the
+ * kvm_lapic_state register page (Intel SDM vol. 3, table 11-1).
+ */
+function describeLapic(page: Uint8Array): string {
+  const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
+  const reg = (off: number) => dv.getUint32(off, true);
+  const highest = (base: number) => {
+    for (let i = 7; i >= 0; i--) {
+      const w = reg(base + i * 16);
+      if (w) return `0x${(i * 32 + 31 - Math.clz32(w)).toString(16)}`;
+    }
+    return '-';
+  };
+  const lvtt = reg(0x320);
+  const mode = ['oneshot', 'periodic', 'deadline', 'reserved'][(lvtt >>> 17) & 3];
+  return `lapic isr ${highest(0x100)} irr ${highest(0x200)} tpr 0x${reg(0x80).toString(16)} timer ${mode}${lvtt & 0x10000 ? ' masked' : ''} vector 0x${(lvtt & 0xff).toString(16)} init ${reg(0x380)} cur ${reg(0x390)}`;
 }

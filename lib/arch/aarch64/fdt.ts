@@ -22,6 +22,10 @@ import {
   PL011_1_SPI,
   PL011_1_START,
   PL011_SIZE,
+  PL061_SIZE,
+  PL061_SPI,
+  PL061_START,
+  POWER_KEY_PIN,
   TIMER_PPI_HYP,
   TIMER_PPI_NONSECURE_PHYS,
   TIMER_PPI_SECURE_PHYS,
@@ -46,6 +50,19 @@ export const ARM64_CMDLINE_MAX = 2048;
  * binds even if the device model leaves those registers at zero.
  */
 const PL011_PERIPHID = 0x0014_1011;
+/** PL061 r1p1 peripheral ID (as QEMU presents it), for the same reason. */
+const PL061_PERIPHID = 0x0014_1061;
+/** KEY_POWER (include/uapi/linux/input-event-codes.h). */
+const KEY_POWER = 116;
+/** gpio.h flag cell: GPIO_ACTIVE_HIGH. */
+const GPIO_ACTIVE_HIGH = 0;
+
+/** A PL061 GPIO controller whose pin `powerKeyPin` is a power key (gpio-keys, KEY_POWER). */
+export interface Arm64PowerKeyGpio {
+  base: number;
+  spi: number;
+  powerKeyPin: number;
+}
 
 export interface Arm64Uart {
   /** GPA of the 4 KiB register page. */
@@ -90,15 +107,18 @@ export interface Arm64DeviceTreeOptions {
   timer: Arm64TimerPpis;
   /** virtio-mmio slots, one node each, in slot order. */
   virtioMmio?: readonly Arm64VirtioMmio[];
+  /** The GPIO controller with the power key; none: the guest has no power key (shut it down through PSCI). */
+  powerKey?: Arm64PowerKeyGpio;
   /** KVM implements PSCI 1.x; '0.2' is what OpenVMM advertises. Either way `method = "hvc"`. */
   psciVersion: '0.2' | '1.0';
   uartClockHz?: number;
 }
 
 /** The fixed devices of layout.ts, shaped for buildArm64DeviceTree. */
-export function arm64DefaultDevices(cpuCount: number): Pick<Arm64DeviceTreeOptions, 'uarts' | 'gic' | 'timer'> {
+export function arm64DefaultDevices(cpuCount: number): Pick<Arm64DeviceTreeOptions, 'uarts' | 'gic' | 'timer' | 'powerKey'> {
   const redist = gicRedistributorRange(cpuCount);
   return {
+    powerKey: { base: PL061_START, spi: PL061_SPI, powerKeyPin: POWER_KEY_PIN },
     uarts: [
       { base: PL011_0_START, spi: PL011_0_SPI },
       { base: PL011_1_START, spi: PL011_1_SPI },
@@ -135,6 +155,11 @@ function validate(o: Arm64DeviceTreeOptions): void {
   // Two devices on one SPI would share an edge neither driver can tell apart; two nodes on one
   // address would give the same registers to two drivers.
   const spiOwners = new Map<number, string>(o.uarts.map((u) => [u.spi, `uart ${hex(u.base)}`]));
+  if (o.powerKey) {
+    if (spiOwners.has(o.powerKey.spi)) issues.push({ path: 'powerKey.spi', message: `spi ${o.powerKey.spi} is already the interrupt of the ${spiOwners.get(o.powerKey.spi)}` });
+    if (!Number.isInteger(o.powerKey.powerKeyPin) || o.powerKey.powerKeyPin < 0 || o.powerKey.powerKeyPin > 7) issues.push({ path: 'powerKey.powerKeyPin', message: `pin ${o.powerKey.powerKeyPin} must be 0 to 7 (a PL061 has eight)` });
+    spiOwners.set(o.powerKey.spi, `gpio ${hex(o.powerKey.base)}`);
+  }
   const bases = new Set<number>();
   (o.virtioMmio ?? []).forEach((v, i) => {
     const path = `virtioMmio[${i}]`;
@@ -235,6 +260,8 @@ export function buildArm64DeviceTree(o: Arm64DeviceTreeOptions): Uint8Array {
     w.endNode(n);
   }
 
+  if (o.powerKey) writePowerKey(w, o.powerKey, clockPhandle);
+
   for (const v of o.virtioMmio ?? []) {
     const n = w.beginNode(`virtio_mmio@${v.base.toString(16)}`);
     w.propertyString('compatible', 'virtio,mmio');
@@ -251,6 +278,34 @@ export function buildArm64DeviceTree(o: Arm64DeviceTreeOptions): Uint8Array {
   w.endNode(root);
   const bootAff = o.cpuMpidrs[0]! & MPIDR_AFFINITY_MASK;
   return w.finish({ bootCpuId: Number(bootAff & 0xffff_ffffn) });
+}
+
+/**
+ * The PL061 (gpio/pl061-gpio.yaml) and a gpio-keys node on it
+ * (input/gpio-keys.yaml) whose one key is KEY_POWER, as QEMU's virt machine
+ * describes its power button. The input device is named "gpio-keys".
+ */
+function writePowerKey(w: FdtWriter, g: Arm64PowerKeyGpio, clockPhandle: number): void {
+  const gpioPhandle = w.allocPhandle();
+  const n = w.beginNode(`pl061@${g.base.toString(16)}`);
+  w.propertyStringList('compatible', ['arm,pl061', 'arm,primecell']);
+  w.propertyCells('reg', [...cells64(g.base), ...cells64(PL061_SIZE)]);
+  w.propertyCells('interrupts', [GIC_SPI, g.spi, IRQ_TYPE_LEVEL_HIGH]);
+  w.propertyNull('gpio-controller');
+  w.propertyU32('#gpio-cells', 2);
+  w.propertyCells('clocks', [clockPhandle]);
+  w.propertyStringList('clock-names', ['apb_pclk']);
+  w.propertyU32('arm,primecell-periphid', PL061_PERIPHID);
+  w.propertyPhandle(gpioPhandle);
+  w.endNode(n);
+  const keys = w.beginNode('gpio-keys');
+  w.propertyString('compatible', 'gpio-keys');
+  const key = w.beginNode('poweroff');
+  w.propertyString('label', 'GPIO Key Poweroff');
+  w.propertyU32('linux,code', KEY_POWER);
+  w.propertyCells('gpios', [gpioPhandle, g.powerKeyPin, GPIO_ACTIVE_HIGH]);
+  w.endNode(key);
+  w.endNode(keys);
 }
 
 /**

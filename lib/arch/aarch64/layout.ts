@@ -11,7 +11,8 @@
  *   0x0_EFFF_0000 | GICv3 redistributors, 128 KiB   |  grows up, N CPUs
  *                 |   per CPU                       |
  *   0x0_EFFE_C000 | PL011 #0 (SPI 1, INTID 33)      |  console, ttyAMA0
- *   0x0_EFFE_B000 | PL011 #1 (SPI 2, INTID 34)      |
+ *   0x0_EFFE_B000 | PL011 #1 (SPI 2, INTID 34)      |  exec agent, ttyAMA1
+ *   0x0_EFFE_A000 | PL061 GPIO (SPI 3, INTID 35)    |  power key on pin 3 [ours]
  *                 | (free)                          |
  *   0x0_C000_0000 | virtio-mmio slots, 4 KiB each   |  8 slots, SPIs 16-23 [ours]
  *                 +--------------------------------+  MMIO gap [3 GiB, 4 GiB) [ours]
@@ -52,6 +53,16 @@ export const PL011_0_START = 0xeffe_c000;
 export const PL011_0_SPI = 1;
 export const PL011_1_START = 0xeffe_b000;
 export const PL011_1_SPI = 2;
+/**
+ * [ours] A PL061 GPIO controller for the power key (OpenVMM's arm64 guests
+ * get their power button over VMBus; QEMU's virt machine wires it like
+ * this): the page below the PL011s, the next SPI after theirs.
+ */
+export const PL061_START = 0xeffe_a000;
+export const PL061_SIZE = 0x1000;
+export const PL061_SPI = 3;
+/** The GPIO pin of the power key: pin 3, as on QEMU's virt machine. */
+export const POWER_KEY_PIN = 3;
 /**
  * [ours] virtio-mmio slots (OpenVMM's arm64 guests have none: its devices sit
  * on VMBus). 4 KiB each at the bottom of the MMIO gap, 768 MiB below the

@@ -166,3 +166,26 @@ test('a virtio slot on a uart SPI, a repeated base or an empty window is a Confi
   t.is(e?.issues[0]?.message, 'spi 1 is already the interrupt of the uart 0xeffec000');
   t.is(e?.issues[3]?.message, 'spi 16 is already the interrupt of the virtio-mmio slot 0xc0000000');
 });
+
+test('the power key: a PL061 on SPI 3 and a gpio-keys KEY_POWER on its pin 3, as QEMU virt has it', (t) => {
+  const root = parseFdt(buildArm64DeviceTree(options(1))).root;
+  const gpio = findNode(root, '/pl061@effea000')!;
+  t.deepEqual(getStringList(gpio, 'compatible'), ['arm,pl061', 'arm,primecell']);
+  t.deepEqual(getCells(gpio, 'reg'), [0, 0xeffea000, 0, 0x1000]);
+  t.deepEqual(getCells(gpio, 'interrupts'), [0, 3, 4]);
+  t.true(gpio.props.has('gpio-controller'));
+  t.is(getU32(gpio, '#gpio-cells'), 2);
+  const key = findNode(root, '/gpio-keys/poweroff')!;
+  t.is(getString(findNode(root, '/gpio-keys')!, 'compatible'), 'gpio-keys');
+  t.is(getU32(key, 'linux,code'), 116);
+  t.deepEqual(getCells(key, 'gpios'), [getU32(gpio, 'phandle')!, 3, 0]);
+});
+
+test('a power key on a uart SPI is a ConfigError; no power key leaves both nodes out', (t) => {
+  const e = t.throws(() => buildArm64DeviceTree(options(1, { powerKey: { base: 0xeffea000, spi: 1, powerKeyPin: 9 } })), { instanceOf: ConfigError });
+  t.deepEqual(e?.issues.map((i) => i.path), ['powerKey.spi', 'powerKey.powerKeyPin']);
+  const { powerKey: _, ...rest } = options(1);
+  const root = parseFdt(buildArm64DeviceTree(rest)).root;
+  t.is(findNode(root, '/pl061@effea000'), undefined);
+  t.is(findNode(root, '/gpio-keys'), undefined);
+});

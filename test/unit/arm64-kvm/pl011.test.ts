@@ -79,3 +79,19 @@ test('divisor, line and control registers read back what Linux programmed', (t) 
   t.is(uart.read(PL011.IBRD, 2), 13);
   t.is(uart.read(PL011.FBRD + 0, 1), 1);
 });
+
+test('enqueue takes what fits in the 32-byte FIFO, and onRxSpace fires once the guest emptied it', (t) => {
+  const irq = new RecordingIrqLine();
+  let space = 0;
+  const uart = new Pl011('pl011-test', irq, { write: () => {} }, () => space++);
+  t.is(uart.enqueue(new Uint8Array(40).fill(0x61)), 32);
+  t.is(uart.rxOverruns, 0, 'refused bytes are not overruns: the host keeps them');
+  t.is(space, 0);
+  for (let i = 0; i < 31; i++) uart.read(PL011.DR, 4);
+  t.is(space, 0, 'not until the FIFO is empty');
+  uart.read(PL011.DR, 4);
+  t.is(space, 1);
+  t.is(uart.enqueue(new Uint8Array(8)), 8);
+  for (let i = 0; i < 8; i++) uart.read(PL011.DR, 4);
+  t.is(space, 1, 'nothing was refused: no callback');
+});

@@ -1,12 +1,10 @@
 import test from 'ava';
 import { loadLinuxDirectArm64 } from '../../../lib/arch/aarch64/linux-direct';
 import { arm64RamRanges, kvmDefaultMpidr, PL011_0_START } from '../../../lib/arch/aarch64/layout';
-import { parseRunArgs } from '../../../lib/cli/args';
-import { runArm64 } from '../../../lib/cli/run-arm64';
 import { NodevmmError } from '../../../lib/errors';
 import { findNode, getCells, getString, parseFdt } from '../../../lib/fdt/reader';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
-import { ARM64_VIRTIO_PLACEMENT } from '../../../lib/vm/arm64-linux';
+import { ARM64_VIRTIO_PLACEMENT } from '../../../lib/vm/arm64-machine';
 import { virtioSlots } from '../../../lib/vm/virtio-devices';
 import { syntheticImage } from '../aarch64/synthetic-image';
 import { decompile } from '../fdt/dtc-tools';
@@ -55,17 +53,3 @@ dtcTest('the loaded device tree has a node for every slot, at the address and SP
     t.deepEqual(getCells(node!, 'interrupts'), [0, s.irq, 1]);
   }
 });
-
-for (const [flag, value, sentence] of [
-  ['--net', 'tap:tap0', '--net tap:tap0 is x86-only for now: arm64 VMs have no virtio-net yet (--disk, --rng and --virtio-console work)'],
-  ['--vsock', '42', '--vsock 42 is x86-only for now: arm64 VMs have no virtio-vsock yet (--disk, --rng and --virtio-console work)'],
-  ['--share', '/srv:data', '--share /srv:data is x86-only for now: arm64 VMs have no virtio-fs yet (--disk, --rng and --virtio-console work)'],
-] as const) {
-  test(`nodevmm run on arm64 refuses ${flag} with one sentence before opening anything`, async (t) => {
-    // The kernel path does not exist: the refusal must come before any file is read.
-    const args = parseRunArgs(['--kernel', '/nonexistent/Image', flag, value, '--disk', '/nonexistent/disk.img']);
-    const e = await t.throwsAsync(runArm64(args), { instanceOf: NodevmmError });
-    t.is(e?.code, 'ERR_CONFIG');
-    t.is(e?.message, sentence);
-  });
-}

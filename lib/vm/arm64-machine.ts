@@ -1,0 +1,153 @@
+/**
+ * The arm64 Linux Direct machine, built by one linear recipe like the x86
+ * one: partition (in-kernel GICv3, vCPUs with PSCI 0.2, secondaries off) →
+ * RAM from 1 GiB → kernel/initrd/DTB with the MPIDRs KVM assigned → devices
+ * (PL011 #0 and #1 for com1/com2, a PL061 GPIO with the power key on pin 3,
+ * virtio-mmio slots) → boot registers. The guest powers off and resets
+ * through PSCI SYSTEM_OFF/SYSTEM_RESET, which KVM reports as vCPU system
+ * events; the Vm maps them as it maps x86's ACPI S5 and reset register.
+ * Addresses come from lib/arch/aarch64/layout.ts.
+ */
+import { arm64DefaultDevices } from '../arch/aarch64/fdt';
+import { loadLinuxDirectArm64 } from '../arch/aarch64/linux-direct';
+import { arm64RamRanges, gicRedistributorRange, GIC_DIST_START, PL011_SIZE, PL061_SIZE, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_SPIS, VIRTIO_MMIO_START } from '../arch/aarch64/layout';
+import { Pl011 } from '../devices/pl011';
+import { Pl061 } from '../devices/pl061';
+import { BatchingSink } from '../devices/serial-sinks';
+import type { IrqLine } from '../devices/types';
+import { openHypervisor } from '../hv/hypervisor';
+import type { Arm64Partition } from '../hv/partition';
+import type { ComPort, ResolvedVmConfig } from './config';
+import { phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
+import { attachPartitionVirtio, virtioSlots, type AttachedVirtio, type VirtioSlotPlacement } from './virtio-devices';
+
+/** arm64 virtio-mmio slots: the bottom of the MMIO gap, SPIs 16-23 (lib/arch/aarch64/layout.ts). */
+export const ARM64_VIRTIO_PLACEMENT: VirtioSlotPlacement = { start: VIRTIO_MMIO_START, slotSize: VIRTIO_MMIO_SLOT_SIZE, irqs: VIRTIO_MMIO_SPIS };
+
+/** com1 and com2 are the device tree's PL011s in order: ttyAMA0 (the console) and ttyAMA1. */
+const PL011_PORTS: readonly ComPort[] = ['com1', 'com2'];
+
+/** How long the power key stays pressed: longer than gpio-keys' 5 ms debounce, so the press is seen. */
+const POWER_KEY_PRESS_MS = 100;
+
+export interface Arm64Machine extends Machine {
+  readonly partition: Arm64Partition;
+  uarts: Partial<Record<ComPort, Pl011>>;
+  gpio: Pl061;
+}
+
+/** An SPI of the in-kernel GIC as an IrqLine; each device owns its SPI, so no OR of sources is needed (x86's IrqLines). */
+function spiLine(partition: Arm64Partition, spi: number): IrqLine {
+  return {
+    set: (level) => partition.setIrqLine(spi, level),
+    pulse: () => {
+      partition.setIrqLine(spi, true);
+      partition.setIrqLine(spi, false);
+    },
+  };
+}
+
+export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hooks: MachineHooks): Arm64Machine {
+  const { timings, phase } = phaseTimer();
+
+  // 1. Partition: vCPUs and the GIC (the CPU count is checked against the redistributor space first).
+  const redist = gicRedistributorRange(cfg.vcpus);
+  const partition = openHypervisor().createArm64Partition({
+    vcpus: cfg.vcpus,
+    gicDistributor: GIC_DIST_START,
+    gicRedistributor: redist.start,
+    ...(cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {}),
+  });
+  const sinks: BatchingSink[] = [];
+  let virtio: AttachedVirtio | undefined;
+  let keyTimer: NodeJS.Timeout | undefined;
+  try {
+    phase('partition');
+    // 2. RAM from 1 GiB up to the MMIO gap, the rest above 4 GiB.
+    for (const r of arm64RamRanges(cfg.memory)) partition.addRam({ gpa: r.gpa, size: r.size, name: `ram@${r.gpa.toString(16)}` });
+    phase('memory');
+
+    // 3. Kernel, initrd and the device tree, which lists the same virtio slots the bus gets below.
+    const slots = virtioSlots(cfg, ARM64_VIRTIO_PLACEMENT);
+    const mpidrs = partition.vcpus.map((v) => partition.mpidr(v.index));
+    const boot = loadLinuxDirectArm64(partition.memory, {
+      kernel: images.kernel,
+      ...(images.initrd ? { initrd: images.initrd } : {}),
+      cmdline: cfg.cmdline,
+      cpuMpidrs: mpidrs,
+      memoryBytes: cfg.memory,
+      virtioMmio: slots.map((s) => ({ base: s.base, size: s.size, spi: s.irq })),
+    });
+    phase('load');
+
+    // 4. Devices, where the device tree says they are. Both PL011s are always there; a port the config turns off gets no host end.
+    const fixed = arm64DefaultDevices(cfg.vcpus);
+    const uarts: Partial<Record<ComPort, Pl011>> = {};
+    for (const [i, r] of fixed.uarts.entries()) {
+      const c = PL011_PORTS[i]!;
+      const port = cfg.serial[c] ? hooks.serial[c] : undefined;
+      const sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
+      sinks.push(sink);
+      const uart = new Pl011(`pl011-${c}`, spiLine(partition, r.spi), sink, () => port?.rxSpace());
+      partition.mmio.register(r.base, PL011_SIZE, uart);
+      port?.attach({ enqueue: (b) => uart.enqueue(b) });
+      uarts[c] = uart;
+    }
+    const key = fixed.powerKey!;
+    const gpio = new Pl061('pl061', spiLine(partition, key.spi));
+    partition.mmio.register(key.base, PL061_SIZE, gpio);
+    virtio = attachPartitionVirtio(cfg, slots, partition, (spi) => spiLine(partition, spi), hooks);
+    phase('devices');
+
+    // 5. The boot vCPU enters the kernel with X0 = DTB; secondaries wait for PSCI CPU_ON.
+    const r = boot.bootRegs;
+    partition.setCoreRegs(0, { pc: r.pc, x0: r.x0, x1: 0n, x2: 0n, x3: 0n, pstate: r.pstate });
+    phase('vcpus');
+
+    const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+    return {
+      partition,
+      uarts,
+      gpio,
+      virtio,
+      timings,
+      pressPowerButton: () => {
+        // Press, then release: a second press after the release is a new key event.
+        if (keyTimer) return;
+        gpio.setInput(key.powerKeyPin, true);
+        keyTimer = setTimeout(() => {
+          keyTimer = undefined;
+          gpio.setInput(key.powerKeyPin, false);
+        }, POWER_KEY_PRESS_MS);
+        keyTimer.unref();
+      },
+      describeVcpus: () =>
+        partition.vcpus.map((v) => {
+          // A vCPU still in its run call holds its mutex: reading its registers would block this thread.
+          if (v.state === 'running') return `vcpu${v.index} (still running, registers not read)`;
+          try {
+            return `vcpu${v.index} pc ${hex(partition.getCoreReg(v.index, 'pc'))} sp ${hex(partition.getCoreReg(v.index, 'sp'))} pstate ${hex(partition.getCoreReg(v.index, 'pstate'))}`;
+          } catch (e) {
+            return `vcpu${v.index} (${(e as Error).message})`;
+          }
+        }),
+      describeSerial: () => Object.entries(uarts).map(([name, u]) => `${name} ${JSON.stringify(u!.divisors)} out ${u!.bytesOut} rx-overruns ${u!.rxOverruns}`),
+      flush: () => {
+        sinks.forEach((s) => s.flush());
+        virtio!.flush();
+      },
+      dispose: () => {
+        if (keyTimer) clearTimeout(keyTimer);
+        keyTimer = undefined;
+        for (const s of sinks) s.flush();
+        virtio!.dispose();
+        for (const c of PL011_PORTS) if (cfg.serial[c]) hooks.serial[c]?.attach(undefined);
+        partition.destroy();
+      },
+    };
+  } catch (e) {
+    virtio?.dispose();
+    partition.destroy();
+    throw e;
+  }
+}
