@@ -17,10 +17,11 @@
  */
 import { NodevmmError } from '../../errors';
 import { hex } from '../../util/bytes';
-import { INT_USED_BUFFER, REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
+import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
 import { splitQueueSizes, VirtioQueueError } from './queue';
 import type { VhostUserMemRegion, VringAddresses } from './vhost-user';
 import type { NotifyOps } from '../../hv/partition';
+import { closeVhostEventfds, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
 
 export const VIRTIO_ID_FS = 26;
 /** §5.11.4: tag[36], UTF-8, NUL-padded (not terminated when all 36 bytes are used). */
@@ -74,14 +75,9 @@ export function encodeFsTag(tag: string): Uint8Array {
   return bytes;
 }
 
-interface Running {
-  kicks: Array<{ index: number; fd: number; address: number; registered: boolean }>;
-  call: { fd: number; gsi: number; registered: boolean } | undefined;
+interface Running extends VhostPlumbing {
   /** Rings handed to the backend (GET_VRING_BASE stops each at teardown). */
   rings: number[];
-  usedSeen: Map<number, number>;
-  usedIdxGpa: Map<number, number>;
-  memory: VirtioActivation['memory'];
 }
 
 export class VirtioFs implements VirtioDevice {
@@ -186,15 +182,7 @@ export class VirtioFs implements VirtioDevice {
 
   /** The backend's interrupts bypass the transport: a used index that moved means it used buffers. */
   pendingInterrupts(): number {
-    const run = this.running;
-    if (!run) return 0;
-    let bits = 0;
-    for (const [index, gpa] of run.usedIdxGpa) {
-      const idx = run.memory.readU16(gpa);
-      if (idx !== run.usedSeen.get(index)) bits = INT_USED_BUFFER;
-      run.usedSeen.set(index, idx);
-    }
-    return bits;
+    return this.running ? usedRingInterrupts(this.running) : 0;
   }
 
   reset(): void {
@@ -206,27 +194,12 @@ export class VirtioFs implements VirtioDevice {
     const run = this.running;
     if (!run) return;
     this.running = undefined;
-    const errors: unknown[] = [];
-    const attempt = (f: () => void) => {
-      try {
-        f();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
+    const { attempt, done } = teardownSteps();
     for (const index of run.rings) {
       attempt(() => this.backend.setVringEnable(index, false));
       attempt(() => this.backend.getVringBase(index));
     }
-    for (const k of run.kicks) {
-      if (k.registered) attempt(() => this.notifyOps.ioeventfd(k.fd, k.address, 4, k.index, false));
-      this.notifyOps.close(k.fd);
-    }
-    if (run.call) {
-      const c = run.call;
-      if (c.registered) attempt(() => this.notifyOps.irqfd(c.fd, c.gsi, false));
-      this.notifyOps.close(c.fd);
-    }
-    if (errors.length) throw errors[0];
+    closeVhostEventfds(run, this.notifyOps, attempt);
+    done();
   }
 }

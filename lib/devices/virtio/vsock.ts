@@ -12,9 +12,10 @@
  */
 import { NodevmmError } from '../../errors';
 import { hex } from '../../util/bytes';
-import { INT_USED_BUFFER, REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
+import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
 import { splitQueueSizes, VirtioQueueError, type SplitQueueLayout } from './queue';
 import type { NotifyOps } from '../../hv/partition';
+import { closeVhostEventfds, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
 
 export const VIRTIO_ID_VSOCK = 19;
 export const VSOCK_QUEUE = { rx: 0, tx: 1, event: 2 } as const;
@@ -61,15 +62,9 @@ export interface VirtioVsockOptions {
 }
 
 /** What is registered while vhost runs, so reset can undo exactly that. */
-interface Running {
-  kicks: Array<{ index: number; fd: number; address: number; registered: boolean }>;
-  call: { fd: number; gsi: number; registered: boolean } | undefined;
+interface Running extends VhostPlumbing {
   vringsSet: number[];
   started: boolean;
-  /** Used-ring index of each vhost queue when the driver last read InterruptStatus. */
-  usedSeen: Map<number, number>;
-  usedIdxGpa: Map<number, number>;
-  memory: VirtioActivation['memory'];
 }
 
 export class VirtioVsock implements VirtioDevice {
@@ -187,15 +182,7 @@ export class VirtioVsock implements VirtioDevice {
    * means vhost used buffers (and signalled, unless the driver suppressed it).
    */
   pendingInterrupts(): number {
-    const run = this.running;
-    if (!run?.started) return 0;
-    let bits = 0;
-    for (const [index, gpa] of run.usedIdxGpa) {
-      const idx = run.memory.readU16(gpa);
-      if (idx !== run.usedSeen.get(index)) bits = INT_USED_BUFFER;
-      run.usedSeen.set(index, idx);
-    }
-    return bits;
+    return this.running?.started ? usedRingInterrupts(this.running) : 0;
   }
 
   reset(): void {
@@ -207,29 +194,14 @@ export class VirtioVsock implements VirtioDevice {
     const run = this.running;
     if (!run) return;
     this.running = undefined;
-    const errors: unknown[] = [];
-    const attempt = (f: () => void) => {
-      try {
-        f();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
+    const { attempt, done } = teardownSteps();
     if (run.started) attempt(() => this.vhost.setRunning(false));
     for (const index of run.vringsSet) {
       attempt(() => this.vhost.getVringBase(index));
       attempt(() => this.vhost.setVringKick(index, -1));
       attempt(() => this.vhost.setVringCall(index, -1));
     }
-    for (const k of run.kicks) {
-      if (k.registered) attempt(() => this.notifyOps.ioeventfd(k.fd, k.address, 4, k.index, false));
-      this.notifyOps.close(k.fd);
-    }
-    if (run.call) {
-      const c = run.call;
-      if (c.registered) attempt(() => this.notifyOps.irqfd(c.fd, c.gsi, false));
-      this.notifyOps.close(c.fd);
-    }
-    if (errors.length) throw errors[0];
+    closeVhostEventfds(run, this.notifyOps, attempt);
+    done();
   }
 }
