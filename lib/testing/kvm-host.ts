@@ -258,8 +258,20 @@ function runQemu(args: string[], results: string, options: KvmHostOptions): Prom
       child.kill('SIGKILL');
     };
     const hardTimer = setTimeout(() => stop('ERR_KVM_HOST_TIMEOUT', `the run hit its ${options.timeoutMs} ms limit`), options.timeoutMs);
-    const stopWatching = watchForStall(child.pid, options.stallMs ?? DEFAULT_STALL_MS, (idle) =>
-      stop('ERR_KVM_HOST_STALLED', `${QEMU} used no CPU for ${idle} s: the emulated host is frozen`),
+    // Before giving up, one newline on the host's serial console: in the one-CPU, single-thread
+    // TCG host of many-vms, QEMU went to sleep with eight nested guests alive and never woke
+    // (0 CPU for minutes, three attempts in a row on 2026-12-07), as if the host's next timer
+    // interrupt were lost; a receive interrupt makes the host's kernel look at its timers again.
+    let nudges = 0;
+    const stopWatching = watchForStall(
+      child.pid,
+      options.stallMs ?? DEFAULT_STALL_MS,
+      (idle) => stop('ERR_KVM_HOST_STALLED', `${QEMU} used no CPU for ${idle} s: the emulated host is frozen${nudges ? ' (a byte on its serial console did not wake it)' : ''}`),
+      (idle) => {
+        nudges++;
+        process.stderr.write(`kvm-host: ${QEMU} used no CPU for ${idle} s: sending a newline to the host's serial console to wake it\n`);
+        if (!child.stdin.destroyed) child.stdin.write('\n');
+      },
     );
     const watchdog = options.watchdog === false ? undefined : createHostWatchdog();
     const silenceMs = options.silenceMs ?? 0;

@@ -26,21 +26,27 @@ export function processCpuTicks(pid: number): number | undefined {
 
 /**
  * Call `onStall(seconds)` once process `pid` has used no CPU for `stallMs`
- * (0: never). Returns the function that stops watching.
+ * (0: never), and `onIdle(seconds)` once after a third of that (a chance to
+ * wake it: see kvm-host.ts). Returns the function that stops watching.
  */
-export function watchForStall(pid: number | undefined, stallMs: number, onStall: (idleSeconds: number) => void): () => void {
+export function watchForStall(pid: number | undefined, stallMs: number, onStall: (idleSeconds: number) => void, onIdle?: (idleSeconds: number) => void): () => void {
   if (pid === undefined || stallMs <= 0) return () => {};
   let ticks = -1;
   let movedAt = Date.now();
+  let nudged = false;
   const timer = setInterval(() => {
     const now = processCpuTicks(pid);
     if (now === undefined) return;
     if (now !== ticks) {
       ticks = now;
       movedAt = Date.now();
+      nudged = false;
     } else if (Date.now() - movedAt >= stallMs) {
       clearInterval(timer);
       onStall(Math.round((Date.now() - movedAt) / 1000));
+    } else if (onIdle && !nudged && Date.now() - movedAt >= stallMs / 3) {
+      nudged = true;
+      onIdle(Math.round((Date.now() - movedAt) / 1000));
     }
   }, Math.min(10_000, stallMs / 3));
   return () => clearInterval(timer);
