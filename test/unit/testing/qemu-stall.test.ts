@@ -40,3 +40,13 @@ test('no pid or stallMs 0: nothing is watched', (t) => {
   watchForStall(process.pid, 0, () => t.fail())();
   t.is(processCpuTicks(2 ** 22 + 12345), undefined, 'a pid that does not exist');
 });
+
+test('onIdle is called once, after a third of stallMs, before the stall is reported', async (t) => {
+  const child = spawn('sleep', ['60']);
+  t.teardown(() => child.kill('SIGKILL'));
+  const events: string[] = [];
+  const stop = watchForStall(child.pid, 3000, () => events.push('stall'), () => events.push('idle'));
+  for (let i = 0; i < 60 && !events.includes('stall'); i++) await sleep(100);
+  stop();
+  t.deepEqual(events, ['idle', 'stall']);
+});
