@@ -64,6 +64,8 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
     afterResume: 'resumed',
     bootsAfterHostReset: 2,
     afterHostReset: 'agent-again',
+    bootsAfterGuestReboot: 3,
+    afterGuestReboot: 'agent-after-reboot',
     shutdown: 'poweroff',
     powerButtonSeen: true,
   });

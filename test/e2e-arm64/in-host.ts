@@ -5,8 +5,8 @@
  * `require('nodevmm')` gives, and dist/lib/testing/index.js, `nodevmm/testing`)
  * and the CLI, as a user's script would:
  *   cli:       `nodevmm run` with 2 vCPUs boots the test initramfs, which powers off (PSCI SYSTEM_OFF)
- *   lifecycle: withVm; expect; exec('uname -m') over ttyAMA1; pause/resume/diagnose; host reset();
- *              shutdown() by the power key
+ *   lifecycle: withVm with onReset 'restart'; expect; exec('uname -m') over ttyAMA1; pause/resume/diagnose;
+ *              host reset(); a guest `reboot -f` (PSCI SYSTEM_RESET); shutdown() by the power key
  *   devices:   virtio-blk, -rng, -console, -net on a TAP, -vsock with exec over it;
  *              a guest reboot with onReset 'stop' ends it as 'reset'
  * Each part prints one line `ARM64-RESULT <name> <json>`; a part that throws prints its error there.
@@ -78,7 +78,7 @@ async function lifecycle(): Promise<Record<string, unknown>> {
   const t = { log: (...v: unknown[]) => console.log(...v) };
   step('lifecycle: withVm');
   // waitFor false: the console is teed to the host's from the start, then the marker is awaited here.
-  return withVm(t, { cmdline: 'quiet', timeoutMs: 400_000, waitFor: false }, async (vm) => {
+  return withVm(t, { onReset: 'restart', cmdline: 'quiet', timeoutMs: 400_000, waitFor: false }, async (vm) => {
     tee(vm);
     step('lifecycle: started');
     await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
@@ -98,9 +98,14 @@ async function lifecycle(): Promise<Record<string, unknown>> {
     await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
     out.bootsAfterHostReset = vm.boots;
     out.afterHostReset = await sh(vm, 'echo agent-again');
-    // Not here: a guest reboot (PSCI SYSTEM_RESET) with onReset 'restart'. The restart after it
-    // killed node with SIGSEGV in 2 of 3 runs (a native bug, not yet found); the devices part
-    // proves SYSTEM_RESET with onReset 'stop'.
+    // The guest resets itself (busybox reboot -f: PSCI SYSTEM_RESET); onReset 'restart' boots it again.
+    step('lifecycle: guest reboot');
+    const resetSeen = new Promise<void>((r) => vm.once('reset', () => r()));
+    vm.serial(2).write('reboot -f\n');
+    await resetSeen;
+    await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
+    out.bootsAfterGuestReboot = vm.boots;
+    out.afterGuestReboot = await sh(vm, 'echo agent-after-reboot');
     // The power key: gpio-keys reports KEY_POWER, the test init powers off (PSCI SYSTEM_OFF).
     step('lifecycle: shutdown');
     const stop: StopReason = await vm.shutdown({ timeoutMs: 120_000 });
