@@ -21,7 +21,7 @@ import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VER
 import { splitQueueSizes, VirtioQueueError } from './queue';
 import type { VhostUserMemRegion, VringAddresses } from './vhost-user';
 import type { NotifyOps } from '../../hv/partition';
-import { closeVhostEventfds, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
+import { closeVhostEventfds, forwardKick, registerCall, registerKick, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
 
 export const VIRTIO_ID_FS = 26;
 /** §5.11.4: tag[36], UTF-8, NUL-padded (not terminated when all 36 bytes are used). */
@@ -140,27 +140,16 @@ export class VirtioFs implements VirtioDevice {
     try {
       this.backend.setFeatures(ctx.features & this.backend.features);
       this.backend.setMemTable(mappings.map((m) => ({ gpa: m.gpa, size: m.size, userAddr: m.hostAddress, mmapOffset: 0, fd: m.fd })));
-      // One call eventfd for both rings: the guest's handler looks at every ring anyway.
-      const callFd = this.notifyOps.eventfd();
-      run.call = { fd: callFd, gsi: slot.gsi, registered: false };
-      this.notifyOps.irqfd(callFd, slot.gsi, true);
-      run.call.registered = true;
+      const callFd = registerCall(run, this.notifyOps, slot.gsi);
       layouts.forEach((l, index) => {
         this.backend.setVringNum(index, l.size);
         // A fresh activation starts at ring index 0 (the driver just reset or probed).
         this.backend.setVringBase(index, 0);
         this.backend.setVringAddr(index, addrs[index]!);
-        const kick = { index, fd: this.notifyOps.eventfd(), address: slot.base + REG.queueNotify, registered: false };
-        run.kicks.push(kick);
-        // The guest writes the queue index to QueueNotify: KVM signals the eventfd in the kernel.
-        this.notifyOps.ioeventfd(kick.fd, kick.address, 4, index, true);
-        kick.registered = true;
-        this.backend.setVringKick(index, kick.fd);
+        this.backend.setVringKick(index, registerKick(run, this.notifyOps, index, slot.base + REG.queueNotify, l.usedGpa));
         // A ring counts as started once it has its kick (QEMU's virtiofsd asserts on stopping one that never started).
         run.rings.push(index);
         this.backend.setVringCall(index, callFd);
-        run.usedIdxGpa.set(index, l.usedGpa + 2);
-        run.usedSeen.set(index, ctx.memory.readU16(l.usedGpa + 2));
       });
       for (const index of run.rings) this.backend.setVringEnable(index, true);
       this.activations++;
@@ -174,10 +163,7 @@ export class VirtioFs implements VirtioDevice {
 
   /** A kick that reached userspace (it raced the ioeventfd registration): forward it. */
   notify(index: number): void {
-    const kick = this.running?.kicks.find((k) => k.index === index);
-    if (!kick) return;
-    this.userspaceKicks++;
-    this.notifyOps.signal(kick.fd);
+    if (forwardKick(this.running, this.notifyOps, index)) this.userspaceKicks++;
   }
 
   /** The backend's interrupts bypass the transport: a used index that moved means it used buffers. */

@@ -61,3 +61,35 @@ export function closeVhostEventfds(run: VhostPlumbing, notifyOps: NotifyOps, att
     notifyOps.close(c.fd);
   }
 }
+
+/** One call eventfd for all rings, routed to the slot's interrupt: the guest's handler looks at every ring anyway. */
+export function registerCall(run: VhostPlumbing, notifyOps: NotifyOps, gsi: number): number {
+  const fd = notifyOps.eventfd();
+  run.call = { fd, gsi, registered: false };
+  notifyOps.irqfd(fd, gsi, true);
+  run.call.registered = true;
+  return fd;
+}
+
+/**
+ * The kick eventfd of ring `index`: the guest writes the queue index to QueueNotify at
+ * `address` and KVM signals the eventfd in the kernel. Also starts watching the ring's used
+ * index (at `usedGpa + 2`) for usedRingInterrupts.
+ */
+export function registerKick(run: VhostPlumbing, notifyOps: NotifyOps, index: number, address: number, usedGpa: number): number {
+  const kick = { index, fd: notifyOps.eventfd(), address, registered: false };
+  run.kicks.push(kick);
+  notifyOps.ioeventfd(kick.fd, kick.address, 4, index, true);
+  kick.registered = true;
+  run.usedIdxGpa.set(index, usedGpa + 2);
+  run.usedSeen.set(index, run.memory.readU16(usedGpa + 2));
+  return kick.fd;
+}
+
+/** A kick that reached userspace (it raced the ioeventfd registration): forward it. False if `index` has no kick. */
+export function forwardKick(run: VhostPlumbing | undefined, notifyOps: NotifyOps, index: number): boolean {
+  const kick = run?.kicks.find((k) => k.index === index);
+  if (!kick) return false;
+  notifyOps.signal(kick.fd);
+  return true;
+}

@@ -15,7 +15,7 @@ import { hex } from '../../util/bytes';
 import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
 import { splitQueueSizes, VirtioQueueError, type SplitQueueLayout } from './queue';
 import type { NotifyOps } from '../../hv/partition';
-import { closeVhostEventfds, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
+import { closeVhostEventfds, forwardKick, registerCall, registerKick, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
 
 export const VIRTIO_ID_VSOCK = 19;
 export const VSOCK_QUEUE = { rx: 0, tx: 1, event: 2 } as const;
@@ -132,11 +132,7 @@ export class VirtioVsock implements VirtioDevice {
       // vhost rejects features it does not know; the driver may only have accepted what we offered.
       this.vhost.setFeatures(ctx.features & this.vhost.features);
       this.vhost.setMemTable(mappings.map((m) => ({ gpa: m.gpa, size: m.size, userAddr: m.hostAddress })));
-      // One call eventfd for both rings: the guest's handler scans every ring anyway.
-      const callFd = this.notifyOps.eventfd();
-      run.call = { fd: callFd, gsi: slot.gsi, registered: false };
-      this.notifyOps.irqfd(callFd, slot.gsi, true);
-      run.call.registered = true;
+      const callFd = registerCall(run, this.notifyOps, slot.gsi);
       VHOST_QUEUES.forEach((index, k) => {
         const l = layouts[k]!;
         this.vhost.setVringNum(index, l.size);
@@ -144,15 +140,8 @@ export class VirtioVsock implements VirtioDevice {
         this.vhost.setVringBase(index, 0);
         this.vhost.setVringAddr(index, addrs[k]!);
         run.vringsSet.push(index);
-        const kick = { index, fd: this.notifyOps.eventfd(), address: slot.base + REG.queueNotify, registered: false };
-        run.kicks.push(kick);
-        // The guest writes the queue index to QueueNotify: KVM signals the eventfd in the kernel.
-        this.notifyOps.ioeventfd(kick.fd, kick.address, 4, index, true);
-        kick.registered = true;
-        this.vhost.setVringKick(index, kick.fd);
+        this.vhost.setVringKick(index, registerKick(run, this.notifyOps, index, slot.base + REG.queueNotify, l.usedGpa));
         this.vhost.setVringCall(index, callFd);
-        run.usedIdxGpa.set(index, l.usedGpa + 2);
-        run.usedSeen.set(index, ctx.memory.readU16(l.usedGpa + 2));
       });
       this.vhost.setRunning(true);
       run.started = true;
@@ -170,10 +159,7 @@ export class VirtioVsock implements VirtioDevice {
    * raced the ioeventfd registration. Forward the latter to vhost.
    */
   notify(index: number): void {
-    const kick = this.running?.kicks.find((k) => k.index === index);
-    if (!kick) return;
-    this.userspaceKicks++;
-    this.notifyOps.signal(kick.fd);
+    if (forwardKick(this.running, this.notifyOps, index)) this.userspaceKicks++;
   }
 
   /**
