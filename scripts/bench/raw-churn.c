@@ -23,7 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HUGE (2ull << 20)
+#include "raw-kvm.h"
+
 #define PORT_WRITES 13
 
 static double now_ms(void) {
@@ -36,11 +37,6 @@ static double cpu_ms(void) {
   struct rusage u;
   getrusage(RUSAGE_SELF, &u);
   return u.ru_utime.tv_sec * 1e3 + u.ru_utime.tv_usec / 1e3 + u.ru_stime.tv_sec * 1e3 + u.ru_stime.tv_usec / 1e3;
-}
-
-static void die(const char* what) {
-  perror(what);
-  exit(1);
 }
 
 struct vcpu_run {
@@ -59,40 +55,14 @@ static void* run_vcpu(void* arg) {
 }
 
 static void one_vm(int kvm, int run_size, uint64_t ram_size) {
-  int vm = ioctl(kvm, KVM_CREATE_VM, 0);
-  if (vm < 0) die("KVM_CREATE_VM");
-  if (ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000ul) < 0) die("KVM_SET_TSS_ADDR");
-  uint64_t idmap = 0xfffbc000ull;
-  if (ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0) die("KVM_SET_IDENTITY_MAP_ADDR");
-  if (ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0) die("KVM_CREATE_IRQCHIP");
-  struct kvm_pit_config pit = {.flags = 0};
-  if (ioctl(vm, KVM_CREATE_PIT2, &pit) < 0) die("KVM_CREATE_PIT2");
-  uint8_t* raw = mmap(0, ram_size + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (raw == MAP_FAILED) die("mmap");
-  uint8_t* ram = (uint8_t*)(((uintptr_t)raw + HUGE - 1) & ~(HUGE - 1));
-  madvise(ram, ram_size, MADV_HUGEPAGE);
-  struct kvm_userspace_memory_region r = {.slot = 0, .guest_phys_addr = 0, .memory_size = ram_size, .userspace_addr = (uint64_t)ram};
-  if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r) < 0) die("KVM_SET_USER_MEMORY_REGION");
+  int vm = raw_vm(kvm);
+  uint8_t* ram;
+  uint8_t* raw = raw_ram(vm, ram_size, &ram);
   /* mov dx, 0x3f8; again: out dx, al; jmp again (the vCPU thread stops after PORT_WRITES) */
   static const uint8_t code[] = {0xba, 0xf8, 0x03, 0xee, 0xeb, 0xfd};
   memcpy(ram + 0x1000, code, sizeof code);
-  int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
-  if (vcpu < 0) die("KVM_CREATE_VCPU");
-  struct kvm_run* run = mmap(0, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-  if (run == MAP_FAILED) die("mmap kvm_run");
-  struct {
-    struct kvm_cpuid2 h;
-    struct kvm_cpuid_entry2 e[256];
-  } cpuid = {.h.nent = 256};
-  if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, &cpuid) < 0) die("KVM_GET_SUPPORTED_CPUID");
-  if (ioctl(vcpu, KVM_SET_CPUID2, &cpuid) < 0) die("KVM_SET_CPUID2");
-  struct kvm_sregs s;
-  if (ioctl(vcpu, KVM_GET_SREGS, &s) < 0) die("KVM_GET_SREGS");
-  s.cs.base = 0;
-  s.cs.selector = 0;
-  if (ioctl(vcpu, KVM_SET_SREGS, &s) < 0) die("KVM_SET_SREGS");
-  struct kvm_regs regs = {.rip = 0x1000, .rflags = 2};
-  if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
+  struct kvm_run* run;
+  int vcpu = raw_vcpu(kvm, vm, run_size, &run);
   struct vcpu_run v = {.fd = vcpu, .run = run};
   pthread_t th;
   pthread_create(&th, NULL, run_vcpu, &v);

@@ -19,18 +19,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "raw-kvm.h"
+
 #define RAM_SIZE (256ull << 20)
-#define HUGE (2ull << 20)
 
 static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static void die(const char* what) {
-  perror(what);
-  exit(1);
 }
 
 struct vcpu_run {
@@ -65,40 +61,13 @@ int main(int argc, char** argv) {
   int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
   for (int i = 0; i < samples + warmup; i++) {
     uint64_t t0 = now_ns();
-    int vm = ioctl(kvm, KVM_CREATE_VM, 0);
-    if (vm < 0) die("KVM_CREATE_VM");
-    if (ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000ul) < 0) die("KVM_SET_TSS_ADDR");
-    uint64_t idmap = 0xfffbc000ull;
-    if (ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0) die("KVM_SET_IDENTITY_MAP_ADDR");
-    if (ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0) die("KVM_CREATE_IRQCHIP");
-    struct kvm_pit_config pit = {.flags = 0};
-    if (ioctl(vm, KVM_CREATE_PIT2, &pit) < 0) die("KVM_CREATE_PIT2");
-    /* 2 MiB aligned and THP-advised, as nodevmm's guest RAM. */
-    uint8_t* raw = mmap(0, RAM_SIZE + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (raw == MAP_FAILED) die("mmap");
-    uint8_t* ram = (uint8_t*)(((uintptr_t)raw + HUGE - 1) & ~(HUGE - 1));
-    madvise(ram, RAM_SIZE, MADV_HUGEPAGE);
-    struct kvm_userspace_memory_region r = {.slot = 0, .guest_phys_addr = 0, .memory_size = RAM_SIZE, .userspace_addr = (uint64_t)ram};
-    if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r) < 0) die("KVM_SET_USER_MEMORY_REGION");
+    int vm = raw_vm(kvm);
+    uint8_t* ram;
+    uint8_t* raw = raw_ram(vm, RAM_SIZE, &ram);
     static const uint8_t code[] = {0xe6, 0x10, 0xf4}; /* out 0x10, al; hlt */
     memcpy(ram + 0x1000, code, sizeof code);
-    int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
-    if (vcpu < 0) die("KVM_CREATE_VCPU");
-    struct kvm_run* run = mmap(0, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-    if (run == MAP_FAILED) die("mmap kvm_run");
-    struct {
-      struct kvm_cpuid2 h;
-      struct kvm_cpuid_entry2 e[256];
-    } cpuid = {.h.nent = 256};
-    if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, &cpuid) < 0) die("KVM_GET_SUPPORTED_CPUID");
-    if (ioctl(vcpu, KVM_SET_CPUID2, &cpuid) < 0) die("KVM_SET_CPUID2");
-    struct kvm_sregs s;
-    if (ioctl(vcpu, KVM_GET_SREGS, &s) < 0) die("KVM_GET_SREGS");
-    s.cs.base = 0;
-    s.cs.selector = 0;
-    if (ioctl(vcpu, KVM_SET_SREGS, &s) < 0) die("KVM_SET_SREGS");
-    struct kvm_regs regs = {.rip = 0x1000, .rflags = 2};
-    if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
+    struct kvm_run* run;
+    int vcpu = raw_vcpu(kvm, vm, run_size, &run);
     struct vcpu_run v = {.fd = vcpu, .run = run};
     pthread_t th;
     pthread_create(&th, NULL, run_vcpu, &v);
