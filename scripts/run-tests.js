@@ -253,6 +253,9 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
   let unexplained = 0; // attempts that ended badly without naming a failed test
   const name = files.length === 1 ? files[0] : `${files.length} e2e files`;
   for (let attempt = 1; attempt <= E2E_ATTEMPTS; attempt++) {
+    // Nothing left that a host could run (a file rerun only because the host died in it, which
+    // died again before reporting): an ava run without files would run every test file.
+    if (pending.length === 0) break;
     const remaining = E2E_HOST_TIMEOUT_MS - (Date.now() - started);
     if (remaining < 60_000) {
       log(`no time left in the e2e budget for ${pending.join(', ')}`);
@@ -263,7 +266,6 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
     const argv = [AVA_CLI, ...pending].map(quote).concat('--concurrency=1', done).join(' ');
     let result;
     let seen = '';
-    let lastFile;
     try {
       result = await runInKvmHost(`${JSON.stringify(process.execPath)} ${argv} --tap`, {
         cwd: ROOT,
@@ -288,11 +290,8 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
       // Whatever the console showed before the host died still counts.
       const tests = tapTests(seen, pending);
       tests.forEach(record);
-      lastFile = tests.length ? tests[tests.length - 1].file : undefined;
       unexplained = 1;
-      pending = stillPending(tests, lastFile);
-      if (pending.length === 0) pending = files.filter((f) => !reported.has(f));
-      if (pending.length === 0) break;
+      pending = stillPending(tests.length ? tests[tests.length - 1].file : undefined);
       continue;
     }
     process.stdout.write('\n');
@@ -305,8 +304,7 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
     if (failedNow.length === 0 && unexplained === 0) break;
     // ava failing after reporting only passes is no guest flake (and a rerun would match no test).
     if (failedNow.length === 0 && tests.length > 0) break;
-    pending = stillPending(tests, undefined);
-    if (pending.length === 0) pending = files.filter((f) => !reported.has(f));
+    pending = stillPending(undefined);
     if (attempt < E2E_ATTEMPTS) log(`FLAKY? ${failedNow.map((t) => JSON.stringify(key(t))).join(', ') || `ava exit ${result.exitCode}`} failed in the emulated host: running ${failedNow.length ? 'them' : 'the files'} again in a fresh host`);
   }
   const counts = { passed: 0, failed: 0, skipped: 0 };
@@ -330,7 +328,7 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
    * What the next host runs: files with a failed test, files that reported nothing, and the
    * file that was running when the host died (its later tests never reported).
    */
-  function stillPending(tests, runningWhenDied) {
+  function stillPending(runningWhenDied) {
     return pending.filter((f) => f === runningWhenDied || !reported.has(f) || [...outcome.values()].some((t) => t.file === f && t.status === 'fail'));
   }
 }
