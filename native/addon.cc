@@ -1,15 +1,21 @@
-// Addon entry: exports the /dev/kvm functions, GuestRam, Vm (Vcpu objects
-// come from vm.createVcpu), the layout constants the TS mirror checks, the
-// vhost ioctls, host AF_VSOCK sockets, fd-passing UNIX sockets, the fd
-// watcher and disk I/O.
+// Addon entry. Linux: the /dev/kvm functions, GuestRam, Vm (Vcpu objects
+// come from vm.createVcpu), the vhost ioctls, host AF_VSOCK sockets,
+// fd-passing UNIX sockets, the fd watcher and disk I/O. Windows: the WHP
+// probe, GuestRam, WhpPartition (WhpVcpu objects come from
+// partition.createVcpu). Both: the layout constants the TS mirror checks.
 #include <napi.h>
 
 #include "exit_mailbox.h"
 #include "guest_ram.h"
+#if defined(_WIN32)
+#include "whp_vm.h"
+#else
 #include "kvm_vm.h"
+#endif
 
 namespace nodevmm {
 void DestroyAllVms(Napi::Env env);
+#if !defined(_WIN32)
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitBlockIo(Napi::Env env, Napi::Object exports);
 void InitFileOps(Napi::Env env, Napi::Object exports);
@@ -17,6 +23,7 @@ Napi::Object InitVhost(Napi::Env env, Napi::Object exports);
 Napi::Object InitVsockSocket(Napi::Env env, Napi::Object exports);
 Napi::Object InitFdWatcher(Napi::Env env, Napi::Object exports);
 Napi::Object InitUnixSocket(Napi::Env env, Napi::Object exports);
+#endif
 }
 
 namespace {
@@ -51,6 +58,11 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+#if defined(_WIN32)
+  nodevmm::InitWhp(env, exports);
+  exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
+  exports.Set("backend", Napi::String::New(env, "whp"));
+#else
   nodevmm::InitSystem(env, exports);
   nodevmm::InitTap(env, exports);
   nodevmm::InitBlockIo(env, exports);
@@ -62,10 +74,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));
-  exports.Set("layout", Napi::Function::New(env, Layout, "layout"));
   exports.Set("backend", Napi::String::New(env, "kvm"));
+#endif
+  exports.Set("layout", Napi::Function::New(env, Layout, "layout"));
   exports.Set("arch", Napi::String::New(env,
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(_M_X64)
                                         "x86_64"
 #elif defined(__aarch64__)
                                         "aarch64"

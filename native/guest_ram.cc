@@ -1,9 +1,21 @@
 #include "guest_ram.h"
 
+#if defined(_WIN32)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>
+#else
 #include <sys/mman.h>
 #include <unistd.h>
+#endif
 
+#include <algorithm>
 #include <chrono>
+#include <string>
 
 #include "common.h"
 
@@ -25,6 +37,7 @@ constexpr uint64_t kDefaultViewSize = 32ull << 20;
 // the last pin, so a late transfer still sees the guest's bytes.
 constexpr auto kReleaseIoWait = std::chrono::seconds(10);
 
+#if !defined(_WIN32)
 // Guest RAM starts on a 2 MiB boundary, as a guest-physical region does:
 // only then can a transparent huge page back a 2 MiB guest page and KVM map
 // it with one large nested-page entry (the host address and the GPA must
@@ -43,6 +56,73 @@ void* ReserveAligned(uint64_t size) {
   if (base + span > end) munmap(reinterpret_cast<void*>(end), base + span - end);
   return reinterpret_cast<void*>(start);
 }
+
+// Fresh memfd-backed RAM (see the constructor); nullptr with *err, *call set.
+uint8_t* MapRam(uint64_t size, const std::string& name, int* fd_out, int* err, const char** call) {
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (fd < 0) {
+    *err = errno;
+    *call = "memfd_create";
+    return nullptr;
+  }
+  // A sparse file: pages exist once touched, as with MAP_NORESERVE anonymous memory.
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    *err = errno;
+    *call = "ftruncate";
+    close(fd);
+    return nullptr;
+  }
+  void* at = ReserveAligned(size);
+  // SAFETY: fd is a fresh memfd of exactly `size` bytes; `at` is our own
+  // reservation of that size (or null: let the kernel choose). File offset 0
+  // sits at a 2 MiB-aligned address, so shmem huge pages line up with guest
+  // 2 MiB pages too.
+  void* p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0), fd, 0);
+  if (p == MAP_FAILED) {
+    *err = errno;
+    *call = "mmap";
+    if (at) munmap(at, size);
+    close(fd);
+    return nullptr;
+  }
+  // Guest RAM is not worth dumping into a core file.
+  madvise(p, size, MADV_DONTDUMP);
+  *fd_out = fd;
+  return static_cast<uint8_t*>(p);
+}
+void UnmapRam(uint8_t* p, uint64_t size) { munmap(p, size); }
+// SAFETY (callers): [p, p+size) is our own mapping. MAP_FIXED swaps in empty
+// private pages, so a straggler reads zeros instead of faulting.
+void ReplaceWithZeroPages(uint8_t* p, uint64_t size) {
+  mmap(p, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+}
+void CloseRamFd(int fd) { if (fd >= 0) close(fd); }
+#else
+// Windows: committed private memory from VirtualAlloc (zero-filled on first
+// touch; Windows has no overcommit, so the size is charged to the commit
+// limit up front). WHvMapGpaRange maps these very pages into the guest.
+uint8_t* MapRam(uint64_t size, const std::string& name, int* fd_out, int* err, const char** call) {
+  (void)name;
+  void* p = VirtualAlloc(nullptr, static_cast<SIZE_T>(size), MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+  if (!p) {
+    *err = ENOMEM;
+    *call = "VirtualAlloc";
+    return nullptr;
+  }
+  *fd_out = -1;
+  return static_cast<uint8_t*>(p);
+}
+void UnmapRam(uint8_t* p, uint64_t size) {
+  (void)size;
+  VirtualFree(p, 0, MEM_RELEASE);
+}
+// Decommit and commit again: the range reads as fresh zero pages.
+void ReplaceWithZeroPages(uint8_t* p, uint64_t size) {
+  VirtualFree(p, static_cast<SIZE_T>(size), MEM_DECOMMIT);
+  VirtualAlloc(p, static_cast<SIZE_T>(size), MEM_COMMIT, PAGE_READWRITE);
+}
+void CloseRamFd(int fd) { (void)fd; }
+#endif
 }  // namespace
 
 Napi::Function GuestRam::Init(Napi::Env env) {
@@ -75,40 +155,20 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
     Napi::Object o = info[1].As<Napi::Object>();
     if (o.Get("name").IsString()) name = o.Get("name").As<Napi::String>().Utf8Value();
   }
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
-  if (fd < 0) {
-    ThrowErrno(env, errno, "memfd_create", nullptr, "create guest ram memfd");
-    return;
-  }
-  // A sparse file: pages exist once touched, as with MAP_NORESERVE anonymous memory.
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    int err = errno;
-    close(fd);
-    ThrowErrno(env, err, "ftruncate", nullptr, "size guest ram memfd");
-    return;
-  }
-  void* at = ReserveAligned(size);
-  // SAFETY: fd is a fresh memfd of exactly `size` bytes; `at` is our own
-  // reservation of that size (or null: let the kernel choose). File offset 0
-  // sits at a 2 MiB-aligned address, so shmem huge pages line up with guest
-  // 2 MiB pages too.
-  void* p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0), fd, 0);
-  if (p == MAP_FAILED) {
-    int err = errno;
-    if (at) munmap(at, size);
-    close(fd);
-    ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
+  int fd = -1, err = 0;
+  const char* call = "";
+  uint8_t* p = MapRam(size, name, &fd, &err, &call);
+  if (!p) {
+    ThrowErrno(env, err, call, nullptr, "map guest ram");
     return;
   }
   memfd_ = fd;
-  host_ = static_cast<uint8_t*>(p);
+  host_ = p;
   size_ = size;
   napi_type_tag_object(env, info.This(), &kGuestRamTag);
   deferred_ = std::make_shared<Deferred>();
   deferred_->host = host_;
   deferred_->size = size_;
-  // Guest RAM is not worth dumping into a core file.
-  madvise(host_, size_, MADV_DONTDUMP);
 }
 
 GuestRam::~GuestRam() {
@@ -119,13 +179,13 @@ GuestRam::~GuestRam() {
   // object, so unmapping here could strand a live view: defer if any remain.
   if (host_) {
     if (deferred_->live.load() == 0) {
-      munmap(host_, size_);
+      UnmapRam(host_, size_);
     } else {
       deferred_->unmap_when_last = true;
     }
     host_ = nullptr;
   }
-  if (memfd_ >= 0) close(memfd_);
+  CloseRamFd(memfd_);
 }
 
 // views(maxViewSize?) -> ArrayBuffer[] covering the whole range in order.
@@ -148,7 +208,7 @@ Napi::Value GuestRam::Views(const Napi::CallbackInfo& info) {
         env, host_ + off, len,
         [](Napi::Env, void*, std::shared_ptr<Deferred>* d) {
           Deferred* dd = d->get();
-          if (--dd->live == 0 && dd->unmap_when_last.load()) munmap(dd->host, dd->size);
+          if (--dd->live == 0 && dd->unmap_when_last.load() && dd->host) UnmapRam(dd->host, dd->size);
           delete d;
         },
         hint);
@@ -191,24 +251,21 @@ void GuestRam::ReleaseImpl(Napi::Env env) {
     // read the same pages.
     deferred_->unmap_when_last = true;
   } else if (all_detached && deferred_->live.load() == 0) {
-    munmap(host_, size_);
+    UnmapRam(host_, size_);
   } else if (all_detached) {
     // Detached buffers and finished pins never touch the memory again, but
     // their finalizers still hold the hint: unmap now, and tell them not to.
-    munmap(host_, size_);
+    UnmapRam(host_, size_);
     deferred_->host = nullptr;
   } else {
-    // SAFETY: MAP_FIXED over our own range swaps in empty pages; a straggler
-    // view (or pinned I/O) then reads zeros or writes into pages nobody sees
-    // instead of faulting, and the old pages are freed.
-    mmap(host_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    // A straggler view (or pinned I/O) then reads zeros or writes into pages
+    // nobody sees instead of faulting, and the old pages are freed.
+    ReplaceWithZeroPages(host_, size_);
     deferred_->unmap_when_last = true;
   }
   host_ = nullptr;
-  if (memfd_ >= 0) {
-    close(memfd_);
-    memfd_ = -1;
-  }
+  CloseRamFd(memfd_);
+  memfd_ = -1;
 }
 
 GuestRam::IoPin::IoPin(std::shared_ptr<GuestRamDeferred> d) : d_(std::move(d)) {
@@ -230,7 +287,7 @@ void GuestRam::IoPin::End() {
 
 GuestRam::IoPin::~IoPin() {
   d_->pins--;
-  if (--d_->live == 0 && d_->unmap_when_last.load()) munmap(d_->host, d_->size);
+  if (--d_->live == 0 && d_->unmap_when_last.load() && d_->host) UnmapRam(d_->host, d_->size);
 }
 
 GuestRam* GuestRam::FromValue(Napi::Env env, Napi::Value v) {
@@ -264,9 +321,15 @@ Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
   if (info.Length() > 1 && !GetU64(info[1], &off)) return ThrowUsage(env, "offset must be an integer");
   if (info.Length() > 2 && !GetU64(info[2], &len)) return ThrowUsage(env, "length must be an integer");
   if (off > size_ || len > size_ - off || (off & 0xfff)) return ThrowUsage(env, "advise range outside guest ram");
-  int advice = what == "dontneed" ? MADV_REMOVE : what == "hugepage" ? MADV_HUGEPAGE : -1;
-  if (advice < 0) return ThrowUsage(env, "unknown advice " + what);
+  if (what != "dontneed" && what != "hugepage") return ThrowUsage(env, "unknown advice " + what);
+#if defined(_WIN32)
+  // No transparent huge pages to ask for; "dontneed" decommits and commits
+  // again, which frees the pages and leaves zeros.
+  if (what == "dontneed") ReplaceWithZeroPages(host_ + off, len);
+#else
+  int advice = what == "dontneed" ? MADV_REMOVE : MADV_HUGEPAGE;
   if (madvise(host_ + off, len, advice) != 0) return ThrowErrno(env, errno, "madvise", nullptr, "advise guest ram");
+#endif
   return env.Undefined();
 }
 

@@ -1,7 +1,7 @@
 // The seam between the policy-free run loop and a concrete hypervisor.
 // A backend decodes its own exit structure into `DecodedExit`; the run loop
 // (vcpu_thread.cc) routes it to native handlers or JS without knowing
-// whether it came from KVM (today), WHP or arm64 KVM (later).
+// whether it came from KVM (x86_64, arm64) or WHP (Windows).
 #pragma once
 
 #include <cstdint>
@@ -38,14 +38,31 @@ struct DecodedExit {
   uint32_t ndetail = 0;
 };
 
+// The run loop's answer to one port or MMIO exit (routes, shadows, posted
+// writes, the mailbox to JS): false when the vCPU is being stopped.
+// Backends whose instruction emulator calls back once per access from inside
+// their guest entry (WHP's WinHvEmulation) call it from Run(); KVM returns
+// the exit from Run() and the run loop calls it itself.
+class IoHandler {
+ public:
+  virtual bool HandleIo(const DecodedExit& exit) = 0;
+
+ protected:
+  ~IoHandler() = default;
+};
+
 // A vCPU as the run loop sees it.
 class VcpuBackend {
  public:
   virtual ~VcpuBackend() = default;
+  // The run loop hands itself over once, before the first Run().
+  virtual void SetIoHandler(IoHandler* handler) { (void)handler; }
   // Enter the guest once; returns the decoded exit. Never throws.
   virtual DecodedExit Run() = 0;
-  // Ask the next/current Run() to return promptly (async-signal-safe part is
-  // the caller's signal; this sets the backend's own flag).
+  // Ask the next/current Run() to return promptly. KVM sets immediate_exit
+  // and the caller adds the kick signal; WHP cancels the run
+  // (WHvCancelRunVirtualProcessor), which also makes a run not yet entered
+  // return at once.
   virtual void RequestImmediateExit(bool on) = 0;
 };
 

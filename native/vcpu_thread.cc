@@ -5,23 +5,20 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
-#include <linux/futex.h>
+#if !defined(_WIN32)
 #include <pthread.h>
 #include <signal.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#endif
 
+#include <cstdio>
 #include <cstring>
 
 #include "vcpu_thread.h"
+#include "wait_word.h"
 
 namespace nodevmm {
 
 namespace {
-long Futex(std::atomic<int32_t>* addr, int op, int32_t val) {
-  // SAFETY: addr is a 4-byte aligned atomic int inside a live VcpuShared.
-  return syscall(SYS_futex, reinterpret_cast<int32_t*>(addr), op, val, nullptr, nullptr, 0);
-}
 // How long a vCPU spins for JS's answer before sleeping: long enough to
 // cover a busy event loop's handler, short enough not to burn a core.
 constexpr int kSpinIterations = 4000;
@@ -38,6 +35,7 @@ VcpuThread::VcpuThread(VmChannel* channel, VcpuBackend* backend, uint32_t index)
     : channel_(channel), backend_(backend), index_(index), shared_(std::make_shared<VcpuShared>()) {
   std::memset(static_cast<void*>(shared_.get()), 0, sizeof(VcpuShared));
   shared_->mailbox.vcpu_index = index;
+  backend_->SetIoHandler(this);
 }
 
 VcpuThread::~VcpuThread() {
@@ -59,9 +57,12 @@ bool VcpuThread::Start(std::string* err) {
   thread_ = std::thread([this, &ready, &rmu, &rcv] {
     {
       std::lock_guard<std::mutex> k(kick_mu_);
+#if !defined(_WIN32)
       tid_ = pthread_self();
+#endif
       thread_alive_ = true;
     }
+#if !defined(_WIN32)
     char name[16];
     snprintf(name, sizeof name, "nodevmm-vcpu%u", index_);
     pthread_setname_np(pthread_self(), name);
@@ -69,6 +70,7 @@ bool VcpuThread::Start(std::string* err) {
     sigemptyset(&set);
     sigaddset(&set, KickSignal());
     pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+#endif
     {
       // Notify under the lock: rmu and rcv live on Start()'s stack, which
       // may unwind as soon as the waiter can see `ready`.
@@ -91,8 +93,12 @@ bool VcpuThread::Start(std::string* err) {
 void VcpuThread::Kick() {
   backend_->RequestImmediateExit(true);
   std::atomic_thread_fence(std::memory_order_release);
+#if !defined(_WIN32)
+  // KVM: immediate_exit only covers a KVM_RUN not yet entered; the signal
+  // interrupts one in progress. (WHP's cancel covers both.)
   std::lock_guard<std::mutex> k(kick_mu_);
   if (thread_alive_) pthread_kill(tid_, KickSignal());
+#endif
 }
 
 void VcpuThread::Resume() {
@@ -140,8 +146,8 @@ void VcpuThread::Stop() {
   // rep string loop), its next mailbox step sees ABORTED and it leaves.
   ExitMailbox& mb = shared_->mailbox;
   mb.state.exchange(kMailboxAborted, std::memory_order_seq_cst);
-  Futex(&mb.state, FUTEX_WAKE, INT32_MAX);
-  // In KVM_RUN (or about to enter it): immediate_exit plus the signal.
+  WakeAll(&mb.state);
+  // In the guest (or about to enter it): the backend's kick.
   if (started_) Kick();
 }
 
@@ -244,7 +250,7 @@ bool VcpuThread::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint6
     // but do not rely on one mechanism for leaving.
     if (request_.load(std::memory_order_acquire) == kRequestStop) return false;
     mb.sleeping.store(1, std::memory_order_seq_cst);
-    if (mb.state.load(std::memory_order_seq_cst) == kMailboxPending) Futex(&mb.state, FUTEX_WAIT, kMailboxPending);
+    if (mb.state.load(std::memory_order_seq_cst) == kMailboxPending) WaitWhileEquals(&mb.state, kMailboxPending);
     mb.sleeping.store(0, std::memory_order_relaxed);
     if (mb.state.load(std::memory_order_acquire) != kMailboxPending) break;
   }

@@ -5,7 +5,9 @@
 // through a VmChannel (vm_channel.h), so it compiles for any backend.
 #pragma once
 
+#if !defined(_WIN32)
 #include <pthread.h>
+#endif
 
 #include <atomic>
 #include <condition_variable>
@@ -23,7 +25,7 @@ namespace nodevmm {
 enum class VcpuState { kCreated, kPaused, kRunning, kExited, kJoined };
 enum VcpuRequest : int32_t { kRequestNone = 0, kRequestPause = 1, kRequestStop = 2 };
 
-class VcpuThread {
+class VcpuThread final : public IoHandler {
  public:
   // `backend` must outlive this object (its owner declares it first).
   VcpuThread(VmChannel* channel, VcpuBackend* backend, uint32_t index);
@@ -39,10 +41,11 @@ class VcpuThread {
   uint32_t index() const { return index_; }
   VcpuShared* shared() { return shared_.get(); }
   std::shared_ptr<VcpuShared> shared_ref() { return shared_; }
+  // IoHandler: one port/MMIO exit through routes, shadows, posted writes or JS.
+  bool HandleIo(const DecodedExit& exit) override;
 
  private:
   void ThreadMain();
-  bool HandleIo(const DecodedExit& exit);
   bool DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint64_t address, uint8_t* data);
   bool PostWrite(uint32_t kind, uint32_t size, uint64_t address, uint64_t value);
   void Kick();
@@ -52,7 +55,9 @@ class VcpuThread {
   uint32_t index_;
   std::shared_ptr<VcpuShared> shared_;
   std::thread thread_;
+#if !defined(_WIN32)
   pthread_t tid_{};
+#endif
   // Guards tid_/thread_alive_ so a kick never targets a finished thread.
   std::mutex kick_mu_;
   bool thread_alive_ = false;
@@ -64,8 +69,10 @@ class VcpuThread {
   bool started_ = false;
 };
 
-// The kick signal; its handler does nothing but interrupt the guest entry.
+#if !defined(_WIN32)
+// The kick signal (KVM); its handler does nothing but interrupt the guest entry.
 int KickSignal();
 void InstallKickHandler();
+#endif
 
 }  // namespace nodevmm
