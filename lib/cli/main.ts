@@ -30,7 +30,8 @@ commands:
   run     boot a Linux kernel (Linux Direct) or an IGVM image   (nodevmm run --help)
   igvm    inspect or build IGVM images
 
-environment: needs /dev/kvm (read/write) on Linux x86_64 or arm64.`;
+environment: needs /dev/kvm (read/write) on Linux x86_64 or arm64, or Windows Hypervisor
+Platform on Windows x64 (docs/windows.md).`;
 
 /** Errors caused by what the user gave us: exit 2. */
 function isUsageError(e: unknown): boolean {
@@ -104,7 +105,7 @@ const SIGNAL_EXIT = SIGNAL_EXIT_CODES;
 async function runVm(args: RunArgs): Promise<number> {
   const hv = openHypervisor();
   const probe = hv.probe();
-  if (!probe.ok) throw new HypervisorUnavailableError('ERR_NO_KVM', probe.message);
+  if (!probe.ok) throw new HypervisorUnavailableError(hv.name === 'whp' ? 'ERR_NO_WHP' : 'ERR_NO_KVM', probe.message);
   // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
   const { config, paths } = readBootImages(args.config);
   const vm = await createVm(config);

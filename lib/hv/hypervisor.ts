@@ -1,16 +1,17 @@
 /**
  * The host's hypervisor behind one interface: the VM layer asks it for
- * partitions and never names a backend. Linux gets KVM (x86_64 and arm64);
- * a Windows Hypervisor Platform backend slots in here, beside it.
+ * partitions and never names a backend. Linux gets KVM (x86_64 and arm64),
+ * Windows gets Windows Hypervisor Platform (x86_64, whp-partition.ts).
  */
 import { NodevmmError } from '../errors';
 import type { KvmArm64Partition } from './kvm-arm64-partition';
 import { KvmPartition, supportedCpuid } from './kvm-partition';
-import { nativeBinding, type CpuidEntry } from './native';
+import { nativeBinding, whpBinding, type CpuidEntry } from './native';
 import type { Arm64Partition, Arm64PartitionOptions, X86Partition, X86PartitionOptions } from './partition';
+import type { WhpPartition } from './whp-partition';
 
 export interface Hypervisor {
-  /** 'kvm' today. */
+  /** 'kvm' (Linux) or 'whp' (Windows). */
   readonly name: string;
   /** The architecture of the guests this host runs (the addon's build); loads the addon. */
   readonly arch: 'x86_64' | 'aarch64' | 'unknown';
@@ -31,14 +32,46 @@ const kvm: Hypervisor = {
     const p = nativeBinding().probe();
     return p.ok ? { ok: true } : { ok: false, message: p.message };
   },
-  createX86Partition: (opts) => new KvmPartition(opts),
+  createX86Partition: (opts) => {
+    if (opts.irqchip === 'userspace') throw new NodevmmError('ERR_UNSUPPORTED', "irqchip 'userspace' (KVM_CAP_SPLIT_IRQCHIP) is not built on this branch's KVM backend yet");
+    const { irqchip: _irqchip, ...rest } = opts;
+    return new KvmPartition(rest);
+  },
   // Loaded on first use: an x86 VM never compiles the arm64 backend (CLI start-up time).
   createArm64Partition: (opts) => new (require('./kvm-arm64-partition') as { KvmArm64Partition: typeof KvmArm64Partition }).KvmArm64Partition(opts),
   supportedCpuid: () => supportedCpuid(),
 };
 
-/** This host's hypervisor, or one sentence saying there is none yet. */
+/** The CPUID leaves the host reports, as WHP passes most of them through (no partition needed). */
+const WHP_CPUID_LEAVES = [0, 1, 7, 0x80000000, 0x80000001, 0x80000007, 0x80000008];
+
+const whp: Hypervisor = {
+  name: 'whp',
+  get arch() {
+    return whpBinding().arch;
+  },
+  probe: () => {
+    const p = whpBinding().probe();
+    return p.ok ? { ok: true } : { ok: false, message: p.message };
+  },
+  // Loaded on first use, like arm64: Linux never compiles the WHP backend.
+  createX86Partition: (opts) => {
+    const { tssAddress: _tss, identityMapAddress, ...rest } = opts;
+    // WHP needs no TSS or identity-map page; the machine's hypervisor-private page carries EOIs instead.
+    return new (require('./whp-partition') as { WhpPartition: typeof WhpPartition }).WhpPartition({ ...rest, eoiDoorbell: identityMapAddress });
+  },
+  createArm64Partition: () => {
+    throw new NodevmmError('ERR_ARCH', 'windows hypervisor platform runs x86_64 guests here; arm64 guests need KVM on an arm64 Linux host');
+  },
+  supportedCpuid: () => {
+    const b = whpBinding();
+    return WHP_CPUID_LEAVES.map((leaf) => ({ function: leaf, index: 0, flags: 0, ...b.hostCpuid(leaf, 0) }));
+  },
+};
+
+/** This host's hypervisor (KVM on Linux, WHP on Windows), or one sentence saying there is none. */
 export function openHypervisor(platform: NodeJS.Platform = process.platform): Hypervisor {
   if (platform === 'linux') return kvm;
-  throw new NodevmmError('ERR_NO_HYPERVISOR', `nodevmm has no hypervisor backend for ${platform} yet (KVM on Linux today; Windows Hypervisor Platform is planned)`);
+  if (platform === 'win32') return whp;
+  throw new NodevmmError('ERR_NO_HYPERVISOR', `nodevmm has no hypervisor backend for ${platform} (KVM on Linux, Windows Hypervisor Platform on Windows)`);
 }

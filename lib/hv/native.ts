@@ -137,6 +137,77 @@ export interface NativeFdWatcher {
 /** The shared pages' offsets as the addon reports them (exit-mailbox.ts checks them). */
 export type NativeLayout = SharedPageLayout;
 
+/** native/whp_vcpu.cc: a WHP vCPU (registers in KVM's shapes, the thread controls). */
+export interface NativeWhpVcpu {
+  readonly state: NativeVcpu['state'];
+  getRegs(): X86Regs;
+  setRegs(regs: Partial<X86Regs>): void;
+  getSregs(): X86Sregs;
+  setSregs(sregs: Partial<X86Sregs>): void;
+  getMsrs(indices: number[]): X86Msr[];
+  /** How many were set, in order: stops at the first MSR WHP does not expose as a register. */
+  setMsrs(msrs: X86Msr[]): number;
+  /** The first 1 KiB of the xAPIC page (KVM_GET_LAPIC's layout). */
+  getLapic(): Uint8Array;
+  translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
+  sharedBuffer(): ArrayBuffer;
+  start(): void;
+  resume(): void;
+  pause(): void;
+  stop(): void;
+  completeExit(): void;
+}
+
+/** WHV_INTERRUPT_CONTROL: type 0 fixed, 1 lowest priority, 4 NMI, 5 INIT, 6 SIPI; destinationMode 0 physical, 1 logical; triggerMode 0 edge, 1 level. */
+export interface WhpInterrupt {
+  type: number;
+  destinationMode: number;
+  triggerMode: number;
+  destination: number;
+  vector: number;
+}
+
+/** native/whp_vm.cc: a WHP partition, created and set up by its constructor. */
+export interface NativeWhpPartition {
+  mapGpaRange(gpa: number, ram: NativeGuestRam, readonly: boolean): void;
+  createVcpu(index: number): NativeWhpVcpu;
+  requestInterrupt(interrupt: WhpInterrupt): void;
+  /** EOIs of level-triggered interrupts become 4-byte MMIO writes of the vector at `gpa` (0: dropped). */
+  setEoiTarget(gpa: number): void;
+  /** MSR accesses WHP does not implement, answered natively (reads 0, writes dropped). */
+  msrCounts(): { readsIgnored: bigint; writesIgnored: bigint };
+  setRoutes(routes: NativeRoute[]): void;
+  controlBuffer(): ArrayBuffer;
+  setNotify(fn: () => void): void;
+  takeEvents(): NativeEvent[];
+  ref(): void;
+  unref(): void;
+  destroy(): void;
+}
+
+export interface WhpPartitionNativeOptions {
+  processorCount: number;
+  /** WHV_X64_LOCAL_APIC_EMULATION_MODE: 0 none, 1 xAPIC, 2 x2APIC. */
+  apic: 0 | 1 | 2;
+  /** Exit on MSRs WHP does not implement (answered natively) instead of a #GP in the guest. */
+  msrExits: boolean;
+  /** Exceptions (bit = vector) that exit instead of reaching the guest. */
+  exceptionBitmap?: number;
+  /** CPUID answers that replace WHP's (index 0xffffffff: any subleaf); each function listed exits. */
+  cpuidOverrides?: CpuidEntry[];
+}
+
+/** The Windows build of the addon (native/addon.cc under _WIN32). */
+export interface NativeWhpBinding {
+  backend: 'whp';
+  arch: 'x86_64' | 'aarch64' | 'unknown';
+  probe(): { ok: true } | { ok: false; code: string; message: string };
+  hostCpuid(leaf: number, subleaf?: number): { eax: number; ebx: number; ecx: number; edx: number };
+  GuestRam: new (size: number, opts?: { name?: string }) => NativeGuestRam;
+  WhpPartition: new (opts: WhpPartitionNativeOptions) => NativeWhpPartition;
+  layout(): NativeLayout;
+}
+
 export interface NativeBinding {
   backend: 'kvm';
   arch: 'x86_64' | 'aarch64' | 'unknown';
@@ -198,6 +269,13 @@ export interface NativeBinding {
 
 let cached: NativeBinding | undefined;
 let loadError: Error | undefined;
+
+/** The Windows addon (WHP), loaded once; throws on a KVM build. */
+export function whpBinding(): NativeWhpBinding {
+  const b = nativeBinding() as unknown as NativeWhpBinding | NativeBinding;
+  if (b.backend !== 'whp') throw new HypervisorUnavailableError('ERR_NATIVE_ADDON', `the nodevmm addon here was built for ${b.backend}, not for Windows Hypervisor Platform`);
+  return b;
+}
 
 /** The addon, loaded once. Throws HypervisorUnavailableError when it cannot be loaded. */
 export function nativeBinding(): NativeBinding {

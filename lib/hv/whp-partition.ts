@@ -1,0 +1,285 @@
+/**
+ * The Windows Hypervisor Platform backend (x86_64): a WHP partition from the
+ * addon's Windows build (native/whp_vm.cc), its vCPU threads (the same
+ * native/vcpu_thread.cc as KVM's), guest RAM mapped with WHvMapGpaRange from
+ * the very pages JS sees, and the x86 registers of each vCPU. WHP emulates
+ * the local APICs (xAPIC mode); it has no IOAPIC, 8259 PIC or PIT, so the
+ * partition is always irqchip 'userspace': a userspace IOAPIC reaches the
+ * local APICs through `localApicBus` (MSI messages become WHvRequestInterrupt
+ * calls). Everything else a partition does is the neutral core's.
+ * Compiled and loaded under Wine in CI; never run on a real hypervisor
+ * there (docs/windows.md).
+ */
+import { NodevmmError } from '../errors';
+import type { GuestMemory } from '../memory/guest-memory';
+import { hex } from '../util/bytes';
+import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from './backend';
+import { checkLayout, EXIT_KIND_PIO, VcpuSharedView } from './exit-mailbox';
+import { native, whpBinding, type CpuidEntry, type NativeGuestRam, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpPartitionNativeOptions } from './native';
+import { PartitionCore } from './partition-core';
+import type { LocalApicBus, NotifyOps, PendingExit, VcpuStop, X86MsiMessage, X86Partition, X86PartitionOptions, X86VirtualProcessor } from './partition';
+import type { Route } from './route-table';
+import { whpInterruptFromMsi } from './whp-interrupt';
+import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
+
+/** The most vCPUs a WHP partition may have here (as KVM's MAX_VCPUS). */
+export const WHP_MAX_VCPUS = 255;
+/** WHV_X64_LOCAL_APIC_EMULATION_MODE xAPIC: the mode the machine's MADT describes. */
+const APIC_XAPIC = 1;
+
+function unsupported(what: string): never {
+  throw new NodevmmError('ERR_UNSUPPORTED', `${what} is not available on Windows Hypervisor Platform yet (docs/windows.md)`);
+}
+
+/** One WHP vCPU's run thread (native/vcpu_thread.cc, entered through whp_vcpu_run.cc). */
+class WhpVcpuRunner implements VcpuRunner {
+  readonly shared: VcpuSharedView;
+  constructor(
+    readonly native: NativeWhpVcpu,
+    ringEntries: number,
+  ) {
+    this.shared = new VcpuSharedView(native.sharedBuffer(), ringEntries);
+  }
+  start(): void {
+    native(() => this.native.start());
+  }
+  resume(): void {
+    this.native.resume();
+  }
+  pause(): void {
+    this.native.pause();
+  }
+  stop(): void {
+    this.native.stop();
+  }
+  completeExit(): void {
+    this.native.completeExit();
+  }
+}
+
+/** An x86 vCPU on WHP: registers in KVM's shapes (x86-state.ts). */
+export class WhpX86Vcpu implements X86VirtualProcessor {
+  constructor(
+    readonly index: number,
+    readonly runner: WhpVcpuRunner,
+  ) {}
+  private get native(): NativeWhpVcpu {
+    return this.runner.native;
+  }
+  get state(): string {
+    return this.native.state;
+  }
+  pendingExit(): PendingExit | undefined {
+    const sh = this.runner.shared;
+    return sh.pending ? { kind: sh.kind === EXIT_KIND_PIO ? 'port' : 'mmio', write: !!sh.isWrite, size: sh.size, address: Number(sh.address) } : undefined;
+  }
+  getRegs(): X86Regs {
+    return native(() => this.native.getRegs());
+  }
+  setRegs(regs: Partial<X86Regs>): void {
+    native(() => this.native.setRegs(regs));
+  }
+  getSregs(): X86Sregs {
+    return native(() => this.native.getSregs());
+  }
+  setSregs(sregs: Partial<X86Sregs>): void {
+    native(() => this.native.setSregs(sregs));
+  }
+  getMsrs(indices: number[]): X86Msr[] {
+    return native(() => this.native.getMsrs(indices));
+  }
+  /** Sets every MSR or throws naming the first one WHP does not expose. */
+  setMsrs(msrs: X86Msr[]): void {
+    const n = native(() => this.native.setMsrs(msrs));
+    if (n !== msrs.length) {
+      const bad = msrs[n]!;
+      throw new NodevmmError('ERR_WHP_MSR', `windows hypervisor platform has no register for msr ${hex(bad.index)} (value ${hex(bad.value)}) on vcpu ${this.index}`);
+    }
+  }
+  /** WHP keeps the activity state itself; a vCPU reads as runnable (KVM_MP_STATE_RUNNABLE). */
+  getMpState(): number {
+    return 0;
+  }
+  setMpState(state: number): void {
+    if (state !== 0) unsupported(`setting mp_state ${state}`);
+  }
+  getLapic(): Uint8Array {
+    return native(() => this.native.getLapic());
+  }
+  stopSite(memory: GuestMemory): StopSite {
+    const rip = this.getRegs().rip;
+    const site: StopSite = { at: `rip ${hex(rip)}`, rip };
+    try {
+      const t = this.native.translate(this.getSregs().cs.base + rip);
+      if (t.valid && memory.isRam(Number(t.gpa), 15)) site.instructionBytes = memory.read(Number(t.gpa), 15);
+    } catch {
+      // best effort
+    }
+    return site;
+  }
+}
+
+/** The WHP side of a partition (backend.ts's PartitionBackend). */
+export class WhpBackend implements PartitionBackend<WhpX86Vcpu> {
+  readonly name = 'whp';
+  readonly runCall = 'WHvRunVirtualProcessor';
+  readonly vcpus: readonly WhpX86Vcpu[];
+  readonly runners: readonly WhpVcpuRunner[];
+  readonly control: ArrayBuffer;
+  /** WHP's partition time is not frozen across a pause here (WHvSuspendPartitionTime is not used yet). */
+  readonly clock = undefined;
+
+  constructor(
+    readonly binding: NativeWhpBinding,
+    readonly partition: NativeWhpPartition,
+  ) {
+    this.control = native(() => partition.controlBuffer());
+    this.vcpus = [];
+    this.runners = [];
+  }
+
+  /** Create the vCPUs (after construction, so a failure can destroy the partition). */
+  addVcpus(count: number, ringEntries: number): void {
+    const vcpus = this.vcpus as WhpX86Vcpu[];
+    const runners = this.runners as WhpVcpuRunner[];
+    for (let i = 0; i < count; i++) {
+      const v = new WhpX86Vcpu(i, new WhpVcpuRunner(native(() => this.partition.createVcpu(i)), ringEntries));
+      vcpus.push(v);
+      runners.push(v.runner);
+    }
+  }
+
+  allocateRam(size: number, opts: { name: string }): HostRam {
+    return native(() => new this.binding.GuestRam(size, opts));
+  }
+  mapRam(_slot: number, gpa: number, ram: HostRam, readonly: boolean): void {
+    native(() => this.partition.mapGpaRange(gpa, ram as NativeGuestRam, readonly));
+  }
+  transfer(): void {
+    unsupported('disk i/o straight into guest pages (native/block_io.cc is Linux-only)');
+  }
+  transferNow(): number {
+    unsupported('disk i/o straight into guest pages (native/block_io.cc is Linux-only)');
+  }
+  setRoutes(routes: Route[]): void {
+    native(() => this.partition.setRoutes(routes));
+  }
+  onNotify(fn: () => void): void {
+    this.partition.setNotify(fn);
+  }
+  takeEvents(): VcpuEvent[] {
+    return this.partition.takeEvents();
+  }
+  irqLine(irq: number): void {
+    throw new NodevmmError(
+      'ERR_NO_IRQCHIP',
+      `windows hypervisor platform has no IOAPIC or PIC to raise irq ${irq} on: drive device interrupts through a userspace IOAPIC on the partition's localApicBus`,
+    );
+  }
+  notifyOps(): NotifyOps {
+    unsupported('eventfd kicks and irqfd interrupts (vhost, ioeventfd queue notifiers)');
+  }
+  ref(): void {
+    this.partition.ref();
+  }
+  unref(): void {
+    this.partition.unref();
+  }
+  stopSite(vcpu: number, memory: GuestMemory): StopSite | undefined {
+    try {
+      return this.vcpus[vcpu]!.stopSite(memory);
+    } catch {
+      return undefined;
+    }
+  }
+  systemEvent(): NonNullable<VcpuStop['systemEvent']> {
+    return 'other';
+  }
+  destroy(): void {
+    this.partition.destroy();
+  }
+}
+
+export interface WhpPartitionOptions extends Omit<X86PartitionOptions, 'tssAddress' | 'identityMapAddress'> {
+  /**
+   * A guest-physical page outside RAM where EOIs of level-triggered
+   * interrupts arrive as MMIO writes of the vector (WHP's ApicEoi exit);
+   * the partition claims it on its MMIO bus and hands them to
+   * `localApicBus.onEoi`. The machine passes its hypervisor-private page
+   * (X86PartitionOptions.identityMapAddress, which WHP needs for nothing else).
+   */
+  eoiDoorbell?: number;
+  /** CPUID answers that replace WHP's (each listed function exits to native code). Default: none, WHP's own CPUID. */
+  cpuidOverrides?: CpuidEntry[];
+  /** Exceptions (bit = vector) that stop the vCPU instead of reaching the guest. Default 0. */
+  exceptionBitmap?: number;
+}
+
+/** Open a WHP partition with its vCPUs (processor count, xAPIC, MSR exits), or throw one sentence. */
+function whpBackend(opts: WhpPartitionOptions, binding: NativeWhpBinding): WhpBackend {
+  if (!Number.isInteger(opts.vcpus) || opts.vcpus < 1 || opts.vcpus > WHP_MAX_VCPUS) {
+    throw new NodevmmError('ERR_INVALID_ARG', `vcpu count ${opts.vcpus} must be an integer from 1 to ${WHP_MAX_VCPUS}`);
+  }
+  if (opts.irqchip === 'kernel') {
+    throw new NodevmmError('ERR_INVALID_ARG', "windows hypervisor platform has no in-kernel IOAPIC, PIC or PIT: create the partition with irqchip 'userspace'");
+  }
+  const layout = binding.layout();
+  checkLayout(layout);
+  const nativeOpts: WhpPartitionNativeOptions = {
+    processorCount: opts.vcpus,
+    apic: APIC_XAPIC,
+    msrExits: true,
+  };
+  if (opts.cpuidOverrides) nativeOpts.cpuidOverrides = opts.cpuidOverrides;
+  if (opts.exceptionBitmap) nativeOpts.exceptionBitmap = opts.exceptionBitmap;
+  const partition = native(() => new binding.WhpPartition(nativeOpts));
+  try {
+    const backend = new WhpBackend(binding, partition);
+    backend.addVcpus(opts.vcpus, layout.ringEntries);
+    if (opts.eoiDoorbell !== undefined) native(() => partition.setEoiTarget(opts.eoiDoorbell!));
+    return backend;
+  } catch (e) {
+    partition.destroy();
+    throw e;
+  }
+}
+
+/** An x86_64 partition on Windows Hypervisor Platform. */
+export class WhpPartition extends PartitionCore<WhpX86Vcpu, WhpBackend> implements X86Partition {
+  /** Where a userspace IOAPIC sends its interrupts (always present: WHP has no other). */
+  readonly localApicBus: LocalApicBus;
+  private eoiListeners: Array<(vector: number) => void> = [];
+
+  constructor(opts: WhpPartitionOptions, binding: NativeWhpBinding = whpBinding()) {
+    super(whpBackend(opts, binding), opts.dispatchSpinUs);
+    const partition = this.backend.partition;
+    if (opts.eoiDoorbell !== undefined) {
+      // A 4-byte write of the EOI'd vector (native/whp_vcpu_run.cc); a guest
+      // writing there itself only makes its own IOAPIC re-check a pin.
+      this.mmio.register(opts.eoiDoorbell, 4, {
+        name: 'whp-eoi-doorbell',
+        read: () => 0,
+        write: (_offset, _size, value) => {
+          for (const fn of this.eoiListeners) fn(value & 0xff);
+        },
+      });
+    }
+    this.localApicBus = {
+      signalMsi: (message: X86MsiMessage) => {
+        this.assertAlive('interrupt');
+        const irq = whpInterruptFromMsi(message);
+        native(() => partition.requestInterrupt(irq));
+      },
+      // WHvRequestInterrupt carries the trigger mode with each interrupt: WHP needs no pin table.
+      setPinRoutes: () => undefined,
+      onEoi: (fn) => {
+        this.eoiListeners.push(fn);
+      },
+    };
+  }
+
+  /** MSR accesses WHP does not implement, answered natively (reads 0, writes dropped). */
+  msrCounts(): { readsIgnored: bigint; writesIgnored: bigint } {
+    return this.backend.partition.msrCounts();
+  }
+}
