@@ -6,8 +6,7 @@
 # g++-aarch64-linux-gnu. Each build runs in a staged copy, so build/ (the
 # developer's own addon, which node-gyp-build prefers) is never touched.
 #
-# win32-x64 joins with the Windows (WHP) backend: add a `prebuild win32 x64`
-# line below with its cross toolchain (mingw) once native/ builds for it.
+# win32-x64 (the WHP backend) is scripts/build-win32.sh's: MinGW, no node-gyp.
 #
 # Usage: sh scripts/prebuilds.sh [x64] [arm64]   (default: both)
 set -eu

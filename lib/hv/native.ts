@@ -299,7 +299,7 @@ export function nativeBinding(): NativeBinding {
   } catch (e) {
     loadError = new HypervisorUnavailableError(
       'ERR_NATIVE_ADDON',
-      `the nodevmm native addon could not be loaded (${(e as Error).message.split('\n')[0]}); run npm install (or npm run build:native) on this machine`,
+      `the nodevmm native addon could not be loaded (${(e as Error).message.split(/\r?\n/)[0]}); run npm install (or npm run build:native) on this machine`,
     );
     throw loadError;
   }
