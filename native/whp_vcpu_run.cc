@@ -103,17 +103,13 @@ DecodedExit WhpVcpuRun::Run() {
     case WHvRunVpExitReasonX64Halt:
       x = Halt(ctx);
       break;
-    case WHvRunVpExitReasonX64ApicEoi: {
-      // A level-triggered interrupt was EOI'd: the userspace IOAPIC must
-      // clear its Remote IRR. TypeScript names where (an MMIO write of the
-      // vector, as to an IOAPIC's EOI register); without it, dropped.
-      uint64_t gpa = shared_->eoi_gpa.load(std::memory_order_acquire);
-      uint8_t data[8] = {0};
-      uint32_t vector = ctx.ApicEoi.InterruptVector;
-      std::memcpy(data, &vector, 4);
-      x = Typed(gpa == 0 || Io(ExitType::kMmio, true, 4, gpa, data) ? ExitType::kRetry : ExitType::kInterrupted);
+    case WHvRunVpExitReasonX64ApicEoi:
+      // A level-triggered interrupt was EOI'd: the userspace IOAPIC clears
+      // its Remote IRR (the run loop hands it to JS, mailbox kind 3, before
+      // this vCPU runs on).
+      x.type = ExitType::kIoapicEoi;
+      x.address = ctx.ApicEoi.InterruptVector;
       break;
-    }
     case WHvRunVpExitReasonX64Cpuid:
       x = Cpuid(ctx);
       break;

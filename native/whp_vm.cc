@@ -47,7 +47,6 @@ Napi::Function WhpPartition::Init(Napi::Env env) {
                          InstanceMethod("mapGpaRange", &WhpPartition::MapGpaRange),
                          InstanceMethod("createVcpu", &WhpPartition::CreateVcpu),
                          InstanceMethod("requestInterrupt", &WhpPartition::RequestInterrupt),
-                         InstanceMethod("setEoiTarget", &WhpPartition::SetEoiTarget),
                          InstanceMethod("msrCounts", &WhpPartition::MsrCounts),
                          InstanceMethod("setRoutes", &WhpPartition::SetRoutes),
                          InstanceMethod("controlBuffer", &WhpPartition::ControlBuffer),
@@ -258,16 +257,6 @@ Napi::Value WhpPartition::RequestInterrupt(const Napi::CallbackInfo& info) {
   if (FAILED(hr)) return ThrowHresult(env, "WHvRequestInterrupt", hr, "request interrupt");
   // A vCPU idling in HLT enters the guest again at once to take it.
   for (auto& v : vcpus_) v->run().Wake();
-  return env.Undefined();
-}
-
-// setEoiTarget(gpa): EOIs of level-triggered interrupts become 4-byte MMIO
-// writes of the vector there (the userspace IOAPIC's EOI register); 0 drops them.
-Napi::Value WhpPartition::SetEoiTarget(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uint64_t gpa = 0;
-  if (!GetU64(info[0], &gpa)) return ThrowUsage(env, "gpa must be an integer");
-  shared_->eoi_gpa.store(gpa, std::memory_order_release);
   return env.Undefined();
 }
 

@@ -43,13 +43,12 @@ struct WhpCpuidOverride {
 };
 
 // What every vCPU of one partition shares: the handle, RAM slots, CPUID
-// overrides, and the EOI forwarding address (0: EOIs are dropped).
+// overrides, and counters of the MSR accesses answered natively.
 struct WhpShared {
   WHV_PARTITION_HANDLE handle = nullptr;
   std::mutex slots_mu;
   std::vector<WhpSlot> slots;
   std::vector<WhpCpuidOverride> cpuid;
-  std::atomic<uint64_t> eoi_gpa{0};
   std::atomic<uint64_t> msr_reads_ignored{0};
   std::atomic<uint64_t> msr_writes_ignored{0};
 };
@@ -118,7 +117,6 @@ class WhpPartition : public Napi::ObjectWrap<WhpPartition> {
   Napi::Value MapGpaRange(const Napi::CallbackInfo& info);
   Napi::Value CreateVcpu(const Napi::CallbackInfo& info);
   Napi::Value RequestInterrupt(const Napi::CallbackInfo& info);
-  Napi::Value SetEoiTarget(const Napi::CallbackInfo& info);
   Napi::Value MsrCounts(const Napi::CallbackInfo& info);
   Napi::Value SetRoutes(const Napi::CallbackInfo& info);
   Napi::Value ControlBuffer(const Napi::CallbackInfo& info);

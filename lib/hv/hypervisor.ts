@@ -56,9 +56,9 @@ const whp: Hypervisor = {
   },
   // Loaded on first use, like arm64: Linux never compiles the WHP backend.
   createX86Partition: (opts) => {
-    const { tssAddress: _tss, identityMapAddress, ...rest } = opts;
-    // WHP needs no TSS or identity-map page; the machine's hypervisor-private page carries EOIs instead.
-    return new (require('./whp-partition') as { WhpPartition: typeof WhpPartition }).WhpPartition({ ...rest, eoiDoorbell: identityMapAddress });
+    // WHP needs no TSS or identity-map page.
+    const { tssAddress: _tss, identityMapAddress: _idmap, ...rest } = opts;
+    return new (require('./whp-partition') as { WhpPartition: typeof WhpPartition }).WhpPartition(rest);
   },
   createArm64Partition: () => {
     throw new NodevmmError('ERR_ARCH', 'windows hypervisor platform runs x86_64 guests here; arm64 guests need KVM on an arm64 Linux host');

@@ -172,8 +172,6 @@ export interface NativeWhpPartition {
   mapGpaRange(gpa: number, ram: NativeGuestRam, readonly: boolean): void;
   createVcpu(index: number): NativeWhpVcpu;
   requestInterrupt(interrupt: WhpInterrupt): void;
-  /** EOIs of level-triggered interrupts become 4-byte MMIO writes of the vector at `gpa` (0: dropped). */
-  setEoiTarget(gpa: number): void;
   /** MSR accesses WHP does not implement, answered natively (reads 0, writes dropped). */
   msrCounts(): { readsIgnored: bigint; writesIgnored: bigint };
   setRoutes(routes: NativeRoute[]): void;

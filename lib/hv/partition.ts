@@ -118,7 +118,8 @@ export type FileIoMode = 'pool' | 'nowait' | 'inline';
 
 /** An exit a vCPU is waiting on JavaScript for (diagnosis). */
 export interface PendingExit {
-  kind: 'port' | 'mmio';
+  /** 'eoi': the guest EOId a vector a userspace IOAPIC watches (address: the vector). */
+  kind: 'port' | 'mmio' | 'eoi';
   write: boolean;
   size: number;
   address: number;

@@ -14,7 +14,7 @@ import { NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
 import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from './backend';
-import { checkLayout, EXIT_KIND_PIO, VcpuSharedView } from './exit-mailbox';
+import { checkLayout, EXIT_KIND_EOI, EXIT_KIND_PIO, VcpuSharedView } from './exit-mailbox';
 import { native, whpBinding, type CpuidEntry, type NativeGuestRam, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpPartitionNativeOptions } from './native';
 import { PartitionCore } from './partition-core';
 import type { LocalApicBus, NotifyOps, PendingExit, VcpuStop, X86MsiMessage, X86Partition, X86PartitionOptions, X86VirtualProcessor } from './partition';
@@ -71,7 +71,9 @@ export class WhpX86Vcpu implements X86VirtualProcessor {
   }
   pendingExit(): PendingExit | undefined {
     const sh = this.runner.shared;
-    return sh.pending ? { kind: sh.kind === EXIT_KIND_PIO ? 'port' : 'mmio', write: !!sh.isWrite, size: sh.size, address: Number(sh.address) } : undefined;
+    if (!sh.pending) return undefined;
+    const kind = sh.kind === EXIT_KIND_PIO ? 'port' : sh.kind === EXIT_KIND_EOI ? 'eoi' : 'mmio';
+    return { kind, write: !!sh.isWrite, size: sh.size, address: Number(sh.address) };
   }
   getRegs(): X86Regs {
     return native(() => this.native.getRegs());
@@ -200,15 +202,8 @@ export class WhpBackend implements PartitionBackend<WhpX86Vcpu> {
   }
 }
 
+/** WHP needs no TSS or identity-map page (X86PartitionOptions' are ignored). */
 export interface WhpPartitionOptions extends Omit<X86PartitionOptions, 'tssAddress' | 'identityMapAddress'> {
-  /**
-   * A guest-physical page outside RAM where EOIs of level-triggered
-   * interrupts arrive as MMIO writes of the vector (WHP's ApicEoi exit);
-   * the partition claims it on its MMIO bus and hands them to
-   * `localApicBus.onEoi`. The machine passes its hypervisor-private page
-   * (X86PartitionOptions.identityMapAddress, which WHP needs for nothing else).
-   */
-  eoiDoorbell?: number;
   /** CPUID answers that replace WHP's (each listed function exits to native code). Default: none, WHP's own CPUID. */
   cpuidOverrides?: CpuidEntry[];
   /** Exceptions (bit = vector) that stop the vCPU instead of reaching the guest. Default 0. */
@@ -236,7 +231,6 @@ function whpBackend(opts: WhpPartitionOptions, binding: NativeWhpBinding): WhpBa
   try {
     const backend = new WhpBackend(binding, partition);
     backend.addVcpus(opts.vcpus, layout.ringEntries);
-    if (opts.eoiDoorbell !== undefined) native(() => partition.setEoiTarget(opts.eoiDoorbell!));
     return backend;
   } catch (e) {
     partition.destroy();
@@ -248,33 +242,22 @@ function whpBackend(opts: WhpPartitionOptions, binding: NativeWhpBinding): WhpBa
 export class WhpPartition extends PartitionCore<WhpX86Vcpu, WhpBackend> implements X86Partition {
   /** Where a userspace IOAPIC sends its interrupts (always present: WHP has no other). */
   readonly localApicBus: LocalApicBus;
-  private eoiListeners: Array<(vector: number) => void> = [];
 
   constructor(opts: WhpPartitionOptions, binding: NativeWhpBinding = whpBinding()) {
     super(whpBackend(opts, binding), opts.dispatchSpinUs);
     const partition = this.backend.partition;
-    if (opts.eoiDoorbell !== undefined) {
-      // A 4-byte write of the EOI'd vector (native/whp_vcpu_run.cc); a guest
-      // writing there itself only makes its own IOAPIC re-check a pin.
-      this.mmio.register(opts.eoiDoorbell, 4, {
-        name: 'whp-eoi-doorbell',
-        read: () => 0,
-        write: (_offset, _size, value) => {
-          for (const fn of this.eoiListeners) fn(value & 0xff);
-        },
-      });
-    }
     this.localApicBus = {
       signalMsi: (message: X86MsiMessage) => {
         this.assertAlive('interrupt');
         const irq = whpInterruptFromMsi(message);
         native(() => partition.requestInterrupt(irq));
       },
-      // WHvRequestInterrupt carries the trigger mode with each interrupt: WHP needs no pin table.
+      // WHvRequestInterrupt carries the trigger mode with each interrupt, and
+      // WHP reports the EOI of every level-triggered one (WHvRunVpExitReasonX64ApicEoi):
+      // it needs no pin table.
       setPinRoutes: () => undefined,
-      onEoi: (fn) => {
-        this.eoiListeners.push(fn);
-      },
+      // The EOI exits (native/whp_vcpu_run.cc) come through the mailbox as kind 3.
+      onEoi: (fn) => this.setEoiHandler(fn),
     };
   }
 

@@ -7,7 +7,7 @@
  * side is compiled and loaded under Wine (test/unit/hv/wine-load.test.ts).
  */
 import test from 'ava';
-import { EXIT_KIND_MMIO, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { EXIT_KIND_EOI, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
 import { openHypervisor } from '../../../lib/hv/hypervisor';
 import { nativeBinding, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpInterrupt, type WhpPartitionNativeOptions } from '../../../lib/hv/native';
 import { WhpPartition } from '../../../lib/hv/whp-partition';
@@ -51,7 +51,6 @@ function fakeWhp() {
       return v as NativeWhpVcpu;
     },
     requestInterrupt: (irq) => void interrupts.push(irq),
-    setEoiTarget: (gpa) => void calls.push(`eoi ${gpa.toString(16)}`),
     msrCounts: () => ({ readsIgnored: 0n, writesIgnored: 0n }),
     setRoutes: () => {},
     controlBuffer: () => new ArrayBuffer(layout.controlShadow + layout.controlShadowSize),
@@ -78,11 +77,11 @@ function fakeWhp() {
 
 test('a WHP partition: processor count, xAPIC and MSR exits; vCPUs; RAM mapped from the pages JS sees', (t) => {
   const f = fakeWhp();
-  const p = new WhpPartition({ vcpus: 2, eoiDoorbell: 0xfeffc000 }, f.binding);
+  const p = new WhpPartition({ vcpus: 2 }, f.binding);
   t.deepEqual(f.opened(), { processorCount: 2, apic: 1, msrExits: true });
-  t.deepEqual(f.calls, ['vcpu 0', 'vcpu 1', 'eoi feffc000']);
+  t.deepEqual(f.calls, ['vcpu 0', 'vcpu 1']);
   p.addRam({ gpa: 0, size: 2 << 20 });
-  t.is(f.calls[3], `map 0 ${2 << 20} false`);
+  t.is(f.calls[2], `map 0 ${2 << 20} false`);
   p.memory.write(0x1000, Uint8Array.of(1, 2, 3));
   t.deepEqual([...p.memory.read(0x1000, 3)], [1, 2, 3]);
   p.destroy();
@@ -99,18 +98,19 @@ test('WHP refuses what it has not: an in-kernel irqchip, irq lines without a use
   p.destroy();
 });
 
-test("localApicBus: an MSI becomes WHvRequestInterrupt; an EOI on the doorbell reaches onEoi with the vector", (t) => {
+test('localApicBus: an MSI becomes WHvRequestInterrupt; an EOI exit reaches onEoi with the vector', (t) => {
   const f = fakeWhp();
-  const p = new WhpPartition({ vcpus: 1, eoiDoorbell: 0xfeffc000 }, f.binding);
+  const p = new WhpPartition({ vcpus: 1 }, f.binding);
   p.localApicBus.signalMsi({ address: 0xfee00000, data: 0x8041 });
   t.deepEqual(f.interrupts, [{ type: 0, destinationMode: 0, triggerMode: 1, destination: 0, vector: 0x41 }]);
   const eois: number[] = [];
   p.localApicBus.onEoi((v) => eois.push(v));
   p.start();
-  // Play native/whp_vcpu_run.cc: an ApicEoi exit is a 4-byte MMIO write of the vector at the doorbell.
+  // Play native/vcpu_thread.cc after whp_vcpu_run.cc decoded an ApicEoi exit: mailbox kind 3, address = vector.
   const sh = new VcpuSharedView(f.shared[0]!, f.ringEntries);
-  sh.u32.set([EXIT_KIND_MMIO, 1, 4, 0xfeffc000, 0, 0x41, 0, 0], 1);
+  sh.u32.set([EXIT_KIND_EOI, 1, 1, 0x41, 0, 0x41, 0, 0], 1);
   Atomics.store(sh.i32, 0, MAILBOX_PENDING);
+  t.deepEqual(p.vcpus[0]!.pendingExit(), { kind: 'eoi', write: true, size: 1, address: 0x41 });
   f.notify();
   t.deepEqual(eois, [0x41]);
   t.is(Atomics.load(sh.i32, 0), MAILBOX_DONE);
