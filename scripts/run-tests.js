@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The test runner behind `npm test`: node scripts/run-tests.js unit|kvm|e2e|all
 //  - builds with tsc (and the CLI bundle) first when dist/ is missing or older than a source file;
-//  - unit: dist/test/unit; kvm: dist/test/kvm on the local /dev/kvm (skipped without one);
+//  - unit: dist/test/unit; kvm: dist/test/kvm on the local /dev/kvm (skipped without one; on
+//    Windows the backend conformance suite against WHP, skipped without it);
 //  - e2e: dist/test/e2e directly where /dev/kvm is a real KVM, otherwise in the emulated KVM host
 //    (QEMU TCG + SVM, see docs/testing.md): one host for most files, one for each file that needs
 //    a host of another shape, up to three hosts each;
@@ -133,8 +134,22 @@ async function runUnit() {
   return runAva(files);
 }
 
+/**
+ * On Windows the kvm tier is the backend conformance suite against WHP (docs/windows.md); the
+ * other kvm files use Linux-only host features (eventfds, TAP, vsock, disk I/O into guest pages).
+ */
+const WIN32_KVM_FILES = ['15-backend-conformance.test.js'];
+
 async function runKvm() {
-  const files = testFiles(TIERS.kvm);
+  let files = testFiles(TIERS.kvm);
+  if (process.platform === 'win32') {
+    files = files.filter((f) => WIN32_KVM_FILES.includes(path.basename(f)));
+    if (files.length === 0) return skipped(files, `no backend conformance suite (${WIN32_KVM_FILES.join(', ')}) in ${TIERS.kvm}`);
+    const probe = require('../dist/lib/hv/hypervisor').openHypervisor().probe();
+    if (!probe.ok) return skipped(files, probe.message);
+    log('local Windows Hypervisor Platform: running the backend conformance suite against WHP');
+    return runAva(files);
+  }
   if (files.length === 0) return skipped(files, 'no kvm test files');
   const { detectKvm } = require('../dist/lib/testing/detect');
   const kvm = detectKvm();
