@@ -33,7 +33,7 @@ Napi::Value ThrowUsage(Napi::Env env, const std::string& message);
 // or a thrown error naming `syscall` and `what`.
 template <typename Io>
 Napi::Value NonBlockingIo(Napi::Env env, const char* syscall, const std::string& what, Io io) {
-  ssize_t n;
+  decltype(io()) n;  // ssize_t where it exists (MSVC has none)
   do n = io();
   while (n < 0 && errno == EINTR);
   if (n < 0) {

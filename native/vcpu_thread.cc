@@ -2,8 +2,11 @@
 // answers hot exits here (unclaimed ports, constant ranges, register
 // shadows, posted writes); only exits a TypeScript device must see go
 // through the mailbox.
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#endif
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
 #endif
 #if !defined(_WIN32)
 #include <pthread.h>
@@ -23,10 +26,39 @@ namespace {
 // cover a busy event loop's handler, short enough not to burn a core.
 constexpr int kSpinIterations = 4000;
 inline void CpuRelax() {
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(_M_X64)
   _mm_pause();
 #elif defined(__aarch64__)
   __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+// Atomic accesses to the control page's shadow bytes and status words, which
+// JS writes with Atomics: GCC/Clang builtins, or MSVC's intrinsics (on x64 a
+// volatile load plus a compiler barrier is an acquire load).
+inline uint8_t LoadAcquire(const uint8_t* p) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  uint8_t v = *static_cast<const volatile uint8_t*>(p);
+  _ReadWriteBarrier();
+  return v;
+#else
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+#endif
+}
+inline uint32_t LoadAcquire(const uint32_t* p) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  uint32_t v = *static_cast<const volatile uint32_t*>(p);
+  _ReadWriteBarrier();
+  return v;
+#else
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+#endif
+}
+inline void FetchAnd(uint32_t* p, uint32_t mask) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  _InterlockedAnd(reinterpret_cast<volatile long*>(p), static_cast<long>(mask));
+#else
+  __atomic_fetch_and(p, mask, __ATOMIC_ACQ_REL);
 #endif
 }
 }  // namespace
@@ -301,7 +333,7 @@ bool VcpuThread::HandleIo(const DecodedExit& x) {
       // page (checked in SetRoutes), so this is an aligned 4-byte word.
       uint32_t* isr = reinterpret_cast<uint32_t*>(&ctl->shadow[r->shadow_offset]);
       if (!x.is_write && off == r->isr_read) {
-        uint32_t v = __atomic_load_n(isr, __ATOMIC_ACQUIRE);
+        uint32_t v = LoadAcquire(isr);
         std::memcpy(data, &v, 4);
         shared_->mailbox.exits_native++;
         continue;
@@ -309,7 +341,7 @@ bool VcpuThread::HandleIo(const DecodedExit& x) {
       if (x.is_write && off == r->isr_ack) {
         uint32_t v;
         std::memcpy(&v, data, 4);
-        __atomic_fetch_and(isr, ~v, __ATOMIC_ACQ_REL);
+        FetchAnd(isr, ~v);
         shared_->mailbox.exits_native++;
         continue;
       }
@@ -317,7 +349,7 @@ bool VcpuThread::HandleIo(const DecodedExit& x) {
     // Byte 31 of a range's shadow block is JS's switch: bit 0 enables the
     // shadows, bit 1 posting. A device turns them off while its reads would
     // depend on a posted write (e.g. a UART in loopback mode).
-    uint8_t sw = (r->shadow_mask | r->posted_mask) ? __atomic_load_n(&ctl->shadow[r->shadow_offset + 31], __ATOMIC_ACQUIRE) : 0;
+    uint8_t sw = (r->shadow_mask | r->posted_mask) ? LoadAcquire(&ctl->shadow[r->shadow_offset + 31]) : 0;
     if (off < 31) {
       uint32_t bit = 1u << off;
       if (x.is_write && (r->posted_mask & bit) && (sw & 2)) {
@@ -325,7 +357,7 @@ bool VcpuThread::HandleIo(const DecodedExit& x) {
         std::memcpy(&v, data, x.size > 8 ? 8 : x.size);
         if (PostWrite(kind, x.size, x.address, v)) continue;
       } else if (!x.is_write && x.size == 1 && (r->shadow_mask & bit) && (sw & 1)) {
-        data[0] = __atomic_load_n(&ctl->shadow[r->shadow_offset + off], __ATOMIC_ACQUIRE);
+        data[0] = LoadAcquire(&ctl->shadow[r->shadow_offset + off]);
         shared_->mailbox.exits_native++;
         continue;
       }
