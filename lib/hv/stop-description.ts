@@ -13,6 +13,8 @@ export interface StopWords {
   /** Its run call ('KVM_RUN'). */
   runCall: string;
   systemEvent(subtype: number): NonNullable<VcpuStop['systemEvent']>;
+  /** What the run call's failure code means ("HRESULT 0x80370102"); default "errno N". */
+  runFailure?(code: bigint): string;
 }
 
 /** Internal-error suberror 1: the hypervisor could not emulate an instruction (KVM_INTERNAL_ERROR_EMULATION). */
@@ -41,7 +43,7 @@ export function describeStop(vcpu: number, exit: VcpuExit, site: StopSite | unde
       return stop({ kind: 'fail-entry', message: `${words.name} could not enter vcpu ${vcpu}: hardware entry failure reason ${hex(exit.detail[0] ?? 0n)}` });
     case 'internal-error': {
       const what =
-        exit.subtype === SUBERROR_EMULATION ? 'instruction emulation failed' : exit.subtype === SUBERROR_RUN_FAILED ? `${words.runCall} failed with errno ${exit.detail[0]}` : `${words.name} internal error (suberror ${exit.subtype})`;
+        exit.subtype === SUBERROR_EMULATION ? 'instruction emulation failed' : exit.subtype === SUBERROR_RUN_FAILED ? `${words.runCall} failed with ${words.runFailure ? words.runFailure(exit.detail[0] ?? 0n) : `errno ${exit.detail[0]}`}` : `${words.name} internal error (suberror ${exit.subtype})`;
       const bytes = site?.instructionBytes;
       const ib = bytes ? ` (instruction bytes ${Buffer.from(bytes).toString('hex').replace(/(..)/g, '$1 ').trim()})` : '';
       return stop({ kind: 'internal-error', suberror: exit.subtype, message: `vcpu ${vcpu}: ${what}${at}${ib}` });

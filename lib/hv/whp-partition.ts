@@ -197,6 +197,10 @@ export class WhpBackend implements PartitionBackend<WhpX86Vcpu> {
   systemEvent(): NonNullable<VcpuStop['systemEvent']> {
     return 'other';
   }
+  /** native/whp_vcpu_run.cc puts the failed call's HRESULT where KVM puts errno. */
+  runFailure(code: bigint): string {
+    return `HRESULT 0x${code.toString(16).padStart(8, '0')}`;
+  }
   destroy(): void {
     this.partition.destroy();
   }

@@ -10,7 +10,8 @@ import test from 'ava';
 import { EXIT_KIND_EOI, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
 import { openHypervisor } from '../../../lib/hv/hypervisor';
 import { nativeBinding, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpInterrupt, type WhpPartitionNativeOptions } from '../../../lib/hv/native';
-import { WhpPartition } from '../../../lib/hv/whp-partition';
+import { describeStop } from '../../../lib/hv/stop-description';
+import { WhpBackend, WhpPartition } from '../../../lib/hv/whp-partition';
 import { whpInterruptFromMsi } from '../../../lib/hv/whp-interrupt';
 
 test('an MSI message becomes the WHV_INTERRUPT_CONTROL it asks for', (t) => {
@@ -86,6 +87,12 @@ test('a WHP partition: processor count, xAPIC and MSR exits; vCPUs; RAM mapped f
   t.deepEqual([...p.memory.read(0x1000, 3)], [1, 2, 3]);
   p.destroy();
   t.true(f.calls.includes('destroy'));
+});
+
+test('a failed WHvRunVirtualProcessor is named with its HRESULT in the stop message', (t) => {
+  const words = { name: 'whp', runCall: 'WHvRunVirtualProcessor', systemEvent: () => 'other' as const, runFailure: (c: bigint) => new WhpBackend({} as NativeWhpBinding, { controlBuffer: () => new ArrayBuffer(0) } as unknown as NativeWhpPartition).runFailure(c) };
+  const stop = describeStop(0, { type: 'internal-error', rawReason: 0, subtype: 0xffff, detail: [0x80370102n] }, undefined, words);
+  t.is(stop.message, 'vcpu 0: WHvRunVirtualProcessor failed with HRESULT 0x80370102');
 });
 
 test('WHP refuses what it has not: an in-kernel irqchip, irq lines without a userspace IOAPIC, eventfds, disk transfers', (t) => {
