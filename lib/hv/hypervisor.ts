@@ -7,7 +7,7 @@ import { NodevmmError } from '../errors';
 import type { KvmArm64Partition } from './kvm-arm64-partition';
 import { KvmPartition, supportedCpuid } from './kvm-partition';
 import { nativeBinding, whpBinding, type CpuidEntry } from './native';
-import type { Arm64Partition, Arm64PartitionOptions, X86Partition, X86PartitionOptions } from './partition';
+import type { Arm64Partition, Arm64PartitionOptions, X86Irqchip, X86Partition, X86PartitionOptions } from './partition';
 import type { WhpPartition } from './whp-partition';
 
 export interface Hypervisor {
@@ -21,6 +21,8 @@ export interface Hypervisor {
   createArm64Partition(opts: Arm64PartitionOptions): Arm64Partition;
   /** The CPUID leaves the hypervisor can give an x86 guest. */
   supportedCpuid(): CpuidEntry[];
+  /** Where this host can put an x86 partition's interrupt controllers (X86PartitionOptions.irqchip), preferred first. */
+  x86Irqchips(): X86Irqchip[];
 }
 
 const kvm: Hypervisor = {
@@ -40,6 +42,8 @@ const kvm: Hypervisor = {
   // Loaded on first use: an x86 VM never compiles the arm64 backend (CLI start-up time).
   createArm64Partition: (opts) => new (require('./kvm-arm64-partition') as { KvmArm64Partition: typeof KvmArm64Partition }).KvmArm64Partition(opts),
   supportedCpuid: () => supportedCpuid(),
+  // The split irqchip (KVM_CAP_SPLIT_IRQCHIP) is not built on this KVM backend yet.
+  x86Irqchips: () => ['kernel'],
 };
 
 /** The CPUID leaves the host reports, as WHP passes most of them through (no partition needed). */
@@ -67,6 +71,8 @@ const whp: Hypervisor = {
     const b = whpBinding();
     return WHP_CPUID_LEAVES.map((leaf) => ({ function: leaf, index: 0, flags: 0, ...b.hostCpuid(leaf, 0) }));
   },
+  // WHP emulates the local APICs only: the IOAPIC and PIT are the caller's.
+  x86Irqchips: () => ['userspace'],
 };
 
 /** This host's hypervisor (KVM on Linux, WHP on Windows), or one sentence saying there is none. */

@@ -29,6 +29,7 @@ test('an MSI message becomes the WHV_INTERRUPT_CONTROL it asks for', (t) => {
 
 test('openHypervisor picks WHP on win32 and says one sentence for a platform without a backend', (t) => {
   t.is(openHypervisor('win32').name, 'whp');
+  t.deepEqual(openHypervisor('win32').x86Irqchips(), ['userspace'], 'WHP has no IOAPIC, PIC or PIT of its own');
   t.is(openHypervisor('linux').name, 'kvm');
   t.throws(() => openHypervisor('darwin'), { code: 'ERR_NO_HYPERVISOR', message: /no hypervisor backend for darwin \(KVM on Linux, Windows Hypervisor Platform on Windows\)/ });
 });
