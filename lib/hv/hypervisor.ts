@@ -5,7 +5,7 @@
  */
 import { NodevmmError } from '../errors';
 import type { KvmArm64Partition } from './kvm-arm64-partition';
-import { KvmPartition, supportedCpuid } from './kvm-partition';
+import { KvmPartition, supportedCpuid, type KvmPartitionOptions } from './kvm-partition';
 import { nativeBinding, whpBinding, type CpuidEntry } from './native';
 import type { Arm64Partition, Arm64PartitionOptions, X86Irqchip, X86Partition, X86PartitionOptions } from './partition';
 import type { WhpPartition } from './whp-partition';
@@ -34,11 +34,7 @@ const kvm: Hypervisor = {
     const p = nativeBinding().probe();
     return p.ok ? { ok: true } : { ok: false, message: p.message };
   },
-  createX86Partition: (opts) => {
-    if (opts.irqchip === 'userspace') throw new NodevmmError('ERR_UNSUPPORTED', "irqchip 'userspace' (KVM_CAP_SPLIT_IRQCHIP) is not built on this branch's KVM backend yet");
-    const { irqchip: _irqchip, ...rest } = opts;
-    return new KvmPartition(rest);
-  },
+  createX86Partition: (opts) => new KvmPartition(opts as KvmPartitionOptions),
   // Loaded on first use: an x86 VM never compiles the arm64 backend (CLI start-up time).
   createArm64Partition: (opts) => new (require('./kvm-arm64-partition') as { KvmArm64Partition: typeof KvmArm64Partition }).KvmArm64Partition(opts),
   supportedCpuid: () => supportedCpuid(),
