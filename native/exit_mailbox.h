@@ -34,6 +34,7 @@ enum MailboxState : int32_t {
 enum ExitKind : uint32_t {
   kExitKindPio = 1,
   kExitKindMmio = 2,
+  kExitKindEoi = 3,  // an EOI a userspace IOAPIC must see: address = vector, a write of size 1
 };
 
 struct alignas(64) ExitMailbox {

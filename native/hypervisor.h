@@ -20,6 +20,7 @@ enum class ExitType {
   kDebug,
   kInterrupted,    // kicked: look at the control request
   kRetry,          // EAGAIN and the like: just run again
+  kIoapicEoi,      // the guest EOId a vector a userspace IOAPIC asked to see (address = vector)
   kUnknown,
 };
 

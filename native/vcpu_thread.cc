@@ -171,6 +171,13 @@ void VcpuThread::ThreadMain() {
         if (!HandleIo(x)) break;  // aborted while waiting for JS
         continue;
       }
+      if (x.type == ExitType::kIoapicEoi) {
+        // Answered before the guest runs on, so a level line still asserted
+        // is re-delivered by the IOAPIC model before the next instruction.
+        uint8_t vector = static_cast<uint8_t>(x.address);
+        if (!DispatchToJs(kExitKindEoi, true, 1, x.address, &vector)) break;  // aborted
+        continue;
+      }
       if (x.type == ExitType::kInterrupted || x.type == ExitType::kRetry) continue;
       // Guest stop or failure: report it and leave the run loop for good.
       VcpuEvent ev;

@@ -8,7 +8,7 @@
  * long after an exit, so back-to-back exits skip the event-loop wakeup. A
  * 50 ms watchdog rescues work a lost wakeup would strand.
  */
-import { EXIT_KIND_PIO, type ControlBlock } from './exit-mailbox';
+import { EXIT_KIND_EOI, EXIT_KIND_PIO, type ControlBlock } from './exit-mailbox';
 import type { VcpuRunner } from './backend';
 import type { IoBus } from './io-bus';
 
@@ -29,6 +29,8 @@ export interface DispatchTarget {
   handleEvents(): void;
   /** A device threw while answering an exit. */
   hostError(error: Error): void;
+  /** The guest EOId `vector` (EOI exits of a userspace IOAPIC). */
+  eoi(vector: number): void;
 }
 
 export class ExitDispatcher {
@@ -148,9 +150,13 @@ export class ExitDispatcher {
       if (sh.drainPosted((kind, address, size, value) => t.destroyed() || (kind === EXIT_KIND_PIO ? t.pio : t.mmio).write(address, size, value)) > 0) handled = true;
       if (t.destroyed()) return handled;
       if (sh.pending) {
-        const bus = sh.kind === EXIT_KIND_PIO ? t.pio : t.mmio;
-        if (sh.isWrite) bus.write(sh.address, sh.size, sh.data);
-        else sh.setReadResult(bus.read(sh.address, sh.size));
+        const kind = sh.kind;
+        if (kind === EXIT_KIND_EOI) t.eoi(sh.address & 0xff);
+        else {
+          const bus = kind === EXIT_KIND_PIO ? t.pio : t.mmio;
+          if (sh.isWrite) bus.write(sh.address, sh.size, sh.data);
+          else sh.setReadResult(bus.read(sh.address, sh.size));
+        }
         // Answer from JS; only a vCPU that went to sleep needs the native wake.
         if (sh.complete()) r.completeExit();
         handled = true;

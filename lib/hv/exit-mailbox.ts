@@ -13,6 +13,8 @@ export const MAILBOX_DONE = 2;
 export const MAILBOX_ABORTED = 3;
 export const EXIT_KIND_PIO = 1;
 export const EXIT_KIND_MMIO = 2;
+/** An EOI a userspace IOAPIC must see (native kExitKindEoi): address is the vector. */
+export const EXIT_KIND_EOI = 3;
 
 /** Where each field of the shared pages sits, as the addon's layout() reports it. */
 export interface SharedPageLayout {

@@ -7,7 +7,7 @@ import { NodevmmError } from '../errors';
 import type { KvmArm64Partition } from './kvm-arm64-partition';
 import { KvmPartition, supportedCpuid } from './kvm-partition';
 import { nativeBinding, type CpuidEntry } from './native';
-import type { Arm64Partition, Arm64PartitionOptions, X86Partition, X86PartitionOptions } from './partition';
+import type { Arm64Partition, Arm64PartitionOptions, X86Irqchip, X86Partition, X86PartitionOptions } from './partition';
 
 export interface Hypervisor {
   /** 'kvm' today. */
@@ -20,7 +20,12 @@ export interface Hypervisor {
   createArm64Partition(opts: Arm64PartitionOptions): Arm64Partition;
   /** The CPUID leaves the hypervisor can give an x86 guest. */
   supportedCpuid(): CpuidEntry[];
+  /** Where this host can put an x86 partition's interrupt controllers (X86PartitionOptions.irqchip), preferred first. */
+  x86Irqchips(): X86Irqchip[];
 }
+
+/** include/uapi/linux/kvm.h */
+const KVM_CAP_SPLIT_IRQCHIP = 121;
 
 const kvm: Hypervisor = {
   name: 'kvm',
@@ -35,6 +40,8 @@ const kvm: Hypervisor = {
   // Loaded on first use: an x86 VM never compiles the arm64 backend (CLI start-up time).
   createArm64Partition: (opts) => new (require('./kvm-arm64-partition') as { KvmArm64Partition: typeof KvmArm64Partition }).KvmArm64Partition(opts),
   supportedCpuid: () => supportedCpuid(),
+  // The in-kernel irqchip is there on every x86 KVM; the split one since Linux 4.5.
+  x86Irqchips: () => (nativeBinding().checkExtension(KVM_CAP_SPLIT_IRQCHIP) > 0 ? ['kernel', 'userspace'] : ['kernel']),
 };
 
 /** This host's hypervisor, or one sentence saying there is none yet. */

@@ -49,6 +49,8 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
   /** The guest clock at the moment every vCPU had paused. */
   private pausedClock: bigint | undefined;
   private readonly detachNotify: () => void;
+  /** Where EOI exits go (a userspace IOAPIC); dropped while unset. */
+  private eoiHandler: ((vector: number) => void) | undefined;
 
   /** Takes ownership of `backend`: destroys it if this constructor fails. */
   constructor(backend: B, dispatchSpinUs = DEFAULT_DISPATCH_SPIN_US) {
@@ -142,6 +144,16 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
   /** eventfds registered with this partition as ioeventfds (kicks) and irqfds (interrupts). */
   notifyOps(): NotifyOps {
     return this.backend.notifyOps();
+  }
+
+  /** Send the guest's EOI exits to `fn` (the backend decodes them; KVM: KVM_EXIT_IOAPIC_EOI). */
+  protected setEoiHandler(fn: (vector: number) => void): void {
+    this.eoiHandler = fn;
+  }
+
+  /** An EOI exit from a vCPU (the dispatcher's call). */
+  handleEoi(vector: number): void {
+    this.eoiHandler?.(vector);
   }
 
   setIrqLine(irq: number, level: boolean): void {
@@ -295,6 +307,9 @@ class CoreDispatchTarget implements DispatchTarget {
   }
   handleEvents(): void {
     this.events(this.core.backendEvents());
+  }
+  eoi(vector: number): void {
+    this.core.handleEoi(vector);
   }
 }
 

@@ -118,14 +118,52 @@ export type FileIoMode = 'pool' | 'nowait' | 'inline';
 
 /** An exit a vCPU is waiting on JavaScript for (diagnosis). */
 export interface PendingExit {
-  kind: 'port' | 'mmio';
+  /** 'eoi': the guest EOId a vector a userspace IOAPIC watches (address: the vector). */
+  kind: 'port' | 'mmio' | 'eoi';
   write: boolean;
   size: number;
   address: number;
 }
 
+/**
+ * Where an x86 partition's interrupt controllers live. 'kernel': the
+ * hypervisor emulates the local APICs, the IOAPIC, the 8259 pair and the PIT
+ * (KVM's in-kernel irqchip and PIT); `setIrqLine` drives the IOAPIC/PIC pins.
+ * 'userspace': the hypervisor emulates only the local APICs and the caller
+ * brings the IOAPIC (and PIT) as device models, which reach the local APICs
+ * through the partition's `localApicBus` (KVM_CAP_SPLIT_IRQCHIP; the only
+ * choice on Windows Hypervisor Platform, which has no IOAPIC, PIC or PIT).
+ */
+export type X86Irqchip = 'kernel' | 'userspace';
+
+/** An x86 MSI message: address 0xFEEx_xxxx (destination), data (vector, delivery mode, trigger). */
+export interface X86MsiMessage {
+  address: number;
+  data: number;
+}
+
+/**
+ * The link between a userspace IOAPIC and the hypervisor's local APICs
+ * (irqchip 'userspace'): interrupts go in as MSI messages, EOIs of the
+ * vectors level-triggered pins use come back.
+ */
+export interface LocalApicBus {
+  /** Deliver one message to the local APICs it addresses. */
+  signalMsi(message: X86MsiMessage): void;
+  /**
+   * The message each IOAPIC pin (= GSI) sends now, undefined while masked.
+   * The hypervisor learns from it which vectors are level-triggered (so their
+   * EOIs reach `onEoi`) and where an irqfd on that GSI delivers.
+   */
+  setPinRoutes(routes: ReadonlyArray<X86MsiMessage | undefined>): void;
+  /** `fn` runs on the JS thread when the guest EOIs a vector a level-triggered pin route carries, before that vCPU runs on. */
+  onEoi(fn: (vector: number) => void): void;
+}
+
 export interface X86PartitionOptions {
   vcpus: number;
+  /** Default 'kernel'; see X86Irqchip. */
+  irqchip?: X86Irqchip;
   /**
    * Guest-physical pages below 4 GiB, outside RAM, that a hypervisor may
    * keep for itself (KVM on Intel VMX: a 3-page TSS and an identity-map
@@ -152,6 +190,8 @@ export interface PartitionIo {
 
 export interface X86Partition extends Partition, PartitionIo {
   readonly vcpus: readonly X86VirtualProcessor[];
+  /** Present with irqchip 'userspace': where a userspace IOAPIC sends its interrupts. */
+  readonly localApicBus: LocalApicBus | undefined;
 }
 
 export interface Arm64PartitionOptions {
