@@ -132,7 +132,7 @@ export class Pit implements IoDevice {
   }
 
   read(offset: number, size: number): number {
-    if (size !== 1 || offset > 2) {
+    if (size !== 1 || !(offset >= 0 && offset <= 2)) {
       this.missedReads++;
       return size >= 4 ? 0xffffffff : (1 << (8 * size)) - 1;
     }
@@ -140,7 +140,7 @@ export class Pit implements IoDevice {
   }
 
   write(offset: number, size: number, value: number): void {
-    if (size !== 1 || offset > PIT_CONTROL_OFFSET) {
+    if (size !== 1 || !(offset >= 0 && offset <= PIT_CONTROL_OFFSET)) {
       this.missedWrites++;
       return;
     }

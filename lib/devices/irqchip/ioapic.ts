@@ -214,6 +214,8 @@ export class Ioapic implements IoDevice {
       } else {
         // No EOI will come for an edge pin: a remote IRR left from level mode would block it for good.
         lo &= ~REDIR_REMOTE_IRR_BIT;
+        // A level pin's pending bit is no edge: only a rising edge after the switch sends.
+        if (this.lo[pin]! & REDIR_TRIGGER_LEVEL_BIT) this.irr = (this.irr & ~bit) >>> 0;
       }
       this.lo[pin] = lo;
     }
