@@ -16,6 +16,8 @@ import type { VcpuStop } from '../../lib/hv/partition';
 import { kvmSkipReason, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupInterruptGuest, setupLongMode } from '../../lib/testing/tiny-guests';
 import { MiB } from '../../lib/util/bytes';
+import { createVm } from '../../lib/vm/vm';
+import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 
 const skip = kvmSkipReason() ?? (openHypervisor().x86Irqchips().includes('userspace') ? undefined : "this host's KVM has no KVM_CAP_SPLIT_IRQCHIP");
 const kvm = skip ? test.serial.skip : test.serial;
@@ -152,4 +154,12 @@ kvm('an IOAPIC access of a width the chip does not decode is dropped and counted
   await reached(p, done.reach(1), 'done');
   t.is(ioapic.missedWrites, 1);
   t.is(ioapic.missedReads, 1);
+});
+
+kvm("createVm({ irqchip: 'userspace' }) builds the x86 machine on the split irqchip and the tiny PVH kernel runs to its power-off", async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('SPLIT-IRQCHIP-UP\n'), boot: 'pvh', memory: '64M', irqchip: 'userspace' });
+  await vm.start();
+  await vm.serial(1).expect(/SPLIT-IRQCHIP-UP/, { timeoutMs: 10_000 });
+  const stop = await vm.waitForStop();
+  t.is(stop.reason, 'poweroff', stop.message);
 });
