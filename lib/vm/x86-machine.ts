@@ -16,7 +16,7 @@ import { I8042Reset } from '../devices/i8042-reset';
 import { BatchingSink } from '../devices/serial-sinks';
 import { Uart16550 } from '../devices/uart16550';
 import { Pit, PIT_PORT_COUNT } from '../devices/irqchip/i8254';
-import { Ioapic } from '../devices/irqchip/ioapic';
+import { Ioapic, REDIR_MASK_BIT, REDIR_REMOTE_IRR_BIT, REDIR_TRIGGER_LEVEL_BIT } from '../devices/irqchip/ioapic';
 import { NodevmmError } from '../errors';
 import type { IoDevice } from '../devices/types';
 import type { ShadowBlock } from '../hv/io-bus';
@@ -99,6 +99,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
   const sinks: BatchingSink[] = [];
   let virtio: AttachedVirtio | undefined;
   let pit: Pit | undefined;
+  let ioapic: Ioapic | undefined;
   try {
     phase('partition');
     // 2. RAM below the MMIO gap and above 4 GiB.
@@ -151,11 +152,12 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     if (irqchip === 'userspace') {
       const bus = partition.localApicBus;
       if (!bus) throw new NodevmmError('ERR_IRQCHIP', `the ${hv.name} partition offers no local APIC bus for the userspace irqchip`);
-      const ioapic = new Ioapic({ id: IOAPIC.id, pins: IOAPIC_PINS, deliver: (m) => bus.signalMsi(m), onRoutesChanged: (r) => bus.setPinRoutes(r) });
-      bus.onEoi((vector) => ioapic.eoi(vector));
-      partition.mmio.register(IOAPIC.address, IOAPIC_SIZE, ioapic);
+      const chip = new Ioapic({ id: IOAPIC.id, pins: IOAPIC_PINS, deliver: (m) => bus.signalMsi(m), onRoutesChanged: (r) => bus.setPinRoutes(r) });
+      ioapic = chip;
+      bus.onEoi((vector) => chip.eoi(vector));
+      partition.mmio.register(IOAPIC.address, IOAPIC_SIZE, chip);
       // ISA IRQ -> GSI as the MADT's interrupt source override says: the PIT's IRQ0 is pin 2, the rest are identity.
-      setLine = (irq, level) => ioapic.setLevel(irq === PIT_ROUTE.irq ? PIT_ROUTE.gsi : irq, level);
+      setLine = (irq, level) => chip.setLevel(irq === PIT_ROUTE.irq ? PIT_ROUTE.gsi : irq, level);
     }
     const irqs = new IrqLines((irq, level) => setLine(irq, level));
     if (irqchip === 'userspace') {
@@ -212,6 +214,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       timings,
       pressPowerButton: () => pm.pressPowerButton(),
       describeVcpus: () => describeX86Vcpus(partition),
+      describeInterrupts: () => (ioapic ? [describeIoapic(ioapic)] : []),
       describeSerial: () =>
         Object.entries(uarts).map(([name, u]) => {
           const s = u!.snapshot();
@@ -247,6 +250,15 @@ export function chooseIrqchip(wanted: X86Irqchip | undefined, offered: readonly 
 }
 
 const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+
+/** The userspace IOAPIC's pins that say why an interrupt did or did not arrive: asserted, pending, unmasked (vector), awaiting EOI. */
+export function describeIoapic(ioapic: Ioapic): string {
+  const s = ioapic.snapshot();
+  const pins = (mask: number) => (mask ? [...Array(ioapic.pins).keys()].filter((p) => mask & (1 << p)).join(',') : '-');
+  const unmasked = s.redirection.flatMap(([lo], pin) => (lo & REDIR_MASK_BIT ? [] : [`${pin}:${hex(lo & 0xff)}${lo & REDIR_TRIGGER_LEVEL_BIT ? 'L' : 'E'}`]));
+  const waiting = s.redirection.flatMap(([lo], pin) => (lo & REDIR_REMOTE_IRR_BIT ? [pin] : []));
+  return `ioapic asserted ${pins(s.levels)} pending ${pins(s.irr)} unmasked ${unmasked.join(',') || '-'} awaiting-eoi ${waiting.join(',') || '-'}`;
+}
 
 /** Each vCPU's RIP, RFLAGS, MP state and LAPIC, and the exit it waits on JS for. */
 function describeX86Vcpus(p: X86Partition): string[] {

@@ -7,7 +7,8 @@ import { buildX86AcpiTables } from '../../../lib/acpi/x86-tables';
 import { ACPI_PLATFORM } from '../../../lib/arch/x86_64/layout';
 import { ConfigError } from '../../../lib/errors';
 import { resolveVmConfig } from '../../../lib/vm/config';
-import { chooseIrqchip } from '../../../lib/vm/x86-machine';
+import { chooseIrqchip, describeIoapic } from '../../../lib/vm/x86-machine';
+import { Ioapic, REDIR_TRIGGER_LEVEL_BIT } from '../../../lib/devices/irqchip/ioapic';
 
 test("irqchip takes 'kernel' or 'userspace' on x86_64, is left unset by default, and is refused elsewhere with the field named", (t) => {
   t.is(resolveVmConfig({ kernel: 'k' }, 'x86_64').irqchip, undefined);
@@ -35,4 +36,16 @@ test('the MADT says PCAT_COMPAT (an 8259 pair) only when the machine has one', (
   t.is(flags(), 1);
   t.is(flags(true), 1);
   t.is(flags(false), 0);
+});
+
+test('diagnose names the userspace IOAPIC pins that are asserted, pending, unmasked and awaiting an EOI', (t) => {
+  const ioapic = new Ioapic({ id: 0, deliver: () => {} });
+  t.is(describeIoapic(ioapic), 'ioapic asserted - pending - unmasked - awaiting-eoi -');
+  for (const [index, value] of [[0x10 + 2 * 4, 0x31], [0x10 + 2 * 9, 0x49 | REDIR_TRIGGER_LEVEL_BIT]] as const) {
+    ioapic.write(0, 1, index);
+    ioapic.write(0x10, 4, value);
+  }
+  ioapic.setLevel(9, true);
+  ioapic.setLevel(12, true); // masked: stays pending
+  t.is(describeIoapic(ioapic), 'ioapic asserted 9,12 pending 9,12 unmasked 4:0x31E,9:0x49L awaiting-eoi 9');
 });
