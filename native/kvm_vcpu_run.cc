@@ -107,6 +107,14 @@ DecodedExit KvmVcpuRun::Run() {
       RequestImmediateExit(false);
       x.type = ExitType::kInterrupted;
       break;
+#if defined(__x86_64__)
+    case KVM_EXIT_IOAPIC_EOI:
+      // Split irqchip: the in-kernel LAPIC saw an EOI for a vector that a
+      // level-triggered route of the userspace IOAPIC targets.
+      x.type = ExitType::kIoapicEoi;
+      x.address = run_->eoi.vector;
+      break;
+#endif
     case KVM_EXIT_IRQ_WINDOW_OPEN:
       x.type = ExitType::kRetry;
       break;

@@ -41,6 +41,7 @@ Napi::Function Vm::Init(Napi::Env env) {
                          InstanceMethod("hasDeviceAttr", &Vm::HasDeviceAttr),
 #endif
                          InstanceMethod("createIrqchip", &Vm::CreateIrqchip),
+                         InstanceMethod("enableCap", &Vm::EnableCap),
                          InstanceMethod("irqLine", &Vm::IrqLine),
                          InstanceMethod("setGsiRouting", &Vm::SetGsiRouting),
                          InstanceMethod("signalMsi", &Vm::SignalMsi),
@@ -147,6 +148,27 @@ Napi::Value Vm::SetIdentityMapAddr(const Napi::CallbackInfo& info) {
 }
 
 #endif
+
+// enableCap(cap, args?: number[]): KVM_ENABLE_CAP on the VM fd with up to four args
+// (KVM_CAP_SPLIT_IRQCHIP takes the number of IOAPIC pins as args[0]).
+Napi::Value Vm::EnableCap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  if (!info[0].IsNumber()) return ThrowUsage(env, "capability must be a number");
+  kvm_enable_cap c{};
+  c.cap = info[0].As<Napi::Number>().Uint32Value();
+  if (info.Length() > 1 && info[1].IsArray()) {
+    Napi::Array a = info[1].As<Napi::Array>();
+    if (a.Length() > 4) return ThrowUsage(env, "KVM_ENABLE_CAP takes at most 4 args");
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      uint64_t v = 0;
+      if (!GetU64(a.Get(i), &v)) return ThrowUsage(env, "capability args must be integers");
+      c.args[i] = v;
+    }
+  }
+  VM_IOCTL(KVM_ENABLE_CAP, &c, "enable capability");
+  return env.Undefined();
+}
 
 Napi::Value Vm::CreateIrqchip(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

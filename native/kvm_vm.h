@@ -98,6 +98,7 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value HasDeviceAttr(const Napi::CallbackInfo& info);
 #endif
   Napi::Value CreateIrqchip(const Napi::CallbackInfo& info);
+  Napi::Value EnableCap(const Napi::CallbackInfo& info);
   Napi::Value IrqLine(const Napi::CallbackInfo& info);
   Napi::Value SetGsiRouting(const Napi::CallbackInfo& info);
   Napi::Value SignalMsi(const Napi::CallbackInfo& info);

@@ -41,6 +41,8 @@ export interface X86AcpiOptions {
   rtc: { port: number; irq: number } | null;
   /** The LAPIC input wired to NMI. */
   nmiLint: 0 | 1;
+  /** Whether a dual 8259 is present (MADT PCAT_COMPAT). Default true. */
+  legacyPic?: boolean;
 }
 
 export interface AcpiTable {
@@ -105,7 +107,7 @@ export function buildX86AcpiTables(opts: X86AcpiOptions): X86AcpiTables {
         { source: sci, gsi: sci, flags: MPS_INTI.LEVEL | MPS_INTI.ACTIVE_HIGH },
       ],
       nmiLint: opts.nmiLint,
-      pcatCompat: true,
+      pcatCompat: opts.legacyPic ?? true,
     }),
   );
   const xsdtGpa = place('XSDT', encodeXsdt([fadtGpa, madtGpa]));

@@ -55,6 +55,10 @@ options:
   --com2, --com3, --com4 BINDING  (default: present, output kept in memory only;
                          arm64 has --com1 and --com2: the PL011s ttyAMA0, ttyAMA1)
   --on-reset stop|restart  what a guest reboot does (default stop)
+  --irqchip kernel|userspace
+                         x86_64: IOAPIC and PIT in the hypervisor, or as nodevmm's
+                         TypeScript models beside the hypervisor's LAPIC
+                         (default: the hypervisor's choice, kernel on KVM)
   --disk PATH[,ro|,snapshot]
                          a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
                          ,ro makes it read-only; ,snapshot keeps the image unchanged (opened
@@ -182,6 +186,7 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       }
       case '--boot': { const v = value(); if (v !== undefined) config.boot = v as BootProtocol; break; }
       case '--on-reset': { const v = value(); if (v !== undefined) config.onReset = v as 'stop' | 'restart'; break; }
+      case '--irqchip': { const v = value(); if (v !== undefined) config.irqchip = v as 'kernel' | 'userspace'; break; }
       case '--com1':
       case '--com2':
       case '--com3':

@@ -25,6 +25,9 @@ export interface Hypervisor {
   x86Irqchips(): X86Irqchip[];
 }
 
+/** include/uapi/linux/kvm.h */
+const KVM_CAP_SPLIT_IRQCHIP = 121;
+
 const kvm: Hypervisor = {
   name: 'kvm',
   get arch() {
@@ -38,8 +41,8 @@ const kvm: Hypervisor = {
   // Loaded on first use: an x86 VM never compiles the arm64 backend (CLI start-up time).
   createArm64Partition: (opts) => new (require('./kvm-arm64-partition') as { KvmArm64Partition: typeof KvmArm64Partition }).KvmArm64Partition(opts),
   supportedCpuid: () => supportedCpuid(),
-  // The split irqchip (KVM_CAP_SPLIT_IRQCHIP) is not built on this KVM backend yet.
-  x86Irqchips: () => ['kernel'],
+  // The in-kernel irqchip is there on every x86 KVM; the split one since Linux 4.5.
+  x86Irqchips: () => (nativeBinding().checkExtension(KVM_CAP_SPLIT_IRQCHIP) > 0 ? ['kernel', 'userspace'] : ['kernel']),
 };
 
 /** The CPUID leaves the host reports, as WHP passes most of them through (no partition needed). */

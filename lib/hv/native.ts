@@ -86,6 +86,8 @@ export interface NativeVm {
   setTssAddr(addr: number): void;
   setIdentityMapAddr(addr: number): void;
   createIrqchip(): void;
+  /** KVM_ENABLE_CAP on the VM fd with up to four args. */
+  enableCap(cap: number, args?: number[]): void;
   createPit2(flags?: number): void;
   /** KVM_GET_CLOCK / KVM_SET_CLOCK (x86): the guest's kvmclock in ns. */
   getClock(): bigint;

@@ -190,6 +190,8 @@ export interface PartitionIo {
 
 export interface X86Partition extends Partition, PartitionIo {
   readonly vcpus: readonly X86VirtualProcessor[];
+  /** Present with irqchip 'userspace': where a userspace IOAPIC sends its interrupts. */
+  readonly localApicBus: LocalApicBus | undefined;
 }
 
 export interface Arm64PartitionOptions {

@@ -6,8 +6,7 @@
 import * as fs from 'node:fs';
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from '../arch/x86_64/layout';
 import { openHypervisor } from '../hv/hypervisor';
-import type { KvmPartition } from '../hv/kvm-partition';
-import type { VcpuStop } from '../hv/partition';
+import type { Partition, VcpuStop } from '../hv/partition';
 
 /** The pages an x86 KvmPartition with the in-kernel irqchip needs, where the x86 machine puts them. */
 export const X86_KVM_PAGES = { tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START } as const;
@@ -23,7 +22,7 @@ export function kvmSkipReason(): string | undefined {
 }
 
 /** Resolve with the first vCPU stop, or reject after `timeoutMs`. */
-export function waitForStop(p: KvmPartition, timeoutMs = 10_000): Promise<VcpuStop> {
+export function waitForStop(p: Partition, timeoutMs = 10_000): Promise<VcpuStop> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       p.off('vcpu-stop', on);

@@ -4,13 +4,13 @@
  * Each builder writes code and the minimum CPU state; instruction bytes are
  * spelled out with their mnemonics at the call sites.
  */
-import type { KvmPartition } from '../hv/kvm-partition';
-import { encodeGdt, buildIdentityPageTables } from '../arch/x86_64/cpu';
-import { GDT_START, PML4_START } from '../arch/x86_64/layout';
+import type { X86Partition } from '../hv/partition';
+import { encodeGdt, buildIdentityPageTables, SELECTOR_CODE64 } from '../arch/x86_64/cpu';
+import { GDT_START, IOAPIC_START, LAPIC_START, PML4_START } from '../arch/x86_64/layout';
 import { segmentFromAttributes } from '../hv/x86-state';
 
 /** Put `code` at `at` and point vCPU `vcpu` at it in real mode (CS base 0, DS base 0). */
-export function setupRealMode(p: KvmPartition, code: number[], at = 0x1000, vcpu = 0): void {
+export function setupRealMode(p: X86Partition, code: number[], at = 0x1000, vcpu = 0): void {
   p.memory.write(at, Uint8Array.from(code));
   const v = p.vcpus[vcpu]!;
   const s = v.getSregs();
@@ -24,7 +24,7 @@ export function setupRealMode(p: KvmPartition, code: number[], at = 0x1000, vcpu
  * 0-4 GiB (2 MiB pages), so tests exercise the same state the loader builds.
  * `extraMappings` adds 2 MiB identity pages above 4 GiB (e.g. 512 GiB).
  */
-export function setupLongMode(p: KvmPartition, code: number[], at = 0x100000, vcpu = 0, opts: { rsp?: number; extraMappings?: number[] } = {}): void {
+export function setupLongMode(p: X86Partition, code: number[], at = 0x100000, vcpu = 0, opts: { rsp?: number; extraMappings?: number[] } = {}): void {
   const mem = p.memory;
   mem.write(at, Uint8Array.from(code));
   mem.write(GDT_START, encodeGdt());
@@ -95,7 +95,87 @@ export const asm = {
   decEcx: () => [0xff, 0xc9],
   jnz: (here: number, target: number) => [0x75, (target - (here + 2)) & 0xff],
   movEcxImm32: (v: number) => [0xb9, v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff],
+  /** mov dx, imm16 (in 64-bit mode) */
+  movDxImm16: (v: number) => [0x66, 0xba, v & 0xff, (v >> 8) & 0xff],
+  /** lidt [rbx] */
+  lidtMemRbx: () => [0x0f, 0x01, 0x1b],
+  sti: () => [0xfb],
+  iretq: () => [0x48, 0xcf],
 };
+
+/** Where interruptGuest keeps its IDT and IDTR image (free low RAM next to setupLongMode's tables). */
+const IDT_START = 0xb000;
+const IDTR_IMAGE_START = 0x800;
+
+export interface InterruptGuestOptions {
+  vector: number;
+  /** Program this IOAPIC pin (at the layout's IOAPIC address) for `vector`, destination APIC 0; none: the host sends MSIs itself. */
+  ioapicPin?: number;
+  /** The pin is level-triggered (the host must see the EOI before lowering it). */
+  level?: boolean;
+  /** `out` here once the IDT, LAPIC and IOAPIC are set up, just before `sti; hlt`. */
+  readyPort: number;
+  /** `out` here first thing in the handler (al = 0). */
+  handledPort: number;
+  /** `out` here after the handler's EOI to the local APIC, just before iretq. */
+  eoiDonePort: number;
+}
+
+/**
+ * A 64-bit guest that takes interrupts: an IDT whose `vector` gate points at
+ * a handler, the local APIC software-enabled (SVR 0x1FF), optionally one
+ * IOAPIC redirection entry (unmasked, fixed delivery, physical destination
+ * 0), then `out readyPort; sti; hlt` in a loop. Each interrupt runs the
+ * handler: `out handledPort`, EOI to the local APIC, `out eoiDonePort`,
+ * iretq. Every step the host must see is a port write.
+ */
+export function setupInterruptGuest(p: X86Partition, o: InterruptGuestOptions, vcpu = 0): void {
+  const at = 0x100000;
+  const store32 = (gpa: number, value: number) => [...asm.movRbxImm64(BigInt(gpa)), ...asm.movEaxImm32(value), ...asm.movMemRbxEax()];
+  const ioapic: number[][] = [];
+  if (o.ioapicPin !== undefined) {
+    ioapic.push(store32(IOAPIC_START, 0x10 + 2 * o.ioapicPin)); // IOREGSEL: redirection entry, low dword
+    ioapic.push(store32(IOAPIC_START + 0x10, o.vector | (o.level ? 1 << 15 : 0))); // IOWIN: vector, trigger, unmasked
+    ioapic.push(store32(IOAPIC_START, 0x11 + 2 * o.ioapicPin)); // IOREGSEL: high dword
+    ioapic.push(store32(IOAPIC_START + 0x10, 0)); // IOWIN: destination APIC 0
+  }
+  const main = assemble(at, [
+    asm.movRbxImm64(BigInt(IDTR_IMAGE_START)),
+    asm.lidtMemRbx(),
+    store32(LAPIC_START + 0xf0, 0x1ff), // SVR: APIC software-enabled, spurious vector 0xff
+    ...ioapic,
+    asm.movDxImm16(o.readyPort),
+    asm.outDxAl(),
+    asm.sti(),
+  ]);
+  const loop = at + main.length;
+  main.push(...assemble(loop, [asm.hlt(), (here) => asm.jmpShort(here, loop)]));
+  const handler = at + main.length;
+  main.push(
+    ...assemble(handler, [
+      asm.movDxImm16(o.handledPort),
+      asm.outDxAl(),
+      store32(LAPIC_START + 0xb0, 0), // EOI
+      asm.movDxImm16(o.eoiDonePort),
+      asm.outDxAl(),
+      asm.iretq(),
+    ]),
+  );
+  setupLongMode(p, main, at, vcpu);
+  // 64-bit interrupt gate: offset 15:0, selector, IST 0, type 0x8E (present, DPL 0), offset 31:16, offset 63:32.
+  const gate = new Uint8Array(16);
+  const dv = new DataView(gate.buffer);
+  dv.setUint16(0, handler & 0xffff, true);
+  dv.setUint16(2, SELECTOR_CODE64, true);
+  dv.setUint8(5, 0x8e);
+  dv.setUint16(6, handler >>> 16, true);
+  p.memory.fill(IDT_START, 0x1000);
+  p.memory.write(IDT_START + o.vector * 16, gate);
+  const idtr = new Uint8Array(10);
+  new DataView(idtr.buffer).setUint16(0, 0xfff, true);
+  new DataView(idtr.buffer).setBigUint64(2, BigInt(IDT_START), true);
+  p.memory.write(IDTR_IMAGE_START, idtr);
+}
 
 function u64(v: bigint): number[] {
   const out: number[] = [];

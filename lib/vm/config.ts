@@ -88,6 +88,15 @@ export interface VmConfig {
   serialLogBytes?: number;
   /** Adaptive exit polling window in µs (the dispatcher's polling; see docs/architecture.md). */
   dispatchSpinUs?: number;
+  /**
+   * x86_64: where the interrupt controllers and the PIT are emulated.
+   * 'kernel': by the hypervisor (KVM's in-kernel irqchip and PIT).
+   * 'userspace': the hypervisor keeps the local APICs, nodevmm's TypeScript
+   * models provide the IOAPIC and the 8254 PIT (KVM_CAP_SPLIT_IRQCHIP; what
+   * Windows Hypervisor Platform always needs). Default: the host
+   * hypervisor's first choice (KVM: 'kernel').
+   */
+  irqchip?: 'kernel' | 'userspace';
   /** A name for logs and errors. */
   name?: string;
   /** Raw disk images, each a virtio-blk device (/dev/vda, /dev/vdb, ... in order). */
@@ -213,6 +222,8 @@ export interface ResolvedVmConfig {
   serial: Record<ComPort, boolean>;
   serialLogBytes: number;
   dispatchSpinUs?: number;
+  /** Unset: the hypervisor's first choice. */
+  irqchip?: 'kernel' | 'userspace';
   disks: DiskConfig[];
   rng: boolean;
   virtioConsole: boolean;
@@ -233,7 +244,7 @@ export function parseSize(v: number | string): number | undefined {
   return Number.isSafeInteger(bytes) ? bytes : undefined;
 }
 
-const KNOWN_KEYS = new Set(['arch', 'kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'igvmRelocateTo', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock', 'shares']);
+const KNOWN_KEYS = new Set(['arch', 'kernel', 'initrd', 'cmdline', 'cmdlineDefaults', 'memory', 'vcpus', 'boot', 'igvm', 'igvmRelocateTo', 'onReset', 'serial', 'serialLogBytes', 'dispatchSpinUs', 'irqchip', 'name', 'disks', 'rng', 'virtioConsole', 'net', 'vsock', 'shares']);
 /** One interrupt per virtio-mmio slot (IOAPIC pins 16-23). */
 const MAX_VIRTIO_DEVICES = 8;
 
@@ -356,6 +367,10 @@ export function resolveVmConfig(config: VmConfig, host: Arch = hostArch()): Reso
   if (config.dispatchSpinUs !== undefined && (typeof config.dispatchSpinUs !== 'number' || config.dispatchSpinUs < 0 || config.dispatchSpinUs > 10_000)) {
     bad('dispatchSpinUs', `${describe(config.dispatchSpinUs)} must be a number from 0 to 10000`);
   }
+  if (config.irqchip !== undefined) {
+    if (config.irqchip !== 'kernel' && config.irqchip !== 'userspace') bad('irqchip', `${describe(config.irqchip)} must be 'kernel' or 'userspace'`);
+    else if (arch === 'aarch64') bad('irqchip', `${describe(config.irqchip)} is an x86_64 option; arm64 machines use the hypervisor's GICv3`);
+  }
   const disks: DiskConfig[] = [];
   if (config.disks !== undefined) {
     if (!Array.isArray(config.disks)) bad('disks', `must be an array of { path, readonly? }, got ${describe(config.disks)}`);
@@ -470,5 +485,6 @@ export function resolveVmConfig(config: VmConfig, host: Arch = hostArch()): Reso
   if (config.igvm !== undefined) resolved.igvm = config.igvm;
   if (igvmRelocateTo !== undefined) resolved.igvmRelocateTo = igvmRelocateTo;
   if (config.dispatchSpinUs !== undefined) resolved.dispatchSpinUs = config.dispatchSpinUs;
+  if (config.irqchip !== undefined) resolved.irqchip = config.irqchip;
   return resolved;
 }

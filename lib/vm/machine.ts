@@ -48,6 +48,8 @@ export interface Machine {
   describeVcpus(): string[];
   /** The state of each serial device, for diagnose(). */
   describeSerial(): string[];
+  /** The interrupt controllers nodevmm emulates itself (x86 irqchip 'userspace'), for diagnose(); none otherwise. */
+  describeInterrupts?(): string[];
   /** Flush pending serial output. */
   flush(): void;
   dispose(): void;

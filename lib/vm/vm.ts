@@ -357,8 +357,9 @@ export class Vm extends EventEmitter<VmEvents> {
     const p = m.partition;
     const vcpus = m.describeVcpus();
     const uarts = m.describeSerial();
+    const irqs = m.describeInterrupts?.() ?? [];
     const st = p.stats();
-    return `${note}${vcpus.join('; ')}; ${uarts.join(', ')}; exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
+    return `${note}${vcpus.join('; ')}; ${uarts.join(', ')}; ${irqs.map((l) => `${l}; `).join('')}exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
   }
 
   /**

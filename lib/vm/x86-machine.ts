@@ -2,21 +2,26 @@
  * The x86_64 Linux Direct machine, built by one linear recipe (Firecracker's
  * build_microvm_for_boot): partition → RAM → ACPI → kernel/initrd/zero page
  * → devices → vCPU state. Every phase is timed. The chipset mirrors
- * OpenVMM's UnenlightenedLinuxDirect: in-kernel LAPIC/IOAPIC/PIC/PIT, ACPI
- * PM block at 0x400 (SCI 9), CMOS RTC, 16550 UARTs COM1-COM4, port 0x80;
- * no PCI. Addresses come from lib/arch/x86_64/layout.ts.
+ * OpenVMM's UnenlightenedLinuxDirect: LAPIC/IOAPIC/PIC/PIT in the hypervisor
+ * (irqchip 'kernel') or LAPICs in the hypervisor and the IOAPIC and PIT as
+ * TypeScript models, no 8259 (irqchip 'userspace'), ACPI PM block at 0x400
+ * (SCI 9), CMOS RTC, 16550 UARTs COM1-COM4, port 0x80; no PCI. Addresses
+ * come from lib/arch/x86_64/layout.ts.
  */
 import { buildX86AcpiTables, type X86AcpiTables } from '../acpi/x86-tables';
-import { ACPI_PLATFORM, CMOS_RTC, COM_RESOURCES, I8042_COMMAND_PORT, KVM_IDENTITY_MAP_START, KVM_TSS_START, PM_BASE, POST_PORT, SCI_IRQ, ramAroundFourGiB, ramRangesFor } from '../arch/x86_64/layout';
+import { ACPI_PLATFORM, CMOS_RTC, COM_RESOURCES, I8042_COMMAND_PORT, IOAPIC, IOAPIC_PINS, IOAPIC_SIZE, KVM_IDENTITY_MAP_START, KVM_TSS_START, PIT_PORT, PIT_ROUTE, PM_BASE, POST_PORT, SCI_IRQ, SYSTEM_CONTROL_PORT_B, ramAroundFourGiB, ramRangesFor } from '../arch/x86_64/layout';
 import { AcpiPm, ACPI_PM_BLOCK_SIZE } from '../devices/acpi-pm';
 import { CmosRtc } from '../devices/cmos-rtc';
 import { I8042Reset } from '../devices/i8042-reset';
 import { BatchingSink } from '../devices/serial-sinks';
 import { Uart16550 } from '../devices/uart16550';
+import { Pit, PIT_PORT_COUNT } from '../devices/irqchip/i8254';
+import { Ioapic, REDIR_MASK_BIT, REDIR_REMOTE_IRR_BIT, REDIR_TRIGGER_LEVEL_BIT } from '../devices/irqchip/ioapic';
+import { NodevmmError } from '../errors';
 import type { IoDevice } from '../devices/types';
 import type { ShadowBlock } from '../hv/io-bus';
 import { openHypervisor } from '../hv/hypervisor';
-import type { X86Partition } from '../hv/partition';
+import type { X86Irqchip, X86Partition } from '../hv/partition';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import { loadLinuxDirectX86, type LinuxDirectX86Result } from '../loader/linux-direct';
 import { alignUp, GiB } from '../util/bytes';
@@ -86,11 +91,15 @@ function physAddrBits(): number {
 export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: X86Partition, acpi: X86AcpiTables) => X86VcpuInitState): X86Machine {
   const { timings, phase } = phaseTimer();
 
-  // 1. Partition and vCPUs (in-kernel irqchip and PIT).
+  // 1. Partition and vCPUs, with the interrupt controllers where the config (or the hypervisor) puts them.
   const spin = cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {};
-  const partition = openHypervisor().createX86Partition({ vcpus: cfg.vcpus, tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START, ...spin });
+  const hv = openHypervisor();
+  const irqchip = chooseIrqchip(cfg.irqchip, hv.x86Irqchips(), hv.name);
+  const partition = hv.createX86Partition({ vcpus: cfg.vcpus, tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START, irqchip, ...spin });
   const sinks: BatchingSink[] = [];
   let virtio: AttachedVirtio | undefined;
+  let pit: Pit | undefined;
+  let ioapic: Ioapic | undefined;
   try {
     phase('partition');
     // 2. RAM below the MMIO gap and above 4 GiB.
@@ -107,6 +116,8 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       serialPorts: ports.map((c) => ({ name: c.toUpperCase(), port: COM_RESOURCES[c].port, irq: COM_RESOURCES[c].irq })),
       virtioMmio: slots,
       ...ACPI_PLATFORM,
+      // With the userspace irqchip there is no 8259: only the IOAPIC takes ISA interrupts.
+      legacyPic: irqchip === 'kernel',
     });
     partition.memory.write(acpi.tablesGpa, acpi.blob);
     partition.memory.write(acpi.rsdpGpa, acpi.rsdp);
@@ -136,8 +147,24 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     }
     phase('load');
 
-    // 5. Devices.
-    const irqs = new IrqLines((irq, level) => partition.setIrqLine(irq, level));
+    // 5. Devices, the userspace interrupt controllers first (every line goes through them).
+    let setLine = (irq: number, level: boolean) => partition.setIrqLine(irq, level);
+    if (irqchip === 'userspace') {
+      const bus = partition.localApicBus;
+      if (!bus) throw new NodevmmError('ERR_IRQCHIP', `the ${hv.name} partition offers no local APIC bus for the userspace irqchip`);
+      const chip = new Ioapic({ id: IOAPIC.id, pins: IOAPIC_PINS, deliver: (m) => bus.signalMsi(m), onRoutesChanged: (r) => bus.setPinRoutes(r) });
+      ioapic = chip;
+      bus.onEoi((vector) => chip.eoi(vector));
+      partition.mmio.register(IOAPIC.address, IOAPIC_SIZE, chip);
+      // ISA IRQ -> GSI as the MADT's interrupt source override says: the PIT's IRQ0 is pin 2, the rest are identity.
+      setLine = (irq, level) => chip.setLevel(irq === PIT_ROUTE.irq ? PIT_ROUTE.gsi : irq, level);
+    }
+    const irqs = new IrqLines((irq, level) => setLine(irq, level));
+    if (irqchip === 'userspace') {
+      pit = new Pit({ irq0: irqs.line(PIT_ROUTE.irq) });
+      partition.pio.register(PIT_PORT, PIT_PORT_COUNT, pit);
+      partition.pio.register(SYSTEM_CONTROL_PORT_B, 1, pit.systemControlPort());
+    }
     const uarts: Partial<Record<ComPort, Uart16550>> = {};
     for (const c of ports) {
       const port = hooks.serial[c];
@@ -187,6 +214,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       timings,
       pressPowerButton: () => pm.pressPowerButton(),
       describeVcpus: () => describeX86Vcpus(partition),
+      describeInterrupts: () => (ioapic ? [describeIoapic(ioapic)] : []),
       describeSerial: () =>
         Object.entries(uarts).map(([name, u]) => {
           const s = u!.snapshot();
@@ -197,6 +225,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
         virtio!.flush();
       },
       dispose: () => {
+        pit?.dispose();
         for (const s of sinks) s.flush();
         virtio!.dispose();
         for (const c of ports) hooks.serial[c]?.attach(undefined);
@@ -204,13 +233,32 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       },
     };
   } catch (e) {
+    pit?.dispose();
     virtio?.dispose();
     partition.destroy();
     throw e;
   }
 }
 
+/** The config's irqchip if this hypervisor offers it (one sentence if not), else the hypervisor's first choice. */
+export function chooseIrqchip(wanted: X86Irqchip | undefined, offered: readonly X86Irqchip[], hvName: string): X86Irqchip {
+  if (wanted === undefined) return offered[0] ?? 'kernel';
+  if (!offered.includes(wanted)) {
+    throw new NodevmmError('ERR_CONFIG', `irqchip '${wanted}' is not available on this host's ${hvName} (it offers ${offered.map((o) => `'${o}'`).join(', ')})`);
+  }
+  return wanted;
+}
+
 const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+
+/** The userspace IOAPIC's pins that say why an interrupt did or did not arrive: asserted, pending, unmasked (vector), awaiting EOI. */
+export function describeIoapic(ioapic: Ioapic): string {
+  const s = ioapic.snapshot();
+  const pins = (mask: number) => (mask ? [...Array(ioapic.pins).keys()].filter((p) => mask & (1 << p)).join(',') : '-');
+  const unmasked = s.redirection.flatMap(([lo], pin) => (lo & REDIR_MASK_BIT ? [] : [`${pin}:${hex(lo & 0xff)}${lo & REDIR_TRIGGER_LEVEL_BIT ? 'L' : 'E'}`]));
+  const waiting = s.redirection.flatMap(([lo], pin) => (lo & REDIR_REMOTE_IRR_BIT ? [pin] : []));
+  return `ioapic asserted ${pins(s.levels)} pending ${pins(s.irr)} unmasked ${unmasked.join(',') || '-'} awaiting-eoi ${waiting.join(',') || '-'}`;
+}
 
 /** Each vCPU's RIP, RFLAGS, MP state and LAPIC, and the exit it waits on JS for. */
 function describeX86Vcpus(p: X86Partition): string[] {

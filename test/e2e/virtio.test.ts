@@ -52,6 +52,31 @@ e2e('the guest reads a raw disk as /dev/vda, writes to it, syncs and powers off:
   t.notRegex(r.log, /GUEST-INSMOD-FAILED/);
 });
 
+e2e("with irqchip 'userspace' (KVM's local APIC, the TypeScript IOAPIC and PIT) Debian boots to its init and reads /dev/vda", async (t) => {
+  const file = image(t, 4 * 2 ** 20);
+  const fd = fs.openSync(file, 'r+');
+  fs.writeSync(fd, Buffer.from('userspace-irqchip-pattern'), 0, 25, 0);
+  fs.closeSync(fd);
+  const r = await bootToStop({
+    irqchip: 'userspace',
+    disks: [{ path: file }],
+    command: [
+      waitFor('/dev/vda'),
+      'echo "GUEST-VDA-HEAD=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 25)"',
+      // The guest's interrupts went through the IOAPIC it found in the MADT (the TypeScript one).
+      'echo "GUEST-IOAPIC-LINES=$(grep -c IO-APIC /proc/interrupts)"',
+      // MADT flags (offset 40): PCAT_COMPAT is clear on this machine, which has no 8259.
+      'echo "GUEST-MADT-FLAGS=$(dd if=/sys/firmware/acpi/tables/APIC bs=1 skip=40 count=1 2>/dev/null | od -An -tu1 | tr -d \' \')"',
+    ].join('; '),
+  });
+  t.is(r.stop.reason, 'poweroff', r.stop.message);
+  t.regex(r.log, /GUEST-INIT-OK/);
+  t.is(r.markers['VDA-HEAD'], 'userspace-irqchip-pattern', r.log.slice(-3000));
+  t.true(Number(r.markers['IOAPIC-LINES']) > 0, r.log.slice(-3000));
+  t.is(r.markers['MADT-FLAGS'], '0', 'the machine built the userspace-irqchip MADT');
+  t.notRegex(r.log, FIRMWARE_COMPLAINTS);
+});
+
 e2e('a read-only disk is read-only in the guest and a write attempt leaves the image unchanged', async (t) => {
   const file = image(t, 2 * 2 ** 20, 0x5a);
   const r = await bootToStop({

@@ -85,6 +85,8 @@ export const FOUR_GIB = 4 * GiB;
 export const MMIO_GAP_START = 0xf800_0000;
 export const MMIO_GAP_SIZE = FOUR_GIB - MMIO_GAP_START;
 export const IOAPIC_START = 0xfec0_0000;
+/** The IOAPIC's register window: one page, as QEMU and KVM map it. */
+export const IOAPIC_SIZE = 0x1000;
 /**
  * virtio-mmio slots: 4 KiB each, from 0xFEB0_0000 up to just below the
  * IOAPIC (256 slots at most), inside the MMIO gap.
@@ -124,7 +126,12 @@ export const POST_PORT = 0x80;
 export const I8042_COMMAND_PORT = 0x64;
 /** The IOAPIC takes GSIs 0-23; the PIT drives ISA IRQ0, which reaches the IOAPIC on pin 2 (pin 0 is the 8259's ExtINT). */
 export const IOAPIC = { id: 0, address: IOAPIC_START, gsiBase: 0 } as const;
+/** Input pins of the IOAPIC (an 82093AA): GSIs 0-23. */
+export const IOAPIC_PINS = 24;
 export const PIT_ROUTE = { irq: 0, gsi: 2 } as const;
+/** The 8254 PIT's counters and control word (4 ports) and PC port 0x61 (counter 2's gate and output, speaker), when the PIT is a userspace model. */
+export const PIT_PORT = 0x40;
+export const SYSTEM_CONTROL_PORT_B = 0x61;
 /** LINT1 is the NMI input on every PC since the MP spec. */
 export const NMI_LINT = 1;
 

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { parseRunArgs, RUN_USAGE } from '../../../lib/cli/args';
 import { checkGuestMemoryFits, hostBackableBytes } from '../../../lib/cli/host-memory';
 import { ConfigError } from '../../../lib/errors';
+import { resolveVmConfig } from '../../../lib/vm/config';
 
 const BIN = path.resolve(__dirname, '../../../../bin/nodevmm.js');
 const GiB = 2 ** 30;
@@ -49,4 +50,12 @@ test('nodevmm run -m above the host exits 2 naming -m before opening /dev/kvm', 
   const r = spawnSync(process.execPath, [BIN, 'run', '--kernel', 'no-such-kernel', '-m', '100T', '--com1', 'none'], { timeout: 30_000 });
   t.is(r.status, 2, r.stderr.toString());
   t.regex(r.stderr.toString(), /^nodevmm: -m: 100T \(100 TiB\) is more guest RAM than this host can back .*\n$/);
+});
+
+test('--irqchip passes kernel or userspace to the config, which refuses anything else naming the field', (t) => {
+  t.is(parseRunArgs(['--kernel', 'k', '--irqchip', 'userspace']).config.irqchip, 'userspace');
+  t.is(parseRunArgs(['--kernel', 'k', '--irqchip=kernel']).config.irqchip, 'kernel');
+  t.is(parseRunArgs(['--kernel', 'k']).config.irqchip, undefined);
+  t.regex(RUN_USAGE, /--irqchip kernel\|userspace/);
+  t.throws(() => resolveVmConfig(parseRunArgs(['--kernel', 'k', '--irqchip', 'split']).config, 'x86_64'), { message: /irqchip: "split" must be 'kernel' or 'userspace'/ });
 });

@@ -1,6 +1,6 @@
 /**
  * The legacy devices (16550 UART, CMOS RTC, ACPI PM block, i8042 reset
- * port, PL011, debug port) under random port/MMIO accesses: any offset
+ * port, PL011, debug port, IOAPIC, 8254 PIT with port 0x61) under random port/MMIO accesses: any offset
  * inside and past the range, widths 1/2/4/8 and odd ones, any value,
  * mixed with host input and clock polls. Invariants, each failure naming
  * the seed that replays it (`NODEVMM_FUZZ_SEED=<seed>`): no access throws,
@@ -16,6 +16,8 @@ import { AcpiPm, ACPI_PM_BLOCK_SIZE, PM_TMR_OFFSET } from '../../../lib/devices/
 import { I8042Reset } from '../../../lib/devices/i8042-reset';
 import { Pl011, PL011, PL011_FR } from '../../../lib/devices/pl011';
 import { DebugPort } from '../../../lib/devices/debug-port';
+import { Ioapic, IOREGSEL_OFFSET, IOWIN_OFFSET, type MsiMessage } from '../../../lib/devices/irqchip/ioapic';
+import { Pit, PORT61_GATE2_BIT, PORT61_OUT2_BIT, type TimerHost } from '../../../lib/devices/irqchip/i8254';
 import { CALL_LIMIT_MS, caseSeed, prng, type Rng } from './prng';
 
 const ONLY_SEED = process.env.NODEVMM_FUZZ_SEED ? Number(process.env.NODEVMM_FUZZ_SEED) : undefined;
@@ -176,6 +178,91 @@ const kinds: Kind[] = [
         wellFormed() {
           port.write(0, 1, 0x80);
           return port.lastCode === 0x80 ? undefined : `last code ${port.lastCode}`;
+        },
+      };
+    },
+  },
+  {
+    name: 'IOAPIC',
+    cases: 2000,
+    seed: 0x10a91c,
+    make() {
+      let sent: MsiMessage[] = [];
+      const ioapic = new Ioapic({ id: 0, deliver: (m) => sent.push(m), onRoutesChanged: () => {} });
+      // Guest accesses with IOREGSEL aimed at the table now and then, so random IOWIN writes reach real entries.
+      const device: IoDevice = {
+        name: 'ioapic',
+        read: (o, size) => ioapic.read(o, size),
+        write: (o, size, v) => ioapic.write(o, size, o === IOREGSEL_OFFSET && (v & 1) ? 0x10 + (v >>> 1) % 48 : v),
+      };
+      return {
+        device,
+        span: 0x20,
+        hostEvent: (r) => {
+          sent = [];
+          if (r.chance(0.5)) ioapic.setLevel(r.int(24), r.chance(0.5));
+          else ioapic.eoi(r.int(256));
+        },
+        // One input change or EOI sends at most one message per pin: no storm from the guest's programming.
+        overBound: () => (sent.length > 24 ? `${sent.length} messages from one host event` : undefined),
+        wellFormed() {
+          for (const [index, value] of [[0x17, 0], [0x16, 0x51]] as const) {
+            ioapic.write(IOREGSEL_OFFSET, 1, index);
+            ioapic.write(IOWIN_OFFSET, 4, value); // pin 3: vector 0x51, edge, unmasked, destination 0
+          }
+          ioapic.setLevel(3, false);
+          sent = [];
+          ioapic.setLevel(3, true);
+          return sent.length === 1 && (sent[0]!.data & 0xff) === 0x51 ? undefined : `a rising edge on pin 3 sent ${JSON.stringify(sent)}`;
+        },
+      };
+    },
+  },
+  {
+    name: '8254 PIT and port 0x61',
+    cases: 2000,
+    seed: 0x8254,
+    make(rnd) {
+      let now = BigInt(rnd.int(2 ** 40));
+      const pending = new Map<number, () => void>();
+      let id = 0;
+      const timers: TimerHost = { setTimeout: (fn) => (pending.set(++id, fn), id), clearTimeout: (h) => void pending.delete(h as number) };
+      const irq0 = new RecordingIrqLine();
+      const pit = new Pit({ irq0, clock: () => now, timers });
+      const port61 = pit.systemControlPort();
+      // Offsets 0-3: the PIT; offset 4: port 0x61.
+      const device: IoDevice = {
+        name: 'pit',
+        read: (o, size) => (o === 4 ? port61.read(0, size) : pit.read(o, size)),
+        write: (o, size, v) => (o === 4 ? port61.write(0, size, v) : pit.write(o, size, v)),
+      };
+      return {
+        device,
+        span: 5,
+        hostEvent: (r) => {
+          now += BigInt(r.int(r.chance(0.5) ? 2_000_000 : 2_000_000_000));
+          for (const [k, fn] of [...pending]) {
+            pending.delete(k);
+            fn();
+          }
+        },
+        overBound: () => (pending.size > 1 ? `${pending.size} host timers` : undefined),
+        wellFormed() {
+          port61.write(0, 1, PORT61_GATE2_BIT);
+          pit.write(3, 1, 0xb0); // counter 2, LSB/MSB, mode 0
+          pit.write(2, 1, 100);
+          pit.write(2, 1, 0);
+          if (port61.read(0, 1) & PORT61_OUT2_BIT) return 'OUT2 high right after loading a mode-0 count';
+          now += 1_000_000n; // ~1193 ticks
+          if (!(port61.read(0, 1) & PORT61_OUT2_BIT)) return 'OUT2 still low after the count ran out';
+          pit.write(3, 1, 0x34); // counter 0, mode 2
+          pit.write(0, 1, 0xa9);
+          pit.write(0, 1, 0x04);
+          const before = irq0.pulses;
+          if (pending.size !== 1) return `counter 0 in mode 2 set ${pending.size} timers`;
+          now += 2_000_000n;
+          [...pending.values()][0]!();
+          return irq0.pulses === before + 1 ? undefined : 'no IRQ0 edge from a mode-2 period';
         },
       };
     },

@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from '../../../lib/hv/backend';
-import { EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { EXIT_KIND_EOI, EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
 import { PartitionCore } from '../../../lib/hv/partition-core';
 import type { NotifyOps, VcpuStop, VirtualProcessor } from '../../../lib/hv/partition';
 import type { Route } from '../../../lib/hv/route-table';
@@ -167,6 +167,34 @@ test('a dispatch applies posted writes before answering the mailbox, and wakes o
   t.deepEqual(seen.slice(2), ['w3=9']);
   t.true(r.calls.includes('completeExit'));
   t.is(p.stats().notifications, 2);
+  p.destroy();
+});
+
+/** A core whose subclass hands EOI exits on, as an x86 backend's localApicBus.onEoi does. */
+class EoiCore extends PartitionCore<VirtualProcessor, FakeBackend> {
+  onEoi(fn: (vector: number) => void): void {
+    this.setEoiHandler(fn);
+  }
+}
+
+test('an EOI exit (mailbox kind 3) reaches the EOI handler with its vector, touches no bus, and is answered', (t) => {
+  const b = new FakeBackend(1);
+  const p = new EoiCore(b, 0);
+  const seen: string[] = [];
+  p.mmio.register(0, 0x100, { name: 'low', read: () => (seen.push('mmio read'), 0), write: () => void seen.push('mmio write') });
+  p.pio.register(0, 0x100, { name: 'low', read: () => (seen.push('pio read'), 0), write: () => void seen.push('pio write') });
+  p.start();
+  const r = b.runners[0]!;
+  r.exit(EXIT_KIND_EOI, true, 1, 0x41, 0x41);
+  b.notify();
+  t.deepEqual(seen, [], 'no handler yet: dropped, but answered');
+  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_DONE);
+  p.onEoi((v) => seen.push(`eoi ${v.toString(16)}`));
+  Atomics.store(r.shared.i32, 0, 0);
+  r.exit(EXIT_KIND_EOI, true, 1, 0x42, 0x42, true);
+  b.notify();
+  t.deepEqual(seen, ['eoi 42']);
+  t.true(r.calls.includes('completeExit'), 'a sleeping vCPU is woken after its EOI');
   p.destroy();
 });
 
