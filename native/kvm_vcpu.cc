@@ -492,15 +492,15 @@ Napi::Value Vcpu::Stop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// completeExit(): JS answered the mailbox (it may already have moved it to
-// DONE itself, see lib/hv/exit-mailbox.ts); wake the vCPU if it sleeps. A
+// completeExit(): JS answered the mailbox (it may already have moved it back
+// to IDLE itself, see lib/hv/exit-mailbox.ts); wake the vCPU if it sleeps. A
 // CAS from PENDING only: an ABORTED mailbox stays aborted.
 Napi::Value Vcpu::CompleteExit(const Napi::CallbackInfo& info) {
   auto core = core_.lock();
   if (!core) return info.Env().Undefined();
   ExitMailbox& mb = core->shared()->mailbox;
   int32_t expected = kMailboxPending;
-  mb.state.compare_exchange_strong(expected, kMailboxDone, std::memory_order_seq_cst);
+  mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_seq_cst);
   if (mb.sleeping.load(std::memory_order_seq_cst)) {
     syscall(SYS_futex, reinterpret_cast<int32_t*>(&mb.state), FUTEX_WAKE, 1, nullptr, nullptr, 0);
   }

@@ -134,7 +134,7 @@ void VcpuThread::Stop() {
     cv_.notify_all();
   }
   // ABORTED is terminal: every later transition of the vCPU thread
-  // (IDLE->PENDING, DONE->IDLE) and of JS (PENDING->DONE) is a CAS that
+  // (IDLE->PENDING) and of JS (PENDING->IDLE, the answer) is a CAS that
   // fails on it. Whatever the thread is doing (in KVM_RUN, between its
   // return and publishing an exit, spinning or asleep waiting for JS, in a
   // rep string loop), its next mailbox step sees ABORTED and it leaves.
@@ -249,15 +249,14 @@ bool VcpuThread::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint6
     if (mb.state.load(std::memory_order_acquire) != kMailboxPending) break;
   }
 answered:
-  if (mb.state.load(std::memory_order_acquire) != kMailboxDone) return false;  // aborted
+  // Not PENDING: IDLE (JS answered; its CAS released `data`) or ABORTED. A
+  // stop that lands after this check is seen by the next exit's CAS.
+  if (mb.state.load(std::memory_order_acquire) != kMailboxIdle) return false;  // aborted
   if (!is_write) {
     uint64_t r = mb.data;
     std::memcpy(data, &r, size > 8 ? 8 : size);
   }
-  // A CAS, not a store: a stop that aborted the mailbox after JS answered
-  // must not be overwritten by IDLE (the next exit would then wait forever).
-  expected = kMailboxDone;
-  return mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_acq_rel);
+  return true;
 }
 
 bool VcpuThread::HandleIo(const DecodedExit& x) {

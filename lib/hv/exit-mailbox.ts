@@ -9,7 +9,7 @@ import type { ShadowBlock } from './io-bus';
 
 export const MAILBOX_IDLE = 0;
 export const MAILBOX_PENDING = 1;
-export const MAILBOX_DONE = 2;
+/** 2 was DONE: an answered exit now goes straight back to IDLE (native/exit_mailbox.h). */
 export const MAILBOX_ABORTED = 3;
 export const EXIT_KIND_PIO = 1;
 export const EXIT_KIND_MMIO = 2;
@@ -110,7 +110,7 @@ export class VcpuSharedView {
    * `state`; we store `state` then read `sleeping`: one side sees the other).
    */
   complete(): boolean {
-    if (Atomics.compareExchange(this.i32, 0, MAILBOX_PENDING, MAILBOX_DONE) !== MAILBOX_PENDING) return false;
+    if (Atomics.compareExchange(this.i32, 0, MAILBOX_PENDING, MAILBOX_IDLE) !== MAILBOX_PENDING) return false;
     return Atomics.load(this.i32, 8) !== 0;
   }
   setReadResult(value: number): void {

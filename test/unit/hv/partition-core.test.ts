@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from '../../../lib/hv/backend';
-import { EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_IDLE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
 import { PartitionCore } from '../../../lib/hv/partition-core';
 import type { NotifyOps, VcpuStop, VirtualProcessor } from '../../../lib/hv/partition';
 import type { Route } from '../../../lib/hv/route-table';
@@ -159,7 +159,7 @@ test('a dispatch applies posted writes before answering the mailbox, and wakes o
   r.exit(EXIT_KIND_PIO, false, 1, 0x12);
   b.notify();
   t.deepEqual(seen, ['w1=7', 'r2/1']);
-  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_DONE);
+  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_IDLE, 'answered: back to IDLE');
   t.is(r.shared.u32[6], 0xab);
   t.false(r.calls.includes('completeExit'), 'an awake vCPU sees the answer itself');
   r.exit(EXIT_KIND_PIO, true, 1, 0x13, 9, true);
