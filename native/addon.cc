@@ -4,6 +4,7 @@
 // watcher and disk I/O.
 #include <napi.h>
 
+#include "deferred_close.h"
 #include "exit_mailbox.h"
 #include "guest_ram.h"
 #include "kvm_vm.h"
@@ -50,6 +51,11 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// pendingCloses() -> VM fds handed to closer threads and not yet closed.
+Napi::Value PendingCloses(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(nodevmm::ReapClosers()));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitSystem(env, exports);
   nodevmm::InitTap(env, exports);
@@ -63,6 +69,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));
   exports.Set("layout", Napi::Function::New(env, Layout, "layout"));
+  exports.Set("pendingCloses", Napi::Function::New(env, PendingCloses, "pendingCloses"));
   exports.Set("backend", Napi::String::New(env, "kvm"));
   exports.Set("arch", Napi::String::New(env,
 #if defined(__x86_64__)

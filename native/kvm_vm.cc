@@ -12,6 +12,7 @@
 #include <set>
 
 #include "common.h"
+#include "deferred_close.h"
 #include "guest_ram.h"
 
 namespace nodevmm {
@@ -101,7 +102,7 @@ Vm::~Vm() {
     for (auto& v : vcpus_) v->Stop();
     for (auto& v : vcpus_) v->Join();
     vcpus_.clear();
-    if (fd_ >= 0) close(fd_);
+    CloseLater(fd_);
     fd_ = -1;
     channel_.Abandon();
   }
@@ -406,12 +407,14 @@ void Vm::DestroyImpl(Napi::Env env) {
   channel_.StartAborting();
   for (auto& v : vcpus_) v->Stop();
   for (auto& v : vcpus_) v->Join();
+  // The vCPU fds close here, at once (each only drops a reference on the VM);
+  // the VM fd is the last reference, and its close destroys the VM.
   vcpus_.clear();
   {
     std::lock_guard<std::mutex> lock(slots_mu_);
     slots_.clear();
   }
-  if (fd_ >= 0) close(fd_);
+  CloseLater(fd_);
   fd_ = -1;
   channel_.Close(env);
 }
@@ -431,6 +434,7 @@ void DestroyAllVms(Napi::Env env) {
     live.assign(g_live.begin(), g_live.end());
   }
   for (Vm* vm : live) vm->DestroyImpl(env);
+  JoinAllClosers();
 }
 
 }  // namespace nodevmm

@@ -44,6 +44,22 @@ export function openKvmVm(vcpus: number, binding: NativeBinding = nativeBinding(
   }
 }
 
+/**
+ * Resolves once every VM fd that a destroy handed to a closer thread is
+ * closed. destroy() returns with the vCPU threads joined, their fds closed
+ * and guest RAM unmapped; the VM fd, whose close makes KVM tear the VM down
+ * and wait for grace periods (~10 ms on KVM-PVM), closes on a closer thread
+ * (at most 4 at once; beyond that destroy() closes it itself). For leak
+ * checks and callers that count fds; rejects after `timeoutMs`.
+ */
+export async function vmClosesSettled(timeoutMs = 10_000, binding: NativeBinding = nativeBinding()): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (binding.pendingCloses() > 0) {
+    if (Date.now() > end) throw new NodevmmError('ERR_VM_CLOSE_TIMEOUT', `${binding.pendingCloses()} VM fds were still closing after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
 /** One KVM vCPU's run thread (native/vcpu_thread.cc). */
 export class KvmVcpuRunner implements VcpuRunner {
   readonly shared: VcpuSharedView;

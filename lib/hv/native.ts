@@ -194,6 +194,8 @@ export interface NativeBinding {
   GuestRam: new (size: number, opts?: { name?: string }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
+  /** VM fds a destroy handed to closer threads (native/deferred_close.h) that are not closed yet. */
+  pendingCloses(): number;
 }
 
 let cached: NativeBinding | undefined;
