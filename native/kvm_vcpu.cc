@@ -464,6 +464,8 @@ Napi::Value Vcpu::Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, false)) return env.Undefined();
   std::string err;
+  // The guest runs only once its memory slots are set.
+  if (!vm_->SettleSlots(&err)) return ThrowUsage(env, err);
   if (!core_.lock()->Start(&err)) return ThrowUsage(env, err);
   return env.Undefined();
 }

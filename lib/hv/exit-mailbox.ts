@@ -70,6 +70,11 @@ export function checkLayout(layout: SharedPageLayout): void {
   }
 }
 
+/** Where drainPosted applies each posted write, in order. */
+export interface PostedWriteSink {
+  applyPosted(kind: number, address: number, size: number, value: number): void;
+}
+
 /** The vCPU side of one exit, as JS sees it. All accessors read shared memory directly. */
 export class VcpuSharedView {
   readonly i32: Int32Array;
@@ -133,7 +138,7 @@ export class VcpuSharedView {
   }
 
   /** Apply every queued posted write in order; returns how many. */
-  drainPosted(apply: (kind: number, address: number, size: number, value: number) => unknown): number {
+  drainPosted(sink: PostedWriteSink): number {
     let n = 0;
     for (;;) {
       const head = Atomics.load(this.u32, 16);
@@ -145,7 +150,7 @@ export class VcpuSharedView {
         const size = this.u32[at + 1]!;
         const address = this.u32[at + 2]! + this.u32[at + 3]! * 0x100000000;
         const value = this.u32[at + 4]! + this.u32[at + 5]! * 0x100000000;
-        apply(kind, address, size, value);
+        sink.applyPosted(kind, address, size, value);
         tail = (tail + 1) >>> 0;
         n++;
       }

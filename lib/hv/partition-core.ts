@@ -95,6 +95,10 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
     this.ram.add(opts);
   }
 
+  ramReady(): Promise<void> {
+    return this.ram.ready();
+  }
+
   /**
    * Move bytes between a file and guest pages on the thread pool, with no
    * copy through JS (native/block_io.cc): 'read' fills `buffers` from the file

@@ -96,6 +96,13 @@ export interface Partition extends EventEmitter {
   readonly mmio: IoBus;
   readonly vcpus: readonly VirtualProcessor[];
   addRam(opts: RamOptions): void;
+  /**
+   * Resolves once the RAM added so far is mapped for the guest; rejects with the
+   * mapping's failure. A backend may map in the background (KVM does: its memory
+   * slots cost milliseconds of kernel waiting); start() waits for it anyway, but
+   * awaiting this first lets the event loop do other work meanwhile.
+   */
+  ramReady(): Promise<void>;
   /** Start every vCPU thread (paused) and let them run. */
   start(): void;
   resume(): void;
