@@ -22,9 +22,14 @@ long Futex(std::atomic<int32_t>* addr, int op, int32_t val) {
   // SAFETY: addr is a 4-byte aligned atomic int inside a live VcpuShared.
   return syscall(SYS_futex, reinterpret_cast<int32_t*>(addr), op, val, nullptr, nullptr, 0);
 }
-// How long a vCPU spins for JS's answer before sleeping: long enough to
-// cover a busy event loop's handler, short enough not to burn a core.
+// How long a vCPU spins for JS's answer before sleeping (~40 us of pause
+// here): long enough to cover a busy event loop's handler, short enough not
+// to burn a core. The window adapts (VcpuThread::spin_): halved after a wait
+// that ended asleep, doubled after an answer that came while spinning. When
+// every core is busy, spinning for an answer that does not come keeps the JS
+// thread off the core it needs.
 constexpr int kSpinIterations = 4000;
+constexpr int kMinSpinIterations = 64;
 inline void CpuRelax() {
 #if defined(__x86_64__)
   _mm_pause();
@@ -235,11 +240,15 @@ bool VcpuThread::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint6
   if (!mb.state.compare_exchange_strong(expected, kMailboxPending, std::memory_order_acq_rel)) return false;  // aborted
   channel_->Notify();
   for (;;) {
-    for (int i = 0; i < kSpinIterations; i++) {
+    for (int i = 0; i < spin_; i++) {
       int32_t st = mb.state.load(std::memory_order_acquire);
-      if (st != kMailboxPending) goto answered;
+      if (st != kMailboxPending) {
+        spin_ = spin_ * 2 > kSpinIterations ? kSpinIterations : spin_ * 2;
+        goto answered;
+      }
       CpuRelax();
     }
+    spin_ = spin_ / 2 < kMinSpinIterations ? kMinSpinIterations : spin_ / 2;
     // A stop asked for after we published: Stop() aborts the mailbox too,
     // but do not rely on one mechanism for leaving.
     if (request_.load(std::memory_order_acquire) == kRequestStop) return false;

@@ -62,6 +62,8 @@ class VcpuThread {
   std::atomic<int32_t> request_{kRequestNone};
   bool resume_requested_ = false;
   bool started_ = false;
+  // Iterations to spin for JS's answer before sleeping (vcpu_thread.cc); vCPU thread only.
+  int spin_ = 4000;
 };
 
 // The kick signal; its handler does nothing but interrupt the guest entry.

@@ -88,6 +88,8 @@ export interface PartitionStats {
   notifications: number;
   /** Dispatches the 50 ms watchdog had to start because no wakeup arrived (should stay 0). */
   rescues: number;
+  /** The dispatcher's polling window now, ns (dispatchSpinUs at most; it shrinks while polls find no exit). */
+  pollWindowNs: number;
 }
 
 export interface Partition extends EventEmitter {

@@ -170,6 +170,27 @@ test('a dispatch applies posted writes before answering the mailbox, and wakes o
   p.destroy();
 });
 
+test('the polling window halves after each poll that finds no exit, down to none, and exits are still answered', (t) => {
+  const { p, b } = partition(1, 32);
+  const seen: number[] = [];
+  p.pio.register(0x10, 1, { name: 'dev', read: () => 0, write: (_o, _s, v) => void seen.push(v) });
+  p.start();
+  const r = b.runners[0]!;
+  const windows = [p.stats().pollWindowNs];
+  for (let i = 0; i < 7; i++) {
+    // Each exit comes more than a full window after the dispatcher went idle (a notification
+    // sooner than that would have been caught by polling, and grows the window back).
+    const later = process.hrtime.bigint() + 100_000n;
+    while (process.hrtime.bigint() < later);
+    r.exit(EXIT_KIND_PIO, true, 1, 0x10, i);
+    b.notify(); // answers, then polls for the window and finds nothing more
+    windows.push(p.stats().pollWindowNs);
+  }
+  t.deepEqual(windows, [32000, 16000, 8000, 4000, 2000, 1000, 0, 0]);
+  t.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6]);
+  p.destroy();
+});
+
 test('routes are pushed at start and on every later bus change, with shadow blocks in order, and never after destroy', (t) => {
   const { p, b } = partition();
   const dev = { name: 'd', read: () => 0, write: () => {} };
