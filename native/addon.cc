@@ -10,6 +10,7 @@
 #if defined(_WIN32)
 #include "whp_vm.h"
 #else
+#include "deferred_close.h"
 #include "kvm_vm.h"
 #endif
 
@@ -57,6 +58,13 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
   return o;
 }
 
+#if !defined(_WIN32)
+// pendingCloses() -> VM fds handed to closer threads and not yet closed.
+Napi::Value PendingCloses(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(nodevmm::ReapClosers()));
+}
+#endif
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #if defined(_WIN32)
   nodevmm::InitWhp(env, exports);
@@ -74,6 +82,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));
+  exports.Set("pendingCloses", Napi::Function::New(env, PendingCloses, "pendingCloses"));
   exports.Set("backend", Napi::String::New(env, "kvm"));
 #endif
   exports.Set("layout", Napi::Function::New(env, Layout, "layout"));

@@ -6,10 +6,13 @@
 // Protocol for an exit that a TypeScript device must answer:
 //   vCPU thread: fill kind/address/size/data, CAS state IDLE->PENDING
 //                (release), wake JS (coalesced), spin briefly, then
-//                futex-wait on state; on DONE read `data` and CAS DONE->IDLE.
+//                futex-wait on state; on IDLE read `data` and go on.
 //   JS:          read the record, run the device, write `data` for reads,
-//                CAS PENDING->DONE (lib/hv/exit-mailbox.ts) and call
+//                CAS PENDING->IDLE (lib/hv/exit-mailbox.ts) and call
 //                completeExit(i) only if the thread went to sleep.
+// The answer is IDLE itself, not a DONE the vCPU would then turn into IDLE:
+// that second write took the cache line back from the polling JS thread on
+// every exit.
 //   Stop:        store ABORTED unconditionally and wake the futex.
 // ABORTED is terminal: no one ever stores over it, since every other
 // transition is a CAS from a named state. So a stop that lands at any moment
@@ -27,7 +30,7 @@ namespace nodevmm {
 enum MailboxState : int32_t {
   kMailboxIdle = 0,     // the vCPU owns the record
   kMailboxPending = 1,  // JS must handle it
-  kMailboxDone = 2,     // JS answered; the vCPU may continue
+  // 2 was DONE (JS answered); JS now answers by going back to IDLE.
   kMailboxAborted = 3,  // the vCPU is being stopped; terminal, never overwritten
 };
 

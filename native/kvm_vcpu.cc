@@ -464,6 +464,8 @@ Napi::Value Vcpu::Start(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, false)) return env.Undefined();
   std::string err;
+  // The guest runs only once its memory slots are set.
+  if (!vm_->SettleSlots(&err)) return ThrowUsage(env, err);
   if (!core_.lock()->Start(&err)) return ThrowUsage(env, err);
   return env.Undefined();
 }
@@ -492,15 +494,15 @@ Napi::Value Vcpu::Stop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// completeExit(): JS answered the mailbox (it may already have moved it to
-// DONE itself, see lib/hv/exit-mailbox.ts); wake the vCPU if it sleeps. A
+// completeExit(): JS answered the mailbox (it may already have moved it back
+// to IDLE itself, see lib/hv/exit-mailbox.ts); wake the vCPU if it sleeps. A
 // CAS from PENDING only: an ABORTED mailbox stays aborted.
 Napi::Value Vcpu::CompleteExit(const Napi::CallbackInfo& info) {
   auto core = core_.lock();
   if (!core) return info.Env().Undefined();
   ExitMailbox& mb = core->shared()->mailbox;
   int32_t expected = kMailboxPending;
-  mb.state.compare_exchange_strong(expected, kMailboxDone, std::memory_order_seq_cst);
+  mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_seq_cst);
   if (mb.sleeping.load(std::memory_order_seq_cst)) {
     syscall(SYS_futex, reinterpret_cast<int32_t*>(&mb.state), FUTEX_WAKE, 1, nullptr, nullptr, 0);
   }

@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 
 #include "common.h"
+#include "deferred_close.h"
 #include "guest_ram.h"
 
 namespace nodevmm {
@@ -99,10 +101,12 @@ Vm::~Vm() {
   // GC of an undestroyed VM: stop threads without touching JS.
   if (!destroyed_) {
     channel_.StartAborting();
+    std::string slot_err;
+    SettleSlots(&slot_err);  // a slot worker uses this object and the fd
     for (auto& v : vcpus_) v->Stop();
     for (auto& v : vcpus_) v->Join();
     vcpus_.clear();
-    if (fd_ >= 0) close(fd_);
+    CloseLater(fd_);
     fd_ = -1;
     channel_.Abandon();
   }
@@ -312,8 +316,59 @@ Napi::Value Vm::Ioeventfd(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// setUserMemoryRegion(slot, gpa, ram: GuestRam | null, offset, size, { readonly?, logDirty? })
-// size 0 deletes the slot.
+// One KVM_SET_USER_MEMORY_REGION on the thread pool. Creating a slot makes
+// KVM wait for an SRCU grace period (~4.6 ms on KVM-PVM); the JS thread
+// builds the rest of the machine meanwhile. The worker holds no JS object:
+// destroy and the Vm's finalizer wait for Execute (SettleSlots), and the
+// slot's GuestRam stays referenced from slots_ until then; only OnOK, which
+// settles the Promise, may run after the VM is gone (it touches no Vm).
+class SlotWorker : public Napi::AsyncWorker {
+ public:
+  SlotWorker(Napi::Env env, Vm* vm, int fd, kvm_userspace_memory_region r)
+      : Napi::AsyncWorker(env, "nodevmm:memorySlot"), vm_(vm), fd_(fd), r_(r), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    int r;
+    do r = ioctl(fd_, KVM_SET_USER_MEMORY_REGION, &r_);
+    while (r < 0 && errno == EINTR);
+    err_ = r < 0 ? errno : 0;
+    vm_->SlotDone(err_, r_.slot);
+  }
+  void OnOK() override {
+    if (err_) deferred_.Reject(ErrnoError(Env(), err_, "ioctl", "KVM_SET_USER_MEMORY_REGION", "set user memory region").Value());
+    else deferred_.Resolve(Env().Undefined());
+  }
+
+ private:
+  Vm* vm_;
+  int fd_;
+  kvm_userspace_memory_region r_;
+  int err_ = 0;
+  Napi::Promise::Deferred deferred_;
+};
+
+void Vm::SlotDone(int err_no, uint32_t slot) {
+  std::lock_guard<std::mutex> lock(slots_mu_);
+  if (err_no && slot_failure_.empty()) {
+    slot_failure_ = "memory slot " + std::to_string(slot) + " could not be set (KVM_SET_USER_MEMORY_REGION: " + strerror(err_no) + ")";
+  }
+  slots_in_background_--;
+  slots_cv_.notify_all();
+}
+
+bool Vm::SettleSlots(std::string* err) {
+  std::unique_lock<std::mutex> lock(slots_mu_);
+  slots_cv_.wait(lock, [&] { return slots_in_background_ == 0; });
+  if (slot_failure_.empty()) return true;
+  *err = slot_failure_;
+  return false;
+}
+
+// setUserMemoryRegion(slot, gpa, ram: GuestRam | null, offset, size, { readonly?, logDirty?, background? })
+// size 0 deletes the slot. With `background` (a new slot, before any vCPU
+// started) the ioctl runs on the thread pool and a Promise is returned;
+// every other call, and a vCPU's start, waits for those first.
 Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();
@@ -337,18 +392,43 @@ Napi::Value Vm::SetUserMemoryRegion(const Napi::CallbackInfo& info) {
     host = ram->host() + offset;
     r.userspace_addr = reinterpret_cast<uint64_t>(host);
   }
+  bool background = false;
   if (info.Length() > 5 && info[5].IsObject()) {
     Napi::Object o = info[5].As<Napi::Object>();
     if (o.Get("readonly").ToBoolean()) r.flags |= KVM_MEM_READONLY;
     if (o.Get("logDirty").ToBoolean()) r.flags |= KVM_MEM_LOG_DIRTY_PAGES;
+    background = o.Get("background").ToBoolean();
   }
-  // SAFETY: userspace_addr points into a live GuestRam mapping that the slot
-  // entry below keeps referenced until the slot is deleted or the VM dies.
-  VM_IOCTL(KVM_SET_USER_MEMORY_REGION, &r, "set user memory region");
-  std::lock_guard<std::mutex> lock(slots_mu_);
-  slots_.erase(std::remove_if(slots_.begin(), slots_.end(), [&](const Slot& s) { return s.slot == slot; }), slots_.end());
-  if (size != 0) slots_.push_back(Slot{slot, gpa, size, host, Napi::Persistent(ram_obj)});
-  return env.Undefined();
+  bool started = false;
+  for (auto& v : vcpus_) started = started || v->state() != VcpuState::kCreated;
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    for (const Slot& s : slots_) {
+      if (s.slot == slot) background = false;  // a change to a slot: in order, here
+    }
+  }
+  if (!background || size == 0 || started) {
+    std::string err;
+    if (!SettleSlots(&err)) return ThrowUsage(env, err);
+    // SAFETY: userspace_addr points into a live GuestRam mapping that the slot
+    // entry below keeps referenced until the slot is deleted or the VM dies.
+    VM_IOCTL(KVM_SET_USER_MEMORY_REGION, &r, "set user memory region");
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    slots_.erase(std::remove_if(slots_.begin(), slots_.end(), [&](const Slot& s) { return s.slot == slot; }), slots_.end());
+    if (size != 0) slots_.push_back(Slot{slot, gpa, size, host, Napi::Persistent(ram_obj)});
+    return env.Undefined();
+  }
+  // SAFETY: as above; the slot entry is made before the ioctl runs, and
+  // destroy waits for the worker (SettleSlots) before the RAM can go.
+  auto* w = new SlotWorker(env, this, fd_, r);
+  {
+    std::lock_guard<std::mutex> lock(slots_mu_);
+    slots_.push_back(Slot{slot, gpa, size, host, Napi::Persistent(ram_obj)});
+    slots_in_background_++;
+  }
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 uint8_t* Vm::HostAddress(uint64_t gpa, uint64_t len) {
@@ -426,14 +506,19 @@ void Vm::DestroyImpl(Napi::Env env) {
   if (destroyed_) return;
   destroyed_ = true;
   channel_.StartAborting();
+  // A slot still being set on the thread pool uses the fd and the RAM.
+  std::string slot_err;
+  SettleSlots(&slot_err);
   for (auto& v : vcpus_) v->Stop();
   for (auto& v : vcpus_) v->Join();
+  // The vCPU fds close here, at once (each only drops a reference on the VM);
+  // the VM fd is the last reference, and its close destroys the VM.
   vcpus_.clear();
   {
     std::lock_guard<std::mutex> lock(slots_mu_);
     slots_.clear();
   }
-  if (fd_ >= 0) close(fd_);
+  CloseLater(fd_);
   fd_ = -1;
   channel_.Close(env);
 }
@@ -453,6 +538,7 @@ void DestroyAllVms(Napi::Env env) {
     live.assign(g_live.begin(), g_live.end());
   }
   for (Vm* vm : live) vm->DestroyImpl(env);
+  JoinAllClosers();
 }
 
 }  // namespace nodevmm

@@ -79,9 +79,14 @@ class Vm : public Napi::ObjectWrap<Vm> {
   uint8_t* HostAddress(uint64_t gpa, uint64_t len);
 
   void DestroyImpl(Napi::Env env);
+  // Waits for memory slots being set on the thread pool; false (with the
+  // first failure in *err) when one failed.
+  bool SettleSlots(std::string* err);
 
  private:
   friend class Vcpu;
+  friend class SlotWorker;
+  void SlotDone(int err_no, uint32_t slot);
   Napi::Value CheckExtension(const Napi::CallbackInfo& info);
 #if defined(__x86_64__)
   Napi::Value SetTssAddr(const Napi::CallbackInfo& info);
@@ -129,6 +134,11 @@ class Vm : public Napi::ObjectWrap<Vm> {
   };
   std::vector<Slot> slots_;
   std::mutex slots_mu_;
+  // Slots whose KVM_SET_USER_MEMORY_REGION runs on the thread pool
+  // ({ background: true }), and the first such ioctl's failure.
+  std::condition_variable slots_cv_;
+  int slots_in_background_ = 0;
+  std::string slot_failure_;
   bool destroyed_ = false;
 };
 

@@ -22,9 +22,14 @@
 namespace nodevmm {
 
 namespace {
-// How long a vCPU spins for JS's answer before sleeping: long enough to
-// cover a busy event loop's handler, short enough not to burn a core.
+// How long a vCPU spins for JS's answer before sleeping (~40 us of pause
+// here): long enough to cover a busy event loop's handler, short enough not
+// to burn a core. The window adapts (VcpuThread::spin_): halved after a wait
+// that ended asleep, doubled after an answer that came while spinning. When
+// every core is busy, spinning for an answer that does not come keeps the JS
+// thread off the core it needs.
 constexpr int kSpinIterations = 4000;
+constexpr int kMinSpinIterations = 64;
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(_M_X64)
   _mm_pause();
@@ -172,7 +177,7 @@ void VcpuThread::Stop() {
     cv_.notify_all();
   }
   // ABORTED is terminal: every later transition of the vCPU thread
-  // (IDLE->PENDING, DONE->IDLE) and of JS (PENDING->DONE) is a CAS that
+  // (IDLE->PENDING) and of JS (PENDING->IDLE, the answer) is a CAS that
   // fails on it. Whatever the thread is doing (in KVM_RUN, between its
   // return and publishing an exit, spinning or asleep waiting for JS, in a
   // rep string loop), its next mailbox step sees ABORTED and it leaves.
@@ -280,11 +285,15 @@ bool VcpuThread::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint6
   if (!mb.state.compare_exchange_strong(expected, kMailboxPending, std::memory_order_acq_rel)) return false;  // aborted
   channel_->Notify();
   for (;;) {
-    for (int i = 0; i < kSpinIterations; i++) {
+    for (int i = 0; i < spin_; i++) {
       int32_t st = mb.state.load(std::memory_order_acquire);
-      if (st != kMailboxPending) goto answered;
+      if (st != kMailboxPending) {
+        spin_ = spin_ * 2 > kSpinIterations ? kSpinIterations : spin_ * 2;
+        goto answered;
+      }
       CpuRelax();
     }
+    spin_ = spin_ / 2 < kMinSpinIterations ? kMinSpinIterations : spin_ / 2;
     // A stop asked for after we published: Stop() aborts the mailbox too,
     // but do not rely on one mechanism for leaving.
     if (request_.load(std::memory_order_acquire) == kRequestStop) return false;
@@ -294,15 +303,14 @@ bool VcpuThread::DispatchToJs(uint32_t kind, bool is_write, uint32_t size, uint6
     if (mb.state.load(std::memory_order_acquire) != kMailboxPending) break;
   }
 answered:
-  if (mb.state.load(std::memory_order_acquire) != kMailboxDone) return false;  // aborted
+  // Not PENDING: IDLE (JS answered; its CAS released `data`) or ABORTED. A
+  // stop that lands after this check is seen by the next exit's CAS.
+  if (mb.state.load(std::memory_order_acquire) != kMailboxIdle) return false;  // aborted
   if (!is_write) {
     uint64_t r = mb.data;
     std::memcpy(data, &r, size > 8 ? 8 : size);
   }
-  // A CAS, not a store: a stop that aborted the mailbox after JS answered
-  // must not be overwritten by IDLE (the next exit would then wait forever).
-  expected = kMailboxDone;
-  return mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_acq_rel);
+  return true;
 }
 
 bool VcpuThread::HandleIo(const DecodedExit& x) {

@@ -67,6 +67,8 @@ class VcpuThread final : public IoHandler {
   std::atomic<int32_t> request_{kRequestNone};
   bool resume_requested_ = false;
   bool started_ = false;
+  // Iterations to spin for JS's answer before sleeping (vcpu_thread.cc); vCPU thread only.
+  int spin_ = 4000;
 };
 
 #if !defined(_WIN32)

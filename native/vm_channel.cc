@@ -33,6 +33,13 @@ bool VmChannel::SetNotify(Napi::Env env, Napi::Function fn, std::string* err) {
 
 void VmChannel::Notify() {
   if (!has_tsfn_) return;
+  // Look before the exchange: while JS polls it keeps the flag set and reads
+  // this cache line, and an exchange per exit would take the line from it.
+  // The fence orders the caller's publication (mailbox, ring head, event
+  // count) before this load, as the exchange did: JS stores the flag, then
+  // looks at those; one side always sees the other's store.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (control_->notify_pending.load(std::memory_order_relaxed) != 0) return;
   if (control_->notify_pending.exchange(1, std::memory_order_acq_rel) == 0) {
     tsfn_.NonBlockingCall();
   }

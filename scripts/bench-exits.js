@@ -8,7 +8,10 @@
  * guest's first exit, beside a C program doing the same steps with raw ioctls
  * (scripts/bench/raw-first-exit.c).
  *
- *   node scripts/bench-exits.js [--iterations N] [--rounds R]
+ *   node scripts/bench-exits.js [--iterations N] [--rounds R] [--only REGEX] [--no-first-exit]
+ *
+ * --only keeps the rows whose label matches REGEX (e.g. --only '^\((c|d)\)');
+ * --no-first-exit skips the VM creation measurement.
  */
 const { execFileSync, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -17,9 +20,11 @@ const path = require('node:path');
 const { KvmPartition } = require('../dist/lib/hv/kvm-partition');
 const { waitForStop, kvmSkipReason, X86_KVM_PAGES } = require('../dist/lib/testing/kvm-test-helpers');
 
-const { numberOption } = require('./lib/options');
+const { numberOption, stringOption, flag } = require('./lib/options');
 const N = numberOption('--iterations', 20000);
 const ROUNDS = numberOption('--rounds', 5);
+const ONLY = stringOption('--only') === undefined ? undefined : new RegExp(stringOption('--only'));
+const FIRST_EXIT = !flag('--no-first-exit');
 
 const skip = kvmSkipReason();
 if (skip) {
@@ -141,6 +146,7 @@ async function measure(dir) {
   console.log(`host: ${os.cpus()[0].model}, ${os.cpus().length} cpus, ${os.release()}, node ${process.version}`);
   const out = [];
   for (const row of rows) {
+    if (ONLY && !ONLY.test(row.label)) continue;
     const c = [];
     const n = [];
     for (let r = 0; r < ROUNDS; r++) {
@@ -152,6 +158,7 @@ async function measure(dir) {
     out.push({ label: row.label, nodevmm: nm, c: cm, ratio: nm / cm });
     console.log(`${row.label.padEnd(62)} nodevmm ${nm.toFixed(0).padStart(6)} ns   raw C ${cm.toFixed(0).padStart(6)} ns   ratio ${(nm / cm).toFixed(2)}x`);
   }
+  if (!FIRST_EXIT) return;
   // Interleaved as above: C, nodevmm, C, nodevmm...; medians of the rounds' medians.
   const firstC = [];
   const firstN = [];

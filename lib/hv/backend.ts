@@ -82,8 +82,11 @@ export interface PartitionBackend<V = unknown> {
   readonly clock: { get(): bigint; set(ns: bigint): void } | undefined;
 
   allocateRam(size: number, opts: { name: string }): HostRam;
-  /** Map `ram` at `gpa` in memory slot `slot`. */
-  mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void;
+  /**
+   * Map `ram` at `gpa` in memory slot `slot`. A backend may finish the mapping in the
+   * background and return a Promise for it; the vCPUs then start only once it is done.
+   */
+  mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void | Promise<void>;
   /** native/block_io.cc's transfer on the thread pool: op 0 read, 1 write, 2 fdatasync; `segments` as (ram index, offset, length). */
   transfer(op: 0 | 1 | 2, fd: number, position: number, rams: readonly HostRam[], segments: Float64Array, done: (error: Error | null, bytes: number) => void): void;
   /** The same read or write on this thread; -1: would block, -2: the file cannot promise not to. */

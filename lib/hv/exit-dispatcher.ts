@@ -4,9 +4,10 @@
  * posted writes); the rest lands in its mailbox and one coalesced
  * notification wakes `dispatch()`, which drains posted writes, answers
  * mailboxes through the buses, and hands lifecycle events to the partition.
- * With a spin window > 0 the dispatcher keeps polling the mailboxes for that
- * long after an exit, so back-to-back exits skip the event-loop wakeup. A
- * 50 ms watchdog rescues work a lost wakeup would strand.
+ * With a spin window > 0 the dispatcher keeps polling the mailboxes for up to
+ * that long after an exit (less while polls find nothing), so back-to-back
+ * exits skip the event-loop wakeup. A 50 ms watchdog rescues work a lost
+ * wakeup would strand.
  */
 import { EXIT_KIND_EOI, EXIT_KIND_PIO, type ControlBlock } from './exit-mailbox';
 import type { VcpuRunner } from './backend';
@@ -39,6 +40,19 @@ export class ExitDispatcher {
   /** Dispatches the watchdog had to start because no wakeup arrived. */
   rescues = 0;
   private readonly spinNs: number;
+  /**
+   * The polling window now (ns), adapted as KVM's halt polling is: halved after a
+   * poll that saw no exit, doubled (up to spinNs) when a notification comes
+   * within spinNs of going idle. On a machine whose cores are all busy, polling
+   * that finds nothing takes the core the vCPU thread needs: a TypeScript port
+   * exit took 84 us with a fixed window there against 21 us without polling.
+   */
+  private pollNs: number;
+  get pollWindowNs(): number {
+    return this.pollNs;
+  }
+  /** When the last dispatch went idle (hrtime ns), 0n before the first. */
+  private idleSince = 0n;
   private redispatchScheduled = false;
   private watchdog: NodeJS.Timeout | undefined;
   private lastWatchdogNotifications = -1;
@@ -49,6 +63,18 @@ export class ExitDispatcher {
     spinUs: number,
   ) {
     this.spinNs = Math.max(0, spinUs * 1000);
+    this.pollNs = this.spinNs;
+  }
+
+  /**
+   * One posted write, from drainPosted. A method rather than a closure: one made per poll turn
+   * was garbage for the GC, and one made once and held here kept destroyed partitions' heaps
+   * alive past scavenges (V8 heap 8 -> 40 MiB in a create/destroy loop).
+   */
+  applyPosted(kind: number, address: number, size: number, value: number): void {
+    const t = this.target;
+    if (t.destroyed()) return;
+    (kind === EXIT_KIND_PIO ? t.pio : t.mmio).write(address, size, value);
   }
 
   /**
@@ -63,10 +89,14 @@ export class ExitDispatcher {
     if (t.destroyed()) return;
     this.redispatchScheduled = false;
     this.notifications++;
-    const turnEnd = process.hrtime.bigint() + DISPATCH_TURN_NS;
+    const now = process.hrtime.bigint();
+    if (this.pollNs < this.spinNs && this.idleSince !== 0n && now - this.idleSince < BigInt(this.spinNs)) {
+      this.pollNs = Math.min(this.spinNs, Math.max(1000, this.pollNs * 2));
+    }
+    const turnEnd = now + DISPATCH_TURN_NS;
     try {
       for (;;) {
-        if (this.serviceVcpus() && this.spinNs > 0) this.poll(turnEnd);
+        if (this.serviceVcpus() && this.pollNs > 0) this.poll(turnEnd);
         if (process.hrtime.bigint() >= turnEnd) {
           // A guest that exits without pause must not starve the event loop
           // (timers, I/O, other VMs): yield, and come back on the next turn.
@@ -78,7 +108,10 @@ export class ExitDispatcher {
         // a listener): the control block is gone then, and so is the work.
         if (t.destroyed()) return;
         this.control.clearNotify();
-        if (!this.serviceVcpus()) break;
+        if (!this.serviceVcpus()) {
+          this.idleSince = process.hrtime.bigint();
+          break;
+        }
       }
       if (t.destroyed()) return;
       if (this.control.eventsQueued) t.handleEvents();
@@ -118,22 +151,37 @@ export class ExitDispatcher {
     setImmediate(() => this.dispatch());
   }
 
-  /** Keep answering exits until none arrives for spinNs (adaptive polling), at most until turnEnd. */
+  /**
+   * Keep answering exits until none arrives for spinNs (adaptive polling), at
+   * most until turnEnd. The clock (a native call and a BigInt) is read after
+   * every 16th exit or 64th empty look rather than per exit; an exit handled
+   * since the last reading moves the deadline on from that reading.
+   */
   private poll(turnEnd: bigint): void {
-    let now = process.hrtime.bigint();
-    let deadline = now + BigInt(this.spinNs);
-    let iter = 0;
+    const spin = BigInt(this.pollNs);
+    let deadline = process.hrtime.bigint() + spin;
+    let handled = false;
+    let handledAny = false;
+    let work = 0;
     while (!this.target.destroyed()) {
       if (this.serviceVcpus()) {
-        now = process.hrtime.bigint();
-        if (now >= turnEnd) return;
-        deadline = now + BigInt(this.spinNs);
-        continue;
+        handled = true;
+        handledAny = true;
+        work += 4;
+      } else {
+        if (this.control.eventsQueued) return; // lifecycle events need the caller
+        work++;
       }
-      if (this.control.eventsQueued) return; // lifecycle events need the caller
-      if ((++iter & 63) === 0) {
-        now = process.hrtime.bigint();
-        if (now > deadline || now >= turnEnd) return;
+      if (work < 64) continue;
+      work = 0;
+      const now = process.hrtime.bigint();
+      if (now >= turnEnd) return;
+      if (handled) {
+        deadline = now + spin;
+        handled = false;
+      } else if (now > deadline) {
+        if (!handledAny) this.pollNs = this.pollNs < 2000 ? 0 : this.pollNs / 2;
+        return;
       }
     }
   }
@@ -147,7 +195,7 @@ export class ExitDispatcher {
       // device of it may run again, and the exits left are aborted natively.
       if (t.destroyed()) return handled;
       const sh = r.shared;
-      if (sh.drainPosted((kind, address, size, value) => t.destroyed() || (kind === EXIT_KIND_PIO ? t.pio : t.mmio).write(address, size, value)) > 0) handled = true;
+      if (sh.drainPosted(this) > 0) handled = true;
       if (t.destroyed()) return handled;
       if (sh.pending) {
         const kind = sh.kind;

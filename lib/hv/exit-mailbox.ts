@@ -9,7 +9,7 @@ import type { ShadowBlock } from './io-bus';
 
 export const MAILBOX_IDLE = 0;
 export const MAILBOX_PENDING = 1;
-export const MAILBOX_DONE = 2;
+/** 2 was DONE: an answered exit now goes straight back to IDLE (native/exit_mailbox.h). */
 export const MAILBOX_ABORTED = 3;
 export const EXIT_KIND_PIO = 1;
 export const EXIT_KIND_MMIO = 2;
@@ -72,6 +72,11 @@ export function checkLayout(layout: SharedPageLayout): void {
   }
 }
 
+/** Where drainPosted applies each posted write, in order. */
+export interface PostedWriteSink {
+  applyPosted(kind: number, address: number, size: number, value: number): void;
+}
+
 /** The vCPU side of one exit, as JS sees it. All accessors read shared memory directly. */
 export class VcpuSharedView {
   readonly i32: Int32Array;
@@ -112,7 +117,7 @@ export class VcpuSharedView {
    * `state`; we store `state` then read `sleeping`: one side sees the other).
    */
   complete(): boolean {
-    if (Atomics.compareExchange(this.i32, 0, MAILBOX_PENDING, MAILBOX_DONE) !== MAILBOX_PENDING) return false;
+    if (Atomics.compareExchange(this.i32, 0, MAILBOX_PENDING, MAILBOX_IDLE) !== MAILBOX_PENDING) return false;
     return Atomics.load(this.i32, 8) !== 0;
   }
   setReadResult(value: number): void {
@@ -135,7 +140,7 @@ export class VcpuSharedView {
   }
 
   /** Apply every queued posted write in order; returns how many. */
-  drainPosted(apply: (kind: number, address: number, size: number, value: number) => unknown): number {
+  drainPosted(sink: PostedWriteSink): number {
     let n = 0;
     for (;;) {
       const head = Atomics.load(this.u32, 16);
@@ -147,7 +152,7 @@ export class VcpuSharedView {
         const size = this.u32[at + 1]!;
         const address = this.u32[at + 2]! + this.u32[at + 3]! * 0x100000000;
         const value = this.u32[at + 4]! + this.u32[at + 5]! * 0x100000000;
-        apply(kind, address, size, value);
+        sink.applyPosted(kind, address, size, value);
         tail = (tail + 1) >>> 0;
         n++;
       }

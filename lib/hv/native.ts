@@ -97,7 +97,12 @@ export interface NativeVm {
   signalMsi(address: bigint | number, data: number): number;
   irqfd(fd: number, gsi: number, opts?: { resampleFd?: number; deassign?: boolean }): void;
   ioeventfd(fd: number, address: bigint | number, length: number, opts?: { pio?: boolean; datamatch?: bigint | number; deassign?: boolean }): void;
-  setUserMemoryRegion(slot: number, gpa: number, ram: NativeGuestRam | null, offset: number, size: number, opts?: { readonly?: boolean; logDirty?: boolean }): void;
+  /**
+   * KVM_SET_USER_MEMORY_REGION; size 0 deletes the slot. With `background`, a new slot of a VM
+   * whose vCPUs have not started is set on the thread pool and a Promise is returned (a vCPU's
+   * start, destroy and every other slot change wait for it, and a vCPU's start throws its failure).
+   */
+  setUserMemoryRegion(slot: number, gpa: number, ram: NativeGuestRam | null, offset: number, size: number, opts?: { readonly?: boolean; logDirty?: boolean; background?: boolean }): void | Promise<void>;
   createVcpu(index: number): NativeVcpu;
   setRoutes(routes: NativeRoute[]): void;
   controlBuffer(): ArrayBuffer;
@@ -265,6 +270,8 @@ export interface NativeBinding {
   GuestRam: new (size: number, opts?: { name?: string }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
+  /** VM fds a destroy handed to closer threads (native/deferred_close.h) that are not closed yet. */
+  pendingCloses(): number;
 }
 
 let cached: NativeBinding | undefined;

@@ -97,6 +97,10 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
     this.ram.add(opts);
   }
 
+  ramReady(): Promise<void> {
+    return this.ram.ready();
+  }
+
   /**
    * Move bytes between a file and guest pages on the thread pool, with no
    * copy through JS (native/block_io.cc): 'read' fills `buffers` from the file
@@ -209,7 +213,7 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
   }
 
   stats(): PartitionStats {
-    const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.dispatcher.notifications, rescues: this.dispatcher.rescues };
+    const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.dispatcher.notifications, rescues: this.dispatcher.rescues, pollWindowNs: this.dispatcher.pollWindowNs };
     if (this.state === 'destroyed') return s;
     for (const r of this.runners) {
       s.exitsToJs += r.shared.exitsToJs;

@@ -88,6 +88,8 @@ export interface PartitionStats {
   notifications: number;
   /** Dispatches the 50 ms watchdog had to start because no wakeup arrived (should stay 0). */
   rescues: number;
+  /** The dispatcher's polling window now, ns (dispatchSpinUs at most; it shrinks while polls find no exit). */
+  pollWindowNs: number;
 }
 
 export interface Partition extends EventEmitter {
@@ -96,6 +98,13 @@ export interface Partition extends EventEmitter {
   readonly mmio: IoBus;
   readonly vcpus: readonly VirtualProcessor[];
   addRam(opts: RamOptions): void;
+  /**
+   * Resolves once the RAM added so far is mapped for the guest; rejects with the
+   * mapping's failure. A backend may map in the background (KVM does: its memory
+   * slots cost milliseconds of kernel waiting); start() waits for it anyway, but
+   * awaiting this first lets the event loop do other work meanwhile.
+   */
+  ramReady(): Promise<void>;
   /** Start every vCPU thread (paused) and let them run. */
   start(): void;
   resume(): void;

@@ -17,6 +17,19 @@ const GPA_LIMIT = 2 ** 52;
 
 type Op = 'read' | 'write';
 
+/**
+ * Settles when both do (rejects with the first failure), with a handler attached so a failure
+ * nobody awaits is not an unhandled rejection (it also fails the vCPUs' start). Made outside
+ * RamSlots.add so the chain, which lives until the kernel is done, holds none of add's scope
+ * (the RAM, the partition's memory).
+ */
+function both(a: Promise<void>, b: Promise<void>): Promise<void> {
+  const p = Promise.all([a, b]).then(noop);
+  p.catch(noop);
+  return p;
+}
+function noop(): void {}
+
 export class RamSlots {
   private readonly rams: HostRam[] = [];
   private readonly gpas: number[] = [];
@@ -25,6 +38,8 @@ export class RamSlots {
   private readonly readonly: boolean[] = [];
   /** Fds whose filesystem refused RWF_NOWAIT: fileIo goes straight to the pool for them. */
   private readonly noNowait = new Set<number>();
+  /** Every mapping the backend finishes in the background, settled (rejects with the first failure). */
+  private mapped: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly memory: GuestMemory,
@@ -54,7 +69,8 @@ export class RamSlots {
     }
     const readonly = !!opts.readonly;
     try {
-      this.backend.mapRam(this.rams.length, gpa, ram, readonly);
+      const pending = this.backend.mapRam(this.rams.length, gpa, ram, readonly);
+      if (pending) this.mapped = both(this.mapped, pending);
       let at = gpa;
       const views = ram.views().map((buffer) => {
         const v = { gpa: at, buffer };
@@ -150,6 +166,11 @@ export class RamSlots {
   private indexOf(gpa: number): number {
     for (let k = 0; k < this.gpas.length; k++) if (gpa >= this.gpas[k]! && gpa - this.gpas[k]! < this.sizes[k]!) return k;
     return -1;
+  }
+
+  /** Resolves once every region is mapped for the guest (some backends map in the background). */
+  ready(): Promise<void> {
+    return this.mapped;
   }
 
   mappings(): Array<{ gpa: number; size: number; hostAddress: bigint; fd: number }> {

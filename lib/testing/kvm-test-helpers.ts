@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from '../arch/x86_64/layout';
 import { openHypervisor } from '../hv/hypervisor';
+import { vmClosesSettled } from '../hv/kvm-backend';
 import type { Partition, VcpuStop } from '../hv/partition';
 
 /** The pages an x86 KvmPartition with the in-kernel irqchip needs, where the x86 machine puts them. */
@@ -40,6 +41,17 @@ export interface ProcessResources {
   fds: number;
   threads: number;
   rssKiB: number;
+}
+
+/**
+ * processResources() once the VM fds of earlier destroys are closed (they
+ * close on closer threads), a few milliseconds later: a thread joined a
+ * moment ago is still counted in /proc/self/status while it finishes exiting.
+ */
+export async function settledProcessResources(): Promise<ProcessResources> {
+  await vmClosesSettled();
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  return processResources();
 }
 
 export function processResources(): ProcessResources {

@@ -303,6 +303,10 @@ export class Vm extends EventEmitter<VmEvents> {
   /** Build a fresh machine from the config and set its vCPUs running. */
   private bootMachine(): void {
     this.build();
+    this.runMachine();
+  }
+
+  private runMachine(): void {
     this.boots++;
     this.machine!.partition.start();
     this.setState('running');
@@ -314,7 +318,12 @@ export class Vm extends EventEmitter<VmEvents> {
     this.setState('starting');
     try {
       await this.openShares();
-      this.bootMachine();
+      this.build();
+      // Guest RAM may still be being mapped (KVM's memory slots wait for the kernel): other
+      // VMs' work runs meanwhile, instead of this thread waiting in the vCPUs' start.
+      await this.machine!.partition.ramReady();
+      if (this._state !== 'starting') throw new NodevmmError('ERR_VM_STATE', `the vm was ${this._state} while its memory was mapped`);
+      this.runMachine();
     } catch (e) {
       if (e instanceof FormatError) {
         // Name the file the bytes came from: "kernel /boot/x: ..." beats "kernel: ...".

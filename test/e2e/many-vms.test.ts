@@ -11,6 +11,7 @@
  * eight guests then share one slow CPU, hence the long timeouts.
  */
 import test, { type ExecutionContext } from 'ava';
+import { vmClosesSettled } from '../../lib/hv/kvm-backend';
 import { e2eSkipReason } from '../../lib/testing/e2e';
 import { withVm } from '../../lib/testing/harness';
 import { diffResourceDetail, processResourceDetail, processResources } from '../../lib/testing/kvm-test-helpers';
@@ -74,6 +75,7 @@ async function settle(): Promise<void> {
   await sleep(500);
   global.gc?.();
   await sleep(200);
+  await vmClosesSettled(); // the VM fds close on closer threads (lib/hv/kvm-backend.ts)
 }
 
 e2e('8 vms run concurrently in one process, each runs exec and powers off, leaving no fds, threads or memory behind', async (t) => {

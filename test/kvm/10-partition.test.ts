@@ -4,6 +4,7 @@
  */
 import test from 'ava';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
+import { nativeBinding } from '../../lib/hv/native';
 import { kvmSkipReason, waitForStop, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode, setupRealMode } from '../../lib/testing/tiny-guests';
 import { GiB, MiB } from '../../lib/util/bytes';
@@ -175,4 +176,41 @@ kvm('GSI routing takes irqchip and MSI entries, refuses other types, and KVM_SIG
   // software-disabled after reset and drops it); never an error.
   const r = vm.signalMsi(0xfee0_0000, 0x30);
   t.true(r === 0 || r === 1, String(r));
+});
+
+kvm("RAM's memory slots are set on the thread pool: ramReady resolves, then the guest runs in it", async (t) => {
+  const p = new KvmPartition({ vcpus: 1, irqchip: false });
+  try {
+    p.addRam({ gpa: 0, size: 2 * MiB });
+    await p.ramReady();
+    p.memory.write(0x1000, Uint8Array.of(0xc6, 0x06, 0x00, 0x20, 0x5a, 0xf4)); // mov byte [0x2000], 0x5a; hlt
+    const v = p.vcpus[0]!;
+    const s = v.getSregs();
+    v.setSregs({ cs: { ...s.cs, base: 0n, selector: 0 }, ds: { ...s.ds, base: 0n, selector: 0 } });
+    v.setRegs({ rip: 0x1000n });
+    const stop = waitForStop(p);
+    p.start();
+    t.is((await stop).kind, 'hlt');
+    t.is(p.memory.readU8(0x2000), 0x5a);
+  } finally {
+    p.destroy();
+  }
+});
+
+kvm('a memory slot that fails on the thread pool rejects its promise and the vCPU start names the slot', async (t) => {
+  const p = new KvmPartition({ vcpus: 1, irqchip: false });
+  const b = nativeBinding();
+  const ram = new b.GuestRam(2 * MiB);
+  try {
+    // Straight to the binding (RamSlots refuses overlaps before KVM sees them): slot 1 overlaps slot 0.
+    const first = p.nativeVm.setUserMemoryRegion(0, 0, ram, 0, 2 * MiB, { background: true });
+    const second = p.nativeVm.setUserMemoryRegion(1, 1 * MiB, ram, 0, 1 * MiB, { background: true });
+    t.true(first instanceof Promise && second instanceof Promise);
+    await first;
+    await t.throwsAsync(second as Promise<void>, { message: /KVM_SET_USER_MEMORY_REGION/ });
+    t.throws(() => p.start(), { message: 'memory slot 1 could not be set (KVM_SET_USER_MEMORY_REGION: File exists)' });
+  } finally {
+    p.destroy();
+    ram.release();
+  }
 });

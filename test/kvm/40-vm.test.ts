@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { createVm } from '../../lib/vm/vm';
 import { withVm } from '../../lib/testing/harness';
 import { cachedImageCount } from '../../lib/vm/image-files';
-import { kvmSkipReason, processResources } from '../../lib/testing/kvm-test-helpers';
+import { kvmSkipReason, processResources, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
 import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 import { ConfigError } from '../../lib/errors';
 
@@ -142,7 +142,7 @@ kvmAlone('8 vms alive at once in one process, each on its own serial log; rounds
   // Warm-up rounds: V8's heap and malloc arenas reach their high-water mark first.
   for (let i = 0; i < 3; i++) await round();
   global.gc?.();
-  const before = processResources();
+  const before = await settledProcessResources();
   for (let i = 0; i < 5; i++) {
     const r = await round();
     t.is(r.alive, 8);
@@ -150,7 +150,7 @@ kvmAlone('8 vms alive at once in one process, each on its own serial log; rounds
   }
   global.gc?.();
   await new Promise((r) => setTimeout(r, 100));
-  const after = processResources();
+  const after = await settledProcessResources();
   t.log(`before ${JSON.stringify(before)} after ${JSON.stringify(after)}`);
   t.is(after.fds, before.fds, 'file descriptors');
   t.is(after.threads, before.threads, 'threads');

@@ -10,7 +10,7 @@
  */
 import test from 'ava';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
-import { kvmSkipReason, processResources } from '../../lib/testing/kvm-test-helpers';
+import { kvmSkipReason, processResources, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode } from '../../lib/testing/tiny-guests';
 import { MiB } from '../../lib/util/bytes';
 
@@ -95,7 +95,7 @@ kvm('a guest flooding serial, unmapped MMIO and port exits while the host kills,
 
   await run(10); // warm-up: V8's heap and malloc arenas reach their high-water mark
   global.gc?.();
-  const before = processResources();
+  const before = await settledProcessResources();
   let worstGap = 0;
   let last = performance.now();
   const timer = setInterval(() => {
@@ -110,7 +110,7 @@ kvm('a guest flooding serial, unmapped MMIO and port exits while the host kills,
   clearInterval(timer);
   global.gc?.();
   await sleep(100);
-  const after = processResources();
+  const after = await settledProcessResources();
   t.log(`worst timer gap ${worstGap.toFixed(1)} ms (bound ${MAX_TIMER_GAP_MS}); actions ${JSON.stringify(actions)}; serial bytes ${counts.serial - serialBefore}, port answers ${counts.answers - answersBefore}, unmapped mmio reads ${counts.unmapped - unmappedBefore}`);
   t.log(`before ${JSON.stringify(before)} after ${JSON.stringify(after)}`);
   t.true(counts.serial - serialBefore > 1000, 'the guest flooded the serial port');

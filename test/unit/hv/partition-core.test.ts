@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from '../../../lib/hv/backend';
-import { EXIT_KIND_EOI, EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { EXIT_KIND_EOI, EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_IDLE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
 import { PartitionCore } from '../../../lib/hv/partition-core';
 import type { NotifyOps, VcpuStop, VirtualProcessor } from '../../../lib/hv/partition';
 import type { Route } from '../../../lib/hv/route-table';
@@ -159,7 +159,7 @@ test('a dispatch applies posted writes before answering the mailbox, and wakes o
   r.exit(EXIT_KIND_PIO, false, 1, 0x12);
   b.notify();
   t.deepEqual(seen, ['w1=7', 'r2/1']);
-  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_DONE);
+  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_IDLE, 'answered: back to IDLE');
   t.is(r.shared.u32[6], 0xab);
   t.false(r.calls.includes('completeExit'), 'an awake vCPU sees the answer itself');
   r.exit(EXIT_KIND_PIO, true, 1, 0x13, 9, true);
@@ -188,13 +188,34 @@ test('an EOI exit (mailbox kind 3) reaches the EOI handler with its vector, touc
   r.exit(EXIT_KIND_EOI, true, 1, 0x41, 0x41);
   b.notify();
   t.deepEqual(seen, [], 'no handler yet: dropped, but answered');
-  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_DONE);
+  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_IDLE);
   p.onEoi((v) => seen.push(`eoi ${v.toString(16)}`));
   Atomics.store(r.shared.i32, 0, 0);
   r.exit(EXIT_KIND_EOI, true, 1, 0x42, 0x42, true);
   b.notify();
   t.deepEqual(seen, ['eoi 42']);
   t.true(r.calls.includes('completeExit'), 'a sleeping vCPU is woken after its EOI');
+  p.destroy();
+});
+
+test('the polling window halves after each poll that finds no exit, down to none, and exits are still answered', (t) => {
+  const { p, b } = partition(1, 32);
+  const seen: number[] = [];
+  p.pio.register(0x10, 1, { name: 'dev', read: () => 0, write: (_o, _s, v) => void seen.push(v) });
+  p.start();
+  const r = b.runners[0]!;
+  const windows = [p.stats().pollWindowNs];
+  for (let i = 0; i < 7; i++) {
+    // Each exit comes more than a full window after the dispatcher went idle (a notification
+    // sooner than that would have been caught by polling, and grows the window back).
+    const later = process.hrtime.bigint() + 100_000n;
+    while (process.hrtime.bigint() < later);
+    r.exit(EXIT_KIND_PIO, true, 1, 0x10, i);
+    b.notify(); // answers, then polls for the window and finds nothing more
+    windows.push(p.stats().pollWindowNs);
+  }
+  t.deepEqual(windows, [32000, 16000, 8000, 4000, 2000, 1000, 0, 0]);
+  t.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6]);
   p.destroy();
 });
 

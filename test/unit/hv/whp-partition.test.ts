@@ -7,7 +7,7 @@
  * side is compiled and loaded under Wine (test/unit/hv/wine-load.test.ts).
  */
 import test from 'ava';
-import { EXIT_KIND_EOI, MAILBOX_DONE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { EXIT_KIND_EOI, MAILBOX_IDLE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
 import { openHypervisor } from '../../../lib/hv/hypervisor';
 import { nativeBinding, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpInterrupt, type WhpPartitionNativeOptions } from '../../../lib/hv/native';
 import { describeStop } from '../../../lib/hv/stop-description';
@@ -121,7 +121,7 @@ test('localApicBus: an MSI becomes WHvRequestInterrupt; an EOI exit reaches onEo
   t.deepEqual(p.vcpus[0]!.pendingExit(), { kind: 'eoi', write: true, size: 1, address: 0x41 });
   f.notify();
   t.deepEqual(eois, [0x41]);
-  t.is(Atomics.load(sh.i32, 0), MAILBOX_DONE);
+  t.is(Atomics.load(sh.i32, 0), MAILBOX_IDLE);
   p.destroy();
   t.throws(() => p.localApicBus.signalMsi({ address: 0xfee00000, data: 0x41 }), { code: 'ERR_VM_STATE' });
 });
