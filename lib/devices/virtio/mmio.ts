@@ -558,6 +558,11 @@ export class VirtioMmioTransport implements IoDevice {
     const deviceState = r.raw('device');
     r.done();
     if (!this.device.restoreState) throw deviceStateError(path, `${this.device.name} has no saved state to restore`);
+    // A transport that ran already (not the intended use) first lets go of what its activation made.
+    if (this.status !== 0) {
+      this.device.reset();
+      this.resetState();
+    }
     this.device.restoreState(deviceState, r.at('device'), active);
 
     this.deactivate();

@@ -438,3 +438,29 @@ test('a disk with a throwaway overlay is saved while unwritten and refused once 
   t.is(d.takeUsed(q).length, 1);
   t.throws(() => v.snapshot(), { code: 'ERR_SNAPSHOT_UNSUPPORTED', message: "vda: the guest wrote 1 clusters into its throwaway overlay, which a snapshot cannot keep: snapshot before writing, or without overlay: 'temp'" });
 });
+
+test('restoring into a transport that already ran resets the device before it takes state (what its activation made is let go)', (t) => {
+  const events: string[] = [];
+  const device = {
+    name: 'rec',
+    deviceId: 42,
+    features: 0n,
+    queueMaxSizes: [4],
+    readConfig: () => 0,
+    activate: () => void events.push('activate'),
+    notify: () => {},
+    reset: () => void events.push('reset'),
+    saveState: () => ({}),
+    restoreState: () => void events.push('restore'),
+  };
+  const d = new FakeDriver(device);
+  d.up([4]);
+  const state = viaJson(d.t.snapshot());
+  events.length = 0;
+  d.t.restoreState(state, 'virtio.rec');
+  t.deepEqual(events, ['reset', 'restore', 'activate']);
+  const fresh = new FakeDriver({ ...device });
+  events.length = 0;
+  fresh.t.restoreState(state, 'virtio.rec');
+  t.deepEqual(events, ['restore', 'activate'], 'a fresh transport has nothing to let go of');
+});
