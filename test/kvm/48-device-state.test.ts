@@ -13,9 +13,15 @@ import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 import { resolveVmConfig } from '../../lib/vm/config';
 import { buildX86Machine, type X86Machine } from '../../lib/vm/x86-machine';
 import { SerialPort } from '../../lib/vm/serial-port';
+import { NodevmmError } from '../../lib/errors';
+import { processResources } from '../../lib/testing/kvm-test-helpers';
+import { caseSeed, prng } from '../unit/fuzz/prng';
+import { mutateJson, type Json } from '../unit/fuzz/json-mutations';
 
 const skip = kvmSkipReason();
 const kvm = skip ? test.skip : test;
+// Counts the process's fds and threads: ava runs serial tests first, one at a time.
+const kvmAlone = skip ? test.skip : test.serial;
 if (skip) console.log(`# SKIP kvm tier: ${skip}`);
 
 function machine(t: { teardown(f: () => void): void }, disk: string): { m: X86Machine; com1: SerialPort } {
@@ -64,4 +70,38 @@ kvm('a paused machine saves its device state as JSON, and a fresh machine from t
   b.m.partition.start();
   await b.com1.expect(/DEVICES-UP/, { timeoutMs: 10_000 });
   t.pass();
+});
+
+kvmAlone('mutated whole-machine device states are taken or refused with one sentence by fresh machines, which dispose without a leak', async (t) => {
+  const disk = path.join(tempDir(t, 'nodevmm-devstate-'), 'disk.img');
+  fs.writeFileSync(disk, Buffer.alloc(1 << 20));
+  const a = machine(t, disk);
+  a.m.partition.start();
+  await a.com1.expect(/DEVICES-UP/, { timeoutMs: 10_000 });
+  await a.m.partition.pause();
+  const valid = JSON.parse(JSON.stringify(a.m.snapshotDevices())) as Json;
+  const before = processResources();
+  let refused = 0;
+  for (let i = 0; i < 60; i++) {
+    const seed = caseSeed(0x48d, i);
+    const state = mutateJson(valid, prng(seed));
+    const cfg = resolveVmConfig({ kernel: 'tiny', boot: 'pvh', memory: '64M', serial: { com1: true, com2: true, com3: false, com4: false }, disks: [{ path: disk, readonly: true }], rng: true, virtioConsole: true });
+    const m = buildX86Machine(cfg, { kernel: tinyPvhKernel('X\n', { powerOff: false }) }, { serial: {}, onPowerOff: () => {}, onReset: () => {} });
+    try {
+      m.restoreDevices(state as Record<string, unknown>);
+    } catch (e) {
+      refused++;
+      if (!(e instanceof NodevmmError) || e.code !== 'ERR_DEVICE_STATE' || !e.message.startsWith('snapshot device state ') || e.message.includes('\n') || e.message.length > 400) {
+        t.fail(`seed ${seed}: ${(e as Error).name} ${(e as Error).message}`);
+      }
+    } finally {
+      m.dispose();
+    }
+  }
+  t.true(refused > 20, `${refused} of 60 refused`);
+  // Image fds close once the disks are idle, on a later turn.
+  await new Promise((r) => setTimeout(r, 100));
+  const after = processResources();
+  t.is(after.fds, before.fds, 'no fd left behind');
+  t.is(after.threads, before.threads, 'no thread left behind');
 });
