@@ -69,7 +69,7 @@ kvm('a paused machine saves its device state as JSON, and a fresh machine from t
   // The restored machine runs: its vCPUs start from the fresh boot state here (the core restores vCPU state), and the UART still works.
   b.m.partition.start();
   await b.com1.expect(/DEVICES-UP/, { timeoutMs: 10_000 });
-  t.pass();
+  t.throws(() => b.m.restoreDevices(json), { code: 'ERR_SNAPSHOT', message: 'a device restore needs a paused VM, but vcpu0 is running' });
 });
 
 kvmAlone('mutated whole-machine device states are taken or refused with one sentence by fresh machines, which dispose without a leak', async (t) => {
