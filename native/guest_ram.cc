@@ -1,6 +1,7 @@
 #include "guest_ram.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -51,18 +52,27 @@ Napi::Function GuestRam::Init(Napi::Env env) {
                          InstanceMethod("views", &GuestRam::Views),
                          InstanceMethod("release", &GuestRam::Release),
                          InstanceMethod("advise", &GuestRam::Advise),
+                         InstanceMethod("writeTo", &GuestRam::WriteTo),
                          InstanceAccessor("size", &GuestRam::GetSize, nullptr),
                          InstanceAccessor("fd", &GuestRam::GetFd, nullptr),
                          InstanceAccessor("hostAddress", &GuestRam::GetHostAddress, nullptr),
                      });
 }
 
-// new GuestRam(size, { name?: string })
+// new GuestRam(size, { name?: string, privateFile?: fd })
 //
-// Always a memfd mapped MAP_SHARED: the same pages can then be handed to
-// another process (a vhost-user backend such as virtiofsd maps them from the
-// fd), while KVM and JS see them exactly as before. See docs/architecture.md,
-// "Guest memory", for what that changes (shmem accounting, THP knob, freeing).
+// Without privateFile: a memfd mapped MAP_SHARED, so the same pages can be
+// handed to another process (a vhost-user backend such as virtiofsd maps
+// them from the fd), while KVM and JS see them exactly as before. See
+// docs/architecture.md, "Guest memory", for what that changes (shmem
+// accounting, THP knob, freeing).
+//
+// With privateFile: that file's first `size` bytes mapped MAP_PRIVATE (a
+// snapshot's memory): pages are read from the page cache on first touch and
+// copied only when written, so every mapping of one file shares the pages
+// nobody wrote and the cost of mapping does not grow with `size`. There is
+// no memfd then (fd reads -1): another process cannot share these pages.
+// The caller keeps its fd; the mapping holds the file by itself.
 GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(info) {
   Napi::Env env = info.Env();
   uint64_t size = 0;
@@ -71,35 +81,52 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
     return;
   }
   std::string name = "nodevmm-ram";
+  int private_file = -1;
   if (info.Length() > 1 && info[1].IsObject()) {
     Napi::Object o = info[1].As<Napi::Object>();
     if (o.Get("name").IsString()) name = o.Get("name").As<Napi::String>().Utf8Value();
+    if (o.Get("privateFile").IsNumber()) private_file = o.Get("privateFile").As<Napi::Number>().Int32Value();
   }
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
-  if (fd < 0) {
-    ThrowErrno(env, errno, "memfd_create", nullptr, "create guest ram memfd");
-    return;
-  }
-  // A sparse file: pages exist once touched, as with MAP_NORESERVE anonymous memory.
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    int err = errno;
-    close(fd);
-    ThrowErrno(env, err, "ftruncate", nullptr, "size guest ram memfd");
-    return;
+  int fd = -1;
+  if (private_file >= 0) {
+    struct stat st;
+    if (fstat(private_file, &st) != 0) {
+      ThrowErrno(env, errno, "fstat", nullptr, "inspect guest ram file");
+      return;
+    }
+    if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < size) {
+      ThrowUsage(env, "guest ram file holds " + std::to_string(st.st_size) + " bytes, fewer than the " + std::to_string(size) + " the ram needs");
+      return;
+    }
+  } else {
+    fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+    if (fd < 0) {
+      ThrowErrno(env, errno, "memfd_create", nullptr, "create guest ram memfd");
+      return;
+    }
+    // A sparse file: pages exist once touched, as with MAP_NORESERVE anonymous memory.
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      int err = errno;
+      close(fd);
+      ThrowErrno(env, err, "ftruncate", nullptr, "size guest ram memfd");
+      return;
+    }
   }
   void* at = ReserveAligned(size);
-  // SAFETY: fd is a fresh memfd of exactly `size` bytes; `at` is our own
-  // reservation of that size (or null: let the kernel choose). File offset 0
-  // sits at a 2 MiB-aligned address, so shmem huge pages line up with guest
-  // 2 MiB pages too.
-  void* p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0), fd, 0);
+  // SAFETY: the file (our fresh memfd, or the caller's regular file checked
+  // above) holds at least `size` bytes; `at` is our own reservation of that
+  // size (or null: let the kernel choose). File offset 0 sits at a 2 MiB-
+  // aligned address, so huge pages line up with guest 2 MiB pages too.
+  int flags = (private_file >= 0 ? MAP_PRIVATE : MAP_SHARED) | MAP_NORESERVE | (at ? MAP_FIXED : 0);
+  void* p = mmap(at, size, PROT_READ | PROT_WRITE, flags, private_file >= 0 ? private_file : fd, 0);
   if (p == MAP_FAILED) {
     int err = errno;
     if (at) munmap(at, size);
-    close(fd);
+    if (fd >= 0) close(fd);
     ThrowErrno(env, err, "mmap", nullptr, "map guest ram");
     return;
   }
+  private_ = private_file >= 0;
   memfd_ = fd;
   host_ = static_cast<uint8_t*>(p);
   size_ = size;
@@ -266,8 +293,63 @@ Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
   if (off > size_ || len > size_ - off || (off & 0xfff)) return ThrowUsage(env, "advise range outside guest ram");
   int advice = what == "dontneed" ? MADV_REMOVE : what == "hugepage" ? MADV_HUGEPAGE : -1;
   if (advice < 0) return ThrowUsage(env, "unknown advice " + what);
+  if (private_ && advice == MADV_REMOVE) {
+    // A private file mapping: MADV_DONTNEED would bring the file's bytes
+    // back, MADV_REMOVE is refused. Fresh anonymous pages leave zeros.
+    // SAFETY: MAP_FIXED over a page-aligned part of our own mapping.
+    if (mmap(host_ + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
+      return ThrowErrno(env, errno, "mmap", nullptr, "advise guest ram");
+    }
+    return env.Undefined();
+  }
+  if (private_ && advice == MADV_HUGEPAGE) return env.Undefined();  // a regular file's private pages are never huge
   if (madvise(host_ + off, len, advice) != 0) return ThrowErrno(env, errno, "madvise", nullptr, "advise guest ram");
   return env.Undefined();
+}
+
+// writeTo(fd) -> bytes written: the RAM's contents into a regular file from
+// offset 0, sparse: pages of zeros are skipped (they read back as zeros
+// from the hole), and on a memfd the holes it already has are not even
+// read (SEEK_DATA/SEEK_HOLE), so a mostly untouched guest saves in time
+// proportional to what it used. The file is sized to the RAM. The caller
+// pauses the vCPUs first: a page written meanwhile may be saved torn.
+Napi::Value GuestRam::WriteTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!host_) return ThrowUsage(env, "guest ram was released");
+  int out = info[0].ToNumber().Int32Value();
+  if (ftruncate(out, static_cast<off_t>(size_)) != 0) return ThrowErrno(env, errno, "ftruncate", nullptr, "size guest ram file");
+  constexpr uint64_t kPage = 4096;
+  static const uint8_t kZero[kPage] = {};
+  uint64_t written = 0;
+  uint64_t pos = 0;
+  while (pos < size_) {
+    uint64_t end = size_;
+    if (memfd_ >= 0) {
+      off_t d = lseek(memfd_, static_cast<off_t>(pos), SEEK_DATA);
+      if (d < 0) break;  // ENXIO: only holes from here on
+      off_t h = lseek(memfd_, d, SEEK_HOLE);
+      pos = static_cast<uint64_t>(d) & ~(kPage - 1);
+      end = h < 0 ? size_ : std::min<uint64_t>(size_, (static_cast<uint64_t>(h) + kPage - 1) & ~(kPage - 1));
+    }
+    // Within [pos, end): write each run of non-zero pages with one pwrite.
+    uint64_t run = pos;
+    for (uint64_t p = pos; p <= end; p += kPage) {
+      bool zero = p == end || std::memcmp(host_ + p, kZero, kPage) == 0;
+      if (!zero) continue;
+      while (run < p) {
+        ssize_t n = pwrite(out, host_ + run, p - run, static_cast<off_t>(run));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return ThrowErrno(env, errno, "pwrite", nullptr, "write guest ram file");
+        }
+        run += static_cast<uint64_t>(n);
+        written += static_cast<uint64_t>(n);
+      }
+      run = p + kPage;
+    }
+    pos = end;
+  }
+  return Napi::Number::New(env, static_cast<double>(written));
 }
 
 Napi::Value GuestRam::GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(size_)); }

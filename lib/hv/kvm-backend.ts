@@ -102,7 +102,7 @@ export class KvmBackend<V> implements PartitionBackend<V> {
     this.control = kvm.control;
   }
 
-  allocateRam(size: number, opts: { name: string }): HostRam {
+  allocateRam(size: number, opts: { name: string; privateFile?: number }): HostRam {
     return native(() => new this.binding.GuestRam(size, opts));
   }
   mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void {

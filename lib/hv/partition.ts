@@ -9,7 +9,7 @@ import type { EventEmitter } from 'node:events';
 import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
 import type { Arm64CoreReg, Arm64CoreRegs } from './arm64-regs';
 import type { IoBus } from './io-bus';
-import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
+import type { X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
 
 /**
  * eventfds and their registrations with the partition: a guest write to an
@@ -54,6 +54,16 @@ export interface RamOptions {
    * guest. Honoured where the host's THP mode allows it.
    */
   hugepages?: boolean;
+  /**
+   * Start from this open regular file's first `size` bytes instead of
+   * zeros (a snapshot's memory), mapped copy-on-write (MAP_PRIVATE): the
+   * pages are read on first touch and copied only when the guest writes
+   * them, so mapping costs the same for any size and several partitions
+   * share the pages none of them wrote. Such RAM has no shareable fd
+   * (`ramMappings()[i].fd` is -1: no vhost-user device can map it). The
+   * caller may close the fd afterwards; the file must not change while mapped.
+   */
+  privateFile?: number;
 }
 
 /** A vCPU of any architecture. */
@@ -152,6 +162,12 @@ export interface PartitionIo {
 
 export interface X86Partition extends Partition, PartitionIo {
   readonly vcpus: readonly X86VirtualProcessor[];
+  /** The hypervisor's state of a paused (or never started) partition, RAM apart (KvmPartition.saveState). */
+  saveState(): X86PartitionState;
+  /** Put a saved state on a partition that never ran (KvmPartition.restoreState). */
+  restoreState(state: X86PartitionState): void;
+  /** Each RAM region into its own file, zero pages as holes (PartitionCore.writeRamTo). */
+  writeRamTo(fds: readonly number[]): number;
 }
 
 export interface Arm64PartitionOptions {
