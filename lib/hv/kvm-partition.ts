@@ -94,6 +94,10 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
       throw new NodevmmError('ERR_KVM_MSR', `kvm refused msr ${hex(bad.index)} = ${hex(bad.value)} on vcpu ${this.index}`);
     }
   }
+  /** The CPUID this vCPU answers the guest with (KVM_GET_CPUID2: what the hypervisor made of what it was given). */
+  getCpuid(): CpuidEntry[] {
+    return native(() => this.native.getCpuid2());
+  }
   getMpState(): number {
     return native(() => this.native.getMpState());
   }

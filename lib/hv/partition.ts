@@ -9,7 +9,7 @@ import type { EventEmitter } from 'node:events';
 import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
 import type { Arm64CoreReg, Arm64CoreRegs } from './arm64-regs';
 import type { IoBus } from './io-bus';
-import type { X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
+import type { X86CpuidEntry, X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
 
 /**
  * eventfds and their registrations with the partition: a guest write to an
@@ -83,6 +83,8 @@ export interface X86VirtualProcessor extends VirtualProcessor {
   setMsrs(msrs: X86Msr[]): void;
   getMpState(): number;
   setMpState(state: number): void;
+  /** The CPUID the guest sees on this vCPU. */
+  getCpuid(): X86CpuidEntry[];
   /** The local APIC page (KVM_GET_LAPIC layout: 1 KiB of registers). */
   getLapic(): Uint8Array;
   /** The exit this vCPU waits on JavaScript for, if any. */

@@ -9,6 +9,7 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
+import { cpuIncompatibility } from '../../lib/snapshot';
 import type { X86PartitionState } from '../../lib/hv/x86-state';
 import { attachCountingDevice, COUNTING_ACCUMULATOR, CountingDevice, loadCountingGuest } from '../../lib/testing/counting-guest';
 import { diffResourceDetail, kvmSkipReason, processResourceDetail, processResources, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
@@ -189,4 +190,20 @@ kvm('restoring one snapshot many times grows no fds, threads or rss', async (t) 
   t.is(after.fds, before.fds, why());
   t.is(after.threads, before.threads, why());
   t.true(after.rssKiB - before.rssKiB < 16 * 1024, `rss grew ${after.rssKiB - before.rssKiB} KiB over ${n} restores; ${why()}`);
+});
+
+kvm('a saved cpuid counts as compatible with a fresh vcpu of this host, and one with a feature it lacks does not', (t) => {
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
+  t.teardown(() => p.destroy());
+  const state = p.saveState();
+  const fresh = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
+  t.teardown(() => fresh.destroy());
+  const here = fresh.vcpus[0]!.getCpuid();
+  t.is(cpuIncompatibility(state.vcpus[0]!.cpuid, here), undefined);
+  // A guest that saw AVX-512F (CPUID.7:EBX[16]) where this host has none, or the reverse.
+  const leaf7 = here.find((e) => e.function === 7 && e.index === 0)!;
+  const other = here.map((e) => (e === leaf7 ? { ...e, ebx: (e.ebx ^ (1 << 16)) >>> 0 } : e));
+  const [guest, host] = leaf7.ebx & (1 << 16) ? [here, other] : [other, here];
+  t.regex(cpuIncompatibility(guest, host) ?? '', /cpuid leaf 0x7 ebx bit 16/);
+  t.is(state.vcpus[0]!.vcpuEvents.length, 64);
 });
