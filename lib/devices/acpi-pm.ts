@@ -13,6 +13,7 @@
  * embedder must treat them as idempotent requests.
  */
 
+import { StateReader } from './device-state';
 import type { IoDevice, IrqLine, NsClock } from './types';
 import { monotonicNs } from './types';
 
@@ -228,18 +229,41 @@ export class AcpiPm implements IoDevice {
     };
   }
 
-  /** Rebuild from a snapshot; the timer continues from the saved value and the SCI is re-driven. */
-  static restore(state: AcpiPmState, options: AcpiPmOptions): AcpiPm {
+  /**
+   * Take saved state, checking every field (errors name `path` and the
+   * field; nothing changes when one is refused): the timer continues from
+   * the saved value and the SCI is re-driven.
+   */
+  restoreState(input: unknown, path: string = this.name): void {
+    const r = new StateReader(path, input);
+    const reg = (field: string, mask: number) => {
+      const v = r.int(field, 0, 0xffff);
+      if (v & ~mask) throw r.error(field, `has bits outside 0x${mask.toString(16)}: 0x${v.toString(16)}`);
+      return v;
+    };
+    const s = {
+      pm1Status: reg('pm1Status', PM1_STS_MASK),
+      pm1Enable: reg('pm1Enable', PM1_EN_MASK),
+      pm1Control: reg('pm1Control', PM1_CNT_STORED_MASK),
+      gpe0Status: reg('gpe0Status', 0xffff),
+      gpe0Enable: reg('gpe0Enable', 0xffff),
+      timer: r.int('timer', 0, 0xffff_ffff),
+    };
+    r.done();
+    this.pm1Status = s.pm1Status;
+    this.pm1Enable = s.pm1Enable;
+    this.pm1Control = s.pm1Control;
+    this.gpe0Status = s.gpe0Status;
+    this.gpe0Enable = s.gpe0Enable;
+    // Move the epoch back so that timerValue() reads the saved count now (rounded up to whole ns).
+    this.timerEpochNs = this.clock() - (BigInt(s.timer) * 1_000_000_000n + PM_TIMER_HZ - 1n) / PM_TIMER_HZ;
+    this.updateSci();
+  }
+
+  /** A new PM block with saved state (see restoreState). */
+  static restore(state: unknown, options: AcpiPmOptions): AcpiPm {
     const pm = new AcpiPm(options);
-    pm.pm1Status = (state.pm1Status >>> 0) & PM1_STS_MASK;
-    pm.pm1Enable = (state.pm1Enable >>> 0) & PM1_EN_MASK;
-    pm.pm1Control = (state.pm1Control >>> 0) & PM1_CNT_STORED_MASK;
-    pm.gpe0Status = (state.gpe0Status >>> 0) & 0xffff;
-    pm.gpe0Enable = (state.gpe0Enable >>> 0) & 0xffff;
-    const ticks = BigInt((state.timer >>> 0) || 0);
-    // Move the epoch back so that timerValue() reads `ticks` now (rounded up to whole ns).
-    pm.timerEpochNs = pm.clock() - (ticks * 1_000_000_000n + PM_TIMER_HZ - 1n) / PM_TIMER_HZ;
-    pm.updateSci();
+    pm.restoreState(state);
     return pm;
   }
 

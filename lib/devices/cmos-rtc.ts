@@ -14,6 +14,7 @@
  * thrown on. State is a fixed 128-byte array plus one offset; nothing grows.
  */
 
+import { StateReader, toBase64 } from './device-state';
 import type { IoDevice, IrqLine } from './types';
 
 export const CMOS_INDEX_OFFSET = 0;
@@ -93,8 +94,8 @@ export interface CmosRtcOptions {
 export interface CmosRtcState {
   index: number;
   nmiDisabled: boolean;
-  /** 128 CMOS bytes; time bytes are meaningful only while SET is on. */
-  ram: number[];
+  /** 128 CMOS bytes, base64; time bytes are meaningful only while SET is on. */
+  ram: string;
   /** Guest time minus host time, in milliseconds. */
   offsetMs: number;
   regC: number;
@@ -183,22 +184,41 @@ export class CmosRtc implements IoDevice {
     return {
       index: this.index,
       nmiDisabled: this.nmiDisabledFlag,
-      ram: [...this.ram],
+      ram: toBase64(this.ram),
       offsetMs: this.offsetMs,
       regC: this.regC,
     };
   }
 
-  /** Rebuild from a snapshot (the guest clock keeps its offset from host time). */
-  static restore(state: CmosRtcState, options: CmosRtcOptions = {}): CmosRtc {
+  /**
+   * Take saved state, checking every field (errors name `path` and the
+   * field; nothing changes when one is refused). The guest clock keeps its
+   * offset from host wall-clock time, so it reads the host's time plus what
+   * the guest set, as a battery-backed clock would after the pause.
+   */
+  restoreState(input: unknown, path: string = this.name): void {
+    const r = new StateReader(path, input);
+    const index = r.int('index', 0, 0x7f);
+    const nmiDisabled = r.bool('nmiDisabled');
+    const ram = r.fixedBytes('ram', CMOS_RAM_SIZE);
+    // Date covers ±8.64e15 ms from 1970: an offset beyond ±1e15 ms (31 700 years) is no clock.
+    const offsetMs = r.number('offsetMs', 1e15);
+    const regC = r.int('regC', 0, 0xff);
+    r.done();
+    if (regC & 0x0f) throw r.error('regC', `has bits outside 0xf0: 0x${regC.toString(16)}`);
+    this.index = index;
+    this.nmiDisabledFlag = nmiDisabled;
+    this.ram.set(ram);
+    this.offsetMs = offsetMs;
+    this.regC = regC;
+    this.lastUpdateSecond = Math.floor(this.guestMs() / 1000);
+    this.updateIrq();
+  }
+
+  /** A new RTC with saved state (see restoreState). */
+  static restore(state: unknown, options: CmosRtcOptions = {}): CmosRtc {
     const rtc = new CmosRtc({ ...options, memory: undefined });
-    rtc.index = (state.index >>> 0) & 0x7f;
-    rtc.nmiDisabledFlag = state.nmiDisabled === true;
-    for (let i = 0; i < CMOS_RAM_SIZE; i++) rtc.ram[i] = Number(state.ram?.[i] ?? 0) & 0xff;
-    rtc.offsetMs = Number.isFinite(state.offsetMs) ? state.offsetMs : 0;
-    rtc.regC = (state.regC >>> 0) & 0xf0;
-    rtc.lastUpdateSecond = Math.floor(rtc.guestMs() / 1000);
-    rtc.updateIrq();
+    rtc.restoreState(state);
     return rtc;
   }
 

@@ -8,12 +8,19 @@
  * assignments and an optional host callback, nothing grows.
  */
 
+import { StateReader } from './device-state';
 import type { IoDevice } from './types';
 
 export interface DebugPortOptions {
   name?: string;
   /** Called with every byte written (for boot-progress tracing). */
   onCode?: (code: number) => void;
+}
+
+export interface DebugPortState {
+  /** -1: nothing written yet. */
+  lastCode: number;
+  writes: number;
 }
 
 export class DebugPort implements IoDevice {
@@ -26,6 +33,21 @@ export class DebugPort implements IoDevice {
   constructor(options: DebugPortOptions = {}) {
     this.name = options.name ?? 'post';
     this.onCode = options.onCode;
+  }
+
+  /** The last code written (-1 before the first write) and the write count, as plain data. */
+  snapshot(): DebugPortState {
+    return { lastCode: this.lastCode ?? -1, writes: this.writes };
+  }
+
+  /** Take saved state, checking both fields (errors name `path` and the field). */
+  restoreState(input: unknown, path: string = this.name): void {
+    const r = new StateReader(path, input);
+    const lastCode = r.int('lastCode', -1, 0xff);
+    const writes = r.int('writes', 0, Number.MAX_SAFE_INTEGER);
+    r.done();
+    this.lastCode = lastCode < 0 ? undefined : lastCode;
+    this.writes = writes;
   }
 
   read(_offset: number, size: number): number {

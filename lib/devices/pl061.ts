@@ -7,6 +7,7 @@
  * QEMU's virt machine). No alternate functions (AFSEL reads back, does nothing).
  * Spec: Arm PrimeCell GPIO (PL061) Technical Reference Manual r1p1, ch. 3.
  */
+import { StateReader } from './device-state';
 import type { IoDevice, IrqLine } from './types';
 
 /** Register offsets (TRM table 3-1). DATA is a 256-word window: address bits 9:2 mask the pins. */
@@ -27,6 +28,19 @@ export const PL061 = {
 /** PeriphID0-3 then PCellID0-3: part 0x061, designer Arm (0x41), revision 1; PrimeCell 0xB105F00D. */
 const ID_BYTES = [0x61, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
 const PINS = 0xff;
+
+/** Plain, JSON-safe state of a PL061: one pin mask per register, and the levels the host drives. */
+export interface Pl061State {
+  inputs: number;
+  outputs: number;
+  dir: number;
+  is: number;
+  ibe: number;
+  iev: number;
+  ie: number;
+  ris: number;
+  afsel: number;
+}
 
 export class Pl061 implements IoDevice {
   readonly name: string;
@@ -105,6 +119,31 @@ export class Pl061 implements IoDevice {
     const before = this.pins;
     this.inputs = level ? this.inputs | (1 << pin) : this.inputs & ~(1 << pin);
     this.sense(before);
+  }
+
+  /** Whether input pin `pin` is driven high by the host. */
+  inputHigh(pin: number): boolean {
+    return (this.inputs & (1 << pin)) !== 0;
+  }
+
+  /** The registers and the host's pin levels as plain, JSON-safe data. */
+  snapshot(): Pl061State {
+    return { inputs: this.inputs, outputs: this.outputs, dir: this.dir, is: this.is, ibe: this.ibe, iev: this.iev, ie: this.ie, ris: this.ris, afsel: this.afsel };
+  }
+
+  /**
+   * Take saved state, each field a pin mask (errors name `path` and the
+   * field; nothing changes when one is refused). Level-sensitive status is
+   * recomputed from the pins, so a saved RIS cannot claim a level the pins
+   * do not have; the SPI is driven to the restored level.
+   */
+  restoreState(input: unknown, path: string = this.name): void {
+    const r = new StateReader(path, input);
+    const pins = (field: string) => r.int(field, 0, PINS);
+    const s = { inputs: pins('inputs'), outputs: pins('outputs'), dir: pins('dir'), is: pins('is'), ibe: pins('ibe'), iev: pins('iev'), ie: pins('ie'), ris: pins('ris'), afsel: pins('afsel') };
+    r.done();
+    Object.assign(this, s);
+    this.sense(this.pins);
   }
 
   /** Latch the interrupts the change from `before` to the current pin levels causes, then update the line. */

@@ -15,7 +15,7 @@
  * enqueue() takes what fits and reports the rest as dropped.
  */
 
-import { NodevmmError } from '../errors';
+import { StateReader, toBase64 } from './device-state';
 import type { ByteSink, IoDevice, IrqLine } from './types';
 
 /** RBR (read) / THR (write); DLL while LCR.DLAB is set. */
@@ -134,7 +134,8 @@ export interface Uart16550State {
   lsrErrors: number;
   /** MSR delta bits 3:0. */
   msrDelta: number;
-  rx: number[];
+  /** The RX FIFO, base64. */
+  rx: string;
   /** enqueue() refused bytes and the host is waiting for onRxSpace. */
   rxBlocked: boolean;
 }
@@ -343,7 +344,7 @@ export class Uart16550 implements IoDevice {
     return !this.isLoopback() && this.lsrErrors === 0;
   }
 
-  /** Current state as plain data. */
+  /** Current state as plain, JSON-safe data (the RX FIFO as base64). */
   snapshot(): Uart16550State {
     return {
       ier: this.ier,
@@ -356,47 +357,60 @@ export class Uart16550 implements IoDevice {
       threPending: this.threPending,
       lsrErrors: this.lsrErrors,
       msrDelta: this.msrDelta,
-      rx: [...this.rx],
+      rx: toBase64(Uint8Array.from(this.rx)),
       rxBlocked: this.rxBlocked,
     };
   }
 
   /**
-   * Rebuild a UART from a snapshot and drive its IRQ line to the restored
-   * level, so an interrupt pending at save time is not lost.
+   * Take saved state into this UART, checking every field (a snapshot file
+   * may be tampered with: errors name `path` and the field), and drive the
+   * IRQ line to the restored level, so an interrupt pending at save time is
+   * not lost. Nothing changes when a field is refused.
    */
-  static restore(state: Uart16550State, options: Uart16550Options): Uart16550 {
-    const uart = new Uart16550(options);
-    const byte = (field: keyof Uart16550State): number => {
-      const v = state[field];
-      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xff) {
-        throw new NodevmmError('ERR_DEVICE_STATE', `uart state field ${field} must be a byte, got ${String(v)}`);
-      }
+  restoreState(input: unknown, path: string = this.name): void {
+    const r = new StateReader(path, input);
+    const byte = (field: string, mask: number) => {
+      const v = r.int(field, 0, 0xff);
+      if (v & ~mask) throw r.error(field, `has bits outside 0x${mask.toString(16)}: 0x${v.toString(16)}`);
       return v;
     };
-    if (!Array.isArray(state.rx) || state.rx.length > uart.rxCapacity) {
-      throw new NodevmmError('ERR_DEVICE_STATE', `uart state rx must be an array of at most ${uart.rxCapacity} bytes`);
-    }
-    if (!RX_TRIGGER_LEVELS.includes(state.rxTrigger as 1)) {
-      throw new NodevmmError('ERR_DEVICE_STATE', `uart state field rxTrigger must be 1, 4, 8 or 14, got ${String(state.rxTrigger)}`);
-    }
-    const divisor = state.divisor;
-    if (!Number.isInteger(divisor) || divisor < 0 || divisor > 0xffff) {
-      throw new NodevmmError('ERR_DEVICE_STATE', `uart state field divisor must be 16 bits, got ${String(divisor)}`);
-    }
-    uart.ier = byte('ier') & IER_MASK;
-    uart.lcr = byte('lcr');
-    uart.mcr = byte('mcr') & MCR_MASK;
-    uart.scr = byte('scr');
-    uart.lsrErrors = byte('lsrErrors') & LSR_OE_BIT;
-    uart.msrDelta = byte('msrDelta') & MSR_DELTA_MASK;
-    uart.divisor = divisor;
-    uart.fifoEnabled = state.fifoEnabled === true;
-    uart.rxTrigger = state.rxTrigger;
-    uart.threPending = state.threPending === true;
-    uart.rxBlocked = state.rxBlocked === true;
-    uart.rx = state.rx.map((b) => Number(b) & 0xff);
-    uart.updateIrq();
+    const s = {
+      ier: byte('ier', IER_MASK),
+      lcr: byte('lcr', 0xff),
+      mcr: byte('mcr', MCR_MASK),
+      scr: byte('scr', 0xff),
+      divisor: r.int('divisor', 0, 0xffff),
+      fifoEnabled: r.bool('fifoEnabled'),
+      rxTrigger: r.oneOf('rxTrigger', RX_TRIGGER_LEVELS),
+      threPending: r.bool('threPending'),
+      lsrErrors: byte('lsrErrors', LSR_OE_BIT),
+      msrDelta: byte('msrDelta', MSR_DELTA_MASK),
+      rx: r.bytes('rx', this.rxCapacity),
+      rxBlocked: r.bool('rxBlocked'),
+    };
+    r.done();
+    // Without FIFOs the chip reports trigger level 1 (writeFcr); loopback holds at most the chip's FIFO.
+    if (!s.fifoEnabled && s.rxTrigger !== 1) throw r.error('rxTrigger', `expected 1 while FIFOs are off, got ${s.rxTrigger}`);
+    this.ier = s.ier;
+    this.lcr = s.lcr;
+    this.mcr = s.mcr;
+    this.scr = s.scr;
+    this.divisor = s.divisor;
+    this.fifoEnabled = s.fifoEnabled;
+    this.rxTrigger = s.rxTrigger;
+    this.threPending = s.threPending;
+    this.lsrErrors = s.lsrErrors;
+    this.msrDelta = s.msrDelta;
+    this.rx = [...s.rx];
+    this.rxBlocked = s.rxBlocked;
+    this.updateIrq();
+  }
+
+  /** A new UART with saved state (see restoreState). */
+  static restore(state: unknown, options: Uart16550Options): Uart16550 {
+    const uart = new Uart16550(options);
+    uart.restoreState(state);
     return uart;
   }
 

@@ -18,7 +18,8 @@ import type { IrqLine } from '../devices/types';
 import { openHypervisor } from '../hv/hypervisor';
 import type { Arm64Partition } from '../hv/partition';
 import type { ComPort, ResolvedVmConfig } from './config';
-import { phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
+import { assertVcpusStill, DEFAULT_QUIESCE_MS, phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
+import { StateReader } from '../devices/device-state';
 import { attachPartitionVirtio, virtioSlots, type AttachedVirtio, type VirtioSlotPlacement } from './virtio-devices';
 
 /** arm64 virtio-mmio slots: the bottom of the MMIO gap, SPIs 16-23 (lib/arch/aarch64/layout.ts). */
@@ -135,6 +136,43 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
       flush: () => {
         sinks.forEach((s) => s.flush());
         virtio!.flush();
+      },
+      quiesceDevices: async (timeoutMs = DEFAULT_QUIESCE_MS) => {
+        sinks.forEach((s) => s.flush());
+        await virtio!.quiesce(timeoutMs);
+      },
+      snapshotDevices: () => {
+        assertVcpusStill(partition, 'a device snapshot');
+        sinks.forEach((s) => s.flush());
+        const serial: Record<string, unknown> = {};
+        for (const c of PL011_PORTS) serial[c] = uarts[c]!.snapshot();
+        // A press in progress is saved as the pin's level; the restored machine releases it (see restoreDevices).
+        return { arch: 'aarch64', serial, gpio: gpio.snapshot(), virtio: virtio!.snapshot() };
+      },
+      restoreDevices: (state: Record<string, unknown>) => {
+        assertVcpusStill(partition, 'a device restore');
+        const r = new StateReader('', state);
+        r.oneOf('arch', ['aarch64']);
+        const serial = r.child('serial');
+        const serialStates = PL011_PORTS.map((c) => {
+          if (!serial.has(c)) throw serial.error(c, 'is missing: this machine has the port, the snapshot does not');
+          return serial.raw(c);
+        });
+        serial.done();
+        const gpioState = r.raw('gpio');
+        const virtioState = r.raw('virtio');
+        r.done();
+        PL011_PORTS.forEach((c, i) => uarts[c]!.restoreState(serialStates[i], c));
+        gpio.restoreState(gpioState, 'gpio');
+        // The timer that would have released a pressed power key did not come along: release it as that timer would.
+        if (gpio.inputHigh(key.powerKeyPin) && !keyTimer) {
+          keyTimer = setTimeout(() => {
+            keyTimer = undefined;
+            gpio.setInput(key.powerKeyPin, false);
+          }, POWER_KEY_PRESS_MS);
+          keyTimer.unref();
+        }
+        virtio!.restore(virtioState, 'virtio');
       },
       dispose: () => {
         if (keyTimer) clearTimeout(keyTimer);

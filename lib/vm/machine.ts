@@ -9,6 +9,7 @@
  * SYSTEM_OFF/SYSTEM_RESET), which the Vm maps the same way for both.
  * Recipes: buildX86Machine (x86-machine.ts), buildArm64Machine (arm64-machine.ts).
  */
+import { NodevmmError } from '../errors';
 import type { NetBackend } from '../devices/virtio/net';
 import type { Partition, PartitionIo } from '../hv/partition';
 import type { ComPort } from './config';
@@ -50,7 +51,41 @@ export interface Machine {
   describeSerial(): string[];
   /** Flush pending serial output. */
   flush(): void;
+  /**
+   * Before snapshotDevices() on a paused VM: wait until no device request is
+   * in flight (disk I/O on the thread pool), at most `timeoutMs` (default
+   * DEFAULT_QUIESCE_MS); rejects with a one-sentence ERR_SNAPSHOT error
+   * naming the device still busy. Nothing in flight is ever dropped.
+   */
+  quiesceDevices(timeoutMs?: number): Promise<void>;
+  /**
+   * Every device model's state as plain JSON data (numbers, strings,
+   * booleans, arrays; bytes as base64; no bigint), for a snapshot of a
+   * paused VM after quiesceDevices(). Throws a one-sentence ERR_SNAPSHOT
+   * error when a device cannot be saved (a request in flight, vhost-vsock or
+   * virtio-fs in use: their state is in the host kernel or another process).
+   */
+  snapshotDevices(): Record<string, unknown>;
+  /**
+   * Take saved device state into this machine, built from the same config
+   * and not run yet: after guest memory holds the snapshot's pages and the
+   * interrupt controller its state, before any vCPU runs. Every field of the
+   * (possibly tampered) input is checked; a bad one throws a one-sentence
+   * ERR_DEVICE_STATE error naming the component and field ("snapshot device
+   * state com1.rx: expected at most 64 bytes, got 90"), after which the
+   * machine must be disposed.
+   */
+  restoreDevices(state: Record<string, unknown>): void;
   dispose(): void;
+}
+
+/** How long quiesceDevices() waits for disk requests by default. */
+export const DEFAULT_QUIESCE_MS = 10_000;
+
+/** Device state is taken and given only while no vCPU runs (a running guest would change it meanwhile). */
+export function assertVcpusStill(partition: Partition, what: string): void {
+  const running = partition.vcpus.find((v) => v.state === 'running');
+  if (running) throw new NodevmmError('ERR_SNAPSHOT', `${what} needs a paused VM, but vcpu${running.index} is running`);
 }
 
 /** Times the phases of a machine build: phase('acpi') records the ms since the last call. */

@@ -19,7 +19,8 @@ import type { VirtioBlk } from '../devices/virtio/blk';
 import type { DirectFileIo } from '../devices/virtio/blk-backends';
 import type { VirtioConsole } from '../devices/virtio/console';
 import type { NetBackend, VirtioNet } from '../devices/virtio/net';
-import type { VirtioDevice, VirtioMmioOptions, VirtioMmioTransport } from '../devices/virtio/mmio';
+import type { VirtioDevice, VirtioMmioOptions, VirtioMmioState, VirtioMmioTransport } from '../devices/virtio/mmio';
+import { describeValue, deviceStateError, StateReader } from '../devices/device-state';
 import type { VirtioRng } from '../devices/virtio/rng';
 import type { HostRamMapping, VhostVsockOps, VirtioVsock } from '../devices/virtio/vsock';
 import type { NotifyOps, Partition, PartitionIo } from '../hv/partition';
@@ -141,6 +142,34 @@ export interface AttachedVirtio {
   dispose(): void;
   /** Resolves once no disk request of this machine is in flight (caller-owned overlays may be closed then). */
   disksIdle(): Promise<void>;
+  /**
+   * Before a snapshot of a paused VM: wait until no disk request is in
+   * flight, at most `timeoutMs`; rejects with a one-sentence ERR_SNAPSHOT
+   * error naming the disk that is still busy.
+   */
+  quiesce(timeoutMs: number): Promise<void>;
+  /** Every slot's transport and device state, in slot order (see VirtioSlotState). */
+  snapshot(): VirtioSlotState[];
+  /** Take saved slot states into devices that have not run (errors name `path` and the field). */
+  restore(state: unknown, path: string): void;
+}
+
+/** One virtio slot in a snapshot: which device sits where, and its transport's state. */
+export interface VirtioSlotState {
+  /** vda, vdb, ..., net0, fs0, vsock, rng, console. */
+  name: string;
+  base: number;
+  irq: number;
+  /** For a disk: the image the guest saw, as configured (restore does not require the same path: a clone may use a copy). */
+  disk?: { path: string; readonly: boolean; overlay: 'temp' | 'none' };
+  transport: VirtioMmioState;
+}
+
+/** How a slot is called in snapshots and their errors. */
+export function virtioSlotName(kind: VirtioSlotKind): string {
+  if (kind.kind === 'blk') return `vd${String.fromCharCode(97 + kind.index)}`;
+  if (kind.kind === 'net' || kind.kind === 'fs') return `${kind.kind}${kind.index}`;
+  return kind.kind;
 }
 
 /** What virtio-vsock runs on: vhost opened for the CID, KVM's eventfd wiring, the RAM mappings. */
@@ -317,6 +346,58 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
     vsock,
     flush: () => sink?.flush(),
     disksIdle: () => Promise.all(disks.map((d) => d.idle())).then(() => undefined),
+    quiesce: async (timeoutMs: number) => {
+      sink?.flush();
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), timeoutMs)));
+      try {
+        if ((await Promise.race([Promise.all(disks.map((d) => d.idle())), late])) !== 'late') return;
+      } finally {
+        clearTimeout(timer);
+      }
+      const busy = disks.find((d) => d.requestsInFlight > 0);
+      if (busy) throw new NodevmmError('ERR_SNAPSHOT', `${busy.name} still has ${busy.requestsInFlight} requests in flight after ${timeoutMs} ms, so no snapshot was taken (a stuck disk?)`);
+    },
+    snapshot: () =>
+      opts.slots.map((slot, i): VirtioSlotState => {
+        const name = virtioSlotName(slot.device);
+        let disk: VirtioSlotState['disk'];
+        if (slot.device.kind === 'blk') {
+          const d = opts.cfg.disks[slot.device.index]!;
+          const ovl = diskOverlays[slot.device.index];
+          // The overlay is an unlinked file that dies with this VM: writes in it would be missing from the snapshot.
+          if (ovl && ovl.map.allocated > 0) throw new NodevmmError('ERR_SNAPSHOT', `${name}: the guest wrote ${ovl.map.allocated} clusters into its throwaway overlay, which a snapshot cannot keep: snapshot before writing, or without overlay: 'temp'`);
+          disk = { path: d.path, readonly: !!d.readonly, overlay: d.overlay === 'temp' ? 'temp' : 'none' };
+        }
+        return { name, base: slot.base, irq: slot.irq, ...(disk ? { disk } : {}), transport: transports[i]!.snapshot() };
+      }),
+    restore: (state: unknown, path: string) => {
+      if (!Array.isArray(state)) throw deviceStateError(path, `expected an array of slots, got ${describeValue(state)}`);
+      if (state.length !== transports.length) throw deviceStateError(path, `the snapshot has ${state.length} virtio slots, this machine ${transports.length}`);
+      // All slots are checked for the right place before any device takes state.
+      const readers = state.map((raw, i) => {
+        const slot = opts.slots[i]!;
+        const name = virtioSlotName(slot.device);
+        const r = new StateReader(`${path}[${i}]`, raw);
+        const saved = r.string('name', 16);
+        if (saved !== name) throw r.error('name', `the snapshot has ${JSON.stringify(saved)} in slot ${i}, this machine ${name}`);
+        const base = r.int('base', 0, Number.MAX_SAFE_INTEGER);
+        if (base !== slot.base) throw r.error('base', `the snapshot has ${name} at 0x${base.toString(16)}, this machine at 0x${slot.base.toString(16)}`);
+        const irq = r.int('irq', 0, 0xffff);
+        if (irq !== slot.irq) throw r.error('irq', `the snapshot has ${name} on interrupt ${irq}, this machine on ${slot.irq}`);
+        if (slot.device.kind === 'blk') {
+          const d = r.child('disk');
+          d.string('path', 4096);
+          d.bool('readonly');
+          d.oneOf('overlay', ['temp', 'none'] as const);
+          d.done();
+        } else if (r.has('disk')) throw r.error('disk', `only a disk slot records an image, ${name} is not one`);
+        const transport = r.raw('transport');
+        r.done();
+        return { transport, name };
+      });
+      readers.forEach(({ transport, name }, i) => transports[i]!.restoreState(transport, `${path}.${name}`));
+    },
     dispose: () => {
       sink?.flush();
       opts.consolePort?.attach(undefined);

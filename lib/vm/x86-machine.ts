@@ -26,7 +26,8 @@ import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
 import type { SerialPort } from './serial-port';
 import { attachPartitionVirtio, virtioSlots, type AttachedVirtio } from './virtio-devices';
-import { phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
+import { assertVcpusStill, DEFAULT_QUIESCE_MS, phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
+import { StateReader } from '../devices/device-state';
 
 export type { BootImages, MachineHooks } from './machine';
 
@@ -40,6 +41,7 @@ const UART_SHADOWED = [1, 3, 4, 5, 7];
 export interface X86Machine extends Machine {
   readonly partition: X86Partition;
   pm: AcpiPm;
+  rtc: CmosRtc;
   uarts: Partial<Record<ComPort, Uart16550>>;
   acpi: X86AcpiTables;
   boot: LinuxDirectX86Result | undefined;
@@ -167,6 +169,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     // 5. Devices.
     const irqs = new IrqLines((irq, level) => partition.setIrqLine(irq, level));
     const uarts: Partial<Record<ComPort, Uart16550>> = {};
+    const shadowedUarts: ShadowedUart[] = [];
     for (const c of ports) {
       const port = hooks.serial[c];
       const sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
@@ -178,6 +181,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       shadowed.shadow = range.shadow;
       shadowed.refresh();
       const s = shadowed;
+      shadowedUarts.push(s);
       port?.attach({ enqueue: (b) => s.enqueue(b) });
       uarts[c] = uart;
     }
@@ -190,7 +194,8 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       onReset: () => hooks.onReset(),
     });
     partition.pio.register(PM_BASE, ACPI_PM_BLOCK_SIZE, pm);
-    partition.pio.register(CMOS_RTC.port, 2, new CmosRtc({ irq: irqs.line(CMOS_RTC.irq), memory: ramAroundFourGiB(ram) }));
+    const rtc = new CmosRtc({ irq: irqs.line(CMOS_RTC.irq), memory: ramAroundFourGiB(ram) });
+    partition.pio.register(CMOS_RTC.port, 2, rtc);
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
@@ -213,6 +218,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     return {
       partition,
       pm,
+      rtc,
       uarts,
       acpi,
       boot,
@@ -223,11 +229,43 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       describeSerial: () =>
         Object.entries(uarts).map(([name, u]) => {
           const s = u!.snapshot();
-          return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending} rx ${s.rx.length}${s.rxBlocked ? ' (host waiting)' : ''} irq ${u!.irqAsserted() ? 'high' : 'low'}`;
+          return `${name} ier ${hex(s.ier)} lcr ${hex(s.lcr)} mcr ${hex(s.mcr)} thre-pending ${s.threPending} rx ${u!.rxPending()}${s.rxBlocked ? ' (host waiting)' : ''} irq ${u!.irqAsserted() ? 'high' : 'low'}`;
         }),
       flush: () => {
         sinks.forEach((s) => s.flush());
         virtio!.flush();
+      },
+      quiesceDevices: async (timeoutMs = DEFAULT_QUIESCE_MS) => {
+        sinks.forEach((s) => s.flush());
+        await virtio!.quiesce(timeoutMs);
+      },
+      snapshotDevices: () => {
+        assertVcpusStill(partition, 'a device snapshot');
+        // Guest output the UARTs took goes out before the state that follows it.
+        sinks.forEach((s) => s.flush());
+        const serial: Record<string, unknown> = {};
+        for (const c of ports) serial[c] = uarts[c]!.snapshot();
+        // No state: the POST port reads a constant, and the i8042 answers status 0 and acts only on the reset command.
+        return { arch: 'x86_64', serial, pm: pm.snapshot(), rtc: rtc.snapshot(), virtio: virtio!.snapshot() };
+      },
+      restoreDevices: (state: Record<string, unknown>) => {
+        assertVcpusStill(partition, 'a device restore');
+        const r = new StateReader('', state);
+        r.oneOf('arch', ['x86_64']);
+        const serial = r.child('serial');
+        for (const c of ports) if (!serial.has(c)) throw serial.error(c, 'is missing: this machine has the port, the snapshot does not');
+        const serialStates = ports.map((c) => serial.raw(c));
+        serial.done();
+        const pmState = r.raw('pm');
+        const rtcState = r.raw('rtc');
+        const virtioState = r.raw('virtio');
+        r.done();
+        ports.forEach((c, i) => uarts[c]!.restoreState(serialStates[i], c));
+        // The native register shadows answer the guest's polling: they must show the restored registers.
+        for (const s of shadowedUarts) s.refresh();
+        pm.restoreState(pmState, 'pm');
+        rtc.restoreState(rtcState, 'rtc');
+        virtio!.restore(virtioState, 'virtio');
       },
       dispose: () => {
         for (const s of sinks) s.flush();

@@ -14,7 +14,9 @@
  * resets the device meanwhile (its data lands in the buffers the driver gave);
  * only its completion is dropped.
  */
+import { NodevmmError } from '../../errors';
 import type { GuestBuffer } from '../../memory/guest-memory';
+import { StateReader } from '../device-state';
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
 import { DeferredPass, VirtioQueueError, type SplitQueue, type VirtqChain } from './queue';
@@ -164,6 +166,31 @@ export class VirtioBlk implements VirtioDevice {
 
   notify(index: number): void {
     this.drain(index);
+  }
+
+  /** Requests taken from the ring and not yet completed. */
+  get requestsInFlight(): number {
+    return this.inflight;
+  }
+
+  /**
+   * What the guest was told about the disk (capacity, read-only), for a
+   * snapshot. A request in flight cannot be saved (its data may be half
+   * moved): refused, after VM quiesce (which awaits idle()) there is none.
+   */
+  saveState(_active: boolean): Record<string, unknown> {
+    if (this.inflight) throw new NodevmmError('ERR_SNAPSHOT', `${this.name} has ${this.inflight} requests in flight, which a snapshot cannot hold: let the disks go idle first (quiesce)`);
+    return { capacitySectors: this.capacitySectors, readonly: this.readonly };
+  }
+
+  /** The attached image must be what the guest saw: the same size and the same read-only flag. */
+  restoreState(state: unknown, path: string, _active: boolean): void {
+    const r = new StateReader(path, state);
+    const capacitySectors = r.int('capacitySectors', 0, Number.MAX_SAFE_INTEGER);
+    const readonly = r.bool('readonly');
+    r.done();
+    if (capacitySectors !== this.capacitySectors) throw r.error('capacitySectors', `the guest saw ${capacitySectors} sectors, the attached image has ${this.capacitySectors}`);
+    if (readonly !== this.readonly) throw r.error('readonly', `the guest saw a ${readonly ? 'read-only' : 'writable'} disk, the attached one is ${this.readonly ? 'read-only' : 'writable'}`);
   }
 
   /** Resolves when no request is in flight (a clean shutdown waits for this before closing the file). */

@@ -16,6 +16,7 @@ import type { ByteSink } from '../types';
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
 import { DeferredPass } from './queue';
+import { StateReader, toBase64 } from '../device-state';
 
 export const VIRTIO_ID_CONSOLE = 3;
 const RX = 0;
@@ -67,6 +68,25 @@ export class VirtioConsole implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
+  }
+
+  /** Host input still waiting for guest buffers (base64): it reaches the guest after a restore. */
+  saveState(_active: boolean): Record<string, unknown> {
+    const pending = new Uint8Array(this.inputBytes);
+    let at = 0;
+    for (const chunk of this.input) {
+      pending.set(chunk, at);
+      at += chunk.length;
+    }
+    return { input: toBase64(pending) };
+  }
+
+  restoreState(state: unknown, path: string, _active: boolean): void {
+    const r = new StateReader(path, state);
+    const input = r.bytes('input', this.inputLimit);
+    r.done();
+    this.input = input.length ? [input] : [];
+    this.inputBytes = input.length;
   }
 
   /** Host input for the guest; returns how many bytes were accepted (0 when the queue is full). */

@@ -17,6 +17,7 @@
  */
 import { NodevmmError } from '../../errors';
 import { hex } from '../../util/bytes';
+import { StateReader } from '../device-state';
 import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
 import { splitQueueSizes, VirtioQueueError } from './queue';
 import type { VhostUserMemRegion, VringAddresses } from './vhost-user';
@@ -159,6 +160,22 @@ export class VirtioFs implements VirtioDevice {
       this.teardown();
       throw e;
     }
+  }
+
+  /**
+   * Refused while the backend runs the rings: the daemon's state (open
+   * files, FUSE inodes, where it is in the rings) lives in another process
+   * that vhost-user cannot ask for it. Before DRIVER_OK nothing is saved.
+   */
+  saveState(active: boolean): Record<string, unknown> {
+    if (active) throw new NodevmmError('ERR_SNAPSHOT', `virtio-fs ${this.tag}: the share's state lives in its vhost-user daemon (virtiofsd), which cannot be saved: snapshot without shares, or before the guest mounts them`);
+    return {};
+  }
+
+  restoreState(state: unknown, path: string, active: boolean): void {
+    const r = new StateReader(path, state);
+    r.done();
+    if (active) throw new NodevmmError('ERR_DEVICE_STATE', `snapshot device state ${path}: an active virtio-fs device cannot be restored (its state was in the vhost-user daemon)`);
   }
 
   /** A kick that reached userspace (it raced the ioeventfd registration): forward it. */

@@ -18,7 +18,8 @@ import { NodevmmError } from '../../errors';
 import type { GuestMemory } from '../../memory/guest-memory';
 import type { IoDevice, IrqLine } from '../types';
 import { localWord, type SharedWord } from '../../hv/io-bus';
-import { isValidQueueSize, SplitQueue, VirtioQueueError, type SplitQueueLayout } from './queue';
+import { isValidQueueSize, SplitQueue, VirtioQueueError, type SplitQueueIndices, type SplitQueueLayout } from './queue';
+import { deviceStateError, StateReader, toHex64 } from '../device-state';
 
 export const VIRTIO_MMIO_MAGIC = 0x74726976; // "virt"
 export const VIRTIO_MMIO_VERSION = 2;
@@ -114,7 +115,51 @@ export interface VirtioDevice {
    * is implied by the read. Devices that raise only through usedBuffers() omit it.
    */
   pendingInterrupts?(): number;
+  /**
+   * The device's own state for a snapshot, as plain JSON data; `active`: the
+   * driver set DRIVER_OK and the queues are live. Called before the transport
+   * reads the queue indices, so a device may give back a buffer it holds
+   * unused. Throws a one-sentence NodevmmError (ERR_SNAPSHOT) when the state
+   * cannot be saved (a request in flight, rings run by another process). A
+   * device without it cannot be snapshotted.
+   */
+  saveState?(active: boolean): Record<string, unknown>;
+  /**
+   * Check and take saved state (errors name `path` and the field), before the
+   * transport resumes the queues through activate(). Refuses `active` state
+   * it cannot resume.
+   */
+  restoreState?(state: unknown, path: string, active: boolean): void;
 }
+
+/** A queue's registers and, while the device is active, where the device is in its rings. */
+export interface VirtioQueueState {
+  num: number;
+  ready: boolean;
+  desc: number;
+  driver: number;
+  device: number;
+  /** Present exactly for the ready queues of an active device. */
+  ring?: SplitQueueIndices;
+}
+
+/** A transport's state as plain JSON data (features as hex strings). */
+export interface VirtioMmioState {
+  deviceId: number;
+  status: number;
+  deviceFeaturesSel: number;
+  driverFeaturesSel: number;
+  driverFeatures: string;
+  queueSel: number;
+  queues: VirtioQueueState[];
+  interruptStatus: number;
+  configGeneration: number;
+  device: Record<string, unknown>;
+}
+
+const STATUS_BITS = STATUS.acknowledge | STATUS.driver | STATUS.driverOk | STATUS.featuresOk | STATUS.needsReset | STATUS.failed;
+/** The largest queue address a register pair can hold here (setHalf clamps the high half). */
+const MAX_QUEUE_GPA = 0x1f_ffff * 2 ** 32 + 0xffff_ffff;
 
 interface QueueRegs {
   num: number;
@@ -397,29 +442,171 @@ export class VirtioMmioTransport implements IoDevice {
       });
       this.active = queues;
       // Before the device starts: a kick the driver sends right after DRIVER_OK must not be lost.
-      if (this.queueNotifier) {
-        queues.forEach((q, i) => {
-          if (!q) return;
-          try {
-            this.notifiers.push(this.queueNotifier!(i, () => this.kick(i)));
-          } catch (e) {
-            // Kicks still arrive as MMIO writes; only slower.
-            process.emitWarning(`${this.name}: queue ${i} notifications stay on MMIO exits: ${(e as Error).message}`);
-          }
-        });
-      }
-      this.device.activate({
-        memory: this.memory,
-        queues,
-        layouts,
-        slot: this.slot,
-        features: f,
-        usedBuffers: (i) => this.usedBuffers(i),
-        fail: (e) => this.fail(e),
-      });
+      this.registerNotifiers(queues);
+      this.device.activate(this.activation(queues, f));
     } catch (e) {
       this.fail(e);
     }
+  }
+
+  /** Whether the driver's DRIVER_OK took effect and the queues are live. */
+  get isActive(): boolean {
+    return this.active !== undefined;
+  }
+
+  /**
+   * The transport's and the device's state as plain JSON data: registers,
+   * negotiated features, each queue's layout and, while active, the
+   * device's ring indices (last_avail_idx, used idx). Throws a one-sentence
+   * ERR_SNAPSHOT error when the device cannot be saved now (see
+   * VirtioDevice.saveState); the VM must be paused (no vCPU writes registers).
+   */
+  snapshot(): VirtioMmioState {
+    if (!this.device.saveState) throw new NodevmmError('ERR_SNAPSHOT', `${this.name}: this device has no saved state, so a VM with it cannot be snapshotted`);
+    const active = this.active !== undefined;
+    // First: the device may give back a buffer it holds, which moves a ring index.
+    const device = this.device.saveState(active);
+    return {
+      deviceId: this.device.deviceId,
+      status: this.status,
+      deviceFeaturesSel: this.deviceFeaturesSel >>> 0,
+      driverFeaturesSel: this.driverFeaturesSel >>> 0,
+      driverFeatures: toHex64(this.driverFeatures),
+      queueSel: this.queueSel >>> 0,
+      queues: this.queues.map((q, i) => {
+        const live = this.active?.[i];
+        return { num: q.num >>> 0, ready: q.ready, desc: q.desc, driver: q.driver, device: q.device, ...(live ? { ring: live.indices() } : {}) };
+      }),
+      interruptStatus: this.isr.load(),
+      configGeneration: this.configGeneration,
+      device,
+    };
+  }
+
+  /**
+   * Take saved state into a transport that has not run yet (a machine built
+   * for a restore), checking every field: a snapshot file may be tampered
+   * with, and errors name `path` and the field. Guest memory must already
+   * hold the snapshot's pages: the rings are checked against it (inside RAM,
+   * aligned, the used index the device published, at most a queue of
+   * chains waiting). An active device resumes exactly where it was: from the
+   * saved last_avail_idx, so the guest's next kick serves only new chains;
+   * chains made available but not yet taken when the snapshot was made are
+   * served at once. On an error the machine must be disposed.
+   */
+  restoreState(input: unknown, path: string): void {
+    const r = new StateReader(path, input);
+    const deviceId = r.int('deviceId', 0, 0xffff_ffff);
+    if (deviceId !== this.device.deviceId) throw r.error('deviceId', `the snapshot has device ${deviceId} where this machine has ${this.device.name} (${this.device.deviceId})`);
+    const status = r.int('status', 0, 0xff);
+    if (status & ~STATUS_BITS) throw r.error('status', `has bits no status has: 0x${status.toString(16)}`);
+    const deviceFeaturesSel = r.int('deviceFeaturesSel', 0, 0xffff_ffff);
+    const driverFeaturesSel = r.int('driverFeaturesSel', 0, 0xffff_ffff);
+    const driverFeatures = r.u64('driverFeatures');
+    const queueSel = r.int('queueSel', 0, 0xffff_ffff);
+    if (status & STATUS.featuresOk) {
+      const unknown = driverFeatures & ~this.offeredFeatures;
+      if (unknown) throw r.error('driverFeatures', `the driver accepted bits ${toHex64(unknown)} this device does not offer (another backend, a read-only disk?)`);
+      if (!(driverFeatures & (1n << VIRTIO_F_VERSION_1))) throw r.error('driverFeatures', 'FEATURES_OK without VIRTIO_F_VERSION_1, which this transport never accepts');
+    }
+    const active = (status & STATUS.driverOk) !== 0 && (status & STATUS.needsReset) === 0;
+    if (active && !(status & STATUS.featuresOk)) throw r.error('status', 'DRIVER_OK without FEATURES_OK is never live (the device would need a reset)');
+    const ringFeatures = { eventIdx: (driverFeatures & (1n << VIRTIO_F_RING_EVENT_IDX)) !== 0n, indirect: (driverFeatures & (1n << VIRTIO_F_RING_INDIRECT_DESC)) !== 0n };
+    const rawQueues = r.array('queues', this.device.queueMaxSizes.length, true);
+    const regs: QueueRegs[] = [];
+    const live: Array<SplitQueue | undefined> = [];
+    rawQueues.forEach((raw, i) => {
+      const q = new StateReader(`${r.at('queues')}[${i}]`, raw);
+      const reg: QueueRegs = { num: q.int('num', 0, 0xffff_ffff), ready: q.bool('ready'), desc: q.int('desc', 0, MAX_QUEUE_GPA), driver: q.int('driver', 0, MAX_QUEUE_GPA), device: q.int('device', 0, MAX_QUEUE_GPA) };
+      regs.push(reg);
+      if (!(active && reg.ready)) {
+        if (q.has('ring')) throw q.error('ring', 'ring indices are saved only for a ready queue of an active device');
+        q.done();
+        live.push(undefined);
+        return;
+      }
+      const max = this.device.queueMaxSizes[i]!;
+      if (!isValidQueueSize(reg.num)) throw q.error('num', `queue size ${reg.num} is not a power of two from 1 to 32768`);
+      if (reg.num > max) throw q.error('num', `queue size ${reg.num} is larger than this queue's maximum ${max}`);
+      const ring = q.child('ring');
+      const indices: SplitQueueIndices = { lastAvail: ring.int('lastAvail', 0, 0xffff), usedIdx: ring.int('usedIdx', 0, 0xffff), signalledUsed: ring.int('signalledUsed', 0, 0xffff) };
+      ring.done();
+      q.done();
+      // Every device here returns each chain it takes before a snapshot (quiesce); one taken and not returned would be lost.
+      const taken = (indices.lastAvail - indices.usedIdx) & 0xffff;
+      if (taken) throw ring.error('lastAvail', `${taken} chains were taken and not returned (last_avail_idx ${indices.lastAvail}, used idx ${indices.usedIdx}), which cannot be resumed`);
+      let queue: SplitQueue;
+      try {
+        queue = new SplitQueue(this.memory, { size: reg.num, descGpa: reg.desc, availGpa: reg.driver, usedGpa: reg.device }, ringFeatures, indices);
+      } catch (e) {
+        if (e instanceof NodevmmError) throw deviceStateError(`${r.at('queues')}[${i}]`, e.message);
+        throw e;
+      }
+      const published = queue.publishedUsedIdx();
+      if (published !== indices.usedIdx) throw ring.error('usedIdx', `the device's used idx ${indices.usedIdx} is not the ${published} guest memory holds (memory from another snapshot?)`);
+      try {
+        queue.pending();
+      } catch (e) {
+        if (e instanceof NodevmmError) throw ring.error('lastAvail', e.message);
+        throw e;
+      }
+      live.push(queue);
+    });
+    const interruptStatus = r.int('interruptStatus', 0, INT_USED_BUFFER | INT_CONFIG_CHANGE);
+    const configGeneration = r.int('configGeneration', 0, 0xffff_ffff);
+    const deviceState = r.raw('device');
+    r.done();
+    if (!this.device.restoreState) throw deviceStateError(path, `${this.device.name} has no saved state to restore`);
+    this.device.restoreState(deviceState, r.at('device'), active);
+
+    this.deactivate();
+    this.status = status;
+    this.deviceFeaturesSel = deviceFeaturesSel;
+    this.driverFeaturesSel = driverFeaturesSel;
+    this.driverFeatures = driverFeatures;
+    this.queueSel = queueSel;
+    this.queues = regs;
+    this.configGeneration = configGeneration;
+    // An edge already delivered is in the restored interrupt controller: only the bits come back here.
+    if (this.edge) this.isr.store(interruptStatus);
+    else this.setInterrupt(interruptStatus);
+    if (active) this.resume(live, driverFeatures);
+  }
+
+  /** Make restored queues live again: notifiers first (as at DRIVER_OK), then the device. */
+  private resume(queues: Array<SplitQueue | undefined>, features: bigint): void {
+    this.active = queues;
+    this.registerNotifiers(queues);
+    try {
+      this.device.activate(this.activation(queues, features));
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  private registerNotifiers(queues: Array<SplitQueue | undefined>): void {
+    if (!this.queueNotifier) return;
+    queues.forEach((q, i) => {
+      if (!q) return;
+      try {
+        this.notifiers.push(this.queueNotifier!(i, () => this.kick(i)));
+      } catch (e) {
+        // Kicks still arrive as MMIO writes; only slower.
+        process.emitWarning(`${this.name}: queue ${i} notifications stay on MMIO exits: ${(e as Error).message}`);
+      }
+    });
+  }
+
+  private activation(queues: Array<SplitQueue | undefined>, features: bigint): VirtioActivation {
+    return {
+      memory: this.memory,
+      queues,
+      layouts: this.queues.map((q, i): SplitQueueLayout | undefined => (queues[i] ? { size: q.num, descGpa: q.desc, availGpa: q.driver, usedGpa: q.device } : undefined)),
+      slot: this.slot,
+      features,
+      usedBuffers: (i) => this.usedBuffers(i),
+      fail: (e) => this.fail(e),
+    };
   }
 
   private kick(index: number): void {

@@ -15,6 +15,7 @@ import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
 import { DeferredPass, gather, scatter, VirtioQueueError, type SplitQueue, type VirtqChain, type VirtqSegment } from './queue';
 import type { GuestMemory } from '../../memory/guest-memory';
+import { StateReader } from '../device-state';
 
 export const VIRTIO_ID_NET = 1;
 export const VIRTIO_NET_F_CSUM = 0n;
@@ -178,6 +179,30 @@ export class VirtioNet implements VirtioDevice {
       this.resumeReads();
       this.onReadable();
     }
+  }
+
+  /**
+   * The MAC the guest was told, for a snapshot. A receive buffer held
+   * while no packet was waiting goes back to the ring (nothing was written
+   * into it), so the saved last_avail_idx is before it. Packets in the
+   * backend stay there: the backend is the host's, not the snapshot's.
+   */
+  saveState(_active: boolean): Record<string, unknown> {
+    const q = this.ctx?.queues[RX];
+    if (this.heldRx && q) {
+      q.unpop();
+      this.heldRx = undefined;
+    }
+    return { mac: formatMac(this.config.subarray(0, 6)) };
+  }
+
+  /** The NIC must have the MAC the guest saw (its ARP peers and DHCP lease know it). */
+  restoreState(state: unknown, path: string, _active: boolean): void {
+    const r = new StateReader(path, state);
+    const mac = r.string('mac', 17);
+    r.done();
+    const ours = formatMac(this.config.subarray(0, 6));
+    if (mac.toLowerCase() !== ours) throw r.error('mac', `the guest saw ${JSON.stringify(mac)}, this NIC has ${ours}`);
   }
 
   private pauseReads(): void {

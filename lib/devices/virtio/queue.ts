@@ -91,6 +91,16 @@ export function splitQueueSizes(size: number): { desc: number; avail: number; us
   return { desc: DESC_SIZE * size, avail: 6 + 2 * size, used: 6 + 8 * size };
 }
 
+/** Where the device is in a split virtqueue: what a snapshot saves to resume it exactly. */
+export interface SplitQueueIndices {
+  /** Next available-ring slot the device reads (last_avail_idx), free-running mod 2^16. */
+  lastAvail: number;
+  /** Used index the device publishes next, free-running mod 2^16. */
+  usedIdx: number;
+  /** Used index when the driver was last interrupted (event-index suppression). */
+  signalledUsed: number;
+}
+
 export function isValidQueueSize(size: number): boolean {
   return Number.isInteger(size) && size >= 1 && size <= VIRTQ_MAX_SIZE && (size & (size - 1)) === 0;
 }
@@ -108,8 +118,13 @@ export class SplitQueue {
   private signalledUsed = 0;
   private desc: DataView | undefined;
 
-  /** Checks the layout (size, alignment §2.7 table, all parts inside guest RAM) and throws VirtioQueueError when it is wrong. */
-  constructor(mem: GuestMemory, layout: SplitQueueLayout, features: SplitQueueFeatures) {
+  /**
+   * Checks the layout (size, alignment §2.7 table, all parts inside guest RAM)
+   * and throws VirtioQueueError when it is wrong. A fresh queue starts where
+   * the used ring says (zero after reset); a restored one at `resume`, the
+   * indices a snapshot saved (checked by the caller).
+   */
+  constructor(mem: GuestMemory, layout: SplitQueueLayout, features: SplitQueueFeatures, resume?: SplitQueueIndices) {
     if (!isValidQueueSize(layout.size)) throw new VirtioQueueError(`queue size ${layout.size} is not a power of two from 1 to ${VIRTQ_MAX_SIZE}`);
     const sizes = splitQueueSizes(layout.size);
     const parts: Array<[string, number, number, number]> = [
@@ -125,10 +140,34 @@ export class SplitQueue {
     this.mem = mem;
     this.layout = { ...layout };
     this.features = { ...features };
+    if (resume) {
+      this.lastAvail = resume.lastAvail & 0xffff;
+      this.usedIdx = resume.usedIdx & 0xffff;
+      this.signalledUsed = resume.signalledUsed & 0xffff;
+      return;
+    }
     // The used ring starts where the driver left it: zero after reset, by §2.7.
     this.usedIdx = mem.readU16(layout.usedGpa + 2);
     this.lastAvail = this.usedIdx;
     this.signalledUsed = this.usedIdx;
+  }
+
+  /** The device's indices, for a snapshot. */
+  indices(): SplitQueueIndices {
+    return { lastAvail: this.lastAvail, usedIdx: this.usedIdx, signalledUsed: this.signalledUsed };
+  }
+
+  /** The used index the guest's used ring holds (what the device last published). */
+  publishedUsedIdx(): number {
+    return this.mem.readU16(this.layout.usedGpa + 2);
+  }
+
+  /**
+   * Give back the chain the last pop() took, unused: the next pop() takes it
+   * again. Only for the chain popped last (a device holding one spare buffer).
+   */
+  unpop(): void {
+    this.lastAvail = (this.lastAvail - 1) & 0xffff;
   }
 
   /** The descriptor table (checked to lie in RAM at construction); re-made if its memory went away. */

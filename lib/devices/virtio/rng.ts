@@ -7,6 +7,7 @@
 import { randomFillSync } from 'node:crypto';
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { DeferredPass } from './queue';
+import { StateReader } from '../device-state';
 
 export const VIRTIO_ID_ENTROPY = 4;
 /** A guest asking for more than this per buffer gets a short answer: it asks again. */
@@ -41,6 +42,15 @@ export class VirtioRng implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
+  }
+
+  /** Nothing beyond the queues: every request completes before notify() returns. */
+  saveState(_active: boolean): Record<string, unknown> {
+    return {};
+  }
+
+  restoreState(state: unknown, path: string, _active: boolean): void {
+    new StateReader(path, state).done();
   }
 
   notify(index: number): void {

@@ -12,6 +12,7 @@
  */
 import { NodevmmError } from '../../errors';
 import { hex } from '../../util/bytes';
+import { StateReader } from '../device-state';
 import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
 import { splitQueueSizes, VirtioQueueError, type SplitQueueLayout } from './queue';
 import type { NotifyOps } from '../../hv/partition';
@@ -152,6 +153,22 @@ export class VirtioVsock implements VirtioDevice {
       this.teardown();
       throw e;
     }
+  }
+
+  /**
+   * Refused while vhost runs the rings: the guest's connections, and where
+   * vhost is in the rings, live in the host kernel, which cannot hand them
+   * over. Before the driver set DRIVER_OK there is nothing to save.
+   */
+  saveState(active: boolean): Record<string, unknown> {
+    if (active) throw new NodevmmError('ERR_SNAPSHOT', 'vsock: the guest driver handed its rings to the host kernel (vhost-vsock), whose connection state cannot be saved: snapshot without vsock, or before the guest loads its driver');
+    return {};
+  }
+
+  restoreState(state: unknown, path: string, active: boolean): void {
+    const r = new StateReader(path, state);
+    r.done();
+    if (active) throw new NodevmmError('ERR_DEVICE_STATE', `snapshot device state ${path}: an active vhost-vsock device cannot be restored (its state was in the host kernel)`);
   }
 
   /**

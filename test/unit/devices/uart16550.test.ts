@@ -289,7 +289,7 @@ test('restore rebuilds registers and re-raises a pending interrupt', (t) => {
   t.is(b.read(SCR, 1), 0x77);
   t.is(b.read(IIR, 1), 0xcc);
   t.is(b.read(RX, 1), 9);
-  t.deepEqual(b.snapshot(), { ...state, rx: [8] });
+  t.deepEqual(b.snapshot(), { ...state, rx: Buffer.of(8).toString('base64') });
 });
 
 test('restore rejects malformed state with ERR_DEVICE_STATE', (t) => {
@@ -297,7 +297,7 @@ test('restore rejects malformed state with ERR_DEVICE_STATE', (t) => {
   const good = uart.snapshot();
   const opts = { irq: new RecordingIrqLine(), sink: new CollectingSink() };
   t.throws(() => Uart16550.restore({ ...good, lcr: 300 }, opts), { code: 'ERR_DEVICE_STATE' });
-  t.throws(() => Uart16550.restore({ ...good, rx: new Array(65).fill(0) }, opts), { code: 'ERR_DEVICE_STATE' });
+  t.throws(() => Uart16550.restore({ ...good, rx: Buffer.alloc(65).toString('base64') }, opts), { code: 'ERR_DEVICE_STATE', message: 'snapshot device state uart.rx: expected at most 64 bytes, got 65' });
   t.throws(() => Uart16550.restore({ ...good, rxTrigger: 3 }, opts), { code: 'ERR_DEVICE_STATE' });
 });
 

@@ -56,7 +56,7 @@ const kinds: Kind[] = [
         device: uart,
         span: 8,
         hostEvent: (r) => void uart.enqueue(r.bytes(r.int(r.chance(0.1) ? 10_000 : 8))),
-        overBound: () => (uart.snapshot().rx.length > rxCapacity ? `RX FIFO holds ${uart.snapshot().rx.length} bytes, over ${rxCapacity}` : undefined),
+        overBound: () => (uart.rxPending() > rxCapacity ? `RX FIFO holds ${uart.rxPending()} bytes, over ${rxCapacity}` : undefined),
         wellFormed() {
           uart.write(3, 1, 0x03); // LCR: 8N1, DLAB off
           uart.write(2, 1, 0x07); // FCR: FIFO on, both cleared
@@ -82,7 +82,7 @@ const kinds: Kind[] = [
         device: rtc,
         span: 2,
         hostEvent: () => rtc.poll(),
-        overBound: () => (rtc.snapshot().ram.length !== CMOS_RAM_SIZE ? `CMOS RAM has ${rtc.snapshot().ram.length} bytes` : undefined),
+        overBound: () => (Buffer.from(rtc.snapshot().ram, 'base64').length !== CMOS_RAM_SIZE ? `CMOS RAM has ${Buffer.from(rtc.snapshot().ram, 'base64').length} bytes` : undefined),
         wellFormed() {
           rtc.write(0, 1, 0x40); // a general-purpose RAM byte
           rtc.write(1, 1, 0x5a);

@@ -36,10 +36,24 @@ export class FakeDriver {
   readonly queues: FakeQueue[] = [];
   private nextData = DATA_BASE;
 
-  /** `mem` defaults to one RAM range of RAM bytes at 0. */
-  constructor(device: VirtioDevice, opts: Pick<VirtioMmioOptions, 'slot' | 'trigger' | 'queueNotifier' | 'onHostError'> = {}, mem: GuestMemory = GuestMemory.anonymous([{ gpa: 0, size: RAM }])) {
+  /** `mem` defaults to one RAM range of RAM bytes at 0; `device` may also be a transport someone else built on `mem`. */
+  constructor(device: VirtioDevice | VirtioMmioTransport, opts: Pick<VirtioMmioOptions, 'slot' | 'trigger' | 'queueNotifier' | 'onHostError'> = {}, mem: GuestMemory = GuestMemory.anonymous([{ gpa: 0, size: RAM }])) {
     this.mem = mem;
-    this.t = new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device, ...opts });
+    this.t = device instanceof VirtioMmioTransport ? device : new VirtioMmioTransport({ memory: this.mem, irq: this.irq, device, ...opts });
+  }
+
+  /**
+   * The same driver after a restore: a copy of guest memory (what a snapshot's
+   * memory file gives back) and of this driver's view of its queues, driving
+   * `device` (a fresh one of the same kind) on a new transport.
+   */
+  cloneOnto(device: VirtioDevice | ((mem: GuestMemory) => VirtioDevice), opts: Pick<VirtioMmioOptions, 'slot' | 'trigger' | 'queueNotifier' | 'onHostError'> = {}): FakeDriver {
+    const mem = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
+    mem.write(0, this.mem.read(0, RAM));
+    const d = new FakeDriver(typeof device === 'function' ? device(mem) : device, opts, mem);
+    for (const q of this.queues) d.queues.push({ ...q });
+    d.nextData = this.nextData;
+    return d;
   }
 
   w(reg: number, v: number): void {
