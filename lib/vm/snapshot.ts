@@ -18,17 +18,6 @@ import { resolveVmConfig, type ComPort, type DiskConfig, type ResolvedVmConfig, 
 import type { Machine } from './machine';
 import type { OverlayDisk } from './virtio-devices';
 
-/**
- * The two device-state entry points of a machine (built on the snap-devices
- * branch: every device model's state, JSON-safe; restoreDevices throws a
- * NodevmmError naming the component and field of a bad state). Until a
- * machine has them, a snapshot is refused rather than taken without its devices.
- */
-export interface DeviceStateMachine {
-  snapshotDevices?(): Record<string, unknown>;
-  restoreDevices?(state: Record<string, unknown>): void;
-}
-
 /** The VM's own state beside the machine's: what exec needs to know about the guest's agent. */
 export interface VmOwnState {
   /** Ports whose exec agent had announced itself: exec on a restored VM does not wait for an announcement that already happened. */
@@ -67,8 +56,6 @@ export function refuseUnsaveable(cfg: ResolvedVmConfig, machine: Machine): void 
   if (cfg.arch !== 'x86_64') throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `snapshots of ${cfg.arch} vms are not implemented yet (x86_64 only)`);
   if (cfg.vsock) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', 'a vm with vsock cannot be snapshotted: its connections and queues live in the host kernel (vhost-vsock), which cannot save them');
   if (cfg.shares.length) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `a vm with virtio-fs shares cannot be snapshotted: the open files and the FUSE session live in virtiofsd (share ${JSON.stringify(cfg.shares[0]!.tag)})`);
-  const dm = machine as Machine & DeviceStateMachine;
-  if (typeof dm.snapshotDevices !== 'function') throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', 'this build cannot save device state yet (the machine has no snapshotDevices)');
 }
 
 /** The config as a VmConfig that resolves back to `r` (JSON-safe: images given as bytes are left out). */
@@ -116,20 +103,21 @@ function hostCpuModel(): string {
 }
 
 /**
- * Save a paused machine into `dir`. Disk requests still in flight are
- * waited for first (their completions change guest memory and device
- * state); everything after that is read in one synchronous step, so
- * nothing in the process can change the state between its parts.
+ * Save a paused machine into `dir`. Device requests still in flight (disk
+ * I/O on the thread pool) are waited for first (quiesceDevices: their
+ * completions change guest memory and device state); everything after
+ * that is read in one synchronous step, so nothing in the process can
+ * change the state between its parts.
  */
 export async function saveVmSnapshot(dir: string, cfg: ResolvedVmConfig, machine: Machine, overlays: readonly (OverlayDisk | undefined)[], own: VmOwnState): Promise<SnapshotManifest> {
   refuseUnsaveable(cfg, machine);
-  await machine.virtio.disksIdle();
+  await machine.quiesceDevices();
   // After the drain: a write still in flight may be the first into an overlay.
   overlays.forEach((o, i) => {
     if (o && o.map.allocated > 0) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `disk ${i} (${cfg.disks[i]!.path}) has written to its temporary overlay, which a snapshot does not keep: snapshot a vm whose disks write their image, and restore clones with overlay: 'temp'`);
   });
   const p = machine.partition as X86Partition;
-  const devices: DevicesFile = { machine: (machine as Machine & DeviceStateMachine).snapshotDevices!(), vm: own };
+  const devices: DevicesFile = { machine: machine.snapshotDevices(), vm: own };
   const hypervisor: X86PartitionState = p.saveState();
   const guestCpuid: X86CpuidEntry[] = hypervisor.vcpus[0]!.cpuid;
   const memory = ramRangesFor(cfg.memory).map((r) => ({ gpa: r.gpa, size: r.size }));

@@ -38,7 +38,7 @@ import type { X86VcpuInitState } from '../hv/x86-state';
 import type { X86Partition } from '../hv/partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
 import type { SnapshotManifest } from '../snapshot/manifest';
-import { loadVmSnapshot, saveVmSnapshot, type DeviceStateMachine, type LoadedSnapshot, type RestoreOverrides } from './snapshot';
+import { loadVmSnapshot, saveVmSnapshot, type LoadedSnapshot, type RestoreOverrides } from './snapshot';
 
 // Networking, vsock and exec load on first use, not with every VM: a VM that uses none of them
 // (the CLI's tiny guest) starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
@@ -319,9 +319,7 @@ export class Vm extends EventEmitter<VmEvents> {
     try {
       for (const r of snap.contents.memory) fds.push(openSync(r.path, 'r'));
       m = buildX86Machine(this.config, undefined, hooks, undefined, { ramFds: fds, hypervisor: snap.contents.hypervisor, guestCpuid: snap.contents.manifest.guestCpuid });
-      const dm = m as Machine & DeviceStateMachine;
-      if (typeof dm.restoreDevices !== 'function') throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', 'this build cannot restore device state yet (the machine has no restoreDevices)');
-      dm.restoreDevices(snap.machineDevices);
+      m.restoreDevices(snap.machineDevices);
       return m;
     } catch (e) {
       m?.dispose();
