@@ -50,3 +50,14 @@ test('nodevmm run -m above the host exits 2 naming -m before opening /dev/kvm', 
   t.is(r.status, 2, r.stderr.toString());
   t.regex(r.stderr.toString(), /^nodevmm: -m: 100T \(100 TiB\) is more guest RAM than this host can back .*\n$/);
 });
+
+test('--restore takes a folder and refuses machine options; --disk flags become its disk overrides', (t) => {
+  const a = parseRunArgs(['--restore', 'snap', '--disk', 'a.img,snapshot', '--com1', 'stdio', '--snapshot-dir', 'next']);
+  t.is(a.restore, 'snap');
+  t.is(a.snapshotDir, 'next');
+  t.deepEqual(a.config.disks, [{ path: 'a.img', overlay: 'temp' }]);
+  const e = t.throws(() => parseRunArgs(['--restore', 'snap', '--kernel', 'k', '-m', '1G']), { instanceOf: ConfigError });
+  t.regex(e!.message, /--restore: cannot be combined with the machine option kernel/);
+  t.regex(e!.message, /--restore: cannot be combined with the machine option memory/);
+  t.regex(RUN_USAGE, /Ctrl-A s snapshots into --snapshot-dir/);
+});
