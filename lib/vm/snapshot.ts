@@ -13,7 +13,7 @@ import { NodevmmError, SnapshotError } from '../errors';
 import { ramRangesFor } from '../arch/x86_64/layout';
 import type { X86Partition } from '../hv/partition';
 import type { X86CpuidEntry, X86PartitionState } from '../hv/x86-state';
-import { cpuVendor, readSnapshotFolder, writeSnapshotFolder, type SnapshotContents, type SnapshotManifest } from '../snapshot';
+import { cpuVendor, readSnapshotFolder, writeSnapshotFolder, type SnapshotContents, type SnapshotManifest } from '../snapshot/index';
 import { resolveVmConfig, type ComPort, type DiskConfig, type ResolvedVmConfig, type VmConfig } from './config';
 import type { Machine } from './machine';
 import type { OverlayDisk } from './virtio-devices';
