@@ -118,8 +118,9 @@ async function snapshotPvh(dir, memory) {
   const msg = 'x'.repeat(4000) + '\n';
   const vm = await createVm({ kernel: tinyPvhKernel(msg), boot: 'pvh', memory });
   let paused;
-  await new Promise((resolve) => vm.on('serial', () => !paused && vm.serial(1).log().length > 100 && ((paused = vm.pause()), resolve())));
-  await vm.start().catch(() => {});
+  const reached = new Promise((resolve) => vm.on('serial', () => !paused && vm.serial(1).log().length > 100 && ((paused = vm.pause()), resolve())));
+  await vm.start();
+  await reached;
   await paused;
   const d = path.join(dir, `vm-${memory}`);
   await vm.snapshot(d);
