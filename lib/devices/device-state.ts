@@ -60,6 +60,11 @@ export class StateReader {
     return Object.prototype.hasOwnProperty.call(this.obj, field) ? this.obj[field] : undefined;
   }
 
+  /** The fields present. */
+  keys(): string[] {
+    return Object.keys(this.obj);
+  }
+
   has(field: string): boolean {
     return Object.prototype.hasOwnProperty.call(this.obj, field);
   }

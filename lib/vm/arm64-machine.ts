@@ -154,6 +154,7 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
         const r = new StateReader('', state);
         r.oneOf('arch', ['aarch64']);
         const serial = r.child('serial');
+        for (const k of serial.keys()) if (!(PL011_PORTS as readonly string[]).includes(k)) throw serial.error(k, 'the snapshot has this port, this machine does not');
         const serialStates = PL011_PORTS.map((c) => {
           if (!serial.has(c)) throw serial.error(c, 'is missing: this machine has the port, the snapshot does not');
           return serial.raw(c);

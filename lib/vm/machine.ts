@@ -61,9 +61,11 @@ export interface Machine {
   /**
    * Every device model's state as plain JSON data (numbers, strings,
    * booleans, arrays; bytes as base64; no bigint), for a snapshot of a
-   * paused VM after quiesceDevices(). Throws a one-sentence ERR_SNAPSHOT
-   * error when a device cannot be saved (a request in flight, vhost-vsock or
-   * virtio-fs in use: their state is in the host kernel or another process).
+   * paused VM after quiesceDevices(). Throws a one-sentence error when a
+   * device cannot be saved: ERR_SNAPSHOT for a running vCPU or a request in
+   * flight; ERR_SNAPSHOT_UNSUPPORTED for vhost-vsock or virtio-fs in use
+   * (their state is in the host kernel or another process) and a written
+   * temporary overlay.
    */
   snapshotDevices(): Record<string, unknown>;
   /**

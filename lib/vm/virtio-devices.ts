@@ -366,7 +366,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
           const d = opts.cfg.disks[slot.device.index]!;
           const ovl = diskOverlays[slot.device.index];
           // The overlay is an unlinked file that dies with this VM: writes in it would be missing from the snapshot.
-          if (ovl && ovl.map.allocated > 0) throw new NodevmmError('ERR_SNAPSHOT', `${name}: the guest wrote ${ovl.map.allocated} clusters into its throwaway overlay, which a snapshot cannot keep: snapshot before writing, or without overlay: 'temp'`);
+          if (ovl && ovl.map.allocated > 0) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `${name}: the guest wrote ${ovl.map.allocated} clusters into its throwaway overlay, which a snapshot cannot keep: snapshot before writing, or without overlay: 'temp'`);
           disk = { path: d.path, readonly: !!d.readonly, overlay: d.overlay === 'temp' ? 'temp' : 'none' };
         }
         return { name, base: slot.base, irq: slot.irq, ...(disk ? { disk } : {}), transport: transports[i]!.snapshot() };

@@ -253,6 +253,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
         const r = new StateReader('', state);
         r.oneOf('arch', ['x86_64']);
         const serial = r.child('serial');
+        for (const k of serial.keys()) if (!(ports as readonly string[]).includes(k)) throw serial.error(k, 'the snapshot has this port, this machine does not');
         for (const c of ports) if (!serial.has(c)) throw serial.error(c, 'is missing: this machine has the port, the snapshot does not');
         const serialStates = ports.map((c) => serial.raw(c));
         serial.done();

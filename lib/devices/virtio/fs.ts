@@ -168,7 +168,7 @@ export class VirtioFs implements VirtioDevice {
    * that vhost-user cannot ask for it. Before DRIVER_OK nothing is saved.
    */
   saveState(active: boolean): Record<string, unknown> {
-    if (active) throw new NodevmmError('ERR_SNAPSHOT', `virtio-fs ${this.tag}: the share's state lives in its vhost-user daemon (virtiofsd), which cannot be saved: snapshot without shares, or before the guest mounts them`);
+    if (active) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `virtio-fs ${this.tag}: the share's state lives in its vhost-user daemon (virtiofsd), which cannot be saved: snapshot without shares, or before the guest mounts them`);
     return {};
   }
 

@@ -119,9 +119,10 @@ export interface VirtioDevice {
    * The device's own state for a snapshot, as plain JSON data; `active`: the
    * driver set DRIVER_OK and the queues are live. Called before the transport
    * reads the queue indices, so a device may give back a buffer it holds
-   * unused. Throws a one-sentence NodevmmError (ERR_SNAPSHOT) when the state
-   * cannot be saved (a request in flight, rings run by another process). A
-   * device without it cannot be snapshotted.
+   * unused. Throws a one-sentence NodevmmError when the state cannot be
+   * saved: ERR_SNAPSHOT while a request is in flight (drain first),
+   * ERR_SNAPSHOT_UNSUPPORTED when it lives outside this process (rings run by
+   * vhost or a vhost-user daemon). A device without it cannot be snapshotted.
    */
   saveState?(active: boolean): Record<string, unknown>;
   /**
@@ -458,11 +459,11 @@ export class VirtioMmioTransport implements IoDevice {
    * The transport's and the device's state as plain JSON data: registers,
    * negotiated features, each queue's layout and, while active, the
    * device's ring indices (last_avail_idx, used idx). Throws a one-sentence
-   * ERR_SNAPSHOT error when the device cannot be saved now (see
-   * VirtioDevice.saveState); the VM must be paused (no vCPU writes registers).
+   * error when the device cannot be saved (see VirtioDevice.saveState); the
+   * VM must be paused (no vCPU writes registers).
    */
   snapshot(): VirtioMmioState {
-    if (!this.device.saveState) throw new NodevmmError('ERR_SNAPSHOT', `${this.name}: this device has no saved state, so a VM with it cannot be snapshotted`);
+    if (!this.device.saveState) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `${this.name}: this device has no saved state, so a VM with it cannot be snapshotted`);
     const active = this.active !== undefined;
     // First: the device may give back a buffer it holds, which moves a ring index.
     const device = this.device.saveState(active);
@@ -557,6 +558,11 @@ export class VirtioMmioTransport implements IoDevice {
     const deviceState = r.raw('device');
     r.done();
     if (!this.device.restoreState) throw deviceStateError(path, `${this.device.name} has no saved state to restore`);
+    // A transport that ran already (not the intended use) first lets go of what its activation made.
+    if (this.status !== 0) {
+      this.device.reset();
+      this.resetState();
+    }
     this.device.restoreState(deviceState, r.at('device'), active);
 
     this.deactivate();

@@ -161,7 +161,7 @@ export class VirtioVsock implements VirtioDevice {
    * over. Before the driver set DRIVER_OK there is nothing to save.
    */
   saveState(active: boolean): Record<string, unknown> {
-    if (active) throw new NodevmmError('ERR_SNAPSHOT', 'vsock: the guest driver handed its rings to the host kernel (vhost-vsock), whose connection state cannot be saved: snapshot without vsock, or before the guest loads its driver');
+    if (active) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', 'vsock: the guest driver handed its rings to the host kernel (vhost-vsock), whose connection state cannot be saved: snapshot without vsock, or before the guest loads its driver');
     return {};
   }
 

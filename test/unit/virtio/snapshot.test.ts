@@ -313,14 +313,14 @@ test('vhost-vsock and virtio-fs: refused with one sentence once the driver hande
   const vsock = new VirtioVsock({ cid: 3, vhost: { features: RING_FEATURES } as never, notify: {} as never, ram: () => [] });
   t.deepEqual(vsock.saveState(false), {});
   t.throws(() => vsock.saveState(true), {
-    code: 'ERR_SNAPSHOT',
+    code: 'ERR_SNAPSHOT_UNSUPPORTED',
     message: 'vsock: the guest driver handed its rings to the host kernel (vhost-vsock), whose connection state cannot be saved: snapshot without vsock, or before the guest loads its driver',
   });
   t.notThrows(() => vsock.restoreState({}, 'virtio.vsock.device', false));
   t.throws(() => vsock.restoreState({}, 'virtio.vsock.device', true), { code: 'ERR_DEVICE_STATE' });
   const fs = new VirtioFs({ tag: 'share', backend: { features: RING_FEATURES } as never, notify: {} as never, ram: () => [] });
   t.deepEqual(fs.saveState(false), {});
-  t.throws(() => fs.saveState(true), { code: 'ERR_SNAPSHOT', message: /^virtio-fs share: the share's state lives in its vhost-user daemon/ });
+  t.throws(() => fs.saveState(true), { code: 'ERR_SNAPSHOT_UNSUPPORTED', message: /^virtio-fs share: the share's state lives in its vhost-user daemon/ });
   t.throws(() => fs.restoreState({}, 'virtio.fs0.device', true), { code: 'ERR_DEVICE_STATE' });
 });
 
@@ -418,5 +418,49 @@ test('a device in DEVICE_NEEDS_RESET is saved as such and restored inert until t
 test('a device without saved state cannot be snapshotted', (t) => {
   const dev = { name: 'odd', deviceId: 99, features: 0n, queueMaxSizes: [4], readConfig: () => 0, activate: () => {}, notify: () => {}, reset: () => {} };
   const d = new FakeDriver(dev);
-  t.throws(() => d.t.snapshot(), { code: 'ERR_SNAPSHOT', message: 'virtio-odd: this device has no saved state, so a VM with it cannot be snapshotted' });
+  t.throws(() => d.t.snapshot(), { code: 'ERR_SNAPSHOT_UNSUPPORTED', message: 'virtio-odd: this device has no saved state, so a VM with it cannot be snapshotted' });
+});
+
+test('a disk with a throwaway overlay is saved while unwritten and refused once the guest wrote into the overlay', async (t) => {
+  const { img } = image(t, 64);
+  const cfg = resolveVmConfig({ kernel: 'k', disks: [{ path: img.file, overlay: 'temp' }] });
+  const mem = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
+  const v = attachVirtioDevices({ cfg, slots: virtioSlots(cfg), memory: mem, mmio: new IoBus('mmio'), irq: () => ({ set: () => {}, pulse: () => {} }) });
+  t.teardown(() => v.dispose());
+  const d = new FakeDriver(v.transports[0]!, {}, mem);
+  d.up([8]);
+  t.deepEqual(v.snapshot()[0]!.disk, { path: img.file, readonly: false, overlay: 'temp' });
+  const q = d.queues[0]!;
+  const h = d.alloc(16, header(BLK_T.out, 4));
+  d.offer(q, d.chain(q, [{ gpa: h, len: 16 }, { gpa: d.alloc(512, new Uint8Array(512).fill(1)), len: 512 }, { gpa: d.alloc(1), len: 1, write: true }]));
+  d.kick(q);
+  await v.quiesce(10_000);
+  t.is(d.takeUsed(q).length, 1);
+  t.throws(() => v.snapshot(), { code: 'ERR_SNAPSHOT_UNSUPPORTED', message: "vda: the guest wrote 1 clusters into its throwaway overlay, which a snapshot cannot keep: snapshot before writing, or without overlay: 'temp'" });
+});
+
+test('restoring into a transport that already ran resets the device before it takes state (what its activation made is let go)', (t) => {
+  const events: string[] = [];
+  const device = {
+    name: 'rec',
+    deviceId: 42,
+    features: 0n,
+    queueMaxSizes: [4],
+    readConfig: () => 0,
+    activate: () => void events.push('activate'),
+    notify: () => {},
+    reset: () => void events.push('reset'),
+    saveState: () => ({}),
+    restoreState: () => void events.push('restore'),
+  };
+  const d = new FakeDriver(device);
+  d.up([4]);
+  const state = viaJson(d.t.snapshot());
+  events.length = 0;
+  d.t.restoreState(state, 'virtio.rec');
+  t.deepEqual(events, ['reset', 'restore', 'activate']);
+  const fresh = new FakeDriver({ ...device });
+  events.length = 0;
+  fresh.t.restoreState(state, 'virtio.rec');
+  t.deepEqual(events, ['restore', 'activate'], 'a fresh transport has nothing to let go of');
 });
