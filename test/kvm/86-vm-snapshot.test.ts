@@ -107,3 +107,17 @@ kvm('restoring a damaged snapshot fails with one sentence naming the file', asyn
   await t.throwsAsync(restoreVm(dir), { code: 'ERR_SNAPSHOT', message: /ram-0 is 4096 bytes, the manifest says 67108864: it was truncated or replaced/ });
   await t.throwsAsync(restoreVm(path.join(dir, 'nothing')), { code: 'ERR_SNAPSHOT', message: /has no manifest\.json/ });
 });
+
+kvm('a snapshot whose guest saw a cpu feature this host lacks is refused naming the cpuid bit', async (t) => {
+  const dir = path.join(tempDir(t), 'snap');
+  const vm = await pausedPartWay();
+  await vm.snapshot(dir);
+  await vm.kill();
+  const mp = path.join(dir, 'manifest.json');
+  const m = JSON.parse(fs.readFileSync(mp, 'utf8'));
+  // Claim the guest saw every bit of CPUID.7:EBX: no host offers them all.
+  const leaf7 = m.guestCpuid.find((e: { function: number; index: number }) => e.function === 7 && e.index === 0);
+  leaf7.ebx = 0xffffffff;
+  fs.writeFileSync(mp, JSON.stringify(m));
+  await t.throwsAsync(restoreVm(dir), { code: 'ERR_SNAPSHOT', message: /^the snapshot's guest saw cpu features this host does not offer \(cpuid leaf 0x7 ebx bits? [\d, ]+\): restore the snapshot on a host with the same cpu$/ });
+});
