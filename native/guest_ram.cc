@@ -94,7 +94,11 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
       ThrowErrno(env, errno, "fstat", nullptr, "inspect guest ram file");
       return;
     }
-    if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < size) {
+    if (!S_ISREG(st.st_mode)) {
+      ThrowUsage(env, "guest ram file is not a regular file");
+      return;
+    }
+    if (static_cast<uint64_t>(st.st_size) < size) {
       ThrowUsage(env, "guest ram file holds " + std::to_string(st.st_size) + " bytes, fewer than the " + std::to_string(size) + " the ram needs");
       return;
     }
