@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { kvmSkipReason } from '../../lib/testing/kvm-test-helpers';
 import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
+import { withVm } from '../../lib/testing/harness';
 import { createVm, restoreVm, type Vm } from '../../lib/vm/vm';
 import { tempDir } from '../temp-dir';
 
@@ -120,4 +121,20 @@ kvm('a snapshot whose guest saw a cpu feature this host lacks is refused naming 
   leaf7.ebx = 0xffffffff;
   fs.writeFileSync(mp, JSON.stringify(m));
   await t.throwsAsync(restoreVm(dir), { code: 'ERR_SNAPSHOT', message: /^the snapshot's guest saw cpu features this host does not offer \(cpuid leaf 0x7 ebx bits? [\d, ]+\): restore the snapshot on a host with the same cpu$/ });
+});
+
+kvm('withVm({ snapshot }) boots once and starts each test from a VM restored from that snapshot', async (t) => {
+  const opts = { kernel: tinyPvhKernel(MESSAGE), boot: 'pvh' as const, memory: '64M', agent: false, waitFor: /line 010\n/, snapshot: 'kvm-tier-ready' };
+  const runs: Array<{ from: string | undefined; log: string }> = [];
+  for (let i = 0; i < 3; i++) {
+    await withVm(t, opts, async (vm) => {
+      const stop = await vm.waitForStop();
+      t.is(stop.reason, 'poweroff');
+      runs.push({ from: vm.restoredFrom, log: vm.serial(1).log() });
+    });
+  }
+  t.truthy(runs[0]!.from);
+  t.true(runs.every((r) => r.from === runs[0]!.from), 'one snapshot serves every test');
+  t.true(runs.every((r) => r.log === runs[0]!.log), 'every test starts from the same point');
+  t.true(MESSAGE.endsWith(runs[0]!.log) && runs[0]!.log.length < MESSAGE.length - 10 * 9, 'each continues after the marker');
 });
