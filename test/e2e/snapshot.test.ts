@@ -7,13 +7,14 @@
  * snapshotted while both spin finishes the work after the restore.
  */
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ensureGuestArtifacts } from '../../lib/testing/artifacts';
 import { e2eSkipReason } from '../../lib/testing/e2e';
 import { AGENT_CMDLINE } from '../../lib/testing/harness';
+import { openDisk } from '../../lib/vm/disk-images';
 import { createVm, restoreVm, type Vm } from '../../lib/vm/vm';
 
 const skip = e2eSkipReason();
@@ -40,6 +41,19 @@ async function bootDebian(t: { teardown(f: () => void | Promise<void>): void }, 
   return vm;
 }
 
+/** A killed VM lets go of its disk once its last request is done (it closes the image after that): wait for it, bounded. */
+async function imageUnlocked(image: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      openDisk(image, false).close();
+      return;
+    } catch (e) {
+      if (i > 200) throw e;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
 const uptime = async (vm: Vm) => Number((await vm.exec('cut -d" " -f1 /proc/uptime', { timeoutMs: 180_000 })).stdout);
 
 e2e('a Debian guest snapshotted after init continues in a new process: exec, a sane clock, and its disk write', async (t) => {
@@ -58,6 +72,7 @@ e2e('a Debian guest snapshotted after init continues in a new process: exec, a s
   const snap = path.join(dir, 'snap');
   await vm.snapshot(snap);
   await vm.kill();
+  await imageUnlocked(disk);
   t.true(fs.readFileSync(disk).subarray(0, MARK.length).toString() === MARK, 'the write reached the image');
 
   // A new process: nothing of this one's state is shared.
@@ -74,7 +89,9 @@ e2e('a Debian guest snapshotted after init continues in a new process: exec, a s
       await vm.kill();
       console.log(JSON.stringify({ up: Number(up.stdout), up2: Number(up2.stdout), disk: disk.stdout, restoreToExecMs }));
     })().catch((e) => { console.error(e); process.exit(1); });`;
-  const r = spawnSync(process.execPath, ['-e', child], { encoding: 'utf8', timeout: 900_000 });
+  const r = await new Promise<{ status: number; stdout: string; stderr: string }>((resolve) =>
+    execFile(process.execPath, ['-e', child], { encoding: 'utf8', timeout: 900_000, maxBuffer: 1 << 24 }, (e, stdout, stderr) => resolve({ status: e ? Number((e as { code?: number }).code ?? 1) : 0, stdout, stderr })),
+  );
   t.is(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { up: number; up2: number; disk: string; restoreToExecMs: number };
   t.log(`saved uptime ${savedUptime} s; restored ${out.up} s, then ${out.up2} s`);
@@ -110,7 +127,7 @@ e2e('a guest with 2 vCPUs snapshotted while both spin finishes the work after th
   const vm = await bootDebian(t, { vcpus: 2 });
   t.is((await vm.exec('grep -c ^processor /proc/cpuinfo', { timeoutMs: 180_000 })).stdout, '2\n');
   // Two busy loops (one per vCPU as the scheduler spreads them), each leaving a file when done.
-  await vm.exec('for c in 0 1; do (i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo $i > /tmp/done-$c) & done', { timeoutMs: 180_000 });
+  await vm.exec('for c in 0 1; do (i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; echo $i > /tmp/done-$c) & done', { timeoutMs: 180_000 });
   t.is((await vm.exec('ls /tmp/done-* 2>/dev/null | wc -l', { timeoutMs: 180_000 })).stdout, '0\n', 'the loops were still running at the snapshot');
   await vm.pause();
   await vm.snapshot(path.join(dir, 'snap'));
@@ -118,5 +135,5 @@ e2e('a guest with 2 vCPUs snapshotted while both spin finishes the work after th
   const r = await restoreVm(path.join(dir, 'snap'));
   t.teardown(() => (r.state === 'stopped' ? undefined : r.kill().then(() => undefined)));
   const done = await r.exec('while [ ! -e /tmp/done-0 ] || [ ! -e /tmp/done-1 ]; do sleep 1; done; cat /tmp/done-0 /tmp/done-1', { timeoutMs: 600_000 });
-  t.is(done.stdout, '20000\n20000\n');
+  t.is(done.stdout, '400000\n400000\n');
 });
