@@ -67,9 +67,9 @@ kvm('the original and its clones each finish on their own', async (t) => {
   const clones = [await vm.clone(), await vm.clone()];
   await vm.resume();
   const [a, b, orig] = await Promise.all([rest(clones[0]!), rest(clones[1]!), rest(vm)]);
-  t.is(before + a, MESSAGE);
-  t.is(before + b, MESSAGE);
-  t.is(orig, MESSAGE);
+  t.is(before + a, MESSAGE, 'the first clone');
+  t.is(before + b, MESSAGE, 'the second clone');
+  t.is(orig, MESSAGE, 'the original');
 });
 
 kvm('restoring gives the disk image by default and a private overlay when asked', async (t) => {
