@@ -128,3 +128,18 @@ export class HypervisorUnavailableError extends NodevmmError {
     super(code, message);
   }
 }
+
+/**
+ * A snapshot cannot be read or used: another format version, an
+ * incompatible host CPU, a missing, truncated or tampered file, a field of
+ * the wrong shape. `file` and `field` name what broke when known.
+ */
+export class SnapshotError extends NodevmmError {
+  readonly file: string | undefined;
+  readonly field: string | undefined;
+  constructor(message: string, where: { file?: string; field?: string } = {}, options?: NodevmmErrorOptions) {
+    super('ERR_SNAPSHOT', message, options);
+    this.file = where.file;
+    this.field = where.field;
+  }
+}

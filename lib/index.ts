@@ -3,7 +3,10 @@
  * partition API, the pure format modules, and the error classes.
  */
 export * from './errors';
-export { createVm, Vm, type CustomLoader, type VmEvents } from './vm/vm';
+export { createVm, restoreVm, Vm, type CustomLoader, type VmEvents } from './vm/vm';
+export type { RestoreOverrides } from './vm/snapshot';
+export { readSnapshotFolder, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_VERSION, type SnapshotContents, type SnapshotManifest, type SnapshotFile, type SnapshotMemoryRegion } from './snapshot/index';
+export type { X86PartitionState, X86VcpuState, X86VmState, X86CpuidEntry } from './hv/x86-state';
 export { resolveVmConfig, parseSize, DEFAULTS, type VmConfig, type ResolvedVmConfig, type ComPort, type BootProtocol, type VsockConfig, type NetConfig, type UserNetConfig, type PortForwardConfig, type DiskConfig } from './vm/config';
 export { VsockStream, VsockServer, VMADDR_CID_HOST } from './vm/vsock-stream';
 export type { StopReason, StopReasonKind, VmState } from './vm/lifecycle';

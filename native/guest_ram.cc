@@ -10,6 +10,7 @@
 #include <windows.h>
 #else
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #endif
 
@@ -58,7 +59,26 @@ void* ReserveAligned(uint64_t size) {
 }
 
 // Fresh memfd-backed RAM (see the constructor); nullptr with *err, *call set.
-uint8_t* MapRam(uint64_t size, const std::string& name, int* fd_out, int* err, const char** call) {
+// Fresh memfd-backed RAM (see the constructor), or, with private_file >= 0,
+// that file's bytes mapped MAP_PRIVATE (copy-on-write: a snapshot's memory
+// file, which every restore shares until the guest writes); nullptr with
+// *err, *call set.
+uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, int* fd_out, int* err, const char** call) {
+  if (private_file >= 0) {
+    void* at = ReserveAligned(size);
+    // SAFETY: the caller checked private_file is a regular file of at least
+    // `size` bytes; `at` is our own reservation of that size (or null).
+    void* p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE | (at ? MAP_FIXED : 0), private_file, 0);
+    if (p == MAP_FAILED) {
+      *err = errno;
+      *call = "mmap";
+      if (at) munmap(at, size);
+      return nullptr;
+    }
+    madvise(p, size, MADV_DONTDUMP);
+    *fd_out = -1;
+    return static_cast<uint8_t*>(p);
+  }
   int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
   if (fd < 0) {
     *err = errno;
@@ -101,8 +121,9 @@ void CloseRamFd(int fd) { if (fd >= 0) close(fd); }
 // Windows: committed private memory from VirtualAlloc (zero-filled on first
 // touch; Windows has no overcommit, so the size is charged to the commit
 // limit up front). WHvMapGpaRange maps these very pages into the guest.
-uint8_t* MapRam(uint64_t size, const std::string& name, int* fd_out, int* err, const char** call) {
+uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, int* fd_out, int* err, const char** call) {
   (void)name;
+  (void)private_file;  // refused by the constructor on Windows
   void* p = VirtualAlloc(nullptr, static_cast<SIZE_T>(size), MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
   if (!p) {
     *err = ENOMEM;
@@ -131,18 +152,27 @@ Napi::Function GuestRam::Init(Napi::Env env) {
                          InstanceMethod("views", &GuestRam::Views),
                          InstanceMethod("release", &GuestRam::Release),
                          InstanceMethod("advise", &GuestRam::Advise),
+                         InstanceMethod("writeTo", &GuestRam::WriteTo),
                          InstanceAccessor("size", &GuestRam::GetSize, nullptr),
                          InstanceAccessor("fd", &GuestRam::GetFd, nullptr),
                          InstanceAccessor("hostAddress", &GuestRam::GetHostAddress, nullptr),
                      });
 }
 
-// new GuestRam(size, { name?: string })
+// new GuestRam(size, { name?: string, privateFile?: fd })
 //
-// Always a memfd mapped MAP_SHARED: the same pages can then be handed to
-// another process (a vhost-user backend such as virtiofsd maps them from the
-// fd), while KVM and JS see them exactly as before. See docs/architecture.md,
-// "Guest memory", for what that changes (shmem accounting, THP knob, freeing).
+// Without privateFile: a memfd mapped MAP_SHARED, so the same pages can be
+// handed to another process (a vhost-user backend such as virtiofsd maps
+// them from the fd), while KVM and JS see them exactly as before. See
+// docs/architecture.md, "Guest memory", for what that changes (shmem
+// accounting, THP knob, freeing).
+//
+// With privateFile: that file's first `size` bytes mapped MAP_PRIVATE (a
+// snapshot's memory): pages are read from the page cache on first touch and
+// copied only when written, so every mapping of one file shares the pages
+// nobody wrote and the cost of mapping does not grow with `size`. There is
+// no memfd then (fd reads -1): another process cannot share these pages.
+// The caller keeps its fd; the mapping holds the file by itself.
 GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(info) {
   Napi::Env env = info.Env();
   uint64_t size = 0;
@@ -151,17 +181,42 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
     return;
   }
   std::string name = "nodevmm-ram";
+  int private_file = -1;
   if (info.Length() > 1 && info[1].IsObject()) {
     Napi::Object o = info[1].As<Napi::Object>();
     if (o.Get("name").IsString()) name = o.Get("name").As<Napi::String>().Utf8Value();
+    if (o.Get("privateFile").IsNumber()) private_file = o.Get("privateFile").As<Napi::Number>().Int32Value();
   }
+#if defined(_WIN32)
+  if (private_file >= 0) {
+    ThrowUsage(env, "guest ram from a file (a snapshot restore) is not supported on Windows");
+    return;
+  }
+#else
+  if (private_file >= 0) {
+    struct stat st;
+    if (fstat(private_file, &st) != 0) {
+      ThrowErrno(env, errno, "fstat", nullptr, "inspect guest ram file");
+      return;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ThrowUsage(env, "guest ram file is not a regular file");
+      return;
+    }
+    if (static_cast<uint64_t>(st.st_size) < size) {
+      ThrowUsage(env, "guest ram file holds " + std::to_string(st.st_size) + " bytes, fewer than the " + std::to_string(size) + " the ram needs");
+      return;
+    }
+  }
+#endif
   int fd = -1, err = 0;
   const char* call = "";
-  uint8_t* p = MapRam(size, name, &fd, &err, &call);
+  uint8_t* p = MapRam(size, name, private_file, &fd, &err, &call);
   if (!p) {
     ThrowErrno(env, err, call, nullptr, "map guest ram");
     return;
   }
+  private_ = private_file >= 0;
   memfd_ = fd;
   host_ = p;
   size_ = size;
@@ -328,9 +383,66 @@ Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
   if (what == "dontneed") ReplaceWithZeroPages(host_ + off, len);
 #else
   int advice = what == "dontneed" ? MADV_REMOVE : MADV_HUGEPAGE;
+  if (private_ && advice == MADV_REMOVE) {
+    // A private file mapping: MADV_DONTNEED would bring the file's bytes
+    // back, MADV_REMOVE is refused. Fresh anonymous pages leave zeros.
+    ReplaceWithZeroPages(host_ + off, len);
+    return env.Undefined();
+  }
+  if (private_ && advice == MADV_HUGEPAGE) return env.Undefined();  // a regular file's private pages are never huge
   if (madvise(host_ + off, len, advice) != 0) return ThrowErrno(env, errno, "madvise", nullptr, "advise guest ram");
 #endif
   return env.Undefined();
+}
+
+// writeTo(fd) -> bytes written: the RAM's contents into a regular file from
+// offset 0, sparse: pages of zeros are skipped (they read back as zeros
+// from the hole), and on a memfd the holes it already has are not even
+// read (SEEK_DATA/SEEK_HOLE), so a mostly untouched guest saves in time
+// proportional to what it used. The file is sized to the RAM. The caller
+// pauses the vCPUs first: a page written meanwhile may be saved torn.
+Napi::Value GuestRam::WriteTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!host_) return ThrowUsage(env, "guest ram was released");
+#if defined(_WIN32)
+  return ThrowUsage(env, "saving guest ram to a file (a snapshot) is not supported on Windows");
+#else
+  if (info.Length() < 1 || !info[0].IsNumber()) return ThrowUsage(env, "writeTo needs a file descriptor");
+  int out = info[0].As<Napi::Number>().Int32Value();
+  if (ftruncate(out, static_cast<off_t>(size_)) != 0) return ThrowErrno(env, errno, "ftruncate", nullptr, "size guest ram file");
+  constexpr uint64_t kPage = 4096;
+  static const uint8_t kZero[kPage] = {};
+  uint64_t written = 0;
+  uint64_t pos = 0;
+  while (pos < size_) {
+    uint64_t end = size_;
+    if (memfd_ >= 0) {
+      off_t d = lseek(memfd_, static_cast<off_t>(pos), SEEK_DATA);
+      if (d < 0) break;  // ENXIO: only holes from here on
+      off_t h = lseek(memfd_, d, SEEK_HOLE);
+      pos = static_cast<uint64_t>(d) & ~(kPage - 1);
+      end = h < 0 ? size_ : std::min<uint64_t>(size_, (static_cast<uint64_t>(h) + kPage - 1) & ~(kPage - 1));
+    }
+    // Within [pos, end): write each run of non-zero pages with one pwrite.
+    uint64_t run = pos;
+    for (uint64_t p = pos; p <= end; p += kPage) {
+      bool zero = p == end || std::memcmp(host_ + p, kZero, kPage) == 0;
+      if (!zero) continue;
+      while (run < p) {
+        ssize_t n = pwrite(out, host_ + run, p - run, static_cast<off_t>(run));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return ThrowErrno(env, errno, "pwrite", nullptr, "write guest ram file");
+        }
+        run += static_cast<uint64_t>(n);
+        written += static_cast<uint64_t>(n);
+      }
+      run = p + kPage;
+    }
+    pos = end;
+  }
+  return Napi::Number::New(env, static_cast<double>(written));
+#endif
 }
 
 Napi::Value GuestRam::GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(size_)); }

@@ -79,6 +79,7 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
   Napi::Value Views(const Napi::CallbackInfo& info);
   Napi::Value Release(const Napi::CallbackInfo& info);
   Napi::Value Advise(const Napi::CallbackInfo& info);
+  Napi::Value WriteTo(const Napi::CallbackInfo& info);
   Napi::Value GetSize(const Napi::CallbackInfo& info);
   Napi::Value GetFd(const Napi::CallbackInfo& info);
   Napi::Value GetHostAddress(const Napi::CallbackInfo& info);
@@ -87,6 +88,8 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
   uint8_t* host_ = nullptr;
   uint64_t size_ = 0;
   int memfd_ = -1;
+  // A private mapping of a caller's file (a snapshot's memory), not a memfd.
+  bool private_ = false;
   // Every view handed out, held until release() detaches it, and the length
   // taken out of V8's external memory count for it (see Views()).
   struct View {

@@ -41,6 +41,12 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                                      InstanceMethod("getMpState", &Vcpu::GetMpState),
                                      InstanceMethod("setMpState", &Vcpu::SetMpState),
                                      InstanceMethod("setCpuid2", &Vcpu::SetCpuid2),
+                                     InstanceMethod("getCpuid2", &Vcpu::GetCpuid2),
+                                     InstanceMethod("getXsave", &Vcpu::GetXsave),
+                                     InstanceMethod("setXsave", &Vcpu::SetXsave),
+                                     InstanceMethod("getDebugRegs", &Vcpu::GetDebugRegs),
+                                     InstanceMethod("setDebugRegs", &Vcpu::SetDebugRegs),
+                                     InstanceMethod("getTscKhz", &Vcpu::GetTscKhz),
                                      InstanceMethod("translate", &Vcpu::Translate),
                                      InstanceMethod("setGuestDebug", &Vcpu::SetGuestDebug),
 #endif
@@ -413,6 +419,96 @@ Napi::Value Vcpu::SetCpuid2(const Napi::CallbackInfo& info) {
   }
   VCPU_IOCTL(KVM_SET_CPUID2, c, "set cpuid");
   return env.Undefined();
+}
+
+// getCpuid2() -> the entries this vCPU was given (KVM_GET_CPUID2).
+Napi::Value Vcpu::GetCpuid2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  for (uint32_t n = 128; n <= 4096; n *= 2) {
+    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    c->nent = n;
+    if (ioctl(CORE_FD(), KVM_GET_CPUID2, c) < 0) {
+      if (errno == E2BIG) continue;
+      return ThrowErrno(env, errno, "ioctl", "KVM_GET_CPUID2", "get cpuid");
+    }
+    Napi::Array out = Napi::Array::New(env, c->nent);
+    for (uint32_t i = 0; i < c->nent; i++) {
+      const kvm_cpuid_entry2& e = c->entries[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("function", e.function);
+      o.Set("index", e.index);
+      o.Set("flags", e.flags);
+      o.Set("eax", e.eax);
+      o.Set("ebx", e.ebx);
+      o.Set("ecx", e.ecx);
+      o.Set("edx", e.edx);
+      out.Set(i, o);
+    }
+    return out;
+  }
+  return ThrowErrno(env, E2BIG, "ioctl", "KVM_GET_CPUID2", "get cpuid");
+}
+
+// The XSAVE area's size for this VM: KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)
+// when the kernel has it (AMX and other large states make it exceed the
+// 4 KiB struct kvm_xsave), else sizeof(struct kvm_xsave).
+size_t Vcpu::XsaveSize() {
+  int n = ioctl(vm_->fd_, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+  return n > static_cast<int>(sizeof(kvm_xsave)) ? static_cast<size_t>(n) : sizeof(kvm_xsave);
+}
+
+// getXsave() -> the raw XSAVE area (KVM_GET_XSAVE2 when available, else KVM_GET_XSAVE).
+Napi::Value Vcpu::GetXsave(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  size_t n = XsaveSize();
+  std::vector<uint8_t> buf(n);
+  bool v2 = ioctl(vm_->fd_, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2) > 0;
+  if (v2) {
+    VCPU_IOCTL(KVM_GET_XSAVE2, buf.data(), "get xsave");
+  } else {
+    VCPU_IOCTL(KVM_GET_XSAVE, buf.data(), "get xsave");
+  }
+  return CopyOut(env, buf.data(), n);
+}
+
+// setXsave(bytes): exactly the size getXsave returns on this VM; KVM_SET_XSAVE reads that many.
+Napi::Value Vcpu::SetXsave(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  size_t n = XsaveSize();
+  std::vector<uint8_t> buf(n);
+  if (!CopyIn(info[0], buf.data(), n)) return ThrowUsage(env, "xsave state must be a " + std::to_string(n) + "-byte Uint8Array on this host");
+  VCPU_IOCTL(KVM_SET_XSAVE, buf.data(), "set xsave");
+  return env.Undefined();
+}
+
+// struct kvm_debugregs as raw bytes (DR0-3, DR6, DR7, flags).
+Napi::Value Vcpu::GetDebugRegs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_debugregs d{};
+  VCPU_IOCTL(KVM_GET_DEBUGREGS, &d, "get debug registers");
+  return CopyOut(env, &d, sizeof d);
+}
+
+Napi::Value Vcpu::SetDebugRegs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_debugregs d{};
+  if (!CopyIn(info[0], &d, sizeof d)) return ThrowUsage(env, "debug registers must be a " + std::to_string(sizeof d) + "-byte Uint8Array");
+  VCPU_IOCTL(KVM_SET_DEBUGREGS, &d, "set debug registers");
+  return env.Undefined();
+}
+
+// getTscKhz() -> the guest TSC frequency in kHz (KVM_GET_TSC_KHZ), 0 when KVM cannot say.
+Napi::Value Vcpu::GetTscKhz(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  int khz = ioctl(CORE_FD(), KVM_GET_TSC_KHZ, 0);
+  return Napi::Number::New(env, khz < 0 ? 0 : khz);
 }
 
 // translate(linearAddress) -> { gpa, valid, writeable, usermode }

@@ -35,6 +35,10 @@ Napi::Function Vm::Init(Napi::Env env) {
                          InstanceMethod("createPit2", &Vm::CreatePit2),
                          InstanceMethod("getClock", &Vm::GetClock),
                          InstanceMethod("setClock", &Vm::SetClock),
+                         InstanceMethod("getIrqchip", &Vm::GetIrqchip),
+                         InstanceMethod("setIrqchip", &Vm::SetIrqchip),
+                         InstanceMethod("getPit2", &Vm::GetPit2),
+                         InstanceMethod("setPit2", &Vm::SetPit2),
 #endif
 #if defined(__aarch64__)
                          InstanceMethod("armPreferredTarget", &Vm::ArmPreferredTarget),
@@ -209,6 +213,51 @@ Napi::Value Vm::SetClock(const Napi::CallbackInfo& info) {
   kvm_clock_data c{};
   c.clock = ns;
   VM_IOCTL(KVM_SET_CLOCK, &c, "set kvm clock");
+  return env.Undefined();
+}
+
+// getIrqchip(chipId) -> struct kvm_irqchip as raw bytes (chip 0 PIC master,
+// 1 PIC slave, 2 IOAPIC); setIrqchip(bytes) puts one back (its chip_id
+// field says which).
+Napi::Value Vm::GetIrqchip(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_irqchip c{};
+  c.chip_id = info[0].ToNumber().Uint32Value();
+  VM_IOCTL(KVM_GET_IRQCHIP, &c, "get irqchip state");
+  return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(&c), sizeof c);
+}
+
+Napi::Value Vm::SetIrqchip(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_irqchip c{};
+  if (!info[0].IsTypedArray() || info[0].As<Napi::Uint8Array>().ByteLength() != sizeof c) {
+    return ThrowUsage(env, "irqchip state must be a " + std::to_string(sizeof c) + "-byte Uint8Array");
+  }
+  std::memcpy(&c, info[0].As<Napi::Uint8Array>().Data(), sizeof c);
+  VM_IOCTL(KVM_SET_IRQCHIP, &c, "set irqchip state");
+  return env.Undefined();
+}
+
+// getPit2() / setPit2(bytes): struct kvm_pit_state2 as raw bytes.
+Napi::Value Vm::GetPit2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_pit_state2 p{};
+  VM_IOCTL(KVM_GET_PIT2, &p, "get pit state");
+  return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(&p), sizeof p);
+}
+
+Napi::Value Vm::SetPit2(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  kvm_pit_state2 p{};
+  if (!info[0].IsTypedArray() || info[0].As<Napi::Uint8Array>().ByteLength() != sizeof p) {
+    return ThrowUsage(env, "pit state must be a " + std::to_string(sizeof p) + "-byte Uint8Array");
+  }
+  std::memcpy(&p, info[0].As<Napi::Uint8Array>().Data(), sizeof p);
+  VM_IOCTL(KVM_SET_PIT2, &p, "set pit state");
   return env.Undefined();
 }
 

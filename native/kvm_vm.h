@@ -94,6 +94,10 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value CreatePit2(const Napi::CallbackInfo& info);
   Napi::Value GetClock(const Napi::CallbackInfo& info);
   Napi::Value SetClock(const Napi::CallbackInfo& info);
+  Napi::Value GetIrqchip(const Napi::CallbackInfo& info);
+  Napi::Value SetIrqchip(const Napi::CallbackInfo& info);
+  Napi::Value GetPit2(const Napi::CallbackInfo& info);
+  Napi::Value SetPit2(const Napi::CallbackInfo& info);
 #endif
 #if defined(__aarch64__)
   // native/kvm_arm64.cc
@@ -177,6 +181,13 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value GetMpState(const Napi::CallbackInfo& info);
   Napi::Value SetMpState(const Napi::CallbackInfo& info);
   Napi::Value SetCpuid2(const Napi::CallbackInfo& info);
+  Napi::Value GetCpuid2(const Napi::CallbackInfo& info);
+  Napi::Value GetXsave(const Napi::CallbackInfo& info);
+  Napi::Value SetXsave(const Napi::CallbackInfo& info);
+  Napi::Value GetDebugRegs(const Napi::CallbackInfo& info);
+  Napi::Value SetDebugRegs(const Napi::CallbackInfo& info);
+  Napi::Value GetTscKhz(const Napi::CallbackInfo& info);
+  size_t XsaveSize();
   Napi::Value Translate(const Napi::CallbackInfo& info);
   Napi::Value SetGuestDebug(const Napi::CallbackInfo& info);
 #endif

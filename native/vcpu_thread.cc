@@ -203,15 +203,29 @@ void VcpuThread::ThreadMain() {
       state_ = VcpuState::kRunning;
     }
     bool exited = false;
+    // An I/O exit answered but not yet finished by KVM: the instruction
+    // completes (RIP moves on, an IN's value lands in RAX) only on the next
+    // KVM_RUN (Documentation/virt/kvm/api.rst, kvm_run.immediate_exit).
+    bool io_unfinished = false;
     for (;;) {
       int32_t req = request_.load(std::memory_order_acquire);
       if (req != kRequestNone) {
+        // Finish it without running guest code, so the registers a paused
+        // vCPU shows (a snapshot saves) are consistent. A string instruction
+        // may exit again for its next element: answer that one too.
+        while (req == kRequestPause && io_unfinished) {
+          backend_->RequestImmediateExit(true);
+          DecodedExit x = backend_->Run();
+          io_unfinished = (x.type == ExitType::kPio || x.type == ExitType::kMmio) && HandleIo(x);
+        }
         backend_->RequestImmediateExit(false);
         break;
       }
       DecodedExit x = backend_->Run();
+      io_unfinished = false;
       if (x.type == ExitType::kPio || x.type == ExitType::kMmio) {
         if (!HandleIo(x)) break;  // aborted while waiting for JS
+        io_unfinished = true;
         continue;
       }
       if (x.type == ExitType::kIoapicEoi) {

@@ -25,6 +25,10 @@ export interface RunArgs {
   overcommit: boolean;
   /** The memory flag as typed (`-m` or `--memory`) and its value, for messages about it. */
   memoryArg?: { flag: string; value: string };
+  /** Continue the VM saved in this snapshot folder instead of booting (--restore). */
+  restore?: string;
+  /** Where Ctrl-A s saves a snapshot of the running VM (--snapshot-dir). */
+  snapshotDir?: string;
 }
 
 export const RUN_USAGE = `usage: nodevmm run --kernel PATH [options]
@@ -82,6 +86,12 @@ options:
                          when --com1 none
   --vsock CID            a virtio-vsock device with guest context ID CID (3 to
                          4294967294, unique on this host), backed by /dev/vhost-vsock
+  --restore DIR          continue the VM saved in snapshot folder DIR instead of booting
+                         (no --kernel/--igvm and no machine options: the snapshot has
+                         them); --disk PATH[,snapshot] flags replace its disks in order,
+                         ,snapshot giving this run a private temporary overlay
+  --snapshot-dir DIR     where Ctrl-A s saves a snapshot of the running VM (a new or
+                         empty folder; the VM pauses for the save, then runs on)
   --trace                print boot phase timings, the memory layout and, at the
                          end, which devices' exits reached JS to stderr
   --verbose              show stack traces for errors
@@ -89,7 +99,8 @@ options:
 
 serial bindings:
   console     this terminal: raw mode on a TTY with Ctrl-A as the escape key
-              (Ctrl-A x quits, Ctrl-A h helps); piped stdin/stdout otherwise
+              (Ctrl-A x quits, Ctrl-A s snapshots into --snapshot-dir, Ctrl-A h
+              helps); piped stdin/stdout otherwise
   stdio       stdin/stdout as plain byte streams, no escape key
   file:PATH   guest output appended to PATH
   tcp:H:P     connect to H:P and bridge the port to that socket
@@ -99,7 +110,9 @@ serial bindings:
 
 exit status: 0 guest powered off or reset (with --on-reset stop), 2 bad usage or
 configuration (including a disk image that is missing, a directory, not a
-file or block device, under 512 bytes, or in use by another VM), 3 triple
+file or block device, under 512 bytes, or in use by another VM, and a
+--restore folder that is damaged, of another snapshot format version or from
+a cpu this host lacks features of), 3 triple
 fault, 4 internal error (e.g. emulation failure), 1 host error, 130 killed
 by Ctrl-A x or SIGINT (Ctrl-C with --com1 stdio), 143 killed by SIGTERM.`;
 
@@ -227,6 +240,8 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       }
       case '--verbose': out.verbose = true; break;
       case '--trace': out.trace = true; break;
+      case '--restore': { const v = value(); if (v !== undefined) out.restore = v; break; }
+      case '--snapshot-dir': { const v = value(); if (v !== undefined) out.snapshotDir = v; break; }
       case '-h':
       case '--help': out.help = true; break;
       default: issues.push({ path: raw, message: raw.startsWith('-') ? 'is not a nodevmm run option (see nodevmm run --help)' : 'unexpected argument (see nodevmm run --help)' });
@@ -236,6 +251,11 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
   config.serial = Object.fromEntries((Object.entries(serial) as [ComPort, SerialBinding][]).filter(([, b]) => b.kind !== 'null').map(([c, b]) => [c, b.kind !== 'none']));
   const consoles = Object.values(serial).filter((b) => b.kind === 'console' || b.kind === 'stdio').length;
   if (consoles > 1) issues.push({ path: '--com1..--com4', message: 'only one port can use the console or stdio' });
+  if (out.restore !== undefined) {
+    // The snapshot is the machine: only where its ports go and which disk files it uses may change.
+    const machine = Object.keys(config).filter((k) => k !== 'disks' && k !== 'serial');
+    for (const k of machine) issues.push({ path: '--restore', message: `cannot be combined with the machine option ${k}: a restored vm has the snapshot's` });
+  }
   if (issues.length && !out.help) throw new ConfigError(issues);
   return out;
 }

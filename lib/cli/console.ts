@@ -1,7 +1,7 @@
 /**
  * Binds a VM's serial port to the user's terminal. On a TTY the terminal
- * is put in raw mode and Ctrl-A is the escape key (Ctrl-A x quits, Ctrl-A h
- * helps, Ctrl-A Ctrl-A sends one Ctrl-A); otherwise stdin is piped to the
+ * is put in raw mode and Ctrl-A is the escape key (Ctrl-A x quits, Ctrl-A s
+ * saves a snapshot, Ctrl-A h helps, Ctrl-A Ctrl-A sends one Ctrl-A); otherwise stdin is piped to the
  * guest as-is so scripts can drive it. The terminal is always restored.
  */
 import type { Readable, Writable } from 'node:stream';
@@ -17,6 +17,8 @@ export interface ConsoleHandle {
 export interface ConsoleOptions {
   interactive: boolean;
   onQuit: () => void;
+  /** Ctrl-A s: save a snapshot (absent: the key says how to turn it on). */
+  onSnapshot?: () => void;
   /** The terminal's streams (default process.stdin and process.stdout). */
   stdin?: Readable & { isTTY?: boolean; setRawMode?: (raw: boolean) => unknown };
   stdout?: Writable;
@@ -56,7 +58,12 @@ export function attachConsole(port: SerialPort, opts: ConsoleOptions): ConsoleHa
           return undefined;
         }
         if (c === 0x68 /* h */ || c === 0x3f) {
-          stdout.write('\r\nnodevmm console: Ctrl-A x quit, Ctrl-A h help, Ctrl-A Ctrl-A send Ctrl-A\r\n');
+          stdout.write('\r\nnodevmm console: Ctrl-A x quit, Ctrl-A s snapshot, Ctrl-A h help, Ctrl-A Ctrl-A send Ctrl-A\r\n');
+          continue;
+        }
+        if (c === 0x73 /* s */) {
+          if (opts.onSnapshot) opts.onSnapshot();
+          else stdout.write('\r\nnodevmm: no snapshot folder: start with --snapshot-dir DIR to save snapshots with Ctrl-A s\r\n');
           continue;
         }
         if (c === CTRL_A) out.push(CTRL_A);

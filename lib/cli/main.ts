@@ -11,7 +11,7 @@ import { ConfigError, FormatError, HypervisorUnavailableError, KvmError, Nodevmm
 import { openHypervisor } from '../hv/hypervisor';
 import type { ComPort } from '../vm/config';
 import { EXIT_CODES } from '../vm/lifecycle';
-import { createVm, type Vm } from '../vm/vm';
+import { createVm, restoreVm, type Vm } from '../vm/vm';
 import { parseSize, resolveVmConfig, type VmConfig } from '../vm/config';
 import { parseRunArgs, RUN_USAGE, SIGNAL_EXIT_CODES, type RunArgs, type SerialBinding } from './args';
 import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
@@ -37,7 +37,8 @@ Platform on Windows x64 (docs/windows.md).`;
 function isUsageError(e: unknown): boolean {
   if (e instanceof ConfigError || e instanceof FormatError || e instanceof HypervisorUnavailableError) return true;
   if (e instanceof NodevmmError) {
-    return /^ERR_(FILE|DISK|CONFIG|KERNEL|BZIMAGE|ELF|INITRD|CMDLINE|IGVM|GUEST_MEMORY_LAYOUT|INVALID_ARG)/.test(e.code);
+    // ERR_SNAPSHOT: a snapshot folder that is damaged, of another version or for another cpu is bad input too.
+    return /^ERR_(FILE|DISK|CONFIG|KERNEL|BZIMAGE|ELF|INITRD|CMDLINE|IGVM|GUEST_MEMORY_LAYOUT|INVALID_ARG|SNAPSHOT$)/.test(e.code);
   }
   return false;
 }
@@ -106,22 +107,29 @@ async function runVm(args: RunArgs): Promise<number> {
   const hv = openHypervisor();
   const probe = hv.probe();
   if (!probe.ok) throw new HypervisorUnavailableError(hv.name === 'whp' ? 'ERR_NO_WHP' : 'ERR_NO_KVM', probe.message);
-  // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
-  const { config, paths } = readBootImages(args.config);
-  const vm = await createVm(config);
-  Object.assign(vm.paths, paths);
+  let vm: Vm;
+  if (args.restore !== undefined) {
+    const disks = args.config.disks?.map((d) => (d.overlay ? { path: d.path, overlay: d.overlay } : { path: d.path }));
+    vm = await restoreVm(args.restore, disks ? { disks } : {});
+  } else {
+    // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
+    const { config, paths } = readBootImages(args.config);
+    vm = await createVm(config);
+    Object.assign(vm.paths, paths);
+  }
   const cleanups: Array<() => void> = [];
   const quit = () => void vm.kill();
+  const onSnapshot = args.snapshotDir === undefined ? undefined : () => void snapshotRunning(vm, args.snapshotDir!);
   // Console input starts once the vCPUs run and the event loop has turned once (the guest's first
   // exits, and its first output, come in that turn): see ConsoleOptions.inputWhen.
   let vcpusRunning!: () => void;
   const inputWhen = new Promise<void>((r) => (vcpusRunning = r));
   for (const [name, binding] of Object.entries(args.serial) as [ComPort, SerialBinding][]) {
     if (binding.kind === 'none' || binding.kind === 'null') continue;
-    cleanups.push(await bindSerial(vm, name, binding, quit, inputWhen));
+    cleanups.push(await bindSerial(vm, name, binding, quit, inputWhen, onSnapshot));
   }
   if (args.config.virtioConsole && args.serial.com1.kind === 'none') {
-    const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit, inputWhen });
+    const h = attachConsole(vm.virtioConsole(), { interactive: true, onQuit: quit, inputWhen, ...(onSnapshot ? { onSnapshot } : {}) });
     cleanups.push(() => h.detach());
   }
   let signalled: keyof typeof SIGNAL_EXIT | undefined;
@@ -136,7 +144,7 @@ async function runVm(args: RunArgs): Promise<number> {
   process.once('SIGINT', onSigint);
   process.once('SIGTERM', onSigterm);
   try {
-    await vm.start();
+    if (vm.state === 'created') await vm.start();
     setTimeout(vcpusRunning, 0);
     if (args.trace) {
       process.stderr.write(`nodevmm: build phases ${vm.timings.map(([n, ms]) => `${n} ${ms.toFixed(1)}ms`).join(', ')}\n`);
@@ -185,12 +193,27 @@ function readBootImages(config: VmConfig): { config: VmConfig; paths: { kernel?:
   return { config: out, paths };
 }
 
-async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => void, inputWhen: Promise<unknown>): Promise<() => void> {
+/** Ctrl-A s: pause, save into `dir`, run on; one line on stderr either way. */
+async function snapshotRunning(vm: Vm, dir: string): Promise<void> {
+  if (vm.state !== 'running') return;
+  try {
+    await vm.pause();
+    const started = performance.now();
+    await vm.snapshot(dir);
+    process.stderr.write(`\r\nnodevmm: snapshot saved in ${dir} (${(performance.now() - started).toFixed(0)} ms); nodevmm run --restore ${dir} continues from here\r\n`);
+  } catch (e) {
+    process.stderr.write(`\r\nnodevmm: snapshot failed: ${(e as Error).message}\r\n`);
+  } finally {
+    if ((vm.state as string) === 'paused') await vm.resume();
+  }
+}
+
+async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => void, inputWhen: Promise<unknown>, onSnapshot?: () => void): Promise<() => void> {
   const port = vm.serial(name);
   switch (b.kind) {
     case 'console':
     case 'stdio': {
-      const h = attachConsole(port, { interactive: b.kind === 'console', onQuit: quit, inputWhen });
+      const h = attachConsole(port, { interactive: b.kind === 'console', onQuit: quit, inputWhen, ...(onSnapshot ? { onSnapshot } : {}) });
       return () => h.detach();
     }
     case 'file': {

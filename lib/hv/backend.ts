@@ -55,6 +55,8 @@ export interface HostRam {
   /** The RAM as ArrayBuffers, in order (one when it fits). */
   views(): ArrayBuffer[];
   advise(what: 'hugepage'): void;
+  /** Its bytes into regular file `fd` from offset 0, zero pages left as holes; returns the bytes written. */
+  writeTo(fd: number): number;
   release(): void;
 }
 
@@ -81,7 +83,8 @@ export interface PartitionBackend<V = unknown> {
   /** The guest's clock, frozen across a pause when the backend has one (x86 kvmclock). */
   readonly clock: { get(): bigint; set(ns: bigint): void } | undefined;
 
-  allocateRam(size: number, opts: { name: string }): HostRam;
+  /** Fresh zeroed RAM (shareable with other processes through `fd`), or `privateFile`'s bytes mapped copy-on-write (not shareable: `fd` is -1). */
+  allocateRam(size: number, opts: { name: string; privateFile?: number }): HostRam;
   /**
    * Map `ram` at `gpa` in memory slot `slot`. A backend may finish the mapping in the
    * background and return a Promise for it; the vCPUs then start only once it is done.

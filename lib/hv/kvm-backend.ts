@@ -118,16 +118,19 @@ export class KvmBackend<V> implements PartitionBackend<V> {
     this.control = kvm.control;
   }
 
-  allocateRam(size: number, opts: { name: string }): HostRam {
+  allocateRam(size: number, opts: { name: string; privateFile?: number }): HostRam {
     return native(() => new this.binding.GuestRam(size, opts));
   }
   /**
    * Creating a slot makes KVM wait for an SRCU grace period (~4.6 ms on KVM-PVM, where a
    * churning process spent a third of its JS thread there): it runs on the thread pool while
-   * this thread builds the rest of the machine.
+   * this thread builds the rest of the machine. A snapshot's RAM (a private file mapping, which
+   * has no fd to share: -1) is mapped at once instead: the saved MSRs a restore sets next (PV EOI,
+   * async page faults) make KVM look up their guest pages, which must be in a slot by then.
    */
   mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void | Promise<void> {
-    return native(() => this.vm.setUserMemoryRegion(slot, gpa, ram as NativeGuestRam, 0, ram.size, { readonly, background: true }));
+    const background = ram.fd >= 0;
+    return native(() => this.vm.setUserMemoryRegion(slot, gpa, ram as NativeGuestRam, 0, ram.size, { readonly, background }));
   }
   transfer(op: 0 | 1 | 2, fd: number, position: number, rams: readonly HostRam[], segments: Float64Array, done: (error: Error | null, bytes: number) => void): void {
     native(() => this.binding.blockIo(op, fd, position, rams as NativeGuestRam[], segments, done));

@@ -16,7 +16,7 @@ import { KvmBackend, KvmVcpuRunner, openKvmVm, type KvmVm } from './kvm-backend'
 import { native, nativeBinding, type CpuidEntry, type NativeBinding, type NativeVcpu, type NativeVm } from './native';
 import { PartitionCore } from './partition-core';
 import type { LocalApicBus, PendingExit, X86Irqchip, X86MsiMessage, X86Partition, X86VirtualProcessor } from './partition';
-import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
+import type { X86Msr, X86PartitionState, X86Regs, X86Sregs, X86VcpuState, X86VmState } from './x86-state';
 
 export type { FileIoMode } from './partition';
 
@@ -54,6 +54,16 @@ export function supportedCpuid(binding: NativeBinding = nativeBinding()): CpuidE
   cpuidCache ??= native(() => binding.getSupportedCpuid());
   return cpuidCache;
 }
+
+let msrIndexCache: number[] | undefined;
+/** KVM_GET_MSR_INDEX_LIST: the MSRs KVM can save and restore (asked once per process). */
+export function savedMsrIndices(binding: NativeBinding = nativeBinding()): number[] {
+  msrIndexCache ??= native(() => binding.getMsrIndexList());
+  return msrIndexCache;
+}
+
+/** KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE, _IOAPIC (arch/x86/include/uapi/asm/kvm.h). */
+const IRQCHIP = { picMaster: 0, picSlave: 1, ioapic: 2 } as const;
 
 /** An x86 vCPU's registers and its pending exit. */
 export class KvmX86Vcpu implements X86VirtualProcessor {
@@ -96,6 +106,10 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
       throw new NodevmmError('ERR_KVM_MSR', `kvm refused msr ${hex(bad.index)} = ${hex(bad.value)} on vcpu ${this.index}`);
     }
   }
+  /** The CPUID this vCPU answers the guest with (KVM_GET_CPUID2: what the hypervisor made of what it was given). */
+  getCpuid(): CpuidEntry[] {
+    return native(() => this.native.getCpuid2());
+  }
   getMpState(): number {
     return native(() => this.native.getMpState());
   }
@@ -127,6 +141,58 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
     native(() => this.native.setVcpuEvents(e));
   }
 
+  /**
+   * Everything KVM keeps of this vCPU, in the order Firecracker and Cloud
+   * Hypervisor read it: MP state first (reading it makes KVM accept pending
+   * INIT/SIPI into the LAPIC, which the reads after must see), vCPU events
+   * last (the other reads may still move pending events). `msrIndices`: the
+   * MSRs to try (KVM_GET_MSR_INDEX_LIST); those KVM refuses to read are left out.
+   */
+  saveState(msrIndices: readonly number[]): X86VcpuState {
+    const v = this.native;
+    const mpState = native(() => v.getMpState());
+    const regs = native(() => v.getRegs());
+    const sregs = native(() => v.getSregs());
+    const xsave = native(() => v.getXsave());
+    const xcrs = native(() => v.getXcrs());
+    const debugRegs = native(() => v.getDebugRegs());
+    const lapic = native(() => v.getLapic());
+    const tscKhz = native(() => v.getTscKhz());
+    const cpuid = native(() => v.getCpuid2());
+    const msrs = readableMsrs(v, msrIndices);
+    const vcpuEvents = native(() => v.getVcpuEvents());
+    return { mpState, regs, sregs, xsave, xcrs, debugRegs, lapic, msrs, vcpuEvents, cpuid, tscKhz };
+  }
+
+  /**
+   * Put a saved state on this (fresh, never run) vCPU. The order is KVM's
+   * constraints (Firecracker's restore_state records them): CPUID before
+   * anything that depends on it; SET_REGS before SET_VCPU_EVENTS (it clears
+   * a pending exception that the events bring back); SET_SREGS before
+   * SET_LAPIC (sregs carry the APIC base); SET_LAPIC before SET_MSRS (the
+   * TSC-deadline MSR only sticks with the LAPIC configured); events last.
+   */
+  restoreState(s: X86VcpuState): void {
+    const v = this.native;
+    const step = (what: string, fn: () => void) => {
+      try {
+        native(fn);
+      } catch (e) {
+        throw new NodevmmError('ERR_SNAPSHOT_RESTORE', `kvm refused the saved ${what} of vcpu ${this.index}: ${(e as Error).message}`, { cause: e });
+      }
+    };
+    step('cpuid', () => v.setCpuid2(s.cpuid));
+    step('mp state', () => v.setMpState(s.mpState));
+    step('registers', () => v.setRegs(s.regs));
+    step('special registers', () => v.setSregs(s.sregs));
+    step('xsave area', () => v.setXsave(s.xsave));
+    step('xcrs', () => v.setXcrs(s.xcrs));
+    step('debug registers', () => v.setDebugRegs(s.debugRegs));
+    step('local apic', () => v.setLapic(s.lapic));
+    this.setMsrs(s.msrs);
+    step('vcpu events', () => v.setVcpuEvents(s.vcpuEvents));
+  }
+
   /** RIP and, where the page is RAM, the 15 bytes there (a failed emulation names its instruction). */
   stopSite(memory: GuestMemory): StopSite {
     const rip = this.getRegs().rip;
@@ -139,6 +205,22 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
     }
     return site;
   }
+}
+
+/**
+ * The MSRs of `indices` KVM reads on this vCPU. KVM_GET_MSRS stops at the
+ * first index it refuses (an MSR the index list names but this CPU model
+ * lacks): skip that one and go on from the next.
+ */
+function readableMsrs(v: NativeVcpu, indices: readonly number[]): X86Msr[] {
+  const out: X86Msr[] = [];
+  let rest = indices.slice();
+  while (rest.length) {
+    const got = native(() => v.getMsrs(rest));
+    out.push(...got);
+    rest = rest.slice(got.length + 1);
+  }
+  return out;
 }
 
 /** Irqchip, PIT, VMX pages and CPUID on a fresh VM; its vCPUs. */
@@ -201,10 +283,76 @@ function irqchipMode(irqchip: KvmPartitionOptions['irqchip']): X86Irqchip | 'non
 /** An x86_64 partition on KVM. */
 export class KvmPartition extends PartitionCore<KvmX86Vcpu, KvmBackend<KvmX86Vcpu>> implements X86Partition {
   readonly localApicBus: LocalApicBus | undefined;
+  /** The in-kernel PIC pair and IOAPIC (irqchip 'kernel'); 'userspace' keeps only the LAPICs in KVM. */
+  private readonly irqchip: boolean;
+  private readonly userspaceIrqchip: boolean;
+  private readonly pit: boolean;
 
   constructor(opts: KvmPartitionOptions) {
     super(kvmX86Backend(opts), opts.dispatchSpinUs);
-    if (irqchipMode(opts.irqchip) === 'userspace') this.localApicBus = new KvmLocalApicBus(this, (fn) => this.setEoiHandler(fn));
+    const mode = irqchipMode(opts.irqchip);
+    this.irqchip = mode === 'kernel';
+    this.userspaceIrqchip = mode === 'userspace';
+    this.pit = this.irqchip && (opts.pit ?? true);
+    if (this.userspaceIrqchip) this.localApicBus = new KvmLocalApicBus(this, (fn) => this.setEoiHandler(fn));
+  }
+
+  /**
+   * The hypervisor's whole state of this partition (RAM apart: writeRamTo):
+   * in-kernel PIC, IOAPIC and PIT, kvmclock as the pause froze it, and every
+   * vCPU. Only on a partition that is paused (pause() resolved) or never
+   * started; anything else throws VmStateError.
+   */
+  saveState(): X86PartitionState {
+    this.assertQuiet('snapshot');
+    // The TypeScript IOAPIC and PIT of irqchip 'userspace' keep no saved state yet (docs/snapshot.md).
+    if (this.userspaceIrqchip) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', "a vm with irqchip 'userspace' cannot be snapshotted yet: its TypeScript IOAPIC and PIT have no saved state; use irqchip 'kernel'");
+    const vm = this.backend.vm;
+    const vmState: X86VmState = {};
+    if (this.irqchip) {
+      vmState.irqchip = {
+        picMaster: native(() => vm.getIrqchip(IRQCHIP.picMaster)),
+        picSlave: native(() => vm.getIrqchip(IRQCHIP.picSlave)),
+        ioapic: native(() => vm.getIrqchip(IRQCHIP.ioapic)),
+      };
+      const clock = this.frozenClock();
+      if (clock !== undefined) vmState.clockNs = clock;
+    }
+    if (this.pit) vmState.pit = native(() => vm.getPit2());
+    const msrs = savedMsrIndices(this.backend.binding);
+    return { arch: 'x86_64', vm: vmState, vcpus: this.vcpus.map((v) => v.saveState(msrs)) };
+  }
+
+  /**
+   * Put a saved state on this partition before it starts (its RAM comes
+   * from addRam's privateFile). It must have been created with the same
+   * vCPU count, irqchip and PIT. The VM-wide parts go first (PIT, then the
+   * PICs and IOAPIC, as Firecracker restores them), then each vCPU; the
+   * kvmclock resumes at the saved time when start() runs the vCPUs.
+   */
+  restoreState(state: X86PartitionState): void {
+    this.assertAlive('restore');
+    if (!this.neverStarted) throw new NodevmmError('ERR_VM_STATE', 'a snapshot can only be restored into a partition that has never run');
+    if (state.vcpus.length !== this.vcpus.length) throw new NodevmmError('ERR_SNAPSHOT_RESTORE', `the snapshot has ${state.vcpus.length} vcpus and this partition ${this.vcpus.length}`);
+    if (!!state.vm.irqchip !== this.irqchip || !!state.vm.pit !== this.pit) {
+      throw new NodevmmError('ERR_SNAPSHOT_RESTORE', `the snapshot was taken ${state.vm.irqchip ? 'with' : 'without'} the in-kernel irqchip and ${state.vm.pit ? 'with' : 'without'} the PIT; this partition differs`);
+    }
+    const vm = this.backend.vm;
+    const step = (what: string, fn: () => void) => {
+      try {
+        native(fn);
+      } catch (e) {
+        throw new NodevmmError('ERR_SNAPSHOT_RESTORE', `kvm refused the saved ${what}: ${(e as Error).message}`, { cause: e });
+      }
+    };
+    if (state.vm.pit) step('pit state', () => vm.setPit2(state.vm.pit!));
+    if (state.vm.irqchip) {
+      step('pic master state', () => vm.setIrqchip(state.vm.irqchip!.picMaster));
+      step('pic slave state', () => vm.setIrqchip(state.vm.irqchip!.picSlave));
+      step('ioapic state', () => vm.setIrqchip(state.vm.irqchip!.ioapic));
+    }
+    state.vcpus.forEach((s, i) => this.vcpus[i]!.restoreState(s));
+    if (state.vm.clockNs !== undefined) this.resumeClockAt(state.vm.clockNs);
   }
 
   /** Raw access for advanced users (irqfd, ioeventfd, GSI routing, MSI). */

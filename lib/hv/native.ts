@@ -49,6 +49,8 @@ export interface NativeGuestRam {
   views(maxViewSize?: number): ArrayBuffer[];
   release(): void;
   advise(what: 'dontneed' | 'hugepage', offset?: number, length?: number): void;
+  /** The RAM into regular file `fd` from offset 0, sized to the RAM, zero pages left as holes; returns the bytes written. */
+  writeTo(fd: number): number;
 }
 
 export interface NativeVcpu {
@@ -70,6 +72,15 @@ export interface NativeVcpu {
   getMpState(): number;
   setMpState(state: number): void;
   setCpuid2(entries: CpuidEntry[]): void;
+  getCpuid2(): CpuidEntry[];
+  /** The XSAVE area (KVM_GET_XSAVE2's size when the kernel has it, else 4096 bytes). */
+  getXsave(): Uint8Array;
+  setXsave(xsave: Uint8Array): void;
+  /** struct kvm_debugregs (128 bytes). */
+  getDebugRegs(): Uint8Array;
+  setDebugRegs(regs: Uint8Array): void;
+  /** KVM_GET_TSC_KHZ; 0 when KVM cannot say. */
+  getTscKhz(): number;
   translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
   setGuestDebug(opts: { enable?: boolean; singlestep?: boolean; swBreakpoints?: boolean }): void;
   sharedBuffer(): ArrayBuffer;
@@ -92,6 +103,13 @@ export interface NativeVm {
   /** KVM_GET_CLOCK / KVM_SET_CLOCK (x86): the guest's kvmclock in ns. */
   getClock(): bigint;
   setClock(ns: bigint): void;
+  /** struct kvm_irqchip (520 bytes) of chip 0 (PIC master), 1 (PIC slave) or 2 (IOAPIC). */
+  getIrqchip(chip: number): Uint8Array;
+  /** Puts one back; its chip_id field says which. */
+  setIrqchip(state: Uint8Array): void;
+  /** struct kvm_pit_state2 (112 bytes). */
+  getPit2(): Uint8Array;
+  setPit2(state: Uint8Array): void;
   irqLine(irq: number, level: boolean): void;
   setGsiRouting(entries: ({ gsi: number; type: 'irqchip'; irqchip: number; pin: number } | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number })[]): void;
   signalMsi(address: bigint | number, data: number): number;
@@ -266,8 +284,8 @@ export interface NativeBinding {
   unixSendmsg(fd: number, bytes: Uint8Array, fds: readonly number[], timeoutMs: number): number;
   /** One recvmsg(2) once readable (up to timeoutMs, then ETIMEDOUT): bytes 0 means the peer closed; received fds are the caller's. */
   unixRecvmsg(fd: number, into: Uint8Array, timeoutMs: number): { bytes: number; fds: number[] };
-  /** Guest RAM: a memfd of `size` bytes mapped shared, 2 MiB aligned (native/guest_ram.cc). */
-  GuestRam: new (size: number, opts?: { name?: string }) => NativeGuestRam;
+  /** Guest RAM: a memfd of `size` bytes mapped shared, 2 MiB aligned (native/guest_ram.cc); with `privateFile`, that file mapped private (copy-on-write) instead. */
+  GuestRam: new (size: number, opts?: { name?: string; privateFile?: number }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
   /** VM fds a destroy handed to closer threads (native/deferred_close.h) that are not closed yet. */

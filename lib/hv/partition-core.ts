@@ -212,6 +212,41 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
     for (const f of w) f();
   }
 
+  /**
+   * Throws unless every vCPU is out of its run call for a while: the
+   * partition was never started, or a pause has completed. Saving state
+   * from a running vCPU would mix two moments (KVM refuses it anyway).
+   */
+  protected assertQuiet(action: string): void {
+    const quiet = this.state === 'created' || (this.state === 'paused' && this.pauseWaiters.length === 0 && this.runners.every((_, i) => this.paused[i] || this.stopped[i]));
+    if (!quiet) throw new VmStateError(action, this.pauseWaiters.length ? 'pausing' : this.state);
+  }
+
+  /** start() was never called. */
+  protected get neverStarted(): boolean {
+    return this.state === 'created';
+  }
+
+  /** The guest clock as the pause froze it (now, for a partition never started); undefined without a clock. */
+  protected frozenClock(): bigint | undefined {
+    return this.pausedClock ?? this.backend.clock?.get();
+  }
+
+  /** Start the guest clock at `ns` when the vCPUs next run (a restored partition continues its snapshot's time). */
+  protected resumeClockAt(ns: bigint): void {
+    this.pausedClock = ns;
+  }
+
+  /**
+   * Each RAM region's bytes into its own regular file (`fds`, in the order
+   * the regions were added), zero pages left as holes, each file sized to
+   * its region. Only on a quiet partition (see assertQuiet). Returns the bytes written.
+   */
+  writeRamTo(fds: readonly number[]): number {
+    this.assertQuiet('save the ram of');
+    return this.ram.writeTo(fds);
+  }
+
   stats(): PartitionStats {
     const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.dispatcher.notifications, rescues: this.dispatcher.rescues, pollWindowNs: this.dispatcher.pollWindowNs };
     if (this.state === 'destroyed') return s;

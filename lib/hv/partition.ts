@@ -9,7 +9,7 @@ import type { EventEmitter } from 'node:events';
 import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
 import type { Arm64CoreReg, Arm64CoreRegs } from './arm64-regs';
 import type { IoBus } from './io-bus';
-import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
+import type { X86CpuidEntry, X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
 
 /**
  * eventfds and their registrations with the partition: a guest write to an
@@ -54,6 +54,16 @@ export interface RamOptions {
    * guest. Honoured where the host's THP mode allows it.
    */
   hugepages?: boolean;
+  /**
+   * Start from this open regular file's first `size` bytes instead of
+   * zeros (a snapshot's memory), mapped copy-on-write (MAP_PRIVATE): the
+   * pages are read on first touch and copied only when the guest writes
+   * them, so mapping costs the same for any size and several partitions
+   * share the pages none of them wrote. Such RAM has no shareable fd
+   * (`ramMappings()[i].fd` is -1: no vhost-user device can map it). The
+   * caller may close the fd afterwards; the file must not change while mapped.
+   */
+  privateFile?: number;
 }
 
 /** A vCPU of any architecture. */
@@ -73,6 +83,8 @@ export interface X86VirtualProcessor extends VirtualProcessor {
   setMsrs(msrs: X86Msr[]): void;
   getMpState(): number;
   setMpState(state: number): void;
+  /** The CPUID the guest sees on this vCPU. */
+  getCpuid(): X86CpuidEntry[];
   /** The local APIC page (KVM_GET_LAPIC layout: 1 KiB of registers). */
   getLapic(): Uint8Array;
   /** The exit this vCPU waits on JavaScript for, if any. */
@@ -201,6 +213,12 @@ export interface X86Partition extends Partition, PartitionIo {
   readonly vcpus: readonly X86VirtualProcessor[];
   /** Present with irqchip 'userspace': where a userspace IOAPIC sends its interrupts. */
   readonly localApicBus: LocalApicBus | undefined;
+  /** The hypervisor's state of a paused (or never started) partition, RAM apart (KvmPartition.saveState). */
+  saveState(): X86PartitionState;
+  /** Put a saved state on a partition that never ran (KvmPartition.restoreState). */
+  restoreState(state: X86PartitionState): void;
+  /** Each RAM region into its own file, zero pages as holes (PartitionCore.writeRamTo). */
+  writeRamTo(fds: readonly number[]): number;
 }
 
 export interface Arm64PartitionOptions {

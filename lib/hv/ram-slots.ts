@@ -59,7 +59,7 @@ export class RamSlots {
         throw new NodevmmError('ERR_GUEST_MEMORY_OVERLAP', `guest ram ${name} [${hex(gpa)}, ${hex(gpa + size)}) overlaps ${r.name} [${hex(r.gpa)}, ${hex(r.gpa + r.size)})`);
       }
     }
-    const ram = this.backend.allocateRam(size, { name });
+    const ram = this.backend.allocateRam(size, opts.privateFile !== undefined ? { name, privateFile: opts.privateFile } : { name });
     if (opts.hugepages !== false && size >= HUGE_PAGE) {
       try {
         ram.advise('hugepage');
@@ -175,6 +175,14 @@ export class RamSlots {
 
   mappings(): Array<{ gpa: number; size: number; hostAddress: bigint; fd: number }> {
     return this.rams.map((r, i) => ({ gpa: this.gpas[i]!, size: this.sizes[i]!, hostAddress: r.hostAddress, fd: r.fd }));
+  }
+
+  /** Each region's bytes into its own file (`fds` in region order), zero pages left as holes; returns the bytes written. */
+  writeTo(fds: readonly number[]): number {
+    if (fds.length !== this.rams.length) throw new NodevmmError('ERR_INVALID_ARG', `${fds.length} files given for ${this.rams.length} ram regions`);
+    let n = 0;
+    this.rams.forEach((r, i) => (n += r.writeTo(fds[i]!)));
+    return n;
   }
 
   /** Give every region's host memory back (after the backend stopped using it) and invalidate the views. */

@@ -20,7 +20,7 @@ import { PartitionCore } from './partition-core';
 import type { LocalApicBus, NotifyOps, PendingExit, VcpuStop, X86MsiMessage, X86Partition, X86PartitionOptions, X86VirtualProcessor } from './partition';
 import type { Route } from './route-table';
 import { whpInterruptFromMsi } from './whp-interrupt';
-import type { X86Msr, X86Regs, X86Sregs } from './x86-state';
+import type { X86CpuidEntry, X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
 
 /** The most vCPUs a WHP partition may have here (as KVM's MAX_VCPUS). */
 export const WHP_MAX_VCPUS = 255;
@@ -97,6 +97,10 @@ export class WhpX86Vcpu implements X86VirtualProcessor {
       const bad = msrs[n]!;
       throw new NodevmmError('ERR_WHP_MSR', `windows hypervisor platform has no register for msr ${hex(bad.index)} (value ${hex(bad.value)}) on vcpu ${this.index}`);
     }
+  }
+  /** Not read back on WHP yet: only a snapshot's CPU check asks for it, and snapshots are KVM-only (docs/snapshot.md). */
+  getCpuid(): X86CpuidEntry[] {
+    return unsupported('reading back the cpuid a vcpu sees');
   }
   /** WHP keeps the activity state itself; a vCPU reads as runnable (KVM_MP_STATE_RUNNABLE). */
   getMpState(): number {
@@ -263,6 +267,14 @@ export class WhpPartition extends PartitionCore<WhpX86Vcpu, WhpBackend> implemen
       // The EOI exits (native/whp_vcpu_run.cc) come through the mailbox as kind 3.
       onEoi: (fn) => this.setEoiHandler(fn),
     };
+  }
+
+  /** Snapshots need XSAVE, LAPIC and timer state WHP keeps elsewhere: KVM-only for now (docs/snapshot.md). */
+  saveState(): X86PartitionState {
+    throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', 'snapshots are not supported on windows hypervisor platform yet (KVM only)');
+  }
+  restoreState(_state: X86PartitionState): void {
+    throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', 'snapshots are not supported on windows hypervisor platform yet (KVM only)');
   }
 
   /** MSR accesses WHP does not implement, answered natively (reads 0, writes dropped). */

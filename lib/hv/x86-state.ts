@@ -102,3 +102,57 @@ export const MSR = {
   IA32_EFER: 0xc0000080,
   IA32_MISC_ENABLE: 0x1a0,
 } as const;
+
+/** A CPUID leaf as KVM takes and gives it (struct kvm_cpuid_entry2). */
+export interface X86CpuidEntry {
+  function: number;
+  index: number;
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
+
+/**
+ * Everything KVM keeps of one x86 vCPU, as a snapshot saves it. The opaque
+ * parts stay in the kernel's byte layouts (struct kvm_xsave, kvm_debugregs,
+ * kvm_lapic_state, kvm_vcpu_events): they are only ever handed back to the
+ * same kind of kernel.
+ */
+export interface X86VcpuState {
+  /** KVM_MP_STATE_* (0 runnable, 1 uninitialized AP, 2 INIT received, 3 halted, 4 SIPI received). */
+  mpState: number;
+  regs: X86Regs;
+  sregs: X86Sregs;
+  /** The XSAVE area (x87, SSE, AVX, ... as XCR0 enables them). */
+  xsave: Uint8Array;
+  xcrs: { xcr: number; value: bigint }[];
+  debugRegs: Uint8Array;
+  lapic: Uint8Array;
+  /** Every MSR in KVM_GET_MSR_INDEX_LIST that KVM could read, TSC and kvmclock included. */
+  msrs: X86Msr[];
+  /** Pending exception, interrupt, NMI and SMI (KVM_GET_VCPU_EVENTS): read last, restored last. */
+  vcpuEvents: Uint8Array;
+  /** The CPUID the guest saw. */
+  cpuid: X86CpuidEntry[];
+  /** The guest's TSC rate (0: unknown). */
+  tscKhz: number;
+}
+
+/** The x86 VM-wide state KVM keeps in the kernel: interrupt controllers, PIT, kvmclock. */
+export interface X86VmState {
+  /** struct kvm_irqchip of the PIC master, PIC slave and IOAPIC; absent without the in-kernel irqchip. */
+  irqchip?: { picMaster: Uint8Array; picSlave: Uint8Array; ioapic: Uint8Array };
+  /** struct kvm_pit_state2; absent without the in-kernel PIT. */
+  pit?: Uint8Array;
+  /** kvmclock (ns) at the moment the vCPUs paused. */
+  clockNs?: bigint;
+}
+
+/** A whole x86 partition's hypervisor state (RAM apart). */
+export interface X86PartitionState {
+  arch: 'x86_64';
+  vm: X86VmState;
+  vcpus: X86VcpuState[];
+}

@@ -7,10 +7,12 @@
  * out, the serial logs are attached to the test output.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { NodevmmError } from '../errors';
 import { buildTestInitramfs } from '../initramfs/initramfs';
 import { guestTty, hostArch, type Arch, type VmConfig } from '../vm/config';
-import { createVm, type Vm } from '../vm/vm';
+import { createVm, restoreVm, type Vm } from '../vm/vm';
 import { ensureGuestArtifacts } from './artifacts';
 
 /** The parts of ava's ExecutionContext and node:test's TestContext we use. */
@@ -31,6 +33,38 @@ export interface WithVmOptions extends VmConfig {
   bootTimeoutMs?: number;
   /** Start an exec agent (a shell) on COM2 (ttyS1; ttyAMA1 on arm64) in the default test initramfs. Default true. */
   agent?: boolean;
+  /**
+   * Boot once per process and start every test from a snapshot (x86_64):
+   * the first withVm with this name boots the guest, waits for `waitFor`,
+   * runs `snapshotWarmUp` through exec if given, snapshots and kills it;
+   * each withVm with the name (the first too) gets a VM restored from
+   * that snapshot, its disks on private temporary overlays. The options of
+   * the first call make the snapshot; its disks must be images that boot
+   * may write (the clones never do). The folder goes at process exit.
+   */
+  snapshot?: string;
+  /** With `snapshot`: a command run before the snapshot is taken, e.g. to warm caches. */
+  snapshotWarmUp?: string;
+}
+
+/** Snapshot folders of withVm({ snapshot }) by name, made once per process. */
+const readySnapshots = new Map<string, Promise<string>>();
+
+/** Boot `cfg`, wait for `waitFor`, run the warm-up, snapshot into a temporary folder; the folder. */
+async function bootAndSnapshot(cfg: VmConfig, waitFor: RegExp | string | false, bootTimeoutMs: number, warmUp: string | undefined): Promise<string> {
+  const vm = await createVm(cfg);
+  try {
+    await vm.start();
+    if (waitFor !== false) await vm.serial(1).expect(waitFor, { timeoutMs: bootTimeoutMs });
+    if (warmUp !== undefined) await vm.exec(warmUp, { timeoutMs: bootTimeoutMs });
+    await vm.pause();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-withvm-'));
+    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+    await vm.snapshot(path.join(dir, 'snap'));
+    return path.join(dir, 'snap');
+  } finally {
+    await vm.kill();
+  }
 }
 
 /** Kernel command line flag: the test init starts a shell on COM2 for exec(); `arch` names the guest's tty for it. */
@@ -82,7 +116,7 @@ function killOnce(vm: Vm): () => Promise<void> {
 }
 
 export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: (vm: Vm) => Promise<T>): Promise<T> {
-  const { waitFor = /GUEST-INIT-OK/, timeoutMs = 120_000, bootTimeoutMs = 60_000, agent = true, ...config } = options;
+  const { waitFor = /GUEST-INIT-OK/, timeoutMs = 120_000, bootTimeoutMs = 60_000, agent = true, snapshot, snapshotWarmUp, ...config } = options;
   const cfg: VmConfig = { memory: '256M', ...config };
   if (cfg.kernel === undefined && cfg.igvm === undefined) {
     const arch = cfg.arch ?? hostArch();
@@ -95,14 +129,29 @@ export async function withVm<T>(t: TestContextLike, options: WithVmOptions, fn: 
     if (agent) cfg.cmdline = [cfg.cmdline, agentCmdline(arch), stayUp].filter(Boolean).join(' ');
   }
   t.timeout?.(timeoutMs + 10_000);
-  const vm = await createVm(cfg);
+  let vm: Vm;
+  if (snapshot !== undefined) {
+    let ready = readySnapshots.get(snapshot);
+    if (!ready) {
+      ready = bootAndSnapshot(cfg, waitFor, bootTimeoutMs, snapshotWarmUp);
+      readySnapshots.set(snapshot, ready);
+      // A failed boot is this test's failure; the next test tries again.
+      ready.catch(() => readySnapshots.delete(snapshot));
+    }
+    vm = await restoreVm(await ready, { disks: (cfg.disks ?? []).map(() => ({ overlay: 'temp' as const })) });
+  } else {
+    vm = await createVm(cfg);
+  }
   const teardown = killOnce(vm);
   (t.teardown ?? t.after)?.call(t, teardown);
   let timer: NodeJS.Timeout | undefined;
   try {
     const body = (async () => {
-      await vm.start();
-      if (waitFor !== false) await vm.serial(1).expect(waitFor, { timeoutMs: bootTimeoutMs });
+      // A restored VM runs already, past its marker.
+      if (vm.state === 'created') {
+        await vm.start();
+        if (waitFor !== false) await vm.serial(1).expect(waitFor, { timeoutMs: bootTimeoutMs });
+      }
       return fn(vm);
     })();
     const deadline = new Promise<never>((_, reject) => {

@@ -12,7 +12,9 @@
  * ports and their logs carry over.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync, statSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ConfigError, FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
@@ -35,6 +37,8 @@ import type { VsockServer, VsockStream } from './vsock-stream';
 import type { X86VcpuInitState } from '../hv/x86-state';
 import type { X86Partition } from '../hv/partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
+import type { SnapshotManifest } from '../snapshot/manifest';
+import { loadVmSnapshot, saveVmSnapshot, type LoadedSnapshot, type RestoreOverrides } from './snapshot';
 
 // Networking, vsock and exec load on first use, not with every VM: a VM that uses none of them
 // (the CLI's tiny guest) starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
@@ -95,11 +99,17 @@ export class Vm extends EventEmitter<VmEvents> {
   boots = 0;
   /** Build phase timings of the last boot, in ms. */
   timings: Array<[string, number]> = [];
+  /** The snapshot folder this VM was restored from (restoreVm), else undefined. */
+  restoredFrom: string | undefined;
+  /** The snapshot start() builds the machine from instead of booting; used once. */
+  private restoring: LoadedSnapshot | undefined;
 
-  /** Use createVm(). */
-  constructor(config: ResolvedVmConfig, images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined }, customLoader?: CustomLoader) {
+  /** Use createVm() or restoreVm(). */
+  constructor(config: ResolvedVmConfig, images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined }, customLoader?: CustomLoader, restoring?: LoadedSnapshot) {
     super();
     this.config = config;
+    this.restoring = restoring;
+    this.restoredFrom = restoring?.contents.dir;
     this.images = images;
     this.customLoader = customLoader;
     for (const c of COM_PORTS) {
@@ -281,7 +291,9 @@ export class Vm extends EventEmitter<VmEvents> {
       onReset: () => setImmediate(() => this.guestReset()),
     };
     let m: Machine;
-    if (this.config.arch === 'aarch64') {
+    if (this.restoring) {
+      m = this.buildRestored(this.restoring, hooks);
+    } else if (this.config.arch === 'aarch64') {
       // Loaded here so x86 hosts never compile the arm64 recipe (CLI start-up time).
       const { buildArm64Machine } = require('./arm64-machine') as typeof import('./arm64-machine');
       if (!images) throw new NodevmmError('ERR_CONFIG', 'an arm64 vm boots a kernel Image: give kernel');
@@ -300,6 +312,59 @@ export class Vm extends EventEmitter<VmEvents> {
     this.timings = m.timings;
   }
 
+  /** The machine of a snapshot: hypervisor state and RAM in buildX86Machine, then every device model's state. */
+  private buildRestored(snap: LoadedSnapshot, hooks: Parameters<typeof buildX86Machine>[2]): Machine {
+    const fds: number[] = [];
+    let m: Machine | undefined;
+    try {
+      for (const r of snap.contents.memory) fds.push(openSync(r.path, 'r'));
+      m = buildX86Machine(this.config, undefined, hooks, undefined, { ramFds: fds, hypervisor: snap.contents.hypervisor, guestCpuid: snap.contents.manifest.guestCpuid });
+      m.restoreDevices(snap.machineDevices);
+      return m;
+    } catch (e) {
+      m?.dispose();
+      throw e;
+    } finally {
+      // The mappings hold the files now.
+      for (const fd of fds) closeSync(fd);
+    }
+  }
+
+  /**
+   * Save this paused VM into `dir` (a new or empty folder): every vCPU, the
+   * interrupt controllers, PIT and clock, every device model, and the RAM as
+   * sparse files. Disk requests in flight are waited for first. Refused
+   * (one sentence) for a VM that is not paused, one with vsock or virtio-fs
+   * shares (their state lives outside nodevmm), and one whose temporary
+   * disk overlay took writes. Resolves with the manifest. The VM stays
+   * paused; resume() it, or restore the snapshot with restoreVm(dir).
+   */
+  async snapshot(dir: string): Promise<SnapshotManifest> {
+    if (this._state !== 'paused') throw new VmStateError('snapshot', this._state);
+    const m = this.machine!;
+    const { AGENT_READY } = execModule();
+    const agentReady = (Object.keys(this.ports) as ComPort[]).filter((c) => this.ports[c]!.log().includes(AGENT_READY));
+    return saveVmSnapshot(dir, this.config, m, this.overlays, { agentReady });
+  }
+
+  /**
+   * A new VM that continues from where this paused one is, independent of
+   * it: a snapshot into a temporary folder restored at once (the folder is
+   * removed; the clone's RAM mapping keeps the pages). Disks: as restoreVm's
+   * `overrides.disks` says; a writable disk the original still holds is
+   * refused by its image lock, so give clones `overlay: 'temp'` on a VM
+   * whose disk images are the clones' shared base.
+   */
+  async clone(overrides: RestoreOverrides = {}): Promise<Vm> {
+    const dir = mkdtempSync(join(tmpdir(), 'nodevmm-clone-'));
+    try {
+      await this.snapshot(join(dir, 'snap'));
+      return await restoreVm(join(dir, 'snap'), overrides);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
   /** Build a fresh machine from the config and set its vCPUs running. */
   private bootMachine(): void {
     this.build();
@@ -307,6 +372,10 @@ export class Vm extends EventEmitter<VmEvents> {
   }
 
   private runMachine(): void {
+    const restored = this.restoring;
+    this.restoring = undefined;
+    // The agent announced itself before the snapshot: exec does not wait for it again.
+    if (restored) for (const c of restored.own.agentReady) if (this.ports[c]) this.agentReady.set(c, Promise.resolve());
     this.boots++;
     this.machine!.partition.start();
     this.setState('running');
@@ -459,6 +528,11 @@ export class Vm extends EventEmitter<VmEvents> {
   }
 
   private restart(): void {
+    if (this.restoredFrom !== undefined && !this.images.kernel) {
+      // Its kernel came in the snapshot's RAM; there is no image to boot again.
+      this.finish({ reason: 'reset', message: 'the guest reset the machine (a restored vm does not reboot: it has no kernel image)' });
+      return;
+    }
     const old = this.machine;
     this.machine = undefined;
     old?.dispose();
@@ -546,16 +620,7 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   // (An overlay disk's base is only read.)
   for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);
-  // A share's directory must exist now, too (its virtiofsd starts with the VM).
-  for (const [i, s] of resolved.shares.entries()) {
-    let isDir = false;
-    try {
-      isDir = statSync(s.path).isDirectory();
-    } catch {
-      // reported below
-    }
-    if (!isDir) throw new ConfigError([{ path: `shares[${i}].path`, message: `${s.path} is not a directory (share ${JSON.stringify(s.tag)})` }]);
-  }
+  checkSharesExist(resolved);
   let planned: PlannedIgvm | undefined;
   // The IGVM modules (~130 KB) load when an IGVM file boots, not with every VM (CLI start-up time, docs/benchmarks.md).
   const igvmBoot = igvm ? (require('./igvm-boot') as typeof import('./igvm-boot')) : undefined;
@@ -578,9 +643,48 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
     const v = config[k];
     if (typeof v === 'string') vm.paths[k] = v;
   }
+  track(vm);
+  return vm;
+}
+
+/** A share's directory must exist at creation (its virtiofsd starts with the VM). */
+function checkSharesExist(resolved: ResolvedVmConfig): void {
+  for (const [i, s] of resolved.shares.entries()) {
+    let isDir = false;
+    try {
+      isDir = statSync(s.path).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!isDir) throw new ConfigError([{ path: `shares[${i}].path`, message: `${s.path} is not a directory (share ${JSON.stringify(s.tag)})` }]);
+  }
+}
+
+function track(vm: Vm): void {
   const ref = new WeakRef(vm);
   liveVms.add(ref);
   vm.once('stop', () => liveVms.delete(ref));
+}
+
+/**
+ * A running VM that continues from the snapshot in `dir` (vm.snapshot):
+ * the same vCPU, interrupt controller, clock and device state, its RAM the
+ * snapshot's files mapped copy-on-write (restoring costs the same for any
+ * RAM size, and any number of VMs restored from one snapshot share the
+ * pages none of them wrote). Each restore is an independent VM. Disks are
+ * the snapshot's images unless `overrides.disks` names others or a
+ * temporary overlay. A snapshot of another format version, from a host
+ * whose CPU lacks a feature the guest saw, or with a missing, truncated or
+ * changed file is refused with a SnapshotError naming it.
+ */
+export async function restoreVm(dir: string, overrides: RestoreOverrides = {}): Promise<Vm> {
+  const snap = await loadVmSnapshot(dir, overrides);
+  const resolved = snap.config;
+  // As createVm: a missing or locked image fails here, not half-way through the build.
+  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);
+  const vm = new Vm(resolved, {}, undefined, snap);
+  track(vm);
+  await vm.start();
   return vm;
 }
 

@@ -22,7 +22,9 @@ import type { IoDevice } from '../devices/types';
 import type { ShadowBlock } from '../hv/io-bus';
 import { openHypervisor } from '../hv/hypervisor';
 import type { X86Irqchip, X86Partition } from '../hv/partition';
-import type { X86VcpuInitState } from '../hv/x86-state';
+import type { X86CpuidEntry, X86PartitionState, X86VcpuInitState } from '../hv/x86-state';
+import { SnapshotError } from '../errors';
+import { cpuIncompatibility } from '../snapshot/cpu-compat';
 import { loadLinuxDirectX86, type LinuxDirectX86Result } from '../loader/linux-direct';
 import { alignUp, GiB } from '../util/bytes';
 import type { ComPort, ResolvedVmConfig } from './config';
@@ -90,7 +92,21 @@ function physAddrBits(): number {
   return bits >= 32 && bits <= 52 ? bits : 36;
 }
 
-export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: X86Partition, acpi: X86AcpiTables) => X86VcpuInitState): X86Machine {
+/**
+ * Build the machine from a snapshot instead of a boot: RAM is the
+ * snapshot's files mapped copy-on-write (no tables or kernel written), and
+ * the partition gets the saved hypervisor state where a boot would set the
+ * BSP's registers. The caller then restores the device models' state.
+ */
+export interface X86MachineRestore {
+  /** An open fd of each RAM region's file, in ramRangesFor(cfg.memory) order (the caller closes them after the build). */
+  ramFds: readonly number[];
+  hypervisor: X86PartitionState;
+  /** The CPUID the snapshotted guest saw (vCPU 0): this host must offer all of it. */
+  guestCpuid?: readonly X86CpuidEntry[] | undefined;
+}
+
+export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, loadOther?: (p: X86Partition, acpi: X86AcpiTables) => X86VcpuInitState, restore?: X86MachineRestore): X86Machine {
   const { timings, phase } = phaseTimer();
 
   // 1. Partition and vCPUs, with the interrupt controllers where the config (or the hypervisor) puts them.
@@ -103,11 +119,18 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
   let pit: Pit | undefined;
   let ioapic: Ioapic | undefined;
   try {
+    if (restore?.guestCpuid) {
+      const why = cpuIncompatibility(restore.guestCpuid, partition.vcpus[0]!.getCpuid());
+      if (why) throw new SnapshotError(`${why}: restore the snapshot on a host with the same cpu`, { field: 'guestCpuid' });
+    }
     phase('partition');
     // 2. RAM below the MMIO gap and above 4 GiB.
     // Computed once here; the loader (E820, boot page tables) and the CMOS take them from here.
     const ram = ramRangesFor(cfg.memory);
-    for (const r of ram) partition.addRam({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high' });
+    ram.forEach((r, i) => {
+      const file = restore ? { privateFile: restore.ramFds[i]! } : {};
+      partition.addRam({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high', ...file });
+    });
     phase('memory');
 
     // 3. ACPI tables: they only depend on the machine shape.
@@ -121,15 +144,20 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       // With the userspace irqchip there is no 8259: only the IOAPIC takes ISA interrupts.
       legacyPic: irqchip === 'kernel',
     });
-    partition.memory.write(acpi.tablesGpa, acpi.blob);
-    partition.memory.write(acpi.rsdpGpa, acpi.rsdp);
+    // A restored guest's RAM holds the tables it booted with (and may have reclaimed their pages since).
+    if (!restore) {
+      partition.memory.write(acpi.tablesGpa, acpi.blob);
+      partition.memory.write(acpi.rsdpGpa, acpi.rsdp);
+    }
     phase('acpi');
 
     // 4. Kernel, initrd, command line, zero page / start_info, GDT, page tables.
     let boot: LinuxDirectX86Result | undefined;
-    let bsp: X86VcpuInitState;
+    let bsp: X86VcpuInitState = {};
     let apMsrs: LinuxDirectX86Result['apMsrs'] = [];
-    if (images) {
+    if (restore) {
+      // Nothing to load: the kernel is in the snapshot's RAM.
+    } else if (images) {
       boot = loadLinuxDirectX86(partition.memory, {
         kernel: images.kernel,
         initrd: images.initrd,
@@ -202,11 +230,16 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     phase('devices');
 
     // 6. vCPU state: the BSP enters the kernel; APs wait for INIT/SIPI in the in-kernel LAPIC.
-    const v0 = partition.vcpus[0]!;
-    if (bsp.sregs) v0.setSregs(bsp.sregs);
-    if (bsp.regs) v0.setRegs(bsp.regs);
-    if (bsp.msrs?.length) v0.setMsrs(bsp.msrs);
-    for (const v of partition.vcpus.slice(1)) if (apMsrs.length) v.setMsrs(apMsrs);
+    // Restored: every vCPU, the interrupt controllers, the PIT and the clock as they were saved.
+    if (restore) {
+      partition.restoreState(restore.hypervisor);
+    } else {
+      const v0 = partition.vcpus[0]!;
+      if (bsp.sregs) v0.setSregs(bsp.sregs);
+      if (bsp.regs) v0.setRegs(bsp.regs);
+      if (bsp.msrs?.length) v0.setMsrs(bsp.msrs);
+      for (const v of partition.vcpus.slice(1)) if (apMsrs.length) v.setMsrs(apMsrs);
+    }
     phase('vcpus');
 
     return {

@@ -14,7 +14,7 @@ import { resolveVmConfig } from '../../lib/vm/config';
 import { buildX86Machine, type X86Machine } from '../../lib/vm/x86-machine';
 import { SerialPort } from '../../lib/vm/serial-port';
 import { NodevmmError } from '../../lib/errors';
-import { processResources } from '../../lib/testing/kvm-test-helpers';
+import { settledProcessResources } from '../../lib/testing/kvm-test-helpers';
 import { caseSeed, prng } from '../unit/fuzz/prng';
 import { mutateJson, type Json } from '../unit/fuzz/json-mutations';
 
@@ -80,7 +80,7 @@ kvmAlone('mutated whole-machine device states are taken or refused with one sent
   await a.com1.expect(/DEVICES-UP/, { timeoutMs: 10_000 });
   await a.m.partition.pause();
   const valid = JSON.parse(JSON.stringify(a.m.snapshotDevices())) as Json;
-  const before = processResources();
+  const before = await settledProcessResources();
   let refused = 0;
   for (let i = 0; i < 60; i++) {
     const seed = caseSeed(0x48d, i);
@@ -101,7 +101,7 @@ kvmAlone('mutated whole-machine device states are taken or refused with one sent
   t.true(refused > 20, `${refused} of 60 refused`);
   // Image fds close once the disks are idle, on a later turn.
   await new Promise((r) => setTimeout(r, 100));
-  const after = processResources();
+  const after = await settledProcessResources();
   t.is(after.fds, before.fds, 'no fd left behind');
   t.is(after.threads, before.threads, 'no thread left behind');
 });

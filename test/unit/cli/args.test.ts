@@ -59,3 +59,14 @@ test('--irqchip passes kernel or userspace to the config, which refuses anything
   t.regex(RUN_USAGE, /--irqchip kernel\|userspace/);
   t.throws(() => resolveVmConfig(parseRunArgs(['--kernel', 'k', '--irqchip', 'split']).config, 'x86_64'), { message: /irqchip: "split" must be 'kernel' or 'userspace'/ });
 });
+
+test('--restore takes a folder and refuses machine options; --disk flags become its disk overrides', (t) => {
+  const a = parseRunArgs(['--restore', 'snap', '--disk', 'a.img,snapshot', '--com1', 'stdio', '--snapshot-dir', 'next']);
+  t.is(a.restore, 'snap');
+  t.is(a.snapshotDir, 'next');
+  t.deepEqual(a.config.disks, [{ path: 'a.img', overlay: 'temp' }]);
+  const e = t.throws(() => parseRunArgs(['--restore', 'snap', '--kernel', 'k', '-m', '1G']), { instanceOf: ConfigError });
+  t.regex(e!.message, /--restore: cannot be combined with the machine option kernel/);
+  t.regex(e!.message, /--restore: cannot be combined with the machine option memory/);
+  t.regex(RUN_USAGE, /Ctrl-A s snapshots into --snapshot-dir/);
+});

@@ -67,6 +67,9 @@ class FakeRam implements HostRam {
     return [this.buffer];
   }
   advise(): void {}
+  writeTo(): number {
+    throw new Error('the fake backend saves no ram');
+  }
   release(): void {
     this.released = true;
   }
