@@ -352,7 +352,7 @@ async function fsBench() {
       }
     };
     const vmms = {
-      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--share', `${share}:bench`], 600_000),
+      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--share', `${share}:bench`, ...(TRACE ? ['--trace'] : [])], 600_000),
       qemu,
     };
     const rows = { nodevmm: [], qemu: [] };

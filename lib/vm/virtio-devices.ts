@@ -298,7 +298,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level', queueNotifier, ...(opts.onHostError ? { onHostError: opts.onHostError } : {}) });
       const interruptStatus = t.interruptStatusRegisters;
       const range = opts.mmio.register(slot.base, slot.size, t, interruptStatus ? { interruptStatus } : {});
-      if (range.shadow && interruptStatus) t.shareInterruptStatus(range.shadow.word);
+      if (range.shadow && interruptStatus) t.shareInterruptStatus(range.shadow.word, range.shadow.held);
       transports.push(t);
     }
   } catch (e) {
