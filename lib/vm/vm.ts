@@ -83,7 +83,7 @@ export class Vm extends EventEmitter<VmEvents> {
    * connection for its life), stopped at stop.
    */
   private shares: VirtiofsShare[] = [];
-  /** Overlays of `overlay: 'temp'` disks (per disk index): opened at start, kept across guest reboots (they are the disk's content), closed at stop. */
+  /** Overlays of disks with one (`overlay: 'temp'` or a kept overlay's path), per disk index: opened at start, kept across guest reboots (they are the disk's content), closed at stop. */
   private overlays: Array<OverlayDisk | undefined> = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
   private agentReady = new Map<ComPort, Promise<unknown>>();
@@ -255,11 +255,11 @@ export class Vm extends EventEmitter<VmEvents> {
     this.taps = [];
   }
 
-  /** Open the overlay of every `overlay: 'temp'` disk, or none. */
+  /** Open the overlay of every disk with one (`overlay: 'temp'` or a kept overlay's path), or none. */
   private openOverlays(): void {
     if (this.overlays.length) return;
     try {
-      for (const d of this.config.disks) this.overlays.push(d.overlay === 'temp' ? openOverlayDisk(d.path) : undefined);
+      for (const d of this.config.disks) this.overlays.push(d.overlay !== undefined ? openOverlayDisk(d.path, d, d.overlay) : undefined);
     } catch (e) {
       for (const o of this.overlays) o?.close();
       this.overlays = [];
@@ -535,7 +535,7 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   // (An overlay disk's base is only read.)
-  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);
+  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay !== undefined).fd);
   // A share's directory must exist now, too (its virtiofsd starts with the VM).
   for (const [i, s] of resolved.shares.entries()) {
     let isDir = false;
