@@ -6,7 +6,7 @@
  * ratios. Needs a real KVM: where /dev/kvm is KVM-PVM run it through the
  * emulated host,
  *
- *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N] [--warmup-mib N] [--only nodevmm|qemu] [--trace]
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N] [--warmup-mib N] [--only nodevmm|qemu] [--trace] [--verbose]
  *
  * blk: one raw image (in the host's page cache, the same file for both VMMs,
  * QEMU with its defaults: cache=writeback, aio=threads), and in the guest
@@ -36,6 +36,12 @@
  * has read everything). QEMU: -netdev tap (vnet_hdr) with virtio-net-device.
  * Needs root (ip netns, ip tuntap).
  *
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js passt [--runs N] [--mib N]
+ *
+ * passt: TCP throughput both ways through passt, nodevmm (--net user)
+ * against QEMU (-netdev stream to the same passt binary with the same
+ * arguments), with nodevmm's TAP path as a third column (passtBench).
+ *
  *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js fs [--runs N] [--mib N]
  *
  * fs: virtio-fs through the same virtiofsd binary for both VMMs, started the
@@ -59,6 +65,8 @@ const RUNS = numberOption('--runs', mode === 'blk' ? 5 : 3);
 /** `--only nodevmm|qemu`: measure one VMM (no ratio); `--trace`: nodevmm prints where its exits went. */
 const ONLY = stringOption('--only');
 const TRACE = flag('--trace');
+/** `--verbose`: every VM's console as it comes (to see where a run that never finishes stopped). */
+const VERBOSE = flag('--verbose');
 /** Extra node flags for the nodevmm process (e.g. NODEVMM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'). */
 const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 const MIB = numberOption('--mib', mode === 'net' || mode === 'passt' ? 4 : 256);
@@ -94,6 +102,7 @@ function run(cmd, argv, timeoutMs, onOutput) {
     let out = '';
     const on = (d) => {
       out += d;
+      if (VERBOSE) process.stderr.write(d);
       onOutput?.(out);
     };
     child.stdout.on('data', on);
