@@ -95,6 +95,8 @@ export interface OverlayDisk {
   map: ClusterMap;
   /** A kept overlay's map store (OverlayFiles.saveMap); absent for a temporary one. */
   saveMap?: (bits: Uint8Array) => Promise<void>;
+  /** A kept overlay's file (where its I/O goes: tmpfs or disk); absent for a temporary one. */
+  overlayPath?: string;
   /** Close both fds (after the devices using them went idle); a kept overlay's map is saved and synced first. */
   close(): void;
 }
@@ -124,6 +126,7 @@ export function openOverlayDisk(path: string, owner?: object, overlay: string = 
       overlayFd: kept.disk.fd,
       map: kept.map,
       saveMap: kept.saveMap,
+      overlayPath: overlay,
       close: () => {
         if (closed) return;
         closed = true;
@@ -131,7 +134,7 @@ export function openOverlayDisk(path: string, owner?: object, overlay: string = 
           // Every request finished: all data is written, so every bit may be saved (after a sync).
           fs.fdatasyncSync(kept.disk.fd);
           const bits = kept.map.snapshot();
-          fs.writeSync(kept.disk.fd, bits, 0, bits.length, kept.layout.mapOffset);
+          for (let put = 0; put < bits.length; ) put += fs.writeSync(kept.disk.fd, bits, put, bits.length - put, kept.layout.mapOffset + put);
           fs.fdatasyncSync(kept.disk.fd);
         } catch (e) {
           process.emitWarning(`overlay ${overlay}: the cluster map could not be saved at stop (writes since the guest's last flush are lost): ${(e as Error).message}`);
@@ -297,7 +300,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
         const ovl = diskOverlays[slot.device.index];
         const o = ovl?.base ?? opened[slot.device.index]!;
         const backend = ovl
-          ? new OverlayBackend({ baseFd: ovl.base.fd, overlayFd: ovl.overlayFd, sizeBytes: ovl.base.sizeBytes, ...(ovl.saveMap ? { saveMap: ovl.saveMap } : {}) }, fileBackend(ovl.base.fd, imageStorage(ovl.base.path)), fileBackend(ovl.overlayFd, imageStorage(overlayDirectory())), ovl.map)
+          ? new OverlayBackend({ baseFd: ovl.base.fd, overlayFd: ovl.overlayFd, sizeBytes: ovl.base.sizeBytes, ...(ovl.saveMap ? { saveMap: ovl.saveMap } : {}) }, fileBackend(ovl.base.fd, imageStorage(ovl.base.path)), fileBackend(ovl.overlayFd, imageStorage(ovl.overlayPath ?? overlayDirectory())), ovl.map)
           : fileBackend(o.fd, imageStorage(o.path));
         // An overlay disk is writable although its base is opened read-only.
         const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend, sizeBytes: o.sizeBytes, readonly: ovl ? false : o.readonly });
