@@ -427,9 +427,7 @@ export function resolveVmConfig(config: VmConfig, host: Arch = hostArch()): Reso
     } else vsock = v.agentPort !== undefined ? { cid: v.cid!, agentPort: v.agentPort } : { cid: v.cid! };
   }
   const shares: Array<Required<ShareConfig>> = [];
-  if (config.shares !== undefined && arch === 'aarch64' && (!Array.isArray(config.shares) || config.shares.length > 0)) {
-    bad('shares', 'virtio-fs is x86_64-only for now: arm64 VMs get disks, rng, console, net and vsock');
-  } else if (config.shares !== undefined) {
+  if (config.shares !== undefined) {
     if (!Array.isArray(config.shares)) bad('shares', `must be an array of { path, tag, readOnly? }, got ${describe(config.shares)}`);
     else
       config.shares.forEach((d: unknown, i) => {

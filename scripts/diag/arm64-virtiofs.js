@@ -45,9 +45,9 @@ async function guest() {
   const { arm64GuestModules, findArm64Artifacts } = require('../../dist/lib/testing/arm64-kvm-host');
   const a = findArm64Artifacts();
   if (!a) throw new Error('arm64 artifacts not visible inside the host (NODEVMM_CACHE)');
-  const extra = ['kernel/fs/fuse/fuse', 'kernel/fs/fuse/virtiofs'].map((m) => ({ name: path.basename(m), data: new Uint8Array(fs.readFileSync(path.join(a.modulesDir, `${m}.ko`))) }));
+  // ARM64_GUEST_MODULES ends with fuse and virtiofs.
   const initrd = path.join(os.tmpdir(), 'arm64-virtiofs-initramfs.cpio.gz');
-  fs.writeFileSync(initrd, buildTestInitramfs({ busybox: new Uint8Array(fs.readFileSync(a.busybox)), modules: [...arm64GuestModules(a), ...extra] }));
+  fs.writeFileSync(initrd, buildTestInitramfs({ busybox: new Uint8Array(fs.readFileSync(a.busybox)), modules: arm64GuestModules(a) }));
   const share = fs.mkdtempSync(path.join(os.tmpdir(), 'arm64-share-'));
   fs.writeFileSync(path.join(share, 'from-host'), HOST_TEXT);
   const script = [
