@@ -393,9 +393,10 @@ async function passtBench() {
       const script = [
         `ip link set eth0 up; ip addr add ${addr}/24 dev eth0; ip route add default via ${gw}`,
         settle,
-        `dd if=/dev/zero bs=64k count=${MIB * 16} 2>/dev/null | nc ${gw} 5201`,
-        // Host to guest: listen, say so (the script then tells the peer to send), read to EOF.
-        '(nc -l -p 5202 >/dev/null) & sleep 0.5; echo GUEST-LISTENING=1; wait',
+        `dd if=/dev/zero bs=64k count=${MIB * 16} 2>/dev/null | timeout 120 nc ${gw} 5201; echo GUEST-TOHOST-EXIT=$?`,
+        // Host to guest: listen, say so (the script then tells the peer to send), read to EOF; bounded, so a
+        // transfer that stalls is reported (GUEST-TOGUEST-EXIT=143) instead of holding the VM.
+        '(timeout 120 nc -l -p 5202 >/dev/null; echo GUEST-TOGUEST-EXIT=$?) & sleep 0.5; echo GUEST-LISTENING=1; wait',
         'echo GUEST-BENCH-DONE=1',
       ].join('\n');
       return `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
@@ -432,8 +433,8 @@ async function passtBench() {
       for (const who of ['nodevmm', 'qemu', 'tap']) {
         let before = { received: received.length, sent: sent.length };
         let ok = false;
-        // The emulated host's guests occasionally die in early boot (docs/testing.md): up to three tries.
-        for (let tries = 0; tries < 3 && !ok; tries++) {
+        // The emulated host's guests occasionally die in early boot (docs/testing.md): up to two tries.
+        for (let tries = 0; tries < 2 && !ok; tries++) {
           before = { received: received.length, sent: sent.length };
           try {
             let asked = false;
@@ -444,24 +445,32 @@ async function passtBench() {
             });
             ok = true;
           } catch (e) {
-            console.log(`  (${who} run failed${tries < 2 ? ' and is repeated' : ''}: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
+            console.log(`  (${who} run failed${tries < 1 ? ' and is repeated' : ''}: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
           }
         }
-        if (!ok) continue;
+        if (!ok) {
+          rows[who].push({});
+          continue;
+        }
         const r = received[before.received];
         const s = sent[before.sent];
-        if (r && s) rows[who].push({ toHost: mbit(r), toGuest: mbit(s) });
-        else console.log(`  (${who} run: the peer got no complete transfer ${r ? 'to' : 'from'} the guest)`);
+        // A direction that did not complete is left out of that direction's figures and said.
+        if (!r) console.log(`  (${who} run ${i + 1}: the peer received no complete transfer from the guest)`);
+        if (!s) console.log(`  (${who} run ${i + 1}: the guest did not read a complete transfer from the peer)`);
+        rows[who].push({ toHost: r ? mbit(r) : undefined, toGuest: s ? mbit(s) : undefined });
       }
     }
     console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio, ${path.basename(passt)} ${passt} (MTU ${PASST_GUEST_MTU}) for nodevmm --net user and QEMU -netdev stream; nodevmm on a TAP (vnet_hdr) beside; 512 MiB guest, 1 vCPU, ${MIB} MiB each way over TCP (busybox nc), ${RUNS} interleaved runs, min / median / max`);
-    if (!rows.nodevmm.length || !rows.qemu.length || !rows.tap.length) throw new Error('no successful runs for one of the three');
-    const vsQemu = spreadLine({ 'nodevmm-passt': rows.nodevmm, 'qemu-passt': rows.qemu }, undefined, 2, ['nodevmm-passt', 'qemu-passt']);
-    vsQemu('TCP guest to host', (r) => r.toHost, 'Mbit/s');
-    vsQemu('TCP host to guest', (r) => r.toGuest, 'Mbit/s');
-    const vsTap = spreadLine({ 'nodevmm-passt': rows.nodevmm, 'nodevmm-tap': rows.tap }, undefined, 2, ['nodevmm-passt', 'nodevmm-tap']);
-    vsTap('TCP guest to host', (r) => r.toHost, 'Mbit/s');
-    vsTap('TCP host to guest', (r) => r.toGuest, 'Mbit/s');
+    // Per direction, the runs where both sides of a comparison completed it (pairs stay paired by run).
+    const compare = (a, b, names, label, f) => {
+      const pairs = rows[a].map((x, k) => [f(x), rows[b][k] && f(rows[b][k])]).filter(([x, y]) => x !== undefined && y !== undefined);
+      if (!pairs.length) return console.log(`  ${label.padEnd(34)} ${names[0]} vs ${names[1]}: no run where both completed`);
+      spreadLine({ [names[0]]: pairs.map((p) => p[0]), [names[1]]: pairs.map((p) => p[1]) }, undefined, 2, names)(label, (v) => v, 'Mbit/s');
+    };
+    compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP guest to host', (r) => r.toHost);
+    compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP host to guest', (r) => r.toGuest);
+    compare('nodevmm', 'tap', ['nodevmm-passt', 'nodevmm-tap'], 'TCP guest to host', (r) => r.toHost);
+    compare('nodevmm', 'tap', ['nodevmm-passt', 'nodevmm-tap'], 'TCP host to guest', (r) => r.toGuest);
   } finally {
     receiver?.kill();
     daemon?.kill('SIGKILL');
