@@ -11,6 +11,7 @@ export { resolveVmConfig, parseSize, DEFAULTS, type VmConfig, type ResolvedVmCon
 export { VsockStream, VsockServer, VMADDR_CID_HOST } from './vm/vsock-stream';
 export type { StopReason, StopReasonKind, VmState } from './vm/lifecycle';
 export { EXIT_CODES } from './vm/lifecycle';
+export { commitOverlay, type CommitOptions, type CommitResult } from './vm/kept-overlay';
 export { SerialPort, type ExpectOptions, type ExpectMatch } from './vm/serial-port';
 export type { ExecOptions, ExecResult } from './vm/exec';
 export type { Partition, VirtualProcessor, VcpuStop, PartitionStats, RamOptions, X86Partition, X86VirtualProcessor, Arm64Partition, PartitionIo } from './hv/partition';

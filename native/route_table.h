@@ -26,9 +26,10 @@ struct Route {
   uint64_t read_value;      // kRouteConstant: value returned for reads
   // An interrupt-status register pair (virtio-mmio InterruptStatus and
   // InterruptACK) answered here: 4-byte reads at isr_read return the 32-bit
-  // word at the start of the shadow block, 4-byte writes at isr_ack clear the
-  // bits written. JS sets bits atomically when it raises an interrupt. Only
-  // for edge-triggered lines: an ACK here never lowers a line.
+  // word at the start of the shadow block ORed with the next word (bits JS
+  // holds set), 4-byte writes at isr_ack clear the bits written in the first.
+  // JS sets bits atomically when it raises an interrupt. Only for
+  // edge-triggered lines: an ACK here never lowers a line.
   uint32_t isr_read;        // register offset, or kNoIsr
   uint32_t isr_ack;         // register offset, or kNoIsr
 };

@@ -352,10 +352,11 @@ bool VcpuThread::HandleIo(const DecodedExit& x) {
     }
     if (r->isr_read != kNoIsr && x.size == 4 && (off == r->isr_read || off == r->isr_ack)) {
       // SAFETY: shadow_offset is a 32-byte aligned block inside the shadow
-      // page (checked in SetRoutes), so this is an aligned 4-byte word.
+      // page (checked in SetRoutes), so these are aligned 4-byte words: the
+      // status, then the bits held set (reported on every read, never ACKed).
       uint32_t* isr = reinterpret_cast<uint32_t*>(&ctl->shadow[r->shadow_offset]);
       if (!x.is_write && off == r->isr_read) {
-        uint32_t v = LoadAcquire(isr);
+        uint32_t v = LoadAcquire(isr) | LoadAcquire(isr + 1);
         std::memcpy(data, &v, 4);
         shared_->mailbox.exits_native++;
         continue;

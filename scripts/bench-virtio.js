@@ -6,7 +6,7 @@
  * ratios. Needs a real KVM: where /dev/kvm is KVM-PVM run it through the
  * emulated host,
  *
- *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N] [--warmup-mib N] [--only nodevmm|qemu] [--trace]
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js blk [--runs N] [--mib N] [--warmup-mib N] [--only nodevmm|qemu] [--trace] [--verbose]
  *
  * blk: one raw image (in the host's page cache, the same file for both VMMs,
  * QEMU with its defaults: cache=writeback, aio=threads), and in the guest
@@ -36,6 +36,12 @@
  * has read everything). QEMU: -netdev tap (vnet_hdr) with virtio-net-device.
  * Needs root (ip netns, ip tuntap).
  *
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js passt [--runs N] [--mib N]
+ *
+ * passt: TCP throughput both ways through passt, nodevmm (--net user)
+ * against QEMU (-netdev stream to the same passt binary with the same
+ * arguments), with nodevmm's TAP path as a third column (passtBench).
+ *
  *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js fs [--runs N] [--mib N]
  *
  * fs: virtio-fs through the same virtiofsd binary for both VMMs, started the
@@ -59,9 +65,11 @@ const RUNS = numberOption('--runs', mode === 'blk' ? 5 : 3);
 /** `--only nodevmm|qemu`: measure one VMM (no ratio); `--trace`: nodevmm prints where its exits went. */
 const ONLY = stringOption('--only');
 const TRACE = flag('--trace');
+/** `--verbose`: every VM's console as it comes (to see where a run that never finishes stopped). */
+const VERBOSE = flag('--verbose');
 /** Extra node flags for the nodevmm process (e.g. NODEVMM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof'). */
 const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
-const MIB = numberOption('--mib', mode === 'net' ? 4 : 256);
+const MIB = numberOption('--mib', mode === 'net' || mode === 'passt' ? 4 : 256);
 const WARMUP_MIB = numberOption('--warmup-mib', 64);
 /** nodevmm's serial ports as QEMU's command line has them: COM1 on stdio, no COM2-COM4. */
 const ONE_UART = ['--com1', 'stdio', '--com2', 'none', '--com3', 'none', '--com4', 'none'];
@@ -72,17 +80,18 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
  * of the medians, and each run's ratio against the QEMU run beside it (runs
  * are interleaved, so run i of each met the same host conditions).
  */
-function spreadLine(rows, only, digits) {
+function spreadLine(rows, only, digits, names = ['nodevmm', 'qemu']) {
+  const [first, second] = names;
   const spread = (xs) => {
     const s = [...xs].sort((a, b) => a - b);
     return `${s[0].toFixed(digits)} / ${median(s).toFixed(digits)} / ${s[s.length - 1].toFixed(digits)}`;
   };
   return (name, f, unit) => {
     if (only) return console.log(`  ${name.padEnd(34)} ${only} ${spread(rows[only].map(f))} ${unit}`);
-    const n = rows.nodevmm.map(f);
-    const q = rows.qemu.map(f);
+    const n = rows[first].map(f);
+    const q = rows[second].map(f);
     const pairs = n.slice(0, q.length).map((v, i) => (v / q[i]).toFixed(2)).join(' ');
-    console.log(`  ${name.padEnd(34)} nodevmm ${spread(n)}   qemu ${spread(q)} ${unit}   ratio ${(median(n) / median(q)).toFixed(2)}x (per run: ${pairs})`);
+    console.log(`  ${name.padEnd(34)} ${first} ${spread(n)}   ${second} ${spread(q)} ${unit}   ratio ${(median(n) / median(q)).toFixed(2)}x (per run: ${pairs})`);
   };
 }
 
@@ -93,6 +102,7 @@ function run(cmd, argv, timeoutMs, onOutput) {
     let out = '';
     const on = (d) => {
       out += d;
+      if (VERBOSE) process.stderr.write(d);
       onOutput?.(out);
     };
     child.stdout.on('data', on);
@@ -190,14 +200,16 @@ async function blk() {
 }
 
 /**
- * The host side, in the namespace. Receives on 10.0.2.1:5201 and prints bytes
- * and first byte to last per connection (RECV); on a SEND line from its
- * stdin, connects to the guest's listener, writes that many bytes of zeros,
- * half-closes, and prints bytes and connect to the guest's close (SENT).
+ * The host side, in the namespace. Receives on LISTEN-ADDRESS:5201 (argv[2])
+ * and prints bytes and first byte to last per connection (RECV); on a
+ * "BYTES HOST PORT" line from its stdin, connects to the guest's listener
+ * there, writes that many bytes of zeros, half-closes, and prints bytes and
+ * connect to the guest's close (SENT).
  */
 const PEER = `
 const net = require('node:net');
 const expect = Number(process.argv[1]);
+const listenAddress = process.argv[2];
 net.createServer((s) => {
   let n = 0, t0;
   s.on('data', (d) => {
@@ -209,16 +221,16 @@ net.createServer((s) => {
     }
   });
   s.on('error', () => {});
-}).listen(5201, '10.0.2.1', () => console.log('LISTENING'));
+}).listen(5201, listenAddress, () => console.log('LISTENING'));
 let line = '';
 process.stdin.on('data', (d) => {
   line += d;
   for (let i; (i = line.indexOf('\\n')) >= 0; line = line.slice(i + 1)) {
-    const bytes = Number(line.slice(0, i));
+    const [bytes, host, port] = line.slice(0, i).split(' ').map((x, j) => (j === 1 ? x : Number(x)));
     const chunk = Buffer.alloc(65536);
     const t0 = process.hrtime.bigint();
     // The guest's nc half-closes at once (its stdin is empty): keep sending.
-    const s = net.connect({ port: 5202, host: '10.0.2.15', allowHalfOpen: true }, () => {
+    const s = net.connect({ port, host, allowHalfOpen: true }, () => {
       let left = bytes;
       const pump = () => {
         while (left > 0) {
@@ -255,7 +267,7 @@ async function netBench() {
     sh(['ip', ...inNs(['ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap])]);
     sh(['ip', ...inNs(['ip', 'link', 'set', tap, 'up'])]);
     const bytes = MIB * 2 ** 20;
-    receiver = spawn('ip', inNs([process.execPath, '-e', PEER, String(bytes)]), { stdio: ['pipe', 'pipe', 'inherit'] });
+    receiver = spawn('ip', inNs([process.execPath, '-e', PEER, String(bytes), '10.0.2.1']), { stdio: ['pipe', 'pipe', 'inherit'] });
     const received = [];
     const sent = [];
     let rbuf = '';
@@ -281,7 +293,7 @@ async function netBench() {
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const mac = '52:54:00:12:34:56';
     const vmms = {
-      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), 900_000, onOutput),
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), VM_MS, onOutput),
       qemu: (onOutput) => run('ip', inNs(['qemu-system-x86_64', '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no,vnet_hdr=on`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), 900_000, onOutput),
     };
     const rows = { nodevmm: [], qemu: [] };
@@ -294,7 +306,7 @@ async function netBench() {
           await vmms[who]((text) => {
             if (asked || !text.includes('GUEST-LISTENING=1')) return;
             asked = true;
-            receiver.stdin.write(`${bytes}\n`);
+            receiver.stdin.write(`${bytes} 10.0.2.15 5202\n`);
           });
         } catch (e) {
           console.log(`  (${who} run failed: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
@@ -314,6 +326,156 @@ async function netBench() {
   } finally {
     receiver?.kill();
     spawnSync('ip', ['netns', 'del', ns]);
+  }
+}
+
+/**
+ * passt: TCP throughput both ways through the same passt binary started the
+ * same way (lib/devices/passt.ts's arguments), nodevmm (--net user: passt
+ * on a socketpair, --fd) against QEMU (-netdev stream to passt's UNIX
+ * socket, --socket), and nodevmm's own TAP path in the same run. In a
+ * network namespace the script makes: a TAP with 10.0.2.15/24 and a default
+ * route via 10.0.2.2 that serves passt only as its address template, a
+ * second TAP (10.0.3.1/24, vnet_hdr) for the TAP runs, and the Node peer
+ * listening on every address. The guest sets 10.0.2.15 (what passt's DHCP
+ * would give it) or 10.0.3.15 statically; guest to host goes to the gateway
+ * (passt: the host's loopback); host to guest through passt's forward of
+ * 127.0.0.1:5203 to guest port 5202, or straight to 10.0.3.15:5202.
+ */
+async function passtBench() {
+  const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
+  const { findExecutable } = require('../dist/lib/util/helper-process');
+  const { PASST_GUEST_MTU } = require('../dist/lib/devices/passt');
+  const a = await ensureGuestArtifacts({ arch: 'x86_64' });
+  const passt = findExecutable('passt');
+  if (!passt) throw new Error('passt is not installed (apt-get install passt)');
+  const ns = `nvmm-passt-${process.pid}`;
+  const tap = 'nvbench0';
+  const sh = (argv) => {
+    const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${argv.join(' ')}: ${r.stderr || r.error}`);
+  };
+  const inNs = (argv) => ['netns', 'exec', ns, ...argv]; // arguments of `ip`
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-passt-'));
+  // passt started by root switches to nobody, perhaps before it binds its socket here.
+  fs.chmodSync(dir, 0o1777);
+  sh(['ip', 'netns', 'add', ns]);
+  let receiver;
+  let daemon;
+  try {
+    for (const cmd of [
+      'ip link set lo up',
+      'ip tuntap add dev nvpt0 mode tap',
+      'ip link set nvpt0 up',
+      'ip addr add 10.0.2.15/24 dev nvpt0',
+      'ip route add default via 10.0.2.2 dev nvpt0',
+      `ip tuntap add dev ${tap} mode tap vnet_hdr`,
+      `ip addr add 10.0.3.1/24 dev ${tap}`,
+      `ip link set ${tap} up`,
+    ]) sh(['ip', ...inNs(cmd.split(' '))]);
+    const bytes = MIB * 2 ** 20;
+    receiver = spawn('ip', inNs([process.execPath, '-e', PEER, String(bytes), '0.0.0.0']), { stdio: ['pipe', 'pipe', 'inherit'] });
+    const received = [];
+    const sent = [];
+    let rbuf = '';
+    receiver.stdout.on('data', (d) => {
+      rbuf += d;
+      for (let i; (i = rbuf.indexOf('\n')) >= 0; rbuf = rbuf.slice(i + 1)) {
+        const m = /^(RECV|SENT) (\d+) ([\d.]+)/.exec(rbuf.slice(0, i));
+        if (m) (m[1] === 'RECV' ? received : sent).push({ bytes: Number(m[2]), ms: Number(m[3]) });
+      }
+    });
+    await new Promise((resolve, reject) => {
+      receiver.stdout.once('data', resolve);
+      receiver.once('exit', () => reject(new Error('the receiver exited at once')));
+    });
+    const cmdline = (addr, gw, settle) => {
+      const script = [
+        `ip link set eth0 up; ip addr add ${addr}/24 dev eth0; ip route add default via ${gw}`,
+        settle,
+        `dd if=/dev/zero bs=64k count=${MIB * 16} 2>/dev/null | timeout 120 nc ${gw} 5201; echo GUEST-TOHOST-EXIT=$?`,
+        // Host to guest: listen, say so (the script then tells the peer to send), read to EOF; bounded, so a
+        // transfer that stalls is reported (GUEST-TOGUEST-EXIT=143) instead of holding the VM.
+        '(timeout 120 nc -l -p 5202 >/dev/null; echo GUEST-TOGUEST-EXIT=$?) & sleep 0.5; echo GUEST-LISTENING=1; wait',
+        'echo GUEST-BENCH-DONE=1',
+      ].join('\n');
+      return `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
+    };
+    // passt answers ARP itself; the host's TAP needs its neighbour entry first.
+    const viaPasst = cmdline('10.0.2.15', '10.0.2.2', 'sleep 1');
+    const viaTap = cmdline('10.0.3.15', '10.0.3.1', 'i=0; while ! ping -c 1 -W 1 10.0.3.1 >/dev/null 2>&1 && [ $i -lt 30 ]; do i=$((i+1)); done');
+    const mac = '52:54:00:12:34:56';
+    const FWD = 'tcp:127.0.0.1:5203-:5202';
+    /** Per VM: a boot (~20-60 s in the emulated host) and two transfers; a guest that died in early boot is given up on. */
+    const VM_MS = 300_000;
+    const guestArgs = (cmd) => ['--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmd, '-m', '512M', '-p', '1', ...ONE_UART];
+    const qemuArgs = (cmd) => ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmd];
+    const vmms = {
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', ...guestArgs(viaPasst), '--net', `user,hostfwd=${FWD},mac=${mac}`, ...(TRACE ? ['--trace'] : [])]), VM_MS, onOutput),
+      qemu: async (onOutput) => {
+        const socket = path.join(dir, 'passt.sock');
+        fs.rmSync(socket, { force: true });
+        // nodevmm's passt arguments with --socket in place of --fd 3.
+        daemon = spawn('ip', inNs([passt, '--foreground', '--stderr', '--quiet', '--one-off', '--socket', socket, '--mtu', String(PASST_GUEST_MTU), '-t', '127.0.0.1/5203:5202']), { stdio: ['ignore', 'ignore', 'inherit'] });
+        for (let i = 0; i < 500 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 20));
+        try {
+          return await run('ip', inNs(['qemu-system-x86_64', ...qemuArgs(viaPasst), '-netdev', `stream,id=n0,server=off,addr.type=unix,addr.path=${socket}`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), VM_MS, onOutput);
+        } finally {
+          daemon.kill('SIGKILL');
+        }
+      },
+      tap: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', ...guestArgs(viaTap), '--net', `tap:${tap},mac=${mac}`]), VM_MS, onOutput),
+    };
+    const target = { nodevmm: '127.0.0.1 5203', qemu: '127.0.0.1 5203', tap: '10.0.3.15 5202' };
+    const rows = { nodevmm: [], qemu: [], tap: [] };
+    const mbit = (r) => (r.bytes * 8) / (r.ms / 1000) / 1e6;
+    for (let i = 0; i < RUNS; i++) {
+      for (const who of ['nodevmm', 'qemu', 'tap']) {
+        let before = { received: received.length, sent: sent.length };
+        let ok = false;
+        // The emulated host's guests occasionally die in early boot (docs/testing.md): up to two tries.
+        for (let tries = 0; tries < 2 && !ok; tries++) {
+          before = { received: received.length, sent: sent.length };
+          try {
+            let asked = false;
+            await vmms[who]((text) => {
+              if (asked || !text.includes('GUEST-LISTENING=1')) return;
+              asked = true;
+              receiver.stdin.write(`${bytes} ${target[who]}\n`);
+            });
+            ok = true;
+          } catch (e) {
+            console.log(`  (${who} run failed${tries < 1 ? ' and is repeated' : ''}: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
+          }
+        }
+        if (!ok) {
+          rows[who].push({});
+          continue;
+        }
+        const r = received[before.received];
+        const s = sent[before.sent];
+        // A direction that did not complete is left out of that direction's figures and said.
+        if (!r) console.log(`  (${who} run ${i + 1}: the peer received no complete transfer from the guest)`);
+        if (!s) console.log(`  (${who} run ${i + 1}: the guest did not read a complete transfer from the peer)`);
+        rows[who].push({ toHost: r ? mbit(r) : undefined, toGuest: s ? mbit(s) : undefined });
+      }
+    }
+    console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio, ${path.basename(passt)} ${passt} (MTU ${PASST_GUEST_MTU}) for nodevmm --net user and QEMU -netdev stream; nodevmm on a TAP (vnet_hdr) beside; 512 MiB guest, 1 vCPU, ${MIB} MiB each way over TCP (busybox nc), ${RUNS} interleaved runs, min / median / max`);
+    // Per direction, the runs where both sides of a comparison completed it (pairs stay paired by run).
+    const compare = (a, b, names, label, f) => {
+      const pairs = rows[a].map((x, k) => [f(x), rows[b][k] && f(rows[b][k])]).filter(([x, y]) => x !== undefined && y !== undefined);
+      if (!pairs.length) return console.log(`  ${label.padEnd(34)} ${names[0]} vs ${names[1]}: no run where both completed`);
+      spreadLine({ [names[0]]: pairs.map((p) => p[0]), [names[1]]: pairs.map((p) => p[1]) }, undefined, 2, names)(label, (v) => v, 'Mbit/s');
+    };
+    compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP guest to host', (r) => r.toHost);
+    compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP host to guest', (r) => r.toGuest);
+    compare('nodevmm', 'tap', ['nodevmm-passt', 'nodevmm-tap'], 'TCP guest to host', (r) => r.toHost);
+    compare('nodevmm', 'tap', ['nodevmm-passt', 'nodevmm-tap'], 'TCP host to guest', (r) => r.toGuest);
+  } finally {
+    receiver?.kill();
+    daemon?.kill('SIGKILL');
+    spawnSync('ip', ['netns', 'del', ns]);
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -352,7 +514,7 @@ async function fsBench() {
       }
     };
     const vmms = {
-      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--share', `${share}:bench`], 600_000),
+      nodevmm: () => run(process.execPath, [...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', '--com1', 'stdio', '--share', `${share}:bench`, ...(TRACE ? ['--trace'] : [])], 600_000),
       qemu,
     };
     const rows = { nodevmm: [], qemu: [] };
@@ -371,25 +533,20 @@ async function fsBench() {
         }
       }
     }
-    console.log(`Debian ${a.kernelVersion}, virtio-fs over virtio-mmio, ${path.basename(exe)} (${flavour}) ${exe} with cache=auto for both, ${MIB} MiB files, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, medians`);
-    const line = (name, f) => {
-      if (ONLY) return console.log(`  ${name.padEnd(34)} ${ONLY} ${median(rows[ONLY].map(f)).toFixed(0).padStart(7)} MiB/s`);
-      if (!rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
-      const n = median(rows.nodevmm.map(f));
-      const q = median(rows.qemu.map(f));
-      console.log(`  ${name.padEnd(34)} nodevmm ${n.toFixed(0).padStart(7)} MiB/s   qemu ${q.toFixed(0).padStart(7)} MiB/s   ratio ${(n / q).toFixed(2)}x`);
-    };
-    line('sequential write, dd 1 MiB, fsync', (r) => r.write);
-    line('sequential read, dd 1 MiB', (r) => r.read);
+    console.log(`Debian ${a.kernelVersion}, virtio-fs over virtio-mmio, ${path.basename(exe)} (${flavour}) ${exe} with cache=auto for both, ${MIB} MiB files, 512 MiB guest, 1 vCPU, ${RUNS} interleaved runs, min / median / max`);
+    if (!ONLY && (!rows.nodevmm.length || !rows.qemu.length)) throw new Error('no successful runs for one of the VMMs');
+    const line = spreadLine(rows, ONLY, 1);
+    line('sequential write, dd 1 MiB, fsync', (r) => r.write, 'MiB/s');
+    line('sequential read, dd 1 MiB', (r) => r.read, 'MiB/s');
   } finally {
     daemon?.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
-const modes = { blk, net: netBench, fs: fsBench };
+const modes = { blk, net: netBench, passt: passtBench, fs: fsBench };
 if (!modes[mode]) {
-  console.error('usage: node scripts/bench-virtio.js blk|net|fs [--runs N] [--mib N]');
+  console.error('usage: node scripts/bench-virtio.js blk|net|passt|fs [--runs N] [--mib N]');
   process.exit(2);
 }
 console.log(`host: ${os.cpus()[0].model}, ${os.cpus().length} cpus, kernel ${os.release()}, node ${process.version}`);

@@ -63,11 +63,13 @@ options:
                          x86_64: IOAPIC and PIT in the hypervisor, or as nodevmm's
                          TypeScript models beside the hypervisor's LAPIC
                          (default: the hypervisor's choice, kernel on KVM)
-  --disk PATH[,ro|,snapshot]
+  --disk PATH[,ro|,snapshot|,overlay=FILE]
                          a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ... in order);
                          ,ro makes it read-only; ,snapshot keeps the image unchanged (opened
                          read-only) and sends the guest's writes to a temporary overlay
-                         dropped at stop, so many VMs can share one image; repeat for more disks
+                         dropped at stop, so many VMs can share one image; ,overlay=FILE
+                         does the same with a kept overlay FILE (created if missing; write
+                         it back with nodevmm commit FILE); repeat for more disks
   --net tap:NAME[,mac=MAC]
                          a virtio-net NIC on host TAP NAME (eth0, eth1, ... in order),
                          created if missing (needs CAP_NET_ADMIN); repeat for more NICs
@@ -207,9 +209,11 @@ export function parseRunArgs(argv: readonly string[]): RunArgs {
       case '--disk': {
         const v = value();
         if (v === undefined) break;
-        const m = /^(.+?)(,ro|,snapshot)?$/.exec(v);
-        if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH, PATH,ro or PATH,snapshot` });
+        const m = /^(.+?)(,ro|,snapshot|,overlay=.+)?$/.exec(v);
+        if (!m || m[1]!.includes(',')) issues.push({ path: flag, message: `${JSON.stringify(v)} is not PATH, PATH,ro, PATH,snapshot or PATH,overlay=FILE` });
         else if (m[2] === ',snapshot') (config.disks ??= []).push({ path: m[1]!, overlay: 'temp' });
+        // './temp' for a kept overlay file named temp: 'temp' alone means the temporary overlay in the API.
+        else if (m[2]?.startsWith(',overlay=')) (config.disks ??= []).push({ path: m[1]!, overlay: m[2] === ',overlay=temp' ? './temp' : m[2].slice(',overlay='.length) });
         else (config.disks ??= []).push({ path: m[1]!, readonly: m[2] !== undefined });
         break;
       }

@@ -1,5 +1,5 @@
 /**
- * The nodevmm command line: `run`, `igvm build|inspect`, `--help`,
+ * The nodevmm command line: `run`, `commit`, `igvm build|inspect`, `--help`,
  * `--version`. Errors are one line `nodevmm: <sentence>` with exit status 2
  * for usage/configuration/input problems and 1 for runtime failures; stack
  * traces only with --verbose. The exit status of `run` says how the guest
@@ -22,16 +22,39 @@ import { readInputFile } from '../util/file-errors';
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
 
 usage: nodevmm run --kernel PATH [--initrd PATH] [--cmdline STR] [-m 1G] [-p 1] ...
+       nodevmm commit OVERLAY [--base BASE]
        nodevmm igvm inspect FILE [--json]
        nodevmm igvm build --kernel K [--initrd I] [--cmdline C] -o OUT
        nodevmm --version
 
 commands:
   run     boot a Linux kernel (Linux Direct) or an IGVM image   (nodevmm run --help)
+  commit  write a kept disk overlay (--disk BASE,overlay=OVERLAY) back into its base
+          and empty it; --base names the base if it moved since the overlay was made
   igvm    inspect or build IGVM images
 
 environment: needs /dev/kvm (read/write) on Linux x86_64 or arm64, or Windows Hypervisor
 Platform on Windows x64 (docs/windows.md).`;
+
+/** `nodevmm commit OVERLAY [--base BASE]`: lib/vm/kept-overlay.ts's commitOverlay, one line of result. */
+function commit(args: readonly string[]): number {
+  let overlay: string | undefined;
+  let base: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--base') {
+      base = args[++i];
+      if (base === undefined) throw new ConfigError([{ path: '--base', message: 'needs the path of the base image' }]);
+    } else if (a.startsWith('-') || overlay !== undefined) {
+      throw new ConfigError([{ path: a, message: 'is not an argument of nodevmm commit OVERLAY [--base BASE]' }]);
+    } else overlay = a;
+  }
+  if (overlay === undefined) throw new ConfigError([{ path: 'commit', message: 'needs the overlay file: nodevmm commit OVERLAY [--base BASE]' }]);
+  const { commitOverlay } = require('../vm/kept-overlay') as typeof import('../vm/kept-overlay');
+  const r = commitOverlay(overlay, base !== undefined ? { basePath: base } : {});
+  process.stdout.write(`nodevmm: committed ${r.clusters} cluster${r.clusters === 1 ? '' : 's'} (${r.bytes} bytes) of ${overlay} into ${r.basePath}${r.resumed ? ', finishing an interrupted commit' : ''}; the overlay is empty\n`);
+  return 0;
+}
 
 /** Errors caused by what the user gave us: exit 2. */
 function isUsageError(e: unknown): boolean {
@@ -70,7 +93,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       });
     }
     if (cmd === 'run') return await run(rest);
-    throw new ConfigError([{ path: cmd, message: 'is not a nodevmm command (run, igvm; see nodevmm --help)' }]);
+    if (cmd === 'commit') return commit(rest.filter((a) => a !== '--verbose'));
+    throw new ConfigError([{ path: cmd, message: 'is not a nodevmm command (run, commit, igvm; see nodevmm --help)' }]);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
     process.stderr.write(`nodevmm: ${msg}\n`);

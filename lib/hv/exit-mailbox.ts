@@ -5,7 +5,7 @@
  * once, so a mismatch fails loudly at load instead of corrupting exits.
  */
 import { NodevmmError } from '../errors';
-import type { ShadowBlock } from './io-bus';
+import type { ShadowBlock, SharedWord } from './io-bus';
 
 export const MAILBOX_IDLE = 0;
 export const MAILBOX_PENDING = 1;
@@ -212,6 +212,12 @@ export class ControlBlock {
     const u8 = this.u8;
     const u32 = this.u32;
     const w = base / 4;
+    const sharedWord = (i: number): SharedWord => ({
+      load: () => Atomics.load(u32, i),
+      store: (v) => void Atomics.store(u32, i, v),
+      or: (bits) => void Atomics.or(u32, i, bits),
+      and: (mask) => void Atomics.and(u32, i, mask),
+    });
     return {
       set: (offset, value) => {
         u8[base + offset] = value;
@@ -219,12 +225,8 @@ export class ControlBlock {
       enable: (shadows, posting) => {
         Atomics.store(u8, base + SHADOW_BLOCK_SIZE - 1, (shadows ? 1 : 0) | (posting ? 2 : 0));
       },
-      word: {
-        load: () => Atomics.load(u32, w),
-        store: (v) => void Atomics.store(u32, w, v),
-        or: (bits) => void Atomics.or(u32, w, bits),
-        and: (mask) => void Atomics.and(u32, w, mask),
-      },
+      word: sharedWord(w),
+      held: sharedWord(w + 1),
     };
   }
 }

@@ -34,9 +34,11 @@ export interface IoRegistrationOptions {
   shadowed?: number[];
   /**
    * An interrupt-status register pair answered by the vCPU threads from the
-   * block's shared word (`ShadowBlock.word`): 4-byte reads at `read` return
-   * it, 4-byte writes at `ack` clear the bits written. For edge-triggered
-   * devices only, since such an ACK never reaches the device to lower a line.
+   * block's shared words: 4-byte reads at `read` return `ShadowBlock.word`
+   * ORed with `ShadowBlock.held`, 4-byte writes at `ack` clear the bits
+   * written in `word`. For edge-triggered devices only, since such an ACK
+   * never reaches the device to lower a line. The two words are the block's
+   * bytes 0-7: shadowed offsets below 8 would alias them.
    */
   interruptStatus?: { read: number; ack: number };
 }
@@ -74,6 +76,8 @@ export interface ShadowBlock {
   enable(shadows: boolean, posting: boolean): void;
   /** The block's first four bytes as one word (the interrupt-status register, when the range has one). */
   word: SharedWord;
+  /** Bytes 4-7: bits every native interrupt-status read reports on top of `word`; an ACK leaves them. */
+  held: SharedWord;
 }
 
 /** What a bus tells the route table of its partition (route-table.ts). */

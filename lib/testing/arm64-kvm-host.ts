@@ -65,6 +65,9 @@ export const ARM64_GUEST_MODULES = [
   // The power key: the PL061 driver is built in (CONFIG_GPIO_PL061=y), gpio-keys and evdev are modules.
   'kernel/drivers/input/keyboard/gpio_keys',
   'kernel/drivers/input/evdev',
+  // virtio-fs shares (mount -t virtiofs TAG /mnt), as on x86.
+  'kernel/fs/fuse/fuse',
+  'kernel/fs/fuse/virtiofs',
 ];
 
 export const ARM64_HOST_READY_MARKER = 'NODEVMM-ARM64-HOST-READY';

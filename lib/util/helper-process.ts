@@ -139,13 +139,28 @@ export class HelperProcess {
 }
 
 /** Start a helper that dies with this process; throws a one-sentence NodevmmError when it cannot start. */
+/** Whether each setpriv found knows --pdeathsig (util-linux's does, busybox's does not); asked once per path. */
+const pdeathsigBySetpriv = new Map<string, boolean>();
+function hasPdeathsig(setpriv: string, spawnSync: typeof import('node:child_process').spawnSync): boolean {
+  let known = pdeathsigBySetpriv.get(setpriv);
+  if (known === undefined) {
+    const help = spawnSync(setpriv, ['--help'], { encoding: 'utf8', timeout: 2000 });
+    known = /--pdeathsig/.test(`${help.stdout ?? ''}${help.stderr ?? ''}`);
+    pdeathsigBySetpriv.set(setpriv, known);
+  }
+  return known;
+}
+
 export function spawnHelper(opts: SpawnHelperOptions): HelperProcess {
   const exe = findExecutable(opts.command);
   if (!exe) throw new NodevmmError('ERR_HELPER_MISSING', `${opts.name} is not installed: no ${opts.command} in PATH (${opts.installHint})`);
   const setpriv = findExecutable('setpriv');
   if (!setpriv) throw new NodevmmError('ERR_HELPER_MISSING', `setpriv is not installed: nodevmm starts ${opts.name} through it so that it dies with this process (apt-get install util-linux)`);
   // node:child_process loads when a helper starts, not with every VM (CLI start-up time, docs/benchmarks.md).
-  const { spawn } = require('node:child_process') as typeof import('node:child_process');
+  const { spawn, spawnSync } = require('node:child_process') as typeof import('node:child_process');
+  if (!hasPdeathsig(setpriv, spawnSync)) {
+    throw new NodevmmError('ERR_HELPER_MISSING', `${setpriv} has no --pdeathsig (busybox's setpriv?): nodevmm starts ${opts.name} through util-linux's setpriv so that it dies with this process (apt-get install util-linux, and put its setpriv first in PATH)`);
+  }
   const child = spawn(setpriv, ['--pdeathsig', 'KILL', '--', exe, ...opts.args], {
     stdio: ['ignore', 'ignore', 'pipe', ...(opts.extraStdio ?? [])],
   });

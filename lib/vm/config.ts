@@ -180,12 +180,17 @@ export interface DiskConfig {
   /** Expose the disk read-only (VIRTIO_BLK_F_RO) and open the file read-only. */
   readonly?: boolean;
   /**
-   * 'temp': the image is a read-only base the guest cannot change (QEMU's
-   * snapshot=on): its writes go to a private temporary overlay, discarded when
-   * the VM stops, so any number of VMs can boot from one image. Kept across
-   * guest reboots.
+   * The image is a read-only base the guest cannot change (opened read-only,
+   * shared-locked): its writes go to a copy-on-write overlay, so any number
+   * of VMs can boot from one image. Kept across guest reboots.
+   * - 'temp' (QEMU's snapshot=on): a private temporary overlay, discarded
+   *   when the VM stops.
+   * - any other string: the path of a kept overlay file (created when
+   *   missing, locked for this VM), which outlives the VM and can be written
+   *   back into the base with `commitOverlay` / `nodevmm commit`
+   *   (docs/virtio.md). A file named temp is './temp'.
    */
-  overlay?: 'temp';
+  overlay?: 'temp' | (string & {});
 }
 
 export const DEFAULTS = {
@@ -382,9 +387,10 @@ export function resolveVmConfig(config: VmConfig, host: Arch = hostArch()): Reso
         if (o.readonly !== undefined && typeof o.readonly !== 'boolean') return bad(`disks[${i}].readonly`, `must be true or false, got ${describe(o.readonly)}`);
         for (const k of Object.keys(o)) if (!['path', 'readonly', 'overlay'].includes(k)) return bad(`disks[${i}].${k}`, 'is not a known option (known: path, readonly, overlay)');
         if (o.overlay !== undefined) {
-          if (o.overlay !== 'temp') return bad(`disks[${i}].overlay`, `${describe(o.overlay)} is not supported: only 'temp' (a temporary overlay discarded at stop)`);
+          if (typeof o.overlay !== 'string' || o.overlay.length === 0) return bad(`disks[${i}].overlay`, `${describe(o.overlay)} is not 'temp' (a temporary overlay discarded at stop) or the path of a kept overlay file`);
+          if (o.overlay === o.path) return bad(`disks[${i}].overlay`, `${JSON.stringify(o.overlay)} is the disk's own path: the overlay must be another file`);
           if (o.readonly) return bad(`disks[${i}].overlay`, 'cannot be combined with readonly: an overlay exists to take writes (use one or the other)');
-          disks.push({ path: o.path, readonly: false, overlay: 'temp' });
+          disks.push({ path: o.path, readonly: false, overlay: o.overlay });
           return;
         }
         disks.push({ path: o.path, readonly: o.readonly ?? false });
@@ -436,9 +442,7 @@ export function resolveVmConfig(config: VmConfig, host: Arch = hostArch()): Reso
     } else vsock = v.agentPort !== undefined ? { cid: v.cid!, agentPort: v.agentPort } : { cid: v.cid! };
   }
   const shares: Array<Required<ShareConfig>> = [];
-  if (config.shares !== undefined && arch === 'aarch64' && (!Array.isArray(config.shares) || config.shares.length > 0)) {
-    bad('shares', 'virtio-fs is x86_64-only for now: arm64 VMs get disks, rng, console, net and vsock');
-  } else if (config.shares !== undefined) {
+  if (config.shares !== undefined) {
     if (!Array.isArray(config.shares)) bad('shares', `must be an array of { path, tag, readOnly? }, got ${describe(config.shares)}`);
     else
       config.shares.forEach((d: unknown, i) => {

@@ -85,26 +85,67 @@ export function virtioSlots(
 export { openDisk, type OpenedDisk } from './disk-images';
 
 /**
- * A disk with a temporary copy-on-write overlay (`overlay: 'temp'`): the base
- * opened read-only, the unlinked overlay file, and the cluster map, which
- * together are the disk's content; kept across guest reboots by the VM.
+ * A disk with a copy-on-write overlay: the base opened read-only, the overlay
+ * file (unlinked for `overlay: 'temp'`, kept for `overlay: PATH`), and the
+ * cluster map, which together are the disk's content; kept across guest
+ * reboots by the VM.
  */
 export interface OverlayDisk {
   base: OpenedDisk;
   overlayFd: number;
   map: ClusterMap;
-  /** Close both fds (after the devices using them went idle). */
+  /** A kept overlay's map store (OverlayFiles.saveMap); absent for a temporary one. */
+  saveMap?: (bits: Uint8Array) => Promise<void>;
+  /** A kept overlay's file (where its I/O goes: tmpfs or disk); absent for a temporary one. */
+  overlayPath?: string;
+  /** Close both fds (after the devices using them went idle); a kept overlay's map is saved and synced first. */
   close(): void;
 }
 
 /**
- * Open `path` read-only as the base of a fresh temporary overlay; one-sentence
- * errors name the file or directory. `owner` holds the base's image lock (see openDisk).
+ * Open `path` read-only as the base of an overlay: a fresh temporary one
+ * (`overlay` 'temp'), or the kept overlay file `overlay` (created when
+ * missing, lib/vm/kept-overlay.ts); one-sentence errors name the file or
+ * directory. `owner` holds the image locks (see openDisk): the base shared,
+ * a kept overlay exclusive.
  */
-export function openOverlayDisk(path: string, owner?: object): OverlayDisk {
+export function openOverlayDisk(path: string, owner?: object, overlay: string = 'temp'): OverlayDisk {
   // The base is only read, never written, so any number of VMs may share it:
   // its image lock is the shared one, held for the life of the overlay.
   const base = openDisk(path, true, owner);
+  if (overlay !== 'temp') {
+    let kept: import('./kept-overlay').KeptOverlay;
+    try {
+      kept = (require('./kept-overlay') as typeof import('./kept-overlay')).openKeptOverlay(overlay, base, owner ?? {});
+    } catch (e) {
+      base.close();
+      throw e;
+    }
+    let closed = false;
+    return {
+      base,
+      overlayFd: kept.disk.fd,
+      map: kept.map,
+      saveMap: kept.saveMap,
+      overlayPath: overlay,
+      close: () => {
+        if (closed) return;
+        closed = true;
+        try {
+          // Every request finished: all data is written, so every bit may be saved (after a sync).
+          fs.fdatasyncSync(kept.disk.fd);
+          const bits = kept.map.snapshot();
+          for (let put = 0; put < bits.length; ) put += fs.writeSync(kept.disk.fd, bits, put, bits.length - put, kept.layout.mapOffset + put);
+          fs.fdatasyncSync(kept.disk.fd);
+        } catch (e) {
+          process.emitWarning(`overlay ${overlay}: the cluster map could not be saved at stop (writes since the guest's last flush are lost): ${(e as Error).message}`);
+        } finally {
+          kept.disk.close();
+          base.close();
+        }
+      },
+    };
+  }
   const { ClusterMap, createTempOverlay } = require('../devices/virtio/blk-overlay') as typeof import('../devices/virtio/blk-overlay');
   let overlayFd: number;
   try {
@@ -250,9 +291,9 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
   try {
     // The config entry is the lock's owner: it stays the same across this VM's machine rebuilds.
     opts.cfg.disks.forEach((d, i) => {
-      if (d.overlay === 'temp') {
+      if (d.overlay !== undefined) {
         let ovl = opts.overlays?.[i];
-        if (!ovl) ownOverlays.push((ovl = openOverlayDisk(d.path, d)));
+        if (!ovl) ownOverlays.push((ovl = openOverlayDisk(d.path, d, d.overlay)));
         diskOverlays[i] = ovl;
       } else opened[i] = openDisk(d.path, !!d.readonly, d);
     });
@@ -288,7 +329,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
         const ovl = diskOverlays[slot.device.index];
         const o = ovl?.base ?? opened[slot.device.index]!;
         const backend = ovl
-          ? new OverlayBackend({ baseFd: ovl.base.fd, overlayFd: ovl.overlayFd, sizeBytes: ovl.base.sizeBytes }, fileBackend(ovl.base.fd, imageStorage(ovl.base.path)), fileBackend(ovl.overlayFd, imageStorage(overlayDirectory())), ovl.map)
+          ? new OverlayBackend({ baseFd: ovl.base.fd, overlayFd: ovl.overlayFd, sizeBytes: ovl.base.sizeBytes, ...(ovl.saveMap ? { saveMap: ovl.saveMap } : {}) }, fileBackend(ovl.base.fd, imageStorage(ovl.base.path)), fileBackend(ovl.overlayFd, imageStorage(ovl.overlayPath ?? overlayDirectory())), ovl.map)
           : fileBackend(o.fd, imageStorage(o.path));
         // An overlay disk is writable although its base is opened read-only.
         const blk = new VirtioBlk({ name: `vd${String.fromCharCode(97 + slot.device.index)}`, backend, sizeBytes: o.sizeBytes, readonly: ovl ? false : o.readonly });
@@ -327,7 +368,7 @@ export function attachVirtioDevices(opts: AttachVirtioOptions): AttachedVirtio {
       const t = new VirtioMmioTransport({ memory: opts.memory, irq: opts.irq(slot.irq), device, slot: { base: slot.base, gsi: slot.irq }, trigger: slot.trigger ?? 'level', queueNotifier, ...(opts.onHostError ? { onHostError: opts.onHostError } : {}) });
       const interruptStatus = t.interruptStatusRegisters;
       const range = opts.mmio.register(slot.base, slot.size, t, interruptStatus ? { interruptStatus } : {});
-      if (range.shadow && interruptStatus) t.shareInterruptStatus(range.shadow.word);
+      if (range.shadow && interruptStatus) t.shareInterruptStatus(range.shadow.word, range.shadow.held);
       transports.push(t);
     }
   } catch (e) {

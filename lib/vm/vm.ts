@@ -87,7 +87,7 @@ export class Vm extends EventEmitter<VmEvents> {
    * connection for its life), stopped at stop.
    */
   private shares: VirtiofsShare[] = [];
-  /** Overlays of `overlay: 'temp'` disks (per disk index): opened at start, kept across guest reboots (they are the disk's content), closed at stop. */
+  /** Overlays of disks with one (`overlay: 'temp'` or a kept overlay's path), per disk index: opened at start, kept across guest reboots (they are the disk's content), closed at stop. */
   private overlays: Array<OverlayDisk | undefined> = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
   private agentReady = new Map<ComPort, Promise<unknown>>();
@@ -265,11 +265,11 @@ export class Vm extends EventEmitter<VmEvents> {
     this.taps = [];
   }
 
-  /** Open the overlay of every `overlay: 'temp'` disk, or none. */
+  /** Open the overlay of every disk with one (`overlay: 'temp'` or a kept overlay's path), or none. */
   private openOverlays(): void {
     if (this.overlays.length) return;
     try {
-      for (const d of this.config.disks) this.overlays.push(d.overlay === 'temp' ? openOverlayDisk(d.path) : undefined);
+      for (const d of this.config.disks) this.overlays.push(d.overlay !== undefined ? openOverlayDisk(d.path, d, d.overlay) : undefined);
     } catch (e) {
       for (const o of this.overlays) o?.close();
       this.overlays = [];
@@ -619,7 +619,7 @@ export async function createVm(config: VmConfig, customLoader?: CustomLoader): P
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   // (An overlay disk's base is only read.)
-  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);
+  for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay !== undefined).fd);
   checkSharesExist(resolved);
   let planned: PlannedIgvm | undefined;
   // The IGVM modules (~130 KB) load when an IGVM file boots, not with every VM (CLI start-up time, docs/benchmarks.md).

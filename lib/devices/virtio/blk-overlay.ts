@@ -15,8 +15,11 @@
  * each other. Flush is a datasync of the overlay; discard does nothing, as
  * for raw images.
  *
- * The overlay file is unlinked right after it is created: it lives as long as
- * its fd, so it is gone when the VM stops, and also when Node is killed.
+ * A temporary overlay file is unlinked right after it is created: it lives
+ * as long as its fd, so it is gone when the VM stops, and also when Node is
+ * killed. A kept overlay (`overlay: PATH`, overlay-file.ts) also stores the
+ * map: `OverlayFiles.saveMap` writes it at each flush, after the data it
+ * describes is synced.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -37,10 +40,20 @@ export class ClusterMap {
   readonly locks = new Map<number, Promise<void>>();
   private readonly bits: Uint8Array;
   private setCount = 0;
+  /** A bit was set since the last snapshot(). */
+  dirty = false;
 
-  constructor(sizeBytes: number, readonly clusterBytes: number = OVERLAY_CLUSTER_BYTES) {
+  /** An empty map, or one with `bits` (as snapshot() returned them; bits past the last cluster must be clear). */
+  constructor(sizeBytes: number, readonly clusterBytes: number = OVERLAY_CLUSTER_BYTES, bits?: Uint8Array) {
     this.clusters = Math.ceil(sizeBytes / clusterBytes);
     this.bits = new Uint8Array(Math.ceil(this.clusters / 8));
+    if (bits) {
+      if (bits.length !== this.bits.length) throw new RangeError(`a cluster map of ${this.clusters} clusters is ${this.bits.length} bytes, not ${bits.length}`);
+      this.bits.set(bits);
+      const spare = this.clusters % 8;
+      if (spare && this.bits[this.bits.length - 1]! >> spare) throw new RangeError(`the cluster map has bits set past its last cluster (${this.clusters - 1})`);
+      for (const b of this.bits) for (let v = b; v; v &= v - 1) this.setCount++;
+    }
   }
 
   has(cluster: number): boolean {
@@ -51,6 +64,13 @@ export class ClusterMap {
     if (this.has(cluster)) return;
     this.bits[cluster >> 3]! |= 1 << (cluster & 7);
     this.setCount++;
+    this.dirty = true;
+  }
+
+  /** A copy of the bits as they are now; clears `dirty`. */
+  snapshot(): Uint8Array {
+    this.dirty = false;
+    return this.bits.slice();
   }
 
   /** Clusters the overlay holds. */
@@ -63,9 +83,15 @@ export class ClusterMap {
 export interface OverlayFiles {
   /** The base image, opened read-only. */
   baseFd: number;
-  /** The overlay, opened read-write, as large as the base. */
+  /** The overlay, opened read-write, at least as large as the base. */
   overlayFd: number;
   sizeBytes: number;
+  /**
+   * A kept overlay's map store: writes a snapshot of the map into the file
+   * and resolves once it is there (not yet synced). Without it the map lives
+   * only in memory (a temporary overlay).
+   */
+  saveMap?: (bits: Uint8Array) => Promise<void>;
 }
 
 export interface OverlayStats {
@@ -83,6 +109,8 @@ export interface OverlayStats {
 export class OverlayBackend implements BlockBackend {
   readonly map: ClusterMap;
   readonly stats: OverlayStats = { copiedClusters: 0, wholeClusters: 0 };
+  /** Flushes of a kept overlay, one after the other, so map snapshots reach the file in order. */
+  private syncChain: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly files: OverlayFiles,
@@ -126,8 +154,29 @@ export class OverlayBackend implements BlockBackend {
     await this.intoOverlay(position, length, () => this.overlay.writeZeroes(position, length));
   }
 
+  /**
+   * A temporary overlay: sync its data. A kept one, when bits were set: take a
+   * snapshot of the map (every bit in it has its data written), sync the data,
+   * write the snapshot, sync again, so a saved bit never points at data that
+   * did not reach the disk. Flushes run one at a time, so the file's map only grows.
+   */
   datasync(): Promise<void> {
-    return this.overlay.datasync();
+    const save = this.files.saveMap;
+    if (!save) return this.overlay.datasync();
+    const run = this.syncChain.then(async () => {
+      if (!this.map.dirty) return this.overlay.datasync();
+      const bits = this.map.snapshot();
+      try {
+        await this.overlay.datasync();
+        await save(bits);
+      } catch (e) {
+        this.map.dirty = true;
+        throw e;
+      }
+      await this.overlay.datasync();
+    });
+    this.syncChain = run.catch(() => {});
+    return run;
   }
 
   /**

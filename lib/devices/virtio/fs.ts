@@ -5,7 +5,8 @@
  * the rings. At DRIVER_OK the rings go to the backend over vhost-user; guest
  * kicks reach it through ioeventfds on QueueNotify (no exit to userspace)
  * and its interrupts reach the guest through an irqfd on the slot's GSI, as
- * for vhost-vsock. The config space (tag, queue count) is ours: the tag is
+ * for vhost-vsock (InterruptStatus then reports a used buffer throughout, in
+ * the word the vCPU threads answer: see mmio.ts). The config space (tag, queue count) is ours: the tag is
  * what the guest mounts (`mount -t virtiofs TAG /mnt`).
  *
  * Threat model: the guest controls the ring addresses and contents; we check
@@ -22,7 +23,7 @@ import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VER
 import { splitQueueSizes, VirtioQueueError } from './queue';
 import type { VhostUserMemRegion, VringAddresses } from './vhost-user';
 import type { NotifyOps } from '../../hv/partition';
-import { closeVhostEventfds, forwardKick, registerCall, registerKick, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
+import { closeVhostEventfds, forwardKick, registerCall, registerKick, teardownSteps, type VhostPlumbing } from './vhost-plumbing';
 
 export const VIRTIO_ID_FS = 26;
 /** §5.11.4: tag[36], UTF-8, NUL-padded (not terminated when all 36 bytes are used). */
@@ -86,6 +87,8 @@ export class VirtioFs implements VirtioDevice {
   readonly deviceId = VIRTIO_ID_FS;
   /** No device-specific features (VIRTIO_FS_F_NOTIFICATION is not offered). */
   readonly features = 0n;
+  /** virtiofsd signals the used rings through an irqfd: the transport reports them in InterruptStatus. */
+  readonly interruptsBypassTransport = true;
   readonly queueMaxSizes: readonly number[] = QUEUE_MAX_SIZES;
   readonly tag: string;
   private readonly backend: VhostUserDeviceOps;
@@ -136,7 +139,7 @@ export class VirtioFs implements VirtioDevice {
       const sizes = splitQueueSizes(l.size);
       return { desc: userAddr(l.descGpa, sizes.desc, `queue ${q} descriptor table`), avail: userAddr(l.availGpa, sizes.avail, `queue ${q} available ring`), used: userAddr(l.usedGpa, sizes.used, `queue ${q} used ring`) };
     });
-    const run: Running = { kicks: [], call: undefined, rings: [], usedSeen: new Map(), usedIdxGpa: new Map(), memory: ctx.memory };
+    const run: Running = { kicks: [], call: undefined, rings: [] };
     this.running = run;
     try {
       this.backend.setFeatures(ctx.features & this.backend.features);
@@ -147,7 +150,7 @@ export class VirtioFs implements VirtioDevice {
         // A fresh activation starts at ring index 0 (the driver just reset or probed).
         this.backend.setVringBase(index, 0);
         this.backend.setVringAddr(index, addrs[index]!);
-        this.backend.setVringKick(index, registerKick(run, this.notifyOps, index, slot.base + REG.queueNotify, l.usedGpa));
+        this.backend.setVringKick(index, registerKick(run, this.notifyOps, index, slot.base + REG.queueNotify));
         // A ring counts as started once it has its kick (QEMU's virtiofsd asserts on stopping one that never started).
         run.rings.push(index);
         this.backend.setVringCall(index, callFd);
@@ -181,11 +184,6 @@ export class VirtioFs implements VirtioDevice {
   /** A kick that reached userspace (it raced the ioeventfd registration): forward it. */
   notify(index: number): void {
     if (forwardKick(this.running, this.notifyOps, index)) this.userspaceKicks++;
-  }
-
-  /** The backend's interrupts bypass the transport: a used index that moved means it used buffers. */
-  pendingInterrupts(): number {
-    return this.running ? usedRingInterrupts(this.running) : 0;
   }
 
   reset(): void {

@@ -7,10 +7,14 @@
  * the device in DEVICE_NEEDS_RESET with a config-change interrupt (§2.1.2).
  *
  * Offload hook: a device whose queues run outside this process (vhost) gets
- * the slot (MMIO base, GSI) and each queue's layout at activation, and may
- * report InterruptStatus bits it raised itself (`pendingInterrupts`), since
- * an irqfd interrupt never passes through here. Such a slot should be
- * edge-triggered (`trigger: 'edge'`): see docs/virtio.md, virtio-vsock.
+ * the slot (MMIO base, GSI) and each queue's layout at activation, and says
+ * that its interrupts bypass the transport (`interruptsBypassTransport`): an
+ * irqfd interrupt never passes through here, so while such a device runs,
+ * InterruptStatus reports a used buffer whenever it is read (as Firecracker's
+ * transport does for vhost-user devices). The driver reads it only when
+ * interrupted, and an interrupt from the backend is always about its rings.
+ * Such a slot should be edge-triggered (`trigger: 'edge'`): see
+ * docs/virtio.md, virtio-vsock.
  * Not here: legacy (version 1) registers, shared memory regions (every
  * region reads as absent).
  */
@@ -110,11 +114,12 @@ export interface VirtioDevice {
   /** Drop every queue and in-flight state (the driver wrote 0 to Status, or needs-reset). */
   reset(): void;
   /**
-   * InterruptStatus bits the device raised without the transport (through an
-   * irqfd), consulted on every InterruptStatus read; the driver's ACK of them
-   * is implied by the read. Devices that raise only through usedBuffers() omit it.
+   * The device's rings interrupt the guest without the transport (a backend
+   * signals an irqfd): from activation to reset, InterruptStatus reports
+   * INT_USED_BUFFER on every read, and an ACK does not clear it. Devices that
+   * raise only through usedBuffers() omit it.
    */
-  pendingInterrupts?(): number;
+  readonly interruptsBypassTransport?: boolean;
   /**
    * The device's own state for a snapshot, as plain JSON data; `active`: the
    * driver set DRIVER_OK and the queues are live. Called before the transport
@@ -214,6 +219,8 @@ export class VirtioMmioTransport implements IoDevice {
   private queues: QueueRegs[] = [];
   /** InterruptStatus; shared with the vCPU threads once `shareInterruptStatus` ran. */
   private isr: SharedWord = localWord();
+  /** Bits every InterruptStatus read reports on top of `isr` and an ACK leaves alone (interruptsBypassTransport). */
+  private held: SharedWord = localWord();
   private configGeneration = 0;
   private active: Array<SplitQueue | undefined> | undefined;
   private readonly queueNotifier: VirtioMmioOptions['queueNotifier'];
@@ -256,6 +263,7 @@ export class VirtioMmioTransport implements IoDevice {
   /** Queues are no longer live: drop them and their notifiers. */
   private deactivate(): void {
     this.active = undefined;
+    this.held.store(0);
     for (const undo of this.notifiers.splice(0)) undo();
   }
 
@@ -266,19 +274,21 @@ export class VirtioMmioTransport implements IoDevice {
 
   /** The interrupt-status register pair, for the bus to answer natively (edge-triggered slots only). */
   get interruptStatusRegisters(): { read: number; ack: number } | undefined {
-    // A device whose interrupts bypass the transport must be asked on every read.
-    return this.edge && !this.device.pendingInterrupts ? { read: REG.interruptStatus, ack: REG.interruptAck } : undefined;
+    return this.edge ? { read: REG.interruptStatus, ack: REG.interruptAck } : undefined;
   }
 
   /**
    * Keep InterruptStatus in a word the vCPU threads read and ACK without an
-   * exit to JS (the driver reads and ACKs it on every interrupt). Edge only:
-   * an ACK answered natively cannot lower a level-triggered line.
+   * exit to JS (the driver reads and ACKs it on every interrupt), and the
+   * held bits in a second word they OR into every read. Edge only: an ACK
+   * answered natively cannot lower a level-triggered line.
    */
-  shareInterruptStatus(word: SharedWord): void {
-    if (!this.interruptStatusRegisters) throw new NodevmmError('ERR_INVALID_ARG', `${this.name}: only an edge-triggered transport without device-raised interrupts can share InterruptStatus`);
+  shareInterruptStatus(word: SharedWord, held: SharedWord): void {
+    if (!this.interruptStatusRegisters) throw new NodevmmError('ERR_INVALID_ARG', `${this.name}: only an edge-triggered transport can share InterruptStatus`);
     word.store(this.isr.load());
+    held.store(this.held.load());
     this.isr = word;
+    this.held = held;
   }
 
   private setInterrupt(bits: number): void {
@@ -324,7 +334,7 @@ export class VirtioMmioTransport implements IoDevice {
       case REG.queueReady:
         return q?.ready ? 1 : 0;
       case REG.interruptStatus:
-        return this.isr.load() | (this.active ? (this.device.pendingInterrupts?.() ?? 0) : 0);
+        return this.isr.load() | this.held.load();
       case REG.status:
         return this.status;
       case REG.configGeneration:
@@ -444,6 +454,8 @@ export class VirtioMmioTransport implements IoDevice {
       this.active = queues;
       // Before the device starts: a kick the driver sends right after DRIVER_OK must not be lost.
       this.registerNotifiers(queues);
+      // Held before the backend gets its rings, so its first interrupt already finds the bit.
+      if (this.device.interruptsBypassTransport) this.held.store(INT_USED_BUFFER);
       this.device.activate(this.activation(queues, f));
     } catch (e) {
       this.fail(e);

@@ -1,35 +1,16 @@
 /**
  * What the two devices whose rings a backend outside this thread serves
  * (vhost-vsock in the kernel, vhost-user-fs in virtiofsd) share: the eventfds
- * registered for their kicks and interrupt, how InterruptStatus learns of
- * interrupts that bypass the transport, and the teardown of those eventfds.
+ * registered for their kicks and interrupt, and their teardown. (Their
+ * interrupts bypass the transport; InterruptStatus reports them through
+ * `VirtioDevice.interruptsBypassTransport`.)
  */
-import { INT_USED_BUFFER, type VirtioActivation } from './mmio';
 import type { NotifyOps } from '../../hv/partition';
 
-/** The eventfds and used-ring positions of a running backend, so a reset undoes exactly what was set up. */
+/** The eventfds of a running backend, so a reset undoes exactly what was set up. */
 export interface VhostPlumbing {
   kicks: Array<{ index: number; fd: number; address: number; registered: boolean }>;
   call: { fd: number; gsi: number; registered: boolean } | undefined;
-  /** Used-ring index of each queue when the driver last read InterruptStatus. */
-  usedSeen: Map<number, number>;
-  usedIdxGpa: Map<number, number>;
-  memory: VirtioActivation['memory'];
-}
-
-/**
- * The backend's interrupts bypass the transport, so InterruptStatus learns of
- * them here: a used ring whose index moved since the driver last looked means
- * the backend used buffers (and signalled, unless the driver suppressed it).
- */
-export function usedRingInterrupts(run: VhostPlumbing): number {
-  let bits = 0;
-  for (const [index, gpa] of run.usedIdxGpa) {
-    const idx = run.memory.readU16(gpa);
-    if (idx !== run.usedSeen.get(index)) bits = INT_USED_BUFFER;
-    run.usedSeen.set(index, idx);
-  }
-  return bits;
 }
 
 /** Runs each step of a teardown even when an earlier one throws; `done()` throws the first error. */
@@ -73,16 +54,13 @@ export function registerCall(run: VhostPlumbing, notifyOps: NotifyOps, gsi: numb
 
 /**
  * The kick eventfd of ring `index`: the guest writes the queue index to QueueNotify at
- * `address` and KVM signals the eventfd in the kernel. Also starts watching the ring's used
- * index (at `usedGpa + 2`) for usedRingInterrupts.
+ * `address` and KVM signals the eventfd in the kernel.
  */
-export function registerKick(run: VhostPlumbing, notifyOps: NotifyOps, index: number, address: number, usedGpa: number): number {
+export function registerKick(run: VhostPlumbing, notifyOps: NotifyOps, index: number, address: number): number {
   const kick = { index, fd: notifyOps.eventfd(), address, registered: false };
   run.kicks.push(kick);
   notifyOps.ioeventfd(kick.fd, kick.address, 4, index, true);
   kick.registered = true;
-  run.usedIdxGpa.set(index, usedGpa + 2);
-  run.usedSeen.set(index, run.memory.readU16(usedGpa + 2));
   return kick.fd;
 }
 

@@ -16,7 +16,7 @@ import { StateReader } from '../device-state';
 import { REG, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1, readConfigBytes, type VirtioActivation, type VirtioDevice } from './mmio';
 import { splitQueueSizes, VirtioQueueError, type SplitQueueLayout } from './queue';
 import type { NotifyOps } from '../../hv/partition';
-import { closeVhostEventfds, forwardKick, registerCall, registerKick, teardownSteps, usedRingInterrupts, type VhostPlumbing } from './vhost-plumbing';
+import { closeVhostEventfds, forwardKick, registerCall, registerKick, teardownSteps, type VhostPlumbing } from './vhost-plumbing';
 
 export const VIRTIO_ID_VSOCK = 19;
 export const VSOCK_QUEUE = { rx: 0, tx: 1, event: 2 } as const;
@@ -72,6 +72,8 @@ export class VirtioVsock implements VirtioDevice {
   readonly name = 'vsock';
   readonly deviceId = VIRTIO_ID_VSOCK;
   readonly features: bigint;
+  /** vhost signals the used rings through an irqfd: the transport reports them in InterruptStatus. */
+  readonly interruptsBypassTransport = true;
   readonly queueMaxSizes: readonly number[] = [QUEUE_MAX_SIZE, QUEUE_MAX_SIZE, QUEUE_MAX_SIZE];
   readonly cid: number;
   private readonly vhost: VhostVsockOps;
@@ -127,7 +129,7 @@ export class VirtioVsock implements VirtioDevice {
       return { desc: userAddr(l.descGpa, sizes.desc, `queue ${q} descriptor table`), avail: userAddr(l.availGpa, sizes.avail, `queue ${q} available ring`), used: userAddr(l.usedGpa, sizes.used, `queue ${q} used ring`) };
     });
 
-    const run: Running = { kicks: [], call: undefined, vringsSet: [], started: false, usedSeen: new Map(), usedIdxGpa: new Map(), memory: ctx.memory };
+    const run: Running = { kicks: [], call: undefined, vringsSet: [], started: false };
     this.running = run;
     try {
       // vhost rejects features it does not know; the driver may only have accepted what we offered.
@@ -141,7 +143,7 @@ export class VirtioVsock implements VirtioDevice {
         this.vhost.setVringBase(index, 0);
         this.vhost.setVringAddr(index, addrs[k]!);
         run.vringsSet.push(index);
-        this.vhost.setVringKick(index, registerKick(run, this.notifyOps, index, slot.base + REG.queueNotify, l.usedGpa));
+        this.vhost.setVringKick(index, registerKick(run, this.notifyOps, index, slot.base + REG.queueNotify));
         this.vhost.setVringCall(index, callFd);
       });
       this.vhost.setRunning(true);
@@ -177,15 +179,6 @@ export class VirtioVsock implements VirtioDevice {
    */
   notify(index: number): void {
     if (forwardKick(this.running, this.notifyOps, index)) this.userspaceKicks++;
-  }
-
-  /**
-   * vhost's interrupts bypass the transport, so InterruptStatus learns of
-   * them here: a used ring whose index moved since the driver last looked
-   * means vhost used buffers (and signalled, unless the driver suppressed it).
-   */
-  pendingInterrupts(): number {
-    return this.running?.started ? usedRingInterrupts(this.running) : 0;
   }
 
   reset(): void {

@@ -194,19 +194,25 @@ test('two partial writes racing into one fresh cluster both survive (the base co
   t.is(ovl.stats.copiedClusters, 1, 'the cluster was copied once');
 });
 
-test('--disk PATH,snapshot and overlay: \'temp\' resolve; other overlays and overlay with readonly are one sentence each', async (t) => {
-  t.deepEqual(parseRunArgs(['--kernel', 'k', '--disk', 'base.img,snapshot', '--disk', 'b.img,ro', '--disk', 'c.img']).config.disks, [
+test('--disk PATH,snapshot, PATH,overlay=FILE and overlay: \'temp\' | PATH resolve; bad overlays and overlay with readonly are one sentence each', async (t) => {
+  t.deepEqual(parseRunArgs(['--kernel', 'k', '--disk', 'base.img,snapshot', '--disk', 'b.img,ro', '--disk', 'c.img', '--disk', 'd.img,overlay=/tmp/d.ovl', '--disk', 'e.img,overlay=temp']).config.disks, [
     { path: 'base.img', overlay: 'temp' },
     { path: 'b.img', readonly: true },
     { path: 'c.img', readonly: false },
+    { path: 'd.img', overlay: '/tmp/d.ovl' },
+    { path: 'e.img', overlay: './temp' },
   ]);
-  t.throws(() => parseRunArgs(['--kernel', 'k', '--disk', 'a.img,snapshot,ro']), { message: /"a.img,snapshot,ro" is not PATH, PATH,ro or PATH,snapshot/ });
-  t.deepEqual(resolveVmConfig({ kernel: 'k', disks: [{ path: 'a', overlay: 'temp' }] }).disks, [{ path: 'a', readonly: false, overlay: 'temp' }]);
-  const e = t.throws(() => resolveVmConfig({ kernel: 'k', disks: [{ path: 'a', overlay: '/tmp/x.ovl' as never }, { path: 'b', overlay: 'temp', readonly: true }, { path: 'c', snapshot: true } as never] }));
+  t.throws(() => parseRunArgs(['--kernel', 'k', '--disk', 'a.img,snapshot,ro']), { message: /"a.img,snapshot,ro" is not PATH, PATH,ro, PATH,snapshot or PATH,overlay=FILE/ });
+  t.deepEqual(resolveVmConfig({ kernel: 'k', disks: [{ path: 'a', overlay: 'temp' }, { path: 'b', overlay: '/tmp/x.ovl' }] }).disks, [
+    { path: 'a', readonly: false, overlay: 'temp' },
+    { path: 'b', readonly: false, overlay: '/tmp/x.ovl' },
+  ]);
+  const e = t.throws(() => resolveVmConfig({ kernel: 'k', disks: [{ path: 'a', overlay: 7 as never }, { path: 'b', overlay: 'temp', readonly: true }, { path: 'c', snapshot: true } as never, { path: 'd', overlay: 'd' }] }));
   t.deepEqual((e as unknown as { issues: Array<{ path: string; message: string }> }).issues, [
-    { path: 'disks[0].overlay', message: `"/tmp/x.ovl" is not supported: only 'temp' (a temporary overlay discarded at stop)` },
+    { path: 'disks[0].overlay', message: `7 is not 'temp' (a temporary overlay discarded at stop) or the path of a kept overlay file` },
     { path: 'disks[1].overlay', message: 'cannot be combined with readonly: an overlay exists to take writes (use one or the other)' },
     { path: 'disks[2].snapshot', message: 'is not a known option (known: path, readonly, overlay)' },
+    { path: 'disks[3].overlay', message: `"d" is the disk's own path: the overlay must be another file` },
   ]);
 });
 

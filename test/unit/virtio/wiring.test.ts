@@ -41,7 +41,7 @@ test('--disk PATH[,ro], --rng and --virtio-console become config', (t) => {
   t.deepEqual(a.config.disks, [{ path: 'root.img', readonly: false }, { path: 'data.img', readonly: true }]);
   t.true(a.config.rng);
   t.true(a.config.virtioConsole);
-  t.throws(() => parseRunArgs(['--kernel', 'k', '--disk', 'a,rw']), { message: /not PATH, PATH,ro or PATH,snapshot/ });
+  t.throws(() => parseRunArgs(['--kernel', 'k', '--disk', 'a,rw']), { message: /not PATH, PATH,ro, PATH,snapshot or PATH,overlay=FILE/ });
 });
 
 test('openDisk names the file and the reason in one sentence', (t) => {
