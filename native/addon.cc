@@ -1,7 +1,7 @@
 // Addon entry: exports the /dev/kvm functions, GuestRam, Vm (Vcpu objects
 // come from vm.createVcpu), the layout constants the TS mirror checks, the
 // vhost ioctls, host AF_VSOCK sockets, fd-passing UNIX sockets, the fd
-// watcher and disk I/O.
+// watcher, disk I/O and the fault report (crash_report.cc).
 #include <napi.h>
 
 #include "exit_mailbox.h"
@@ -17,6 +17,7 @@ Napi::Object InitVhost(Napi::Env env, Napi::Object exports);
 Napi::Object InitVsockSocket(Napi::Env env, Napi::Object exports);
 Napi::Object InitFdWatcher(Napi::Env env, Napi::Object exports);
 Napi::Object InitUnixSocket(Napi::Env env, Napi::Object exports);
+void InitCrashReport(Napi::Env env, Napi::Object exports);
 }
 
 namespace {
@@ -59,6 +60,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitVsockSocket(env, exports);
   nodevmm::InitFdWatcher(env, exports);
   nodevmm::InitUnixSocket(env, exports);
+  nodevmm::InitCrashReport(env, exports);
   exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));
