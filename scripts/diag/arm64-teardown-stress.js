@@ -51,12 +51,28 @@ async function guest() {
   let keep = [];
   let current;
   say('start');
-  // A round that does not end within 10 s says where it is.
+  // A round that does not end within 10 s says where each vCPU is (its mailbox, and its PC
+  // once paused), then is destroyed so the loop goes on; the hangs are counted.
   let seen = -1;
+  let hangs = 0;
   setInterval(() => {
-    if (seen === n && current) {
-      const p = current.p;
-      say(`round ${n} (${current.mode}) stuck: writes ${current.writes()} vcpus ${p.vcpus.map((v) => v.state).join(',')} stats ${JSON.stringify(p.stats(), (k, v) => (typeof v === 'bigint' ? String(v) : v))}`);
+    const c = current;
+    if (seen === n && c && !c.reported) {
+      c.reported = true;
+      hangs++;
+      const p = c.p;
+      const mb = p.runners.map((r, i) => `vcpu${i} ${p.vcpus[i].state} mailbox ${Atomics.load(r.shared.i32, 0)} sleeping ${Atomics.load(r.shared.i32, 8)} kind ${r.shared.kind} addr 0x${r.shared.address.toString(16)} toJs ${r.shared.exitsToJs}`);
+      say(`HANG round ${n} (${c.mode}) after ${c.writes()} device writes: ${mb.join('; ')}`);
+      const timer = setTimeout(() => {
+        say(`HANG round ${n}: pause did not complete in 5 s; destroying`);
+        c.finish('later');
+      }, 5000);
+      p.pause().then(() => {
+        clearTimeout(timer);
+        const pcs = p.vcpus.map((v) => `vcpu${v.index} pc ${p.describePc(v.index)}`);
+        say(`HANG round ${n}: paused: ${pcs.join(', ')}; destroying`);
+        c.finish('later');
+      });
     }
     seen = n;
   }, 10_000).unref();
@@ -65,7 +81,7 @@ async function guest() {
     keep = Array.from({ length: 2000 }, (_, i) => ({ i, s: 'x'.repeat(i % 64), b: new Uint8Array(256) }));
     if (global.gc && n % 3 === 0) global.gc();
     if (++n > rounds) {
-      say(`ALL-OK ${rounds} rounds`);
+      say(`ALL-OK ${rounds} rounds, ${hangs} hung rounds destroyed`);
       process.exit(0);
     }
     if (n % 25 === 0 || n <= 8) say(`round ${n} ${modes[n % modes.length]}`);
@@ -77,7 +93,6 @@ async function guest() {
     p.addRam({ gpa: RAM_START, size: 64 * 1024 * 1024 });
     let writes = 0;
     let done = false;
-    current = { p, mode, writes: () => writes };
     const finish = (how) => {
       if (done) return;
       done = true;
@@ -91,6 +106,7 @@ async function guest() {
         });
       }
     };
+    current = { p, mode, writes: () => writes, finish: (how) => finish(how) };
     p.mmio.register(DEV, 0x1000, {
       name: 'dev',
       read: () => 0,
