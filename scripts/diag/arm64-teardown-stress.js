@@ -133,11 +133,14 @@ async function guest() {
     p.setCoreRegs(0, { pc: BigInt(RAM_START), pstate: 0x3c5n });
     p.on('vcpu-stop', (s) => {
       if (s.vcpu !== 0) return;
+      const expected = (mode === 'off-sync' || mode === 'reset-later') && s.kind === 'system-event';
+      if (!expected) say(`round ${n} (${mode}): unexpected stop of vcpu 0: ${s.kind} ${s.message}`);
       finish(mode === 'off-sync' ? 'sync' : 'later');
     });
     p.start();
     if (mode === 'pause-regs') {
       setTimeout(async () => {
+        if (done) return;
         await p.pause();
         p.getCoreReg(0, 'pc');
         p.getCoreReg(1, 'sp');
