@@ -163,12 +163,12 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value SetXcrs(const Napi::CallbackInfo& info);
   Napi::Value GetVcpuEvents(const Napi::CallbackInfo& info);
   Napi::Value SetVcpuEvents(const Napi::CallbackInfo& info);
-  Napi::Value GetMpState(const Napi::CallbackInfo& info);
-  Napi::Value SetMpState(const Napi::CallbackInfo& info);
   Napi::Value SetCpuid2(const Napi::CallbackInfo& info);
   Napi::Value Translate(const Napi::CallbackInfo& info);
   Napi::Value SetGuestDebug(const Napi::CallbackInfo& info);
 #endif
+  Napi::Value GetMpState(const Napi::CallbackInfo& info);
+  Napi::Value SetMpState(const Napi::CallbackInfo& info);
   Napi::Value SharedBuffer(const Napi::CallbackInfo& info);
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value Resume(const Napi::CallbackInfo& info);

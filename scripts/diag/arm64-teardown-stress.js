@@ -69,7 +69,15 @@ async function guest() {
       }, 5000);
       p.pause().then(() => {
         clearTimeout(timer);
-        const pcs = p.vcpus.map((v) => `vcpu${v.index} pc ${p.describePc(v.index)}`);
+        // KVM_GET_MP_STATE: 0 runnable, 5 stopped (powered off by PSCI), 4 halted.
+        const mp = (v) => {
+          try {
+            return v.native.getMpState();
+          } catch (e) {
+            return `? (${e.message})`;
+          }
+        };
+        const pcs = p.vcpus.map((v) => `vcpu${v.index} pc ${p.describePc(v.index)} mp-state ${mp(v)}`);
         say(`HANG round ${n}: paused: ${pcs.join(', ')}; destroying`);
         c.finish('later');
       });
