@@ -15,7 +15,7 @@
           }
         }],
         ["OS!='win'", {
-          "sources": ["native/kvm_system.cc", "native/kvm_vm.cc", "native/kvm_vcpu.cc", "native/kvm_vcpu_run.cc", "native/kvm_arm64.cc", "native/vhost.cc", "native/vsock_socket.cc", "native/fd_watcher.cc", "native/tap.cc", "native/block_io.cc", "native/file_ops.cc", "native/unix_socket.cc", "native/deferred_close.cc"],
+          "sources": ["native/kvm_system.cc", "native/kvm_vm.cc", "native/kvm_vcpu.cc", "native/kvm_vcpu_run.cc", "native/kvm_arm64.cc", "native/vhost.cc", "native/vsock_socket.cc", "native/fd_watcher.cc", "native/tap.cc", "native/block_io.cc", "native/file_ops.cc", "native/unix_socket.cc", "native/deferred_close.cc", "native/crash_report.cc"],
           "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-fstack-protector-strong"],
           "cflags_cc!": ["-fno-exceptions"]
         }]

@@ -1,6 +1,6 @@
 // Addon entry. Linux: the /dev/kvm functions, GuestRam, Vm (Vcpu objects
 // come from vm.createVcpu), the vhost ioctls, host AF_VSOCK sockets,
-// fd-passing UNIX sockets, the fd watcher and disk I/O. Windows: the WHP
+// fd-passing UNIX sockets, the fd watcher, disk I/O and the fault report (crash_report.cc). Windows: the WHP
 // probe, GuestRam, WhpPartition (WhpVcpu objects come from
 // partition.createVcpu). Both: the layout constants the TS mirror checks.
 #include <napi.h>
@@ -24,6 +24,7 @@ Napi::Object InitVhost(Napi::Env env, Napi::Object exports);
 Napi::Object InitVsockSocket(Napi::Env env, Napi::Object exports);
 Napi::Object InitFdWatcher(Napi::Env env, Napi::Object exports);
 Napi::Object InitUnixSocket(Napi::Env env, Napi::Object exports);
+void InitCrashReport(Napi::Env env, Napi::Object exports);
 #endif
 }
 
@@ -79,6 +80,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   nodevmm::InitVsockSocket(env, exports);
   nodevmm::InitFdWatcher(env, exports);
   nodevmm::InitUnixSocket(env, exports);
+  nodevmm::InitCrashReport(env, exports);
   exports.Set("GuestRam", nodevmm::GuestRam::Init(env));
   exports.Set("Vm", nodevmm::Vm::Init(env));
   exports.Set("Vcpu", nodevmm::Vcpu::Init(env));

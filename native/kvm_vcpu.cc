@@ -38,8 +38,6 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                                      InstanceMethod("setXcrs", &Vcpu::SetXcrs),
                                      InstanceMethod("getVcpuEvents", &Vcpu::GetVcpuEvents),
                                      InstanceMethod("setVcpuEvents", &Vcpu::SetVcpuEvents),
-                                     InstanceMethod("getMpState", &Vcpu::GetMpState),
-                                     InstanceMethod("setMpState", &Vcpu::SetMpState),
                                      InstanceMethod("setCpuid2", &Vcpu::SetCpuid2),
                                      InstanceMethod("getCpuid2", &Vcpu::GetCpuid2),
                                      InstanceMethod("getXsave", &Vcpu::GetXsave),
@@ -50,6 +48,8 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                                      InstanceMethod("translate", &Vcpu::Translate),
                                      InstanceMethod("setGuestDebug", &Vcpu::SetGuestDebug),
 #endif
+                                     InstanceMethod("getMpState", &Vcpu::GetMpState),
+                                     InstanceMethod("setMpState", &Vcpu::SetMpState),
                                      InstanceMethod("sharedBuffer", &Vcpu::SharedBuffer),
                                      InstanceMethod("start", &Vcpu::Start),
                                      InstanceMethod("resume", &Vcpu::Resume),
@@ -379,23 +379,6 @@ Napi::Value Vcpu::SetVcpuEvents(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value Vcpu::GetMpState(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!Usable(env, true)) return env.Undefined();
-  kvm_mp_state m{};
-  VCPU_IOCTL(KVM_GET_MP_STATE, &m, "get mp state");
-  return Napi::Number::New(env, m.mp_state);
-}
-
-Napi::Value Vcpu::SetMpState(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!Usable(env, true)) return env.Undefined();
-  kvm_mp_state m{};
-  m.mp_state = info[0].ToNumber().Uint32Value();
-  VCPU_IOCTL(KVM_SET_MP_STATE, &m, "set mp state");
-  return env.Undefined();
-}
-
 // setCpuid2([{function, index, flags, eax, ebx, ecx, edx}])
 Napi::Value Vcpu::SetCpuid2(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -544,6 +527,24 @@ Napi::Value Vcpu::SetGuestDebug(const Napi::CallbackInfo& info) {
 }
 
 #endif  // __x86_64__
+
+// KVM_GET/SET_MP_STATE: x86 (INIT/SIPI states) and arm64 (RUNNABLE, STOPPED: PSCI power state).
+Napi::Value Vcpu::GetMpState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_mp_state m{};
+  VCPU_IOCTL(KVM_GET_MP_STATE, &m, "get mp state");
+  return Napi::Number::New(env, m.mp_state);
+}
+
+Napi::Value Vcpu::SetMpState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  kvm_mp_state m{};
+  m.mp_state = info[0].ToNumber().Uint32Value();
+  VCPU_IOCTL(KVM_SET_MP_STATE, &m, "set mp state");
+  return env.Undefined();
+}
 
 // The shared page (mailbox + posted ring) as an ArrayBuffer; it keeps the
 // page alive by itself, so JS can never see it freed.

@@ -178,8 +178,6 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value SetXcrs(const Napi::CallbackInfo& info);
   Napi::Value GetVcpuEvents(const Napi::CallbackInfo& info);
   Napi::Value SetVcpuEvents(const Napi::CallbackInfo& info);
-  Napi::Value GetMpState(const Napi::CallbackInfo& info);
-  Napi::Value SetMpState(const Napi::CallbackInfo& info);
   Napi::Value SetCpuid2(const Napi::CallbackInfo& info);
   Napi::Value GetCpuid2(const Napi::CallbackInfo& info);
   Napi::Value GetXsave(const Napi::CallbackInfo& info);
@@ -191,6 +189,8 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value Translate(const Napi::CallbackInfo& info);
   Napi::Value SetGuestDebug(const Napi::CallbackInfo& info);
 #endif
+  Napi::Value GetMpState(const Napi::CallbackInfo& info);
+  Napi::Value SetMpState(const Napi::CallbackInfo& info);
   Napi::Value SharedBuffer(const Napi::CallbackInfo& info);
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value Resume(const Napi::CallbackInfo& info);

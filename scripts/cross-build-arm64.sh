@@ -51,7 +51,11 @@ start=$(date +%s)
 }
 
 mkdir -p "$out/Release"
-cp "$stage/build/Release/nodevmm.node" "$out/Release/nodevmm.node"
+# A new file renamed over the old one, never the old one rewritten: a node
+# that has the addon loaded (in an emulated host, over 9p) keeps the code it
+# mapped instead of running half of the new build.
+cp "$stage/build/Release/nodevmm.node" "$out/Release/.nodevmm.node.$$"
+mv -f "$out/Release/.nodevmm.node.$$" "$out/Release/nodevmm.node"
 desc=$(file -b "$out/Release/nodevmm.node")
 echo "$out/Release/nodevmm.node: $desc"
 case "$desc" in

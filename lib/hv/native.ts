@@ -242,6 +242,11 @@ export interface NativeBinding {
   eventfdWrite(fd: number, value?: number | bigint): void;
   eventfdRead(fd: number): number;
   closeFd(fd: number): void;
+  /**
+   * native/crash_report.cc: on SIGSEGV/SIGBUS/SIGILL/SIGFPE write the faulting thread, pc,
+   * fault address and a native backtrace to stderr, then die as before. True the first time.
+   */
+  installCrashReport(): boolean;
   /** Attach to (or create) TAP `name` via /dev/net/tun: IFF_TAP | IFF_NO_PI (+ IFF_VNET_HDR), O_NONBLOCK | O_CLOEXEC. */
   openTap(name: string, opts: { vnetHdr: boolean; vnetHdrSize?: number }): { fd: number; name: string };
   /** TUNSETOFFLOAD with TUN_F_* bits. */
@@ -312,14 +317,15 @@ export function nativeBinding(): NativeBinding {
     // directly skips node-gyp-build's folder scans (~1.3 ms of CLI start-up, docs/benchmarks.md).
     try {
       cached = require(path.join(root, 'build', 'Release', 'nodevmm.node')) as NativeBinding;
-      return cached;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
     }
     // No local build: node-gyp-build picks prebuilds/<platform>-<arch>/, which the npm package ships (scripts/prebuilds.sh).
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const load = require('node-gyp-build') as (dir: string) => NativeBinding;
-    cached = load(root);
+    cached ??= (require('node-gyp-build') as (dir: string) => NativeBinding)(root);
+    // NODEVMM_CRASH_REPORT=1: a native fault prints its thread and backtrace before the process dies
+    // (the e2e-arm64 tier sets it: its emulated host keeps no debugger at hand).
+    if (process.env.NODEVMM_CRASH_REPORT === '1') cached.installCrashReport?.();
     return cached;
   } catch (e) {
     loadError = new HypervisorUnavailableError(

@@ -270,6 +270,9 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
         const stop = describeStop(ev.vcpu, ev.exit, this.backend.stopSite(ev.vcpu, this.memory), this.backend);
         this.stopped[ev.vcpu] = stop;
         this.emit('vcpu-stop', stop);
+        // A listener destroyed the partition (a VM stopping on the guest's power-off): the rest
+        // of the batch is moot, and a destroyed partition must not turn back into a stopped one.
+        if (this.state === 'destroyed') return;
       }
     }
     if (this.stopped.every((s) => s)) {

@@ -206,6 +206,8 @@ export interface Arm64KvmHostResult {
   durationMs: number;
   /** From spawning QEMU to the host's ready marker (/dev/kvm present, 9p mounted). */
   bootMs: number;
+  /** Core files a crashed process left inside the host, moved out to this machine's temp directory. */
+  cores: string[];
 }
 
 const NINEP_OPTS = 'trans=virtio,version=9p2000.L,msize=512000';
@@ -238,8 +240,13 @@ mount --bind "/host$project" "$project" || fail "binding the project"
 mount --bind "/host$addon" "$project/build" || fail "binding the arm64 addon over build/"
 echo "${ARM64_HOST_READY_MARKER} $(cut -d' ' -f1 /proc/uptime)"
 cd "$project"
+# A process that dies of a fault leaves a core next to the results (runInArm64KvmHost keeps it).
+ulimit -c unlimited
+echo '/results/core.%e.%p' > /proc/sys/kernel/core_pattern
 sh /results/run.sh
 status=$?
+# The kernel's own line about a fault (arm64: "unhandled ... fault ... in <object>[base+offset]", pc, lr, registers).
+[ "$status" -ne 0 ] && dmesg | grep -A 40 -E 'unhandled|segfault|Unable to handle' | tail -n 60
 echo "$status" > /results/exit-status
 echo "${ARM64_HOST_EXIT_MARKER}$status"
 sync
@@ -283,13 +290,25 @@ export async function runInArm64KvmHost(command: string, o: Arm64KvmHostOptions)
     const script = [...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`), command, ''].join('\n');
     fs.writeFileSync(path.join(results, 'run.sh'), script);
     const kargs = `nodevmm.results=${results} nodevmm.cache=${a.dir} nodevmm.project=${o.projectDir} nodevmm.addon=${addon}`;
-    return await runQemu(arm64QemuArgs(a.image, initrd, results, kargs, o), results, o);
+    const r = await runQemu(arm64QemuArgs(a.image, initrd, results, kargs, o), results, o);
+    return { ...r, cores: keepCores(results) };
   } finally {
     fs.rmSync(results, { recursive: true, force: true });
   }
 }
 
-function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promise<Arm64KvmHostResult> {
+/** Move core files out of the results directory (deleted after the run) into a directory of their own. */
+function keepCores(results: string): string[] {
+  const cores = fs.readdirSync(results).filter((f) => f.startsWith('core.'));
+  if (!cores.length) return [];
+  const keep = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-arm64-cores-'));
+  return cores.map((f) => {
+    fs.renameSync(path.join(results, f), path.join(keep, f));
+    return path.join(keep, f);
+  });
+}
+
+function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promise<Omit<Arm64KvmHostResult, 'cores'>> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
     let log = '';

@@ -43,8 +43,11 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
     timeoutMs: 900_000,
     projectDir: root,
     artifacts: artifacts!,
-    env: { NODEVMM_CACHE: `/host${cache}` },
+    // A native fault prints its thread and backtrace (native/crash_report.cc) before node dies.
+    env: { NODEVMM_CACHE: `/host${cache}`, NODEVMM_CRASH_REPORT: '1' },
   });
+  // A crash inside the host leaves a core here: sh scripts/diag/arm64-core-backtrace.sh CORE prints every thread.
+  for (const core of r.cores) t.log(`core file: ${core}`);
   const results: Record<string, Result> = Object.fromEntries([...r.consoleLog.matchAll(/ARM64-RESULT (\w+) (\{.*\})/g)].map((m) => [m[1]!, JSON.parse(m[2]!) as Result]));
   const times = Object.entries(results).map(([k, v]) => `${k} ${((v.ms ?? 0) / 1000).toFixed(1)} s`);
   t.log(`host ready in ${(r.bootMs / 1000).toFixed(1)} s, total ${(r.durationMs / 1000).toFixed(1)} s; ${times.join(', ')}`);

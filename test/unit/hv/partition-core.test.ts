@@ -284,6 +284,27 @@ test('an exit event becomes one vcpu-stop in the backend\'s words; the last one 
   p.destroy();
 });
 
+test('a vcpu-stop listener that destroys the partition (a VM ending on the guest\'s power-off) leaves it destroyed: the batch ends there', (t) => {
+  const { p, b } = partition(2);
+  const stops: VcpuStop[] = [];
+  p.on('vcpu-stop', (s: VcpuStop) => {
+    stops.push(s);
+    p.destroy();
+  });
+  p.start();
+  // Both vCPUs report in one batch (arm64 PSCI SYSTEM_OFF stops every vCPU), handled in one dispatch.
+  b.events.push({ vcpu: 0, type: 'exited', exit: { type: 'system-event', rawReason: 24, subtype: 1, detail: [] } });
+  b.events.push({ vcpu: 1, type: 'exited', exit: { type: 'system-event', rawReason: 24, subtype: 1, detail: [] } });
+  new Int32Array(b.control)[1] = 2;
+  b.notify();
+  t.true(p.destroyed, 'still destroyed after the dispatch that destroyed it');
+  t.is(stops.length, 1, 'no stop reported by a partition already destroyed');
+  const destroyedAt = b.log.indexOf('backend destroy');
+  t.true(destroyedAt >= 0);
+  p.setIrqLine(3, true);
+  t.deepEqual(b.log.slice(destroyedAt + 1), [], 'nothing reaches the backend after its destroy');
+});
+
 test('a device that throws while answering an exit stops every vCPU with one host-error stop', (t) => {
   const { p, b } = partition(2);
   const stops: VcpuStop[] = [];
