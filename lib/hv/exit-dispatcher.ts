@@ -198,6 +198,11 @@ export class ExitDispatcher {
       if (sh.drainPosted(this) > 0) handled = true;
       if (t.destroyed()) return handled;
       if (sh.pending) {
+        // The vCPU published every write it posted before this exit (ring head, then the
+        // mailbox), but the drain above may have looked before the last of them: a ring that
+        // filled up meanwhile is what sent this write here. Apply them first, in order.
+        sh.drainPosted(this);
+        if (t.destroyed()) return true;
         const kind = sh.kind;
         if (kind === EXIT_KIND_EOI) t.eoi(sh.address & 0xff);
         else {

@@ -205,6 +205,10 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
   private checkPaused(): void {
     if (!this.runners.every((_, i) => this.paused[i] || this.stopped[i])) return;
     this.dispatcher.stopWatchdog();
+    // Writes the vCPUs posted before they stopped reach their devices now: a pause
+    // that resolves means every device has seen everything the guest did before it
+    // (a snapshot taken next must not miss a UART byte whose instruction is done).
+    if (this.state === 'paused' && !this.destroyed) for (const r of this.runners) r.shared.drainPosted(this.dispatcher);
     if (this.state === 'paused' && this.pausedClock === undefined && this.pauseWaiters.length) this.pausedClock = this.backend.clock?.get();
     if (this.state === 'paused' || this.state === 'stopped') this.backend.unref();
     const w = this.pauseWaiters;

@@ -407,6 +407,9 @@ export class Vm extends EventEmitter<VmEvents> {
   async pause(): Promise<void> {
     assertAllowed('pause', this._state);
     await this.machine!.partition.pause();
+    // Output the guest wrote before the pause is in log() once pause() resolves (the
+    // UARTs' batching sinks deliver on a later turn otherwise).
+    this.machine?.flush();
     if (this._state === 'running') this.setState('paused');
   }
 

@@ -173,6 +173,37 @@ test('a dispatch applies posted writes before answering the mailbox, and wakes o
   p.destroy();
 });
 
+test('writes a vCPU posts after the drain looked but before its mailbox exit are applied before that exit', (t) => {
+  // The race on a busy host: the dispatcher drains the ring, the vCPU then fills it and sends its
+  // next write through the mailbox; that write must not overtake the ring (seen as UART bytes out
+  // of order with three VMs printing at once on two cores).
+  const { p, b } = partition(1, 0);
+  const seen: number[] = [];
+  p.pio.register(0x3f8, 1, { name: 'thr', read: () => 0, write: (_o, _s, v) => void seen.push(v) });
+  p.start();
+  const r = b.runners[0]!;
+  const sh = r.shared;
+  const pending = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(sh), 'pending')!.get!;
+  let raced = false;
+  Object.defineProperty(sh, 'pending', {
+    configurable: true,
+    get() {
+      if (!raced) {
+        // The vCPU thread runs between the drain and this look: bytes 1-3 into the ring, byte 4 to the mailbox.
+        raced = true;
+        for (const v of [1, 2, 3]) r.post(EXIT_KIND_PIO, 1, 0x3f8, v);
+        r.exit(EXIT_KIND_PIO, true, 1, 0x3f8, 4);
+      }
+      return pending.call(sh) as boolean;
+    },
+  });
+  r.post(EXIT_KIND_PIO, 1, 0x3f8, 0);
+  b.notify();
+  t.true(raced);
+  t.deepEqual(seen, [0, 1, 2, 3, 4]);
+  p.destroy();
+});
+
 /** A core whose subclass hands EOI exits on, as an x86 backend's localApicBus.onEoi does. */
 class EoiCore extends PartitionCore<VirtualProcessor, FakeBackend> {
   onEoi(fn: (vector: number) => void): void {
