@@ -591,15 +591,16 @@ Napi::Value Vcpu::Stop(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// completeExit(): JS answered the mailbox (it may already have moved it back
-// to IDLE itself, see lib/hv/exit-mailbox.ts); wake the vCPU if it sleeps. A
-// CAS from PENDING only: an ABORTED mailbox stays aborted.
+// completeExit(): JS answered the mailbox (PENDING -> IDLE, its own CAS in
+// lib/hv/exit-mailbox.ts) and saw the vCPU asleep: wake it. Only a wake, no
+// state change: by the time this runs the vCPU may have woken on its own, run
+// on and published its next exit, which a CAS from PENDING here would take as
+// answered without JS ever seeing it. A wake the vCPU does not need is
+// harmless (it looks at the state and sleeps again).
 Napi::Value Vcpu::CompleteExit(const Napi::CallbackInfo& info) {
   auto core = core_.lock();
   if (!core) return info.Env().Undefined();
   ExitMailbox& mb = core->shared()->mailbox;
-  int32_t expected = kMailboxPending;
-  mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_seq_cst);
   if (mb.sleeping.load(std::memory_order_seq_cst)) {
     syscall(SYS_futex, reinterpret_cast<int32_t*>(&mb.state), FUTEX_WAKE, 1, nullptr, nullptr, 0);
   }

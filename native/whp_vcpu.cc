@@ -393,13 +393,11 @@ Napi::Value WhpVcpu::Stop(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// completeExit(): as KVM's Vcpu::CompleteExit (kvm_vcpu.cc): PENDING -> IDLE, never out of ABORTED.
+// completeExit(): as KVM's Vcpu::CompleteExit (kvm_vcpu.cc): a wake only, JS moved the state itself.
 Napi::Value WhpVcpu::CompleteExit(const Napi::CallbackInfo& info) {
   auto core = core_.lock();
   if (!core) return info.Env().Undefined();
   ExitMailbox& mb = core->thread().shared()->mailbox;
-  int32_t expected = kMailboxPending;
-  mb.state.compare_exchange_strong(expected, kMailboxIdle, std::memory_order_seq_cst);
   if (mb.sleeping.load(std::memory_order_seq_cst)) WakeAll(&mb.state);
   return info.Env().Undefined();
 }

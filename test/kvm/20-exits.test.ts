@@ -68,6 +68,39 @@ kvm('port out and in round-trip through a TypeScript device with the access size
   t.is(p.memory.readU32(0x704), 0xdeadbeef);
 });
 
+kvm('completeExit only wakes the vCPU: it never answers an exit JS has not handled', async (t) => {
+  // JS answers by moving the mailbox PENDING -> IDLE itself, then calls completeExit() if the vCPU
+  // sleeps. On a busy host the vCPU may have woken, run on and published its next exit before that
+  // call: the call must not take the new exit as answered (the vCPU would read a stale value and JS
+  // would answer nothing). Here the call lands while the first read is still pending.
+  const p = partition(t);
+  const runner = (p as unknown as { backend: { runners: Array<{ completeExit(): void }> } }).backend.runners[0]!;
+  let reads = 0;
+  p.pio.register(0x520, 1, {
+    name: 'answers',
+    read: () => {
+      reads++;
+      if (reads === 1) runner.completeExit();
+      return reads === 1 ? 0x11 : 0x22;
+    },
+    write: () => undefined,
+  });
+  setupRealMode(p, [
+    0xba, 0x20, 0x05, // mov dx, 0x520
+    0xec, // in al, dx
+    0xa2, 0x00, 0x07, // mov [0x700], al
+    0xec, // in al, dx
+    0xa2, 0x01, 0x07, // mov [0x701], al
+    0xf4, // hlt
+  ]);
+  const stop = waitForStop(p);
+  p.start();
+  t.is((await stop).kind, 'hlt');
+  t.is(reads, 2);
+  t.is(p.memory.readU8(0x700), 0x11, 'the first read got its own answer');
+  t.is(p.memory.readU8(0x701), 0x22, 'the second read got its own answer');
+});
+
 kvm('MMIO reads and writes round-trip in 64-bit long mode', async (t) => {
   const p = partition(t);
   const dev = new Recorder('mmio-probe', () => 0x600dcafe);
