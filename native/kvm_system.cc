@@ -71,6 +71,35 @@ size_t KvmRunMmapSize() {
   return n > 0 ? static_cast<size_t>(n) : 0;
 }
 
+#if defined(__x86_64__)
+Napi::Value CpuidEntriesIoctl(Napi::Env env, int fd, unsigned long request, const char* request_name, const char* what) {
+  for (uint32_t n = 128; n <= 4096; n *= 2) {
+    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    c->nent = n;
+    if (ioctl(fd, request, c) < 0) {
+      if (errno == E2BIG) continue;
+      return ThrowErrno(env, errno, "ioctl", request_name, what);
+    }
+    Napi::Array out = Napi::Array::New(env, c->nent);
+    for (uint32_t i = 0; i < c->nent; i++) {
+      const kvm_cpuid_entry2& e = c->entries[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("function", e.function);
+      o.Set("index", e.index);
+      o.Set("flags", e.flags);
+      o.Set("eax", e.eax);
+      o.Set("ebx", e.ebx);
+      o.Set("ecx", e.ecx);
+      o.Set("edx", e.edx);
+      out.Set(i, o);
+    }
+    return out;
+  }
+  return ThrowErrno(env, E2BIG, "ioctl", request_name, what);
+}
+#endif
+
 namespace {
 
 // probe() -> { ok, code?, message?, apiVersion? } and never throws: the CLI
@@ -111,30 +140,7 @@ Napi::Value GetSupportedCpuid(const Napi::CallbackInfo& info) {
   int err_no = 0;
   int fd = KvmSystemFd(&err, &err_no);
   if (fd < 0) return ThrowErrno(env, err_no, "open", nullptr, err);
-  for (int n = 128; n <= 4096; n *= 2) {
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    c->nent = n;
-    if (ioctl(fd, KVM_GET_SUPPORTED_CPUID, c) < 0) {
-      if (errno == E2BIG) continue;
-      return ThrowErrno(env, errno, "ioctl", "KVM_GET_SUPPORTED_CPUID", "get supported cpuid");
-    }
-    Napi::Array out = Napi::Array::New(env, c->nent);
-    for (uint32_t i = 0; i < c->nent; i++) {
-      const kvm_cpuid_entry2& e = c->entries[i];
-      Napi::Object o = Napi::Object::New(env);
-      o.Set("function", e.function);
-      o.Set("index", e.index);
-      o.Set("flags", e.flags);
-      o.Set("eax", e.eax);
-      o.Set("ebx", e.ebx);
-      o.Set("ecx", e.ecx);
-      o.Set("edx", e.edx);
-      out.Set(i, o);
-    }
-    return out;
-  }
-  return ThrowErrno(env, E2BIG, "ioctl", "KVM_GET_SUPPORTED_CPUID", "get supported cpuid");
+  return CpuidEntriesIoctl(env, fd, KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID", "get supported cpuid");
 }
 
 Napi::Value GetMsrIndexList(const Napi::CallbackInfo& info) {

@@ -408,30 +408,7 @@ Napi::Value Vcpu::SetCpuid2(const Napi::CallbackInfo& info) {
 Napi::Value Vcpu::GetCpuid2(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
-  for (uint32_t n = 128; n <= 4096; n *= 2) {
-    std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
-    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
-    c->nent = n;
-    if (ioctl(CORE_FD(), KVM_GET_CPUID2, c) < 0) {
-      if (errno == E2BIG) continue;
-      return ThrowErrno(env, errno, "ioctl", "KVM_GET_CPUID2", "get cpuid");
-    }
-    Napi::Array out = Napi::Array::New(env, c->nent);
-    for (uint32_t i = 0; i < c->nent; i++) {
-      const kvm_cpuid_entry2& e = c->entries[i];
-      Napi::Object o = Napi::Object::New(env);
-      o.Set("function", e.function);
-      o.Set("index", e.index);
-      o.Set("flags", e.flags);
-      o.Set("eax", e.eax);
-      o.Set("ebx", e.ebx);
-      o.Set("ecx", e.ecx);
-      o.Set("edx", e.edx);
-      out.Set(i, o);
-    }
-    return out;
-  }
-  return ThrowErrno(env, E2BIG, "ioctl", "KVM_GET_CPUID2", "get cpuid");
+  return CpuidEntriesIoctl(env, CORE_FD(), KVM_GET_CPUID2, "KVM_GET_CPUID2", "get cpuid");
 }
 
 // The XSAVE area's size for this VM: KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)

@@ -207,6 +207,12 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
 // /dev/kvm, opened once per process on first use.
 int KvmSystemFd(std::string* err, int* err_no);
 size_t KvmRunMmapSize();
+#if defined(__x86_64__)
+// A KVM_GET_SUPPORTED_CPUID (system fd) or KVM_GET_CPUID2 (vCPU fd) as an
+// array of { function, index, flags, eax, ebx, ecx, edx }, growing the entry
+// buffer from 128 to 4096 while the kernel says E2BIG.
+Napi::Value CpuidEntriesIoctl(Napi::Env env, int fd, unsigned long request, const char* request_name, const char* what);
+#endif
 
 Napi::Object InitSystem(Napi::Env env, Napi::Object exports);
 
