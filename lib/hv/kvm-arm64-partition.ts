@@ -26,9 +26,10 @@ import {
   type Arm64CoreReg,
   type Arm64CoreRegs,
 } from './arm64-regs';
-import { KvmBackend, KvmVcpuRunner, openKvmVm } from './kvm-backend';
+import { KvmBackend, openKvmVm, type KvmVcpuRunner } from './kvm-backend';
 import { native, nativeBinding, type NativeVcpu, type NativeVm } from './native';
 import { PartitionCore } from './partition-core';
+import { NativeVcpuRunner } from './vcpu-runner';
 import type { Arm64Partition, VirtualProcessor } from './partition';
 
 /** What the addon adds on aarch64 builds (native/kvm_arm64.cc). */
@@ -84,7 +85,7 @@ function kvmArm64Backend(opts: KvmArm64PartitionOptions): { backend: KvmBackend<
     const target = native(() => vm.armPreferredTarget()).target;
     const vcpus: KvmArm64Vcpu[] = [];
     for (let i = 0; i < opts.vcpus; i++) {
-      const v = new KvmArm64Vcpu(i, new KvmVcpuRunner(native(() => vm.createVcpu(i)), kvm.ringEntries));
+      const v = new KvmArm64Vcpu(i, new NativeVcpuRunner(native(() => vm.createVcpu(i)), kvm.ringEntries));
       // Secondaries wait powered off until the guest's PSCI CPU_ON names them.
       const features = i === 0 ? [KVM_ARM_VCPU_PSCI_0_2] : [KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VCPU_POWER_OFF];
       native(() => v.native.armVcpuInit(target, features));

@@ -7,11 +7,12 @@
  */
 import { NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
-import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from './backend';
-import { checkLayout, VcpuSharedView } from './exit-mailbox';
+import type { HostRam, PartitionBackend, StopSite, VcpuEvent } from './backend';
+import { checkLayout } from './exit-mailbox';
 import { native, nativeBinding, watchReadable, type NativeBinding, type NativeGuestRam, type NativeVcpu, type NativeVm } from './native';
 import type { NotifyOps, VcpuStop } from './partition';
 import type { Route } from './route-table';
+import type { NativeVcpuRunner } from './vcpu-runner';
 
 /** The most vCPUs a partition may have. */
 export const MAX_VCPUS = 255;
@@ -61,31 +62,7 @@ export async function vmClosesSettled(timeoutMs = 10_000, binding: NativeBinding
 }
 
 /** One KVM vCPU's run thread (native/vcpu_thread.cc). */
-export class KvmVcpuRunner implements VcpuRunner {
-  readonly shared: VcpuSharedView;
-
-  constructor(
-    readonly native: NativeVcpu,
-    ringEntries: number,
-  ) {
-    this.shared = new VcpuSharedView(native.sharedBuffer(), ringEntries);
-  }
-  start(): void {
-    native(() => this.native.start());
-  }
-  resume(): void {
-    this.native.resume();
-  }
-  pause(): void {
-    this.native.pause();
-  }
-  stop(): void {
-    this.native.stop();
-  }
-  completeExit(): void {
-    this.native.completeExit();
-  }
-}
+export type KvmVcpuRunner = NativeVcpuRunner<NativeVcpu>;
 
 /** What one architecture adds to the shared KVM backend. */
 export interface KvmArch<V> {

@@ -11,10 +11,11 @@ import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
 import type { StopSite } from './backend';
 import { adjustCpuid } from './cpuid';
-import { EXIT_KIND_EOI, EXIT_KIND_PIO } from './exit-mailbox';
-import { KvmBackend, KvmVcpuRunner, openKvmVm, type KvmVm } from './kvm-backend';
+import { KvmBackend, openKvmVm, type KvmVcpuRunner, type KvmVm } from './kvm-backend';
 import { native, nativeBinding, type CpuidEntry, type NativeBinding, type NativeVcpu, type NativeVm } from './native';
 import { PartitionCore } from './partition-core';
+import { NativeVcpuRunner } from './vcpu-runner';
+import { pendingExitOf, x86StopSite } from './stop-description';
 import type { LocalApicBus, PendingExit, X86Irqchip, X86MsiMessage, X86Partition, X86VirtualProcessor } from './partition';
 import type { X86Msr, X86PartitionState, X86Regs, X86Sregs, X86VcpuState, X86VmState } from './x86-state';
 
@@ -78,10 +79,7 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
     return this.native.state;
   }
   pendingExit(): PendingExit | undefined {
-    const sh = this.runner.shared;
-    if (!sh.pending) return undefined;
-    const kind = sh.kind === EXIT_KIND_PIO ? 'port' : sh.kind === EXIT_KIND_EOI ? 'eoi' : 'mmio';
-    return { kind, write: !!sh.isWrite, size: sh.size, address: Number(sh.address) };
+    return pendingExitOf(this.runner.shared);
   }
   getRegs(): X86Regs {
     return native(() => this.native.getRegs());
@@ -195,15 +193,7 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
 
   /** RIP and, where the page is RAM, the 15 bytes there (a failed emulation names its instruction). */
   stopSite(memory: GuestMemory): StopSite {
-    const rip = this.getRegs().rip;
-    const site: StopSite = { at: `rip ${hex(rip)}`, rip };
-    try {
-      const t = this.native.translate(this.getSregs().cs.base + rip);
-      if (t.valid && memory.isRam(Number(t.gpa), 15)) site.instructionBytes = memory.read(Number(t.gpa), 15);
-    } catch {
-      // the bytes are best effort too
-    }
-    return site;
+    return x86StopSite(this, (linear) => this.native.translate(linear), memory);
   }
 }
 
@@ -257,7 +247,7 @@ function kvmX86Backend(opts: KvmPartitionOptions): KvmBackend<KvmX86Vcpu> {
     for (let i = 0; i < opts.vcpus; i++) {
       const nv = native(() => vm.createVcpu(i));
       if (cpuid) native(() => nv.setCpuid2(adjustCpuid(cpuid, i, opts.vcpus, { tscDeadline })));
-      vcpus.push(new KvmX86Vcpu(i, new KvmVcpuRunner(nv, kvm.ringEntries)));
+      vcpus.push(new KvmX86Vcpu(i, new NativeVcpuRunner(nv, kvm.ringEntries)));
     }
     return new KvmBackend(kvm, {
       vcpus,

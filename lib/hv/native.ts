@@ -53,7 +53,18 @@ export interface NativeGuestRam {
   writeTo(fd: number): number;
 }
 
-export interface NativeVcpu {
+/** native/vcpu_thread.cc's face, the same on every backend: the shared page and the thread's lifecycle. */
+export interface NativeVcpuThread {
+  sharedBuffer(): ArrayBuffer;
+  start(): void;
+  resume(): void;
+  pause(): void;
+  stop(): void;
+  /** Wake the thread if it sleeps waiting for JS's answer (JS moved the mailbox itself). */
+  completeExit(): void;
+}
+
+export interface NativeVcpu extends NativeVcpuThread {
   readonly state: 'created' | 'paused' | 'running' | 'exited' | 'joined' | 'destroyed';
   getRegs(): X86Regs;
   setRegs(regs: Partial<X86Regs>): void;
@@ -83,12 +94,6 @@ export interface NativeVcpu {
   getTscKhz(): number;
   translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
   setGuestDebug(opts: { enable?: boolean; singlestep?: boolean; swBreakpoints?: boolean }): void;
-  sharedBuffer(): ArrayBuffer;
-  start(): void;
-  resume(): void;
-  pause(): void;
-  stop(): void;
-  completeExit(): void;
 }
 
 export interface NativeVm {
@@ -163,7 +168,7 @@ export interface NativeFdWatcher {
 export type NativeLayout = SharedPageLayout;
 
 /** native/whp_vcpu.cc: a WHP vCPU (registers in KVM's shapes, the thread controls). */
-export interface NativeWhpVcpu {
+export interface NativeWhpVcpu extends NativeVcpuThread {
   readonly state: NativeVcpu['state'];
   getRegs(): X86Regs;
   setRegs(regs: Partial<X86Regs>): void;
@@ -175,12 +180,6 @@ export interface NativeWhpVcpu {
   /** The first 1 KiB of the xAPIC page (KVM_GET_LAPIC's layout). */
   getLapic(): Uint8Array;
   translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
-  sharedBuffer(): ArrayBuffer;
-  start(): void;
-  resume(): void;
-  pause(): void;
-  stop(): void;
-  completeExit(): void;
 }
 
 /** WHV_INTERRUPT_CONTROL: type 0 fixed, 1 lowest priority, 4 NMI, 5 INIT, 6 SIPI; destinationMode 0 physical, 1 logical; triggerMode 0 edge, 1 level. */

@@ -1,11 +1,38 @@
 /**
  * One sentence (and the fields behind it) for why a vCPU left its run loop.
  * The backend decodes its exit and says where the vCPU was; the wording is
- * the same for every backend.
+ * the same for every backend, and so is how an x86 vCPU of any backend (KVM,
+ * WHP) tells where it is: its pending exit and its instruction.
  */
+import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
 import type { StopSite, VcpuExit } from './backend';
-import type { VcpuStop } from './partition';
+import { EXIT_KIND_EOI, EXIT_KIND_PIO, type VcpuSharedView } from './exit-mailbox';
+import type { PendingExit, VcpuStop, X86VirtualProcessor } from './partition';
+
+/** The exit a vCPU's mailbox holds for JS, if any. */
+export function pendingExitOf(sh: VcpuSharedView): PendingExit | undefined {
+  if (!sh.pending) return undefined;
+  const kind = sh.kind === EXIT_KIND_PIO ? 'port' : sh.kind === EXIT_KIND_EOI ? 'eoi' : 'mmio';
+  return { kind, write: !!sh.isWrite, size: sh.size, address: Number(sh.address) };
+}
+
+/**
+ * An x86 vCPU's RIP and, where the page is RAM, the 15 bytes there (a failed
+ * emulation names its instruction); `translate` is the backend's
+ * linear-to-guest-physical walk.
+ */
+export function x86StopSite(vcpu: Pick<X86VirtualProcessor, 'getRegs' | 'getSregs'>, translate: (linear: bigint) => { gpa: bigint; valid: boolean }, memory: GuestMemory): StopSite {
+  const rip = vcpu.getRegs().rip;
+  const site: StopSite = { at: `rip ${hex(rip)}`, rip };
+  try {
+    const t = translate(vcpu.getSregs().cs.base + rip);
+    if (t.valid && memory.isRam(Number(t.gpa), 15)) site.instructionBytes = memory.read(Number(t.gpa), 15);
+  } catch {
+    // the bytes are best effort too
+  }
+  return site;
+}
 
 export interface StopWords {
   /** The hypervisor ('kvm'). */

@@ -13,12 +13,14 @@
 import { NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
-import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from './backend';
-import { checkLayout, EXIT_KIND_EOI, EXIT_KIND_PIO, VcpuSharedView } from './exit-mailbox';
+import type { HostRam, PartitionBackend, StopSite, VcpuEvent } from './backend';
+import { checkLayout } from './exit-mailbox';
 import { native, whpBinding, type CpuidEntry, type NativeGuestRam, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpPartitionNativeOptions } from './native';
 import { PartitionCore } from './partition-core';
+import { pendingExitOf, x86StopSite } from './stop-description';
 import type { LocalApicBus, NotifyOps, PendingExit, VcpuStop, X86MsiMessage, X86Partition, X86PartitionOptions, X86VirtualProcessor } from './partition';
 import type { Route } from './route-table';
+import { NativeVcpuRunner } from './vcpu-runner';
 import { whpInterruptFromMsi } from './whp-interrupt';
 import type { X86CpuidEntry, X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
 
@@ -32,30 +34,7 @@ function unsupported(what: string): never {
 }
 
 /** One WHP vCPU's run thread (native/vcpu_thread.cc, entered through whp_vcpu_run.cc). */
-class WhpVcpuRunner implements VcpuRunner {
-  readonly shared: VcpuSharedView;
-  constructor(
-    readonly native: NativeWhpVcpu,
-    ringEntries: number,
-  ) {
-    this.shared = new VcpuSharedView(native.sharedBuffer(), ringEntries);
-  }
-  start(): void {
-    native(() => this.native.start());
-  }
-  resume(): void {
-    this.native.resume();
-  }
-  pause(): void {
-    this.native.pause();
-  }
-  stop(): void {
-    this.native.stop();
-  }
-  completeExit(): void {
-    this.native.completeExit();
-  }
-}
+type WhpVcpuRunner = NativeVcpuRunner<NativeWhpVcpu>;
 
 /** An x86 vCPU on WHP: registers in KVM's shapes (x86-state.ts). */
 export class WhpX86Vcpu implements X86VirtualProcessor {
@@ -70,10 +49,7 @@ export class WhpX86Vcpu implements X86VirtualProcessor {
     return this.native.state;
   }
   pendingExit(): PendingExit | undefined {
-    const sh = this.runner.shared;
-    if (!sh.pending) return undefined;
-    const kind = sh.kind === EXIT_KIND_PIO ? 'port' : sh.kind === EXIT_KIND_EOI ? 'eoi' : 'mmio';
-    return { kind, write: !!sh.isWrite, size: sh.size, address: Number(sh.address) };
+    return pendingExitOf(this.runner.shared);
   }
   getRegs(): X86Regs {
     return native(() => this.native.getRegs());
@@ -113,15 +89,7 @@ export class WhpX86Vcpu implements X86VirtualProcessor {
     return native(() => this.native.getLapic());
   }
   stopSite(memory: GuestMemory): StopSite {
-    const rip = this.getRegs().rip;
-    const site: StopSite = { at: `rip ${hex(rip)}`, rip };
-    try {
-      const t = this.native.translate(this.getSregs().cs.base + rip);
-      if (t.valid && memory.isRam(Number(t.gpa), 15)) site.instructionBytes = memory.read(Number(t.gpa), 15);
-    } catch {
-      // best effort
-    }
-    return site;
+    return x86StopSite(this, (linear) => this.native.translate(linear), memory);
   }
 }
 
@@ -149,7 +117,7 @@ export class WhpBackend implements PartitionBackend<WhpX86Vcpu> {
     const vcpus = this.vcpus as WhpX86Vcpu[];
     const runners = this.runners as WhpVcpuRunner[];
     for (let i = 0; i < count; i++) {
-      const v = new WhpX86Vcpu(i, new WhpVcpuRunner(native(() => this.partition.createVcpu(i)), ringEntries));
+      const v = new WhpX86Vcpu(i, new NativeVcpuRunner(native(() => this.partition.createVcpu(i)), ringEntries));
       vcpus.push(v);
       runners.push(v.runner);
     }
