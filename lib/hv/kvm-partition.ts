@@ -7,17 +7,15 @@
  * core's (partition-core.ts).
  */
 import { NodevmmError } from '../errors';
-import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
-import type { StopSite } from './backend';
 import { adjustCpuid } from './cpuid';
-import { KvmBackend, openKvmVm, type KvmVcpuRunner, type KvmVm } from './kvm-backend';
+import { KvmBackend, openKvmVm, type KvmVm } from './kvm-backend';
 import { native, nativeBinding, type CpuidEntry, type NativeBinding, type NativeVcpu, type NativeVm } from './native';
 import { PartitionCore } from './partition-core';
 import { NativeVcpuRunner } from './vcpu-runner';
-import { pendingExitOf, x86StopSite } from './stop-description';
-import type { LocalApicBus, PendingExit, X86Irqchip, X86MsiMessage, X86Partition, X86VirtualProcessor } from './partition';
-import type { X86Msr, X86PartitionState, X86Regs, X86Sregs, X86VcpuState, X86VmState } from './x86-state';
+import { X86VcpuHandle } from './x86-vcpu';
+import type { LocalApicBus, X86Irqchip, X86MsiMessage, X86Partition } from './partition';
+import type { X86Msr, X86PartitionState, X86VcpuState, X86VmState } from './x86-state';
 
 export type { FileIoMode } from './partition';
 
@@ -66,43 +64,10 @@ export function savedMsrIndices(binding: NativeBinding = nativeBinding()): numbe
 /** KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE, _IOAPIC (arch/x86/include/uapi/asm/kvm.h). */
 const IRQCHIP = { picMaster: 0, picSlave: 1, ioapic: 2 } as const;
 
-/** An x86 vCPU's registers and its pending exit. */
-export class KvmX86Vcpu implements X86VirtualProcessor {
-  constructor(
-    readonly index: number,
-    readonly runner: KvmVcpuRunner,
-  ) {}
-  private get native(): NativeVcpu {
-    return this.runner.native;
-  }
-  get state(): string {
-    return this.native.state;
-  }
-  pendingExit(): PendingExit | undefined {
-    return pendingExitOf(this.runner.shared);
-  }
-  getRegs(): X86Regs {
-    return native(() => this.native.getRegs());
-  }
-  setRegs(regs: Partial<X86Regs>): void {
-    native(() => this.native.setRegs(regs));
-  }
-  getSregs(): X86Sregs {
-    return native(() => this.native.getSregs());
-  }
-  setSregs(sregs: Partial<X86Sregs>): void {
-    native(() => this.native.setSregs(sregs));
-  }
-  getMsrs(indices: number[]): X86Msr[] {
-    return native(() => this.native.getMsrs(indices));
-  }
-  /** Sets every MSR or throws naming the first one KVM refused. */
-  setMsrs(msrs: X86Msr[]): void {
-    const n = native(() => this.native.setMsrs(msrs));
-    if (n !== msrs.length) {
-      const bad = msrs[n]!;
-      throw new NodevmmError('ERR_KVM_MSR', `kvm refused msr ${hex(bad.index)} = ${hex(bad.value)} on vcpu ${this.index}`);
-    }
+/** An x86 vCPU on KVM: the shared x86 handle plus the state only KVM gives (FPU, XSAVE, events, CPUID). */
+export class KvmX86Vcpu extends X86VcpuHandle<NativeVcpu> {
+  protected msrRefused(bad: X86Msr): NodevmmError {
+    return new NodevmmError('ERR_KVM_MSR', `kvm refused msr ${hex(bad.index)} = ${hex(bad.value)} on vcpu ${this.index}`);
   }
   /** The CPUID this vCPU answers the guest with (KVM_GET_CPUID2: what the hypervisor made of what it was given). */
   getCpuid(): CpuidEntry[] {
@@ -119,9 +84,6 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
   }
   setFpu(fpu: Uint8Array): void {
     native(() => this.native.setFpu(fpu));
-  }
-  getLapic(): Uint8Array {
-    return native(() => this.native.getLapic());
   }
   setLapic(l: Uint8Array): void {
     native(() => this.native.setLapic(l));
@@ -191,10 +153,6 @@ export class KvmX86Vcpu implements X86VirtualProcessor {
     step('vcpu events', () => v.setVcpuEvents(s.vcpuEvents));
   }
 
-  /** RIP and, where the page is RAM, the 15 bytes there (a failed emulation names its instruction). */
-  stopSite(memory: GuestMemory): StopSite {
-    return x86StopSite(this, (linear) => this.native.translate(linear), memory);
-  }
 }
 
 /**

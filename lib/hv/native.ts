@@ -64,17 +64,24 @@ export interface NativeVcpuThread {
   completeExit(): void;
 }
 
-export interface NativeVcpu extends NativeVcpuThread {
+/** The x86 vCPU handle both native backends give (native/kvm_vcpu.cc, native/whp_vcpu.cc). */
+export interface NativeX86Vcpu extends NativeVcpuThread {
   readonly state: 'created' | 'paused' | 'running' | 'exited' | 'joined' | 'destroyed';
   getRegs(): X86Regs;
   setRegs(regs: Partial<X86Regs>): void;
   getSregs(): X86Sregs;
   setSregs(sregs: Partial<X86Sregs>): void;
+  getMsrs(indices: number[]): X86Msr[];
+  /** How many were set, in order: stops at the first MSR the hypervisor refuses. */
+  setMsrs(msrs: X86Msr[]): number;
+  /** The first 1 KiB of the local APIC page (KVM_GET_LAPIC's layout). */
+  getLapic(): Uint8Array;
+  translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
+}
+
+export interface NativeVcpu extends NativeX86Vcpu {
   getFpu(): Uint8Array;
   setFpu(fpu: Uint8Array): void;
-  getMsrs(indices: number[]): X86Msr[];
-  setMsrs(msrs: X86Msr[]): number;
-  getLapic(): Uint8Array;
   setLapic(lapic: Uint8Array): void;
   getXcrs(): { xcr: number; value: bigint }[];
   setXcrs(xcrs: { xcr: number; value: bigint }[]): void;
@@ -92,7 +99,6 @@ export interface NativeVcpu extends NativeVcpuThread {
   setDebugRegs(regs: Uint8Array): void;
   /** KVM_GET_TSC_KHZ; 0 when KVM cannot say. */
   getTscKhz(): number;
-  translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
   setGuestDebug(opts: { enable?: boolean; singlestep?: boolean; swBreakpoints?: boolean }): void;
 }
 
@@ -168,19 +174,8 @@ export interface NativeFdWatcher {
 export type NativeLayout = SharedPageLayout;
 
 /** native/whp_vcpu.cc: a WHP vCPU (registers in KVM's shapes, the thread controls). */
-export interface NativeWhpVcpu extends NativeVcpuThread {
-  readonly state: NativeVcpu['state'];
-  getRegs(): X86Regs;
-  setRegs(regs: Partial<X86Regs>): void;
-  getSregs(): X86Sregs;
-  setSregs(sregs: Partial<X86Sregs>): void;
-  getMsrs(indices: number[]): X86Msr[];
-  /** How many were set, in order: stops at the first MSR WHP does not expose as a register. */
-  setMsrs(msrs: X86Msr[]): number;
-  /** The first 1 KiB of the xAPIC page (KVM_GET_LAPIC's layout). */
-  getLapic(): Uint8Array;
-  translate(linear: bigint | number): { gpa: bigint; valid: boolean; writeable: boolean; usermode: boolean };
-}
+/** WHP's vCPU handle: the x86 registers only (WHP keeps the rest itself). */
+export type NativeWhpVcpu = NativeX86Vcpu;
 
 /** WHV_INTERRUPT_CONTROL: type 0 fixed, 1 lowest priority, 4 NMI, 5 INIT, 6 SIPI; destinationMode 0 physical, 1 logical; triggerMode 0 edge, 1 level. */
 export interface WhpInterrupt {

@@ -17,12 +17,12 @@ import type { HostRam, PartitionBackend, StopSite, VcpuEvent } from './backend';
 import { checkLayout } from './exit-mailbox';
 import { native, whpBinding, type CpuidEntry, type NativeGuestRam, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpPartitionNativeOptions } from './native';
 import { PartitionCore } from './partition-core';
-import { pendingExitOf, x86StopSite } from './stop-description';
-import type { LocalApicBus, NotifyOps, PendingExit, VcpuStop, X86MsiMessage, X86Partition, X86PartitionOptions, X86VirtualProcessor } from './partition';
+import type { LocalApicBus, NotifyOps, VcpuStop, X86MsiMessage, X86Partition, X86PartitionOptions } from './partition';
 import type { Route } from './route-table';
 import { NativeVcpuRunner } from './vcpu-runner';
+import { X86VcpuHandle } from './x86-vcpu';
 import { whpInterruptFromMsi } from './whp-interrupt';
-import type { X86CpuidEntry, X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
+import type { X86CpuidEntry, X86Msr, X86PartitionState } from './x86-state';
 
 /** The most vCPUs a WHP partition may have here (as KVM's MAX_VCPUS). */
 export const WHP_MAX_VCPUS = 255;
@@ -37,42 +37,9 @@ function unsupported(what: string): never {
 type WhpVcpuRunner = NativeVcpuRunner<NativeWhpVcpu>;
 
 /** An x86 vCPU on WHP: registers in KVM's shapes (x86-state.ts). */
-export class WhpX86Vcpu implements X86VirtualProcessor {
-  constructor(
-    readonly index: number,
-    readonly runner: WhpVcpuRunner,
-  ) {}
-  private get native(): NativeWhpVcpu {
-    return this.runner.native;
-  }
-  get state(): string {
-    return this.native.state;
-  }
-  pendingExit(): PendingExit | undefined {
-    return pendingExitOf(this.runner.shared);
-  }
-  getRegs(): X86Regs {
-    return native(() => this.native.getRegs());
-  }
-  setRegs(regs: Partial<X86Regs>): void {
-    native(() => this.native.setRegs(regs));
-  }
-  getSregs(): X86Sregs {
-    return native(() => this.native.getSregs());
-  }
-  setSregs(sregs: Partial<X86Sregs>): void {
-    native(() => this.native.setSregs(sregs));
-  }
-  getMsrs(indices: number[]): X86Msr[] {
-    return native(() => this.native.getMsrs(indices));
-  }
-  /** Sets every MSR or throws naming the first one WHP does not expose. */
-  setMsrs(msrs: X86Msr[]): void {
-    const n = native(() => this.native.setMsrs(msrs));
-    if (n !== msrs.length) {
-      const bad = msrs[n]!;
-      throw new NodevmmError('ERR_WHP_MSR', `windows hypervisor platform has no register for msr ${hex(bad.index)} (value ${hex(bad.value)}) on vcpu ${this.index}`);
-    }
+export class WhpX86Vcpu extends X86VcpuHandle<NativeWhpVcpu> {
+  protected msrRefused(bad: X86Msr): NodevmmError {
+    return new NodevmmError('ERR_WHP_MSR', `windows hypervisor platform has no register for msr ${hex(bad.index)} (value ${hex(bad.value)}) on vcpu ${this.index}`);
   }
   /** Not read back on WHP yet: only a snapshot's CPU check asks for it, and snapshots are KVM-only (docs/snapshot.md). */
   getCpuid(): X86CpuidEntry[] {
@@ -84,12 +51,6 @@ export class WhpX86Vcpu implements X86VirtualProcessor {
   }
   setMpState(state: number): void {
     if (state !== 0) unsupported(`setting mp_state ${state}`);
-  }
-  getLapic(): Uint8Array {
-    return native(() => this.native.getLapic());
-  }
-  stopSite(memory: GuestMemory): StopSite {
-    return x86StopSite(this, (linear) => this.native.translate(linear), memory);
   }
 }
 
