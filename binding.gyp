@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "nodevmm",
-      "sources": ["native/addon.cc", "native/common.cc", "native/guest_ram.cc", "native/vcpu_thread.cc", "native/route_table.cc", "native/vm_channel.cc"],
+      "sources": ["native/addon.cc", "native/common.cc", "native/guest_ram.cc", "native/vcpu_thread.cc", "native/route_table.cc", "native/vm_channel.cc", "native/x86_regs_js.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "conditions": [

@@ -6,10 +6,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <type_traits>
-
 #include "common.h"
 #include "kvm_vm.h"
+#include "x86_regs_js.h"
 
 namespace nodevmm {
 
@@ -93,70 +92,56 @@ bool Vcpu::Usable(Napi::Env env, bool need_stopped) {
 
 #if defined(__x86_64__)
 namespace {
-const char* kRegNames[] = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8",  "r9",
-                           "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"};
-
 __u64* RegSlot(kvm_regs& r, int i) {
   __u64* f[] = {&r.rax, &r.rbx, &r.rcx, &r.rdx, &r.rsi, &r.rdi, &r.rsp, &r.rbp, &r.r8,
-                   &r.r9,  &r.r10, &r.r11, &r.r12, &r.r13, &r.r14, &r.r15, &r.rip, &r.rflags};
+                &r.r9,  &r.r10, &r.r11, &r.r12, &r.r13, &r.r14, &r.r15, &r.rip, &r.rflags};
   return f[i];
 }
 
-Napi::Object SegToJs(Napi::Env env, const kvm_segment& s) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("base", Big(env, s.base));
-  o.Set("limit", s.limit);
-  o.Set("selector", s.selector);
-  o.Set("type", s.type);
-  o.Set("present", s.present);
-  o.Set("dpl", s.dpl);
-  o.Set("db", s.db);
-  o.Set("s", s.s);
-  o.Set("l", s.l);
-  o.Set("g", s.g);
-  o.Set("avl", s.avl);
-  o.Set("unusable", s.unusable);
-  return o;
+kvm_segment* SegmentSlot(kvm_sregs& s, int i) {
+  kvm_segment* f[] = {&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt};
+  return f[i];
 }
 
-bool SegFromJs(Napi::Value v, kvm_segment* s) {
-  if (!v.IsObject()) return true;  // absent: keep current
-  Napi::Object o = v.As<Napi::Object>();
-  uint64_t base = s->base;
-  if (o.Has("base") && !GetU64(o.Get("base"), &base)) return false;
-  s->base = base;
-  auto u = [&](const char* k, auto* field) {
-    if (o.Has(k)) *field = static_cast<std::remove_reference_t<decltype(*field)>>(o.Get(k).ToNumber().Int64Value());
-  };
-  u("limit", &s->limit);
-  u("selector", &s->selector);
-  u("type", &s->type);
-  u("present", &s->present);
-  u("dpl", &s->dpl);
-  u("db", &s->db);
-  u("s", &s->s);
-  u("l", &s->l);
-  u("g", &s->g);
-  u("avl", &s->avl);
-  u("unusable", &s->unusable);
-  return true;
+__u64* ControlSlot(kvm_sregs& s, int i) {
+  __u64* f[] = {&s.cr0, &s.cr2, &s.cr3, &s.cr4, &s.cr8, &s.efer, &s.apic_base};
+  return f[i];
 }
 
-Napi::Object DtToJs(Napi::Env env, const kvm_dtable& d) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("base", Big(env, d.base));
-  o.Set("limit", d.limit);
-  return o;
+X86Sregs FromKvm(kvm_sregs& k) {
+  X86Sregs s;
+  for (int i = 0; i < kX86Segments; i++) {
+    const kvm_segment& g = *SegmentSlot(k, i);
+    s.segments[i] = {g.base, g.limit, g.selector, g.type, g.present, g.dpl, g.db, g.s, g.l, g.g, g.avl, g.unusable};
+  }
+  s.gdt = {k.gdt.base, k.gdt.limit};
+  s.idt = {k.idt.base, k.idt.limit};
+  for (int i = 0; i < kX86Controls; i++) s.controls[i] = *ControlSlot(k, i);
+  return s;
 }
 
-bool DtFromJs(Napi::Value v, kvm_dtable* d) {
-  if (!v.IsObject()) return true;
-  Napi::Object o = v.As<Napi::Object>();
-  uint64_t base = d->base;
-  if (o.Has("base") && !GetU64(o.Get("base"), &base)) return false;
-  d->base = base;
-  if (o.Has("limit")) d->limit = static_cast<uint16_t>(o.Get("limit").ToNumber().Uint32Value());
-  return true;
+void ToKvm(const X86Sregs& s, kvm_sregs* k) {
+  for (int i = 0; i < kX86Segments; i++) {
+    const X86Segment& x = s.segments[i];
+    kvm_segment& g = *SegmentSlot(*k, i);
+    g.base = x.base;
+    g.limit = x.limit;
+    g.selector = x.selector;
+    g.type = x.type;
+    g.present = x.present;
+    g.dpl = x.dpl;
+    g.db = x.db;
+    g.s = x.s;
+    g.l = x.l;
+    g.g = x.g;
+    g.avl = x.avl;
+    g.unusable = x.unusable;
+  }
+  k->gdt.base = s.gdt.base;
+  k->gdt.limit = s.gdt.limit;
+  k->idt.base = s.idt.base;
+  k->idt.limit = s.idt.limit;
+  for (int i = 0; i < kX86Controls; i++) *ControlSlot(*k, i) = s.controls[i];
 }
 
 Napi::Buffer<uint8_t> CopyOut(Napi::Env env, const void* p, size_t n) { return Napi::Buffer<uint8_t>::Copy(env, static_cast<const uint8_t*>(p), n); }
@@ -175,9 +160,9 @@ Napi::Value Vcpu::GetRegs(const Napi::CallbackInfo& info) {
   if (!Usable(env, true)) return env.Undefined();
   kvm_regs r{};
   VCPU_IOCTL(KVM_GET_REGS, &r, "get registers");
-  Napi::Object o = Napi::Object::New(env);
-  for (int i = 0; i < 18; i++) o.Set(kRegNames[i], Big(env, *RegSlot(r, i)));
-  return o;
+  uint64_t gprs[kX86Gprs];
+  for (int i = 0; i < kX86Gprs; i++) gprs[i] = *RegSlot(r, i);
+  return X86GprsToJs(env, gprs);
 }
 
 // setRegs(partial): fields not given keep their current values.
@@ -187,13 +172,12 @@ Napi::Value Vcpu::SetRegs(const Napi::CallbackInfo& info) {
   if (!info[0].IsObject()) return ThrowUsage(env, "registers must be an object");
   kvm_regs r{};
   VCPU_IOCTL(KVM_GET_REGS, &r, "get registers");
-  Napi::Object o = info[0].As<Napi::Object>();
-  for (int i = 0; i < 18; i++) {
-    if (!o.Has(kRegNames[i])) continue;
-    uint64_t v = 0;
-    if (!GetU64(o.Get(kRegNames[i]), &v)) return ThrowUsage(env, std::string("register ") + kRegNames[i] + " must be a bigint or safe integer");
-    *RegSlot(r, i) = v;
-  }
+  uint64_t gprs[kX86Gprs];
+  bool given[kX86Gprs];
+  for (int i = 0; i < kX86Gprs; i++) gprs[i] = *RegSlot(r, i);
+  std::string error;
+  if (!X86GprsFromJs(info[0].As<Napi::Object>(), gprs, given, &error)) return ThrowUsage(env, error);
+  for (int i = 0; i < kX86Gprs; i++) *RegSlot(r, i) = gprs[i];
   VCPU_IOCTL(KVM_SET_REGS, &r, "set registers");
   return env.Undefined();
 }
@@ -203,48 +187,20 @@ Napi::Value Vcpu::GetSregs(const Napi::CallbackInfo& info) {
   if (!Usable(env, true)) return env.Undefined();
   kvm_sregs s{};
   VCPU_IOCTL(KVM_GET_SREGS, &s, "get special registers");
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("cs", SegToJs(env, s.cs));
-  o.Set("ds", SegToJs(env, s.ds));
-  o.Set("es", SegToJs(env, s.es));
-  o.Set("fs", SegToJs(env, s.fs));
-  o.Set("gs", SegToJs(env, s.gs));
-  o.Set("ss", SegToJs(env, s.ss));
-  o.Set("tr", SegToJs(env, s.tr));
-  o.Set("ldt", SegToJs(env, s.ldt));
-  o.Set("gdt", DtToJs(env, s.gdt));
-  o.Set("idt", DtToJs(env, s.idt));
-  o.Set("cr0", Big(env, s.cr0));
-  o.Set("cr2", Big(env, s.cr2));
-  o.Set("cr3", Big(env, s.cr3));
-  o.Set("cr4", Big(env, s.cr4));
-  o.Set("cr8", Big(env, s.cr8));
-  o.Set("efer", Big(env, s.efer));
-  o.Set("apicBase", Big(env, s.apic_base));
-  return o;
+  return X86SregsToJs(env, FromKvm(s));
 }
 
+// setSregs(partial): read all, overlay what JS gave, write all.
 Napi::Value Vcpu::SetSregs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
   if (!info[0].IsObject()) return ThrowUsage(env, "special registers must be an object");
   kvm_sregs s{};
   VCPU_IOCTL(KVM_GET_SREGS, &s, "get special registers");
-  Napi::Object o = info[0].As<Napi::Object>();
-  bool ok = SegFromJs(o.Get("cs"), &s.cs) && SegFromJs(o.Get("ds"), &s.ds) && SegFromJs(o.Get("es"), &s.es) &&
-            SegFromJs(o.Get("fs"), &s.fs) && SegFromJs(o.Get("gs"), &s.gs) && SegFromJs(o.Get("ss"), &s.ss) &&
-            SegFromJs(o.Get("tr"), &s.tr) && SegFromJs(o.Get("ldt"), &s.ldt) && DtFromJs(o.Get("gdt"), &s.gdt) &&
-            DtFromJs(o.Get("idt"), &s.idt);
-  struct {
-    const char* k;
-    __u64* f;
-  } crs[] = {{"cr0", &s.cr0}, {"cr2", &s.cr2}, {"cr3", &s.cr3}, {"cr4", &s.cr4}, {"cr8", &s.cr8}, {"efer", &s.efer}, {"apicBase", &s.apic_base}};
-  for (auto& c : crs) {
-    uint64_t v = *c.f;
-    if (o.Has(c.k) && !GetU64(o.Get(c.k), &v)) ok = false;
-    *c.f = v;
-  }
-  if (!ok) return ThrowUsage(env, "special registers contain a value that is not a bigint or safe integer");
+  X86Sregs x = FromKvm(s);
+  std::string error;
+  if (!X86SregsFromJs(info[0].As<Napi::Object>(), &x, &error)) return ThrowUsage(env, error);
+  ToKvm(x, &s);
   VCPU_IOCTL(KVM_SET_SREGS, &s, "set special registers");
   return env.Undefined();
 }

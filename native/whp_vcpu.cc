@@ -10,6 +10,7 @@
 #include "common.h"
 #include "wait_word.h"
 #include "whp_vm.h"
+#include "x86_regs_js.h"
 
 namespace nodevmm {
 
@@ -17,20 +18,18 @@ Napi::FunctionReference* WhpVcpu::constructor = nullptr;
 
 namespace {
 
-const char* kRegNames[] = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"};
 const WHV_REGISTER_NAME kRegs[] = {WHvX64RegisterRax, WHvX64RegisterRbx, WHvX64RegisterRcx, WHvX64RegisterRdx, WHvX64RegisterRsi, WHvX64RegisterRdi,
                                    WHvX64RegisterRsp, WHvX64RegisterRbp, WHvX64RegisterR8,  WHvX64RegisterR9,  WHvX64RegisterR10, WHvX64RegisterR11,
                                    WHvX64RegisterR12, WHvX64RegisterR13, WHvX64RegisterR14, WHvX64RegisterR15, WHvX64RegisterRip, WHvX64RegisterRflags};
 constexpr uint32_t kNumRegs = sizeof(kRegs) / sizeof(kRegs[0]);
+static_assert(kNumRegs == kX86Gprs, "kRegs follows kX86GprNames");
 
-const char* kSegNames[] = {"cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"};
 const WHV_REGISTER_NAME kSegs[] = {WHvX64RegisterCs, WHvX64RegisterDs, WHvX64RegisterEs, WHvX64RegisterFs,
                                    WHvX64RegisterGs, WHvX64RegisterSs, WHvX64RegisterTr, WHvX64RegisterLdtr};
-const char* kCtlNames[] = {"cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apicBase"};
 const WHV_REGISTER_NAME kCtls[] = {WHvX64RegisterCr0, WHvX64RegisterCr2, WHvX64RegisterCr3, WHvX64RegisterCr4,
                                    WHvX64RegisterCr8, WHvX64RegisterEfer, WHvX64RegisterApicBase};
 // Sregs as one register list: 8 segments, gdt, idt, 7 control registers.
-constexpr uint32_t kNumSregs = 8 + 2 + 7;
+constexpr uint32_t kNumSregs = kX86Segments + 2 + kX86Controls;
 
 // The MSRs WHP exposes as registers, by index (others are refused, as KVM
 // refuses an MSR it does not know).
@@ -67,60 +66,36 @@ bool MsrRegister(uint32_t msr, WHV_REGISTER_NAME* out) {
   return false;
 }
 
-Napi::Object SegToJs(Napi::Env env, const WHV_X64_SEGMENT_REGISTER& s) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("base", Big(env, s.Base));
-  o.Set("limit", s.Limit);
-  o.Set("selector", s.Selector);
-  o.Set("type", s.SegmentType);
-  o.Set("present", s.Present);
-  o.Set("dpl", s.DescriptorPrivilegeLevel);
-  o.Set("db", s.Default);
-  o.Set("s", s.NonSystemSegment);
-  o.Set("l", s.Long);
-  o.Set("g", s.Granularity);
-  o.Set("avl", s.Available);
+X86Segment FromWhp(const WHV_X64_SEGMENT_REGISTER& w) {
+  X86Segment s;
+  s.base = w.Base;
+  s.limit = w.Limit;
+  s.selector = w.Selector;
+  s.type = static_cast<uint8_t>(w.SegmentType);
+  s.present = static_cast<uint8_t>(w.Present);
+  s.dpl = static_cast<uint8_t>(w.DescriptorPrivilegeLevel);
+  s.db = static_cast<uint8_t>(w.Default);
+  s.s = static_cast<uint8_t>(w.NonSystemSegment);
+  s.l = static_cast<uint8_t>(w.Long);
+  s.g = static_cast<uint8_t>(w.Granularity);
+  s.avl = static_cast<uint8_t>(w.Available);
   // WHP has no "unusable" bit: a segment that is not present is unusable.
-  o.Set("unusable", s.Present ? 0 : 1);
-  return o;
+  s.unusable = w.Present ? 0 : 1;
+  return s;
 }
 
-bool SegFromJs(Napi::Value v, WHV_X64_SEGMENT_REGISTER* s) {
-  if (!v.IsObject()) return true;  // absent: keep current
-  Napi::Object o = v.As<Napi::Object>();
-  uint64_t base = s->Base;
-  if (o.Has("base") && !GetU64(o.Get("base"), &base)) return false;
-  s->Base = base;
-  auto n = [&](const char* k, uint32_t cur) { return o.Has(k) ? static_cast<uint32_t>(o.Get(k).ToNumber().Int64Value()) : cur; };
-  s->Limit = n("limit", s->Limit);
-  s->Selector = static_cast<UINT16>(n("selector", s->Selector));
-  s->SegmentType = n("type", s->SegmentType) & 0xf;
-  s->NonSystemSegment = n("s", s->NonSystemSegment) & 1;
-  s->DescriptorPrivilegeLevel = n("dpl", s->DescriptorPrivilegeLevel) & 3;
-  s->Present = n("present", s->Present) & 1;
-  s->Available = n("avl", s->Available) & 1;
-  s->Long = n("l", s->Long) & 1;
-  s->Default = n("db", s->Default) & 1;
-  s->Granularity = n("g", s->Granularity) & 1;
-  if (o.Has("unusable") && o.Get("unusable").ToNumber().Int32Value()) s->Present = 0;
-  return true;
-}
-
-Napi::Object TableToJs(Napi::Env env, const WHV_X64_TABLE_REGISTER& t) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("base", Big(env, t.Base));
-  o.Set("limit", t.Limit);
-  return o;
-}
-
-bool TableFromJs(Napi::Value v, WHV_X64_TABLE_REGISTER* t) {
-  if (!v.IsObject()) return true;
-  Napi::Object o = v.As<Napi::Object>();
-  uint64_t base = t->Base;
-  if (o.Has("base") && !GetU64(o.Get("base"), &base)) return false;
-  t->Base = base;
-  if (o.Has("limit")) t->Limit = static_cast<UINT16>(o.Get("limit").ToNumber().Uint32Value());
-  return true;
+void ToWhp(const X86Segment& s, WHV_X64_SEGMENT_REGISTER* w) {
+  w->Base = s.base;
+  w->Limit = s.limit;
+  w->Selector = s.selector;
+  w->SegmentType = s.type & 0xf;
+  w->NonSystemSegment = s.s & 1;
+  w->DescriptorPrivilegeLevel = s.dpl & 3;
+  w->Present = (s.unusable ? 0 : s.present) & 1;
+  w->Available = s.avl & 1;
+  w->Long = s.l & 1;
+  w->Default = s.db & 1;
+  w->Granularity = s.g & 1;
 }
 
 void SregNames(WHV_REGISTER_NAME* names) {
@@ -128,6 +103,25 @@ void SregNames(WHV_REGISTER_NAME* names) {
   names[8] = WHvX64RegisterGdtr;
   names[9] = WHvX64RegisterIdtr;
   for (int i = 0; i < 7; i++) names[10 + i] = kCtls[i];
+}
+
+// The sregs register list (SregNames' order) as the shared shape, and back.
+X86Sregs FromWhp(const WHV_REGISTER_VALUE* v) {
+  X86Sregs s;
+  for (int i = 0; i < kX86Segments; i++) s.segments[i] = FromWhp(v[i].Segment);
+  s.gdt = {v[8].Table.Base, v[8].Table.Limit};
+  s.idt = {v[9].Table.Base, v[9].Table.Limit};
+  for (int i = 0; i < kX86Controls; i++) s.controls[i] = v[10 + i].Reg64;
+  return s;
+}
+
+void ToWhp(const X86Sregs& s, WHV_REGISTER_VALUE* v) {
+  for (int i = 0; i < kX86Segments; i++) ToWhp(s.segments[i], &v[i].Segment);
+  v[8].Table.Base = s.gdt.base;
+  v[8].Table.Limit = s.gdt.limit;
+  v[9].Table.Base = s.idt.base;
+  v[9].Table.Limit = s.idt.limit;
+  for (int i = 0; i < kX86Controls; i++) v[10 + i].Reg64 = s.controls[i];
 }
 
 }  // namespace
@@ -196,26 +190,28 @@ Napi::Value WhpVcpu::GetRegs(const Napi::CallbackInfo& info) {
   WHV_REGISTER_VALUE v[kNumRegs];
   ZeroMemory(v, sizeof v);
   WHP_REGS(WHvGetVirtualProcessorRegisters, kRegs, kNumRegs, v, "get registers");
-  Napi::Object o = Napi::Object::New(env);
-  for (uint32_t i = 0; i < kNumRegs; i++) o.Set(kRegNames[i], Big(env, v[i].Reg64));
-  return o;
+  uint64_t gprs[kX86Gprs];
+  for (uint32_t i = 0; i < kNumRegs; i++) gprs[i] = v[i].Reg64;
+  return X86GprsToJs(env, gprs);
 }
 
+// setRegs(partial): only the registers JS gave are written.
 Napi::Value WhpVcpu::SetRegs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
   if (!info[0].IsObject()) return ThrowUsage(env, "setRegs needs an object");
-  Napi::Object o = info[0].As<Napi::Object>();
+  uint64_t gprs[kX86Gprs] = {};
+  bool given[kX86Gprs];
+  std::string error;
+  if (!X86GprsFromJs(info[0].As<Napi::Object>(), gprs, given, &error)) return ThrowUsage(env, error);
   WHV_REGISTER_NAME names[kNumRegs];
   WHV_REGISTER_VALUE v[kNumRegs];
   ZeroMemory(v, sizeof v);
   uint32_t n = 0;
   for (uint32_t i = 0; i < kNumRegs; i++) {
-    if (!o.Has(kRegNames[i])) continue;
-    uint64_t x = 0;
-    if (!GetU64(o.Get(kRegNames[i]), &x)) return ThrowUsage(env, std::string("register ") + kRegNames[i] + " must be a bigint or a safe integer");
+    if (!given[i]) continue;
     names[n] = kRegs[i];
-    v[n++].Reg64 = x;
+    v[n++].Reg64 = gprs[i];
   }
   if (n) WHP_REGS(WHvSetVirtualProcessorRegisters, names, n, v, "set registers");
   return env.Undefined();
@@ -229,35 +225,23 @@ Napi::Value WhpVcpu::GetSregs(const Napi::CallbackInfo& info) {
   ZeroMemory(v, sizeof v);
   SregNames(names);
   WHP_REGS(WHvGetVirtualProcessorRegisters, names, kNumSregs, v, "get special registers");
-  Napi::Object o = Napi::Object::New(env);
-  for (int i = 0; i < 8; i++) o.Set(kSegNames[i], SegToJs(env, v[i].Segment));
-  o.Set("gdt", TableToJs(env, v[8].Table));
-  o.Set("idt", TableToJs(env, v[9].Table));
-  for (int i = 0; i < 7; i++) o.Set(kCtlNames[i], Big(env, v[10 + i].Reg64));
-  return o;
+  return X86SregsToJs(env, FromWhp(v));
 }
 
-// Partial sregs: read all, overlay what JS gave, write all.
+// setSregs(partial): read all, overlay what JS gave, write all.
 Napi::Value WhpVcpu::SetSregs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
   if (!info[0].IsObject()) return ThrowUsage(env, "setSregs needs an object");
-  Napi::Object o = info[0].As<Napi::Object>();
   WHV_REGISTER_NAME names[kNumSregs];
   WHV_REGISTER_VALUE v[kNumSregs];
   ZeroMemory(v, sizeof v);
   SregNames(names);
   WHP_REGS(WHvGetVirtualProcessorRegisters, names, kNumSregs, v, "get special registers");
-  for (int i = 0; i < 8; i++) {
-    if (!SegFromJs(o.Get(kSegNames[i]), &v[i].Segment)) return ThrowUsage(env, std::string("segment ") + kSegNames[i] + " has a bad base");
-  }
-  if (!TableFromJs(o.Get("gdt"), &v[8].Table) || !TableFromJs(o.Get("idt"), &v[9].Table)) return ThrowUsage(env, "gdt/idt base must be an integer");
-  for (int i = 0; i < 7; i++) {
-    if (!o.Has(kCtlNames[i])) continue;
-    uint64_t x = 0;
-    if (!GetU64(o.Get(kCtlNames[i]), &x)) return ThrowUsage(env, std::string(kCtlNames[i]) + " must be a bigint or a safe integer");
-    v[10 + i].Reg64 = x;
-  }
+  X86Sregs x = FromWhp(v);
+  std::string error;
+  if (!X86SregsFromJs(info[0].As<Napi::Object>(), &x, &error)) return ThrowUsage(env, error);
+  ToWhp(x, v);
   WHP_REGS(WHvSetVirtualProcessorRegisters, names, kNumSregs, v, "set special registers");
   return env.Undefined();
 }
