@@ -11,12 +11,12 @@ import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
 import type { StopSite } from './backend';
 import { adjustCpuid } from './cpuid';
-import { KvmBackend, openKvmVm, type KvmVcpuRunner, type KvmVm } from './kvm-backend';
+import { KvmBackend, mapEarlyRam, openKvmVm, type KvmVcpuRunner, type KvmVm } from './kvm-backend';
 import { native, nativeBinding, type CpuidEntry, type NativeBinding, type NativeVcpu, type NativeVm } from './native';
 import { PartitionCore } from './partition-core';
 import { NativeVcpuRunner } from './vcpu-runner';
 import { pendingExitOf, x86StopSite } from './stop-description';
-import type { LocalApicBus, PendingExit, X86Irqchip, X86MsiMessage, X86Partition, X86VirtualProcessor } from './partition';
+import type { LocalApicBus, PendingExit, RamOptions, X86Irqchip, X86MsiMessage, X86Partition, X86VirtualProcessor } from './partition';
 import type { X86Msr, X86PartitionState, X86Regs, X86Sregs, X86VcpuState, X86VmState } from './x86-state';
 
 export type { FileIoMode } from './partition';
@@ -42,6 +42,8 @@ export interface KvmPartitionOptions {
   cpuid?: boolean;
   /** See DEFAULT_DISPATCH_SPIN_US (partition-core.ts); 0 turns polling off. */
   dispatchSpinUs?: number;
+  /** See X86PartitionOptions.ram. */
+  ram?: RamOptions[];
 }
 
 /** include/uapi/linux/kvm.h */
@@ -220,6 +222,8 @@ function kvmX86Backend(opts: KvmPartitionOptions): KvmBackend<KvmX86Vcpu> {
   const { tssAddress, identityMapAddress } = opts;
   const kvm: KvmVm = openKvmVm(opts.vcpus);
   const { vm, binding } = kvm;
+  // Before the irqchip: see mapEarlyRam.
+  const early = mapEarlyRam(kvm, opts.ram ?? []);
   try {
     // The hypervisor chooses no guest addresses: the machine's layout does (arch/x86_64/layout.ts).
     if (irqchip && (tssAddress === undefined || identityMapAddress === undefined)) {
@@ -256,9 +260,10 @@ function kvmX86Backend(opts: KvmPartitionOptions): KvmBackend<KvmX86Vcpu> {
       clock: irqchip ? { get: () => native(() => vm.getClock()), set: (ns) => native(() => vm.setClock(ns)) } : undefined,
       irqLine: (irq, level) => native(() => vm.irqLine(irq, level)),
       stopSite: (i, memory) => vcpus[i]!.stopSite(memory),
-    });
+    }, early);
   } catch (e) {
     vm.destroy();
+    for (const r of early) r.ram.release();
     throw e;
   }
 }
