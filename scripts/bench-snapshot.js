@@ -4,10 +4,15 @@
  * Snapshot restore benchmark (issue 18), on this machine's /dev/kvm:
  *
  *  1. In-process restore of the tiny counting guest (lib/testing/counting-
- *     guest.ts) to its first exit: new partition, RAM mapped from the
- *     snapshot file, saved state applied, vCPU started, until the guest's
- *     next port read reaches JS. Beside it, in the same run, a cold start of
- *     the same guest to its first exit. Goal: restore under 5 ms.
+ *     guest.ts) to its first exit: new partition with the snapshot's RAM
+ *     file mapped copy-on-write (KvmPartition's `ram` option: the slot goes
+ *     in before the irqchip), saved state applied, vCPU started, until the
+ *     guest's next port read reaches JS. Beside it, in the same run: the
+ *     same restore with the RAM added after the partition is made (addRam,
+ *     the order before), a cold start of the guest to its first exit, and
+ *     scripts/bench/restore-baseline.c, a C program doing the same restore
+ *     with raw ioctls in the same order (and in the late order). Goal:
+ *     restore under 5 ms; nodevmm / C says what is nodevmm's own.
  *  2. The same restore for a 256 MiB and a 3 GiB guest (RAM mapped copy-on-
  *     write: the time should not grow with RAM size; ratio ~1).
  *  3. restoreVm() of the tiny PVH VM (devices included) to its first serial
@@ -17,12 +22,13 @@
  *
  *   node scripts/bench-snapshot.js [--samples N]
  */
+const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { KvmPartition } = require('../dist/lib/hv/kvm-partition');
 const { kvmSkipReason, X86_KVM_PAGES } = require('../dist/lib/testing/kvm-test-helpers');
-const { attachCountingDevice, CountingDevice, loadCountingGuest } = require('../dist/lib/testing/counting-guest');
+const { attachCountingDevice, CountingDevice, loadCountingGuest, writeCountingGuest } = require('../dist/lib/testing/counting-guest');
 const { tinyPvhKernel } = require('../dist/lib/testing/tiny-pvh');
 const { createVm, restoreVm } = require('../dist/lib/vm/vm');
 const { numberOption } = require('./lib/options');
@@ -63,14 +69,22 @@ async function snapshotCounting(dir, ram) {
   }
 }
 
-/** ms from nothing to the restored guest's first exit to JS. */
-async function restoreToFirstExit(s) {
+/**
+ * ms from nothing to the restored guest's first exit to JS. `late`: the RAM
+ * added once the partition (irqchip, vCPU) exists, as restores did before.
+ */
+async function restoreToFirstExit(s, late = false) {
   const t0 = performance.now();
-  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
+  const fd = fs.openSync(s.ramFile, 'r');
+  let p;
   try {
-    const fd = fs.openSync(s.ramFile, 'r');
-    p.addRam({ gpa: 0, size: s.ram, privateFile: fd });
+    const ram = { gpa: 0, size: s.ram, privateFile: fd };
+    p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES, ...(late ? {} : { ram: [ram] }) });
+    if (late) p.addRam(ram);
+  } finally {
     fs.closeSync(fd);
+  }
+  try {
     p.restoreState(s.state);
     let t1 = 0;
     await new Promise((resolve, reject) => {
@@ -91,12 +105,12 @@ async function restoreToFirstExit(s) {
   }
 }
 
-/** ms from nothing to a freshly loaded guest's first exit to JS. */
+/** ms from nothing to a freshly loaded guest's first exit to JS (its RAM mapped as a restore's is). */
 async function coldToFirstExit(ram) {
   const t0 = performance.now();
-  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES, ram: [{ gpa: 0, size: ram }] });
   try {
-    loadCountingGuest(p, 1000, ram);
+    writeCountingGuest(p, 1000);
     let t1 = 0;
     await new Promise((resolve) => {
       attachCountingDevice(p, new CountingDevice(() => {}, () => {
@@ -137,6 +151,27 @@ async function restoreVmToFirstByte(dir) {
   return t;
 }
 
+/** The counting guest's RAM before it ever ran, for the C baseline to start from. */
+function freshCountingImage(dir, ram) {
+  const p = new KvmPartition({ vcpus: 1, ...X86_KVM_PAGES });
+  try {
+    loadCountingGuest(p, 1000, ram);
+    const file = path.join(dir, `fresh-${ram}`);
+    const fd = fs.openSync(file, 'w');
+    p.writeRamTo([fd]);
+    fs.closeSync(fd);
+    return file;
+  } finally {
+    p.destroy();
+  }
+}
+
+/** Median ms of restore-baseline.c's restores of `image` (`late`: slot after the irqchip). */
+function cRestore(exe, image, ram, dir, samples, late = false) {
+  const out = execFileSync(exe, [image, String(ram), dir, String(samples), ...(late ? ['late'] : [])], { encoding: 'utf8', timeout: 120_000 });
+  return Number(out.trim());
+}
+
 async function main() {
   // A paused partition does not hold the event loop open (it waits for nobody): the benchmark does.
   const keepAlive = setInterval(() => {}, 1000);
@@ -147,28 +182,45 @@ async function main() {
     const big = await snapshotCounting(dir, 3 * GiB); // the most one region holds below the MMIO gap
     const pvhSmall = await snapshotPvh(dir, '64M');
     const pvhBig = await snapshotPvh(dir, '4G');
+    const exe = path.join(dir, 'restore-baseline');
+    execFileSync('cc', ['-O2', '-pthread', '-o', exe, path.join(__dirname, 'bench', 'restore-baseline.c')]);
+    const images = { tiny: freshCountingImage(dir, 2 * MiB), small: freshCountingImage(dir, 256 * MiB), big: freshCountingImage(dir, 3 * GiB) };
     for (let i = 0; i < 3; i++) {
       await restoreToFirstExit(tiny);
+      await restoreToFirstExit(tiny, true);
       await coldToFirstExit(2 * MiB);
     }
-    const r = { restore: [], cold: [], r256: [], r4g: [], vm64: [], vm4g: [] };
-    for (let i = 0; i < SAMPLES; i++) {
-      r.restore.push(await restoreToFirstExit(tiny));
-      r.cold.push(await coldToFirstExit(2 * MiB));
-      r.r256.push(await restoreToFirstExit(small));
-      r.r4g.push(await restoreToFirstExit(big));
-      if (i < Math.min(SAMPLES, 10)) {
-        r.vm64.push(await restoreVmToFirstByte(pvhSmall));
-        r.vm4g.push(await restoreVmToFirstByte(pvhBig));
+    const r = { restore: [], late: [], cold: [], r256: [], r4g: [], vm64: [], vm4g: [], c: [], cLate: [], c256: [], c4g: [] };
+    // Rounds of SAMPLES JS samples, each followed by the C program's SAMPLES restores, so both see the same load.
+    const ROUNDS = 3;
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let i = 0; i < SAMPLES; i++) {
+        r.restore.push(await restoreToFirstExit(tiny));
+        r.late.push(await restoreToFirstExit(tiny, true));
+        r.cold.push(await coldToFirstExit(2 * MiB));
+        r.r256.push(await restoreToFirstExit(small));
+        r.r4g.push(await restoreToFirstExit(big));
+        if (round === 0 && i < Math.min(SAMPLES, 10)) {
+          r.vm64.push(await restoreVmToFirstByte(pvhSmall));
+          r.vm4g.push(await restoreVmToFirstByte(pvhBig));
+        }
       }
+      r.c.push(cRestore(exe, images.tiny, 2 * MiB, dir, SAMPLES));
+      r.cLate.push(cRestore(exe, images.tiny, 2 * MiB, dir, SAMPLES, true));
+      r.c256.push(cRestore(exe, images.small, 256 * MiB, dir, SAMPLES));
+      r.c4g.push(cRestore(exe, images.big, 3 * GiB, dir, SAMPLES));
     }
     const m = Object.fromEntries(Object.entries(r).map(([k, v]) => [k, median(v)]));
     const size = (f) => `${(fs.statSync(f).blocks * 512 / MiB).toFixed(1)} MiB on disk`;
-    console.log(`bench-snapshot: ${SAMPLES} samples, medians (${os.cpus()[0].model}, load ${os.loadavg()[0].toFixed(1)})`);
-    console.log(`  tiny guest (2 MiB) restore to first exit   ${ms(m.restore)}   (goal < 5 ms)`);
-    console.log(`  tiny guest (2 MiB) cold start to first exit ${ms(m.cold)}   restore/cold ${(m.restore / m.cold).toFixed(2)}`);
-    console.log(`  restore to first exit, 256 MiB guest        ${ms(m.r256)}   (ram file ${size(small.ramFile)})`);
-    console.log(`  restore to first exit, 3 GiB guest          ${ms(m.r4g)}   3 GiB / 256 MiB ${(m.r4g / m.r256).toFixed(2)}`);
+    console.log(`bench-snapshot: ${ROUNDS} rounds of ${SAMPLES} samples, medians (${os.cpus()[0].model}, load ${os.loadavg()[0].toFixed(1)})`);
+    const row = (label, a, c, note = '') => console.log(`  ${label.padEnd(44)} ${ms(a).padStart(9)}  ${c === undefined ? ''.padStart(9) : ms(c).padStart(9)}  ${c === undefined ? '     ' : (a / c).toFixed(2).padStart(5)}  ${note}`);
+    console.log(`  ${''.padEnd(44)} ${'nodevmm'.padStart(9)}  ${'C'.padStart(9)}  ${'ratio'.padStart(5)}`);
+    row('restore to first exit, tiny guest (2 MiB)', m.restore, m.c, '(goal < 5 ms)');
+    row('the same, RAM slot after the irqchip', m.late, m.cLate, '(the order before)');
+    row('restore to first exit, 256 MiB guest', m.r256, m.c256, `(ram file ${size(small.ramFile)})`);
+    row('restore to first exit, 3 GiB guest', m.r4g, m.c4g);
+    console.log(`  3 GiB / 256 MiB: nodevmm ${(m.r4g / m.r256).toFixed(2)}, C ${(m.c4g / m.c256).toFixed(2)}`);
+    row('cold start to first exit, tiny guest', m.cold, undefined, `restore / cold ${(m.restore / m.cold).toFixed(2)}`);
     console.log(`  restoreVm (devices) to first serial byte, 64 MiB ${ms(m.vm64)}, 4 GiB ${ms(m.vm4g)}   4 GiB / 64 MiB ${(m.vm4g / m.vm64).toFixed(2)}`);
   } finally {
     clearInterval(keepAlive);
