@@ -21,21 +21,40 @@
  * Medians of interleaved rounds; ratios are within this run (the load varies).
  *
  *   node scripts/bench-snapshot.js [--samples N]
+ *
+ * `linux`: the Debian guest of test/e2e/snapshot.test.ts (256 MiB, the test
+ * initramfs, the exec agent on COM2), in the emulated KVM host:
+ *
+ *  1. cold boot to the first `exec` in this process, and restore (restoreVm)
+ *     to the first `exec` in this process, interleaved, with the phases of
+ *     each restore and a warm exec's round trip for scale; one restore in a
+ *     new node process (what `nodevmm run --restore` pays);
+ *  2. restore to the first exec of the same guest with 4 GiB of RAM;
+ *  3. memory of one booted VM, 8 clones of its snapshot and 8 booted VMs, as
+ *     the growth of this process's Pss (/proc/self/smaps_rollup): Pss splits
+ *     each page among the processes mapping it, so pages shared copy-on-write
+ *     count once; Rss beside it counts a page once per mapping.
+ *
+ *   flock /tmp/nodevmm-e2e.lock node scripts/kvm-host.js --timeout 2400 -- node scripts/bench-snapshot.js linux [--runs N]
  */
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { vmClosesSettled } = require('../dist/lib/hv/kvm-backend');
 const { KvmPartition } = require('../dist/lib/hv/kvm-partition');
 const { kvmSkipReason, X86_KVM_PAGES } = require('../dist/lib/testing/kvm-test-helpers');
 const { attachCountingDevice, CountingDevice, loadCountingGuest, writeCountingGuest } = require('../dist/lib/testing/counting-guest');
 const { tinyPvhKernel } = require('../dist/lib/testing/tiny-pvh');
 const { createVm, restoreVm } = require('../dist/lib/vm/vm');
-const { numberOption } = require('./lib/options');
+const { flag, numberOption } = require('./lib/options');
 
 const SAMPLES = numberOption('--samples', 30);
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
+
+const MODE = process.argv[2] === 'linux' ? 'linux' : 'tiny';
+const RUNS = numberOption('--runs', 5);
 
 const skip = kvmSkipReason();
 if (skip) {
@@ -195,11 +214,13 @@ async function main() {
     const ROUNDS = 3;
     for (let round = 0; round < ROUNDS; round++) {
       for (let i = 0; i < SAMPLES; i++) {
-        r.restore.push(await restoreToFirstExit(tiny));
-        r.late.push(await restoreToFirstExit(tiny, true));
-        r.cold.push(await coldToFirstExit(2 * MiB));
-        r.r256.push(await restoreToFirstExit(small));
-        r.r4g.push(await restoreToFirstExit(big));
+        // Each after the last VM's fd is closed (a closer thread tears the VM down): the C program closes its VMs before the next, too.
+        const settled = async (ms) => (await vmClosesSettled(), ms);
+        r.restore.push(await settled(await restoreToFirstExit(tiny)));
+        r.late.push(await settled(await restoreToFirstExit(tiny, true)));
+        r.cold.push(await settled(await coldToFirstExit(2 * MiB)));
+        r.r256.push(await settled(await restoreToFirstExit(small)));
+        r.r4g.push(await settled(await restoreToFirstExit(big)));
         if (round === 0 && i < Math.min(SAMPLES, 10)) {
           r.vm64.push(await restoreVmToFirstByte(pvhSmall));
           r.vm4g.push(await restoreVmToFirstByte(pvhBig));
@@ -228,7 +249,139 @@ async function main() {
   }
 }
 
-main().catch((e) => {
+/** This process's memory now, KiB (smaps_rollup: Rss counts shared pages per mapping, Pss splits them). */
+function memoryKiB() {
+  const text = fs.readFileSync('/proc/self/smaps_rollup', 'utf8');
+  const field = (name) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  return { rss: field('Rss'), pss: field('Pss'), pssAnon: field('Pss_Anon'), pssFile: field('Pss_File'), pssShmem: field('Pss_Shmem') };
+}
+
+async function settledMemoryKiB() {
+  if (global.gc) global.gc();
+  await new Promise((r) => setTimeout(r, 200));
+  return memoryKiB();
+}
+
+async function linux() {
+  const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
+  const { AGENT_CMDLINE } = require('../dist/lib/testing/harness');
+  const a = await ensureGuestArtifacts({ arch: 'x86_64' });
+  const config = (memory) => ({ kernel: a.vmlinuz, initrd: a.testInitramfs, cmdline: `${AGENT_CMDLINE} nodevmm.shell=1`, memory });
+  const EXEC = { timeoutMs: 600_000 };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-snapshot-'));
+  const keepAlive = setInterval(() => {}, 1000);
+  const now = () => performance.now();
+  /** Cold boot to the first exec; the running VM and the ms. */
+  const cold = async (memory) => {
+    const t0 = now();
+    const vm = await createVm(config(memory));
+    await vm.start();
+    await vm.exec('true', EXEC);
+    return { vm, ms: now() - t0 };
+  };
+  /** Restore to the first exec, with where the time went. */
+  const restore = async (snap) => {
+    const t0 = now();
+    const vm = await restoreVm(snap);
+    const t1 = now();
+    await vm.exec('true', EXEC);
+    const t2 = now();
+    await vm.exec('true', EXEC);
+    const t3 = now();
+    return { vm, ms: t2 - t0, restoreVmMs: t1 - t0, firstExecMs: t2 - t1, secondExecMs: t3 - t2, timings: vm.timings };
+  };
+  /** Boot, warm up (the exec agent, a command), pause, snapshot; the folder and the cold figure. */
+  const prepare = async (memory, name) => {
+    const c = await cold(memory);
+    await c.vm.exec('uname -a >/dev/null; cat /proc/meminfo >/dev/null', EXEC);
+    const t0 = now();
+    await c.vm.exec('true', EXEC);
+    const warmExecMs = now() - t0;
+    await c.vm.pause();
+    const snap = path.join(dir, name);
+    await c.vm.snapshot(snap);
+    await c.vm.kill();
+    return { snap, coldMs: c.ms, warmExecMs };
+  };
+  try {
+    console.log(`bench-snapshot linux: Debian ${a.kernelVersion} + test initramfs, 1 vCPU, in ${os.cpus()[0].model} (${os.cpus().length} cpus, kernel ${os.release()}), ${RUNS} runs`);
+    const small = await prepare('256M', 'snap-256m');
+    const big = flag('--no-4g') ? undefined : await prepare('4G', 'snap-4g');
+    const du = (d) => fs.readdirSync(d).reduce((n, f) => n + fs.statSync(path.join(d, f)).blocks * 512, 0) / MiB;
+    console.log(`  snapshots: 256 MiB guest ${du(small.snap).toFixed(1)} MiB on disk${big ? `, 4 GiB guest ${du(big.snap).toFixed(1)} MiB` : ''}`);
+
+    // 1 and 2: interleaved cold boots and restores, all in this process.
+    const r = { cold: [small.coldMs], restore: [], restoreVm: [], firstExec: [], secondExec: [], big: [], phases: [] };
+    for (let i = 0; i < RUNS; i++) {
+      const x = await restore(small.snap);
+      await x.vm.kill();
+      r.restore.push(x.ms);
+      r.restoreVm.push(x.restoreVmMs);
+      r.firstExec.push(x.firstExecMs);
+      r.secondExec.push(x.secondExecMs);
+      r.phases.push(x.timings);
+      if (big) {
+        const y = await restore(big.snap);
+        await y.vm.kill();
+        r.big.push(y.ms);
+      }
+      if (i < 2) {
+        const c = await cold('256M');
+        await c.vm.kill();
+        r.cold.push(c.ms);
+      }
+    }
+    // One restore in a new process: node's start and the module loads included.
+    const vmModule = require.resolve('../dist/lib/vm/vm');
+    const child = `const t0 = performance.now(); const { restoreVm } = require(${JSON.stringify(vmModule)});
+      (async () => { const vm = await restoreVm(${JSON.stringify(small.snap)}); await vm.exec('true', { timeoutMs: 600000 });
+      console.log(JSON.stringify({ inChild: performance.now() - t0 })); await vm.kill(); })().catch((e) => { console.error(e); process.exit(1); });`;
+    const t0 = now();
+    const out = await new Promise((resolve, reject) => {
+      const c = require('node:child_process').spawn(process.execPath, ['-e', child], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let text = '';
+      c.stdout.on('data', (d) => {
+        text += d;
+        if (text.includes('\n')) resolve({ wall: now() - t0, ...JSON.parse(text.trim().split('\n')[0]) });
+      });
+      c.on('exit', (code) => code && reject(new Error(`the restoring child exited with ${code}`)));
+    });
+    const m = (k) => median(r[k]);
+    console.log('  in-process, medians:');
+    console.log(`    cold boot to first exec            ${ms(m('cold'))}   (${r.cold.length} boots)`);
+    console.log(`    restore to first exec              ${ms(m('restore'))}   restore / cold ${(m('restore') / m('cold')).toFixed(3)}   (goal 0.05)`);
+    console.log(`      restoreVm() resolved             ${ms(m('restoreVm'))}`);
+    console.log(`      then the first exec              ${ms(m('firstExec'))}`);
+    console.log(`      a second exec                    ${ms(m('secondExec'))}   (a warm exec before the snapshot: ${ms(small.warmExecMs)})`);
+    const phaseNames = [...new Set(r.phases.flat().map(([n]) => n))];
+    console.log(`      build phases: ${phaseNames.map((n) => `${n} ${median(r.phases.map((ph) => ph.filter(([k]) => k === n).reduce((s, [, v]) => s + v, 0))).toFixed(1)}`).join(', ')} ms`);
+    if (big) console.log(`    restore to first exec, 4 GiB guest ${ms(m('big'))}   4 GiB / 256 MiB ${(m('big') / m('restore')).toFixed(2)}   (its cold boot: ${ms(big.coldMs)})`);
+    console.log(`  new process: spawn to first exec ${ms(out.wall)} (inside the child ${ms(out.inChild)}), restore / cold ${(out.wall / m('cold')).toFixed(3)}`);
+
+    // 3: memory.
+    const mem = async (label, make) => {
+      const before = await settledMemoryKiB();
+      const vms = await make();
+      await Promise.all(vms.map((v) => v.exec('cat /proc/meminfo >/dev/null', EXEC)));
+      const after = await settledMemoryKiB();
+      await Promise.all(vms.map((v) => v.kill()));
+      const d = (k) => (after[k] - before[k]) / 1024;
+      console.log(`    ${label.padEnd(22)} Pss +${d('pss').toFixed(1)} MiB (anon ${d('pssAnon').toFixed(1)}, file ${d('pssFile').toFixed(1)}, shmem ${d('pssShmem').toFixed(1)})   Rss +${d('rss').toFixed(1)} MiB`);
+      return d('pss');
+    };
+    console.log('  memory (growth of this process, 256 MiB guests, each after an exec):');
+    const one = await mem('one booted VM', async () => [(await cold('256M')).vm]);
+    const oneClone = await mem('one clone', async () => [await restoreVm(small.snap)]);
+    const clones = await mem('8 clones', async () => Promise.all(Array.from({ length: 8 }, () => restoreVm(small.snap))));
+    const booted = await mem('8 booted VMs', async () => Promise.all(Array.from({ length: 8 }, async () => (await cold('256M')).vm)));
+    console.log(`    8 clones / one booted VM ${(clones / one).toFixed(2)}x (goal < 2x); 8 booted / one ${(booted / one).toFixed(2)}x; one clone / one booted ${(oneClone / one).toFixed(2)}x`);
+  } finally {
+    clearInterval(keepAlive);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+(MODE === 'linux' ? linux() : main()).catch((e) => {
   console.error(e);
   process.exit(1);
 });
