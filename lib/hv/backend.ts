@@ -54,6 +54,8 @@ export interface HostRam {
   readonly fd: number;
   /** The RAM as ArrayBuffers, in order (one when it fits). */
   views(): ArrayBuffer[];
+  /** One ArrayBuffer over [offset, offset+length) of the RAM. */
+  view(offset: number, length: number): ArrayBuffer;
   advise(what: 'hugepage'): void;
   /** Its bytes into regular file `fd` from offset 0, zero pages left as holes; returns the bytes written. */
   writeTo(fd: number): number;
