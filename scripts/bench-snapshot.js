@@ -373,7 +373,12 @@ async function linux() {
     const one = await mem('one booted VM', async () => [(await cold('256M')).vm]);
     const oneClone = await mem('one clone', async () => [await restoreVm(small.snap)]);
     const clones = await mem('8 clones', async () => Promise.all(Array.from({ length: 8 }, () => restoreVm(small.snap))));
-    const booted = await mem('8 booted VMs', async () => Promise.all(Array.from({ length: 8 }, async () => (await cold('256M')).vm)));
+    // One after another: eight L2 kernels booting at once stall in early boot in this emulated host (docs/testing.md).
+    const booted = await mem('8 booted VMs', async () => {
+      const vms = [];
+      for (let i = 0; i < 8; i++) vms.push((await cold('256M')).vm);
+      return vms;
+    });
     console.log(`    8 clones / one booted VM ${(clones / one).toFixed(2)}x (goal < 2x); 8 booted / one ${(booted / one).toFixed(2)}x; one clone / one booted ${(oneClone / one).toFixed(2)}x`);
   } finally {
     clearInterval(keepAlive);
