@@ -150,6 +150,7 @@ Napi::Function GuestRam::Init(Napi::Env env) {
   return DefineClass(env, "GuestRam",
                      {
                          InstanceMethod("views", &GuestRam::Views),
+                         InstanceMethod("view", &GuestRam::ViewAt),
                          InstanceMethod("release", &GuestRam::Release),
                          InstanceMethod("advise", &GuestRam::Advise),
                          InstanceMethod("writeTo", &GuestRam::WriteTo),
@@ -253,28 +254,42 @@ Napi::Value GuestRam::Views(const Napi::CallbackInfo& info) {
   }
   Napi::Array out = Napi::Array::New(env);
   uint32_t i = 0;
-  for (uint64_t off = 0; off < size_; off += chunk, i++) {
-    uint64_t len = std::min(chunk, size_ - off);
-    std::shared_ptr<Deferred>* hint = new std::shared_ptr<Deferred>(deferred_);
-    deferred_->live++;
-    // SAFETY: [host_+off, +len) lies inside our live mapping; the finalizer
-    // only drops the hint, and unmaps if the owner already asked for it.
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-        env, host_ + off, len,
-        [](Napi::Env, void*, std::shared_ptr<Deferred>* d) {
-          Deferred* dd = d->get();
-          if (--dd->live == 0 && dd->unmap_when_last.load() && dd->host) UnmapRam(dd->host, dd->size);
-          delete d;
-        },
-        hint);
-    // V8 counted `len` as it made the buffer (see kDefaultViewSize); take it
-    // back out. Release() and the destructor put it back before V8 takes it
-    // out again, so the count never drops below what V8 really tracks.
-    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(len));
-    views_.push_back({Napi::Persistent(ab), static_cast<int64_t>(len)});
-    out.Set(i, ab);
-  }
+  for (uint64_t off = 0; off < size_; off += chunk, i++) out.Set(i, MakeView(env, off, std::min(chunk, size_ - off)));
   return out;
+}
+
+// view(offset, length) -> one ArrayBuffer over [offset, offset+length) of
+// the RAM, made when asked: a caller that makes views only of the parts JS
+// touches keeps the rest of guest RAM out of V8's young generation, where
+// external buffers make V8 force scavenges (lib/memory/guest-memory.ts).
+Napi::Value GuestRam::ViewAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!host_) return ThrowUsage(env, "guest ram was released");
+  uint64_t off = 0, len = 0;
+  if (info.Length() < 2 || !GetU64(info[0], &off) || !GetU64(info[1], &len)) return ThrowUsage(env, "view needs an offset and a length");
+  if (len == 0 || off > size_ || len > size_ - off) return ThrowUsage(env, "view range outside guest ram");
+  return MakeView(env, off, len);
+}
+
+Napi::ArrayBuffer GuestRam::MakeView(Napi::Env env, uint64_t off, uint64_t len) {
+  std::shared_ptr<Deferred>* hint = new std::shared_ptr<Deferred>(deferred_);
+  deferred_->live++;
+  // SAFETY: [host_+off, +len) lies inside our live mapping; the finalizer
+  // only drops the hint, and unmaps if the owner already asked for it.
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+      env, host_ + off, len,
+      [](Napi::Env, void*, std::shared_ptr<Deferred>* d) {
+        Deferred* dd = d->get();
+        if (--dd->live == 0 && dd->unmap_when_last.load() && dd->host) UnmapRam(dd->host, dd->size);
+        delete d;
+      },
+      hint);
+  // V8 counted `len` as it made the buffer (see kDefaultViewSize); take it
+  // back out. Release() and the destructor put it back before V8 takes it
+  // out again, so the count never drops below what V8 really tracks.
+  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(len));
+  views_.push_back({Napi::Persistent(ab), static_cast<int64_t>(len)});
+  return ab;
 }
 
 void GuestRam::ReleaseImpl(Napi::Env env) {

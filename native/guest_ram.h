@@ -77,6 +77,9 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
 
  private:
   Napi::Value Views(const Napi::CallbackInfo& info);
+  Napi::Value ViewAt(const Napi::CallbackInfo& info);
+  // One view of [host_+off, +len), held in views_ (the caller checked the range).
+  Napi::ArrayBuffer MakeView(Napi::Env env, uint64_t off, uint64_t len);
   Napi::Value Release(const Napi::CallbackInfo& info);
   Napi::Value Advise(const Napi::CallbackInfo& info);
   Napi::Value WriteTo(const Napi::CallbackInfo& info);

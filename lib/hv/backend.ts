@@ -10,7 +10,7 @@
  */
 import type { GuestMemory } from '../memory/guest-memory';
 import type { VcpuSharedView } from './exit-mailbox';
-import type { NotifyOps, VcpuStop } from './partition';
+import type { NotifyOps, RamOptions, VcpuStop } from './partition';
 import type { Route } from './route-table';
 
 /** Why a vCPU thread left its run loop, as the backend decoded it. */
@@ -54,10 +54,25 @@ export interface HostRam {
   readonly fd: number;
   /** The RAM as ArrayBuffers, in order (one when it fits). */
   views(): ArrayBuffer[];
+  /** One ArrayBuffer over [offset, offset+length) of the RAM. */
+  view(offset: number, length: number): ArrayBuffer;
   advise(what: 'hugepage'): void;
   /** Its bytes into regular file `fd` from offset 0, zero pages left as holes; returns the bytes written. */
   writeTo(fd: number): number;
   release(): void;
+}
+
+/**
+ * Guest RAM a backend mapped while it made the partition, before anything
+ * that makes mapping slower (KVM: the in-kernel irqchip, see
+ * X86PartitionOptions.ram), in slots 0, 1, ... in this order. The core takes
+ * it over (takeEarlyRam) as if addRam had made it.
+ */
+export interface EarlyRam {
+  opts: RamOptions;
+  /** Its name, as checkRamPlacement (ram-slots.ts) gave it. */
+  name: string;
+  ram: HostRam;
 }
 
 /** Where a stopped vCPU was, best effort, for its stop message. */
@@ -83,6 +98,8 @@ export interface PartitionBackend<V = unknown> {
   /** The guest's clock, frozen across a pause when the backend has one (x86 kvmclock). */
   readonly clock: { get(): bigint; set(ns: bigint): void } | undefined;
 
+  /** The RAM mapped while the partition was made (once: later calls return none); none if the backend maps nothing early. */
+  takeEarlyRam?(): EarlyRam[];
   /** Fresh zeroed RAM (shareable with other processes through `fd`), or `privateFile`'s bytes mapped copy-on-write (not shareable: `fd` is -1). */
   allocateRam(size: number, opts: { name: string; privateFile?: number }): HostRam;
   /**

@@ -60,8 +60,15 @@ const whp: Hypervisor = {
   // Loaded on first use, like arm64: Linux never compiles the WHP backend.
   createX86Partition: (opts) => {
     // WHP needs no TSS or identity-map page.
-    const { tssAddress: _tss, identityMapAddress: _idmap, ...rest } = opts;
-    return new (require('./whp-partition') as { WhpPartition: typeof WhpPartition }).WhpPartition(rest);
+    const { tssAddress: _tss, identityMapAddress: _idmap, ram, ...rest } = opts;
+    const p = new (require('./whp-partition') as { WhpPartition: typeof WhpPartition }).WhpPartition(rest);
+    try {
+      for (const r of ram ?? []) p.addRam(r);
+    } catch (e) {
+      p.destroy();
+      throw e;
+    }
+    return p;
   },
   createArm64Partition: () => {
     throw new NodevmmError('ERR_ARCH', 'windows hypervisor platform runs x86_64 guests here; arm64 guests need KVM on an arm64 Linux host');

@@ -7,10 +7,11 @@
  */
 import { NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
-import type { HostRam, PartitionBackend, StopSite, VcpuEvent } from './backend';
+import type { EarlyRam, HostRam, PartitionBackend, StopSite, VcpuEvent } from './backend';
 import { checkLayout } from './exit-mailbox';
 import { native, nativeBinding, watchReadable, type NativeBinding, type NativeGuestRam, type NativeVcpu, type NativeVm } from './native';
-import type { NotifyOps, VcpuStop } from './partition';
+import type { NotifyOps, RamOptions, VcpuStop } from './partition';
+import { checkRamPlacement, hostRamFor } from './ram-slots';
 import type { Route } from './route-table';
 import type { NativeVcpuRunner } from './vcpu-runner';
 
@@ -61,6 +62,33 @@ export async function vmClosesSettled(timeoutMs = 10_000, binding: NativeBinding
   }
 }
 
+/**
+ * Allocate `ram` and map it in slots 0, 1, ... now, on a VM that has no
+ * irqchip yet. A slot added once KVM_CREATE_IRQCHIP has run waits for an
+ * SRCU grace period the kernel only finishes on a timer tick (two 250 Hz
+ * ticks, ~7.6 ms, on KVM-PVM: `perf record -e sched:sched_switch` shows the
+ * wait in kvm_swap_active_memslots); one added before it takes ~0.02 ms
+ * (scripts/bench/restore-baseline.c measures both orders). On failure the
+ * RAM made so far is released (the caller destroys the VM) and it throws.
+ */
+export function mapEarlyRam(kvm: KvmVm, ram: readonly RamOptions[]): EarlyRam[] {
+  const out: EarlyRam[] = [];
+  const allocator = { allocateRam: (size: number, o: { name: string; privateFile?: number }) => native(() => new kvm.binding.GuestRam(size, o)) };
+  try {
+    for (const opts of ram) {
+      const name = checkRamPlacement(opts, out.map((e) => ({ gpa: e.opts.gpa, size: e.opts.size, name: e.name })));
+      const r = hostRamFor(allocator, opts, name);
+      out.push({ opts, name, ram: r });
+      native(() => kvm.vm.setUserMemoryRegion(out.length - 1, opts.gpa, r as NativeGuestRam, 0, opts.size, { readonly: !!opts.readonly }));
+    }
+    return out;
+  } catch (e) {
+    kvm.vm.destroy();
+    for (const x of out) x.ram.release();
+    throw e;
+  }
+}
+
 /** One KVM vCPU's run thread (native/vcpu_thread.cc). */
 export type KvmVcpuRunner = NativeVcpuRunner<NativeVcpu>;
 
@@ -83,10 +111,15 @@ export class KvmBackend<V> implements PartitionBackend<V> {
   readonly binding: NativeBinding;
   readonly vm: NativeVm;
 
+  /** mapEarlyRam's RAM until the core takes it (takeEarlyRam). */
+  private earlyRam: EarlyRam[];
+
   constructor(
     kvm: KvmVm,
     private readonly arch: KvmArch<V>,
+    earlyRam: EarlyRam[] = [],
   ) {
+    this.earlyRam = earlyRam;
     this.binding = kvm.binding;
     this.vm = kvm.vm;
     this.vcpus = arch.vcpus;
@@ -95,6 +128,11 @@ export class KvmBackend<V> implements PartitionBackend<V> {
     this.control = kvm.control;
   }
 
+  takeEarlyRam(): EarlyRam[] {
+    const e = this.earlyRam;
+    this.earlyRam = [];
+    return e;
+  }
   allocateRam(size: number, opts: { name: string; privateFile?: number }): HostRam {
     return native(() => new this.binding.GuestRam(size, opts));
   }
@@ -160,5 +198,7 @@ export class KvmBackend<V> implements PartitionBackend<V> {
   }
   destroy(): void {
     this.vm.destroy();
+    // Early RAM the core never took (its constructor failed first).
+    for (const e of this.takeEarlyRam()) e.ram.release();
   }
 }

@@ -9,12 +9,12 @@
 import { NodevmmError } from '../errors';
 import { hex } from '../util/bytes';
 import { adjustCpuid } from './cpuid';
-import { KvmBackend, openKvmVm, type KvmVm } from './kvm-backend';
+import { KvmBackend, mapEarlyRam, openKvmVm, type KvmVm } from './kvm-backend';
 import { native, nativeBinding, type CpuidEntry, type NativeBinding, type NativeVcpu, type NativeVm } from './native';
 import { PartitionCore } from './partition-core';
 import { NativeVcpuRunner } from './vcpu-runner';
 import { X86VcpuHandle } from './x86-vcpu';
-import type { LocalApicBus, X86Irqchip, X86MsiMessage, X86Partition } from './partition';
+import type { LocalApicBus, RamOptions, X86Irqchip, X86MsiMessage, X86Partition } from './partition';
 import type { X86Msr, X86PartitionState, X86VcpuState, X86VmState } from './x86-state';
 
 export type { FileIoMode } from './partition';
@@ -40,6 +40,8 @@ export interface KvmPartitionOptions {
   cpuid?: boolean;
   /** See DEFAULT_DISPATCH_SPIN_US (partition-core.ts); 0 turns polling off. */
   dispatchSpinUs?: number;
+  /** See X86PartitionOptions.ram. */
+  ram?: RamOptions[];
 }
 
 /** include/uapi/linux/kvm.h */
@@ -178,6 +180,8 @@ function kvmX86Backend(opts: KvmPartitionOptions): KvmBackend<KvmX86Vcpu> {
   const { tssAddress, identityMapAddress } = opts;
   const kvm: KvmVm = openKvmVm(opts.vcpus);
   const { vm, binding } = kvm;
+  // Before the irqchip: see mapEarlyRam.
+  const early = mapEarlyRam(kvm, opts.ram ?? []);
   try {
     // The hypervisor chooses no guest addresses: the machine's layout does (arch/x86_64/layout.ts).
     if (irqchip && (tssAddress === undefined || identityMapAddress === undefined)) {
@@ -214,9 +218,10 @@ function kvmX86Backend(opts: KvmPartitionOptions): KvmBackend<KvmX86Vcpu> {
       clock: irqchip ? { get: () => native(() => vm.getClock()), set: (ns) => native(() => vm.setClock(ns)) } : undefined,
       irqLine: (irq, level) => native(() => vm.irqLine(irq, level)),
       stopSite: (i, memory) => vcpus[i]!.stopSite(memory),
-    });
+    }, early);
   } catch (e) {
     vm.destroy();
+    for (const r of early) r.ram.release();
     throw e;
   }
 }

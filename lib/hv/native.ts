@@ -47,6 +47,8 @@ export interface NativeGuestRam {
   /** Where this process maps the RAM (vhost's memory table wants it); 0n once released. */
   readonly hostAddress: bigint;
   views(maxViewSize?: number): ArrayBuffer[];
+  /** One view of [offset, offset+length), made now (guest_ram.cc View). */
+  view(offset: number, length: number): ArrayBuffer;
   release(): void;
   advise(what: 'dontneed' | 'hugepage', offset?: number, length?: number): void;
   /** The RAM into regular file `fd` from offset 0, sized to the RAM, zero pages left as holes; returns the bytes written. */

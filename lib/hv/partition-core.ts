@@ -56,13 +56,23 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
   constructor(backend: B, dispatchSpinUs = DEFAULT_DISPATCH_SPIN_US) {
     super();
     this.backend = backend;
+    let ram: RamSlots | undefined;
     try {
       this.vcpus = backend.vcpus;
       this.runners = backend.runners;
       this.paused = this.runners.map(() => true);
       this.stopped = this.runners.map(() => undefined);
       this.control = new ControlBlock(backend.control);
-      this.ram = new RamSlots(this.memory, backend);
+      this.ram = ram = new RamSlots(this.memory, backend);
+      const early = backend.takeEarlyRam?.() ?? [];
+      early.forEach((e, i) => {
+        try {
+          this.ram.adopt(e);
+        } catch (error) {
+          for (const rest of early.slice(i)) rest.ram.release();
+          throw error;
+        }
+      });
       this.routes = new RouteTable(this.control, this.pio, this.mmio, (r) => backend.setRoutes(r));
       this.dispatcher = new ExitDispatcher(new CoreDispatchTarget(this, (e) => this.handleEvents(e), (e) => this.hostError(e)), this.control, dispatchSpinUs);
       const hook = notifyHook(this.dispatcher);
@@ -70,6 +80,8 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
       this.detachNotify = hook.detach;
     } catch (e) {
       backend.destroy();
+      // RAM taken over from the backend is the core's to give back (the backend no longer maps it once destroyed).
+      ram?.release();
       throw e;
     }
   }

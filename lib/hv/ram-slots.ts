@@ -5,13 +5,15 @@
  * (native/block_io.cc) without a copy through JS.
  */
 import { GuestMemoryError, NodevmmError } from '../errors';
-import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
+import type { GuestBuffer, GuestMemory, GuestMemoryView } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
-import type { HostRam, PartitionBackend } from './backend';
+import type { EarlyRam, HostRam, PartitionBackend } from './backend';
 import type { FileIoMode, RamOptions } from './partition';
 
 /** Guest RAM of at least this size asks for transparent huge pages (native/guest_ram.cc aligns it to them). */
 const HUGE_PAGE = 2 * 1024 * 1024;
+/** Guest RAM is seen from JS in pieces of this size: one touched piece stays under the 32 MiB of young external buffers at which V8 (node 20, 16 MiB semi-spaces) forces scavenges. */
+const VIEW_SIZE = 16 * 1024 * 1024;
 /** Guest physical addresses have at most 52 bits. */
 const GPA_LIMIT = 2 ** 52;
 
@@ -30,6 +32,38 @@ function both(a: Promise<void>, b: Promise<void>): Promise<void> {
 }
 function noop(): void {}
 
+/**
+ * Throws unless `opts` is a non-empty, 4 KiB-aligned region inside the
+ * 52-bit guest physical space that overlaps none of `taken`; returns its name.
+ */
+export function checkRamPlacement(opts: RamOptions, taken: Iterable<{ gpa: number; size: number; name: string }>): string {
+  const { gpa, size } = opts;
+  const name = opts.name ?? `ram@${hex(gpa)}`;
+  if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(size) || gpa < 0 || size <= 0 || gpa % 4096 || size % 4096) {
+    throw new NodevmmError('ERR_GUEST_MEMORY_ALIGN', `guest ram ${name} at gpa ${hex(gpa)} with size ${hex(size)} must be 4 KiB aligned and non-empty`);
+  }
+  if (gpa + size > GPA_LIMIT) throw new NodevmmError('ERR_GUEST_MEMORY_RANGE', `guest ram ${name} ends at ${hex(gpa + size)}, beyond the 52-bit guest physical address space`);
+  for (const r of taken) {
+    if (gpa < r.gpa + r.size && r.gpa < gpa + size) {
+      throw new NodevmmError('ERR_GUEST_MEMORY_OVERLAP', `guest ram ${name} [${hex(gpa)}, ${hex(gpa + size)}) overlaps ${r.name} [${hex(r.gpa)}, ${hex(r.gpa + r.size)})`);
+    }
+  }
+  return name;
+}
+
+/** The backend's host memory for `opts` (checked by checkRamPlacement), asked for transparent huge pages unless `hugepages` is false. */
+export function hostRamFor(backend: Pick<PartitionBackend, 'allocateRam'>, opts: RamOptions, name: string): HostRam {
+  const ram = backend.allocateRam(opts.size, opts.privateFile !== undefined ? { name, privateFile: opts.privateFile } : { name });
+  if (opts.hugepages !== false && opts.size >= HUGE_PAGE) {
+    try {
+      ram.advise('hugepage');
+    } catch {
+      // A host without transparent huge pages (THP "never", or not built): 4 KiB pages work too.
+    }
+  }
+  return ram;
+}
+
 export class RamSlots {
   private readonly rams: HostRam[] = [];
   private readonly gpas: number[] = [];
@@ -47,41 +81,38 @@ export class RamSlots {
   ) {}
 
   add(opts: RamOptions): void {
-    const { gpa, size } = opts;
-    const name = opts.name ?? `ram@${hex(gpa)}`;
-    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(size) || gpa < 0 || size <= 0 || gpa % 4096 || size % 4096) {
-      throw new NodevmmError('ERR_GUEST_MEMORY_ALIGN', `guest ram ${name} at gpa ${hex(gpa)} with size ${hex(size)} must be 4 KiB aligned and non-empty`);
-    }
-    if (gpa + size > GPA_LIMIT) throw new NodevmmError('ERR_GUEST_MEMORY_RANGE', `guest ram ${name} ends at ${hex(gpa + size)}, beyond the 52-bit guest physical address space`);
-    // Overlap check before any kernel state changes.
-    for (const r of this.memory.ranges()) {
-      if (gpa < r.gpa + r.size && r.gpa < gpa + size) {
-        throw new NodevmmError('ERR_GUEST_MEMORY_OVERLAP', `guest ram ${name} [${hex(gpa)}, ${hex(gpa + size)}) overlaps ${r.name} [${hex(r.gpa)}, ${hex(r.gpa + r.size)})`);
-      }
-    }
-    const ram = this.backend.allocateRam(size, opts.privateFile !== undefined ? { name, privateFile: opts.privateFile } : { name });
-    if (opts.hugepages !== false && size >= HUGE_PAGE) {
-      try {
-        ram.advise('hugepage');
-      } catch {
-        // A host without transparent huge pages (THP "never", or not built): 4 KiB pages work too.
-      }
-    }
-    const readonly = !!opts.readonly;
+    const name = checkRamPlacement(opts, this.memory.ranges());
+    const ram = hostRamFor(this.backend, opts, name);
     try {
-      const pending = this.backend.mapRam(this.rams.length, gpa, ram, readonly);
+      const pending = this.backend.mapRam(this.rams.length, opts.gpa, ram, !!opts.readonly);
       if (pending) this.mapped = both(this.mapped, pending);
-      let at = gpa;
-      const views = ram.views().map((buffer) => {
-        const v = { gpa: at, buffer };
-        at += buffer.byteLength;
-        return v;
-      });
-      this.memory.addRegion({ gpa, size, readonly, name, views });
+      this.register(opts, name, ram);
     } catch (e) {
       ram.release();
       throw e;
     }
+  }
+
+  /**
+   * Take RAM the backend allocated and mapped in slot `this.rams.length`
+   * while it made the partition (EarlyRam, backend.ts): placement checked,
+   * host memory and slot done; only the bookkeeping is left. The RAM is
+   * this object's from here on (release() gives it back).
+   */
+  adopt(early: EarlyRam): void {
+    this.register(early.opts, early.name, early.ram);
+  }
+
+  private register(opts: RamOptions, name: string, ram: HostRam): void {
+    const { gpa, size } = opts;
+    const readonly = !!opts.readonly;
+    // Each piece gets its ArrayBuffer when JS first touches it (GuestMemoryView says why).
+    const views: GuestMemoryView[] = [];
+    for (let off = 0; off < size; off += VIEW_SIZE) {
+      const len = Math.min(VIEW_SIZE, size - off);
+      views.push({ gpa: gpa + off, size: len, load: () => ram.view(off, len) });
+    }
+    this.memory.addRegion({ gpa, size, readonly, name, views });
     this.rams.push(ram);
     this.gpas.push(gpa);
     this.sizes.push(size);

@@ -140,7 +140,7 @@ export class WhpBackend implements PartitionBackend<WhpX86Vcpu> {
 }
 
 /** WHP needs no TSS or identity-map page (X86PartitionOptions' are ignored). */
-export interface WhpPartitionOptions extends Omit<X86PartitionOptions, 'tssAddress' | 'identityMapAddress'> {
+export interface WhpPartitionOptions extends Omit<X86PartitionOptions, 'tssAddress' | 'identityMapAddress' | 'ram'> {
   /** CPUID answers that replace WHP's (each listed function exits to native code). Default: none, WHP's own CPUID. */
   cpuidOverrides?: CpuidEntry[];
   /** Exceptions (bit = vector) that stop the vCPU instead of reaching the guest. Default 0. */

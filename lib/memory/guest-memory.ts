@@ -19,11 +19,16 @@ export interface GuestBuffer {
   length: number;
 }
 
-export interface GuestMemoryView {
-  /** GPA of byte 0 of `buffer`. */
-  gpa: number;
-  buffer: ArrayBuffer;
-}
+/**
+ * One piece of a region: an ArrayBuffer over it, or its size and how to make
+ * one (`load`, called once, on the first access to the piece). A buffer made
+ * only when touched keeps the rest of guest RAM out of V8's young
+ * generation: an external ArrayBuffer counts there until two scavenges
+ * promote it, and V8 forces those scavenges at the next allocations while
+ * tens of MiB of them are young (two per VM, whatever its RAM size; under
+ * an emulated CPU tens of ms each).
+ */
+export type GuestMemoryView = { gpa: number; buffer: ArrayBuffer } | { gpa: number; size: number; load: () => ArrayBuffer };
 
 export interface GuestMemoryRegionInit {
   gpa: number;
@@ -38,10 +43,15 @@ export interface GuestMemoryRegionInit {
 interface Chunk {
   gpa: number;
   end: number;
+  /** Empty until `load` has run. */
   u8: Uint8Array;
   dv: DataView;
   readonly: boolean;
+  /** Set while the chunk's buffer is not made yet (find() makes it). */
+  load: (() => ArrayBuffer) | undefined;
 }
+
+const UNLOADED = new ArrayBuffer(0);
 
 export interface GuestRamRange {
   gpa: number;
@@ -99,8 +109,9 @@ export class GuestMemory implements GuestMemoryAccess {
     let at = init.gpa;
     for (const v of init.views) {
       if (v.gpa !== at) throw new GuestMemoryError(`guest memory view at ${hex(v.gpa)} leaves a gap at ${hex(at)}`, at, 0);
-      const len = v.buffer.byteLength;
-      this.chunks.push({ gpa: at, end: at + len, u8: new Uint8Array(v.buffer), dv: new DataView(v.buffer), readonly: !!init.readonly });
+      const buffer = 'buffer' in v ? v.buffer : UNLOADED;
+      const len = 'buffer' in v ? v.buffer.byteLength : v.size;
+      this.chunks.push({ gpa: at, end: at + len, u8: new Uint8Array(buffer), dv: new DataView(buffer), readonly: !!init.readonly, load: 'load' in v ? v.load : undefined });
       at += len;
     }
     if (at !== end) throw new GuestMemoryError(`guest memory views cover ${hex(at - init.gpa)} bytes of a ${hex(init.size)}-byte region`, init.gpa, init.size);
@@ -125,9 +136,19 @@ export class GuestMemory implements GuestMemoryAccess {
     return this.regionList.reduce((s, r) => s + r.size, 0);
   }
 
+  /** The chunk holding `gpa`, its buffer made. */
   private find(gpa: number): Chunk | undefined {
     const l = this.last;
     if (l && gpa >= l.gpa && gpa < l.end) return l;
+    const c = this.locate(gpa);
+    if (!c) return undefined;
+    if (c.load) this.materialize(c);
+    this.last = c;
+    return c;
+  }
+
+  /** The chunk holding `gpa`, made or not (binary search). */
+  private locate(gpa: number): Chunk | undefined {
     let lo = 0;
     let hi = this.chunks.length - 1;
     while (lo <= hi) {
@@ -135,12 +156,18 @@ export class GuestMemory implements GuestMemoryAccess {
       const c = this.chunks[mid]!;
       if (gpa < c.gpa) hi = mid - 1;
       else if (gpa >= c.end) lo = mid + 1;
-      else {
-        this.last = c;
-        return c;
-      }
+      else return c;
     }
     return undefined;
+  }
+
+  /** Make a lazy chunk's buffer (the `last` fast path in find only ever holds made ones). */
+  private materialize(c: Chunk): void {
+    const buffer = c.load!();
+    if (buffer.byteLength !== c.end - c.gpa) throw new GuestMemoryError(`guest memory view at ${hex(c.gpa)} is ${buffer.byteLength} bytes, ${c.end - c.gpa} were promised`, c.gpa, c.end - c.gpa);
+    c.u8 = new Uint8Array(buffer);
+    c.dv = new DataView(buffer);
+    c.load = undefined;
   }
 
   private fail(gpa: number, length: number, what: string): never {
@@ -174,7 +201,8 @@ export class GuestMemory implements GuestMemoryAccess {
     let at = gpa;
     const end = gpa + length;
     while (at < end) {
-      const c = this.find(at);
+      // locate, not find: asking whether bytes are RAM does not make their buffers.
+      const c = this.locate(at);
       if (!c) return false;
       at = c.end;
     }

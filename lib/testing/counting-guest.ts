@@ -69,6 +69,11 @@ export class CountingDevice implements IoDevice {
 /** RAM, code and CPU state of the guest on a fresh partition (with the in-kernel irqchip). */
 export function loadCountingGuest(p: KvmPartition, rounds: number, ramSize = 2 * MiB): void {
   p.addRam({ gpa: 0, size: ramSize });
+  writeCountingGuest(p, rounds);
+}
+
+/** Code and CPU state of the guest on a fresh partition that has its RAM at gpa 0 already (at least 2 MiB). */
+export function writeCountingGuest(p: KvmPartition, rounds: number): void {
   setupLongMode(p, countingGuestCode(rounds), CODE);
 }
 

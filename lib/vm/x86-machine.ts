@@ -113,7 +113,11 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
   const spin = cfg.dispatchSpinUs !== undefined ? { dispatchSpinUs: cfg.dispatchSpinUs } : {};
   const hv = openHypervisor();
   const irqchip = chooseIrqchip(cfg.irqchip, hv.x86Irqchips(), hv.name);
-  const partition = hv.createX86Partition({ vcpus: cfg.vcpus, tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START, irqchip, ...spin });
+  // 2. RAM below the MMIO gap and above 4 GiB, mapped as the partition is made (X86PartitionOptions.ram: cheaper so on KVM).
+  // Computed once here; the loader (E820, boot page tables) and the CMOS take them from here.
+  const ram = ramRangesFor(cfg.memory);
+  const ramOptions = ram.map((r, i) => ({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high', ...(restore ? { privateFile: restore.ramFds[i]! } : {}) }));
+  const partition = hv.createX86Partition({ vcpus: cfg.vcpus, tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START, irqchip, ram: ramOptions, ...spin });
   const sinks: BatchingSink[] = [];
   let virtio: AttachedVirtio | undefined;
   let pit: Pit | undefined;
@@ -124,14 +128,6 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       if (why) throw new SnapshotError(`${why}: restore the snapshot on a host with the same cpu`, { field: 'guestCpuid' });
     }
     phase('partition');
-    // 2. RAM below the MMIO gap and above 4 GiB.
-    // Computed once here; the loader (E820, boot page tables) and the CMOS take them from here.
-    const ram = ramRangesFor(cfg.memory);
-    ram.forEach((r, i) => {
-      const file = restore ? { privateFile: restore.ramFds[i]! } : {};
-      partition.addRam({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high', ...file });
-    });
-    phase('memory');
 
     // 3. ACPI tables: they only depend on the machine shape.
     const ports = enabledComPorts(cfg);

@@ -66,6 +66,10 @@ class FakeRam implements HostRam {
   views(): ArrayBuffer[] {
     return [this.buffer];
   }
+  view(offset: number, length: number): ArrayBuffer {
+    if (offset !== 0 || length !== this.size) throw new Error('the fake ram has one view, of all of it');
+    return this.buffer;
+  }
   advise(): void {}
   writeTo(): number {
     throw new Error('the fake backend saves no ram');
