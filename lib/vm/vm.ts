@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { ConfigError, FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
-import type { Partition, PartitionIo, VcpuStop } from '../hv/partition';
+import type { Partition, PartitionIo, PartitionStats, VcpuStop } from '../hv/partition';
 import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
 import { COM_PORTS, guestTty, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import type { ExecOptions, ExecResult } from './exec';
@@ -441,6 +441,14 @@ export class Vm extends EventEmitter<VmEvents> {
     const irqs = m.describeInterrupts?.() ?? [];
     const st = p.stats();
     return `${note}${vcpus.join('; ')}; ${uarts.join(', ')}; ${irqs.map((l) => `${l}; `).join('')}exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
+  }
+
+  /**
+   * The exit path's counters of this boot so far (exits answered in JS, natively and posted,
+   * JS wakeups): what `nodevmm run --trace` prints. undefined before start.
+   */
+  exitStats(): PartitionStats | undefined {
+    return this.machine?.partition.stats();
   }
 
   /**
