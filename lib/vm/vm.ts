@@ -38,12 +38,13 @@ import type { X86VcpuInitState } from '../hv/x86-state';
 import type { X86Partition } from '../hv/partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
 import type { SnapshotManifest } from '../snapshot/manifest';
-import { loadVmSnapshot, saveVmSnapshot, type LoadedSnapshot, type RestoreOverrides } from './snapshot';
+import type { LoadedSnapshot, RestoreOverrides } from './snapshot';
 
-// Networking, vsock and exec load on first use, not with every VM: a VM that uses none of them
-// (the CLI's tiny guest) starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
+// Networking, vsock, exec and snapshots load on first use, not with every VM: a VM that uses none of them
+// (the CLI's tiny guest, a boot) starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
 const vsockStreams = () => require('./vsock-stream') as typeof import('./vsock-stream');
 const execModule = () => require('./exec') as typeof import('./exec');
+const snapshots = () => require('./snapshot') as typeof import('./snapshot');
 
 export interface VmEvents {
   state: [VmState];
@@ -344,7 +345,7 @@ export class Vm extends EventEmitter<VmEvents> {
     const m = this.machine!;
     const { AGENT_READY } = execModule();
     const agentReady = (Object.keys(this.ports) as ComPort[]).filter((c) => this.ports[c]!.log().includes(AGENT_READY));
-    return saveVmSnapshot(dir, this.config, m, this.overlays, { agentReady });
+    return snapshots().saveVmSnapshot(dir, this.config, m, this.overlays, { agentReady });
   }
 
   /**
@@ -689,7 +690,7 @@ function track(vm: Vm): void {
  * changed file is refused with a SnapshotError naming it.
  */
 export async function restoreVm(dir: string, overrides: RestoreOverrides = {}): Promise<Vm> {
-  const snap = await loadVmSnapshot(dir, overrides);
+  const snap = await snapshots().loadVmSnapshot(dir, overrides);
   const resolved = snap.config;
   // As createVm: a missing or locked image fails here, not half-way through the build.
   for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);
