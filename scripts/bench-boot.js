@@ -28,7 +28,8 @@
  *     write), nodevmm against QEMU microvm, interleaved; wall time to the
  *     last line and the process's CPU time (user and system, /usr/bin/time),
  *     each minus the same VMM's run of a one-line guest, so that start-up is
- *     not counted.
+ *     not counted. --against DIR also times another checkout's
+ *     bin/nodevmm.js in the same rounds (as for tiny).
  *
  *   node scripts/bench-boot.js linux [--runs N] [--image bzimage|pvh|both]
  *     Debian's kernel + the test initramfs under a real KVM (run it through
@@ -178,11 +179,14 @@ async function consoleOutput() {
     fs.writeFileSync(kernels[name].ours, tinyPvhKernel(msg, { waitForThre: true }));
     fs.writeFileSync(kernels[name].theirs, tinyPvhKernel(msg, { waitForThre: true, exit: 'isa-debug-exit' }));
   }
-  const rows = { nodevmm: { long: [], short: [] }, qemu: { long: [], short: [] } };
+  const againstDir = stringOption('--against');
+  const rows = { nodevmm: { long: [], short: [] }, qemu: { long: [], short: [] }, against: { long: [], short: [] } };
+  const ours = (dir, k) => timed(process.execPath, [path.join(dir, 'bin', 'nodevmm.js'), 'run', '--kernel', kernels[k].ours, '--boot', 'pvh', '-m', '128M', ...ONE_UART], 'CONSOLE-DONE', 60_000);
   try {
     for (let i = 0; i < RUNS; i++) {
       for (const k of ['long', 'short']) {
-        rows.nodevmm[k].push(await timed(process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', kernels[k].ours, '--boot', 'pvh', '-m', '128M', ...ONE_UART], 'CONSOLE-DONE', 60_000));
+        rows.nodevmm[k].push(await ours(root, k));
+        if (againstDir) rows.against[k].push(await ours(path.resolve(againstDir), k));
         rows.qemu[k].push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', kernels[k].theirs], 'CONSOLE-DONE', 60_000));
       }
     }
@@ -200,7 +204,8 @@ async function consoleOutput() {
     const own = (who) => median(rows[who].long.map(f)) - median(rows[who].short.map(f));
     const n = own('nodevmm');
     const q = own('qemu');
-    console.log(`  ${name.padEnd(28)} nodevmm ${n.toFixed(0).padStart(6)} ${unit}   qemu ${q.toFixed(0).padStart(6)} ${unit}   ratio ${(n / q).toFixed(2)}x   (${((n * 1e3) / bytes).toFixed(1)} vs ${((q * 1e3) / bytes).toFixed(1)} us per byte)`);
+    const also = againstDir ? `   --against ${own('against').toFixed(0)} ${unit} (${(own('against') / q).toFixed(2)}x)` : '';
+    console.log(`  ${name.padEnd(28)} nodevmm ${n.toFixed(0).padStart(6)} ${unit}   qemu ${q.toFixed(0).padStart(6)} ${unit}   ratio ${(n / q).toFixed(2)}x   (${((n * 1e3) / bytes).toFixed(1)} vs ${((q * 1e3) / bytes).toFixed(1)} us per byte)${also}`);
   }
 }
 
