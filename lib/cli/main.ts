@@ -16,7 +16,6 @@ import { parseSize, resolveVmConfig, type VmConfig } from '../vm/config';
 import { parseRunArgs, RUN_USAGE, SIGNAL_EXIT_CODES, type RunArgs, type SerialBinding } from './args';
 import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
-import { bridgeTcp } from './stream-bridge';
 import { readInputFile } from '../util/file-errors';
 
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
@@ -275,7 +274,7 @@ async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => v
         s.once('error', (e) => reject(new NodevmmError('ERR_FILE', `${name}: cannot connect to tcp:${b.host}:${b.port}: ${e.message}`)));
       });
       sock.on('error', () => undefined);
-      const bridge = bridgeTcp(port, sock);
+      const bridge = (require('./stream-bridge') as typeof import('./stream-bridge')).bridgeTcp(port, sock);
       return () => {
         bridge.detach();
         sock.destroy();
