@@ -17,6 +17,7 @@ import { parseRunArgs, RUN_USAGE, SIGNAL_EXIT_CODES, type RunArgs, type SerialBi
 import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
 import { readInputFile } from '../util/file-errors';
+import { elfKernelFile } from '../vm/image-files';
 
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
 
@@ -213,15 +214,22 @@ async function runVm(args: RunArgs): Promise<number> {
  * took 2-12 ms of start-up on a busy 2-core host against 0.3 ms
  * (docs/benchmarks.md). The config is checked first, so errors come in the
  * same order as from createVm, and with the same sentences (fileError). An
- * empty file is left to createVm, which says what is wrong with it.
+ * empty file is left to createVm, which says what is wrong with it. An x86_64
+ * ELF kernel is only looked at: createVm reads its segments straight into
+ * guest RAM (lib/vm/image-files.ts elfKernelFile).
  */
 function readBootImages(config: VmConfig): { config: VmConfig; paths: { kernel?: string; initrd?: string } } {
-  resolveVmConfig(config);
+  const resolved = resolveVmConfig(config);
   const out: VmConfig = { ...config };
   const paths: { kernel?: string; initrd?: string } = {};
   for (const k of ['kernel', 'initrd'] as const) {
     const p = config[k];
     if (typeof p !== 'string') continue;
+    // An x86_64 ELF kernel stays a path: createVm reads its segments straight into guest RAM.
+    if (k === 'kernel' && resolved.arch === 'x86_64' && elfKernelFile(p)) {
+      paths[k] = p;
+      continue;
+    }
     const bytes = readInputFile(k, p);
     if (bytes.length === 0) continue;
     out[k] = bytes;

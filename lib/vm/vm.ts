@@ -22,7 +22,8 @@ import type { Partition, PartitionIo, PartitionStats, VcpuStop } from '../hv/par
 import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
 import { COM_PORTS, guestTty, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import type { ExecOptions, ExecResult } from './exec';
-import { readImageFile } from './image-files';
+import { elfKernelFile, readImageFile } from './image-files';
+import type { KernelFile } from '../loader/kernel';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine } from './x86-machine';
@@ -56,6 +57,18 @@ export interface VmEvents {
 /** Loads something other than a Linux kernel (IGVM) into a fresh x86 partition; returns the BSP state. x86_64 only. */
 export type CustomLoader = (partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables) => X86VcpuInitState;
 
+/**
+ * An x86_64 kernel given as a path: an ELF stays in its file (segments read straight into guest
+ * RAM at each boot, elfKernelFile); any other format is read whole.
+ */
+async function readKernel(arch: ResolvedVmConfig['arch'], v: string | Uint8Array | undefined): Promise<Uint8Array | KernelFile | undefined> {
+  if (arch === 'x86_64' && typeof v === 'string') {
+    const file = elfKernelFile(v);
+    if (file) return file;
+  }
+  return readImage('kernel', v);
+}
+
 async function readImage(what: string, v: string | Uint8Array | undefined): Promise<Uint8Array | undefined> {
   if (v === undefined || v instanceof Uint8Array) return v;
   try {
@@ -74,7 +87,7 @@ export class Vm extends EventEmitter<VmEvents> {
   private readonly ports: Partial<Record<ComPort, SerialPort>> = {};
   private readonly hvc: SerialPort | undefined;
   /** Kept for guest reboots (a restart loads them again); dropped when the VM stops, since a stopped VM never boots again. */
-  private images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
+  private images: { kernel?: Uint8Array | KernelFile | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
   /**
    * The backends of config.net (TAPs, passt processes): opened at start, kept
@@ -106,7 +119,7 @@ export class Vm extends EventEmitter<VmEvents> {
   private restoring: LoadedSnapshot | undefined;
 
   /** Use createVm() or restoreVm(). */
-  constructor(config: ResolvedVmConfig, images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined }, customLoader?: CustomLoader, restoring?: LoadedSnapshot) {
+  constructor(config: ResolvedVmConfig, images: { kernel?: Uint8Array | KernelFile | undefined; initrd?: Uint8Array | undefined }, customLoader?: CustomLoader, restoring?: LoadedSnapshot) {
     super();
     this.config = config;
     this.restoring = restoring;
@@ -627,7 +640,7 @@ export class Vm extends EventEmitter<VmEvents> {
 export async function createVm(config: VmConfig, customLoader?: CustomLoader): Promise<Vm> {
   const resolved = resolveVmConfig(config);
   if (customLoader && resolved.arch !== 'x86_64') throw new NodevmmError('ERR_CONFIG', `createVm: a custom loader loads x86_64 partitions; an ${resolved.arch} vm boots a kernel Image (config.kernel)`);
-  const [kernel, initrd, igvm] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
+  const [kernel, initrd, igvm] = await Promise.all([readKernel(resolved.arch, resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   // (An overlay disk's base is only read.)
