@@ -71,9 +71,17 @@ struct PostedWrite {
 };
 static_assert(sizeof(PostedWrite) == 24, "posted write layout");
 
+// VmControl::notify_pending: who owes whom a wakeup.
+enum NotifyState : int32_t {
+  kNotifyIdle = 0,         // JS waits: any exit, event or first posted write wakes it
+  kNotifyOwed = 1,         // JS was woken or is running: nothing wakes it again
+  kNotifyPostedLater = 2,  // JS drains the posted-write ring on its own (a timer):
+                           // only exits and events wake it (Notify, not NotifyPosted)
+};
+
 // Per-VM control block shared with JS.
 struct alignas(64) VmControl {
-  std::atomic<int32_t> notify_pending;   // 0: a JS wakeup is owed when set 0->1
+  std::atomic<int32_t> notify_pending;   // 0: NotifyState
   std::atomic<int32_t> event_count;      // events queued for takeEvents()
   uint32_t pad0[14];
   std::atomic<uint64_t> unclaimed_reads; // 64

@@ -278,9 +278,12 @@ bool VcpuThread::PostWrite(uint32_t kind, uint32_t size, uint64_t address, uint6
   w.data = value;
   s->ring_head.store(head + 1, std::memory_order_seq_cst);
   // Dekker pairing with the JS consumer (store tail, then load head): if JS
-  // had drained everything before our store, we must wake it.
+  // had drained everything before our store, we must wake it, unless it said
+  // it drains the ring by itself. Half full, it is woken in any case, so
+  // that a guest printing faster than JS's drains does not fill the ring.
   uint32_t tail2 = s->ring_tail.load(std::memory_order_seq_cst);
-  if (tail2 == head) channel_->Notify();
+  if (tail2 == head) channel_->NotifyPosted();
+  else if (head + 1 - tail2 == kRingEntries / 2) channel_->Notify();
   s->mailbox.exits_posted++;
   return true;
 }

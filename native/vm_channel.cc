@@ -39,8 +39,20 @@ void VmChannel::Notify() {
   // count) before this load, as the exchange did: JS stores the flag, then
   // looks at those; one side always sees the other's store.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (control_->notify_pending.load(std::memory_order_relaxed) != 0) return;
-  if (control_->notify_pending.exchange(1, std::memory_order_acq_rel) == 0) {
+  if (control_->notify_pending.load(std::memory_order_relaxed) == kNotifyOwed) return;
+  if (control_->notify_pending.exchange(kNotifyOwed, std::memory_order_acq_rel) != kNotifyOwed) {
+    tsfn_.NonBlockingCall();
+  }
+}
+
+void VmChannel::NotifyPosted() {
+  if (!has_tsfn_) return;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (control_->notify_pending.load(std::memory_order_relaxed) != kNotifyIdle) return;
+  // A CAS, not an exchange: JS may store kNotifyPostedLater meanwhile, and
+  // overwriting it with kNotifyOwed would keep the next exit from waking JS.
+  int32_t expected = kNotifyIdle;
+  if (control_->notify_pending.compare_exchange_strong(expected, kNotifyOwed, std::memory_order_acq_rel)) {
     tsfn_.NonBlockingCall();
   }
 }

@@ -31,8 +31,11 @@ class VmChannel {
  public:
   VmChannel();
 
-  // Called from vCPU threads.
+  // Called from vCPU threads. Notify: an exit or event waits for JS.
+  // NotifyPosted: a posted write went into an empty ring; it wakes JS only
+  // from kNotifyIdle (JS may have said it drains the ring itself).
   void Notify();
+  void NotifyPosted();
   void PostEvent(VcpuEvent ev);
   const Route* FindRoute(uint32_t kind, uint64_t address, Routes* hold) const { return routes_.Find(kind, address, hold); }
   VmControl* control() { return control_.get(); }

@@ -21,6 +21,16 @@
  *     `git worktree add` of an older commit + npm run build) in the same
  *     rounds, for before/after figures under the same machine load.
  *
+ *   node scripts/bench-boot.js console [--runs N] [--bytes N]
+ *     The console path alone, on this machine's KVM: a tiny PVH guest that
+ *     prints N bytes (default 24,000, what Debian's kernel prints while it
+ *     boots) on COM1 as Linux's 8250 console does (an LSR read before each THR
+ *     write), nodevmm against QEMU microvm, interleaved; wall time to the
+ *     last line and the process's CPU time (user and system, /usr/bin/time),
+ *     each minus the same VMM's run of a one-line guest, so that start-up is
+ *     not counted. --against DIR also times another checkout's
+ *     bin/nodevmm.js in the same rounds (as for tiny).
+ *
  *   node scripts/bench-boot.js linux [--runs N] [--image bzimage|pvh|both]
  *     Debian's kernel + the test initramfs under a real KVM (run it through
  *     `node scripts/kvm-host.js -- node scripts/bench-boot.js linux` where
@@ -55,7 +65,7 @@ function timed(cmd, argv, marker, timeoutMs, env = process.env) {
     const t0 = process.hrtime.bigint();
     // Its own process group, so a timeout kills the VMM under /usr/bin/time too (killing only
     // `time` would leave the VMM holding the pipes open, and 'close' would never come).
-    const child = spawn('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env });
+    const child = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', rssFile, cmd, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env });
     let out = '';
     let markerMs;
     const onData = (d) => {
@@ -73,12 +83,17 @@ function timed(cmd, argv, marker, timeoutMs, env = process.env) {
       clearTimeout(timer);
       const exitMs = Number(process.hrtime.bigint() - t0) / 1e6;
       let rssKiB = NaN;
+      let userMs = NaN;
+      let sysMs = NaN;
       try {
-        rssKiB = Number(fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop());
+        const [rss, user, sys] = fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop().split(' ').map(Number);
+        rssKiB = rss;
+        userMs = user * 1000;
+        sysMs = sys * 1000;
         fs.rmSync(rssFile);
       } catch {}
       if (markerMs === undefined) return reject(new Error(`${cmd} never printed ${marker} (status ${status}); output tail:\n${out.slice(-2000)}`));
-      resolve({ markerMs, exitMs, rssKiB, status });
+      resolve({ markerMs, exitMs, rssKiB, userMs, sysMs, status });
     });
   });
 }
@@ -151,6 +166,49 @@ async function tiny() {
   console.log(`  (node -e itself peaks at ${(median(idle) / 1024).toFixed(1)} MiB; the tiny guest touches under 0.2 MiB of guest RAM)`);
 }
 
+async function consoleOutput() {
+  const { tinyPvhKernel } = require('../dist/lib/testing/tiny-pvh');
+  const bytes = numberOption('--bytes', 24_000);
+  const line = `${'x'.repeat(79)}\n`;
+  const long = `${line.repeat(Math.ceil(bytes / line.length)).slice(0, bytes)}CONSOLE-DONE\n`;
+  const short = 'CONSOLE-DONE\n';
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-'));
+  const kernels = {};
+  for (const [name, msg] of [['long', long], ['short', short]]) {
+    kernels[name] = { ours: path.join(dir, `${name}.elf`), theirs: path.join(dir, `${name}-debugexit.elf`) };
+    fs.writeFileSync(kernels[name].ours, tinyPvhKernel(msg, { waitForThre: true }));
+    fs.writeFileSync(kernels[name].theirs, tinyPvhKernel(msg, { waitForThre: true, exit: 'isa-debug-exit' }));
+  }
+  const againstDir = stringOption('--against');
+  const rows = { nodevmm: { long: [], short: [] }, qemu: { long: [], short: [] }, against: { long: [], short: [] } };
+  const ours = (dir, k) => timed(process.execPath, [path.join(dir, 'bin', 'nodevmm.js'), 'run', '--kernel', kernels[k].ours, '--boot', 'pvh', '-m', '128M', ...ONE_UART], 'CONSOLE-DONE', 60_000);
+  try {
+    for (let i = 0; i < RUNS; i++) {
+      for (const k of ['long', 'short']) {
+        rows.nodevmm[k].push(await ours(root, k));
+        if (againstDir) rows.against[k].push(await ours(path.resolve(againstDir), k));
+        rows.qemu[k].push(await timed('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-m', '128M', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-device', 'isa-debug-exit', '-kernel', kernels[k].theirs], 'CONSOLE-DONE', 60_000));
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  console.log(`console: ${bytes} bytes on COM1 (LSR read before each THR write), tiny PVH guest, 128 MiB, ${RUNS} interleaved runs, medians, minus a one-line guest's run`);
+  const rowsOf = [
+    ['wall time to the last line', (r) => r.markerMs],
+    ['process CPU, user', (r) => r.userMs],
+    ['process CPU, system', (r) => r.sysMs],
+  ];
+  for (const [name, f] of rowsOf) {
+    const unit = 'ms';
+    const own = (who) => median(rows[who].long.map(f)) - median(rows[who].short.map(f));
+    const n = own('nodevmm');
+    const q = own('qemu');
+    const also = againstDir ? `   --against ${own('against').toFixed(0)} ${unit} (${(own('against') / q).toFixed(2)}x)` : '';
+    console.log(`  ${name.padEnd(28)} nodevmm ${n.toFixed(0).padStart(6)} ${unit}   qemu ${q.toFixed(0).padStart(6)} ${unit}   ratio ${(n / q).toFixed(2)}x   (${((n * 1e3) / bytes).toFixed(1)} vs ${((q * 1e3) / bytes).toFixed(1)} us per byte)${also}`);
+  }
+}
+
 async function linux() {
   const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
   const a = await ensureGuestArtifacts({ arch: 'x86_64' });
@@ -202,9 +260,9 @@ async function linux() {
   }
 }
 
-const modes = { tiny, linux };
+const modes = { tiny, linux, console: consoleOutput };
 if (!modes[mode]) {
-  console.error('usage: node scripts/bench-boot.js tiny|linux [--runs N]');
+  console.error('usage: node scripts/bench-boot.js tiny|console|linux [--runs N]');
   process.exit(2);
 }
 console.log(`host: ${os.cpus()[0].model}, ${os.cpus().length} cpus, kernel ${os.release()}, node ${process.version}`);

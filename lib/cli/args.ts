@@ -94,8 +94,9 @@ options:
                          ,snapshot giving this run a private temporary overlay
   --snapshot-dir DIR     where Ctrl-A s saves a snapshot of the running VM (a new or
                          empty folder; the VM pauses for the save, then runs on)
-  --trace                print boot phase timings, the memory layout and, at the
-                         end, which devices' exits reached JS to stderr
+  --trace                print to stderr the start-up milestones since the process
+                         started, boot phase timings, the memory layout and, at the
+                         end, which devices' exits reached JS and the exit counters
   --verbose              show stack traces for errors
   -h, --help             this help
 

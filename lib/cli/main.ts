@@ -16,8 +16,8 @@ import { parseSize, resolveVmConfig, type VmConfig } from '../vm/config';
 import { parseRunArgs, RUN_USAGE, SIGNAL_EXIT_CODES, type RunArgs, type SerialBinding } from './args';
 import { checkGuestMemoryFits, hostBackableBytes } from './host-memory';
 import { attachConsole } from './console';
-import { bridgeTcp } from './stream-bridge';
 import { readInputFile } from '../util/file-errors';
+import { elfKernelFile } from '../vm/image-files';
 
 const USAGE = `nodevmm: a virtual machine monitor for Node.js
 
@@ -128,6 +128,8 @@ async function run(argv: readonly string[]): Promise<number> {
 const SIGNAL_EXIT = SIGNAL_EXIT_CODES;
 
 async function runVm(args: RunArgs): Promise<number> {
+  // --trace: milestones in ms since the process started (performance.now()'s origin).
+  const marks: Array<[string, number]> = [['cli', performance.now()]];
   const hv = openHypervisor();
   const probe = hv.probe();
   if (!probe.ok) throw new HypervisorUnavailableError(hv.name === 'whp' ? 'ERR_NO_WHP' : 'ERR_NO_KVM', probe.message);
@@ -138,6 +140,7 @@ async function runVm(args: RunArgs): Promise<number> {
   } else {
     // An IGVM image boots through createVm's own IGVM loader, with the plan it made while checking the file.
     const { config, paths } = readBootImages(args.config);
+    marks.push(['images read', performance.now()]);
     vm = await createVm(config);
     Object.assign(vm.paths, paths);
   }
@@ -168,18 +171,29 @@ async function runVm(args: RunArgs): Promise<number> {
   process.once('SIGINT', onSigint);
   process.once('SIGTERM', onSigterm);
   try {
+    marks.push(['vm built', performance.now()]);
     if (vm.state === 'created') await vm.start();
+    marks.push(['vcpus running', performance.now()]);
     setTimeout(vcpusRunning, 0);
     if (args.trace) {
+      process.stderr.write(`nodevmm: since process start: ${marks.map(([n, ms]) => `${n} ${ms.toFixed(0)}ms`).join(', ')}\n`);
       process.stderr.write(`nodevmm: build phases ${vm.timings.map(([n, ms]) => `${n} ${ms.toFixed(1)}ms`).join(', ')}\n`);
     }
     let exitsByDevice: ReturnType<Vm['jsExitsByDevice']> = [];
+    let exitStats: ReturnType<Vm['exitStats']>;
     // Read as the VM starts stopping, while its machine (and counters) still exist.
-    if (args.trace) vm.on('state', (s) => s === 'stopping' && (exitsByDevice = vm.jsExitsByDevice()));
+    if (args.trace) vm.on('state', (s) => s === 'stopping' && ((exitsByDevice = vm.jsExitsByDevice()), (exitStats = vm.exitStats())));
     const stop = await vm.waitForStop();
     if (args.trace) {
       const top = exitsByDevice.slice(0, 8).map((d) => `${d.name}@0x${d.start.toString(16)} ${d.accesses}`);
       process.stderr.write(`nodevmm: exits answered in JS, by device: ${top.join(', ') || 'none'}\n`);
+      const st = exitStats;
+      const cpu = process.cpuUsage();
+      if (st) {
+        process.stderr.write(
+          `nodevmm: exits to JS ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; JS dispatches ${st.notifications} (posted-write drains ${st.postedDrains}, rescues ${st.rescues}); process CPU user ${(cpu.user / 1000).toFixed(0)}ms system ${(cpu.system / 1000).toFixed(0)}ms\n`,
+        );
+      }
     }
     // Let batched console output reach the terminal before we exit.
     await new Promise((r) => setImmediate(r));
@@ -200,15 +214,22 @@ async function runVm(args: RunArgs): Promise<number> {
  * took 2-12 ms of start-up on a busy 2-core host against 0.3 ms
  * (docs/benchmarks.md). The config is checked first, so errors come in the
  * same order as from createVm, and with the same sentences (fileError). An
- * empty file is left to createVm, which says what is wrong with it.
+ * empty file is left to createVm, which says what is wrong with it. An x86_64
+ * ELF kernel is only looked at: createVm reads its segments straight into
+ * guest RAM (lib/vm/image-files.ts elfKernelFile).
  */
 function readBootImages(config: VmConfig): { config: VmConfig; paths: { kernel?: string; initrd?: string } } {
-  resolveVmConfig(config);
+  const resolved = resolveVmConfig(config);
   const out: VmConfig = { ...config };
   const paths: { kernel?: string; initrd?: string } = {};
   for (const k of ['kernel', 'initrd'] as const) {
     const p = config[k];
     if (typeof p !== 'string') continue;
+    // An x86_64 ELF kernel stays a path: createVm reads its segments straight into guest RAM.
+    if (k === 'kernel' && resolved.arch === 'x86_64' && elfKernelFile(p)) {
+      paths[k] = p;
+      continue;
+    }
     const bytes = readInputFile(k, p);
     if (bytes.length === 0) continue;
     out[k] = bytes;
@@ -261,7 +282,7 @@ async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => v
         s.once('error', (e) => reject(new NodevmmError('ERR_FILE', `${name}: cannot connect to tcp:${b.host}:${b.port}: ${e.message}`)));
       });
       sock.on('error', () => undefined);
-      const bridge = bridgeTcp(port, sock);
+      const bridge = (require('./stream-bridge') as typeof import('./stream-bridge')).bridgeTcp(port, sock);
       return () => {
         bridge.detach();
         sock.destroy();

@@ -73,6 +73,16 @@ export class BatchingSink implements ByteSink {
     else this.scheduleFlush();
   }
 
+  writeByte(byte: number): void {
+    this.stats.bytesIn++;
+    if (this.pendingLength < this.maxPending) {
+      if (this.pendingLength === this.pending.length) this.grow(this.pendingLength + 1);
+      this.pending[this.pendingLength++] = byte;
+    } else this.stats.dropped++;
+    if (this.pendingLength >= this.maxBatch) this.flush();
+    else this.scheduleFlush();
+  }
+
   /** Deliver everything pending now (unless a Writable is waiting for 'drain'). */
   flush(): void {
     if (this.pendingLength === 0 || this.waitingForDrain) return;
@@ -125,13 +135,15 @@ export class BatchingSink implements ByteSink {
 
   private append(bytes: Uint8Array): void {
     const needed = this.pendingLength + bytes.length;
-    if (needed > this.pending.length) {
-      const grown = new Uint8Array(Math.min(this.maxPending, Math.max(needed, this.pending.length * 2)));
-      grown.set(this.pending.subarray(0, this.pendingLength));
-      this.pending = grown;
-    }
+    if (needed > this.pending.length) this.grow(needed);
     this.pending.set(bytes, this.pendingLength);
     this.pendingLength = needed;
+  }
+
+  private grow(needed: number): void {
+    const grown = new Uint8Array(Math.min(this.maxPending, Math.max(needed, this.pending.length * 2)));
+    grown.set(this.pending.subarray(0, this.pendingLength));
+    this.pending = grown;
   }
 
   private scheduleFlush(): void {

@@ -18,6 +18,11 @@ export interface IrqLine {
 /** Where a device's output bytes go. Must not block; may drop (and count) under pressure. */
 export interface ByteSink {
   write(bytes: Uint8Array): void;
+  /**
+   * One byte: the same as write(Uint8Array.of(byte)) without the array, for
+   * devices that emit a byte per register write (a UART's THR). Optional.
+   */
+  writeByte?(byte: number): void;
 }
 
 /** A monotonic nanosecond clock; injectable so device tests are deterministic. */

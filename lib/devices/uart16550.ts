@@ -428,7 +428,10 @@ export class Uart16550 implements IoDevice {
     } else {
       this.stats.txBytes++;
       try {
-        this.sink.write(Uint8Array.of(byte));
+        // A byte per guest write: no array for it where the sink takes bytes.
+        const sink = this.sink;
+        if (sink.writeByte) sink.writeByte(byte);
+        else sink.write(Uint8Array.of(byte));
       } catch {
         // A failing host sink must not stall the guest driver, which waits for THRE.
         this.stats.hostErrors++;

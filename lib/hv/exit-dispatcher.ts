@@ -6,8 +6,11 @@
  * mailboxes through the buses, and hands lifecycle events to the partition.
  * With a spin window > 0 the dispatcher keeps polling the mailboxes for up to
  * that long after an exit (less while polls find nothing), so back-to-back
- * exits skip the event-loop wakeup. A 50 ms watchdog rescues work a lost
- * wakeup would strand.
+ * exits skip the event-loop wakeup. Posted writes need no answer: once a
+ * dispatch has applied some, the ring is drained on a timer every
+ * POSTED_DRAIN_MS while writes keep coming, and the vCPUs wake JS for them
+ * only when it is half full (a console burst costs one wakeup, not one per
+ * byte). A 50 ms watchdog rescues work a lost wakeup would strand.
  */
 import { EXIT_KIND_EOI, EXIT_KIND_PIO, type ControlBlock } from './exit-mailbox';
 import type { VcpuRunner } from './backend';
@@ -16,6 +19,12 @@ import type { IoBus } from './io-bus';
 /** Longest the dispatcher holds the event loop in one go before yielding (ns). */
 const DISPATCH_TURN_NS = 2_000_000n;
 const WATCHDOG_MS = 50;
+/**
+ * How long posted writes may wait in the ring during a burst (ms): the delay a
+ * console byte may see on its way out. A wakeup per byte cost the emulated
+ * host's console ~0.6 notifications per byte (docs/benchmarks.md, "Real kernel boot").
+ */
+export const POSTED_DRAIN_MS = 1;
 
 /** What the dispatcher works for: the partition's buses and vCPUs, and its answers to events and device failures. */
 export interface DispatchTarget {
@@ -35,8 +44,10 @@ export interface DispatchTarget {
 }
 
 export class ExitDispatcher {
-  /** Dispatches started (notifications from the vCPUs, redispatches, rescues). */
+  /** Dispatches started (notifications from the vCPUs, redispatches, rescues, timed drains of posted writes). */
   notifications = 0;
+  /** Dispatches the posted-write timer started. */
+  postedDrains = 0;
   /** Dispatches the watchdog had to start because no wakeup arrived. */
   rescues = 0;
   private readonly spinNs: number;
@@ -56,6 +67,11 @@ export class ExitDispatcher {
   private redispatchScheduled = false;
   private watchdog: NodeJS.Timeout | undefined;
   private lastWatchdogNotifications = -1;
+  /** Posted writes were applied since the dispatcher last went idle. */
+  private postedSeen = false;
+  /** The timer that drains posted writes (NOTIFY_POSTED_LATER), made once and re-armed with refresh(). */
+  private postedTimer: NodeJS.Timeout | undefined;
+  private postedTimerArmed = false;
 
   constructor(
     private readonly target: DispatchTarget,
@@ -74,6 +90,7 @@ export class ExitDispatcher {
   applyPosted(kind: number, address: number, size: number, value: number): void {
     const t = this.target;
     if (t.destroyed()) return;
+    this.postedSeen = true;
     (kind === EXIT_KIND_PIO ? t.pio : t.mmio).write(address, size, value);
   }
 
@@ -82,7 +99,10 @@ export class ExitDispatcher {
    * threads. The "notification pending" flag stays set while we poll, so
    * vCPUs skip the cross-thread wakeup entirely during a burst; it is
    * cleared only when we go idle, followed by one last look so an exit
-   * posted just before the clear is never stranded.
+   * posted just before the clear is never stranded. Going idle after
+   * applying posted writes leaves the flag at NOTIFY_POSTED_LATER instead,
+   * with the drain timer armed: the vCPUs then queue writes without waking
+   * us, and the last look is for exits only.
    */
   dispatch(): void {
     const t = this.target;
@@ -96,7 +116,7 @@ export class ExitDispatcher {
     const turnEnd = now + DISPATCH_TURN_NS;
     try {
       for (;;) {
-        if (this.serviceVcpus() && this.pollNs > 0) this.poll(turnEnd);
+        if (this.serviceVcpus(true) && this.pollNs > 0) this.poll(turnEnd);
         if (process.hrtime.bigint() >= turnEnd) {
           // A guest that exits without pause must not starve the event loop
           // (timers, I/O, other VMs): yield, and come back on the next turn.
@@ -107,8 +127,13 @@ export class ExitDispatcher {
         // A device handler may have destroyed the partition (vm.kill() from
         // a listener): the control block is gone then, and so is the work.
         if (t.destroyed()) return;
-        this.control.clearNotify();
-        if (!this.serviceVcpus()) {
+        const later = this.postedSeen;
+        this.postedSeen = false;
+        if (later) {
+          this.control.deferPostedNotify();
+          this.armPostedDrain();
+        } else this.control.clearNotify();
+        if (!this.serviceVcpus(!later) && !this.postedSeen) {
           this.idleSince = process.hrtime.bigint();
           break;
         }
@@ -124,9 +149,27 @@ export class ExitDispatcher {
     this.watchdog ??= setInterval(() => this.watchdogTick(), WATCHDOG_MS).unref();
   }
 
+  /** Stop the watchdog and the posted-write timer (pause, stop, destroy): the vCPUs wake JS for their next write again. */
   stopWatchdog(): void {
     if (this.watchdog) clearInterval(this.watchdog);
     this.watchdog = undefined;
+    if (this.postedTimerArmed) clearTimeout(this.postedTimer);
+    this.postedTimerArmed = false;
+    if (!this.target.destroyed()) this.control.cancelPostedLater();
+  }
+
+  private armPostedDrain(): void {
+    if (this.postedTimerArmed) return;
+    this.postedTimerArmed = true;
+    if (this.postedTimer) this.postedTimer.refresh();
+    else this.postedTimer = setTimeout(() => this.postedDrainDue(), POSTED_DRAIN_MS).unref();
+  }
+
+  private postedDrainDue(): void {
+    if (!this.postedTimerArmed) return;
+    this.postedTimerArmed = false;
+    this.postedDrains++;
+    this.dispatch();
   }
 
   /**
@@ -164,7 +207,7 @@ export class ExitDispatcher {
     let handledAny = false;
     let work = 0;
     while (!this.target.destroyed()) {
-      if (this.serviceVcpus()) {
+      if (this.serviceVcpus(true)) {
         handled = true;
         handledAny = true;
         work += 4;
@@ -186,8 +229,13 @@ export class ExitDispatcher {
     }
   }
 
-  /** Posted writes first (they happened before any pending read), then mailboxes. */
-  private serviceVcpus(): boolean {
+  /**
+   * Posted writes first (they happened before any pending read), then
+   * mailboxes; with `posted` false the ring is drained only ahead of a
+   * pending exit. True when a mailbox exit was answered; applied posted
+   * writes set postedSeen.
+   */
+  private serviceVcpus(posted: boolean): boolean {
     const t = this.target;
     let handled = false;
     for (const r of t.runners) {
@@ -195,7 +243,7 @@ export class ExitDispatcher {
       // device of it may run again, and the exits left are aborted natively.
       if (t.destroyed()) return handled;
       const sh = r.shared;
-      if (sh.drainPosted(this) > 0) handled = true;
+      if (posted) sh.drainPosted(this);
       if (t.destroyed()) return handled;
       if (sh.pending) {
         // The vCPU published every write it posted before this exit (ring head, then the

@@ -11,6 +11,12 @@ export const MAILBOX_IDLE = 0;
 export const MAILBOX_PENDING = 1;
 /** 2 was DONE: an answered exit now goes straight back to IDLE (native/exit_mailbox.h). */
 export const MAILBOX_ABORTED = 3;
+/** VmControl.notify_pending (native NotifyState): JS waits; any exit, event or first posted write wakes it. */
+export const NOTIFY_IDLE = 0;
+/** JS was woken or is running: nothing wakes it again. */
+export const NOTIFY_OWED = 1;
+/** JS drains the posted-write ring on a timer: only exits, events and a half-full ring wake it. */
+export const NOTIFY_POSTED_LATER = 2;
 export const EXIT_KIND_PIO = 1;
 export const EXIT_KIND_MMIO = 2;
 /** An EOI a userspace IOAPIC must see (native kExitKindEoi): address is the vector. */
@@ -188,12 +194,21 @@ export class ControlBlock {
     this.dv = new DataView(buffer);
   }
 
-  /** A vCPU raised the flag and owes JS no further wakeup until it is cleared. */
+  /** A vCPU raised the flag and owes JS no further wakeup until it is cleared (or JS drains posted writes on its own). */
   get notifyPending(): boolean {
-    return Atomics.load(this.i32, 0) !== 0;
+    return Atomics.load(this.i32, 0) !== NOTIFY_IDLE;
   }
+  /** Going idle: the next exit, event or posted write wakes JS. */
   clearNotify(): void {
-    Atomics.store(this.i32, 0, 0);
+    Atomics.store(this.i32, 0, NOTIFY_IDLE);
+  }
+  /** Going idle with a drain of the posted-write ring scheduled: only exits and events wake JS. */
+  deferPostedNotify(): void {
+    Atomics.store(this.i32, 0, NOTIFY_POSTED_LATER);
+  }
+  /** Leave NOTIFY_POSTED_LATER for NOTIFY_IDLE (the scheduled drain is cancelled); any other state stays. */
+  cancelPostedLater(): void {
+    Atomics.compareExchange(this.i32, 0, NOTIFY_POSTED_LATER, NOTIFY_IDLE);
   }
   /** Lifecycle events (paused, exited) wait in the backend's queue. */
   get eventsQueued(): boolean {

@@ -97,7 +97,10 @@ export interface PartitionStats {
   exitsPosted: bigint;
   unclaimedReads: bigint;
   unclaimedWrites: bigint;
+  /** Dispatches started: wakeups from the vCPUs, redispatches, rescues and posted-write drains. */
   notifications: number;
+  /** Of those, the timed drains of posted writes during a burst of them (exit-dispatcher.ts POSTED_DRAIN_MS). */
+  postedDrains: number;
   /** Dispatches the 50 ms watchdog had to start because no wakeup arrived (should stay 0). */
   rescues: number;
   /** The dispatcher's polling window now, ns (dispatchSpinUs at most; it shrinks while polls find no exit). */

@@ -11,7 +11,7 @@ import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
 import { BZIMAGE_ENTRY_OFFSET, BZIMAGE_LOAD_START, FOUR_GIB, HIGH_MEMORY_START } from '../arch/x86_64/layout';
 import { looksLikeBzImage, parseBzImage, type BzImageHeader } from './bzimage';
-import { isLinuxElf, parseElf64 } from './elf';
+import { isLinuxElf, parseElf64, type Elf64Segment } from './elf';
 import { formatSize } from './format-size';
 
 export type KernelFormat = 'elf' | 'bzimage' | 'arm64-image' | 'unknown';
@@ -62,6 +62,28 @@ export interface X86KernelLoadOptions {
   protocol: 'auto' | X86BootProtocol;
 }
 
+/**
+ * A kernel image left in its file, opened for each load: an ELF vmlinux's PT_LOAD segments
+ * are read from it straight into guest RAM (one copy, and no buffer of the image's size kept
+ * for reboots). Any other format is read whole and loaded as bytes.
+ */
+export interface KernelFile {
+  open(): KernelFileHandle;
+}
+
+export interface KernelFileHandle {
+  /** The file's size when it was opened. */
+  readonly size: number;
+  /** Fill all of `target` from the file at `position`; throws when the file ends first. */
+  readInto(position: number, target: Uint8Array): void;
+  close(): void;
+}
+
+/** Header bytes read to find the format and, for an ELF, its program headers. */
+const KERNEL_FILE_HEAD = 64 * 1024;
+/** PT_NOTE bytes read from a kernel file at most: Linux's notes are a few hundred bytes. */
+const KERNEL_FILE_NOTES_MAX = 1024 * 1024;
+
 export interface X86KernelLoadResult {
   format: 'elf' | 'bzimage';
   protocol: X86BootProtocol;
@@ -79,9 +101,11 @@ export interface X86KernelLoadResult {
 }
 
 /** Load an x86_64 kernel image into `mem`; throws FormatError or GuestMemoryError with a specific code. */
-export function loadX86Kernel(mem: GuestMemory, bytes: Uint8Array, opts: X86KernelLoadOptions): X86KernelLoadResult {
+export function loadX86Kernel(mem: GuestMemory, kernel: Uint8Array | KernelFile, opts: X86KernelLoadOptions): X86KernelLoadResult {
+  if (!(kernel instanceof Uint8Array)) return loadX86KernelFile(mem, kernel, opts);
+  const bytes = kernel;
   const guess = detectKernelFormat(bytes);
-  if (guess.format === 'elf') return loadElf(mem, bytes, opts);
+  if (guess.format === 'elf') return loadElf(mem, bytes, opts, (seg) => mem.write(seg.p_paddr, bytes.subarray(seg.p_offset, seg.p_offset + seg.p_filesz)));
   if (guess.format === 'bzimage') return loadBzImage(mem, bytes, opts);
   throw new FormatError('ERR_KERNEL_FORMAT', `kernel is not an x86_64 ELF or bzImage: ${guess.hint ?? 'unrecognised format'}`, {
     format: 'kernel',
@@ -91,7 +115,49 @@ export function loadX86Kernel(mem: GuestMemory, bytes: Uint8Array, opts: X86Kern
   });
 }
 
-function loadElf(mem: GuestMemory, bytes: Uint8Array, opts: X86KernelLoadOptions): X86KernelLoadResult {
+function loadX86KernelFile(mem: GuestMemory, file: KernelFile, opts: X86KernelLoadOptions): X86KernelLoadResult {
+  const h = file.open();
+  try {
+    const head = new Uint8Array(Math.min(h.size, KERNEL_FILE_HEAD));
+    h.readInto(0, head);
+    if (detectKernelFormat(head).format !== 'elf') {
+      const bytes = new Uint8Array(h.size);
+      h.readInto(0, bytes);
+      return loadX86Kernel(mem, bytes, opts);
+    }
+    // parseElf64 checks every offset against the file's size, so it gets an array of that size
+    // (zero pages the OS maps on demand) holding only what it reads: the header, the program
+    // headers and the notes.
+    const sparse = new Uint8Array(h.size);
+    sparse.set(head);
+    const dv = new DataView(head.buffer);
+    if (head.length >= 64) {
+      const phoff = Number(dv.getBigUint64(32, true));
+      const phnum = dv.getUint16(56, true);
+      const fill = (at: number, len: number) => {
+        if (len > 0 && at + len <= h.size && at + len > head.length) h.readInto(at, sparse.subarray(at, at + len));
+      };
+      fill(phoff, phnum * 56);
+      let notes = 0;
+      for (let i = 0; i < phnum; i++) {
+        const at = phoff + i * 56;
+        if (at + 56 > h.size) break;
+        const ph = new DataView(sparse.buffer, at, 56);
+        if (ph.getUint32(0, true) !== 4) continue; // PT_NOTE
+        const off = Number(ph.getBigUint64(8, true));
+        const len = Number(ph.getBigUint64(32, true));
+        if (notes + len > KERNEL_FILE_NOTES_MAX) continue; // left as zeros: parseElf64 then finds no such note
+        notes += len;
+        fill(off, len);
+      }
+    }
+    return loadElf(mem, sparse, opts, (seg) => mem.writeFrom(seg.p_paddr, seg.p_filesz, (target, done) => h.readInto(seg.p_offset + done, target)));
+  } finally {
+    h.close();
+  }
+}
+
+function loadElf(mem: GuestMemory, bytes: Uint8Array, opts: X86KernelLoadOptions, copy: (seg: Elf64Segment) => void): X86KernelLoadResult {
   const elf = parseElf64(bytes);
   let kernelStart = Number.MAX_SAFE_INTEGER;
   let kernelEnd = 0;
@@ -141,7 +207,7 @@ function loadElf(mem: GuestMemory, bytes: Uint8Array, opts: X86KernelLoadOptions
 
   for (const seg of elf.loads) {
     if (seg.p_memsz === 0) continue;
-    mem.write(seg.p_paddr, bytes.subarray(seg.p_offset, seg.p_offset + seg.p_filesz));
+    copy(seg);
     // The bss (and whatever the RAM held before a reset) must read as zeros.
     if (seg.p_memsz > seg.p_filesz) mem.fill(seg.p_paddr + seg.p_filesz, seg.p_memsz - seg.p_filesz, 0);
   }

@@ -35,7 +35,7 @@ import {
 import { buildPvhStartInfo } from '../arch/x86_64/pvh';
 import { encodeCmdline } from './cmdline';
 import { ELF_INITRD_ADDR_MAX, placeInitrd } from './initrd';
-import { loadX86Kernel, type X86BootProtocol, type X86KernelLoadResult } from './kernel';
+import { loadX86Kernel, type KernelFile, type X86BootProtocol, type X86KernelLoadResult } from './kernel';
 
 /**
  * Without the guest's real MAXPHYADDR we use the architectural minimum: the
@@ -45,7 +45,8 @@ import { loadX86Kernel, type X86BootProtocol, type X86KernelLoadResult } from '.
 export const DEFAULT_PHYS_ADDR_BITS = 36;
 
 export interface LinuxDirectX86Options {
-  kernel: Uint8Array;
+  /** The image, or its file (an ELF's segments are then read straight into guest RAM). */
+  kernel: Uint8Array | KernelFile;
   initrd?: Uint8Array | undefined;
   cmdline: string;
   protocol?: 'auto' | X86BootProtocol;

@@ -231,6 +231,15 @@ export class GuestMemory implements GuestMemoryAccess {
   }
 
   /**
+   * Let `source` write [gpa, gpa+length) in place: it is handed the range piece by piece as
+   * views of guest RAM, with how many bytes came before each (a file read straight into
+   * guest memory, without a buffer in between).
+   */
+  writeFrom(gpa: number, length: number, source: (target: Uint8Array, done: number) => void): void {
+    this.each(gpa, length, 'write', true, (c, off, n, done) => source(c.u8.subarray(off, off + n), done));
+  }
+
+  /**
    * A zero-copy view of [gpa, gpa+length) when it lies within one backing
    * buffer (device models use this for DMA); undefined when it spans buffers.
    */

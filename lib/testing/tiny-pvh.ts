@@ -11,18 +11,32 @@ const LOAD_ADDRESS = 0x100000;
 const CODE_OFFSET = 0x1000;
 
 /** The 32-bit guest program (see the mnemonics). */
-function program(message: string, base: number, options: { powerOff: boolean; exit: 'acpi' | 'isa-debug-exit' }): number[] {
+function program(message: string, base: number, options: { powerOff: boolean; exit: 'acpi' | 'isa-debug-exit'; waitForThre: boolean }): number[] {
   const msgAt = base + 0x100;
   const imm32 = (v: number) => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff];
-  const code = [
-    0x66, 0xba, 0xf8, 0x03, //         mov dx, 0x3f8        ; COM1 THR
-    0xbe, ...imm32(msgAt), //          mov esi, message
-    0xac, //                   next:   lodsb
-    0x84, 0xc0, //                     test al, al
-    0x74, 0x03, //                     jz done
-    0xee, //                           out dx, al
-    0xeb, 0xf8, //                     jmp next
-  ];
+  const code = options.waitForThre
+    ? [
+        0xbe, ...imm32(msgAt), //      mov esi, message
+        0x66, 0xba, 0xfd, 0x03, // next: mov dx, 0x3fd      ; COM1 LSR
+        0xec, //                 wait: in al, dx
+        0xa8, 0x20, //                 test al, 0x20        ; THRE
+        0x74, 0xfb, //                 jz wait
+        0xac, //                       lodsb
+        0x84, 0xc0, //                 test al, al
+        0x74, 0x07, //                 jz done
+        0x66, 0xba, 0xf8, 0x03, //     mov dx, 0x3f8        ; COM1 THR
+        0xee, //                       out dx, al
+        0xeb, 0xeb, //                 jmp next
+      ]
+    : [
+        0x66, 0xba, 0xf8, 0x03, //     mov dx, 0x3f8        ; COM1 THR
+        0xbe, ...imm32(msgAt), //      mov esi, message
+        0xac, //               next:   lodsb
+        0x84, 0xc0, //                 test al, al
+        0x74, 0x03, //                 jz done
+        0xee, //                       out dx, al
+        0xeb, 0xf8, //                 jmp next
+      ];
   if (options.powerOff && options.exit === 'isa-debug-exit') {
     code.push(
       0x66, 0xba, 0x01, 0x05, //  done:   mov dx, 0x501        ; QEMU isa-debug-exit
@@ -47,10 +61,12 @@ function program(message: string, base: number, options: { powerOff: boolean; ex
 /**
  * Build the ELF. `powerOff: false` leaves the guest halted (for pause/kill
  * tests); `exit: 'isa-debug-exit'` ends through QEMU's debug-exit port
- * instead of ACPI, for the QEMU baseline of the boot benchmark.
+ * instead of ACPI, for the QEMU baseline of the boot benchmark;
+ * `waitForThre` reads LSR until THRE before each byte, as Linux's 8250
+ * console does (the console benchmark, scripts/bench-boot.js console).
  */
-export function tinyPvhKernel(message = 'TINY-PVH-OK\n', options: { powerOff?: boolean; exit?: 'acpi' | 'isa-debug-exit' } = {}): Uint8Array {
-  const code = program(message, LOAD_ADDRESS, { powerOff: options.powerOff ?? true, exit: options.exit ?? 'acpi' });
+export function tinyPvhKernel(message = 'TINY-PVH-OK\n', options: { powerOff?: boolean; exit?: 'acpi' | 'isa-debug-exit'; waitForThre?: boolean } = {}): Uint8Array {
+  const code = program(message, LOAD_ADDRESS, { powerOff: options.powerOff ?? true, exit: options.exit ?? 'acpi', waitForThre: options.waitForThre ?? false });
   const noteOffset = 64 + 2 * 56;
   const note = new ByteWriter().u32(4).u32(4).u32(18).ascii('Xen\0').u32(LOAD_ADDRESS).finish();
   const w = new ByteWriter(CODE_OFFSET + code.length);

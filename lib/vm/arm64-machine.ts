@@ -13,6 +13,7 @@ import { loadLinuxDirectArm64 } from '../arch/aarch64/linux-direct';
 import { arm64RamRanges, gicRedistributorRange, GIC_DIST_START, PL011_SIZE, PL061_SIZE, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_SPIS, VIRTIO_MMIO_START } from '../arch/aarch64/layout';
 import { Pl011 } from '../devices/pl011';
 import { Pl061 } from '../devices/pl061';
+import { NodevmmError } from '../errors';
 import { BatchingSink } from '../devices/serial-sinks';
 import type { IrqLine } from '../devices/types';
 import { openHypervisor } from '../hv/hypervisor';
@@ -71,6 +72,8 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
     // 3. Kernel, initrd and the device tree, which lists the same virtio slots the bus gets below.
     const slots = virtioSlots(cfg, ARM64_VIRTIO_PLACEMENT);
     const mpidrs = partition.vcpus.map((v) => partition.mpidr(v.index));
+    // createVm reads an arm64 kernel whole (elfKernelFile is for x86_64 ELF kernels only).
+    if (!(images.kernel instanceof Uint8Array)) throw new NodevmmError('ERR_CONFIG', 'an arm64 vm boots a kernel Image given as bytes or a path read whole');
     const boot = loadLinuxDirectArm64(partition.memory, {
       kernel: images.kernel,
       ...(images.initrd ? { initrd: images.initrd } : {}),

@@ -15,8 +15,11 @@
  * within one tick can leave the same mtime: as git does for its index, a file
  * modified in the last two seconds is read afresh and not cached.
  */
-import type { BigIntStats } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, type BigIntStats } from 'node:fs';
 import type * as FsPromises from 'node:fs/promises';
+import { NodevmmError } from '../errors';
+import type { KernelFile, KernelFileHandle } from '../loader/kernel';
+import { fileError } from '../util/file-errors';
 
 const cache = new Map<string, WeakRef<Uint8Array>>();
 const reading = new Map<string, Promise<Uint8Array>>();
@@ -56,6 +59,62 @@ export async function readImageFile(path: string): Promise<Uint8Array> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * The kernel at `path` as a KernelFile when it is a non-empty ELF file, else undefined (read it
+ * whole). An ELF vmlinux's segments are then read straight into guest RAM at each boot and
+ * nothing of it stays in memory in between (Debian's is 66 MiB); a reboot reads the file
+ * again, so a kernel replaced meanwhile is the one that boots, as with Cloud Hypervisor.
+ * Throws fileError when the file cannot be opened.
+ */
+export function elfKernelFile(path: string): KernelFile | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw fileError('kernel', path, e);
+  }
+  try {
+    const magic = new Uint8Array(4);
+    const n = readSync(fd, magic, 0, 4, 0);
+    if (n < 4 || magic[0] !== 0x7f || magic[1] !== 0x45 || magic[2] !== 0x4c || magic[3] !== 0x46) return undefined;
+  } catch (e) {
+    throw fileError('kernel', path, e);
+  } finally {
+    closeSync(fd);
+  }
+  return { open: () => openKernelFile(path) };
+}
+
+function openKernelFile(path: string): KernelFileHandle {
+  let fd: number;
+  let size: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw fileError('kernel', path, e);
+  }
+  try {
+    size = fstatSync(fd).size;
+  } catch (e) {
+    closeSync(fd);
+    throw fileError('kernel', path, e);
+  }
+  return {
+    size,
+    readInto(position: number, target: Uint8Array): void {
+      let done = 0;
+      while (done < target.length) {
+        const n = readSync(fd, target, done, target.length - done, position + done);
+        if (n === 0) {
+          throw new NodevmmError('ERR_KERNEL_FILE_CHANGED', `kernel file ${path} ended at byte ${position + done} of the ${size} it had when opened: it changed while it was loaded`);
+        }
+        done += n;
+      }
+    },
+    close: () => closeSync(fd),
+  };
 }
 
 /** How many files the cache holds live buffers for (tests and diagnostics). */

@@ -11,6 +11,7 @@
  */
 import { NodevmmError } from '../errors';
 import type { NetBackend } from '../devices/virtio/net';
+import type { KernelFile } from '../loader/kernel';
 import type { Partition, PartitionIo } from '../hv/partition';
 import type { ComPort } from './config';
 import type { SerialPort } from './serial-port';
@@ -34,7 +35,8 @@ export interface MachineHooks {
 }
 
 export interface BootImages {
-  kernel: Uint8Array;
+  /** x86_64 may get an ELF kernel as its file (lib/vm/image-files.ts elfKernelFile). */
+  kernel: Uint8Array | KernelFile;
   initrd?: Uint8Array | undefined;
 }
 

@@ -28,9 +28,13 @@ import type { ClusterMap } from '../devices/virtio/blk-overlay';
 import type { ImageStorage } from '../devices/virtio/blk-backends';
 import type { SharedRamMapping, VhostUserDeviceOps, VirtioFs } from '../devices/virtio/fs';
 import type { ResolvedVmConfig } from './config';
-import { openDisk, type OpenedDisk } from './disk-images';
-import { ioeventfdQueueNotifier } from './queue-notifier';
-import { openVhostVsock } from './vhost-vsock';
+import type { OpenedDisk } from './disk-images';
+
+// Disk images, ioeventfd kicks and vhost-vsock load when a VM has such a device, not with every
+// VM: a boot with none starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
+const diskImages = () => require('./disk-images') as typeof import('./disk-images');
+const queueNotifiers = () => require('./queue-notifier') as typeof import('./queue-notifier');
+const vhostVsock = () => require('./vhost-vsock') as typeof import('./vhost-vsock');
 import type { SerialPort } from './serial-port';
 
 export type VirtioSlotKind = { kind: 'blk'; index: number } | { kind: 'net'; index: number } | { kind: 'fs'; index: number } | { kind: 'vsock' } | { kind: 'rng' } | { kind: 'console' };
@@ -82,7 +86,12 @@ export function virtioSlots(
   }));
 }
 
-export { openDisk, type OpenedDisk } from './disk-images';
+export type { OpenedDisk } from './disk-images';
+
+/** See disk-images.ts openDisk (loaded on first use). */
+export function openDisk(...args: Parameters<typeof import('./disk-images').openDisk>): OpenedDisk {
+  return diskImages().openDisk(...args);
+}
 
 /**
  * A disk with a copy-on-write overlay: the base opened read-only, the overlay
@@ -488,8 +497,8 @@ export function attachPartitionVirtio(
     netBackends: owned.netBackends ?? [],
     overlays: owned.overlays ?? [],
     fsBackends: { shares: owned.shareBackends ?? [], notify: partition.notifyOps(), ram: () => partition.ramMappings() },
-    vsockBackends: (cid) => ({ vhost: openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
-    queueNotifier: (base) => ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
+    vsockBackends: (cid) => ({ vhost: vhostVsock().openVhostVsock(cid), notify: partition.notifyOps(), ram: () => partition.ramMappings() }),
+    queueNotifier: (base) => queueNotifiers().ioeventfdQueueNotifier(partition.notifyOps(), base, (e) => partition.reportHostError(e)),
     onHostError: (e) => partition.reportHostError(e),
     directIo: partition,
   });

@@ -18,11 +18,12 @@ import { join } from 'node:path';
 import { ConfigError, FormatError, NodevmmError, VmStateError } from '../errors';
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
-import type { Partition, PartitionIo, VcpuStop } from '../hv/partition';
+import type { Partition, PartitionIo, PartitionStats, VcpuStop } from '../hv/partition';
 import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
 import { COM_PORTS, guestTty, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import type { ExecOptions, ExecResult } from './exec';
-import { readImageFile } from './image-files';
+import { elfKernelFile, readImageFile } from './image-files';
+import type { KernelFile } from '../loader/kernel';
 import { assertAllowed, type StopReason, type VmState } from './lifecycle';
 import { SerialPort, type ExpectOptions } from './serial-port';
 import { buildX86Machine } from './x86-machine';
@@ -38,12 +39,13 @@ import type { X86VcpuInitState } from '../hv/x86-state';
 import type { X86Partition } from '../hv/partition';
 import type { X86AcpiTables } from '../acpi/x86-tables';
 import type { SnapshotManifest } from '../snapshot/manifest';
-import { loadVmSnapshot, saveVmSnapshot, type LoadedSnapshot, type RestoreOverrides } from './snapshot';
+import type { LoadedSnapshot, RestoreOverrides } from './snapshot';
 
-// Networking, vsock and exec load on first use, not with every VM: a VM that uses none of them
-// (the CLI's tiny guest) starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
+// Networking, vsock, exec and snapshots load on first use, not with every VM: a VM that uses none of them
+// (the CLI's tiny guest, a boot) starts without compiling and running them (CLI start-up time, docs/benchmarks.md).
 const vsockStreams = () => require('./vsock-stream') as typeof import('./vsock-stream');
 const execModule = () => require('./exec') as typeof import('./exec');
+const snapshots = () => require('./snapshot') as typeof import('./snapshot');
 
 export interface VmEvents {
   state: [VmState];
@@ -54,6 +56,18 @@ export interface VmEvents {
 
 /** Loads something other than a Linux kernel (IGVM) into a fresh x86 partition; returns the BSP state. x86_64 only. */
 export type CustomLoader = (partition: X86Partition, config: ResolvedVmConfig, acpi: X86AcpiTables) => X86VcpuInitState;
+
+/**
+ * An x86_64 kernel given as a path: an ELF stays in its file (segments read straight into guest
+ * RAM at each boot, elfKernelFile); any other format is read whole.
+ */
+async function readKernel(arch: ResolvedVmConfig['arch'], v: string | Uint8Array | undefined): Promise<Uint8Array | KernelFile | undefined> {
+  if (arch === 'x86_64' && typeof v === 'string') {
+    const file = elfKernelFile(v);
+    if (file) return file;
+  }
+  return readImage('kernel', v);
+}
 
 async function readImage(what: string, v: string | Uint8Array | undefined): Promise<Uint8Array | undefined> {
   if (v === undefined || v instanceof Uint8Array) return v;
@@ -73,7 +87,7 @@ export class Vm extends EventEmitter<VmEvents> {
   private readonly ports: Partial<Record<ComPort, SerialPort>> = {};
   private readonly hvc: SerialPort | undefined;
   /** Kept for guest reboots (a restart loads them again); dropped when the VM stops, since a stopped VM never boots again. */
-  private images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined };
+  private images: { kernel?: Uint8Array | KernelFile | undefined; initrd?: Uint8Array | undefined };
   private readonly customLoader: CustomLoader | undefined;
   /**
    * The backends of config.net (TAPs, passt processes): opened at start, kept
@@ -105,7 +119,7 @@ export class Vm extends EventEmitter<VmEvents> {
   private restoring: LoadedSnapshot | undefined;
 
   /** Use createVm() or restoreVm(). */
-  constructor(config: ResolvedVmConfig, images: { kernel?: Uint8Array | undefined; initrd?: Uint8Array | undefined }, customLoader?: CustomLoader, restoring?: LoadedSnapshot) {
+  constructor(config: ResolvedVmConfig, images: { kernel?: Uint8Array | KernelFile | undefined; initrd?: Uint8Array | undefined }, customLoader?: CustomLoader, restoring?: LoadedSnapshot) {
     super();
     this.config = config;
     this.restoring = restoring;
@@ -344,7 +358,7 @@ export class Vm extends EventEmitter<VmEvents> {
     const m = this.machine!;
     const { AGENT_READY } = execModule();
     const agentReady = (Object.keys(this.ports) as ComPort[]).filter((c) => this.ports[c]!.log().includes(AGENT_READY));
-    return saveVmSnapshot(dir, this.config, m, this.overlays, { agentReady });
+    return snapshots().saveVmSnapshot(dir, this.config, m, this.overlays, { agentReady });
   }
 
   /**
@@ -441,6 +455,14 @@ export class Vm extends EventEmitter<VmEvents> {
     const irqs = m.describeInterrupts?.() ?? [];
     const st = p.stats();
     return `${note}${vcpus.join('; ')}; ${uarts.join(', ')}; ${irqs.map((l) => `${l}; `).join('')}exits to js ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; notifications ${st.notifications}, rescues ${st.rescues}`;
+  }
+
+  /**
+   * The exit path's counters of this boot so far (exits answered in JS, natively and posted,
+   * JS wakeups): what `nodevmm run --trace` prints. undefined before start.
+   */
+  exitStats(): PartitionStats | undefined {
+    return this.machine?.partition.stats();
   }
 
   /**
@@ -618,7 +640,7 @@ export class Vm extends EventEmitter<VmEvents> {
 export async function createVm(config: VmConfig, customLoader?: CustomLoader): Promise<Vm> {
   const resolved = resolveVmConfig(config);
   if (customLoader && resolved.arch !== 'x86_64') throw new NodevmmError('ERR_CONFIG', `createVm: a custom loader loads x86_64 partitions; an ${resolved.arch} vm boots a kernel Image (config.kernel)`);
-  const [kernel, initrd, igvm] = await Promise.all([readImage('kernel', resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
+  const [kernel, initrd, igvm] = await Promise.all([readKernel(resolved.arch, resolved.kernel), readImage('initrd', resolved.initrd), readImage('igvm', resolved.igvm)]);
   if (igvm) resolved.igvm = igvm;
   // Open (and close) every disk now, so a missing or unwritable image fails createVm, not start().
   // (An overlay disk's base is only read.)
@@ -681,7 +703,7 @@ function track(vm: Vm): void {
  * changed file is refused with a SnapshotError naming it.
  */
 export async function restoreVm(dir: string, overrides: RestoreOverrides = {}): Promise<Vm> {
-  const snap = await loadVmSnapshot(dir, overrides);
+  const snap = await snapshots().loadVmSnapshot(dir, overrides);
   const resolved = snap.config;
   // As createVm: a missing or locked image fails here, not half-way through the build.
   for (const d of resolved.disks) closeSync(openDisk(d.path, !!d.readonly || d.overlay === 'temp').fd);

@@ -52,10 +52,17 @@ export interface X86Machine extends Machine {
   boot: LinuxDirectX86Result | undefined;
 }
 
-/** A UART whose side-effect-free registers are mirrored into native shadows after every access. */
+/**
+ * A UART whose side-effect-free registers are mirrored into native shadows after every access.
+ * Only what changed is stored: a console writes THR once per byte and changes no shadowed
+ * register, and the switch is an atomic store (a fence) each time.
+ */
 class ShadowedUart implements IoDevice {
   readonly name: string;
   shadow: ShadowBlock | undefined;
+  /** What the shadow block holds now, by offset (-1: not written yet), and its switch (-1: not yet). */
+  private readonly shown = new Int16Array(8).fill(-1);
+  private shownSwitch = -1;
   constructor(readonly uart: Uart16550) {
     this.name = uart.name;
   }
@@ -66,9 +73,16 @@ class ShadowedUart implements IoDevice {
     for (const off of UART_SHADOWED) {
       const v = this.uart.peek(off);
       if (v === undefined) ok = false;
-      else sh.set(off, v);
+      else if (this.shown[off] !== v) {
+        sh.set(off, v);
+        this.shown[off] = v;
+      }
     }
-    sh.enable(ok, ok);
+    const on = ok ? 1 : 0;
+    if (this.shownSwitch !== on) {
+      sh.enable(ok, ok);
+      this.shownSwitch = on;
+    }
   }
   read(offset: number, size: number): number {
     const v = this.uart.read(offset, size);

@@ -37,6 +37,34 @@ test('delivered chunks are copies the sink does not reuse', (t) => {
   t.deepEqual(chunks.map((c) => [...c]), [[1, 2], [3, 4]]);
 });
 
+test('writeByte batches like write, grows its buffer, flushes at the threshold and drops past the bound', (t) => {
+  const chunks: number[][] = [];
+  const sink = new BatchingSink((c) => chunks.push([...c]), { maxBatchBytes: 600, maxPendingBytes: 600, schedule: () => {} });
+  for (let i = 0; i < 599; i++) sink.writeByte(i & 0xff);
+  t.is(chunks.length, 0);
+  t.is(sink.pendingBytes, 599, 'past the first 256-byte buffer');
+  sink.writeByte(7);
+  t.is(chunks.length, 1);
+  t.is(chunks[0]!.length, 600);
+  t.is(chunks[0]![300], 300 & 0xff);
+  t.is(chunks[0]![599], 7);
+  const slow = new Writable({ highWaterMark: 1, write: () => {} });
+  const blocked = new BatchingSink(slow, { maxBatchBytes: 1, maxPendingBytes: 2 });
+  blocked.writeByte(1); // delivered; the stream now waits for 'drain'
+  blocked.writeByte(2);
+  blocked.writeByte(3);
+  blocked.writeByte(4);
+  t.is(blocked.pendingBytes, 2);
+  t.is(blocked.stats.dropped, 1);
+});
+
+test('the UART hands its THR bytes to a sink\'s writeByte when it has one', (t) => {
+  const bytes: number[] = [];
+  const uart = new Uart16550({ irq: new RecordingIrqLine(), sink: { write: () => t.fail('write used'), writeByte: (b) => void bytes.push(b) } });
+  for (const ch of 'ok') uart.write(0, 1, ch.charCodeAt(0));
+  t.deepEqual(bytes, [0x6f, 0x6b]);
+});
+
 test('a backpressured Writable holds a bounded backlog and counts drops', async (t) => {
   const received: Buffer[] = [];
   let release: (() => void) | undefined;

@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from '../../../lib/hv/backend';
-import { EXIT_KIND_EOI, EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_IDLE, MAILBOX_PENDING, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { EXIT_KIND_EOI, EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_IDLE, MAILBOX_PENDING, NOTIFY_IDLE, NOTIFY_OWED, NOTIFY_POSTED_LATER, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
 import { PartitionCore } from '../../../lib/hv/partition-core';
 import type { NotifyOps, VcpuStop, VirtualProcessor } from '../../../lib/hv/partition';
 import type { Route } from '../../../lib/hv/route-table';
@@ -205,6 +205,54 @@ test('writes a vCPU posts after the drain looked but before its mailbox exit are
   b.notify();
   t.true(raced);
   t.deepEqual(seen, [0, 1, 2, 3, 4]);
+  p.destroy();
+});
+
+test('after a dispatch applied posted writes, later ones are drained on a timer without wakeups; exits still wake JS, in order', async (t) => {
+  // A console burst: the first byte wakes JS, the rest go into the ring while the flag says
+  // NOTIFY_POSTED_LATER (native NotifyPosted then sends nothing), and JS drains them on its timer.
+  const { p, b } = partition(1, 0);
+  const seen: string[] = [];
+  p.pio.register(0x3f8, 8, { name: 'uart', read: (o) => (seen.push(`r${o}`), 0x60), write: (o, _s, v) => void seen.push(`w${o}=${v}`) });
+  p.start();
+  const r = b.runners[0]!;
+  const flag = () => Atomics.load(new Int32Array(b.control), 0);
+  const until = async (done: () => boolean) => {
+    for (let waited = 0; !done() && waited < 5000; waited += 5) await new Promise((res) => setTimeout(res, 5));
+  };
+  r.post(EXIT_KIND_PIO, 1, 0x3f8, 1);
+  b.notify();
+  t.deepEqual(seen, ['w0=1']);
+  t.is(flag(), NOTIFY_POSTED_LATER, 'idle, but with the ring drained on a timer');
+  r.post(EXIT_KIND_PIO, 1, 0x3f8, 2);
+  r.post(EXIT_KIND_PIO, 1, 0x3f8, 3);
+  await until(() => seen.length === 3);
+  t.deepEqual(seen, ['w0=1', 'w0=2', 'w0=3'], 'applied with no wakeup');
+  t.true(p.stats().postedDrains >= 1);
+  // An exit wakes JS from NOTIFY_POSTED_LATER (native Notify stores NOTIFY_OWED); writes posted before it go first.
+  r.post(EXIT_KIND_PIO, 1, 0x3f8, 4);
+  r.exit(EXIT_KIND_PIO, false, 1, 0x3fd);
+  Atomics.store(new Int32Array(b.control), 0, NOTIFY_OWED);
+  b.notify();
+  t.deepEqual(seen.slice(3), ['w0=4', 'r5']);
+  t.is(Atomics.load(r.shared.i32, 0), MAILBOX_IDLE);
+  // A drain that finds nothing ends the burst: the next posted write wakes JS again.
+  await until(() => flag() === NOTIFY_IDLE);
+  t.is(flag(), NOTIFY_IDLE);
+  p.destroy();
+});
+
+test('a pause leaves no posted-write timer behind: after resume the first posted write wakes JS', async (t) => {
+  const { p, b } = partition(1, 0);
+  p.pio.register(0x3f8, 8, { name: 'uart', read: () => 0, write: () => {} });
+  p.start();
+  b.runners[0]!.post(EXIT_KIND_PIO, 1, 0x3f8, 1);
+  b.notify();
+  t.is(Atomics.load(new Int32Array(b.control), 0), NOTIFY_POSTED_LATER);
+  const done = p.pause();
+  b.queue({ vcpu: 0, type: 'paused' });
+  await done;
+  t.is(Atomics.load(new Int32Array(b.control), 0), NOTIFY_IDLE);
   p.destroy();
 });
 

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { FormatError, GuestMemoryError } from '../../../lib/errors';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
-import { detectKernelFormat, loadX86Kernel } from '../../../lib/loader/kernel';
+import { detectKernelFormat, loadX86Kernel, type KernelFile } from '../../../lib/loader/kernel';
 import { makeBzImage, makeElf, makeVmlinux, pattern } from './fixtures';
 import { tinyPvhKernel } from '../../../lib/testing/tiny-pvh';
 
@@ -31,6 +31,69 @@ test('loading an unknown format fails with ERR_KERNEL_FORMAT carrying the hint',
   const err = t.throws(() => loadX86Kernel(ram(64 * MiB), Uint8Array.from([0x28, 0xb5, 0x2f, 0xfd, 0]), { protocol: 'auto' }), { instanceOf: FormatError });
   t.is(err.code, 'ERR_KERNEL_FORMAT');
   t.regex(err.message, /zstd/);
+});
+
+/** A KernelFile over bytes that records what the loader read. */
+function fileOf(bytes: Uint8Array): { file: KernelFile; reads: Array<[number, number]>; closed: () => number } {
+  const reads: Array<[number, number]> = [];
+  let closed = 0;
+  const file: KernelFile = {
+    open: () => ({
+      size: bytes.length,
+      readInto: (position, target) => {
+        if (position + target.length > bytes.length) throw new Error('past the end');
+        target.set(bytes.subarray(position, position + target.length));
+        reads.push([position, target.length]);
+      },
+      close: () => void closed++,
+    }),
+  };
+  return { file, reads, closed: () => closed };
+}
+
+test('an ELF given as its file loads what its bytes load, segments read straight into guest RAM across views', (t) => {
+  // 200 KiB of text puts the PVH note past the 64 KiB the loader reads first.
+  const elf = makeElf({
+    entry: 0x1000000n,
+    segments: [
+      { paddr: 0x1000000, data: pattern(200 * 1024, 1) },
+      { paddr: 0x1200000, data: pattern(0x1000, 2), memsz: 0x5000, flags: 6 },
+    ],
+    notes: [{ name: 'Xen', type: 18, desc: new Uint8Array([0x00, 0x04, 0x00, 0x01, 0, 0, 0, 0]) }],
+  });
+  // Two views that split the text segment, as guest RAM's 32 MiB views can.
+  const split = () => {
+    const m = new GuestMemory();
+    m.addRegion({ gpa: 0, size: 64 * MiB, views: [{ gpa: 0, buffer: new ArrayBuffer(0x1010000) }, { gpa: 0x1010000, buffer: new ArrayBuffer(64 * MiB - 0x1010000) }] });
+    return m;
+  };
+  const fromBytes = split();
+  const a = loadX86Kernel(fromBytes, elf, { protocol: 'pvh' });
+  const fromFile = split();
+  fromFile.fill(0x1201000, 0x4000, 0xaa); // stale bytes where the bss goes
+  const f = fileOf(elf);
+  const b = loadX86Kernel(fromFile, f.file, { protocol: 'pvh' });
+  t.deepEqual(b, a);
+  t.is(b.pvhEntry, 0x1000400);
+  t.deepEqual(fromFile.read(0x1000000, 200 * 1024), fromBytes.read(0x1000000, 200 * 1024));
+  t.deepEqual(fromFile.read(0x1200000, 0x5000), fromBytes.read(0x1200000, 0x5000));
+  t.is(f.closed(), 1);
+  // The header once, the note, each segment (the text in two pieces, one per view): never the whole file.
+  const read = f.reads.reduce((n, [, len]) => n + len, 0);
+  t.true(read < 64 * 1024 + 200 * 1024 + 0x1000 + 0x100, `read ${read} bytes of a ${elf.length}-byte file`);
+});
+
+test('a kernel file that is not an ELF is read whole and loads as its bytes do; a broken ELF file fails as the bytes do', (t) => {
+  const bz = makeBzImage();
+  const a = loadX86Kernel(ram(64 * MiB), bz, { protocol: 'auto' });
+  const b = loadX86Kernel(ram(64 * MiB), fileOf(bz).file, { protocol: 'auto' });
+  t.deepEqual(b, a);
+  const elf = makeElf({ segments: [{ paddr: 0x100000, data: pattern(0x100, 0) }] });
+  const cut = elf.subarray(0, elf.length - 0x80);
+  const e1 = t.throws(() => loadX86Kernel(ram(64 * MiB), cut, { protocol: 'auto' }), { instanceOf: FormatError });
+  const e2 = t.throws(() => loadX86Kernel(ram(64 * MiB), fileOf(cut).file, { protocol: 'auto' }), { instanceOf: FormatError });
+  t.is(e2.code, e1.code);
+  t.is(e2.message, e1.message);
 });
 
 test('an ELF loads each segment at p_paddr and zeroes the bss', (t) => {

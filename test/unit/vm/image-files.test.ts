@@ -1,7 +1,8 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cachedImageCount, readImageFile } from '../../../lib/vm/image-files';
+import { NodevmmError } from '../../../lib/errors';
+import { cachedImageCount, elfKernelFile, readImageFile } from '../../../lib/vm/image-files';
 import { tempDir } from '../../temp-dir';
 
 const tmp = (t: { teardown(f: () => void): void }) => tempDir(t, 'nodevmm-images-');
@@ -77,4 +78,29 @@ test.serial('a file modified within the last two seconds is read afresh each tim
 
 test('a missing file fails like fs does', async (t) => {
   await t.throwsAsync(readImageFile('/nonexistent/kernel'), { code: 'ENOENT' });
+});
+
+test('elfKernelFile: an ELF stays a file read where asked, anything else is read whole, and a file that shrank says so', (t) => {
+  const dir = tmp(t);
+  const elf = path.join(dir, 'vmlinux');
+  const bytes = Buffer.alloc(8192, 0x11);
+  bytes.set([0x7f, 0x45, 0x4c, 0x46], 0);
+  fs.writeFileSync(elf, bytes);
+  const other = path.join(dir, 'bzImage');
+  fs.writeFileSync(other, Buffer.alloc(8192, 0x22));
+  t.is(elfKernelFile(other), undefined);
+  const file = elfKernelFile(elf)!;
+  t.truthy(file);
+  const h = file.open();
+  t.is(h.size, 8192);
+  const got = new Uint8Array(16);
+  h.readInto(4096, got);
+  t.deepEqual([...got], Array(16).fill(0x11));
+  fs.truncateSync(elf, 4100);
+  const err = t.throws(() => h.readInto(4096, got), { instanceOf: NodevmmError });
+  t.is(err.code, 'ERR_KERNEL_FILE_CHANGED');
+  t.regex(err.message, /kernel file .*vmlinux ended at byte 4100 of the 8192 it had when opened/);
+  h.close();
+  const gone = t.throws(() => elfKernelFile(path.join(dir, 'missing')), { instanceOf: NodevmmError });
+  t.regex(gone.message, /kernel file .*missing does not exist/);
 });
