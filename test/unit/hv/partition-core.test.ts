@@ -291,17 +291,20 @@ test('the polling window halves after each poll that finds no exit, down to none
   p.start();
   const r = b.runners[0]!;
   const windows = [p.stats().pollWindowNs];
-  for (let i = 0; i < 7; i++) {
+  // A poll cut short by the dispatch turn's end (the test preempted for over a turn on a
+  // loaded machine) leaves the window as it was, so a step may repeat; none may grow.
+  for (let i = 0; i < 40 && windows.at(-1)! > 0; i++) {
     // Each exit comes more than a full window after the dispatcher went idle (a notification
     // sooner than that would have been caught by polling, and grows the window back).
     const later = process.hrtime.bigint() + 100_000n;
     while (process.hrtime.bigint() < later);
-    r.exit(EXIT_KIND_PIO, true, 1, 0x10, i);
+    r.exit(EXIT_KIND_PIO, true, 1, 0x10, seen.length);
     b.notify(); // answers, then polls for the window and finds nothing more
     windows.push(p.stats().pollWindowNs);
   }
-  t.deepEqual(windows, [32000, 16000, 8000, 4000, 2000, 1000, 0, 0]);
-  t.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6]);
+  const steps = windows.filter((w, i) => i === 0 || w !== windows[i - 1]);
+  t.deepEqual(steps, [32000, 16000, 8000, 4000, 2000, 1000, 0], `windows seen: ${windows.join(' ')}`);
+  t.deepEqual(seen, [...Array(windows.length - 1).keys()]);
   p.destroy();
 });
 
