@@ -11,7 +11,9 @@ import { findArm64Artifacts, runInArm64KvmHost } from '../../lib/testing/arm64-k
 // ttyAMA1, pause/resume/diagnose, a host reset, shutdown() by the GPIO power key; createVm with
 // virtio-blk, -rng, -console, -net (TAP) and -vsock (exec over vsock), ended by
 // a guest reboot with onReset 'stop'; and a hand-made two-vCPU guest
-// snapshotted mid-computation and restored twice at once (snapshot-tiny.ts). Needs qemu-system-aarch64, the
+// snapshotted mid-computation and restored twice at once (snapshot-tiny.ts);
+// vm.snapshot of a Debian guest mid-work, restoreVm in a new process and two
+// clones (snapshot-debian.ts). Needs qemu-system-aarch64, the
 // cross-built addon (scripts/cross-build-arm64.sh), the artifacts (node
 // scripts/arm64-kvm-host.js fetches them once) and aarch64-linux-gnu-gcc for
 // the static vsock agent; skipped with the reason when one is missing.
@@ -86,6 +88,20 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
   t.deepEqual(at.mpStates, [0, 0]);
   t.is(at.vregBytes.length, 32);
   t.true(s.ramFileUnchanged as boolean);
+
+  // A Debian guest with 2 vCPUs snapshotted while a busy loop runs on each: restored in a new process,
+  // exec works, its clock continued (not back, no jump of the time it spent saved), its disk write is
+  // there and both loops finish; two clones at once each start from the snapshot's disk and keep
+  // their own writes in their overlays.
+  const v = results.snapshotDebian!;
+  t.is(v.error, undefined);
+  t.like(v, { nproc: '2', loopsDoneAtSnapshot: 0, manifestArch: 'aarch64', imageAfterClones: 'ARM64-SNAPSHOT-MARK' });
+  const child = v.child as { up: number; up2: number; disk: string; loops: string[]; restoreToExecMs: number };
+  t.like(child, { disk: 'ARM64-SNAPSHOT-MARK', loops: ['300000', '300000'] });
+  t.true(child.up >= (v.savedUptime as number) && child.up - (v.savedUptime as number) < 60, `saved uptime ${v.savedUptime} s, restored ${child.up} s`);
+  t.true(child.up2 > child.up, 'the guest clock runs');
+  t.deepEqual(v.clones, [0, 1].map((i) => ({ before: 'ARM64-SNAPSHOT-MARK', after: `CLONE-${i}` })));
+  t.log(`arm64 restore to first exec ${child.restoreToExecMs} ms (new process), cold boot to first exec ${v.coldBootToExecMs} ms: ${(child.restoreToExecMs / (v.coldBootToExecMs as number)).toFixed(3)}x`);
 
   // nodevmm run: 2 vCPUs up, init ran, PSCI SYSTEM_OFF is exit status 0.
   t.like(results.cli, { status: 0, initOk: true, nproc: 2 });

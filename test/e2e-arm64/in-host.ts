@@ -11,6 +11,8 @@
  *              a guest reboot with onReset 'stop' ends it as 'reset'
  *   snapshotTiny: a hand-made two-vCPU guest snapshotted mid-computation and restored twice at once
  *              (snapshot-tiny.ts; partitions, not the public API)
+ *   snapshotDebian: vm.snapshot of a 2-vCPU guest mid-work, restoreVm in a new process, two clones
+ *              (snapshot-debian.ts)
  * Each part prints one line `ARM64-RESULT <name> <json>`; a part that throws prints its error there.
  * `--only NAME[,NAME]` runs just those parts (a quick run of one part while working on it).
  */
@@ -24,6 +26,7 @@ import { createVm, type StopReason, type Vm } from '../../lib/index';
 import { agentCmdline, withVm } from '../../lib/testing/index';
 import { buildTestInitramfs, GUEST_MARKERS } from '../../lib/initramfs/initramfs';
 import { arm64GuestModules, findArm64Artifacts } from '../../lib/testing/arm64-kvm-host';
+import { snapshotDebian } from './snapshot-debian';
 import { snapshotTiny } from './snapshot-tiny';
 
 const run = promisify(execFile);
@@ -195,6 +198,7 @@ async function main(): Promise<void> {
   await part('snapshotTiny', snapshotTiny);
   if (!only || only.has('cli')) report('cli', cli(plain));
   await part('lifecycle', lifecycle);
+  await part('snapshotDebian', () => snapshotDebian(artifacts.image, plain, step, tee));
   if (only && !only.has('devices')) return;
   if (!agentBinary) report('devices', { error: 'no vsock agent binary given' });
   else {
