@@ -1,8 +1,10 @@
 // arm64-only KVM ioctls: the preferred vCPU target and KVM_ARM_VCPU_INIT,
-// one-register access (KVM_GET/SET_ONE_REG; ids are built in TypeScript,
-// lib/hv/arm64-regs.ts), and in-kernel devices (KVM_CREATE_DEVICE and its
-// attributes, used for the GICv3). Which features, addresses and registers
-// are chosen in TypeScript; this file only carries them out.
+// the register list and one-register access (KVM_GET_REG_LIST,
+// KVM_GET/SET_ONE_REG; ids are built in TypeScript, lib/hv/arm64-regs.ts),
+// and in-kernel devices (KVM_CREATE_DEVICE and its attributes, used for the
+// GICv3). Which features, addresses and registers are chosen, and in which
+// order a snapshot reads and writes them, is TypeScript's; this file only
+// carries them out.
 // Spec: Linux Documentation/virt/kvm/api.rst 4.82-4.84, devices/arm-vgic-v3.rst.
 // Compiled on every architecture; empty unless building for aarch64.
 #if defined(__aarch64__)
@@ -10,6 +12,9 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+
+#include <cstring>
+#include <memory>
 
 #include "common.h"
 #include "kvm_vm.h"
@@ -88,6 +93,25 @@ Napi::Value Vm::HasDeviceAttr(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, ioctl(fd, KVM_HAS_DEVICE_ATTR, &a) == 0);
 }
 
+// getDeviceAttr(deviceFd, group, attr) -> bigint: KVM_GET_DEVICE_ATTR into a
+// zeroed 64-bit value (an attribute the kernel documents as __u32, such as
+// the VGIC's distributor registers, fills its low half on little-endian).
+Napi::Value Vm::GetDeviceAttr(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckAlive(env)) return env.Undefined();
+  int fd;
+  kvm_device_attr a{};
+  uint64_t value = 0;
+  bool has_value = false;
+  if (!DeviceAttrArgs(info, &fd, &a, &value, &has_value)) return ThrowUsage(env, "device attribute must be a bigint or safe integer");
+  value = 0;
+  a.addr = reinterpret_cast<uint64_t>(&value);
+  if (ioctl(fd, KVM_GET_DEVICE_ATTR, &a) < 0) {
+    return ThrowErrno(env, errno, "ioctl", "KVM_GET_DEVICE_ATTR", "get device attribute group " + std::to_string(a.group) + " attr " + std::to_string(a.attr));
+  }
+  return Big(env, value);
+}
+
 // armVcpuInit(target, featureBits: number[]): KVM_ARM_VCPU_INIT. Must run
 // once before the vCPU's first KVM_RUN or register access; feature bits
 // are KVM_ARM_VCPU_* numbers (0 = POWER_OFF, 2 = PSCI_0_2, ...).
@@ -137,6 +161,71 @@ Napi::Value Vcpu::SetOneReg(const Napi::CallbackInfo& info) {
   kvm_one_reg r{};
   r.id = id;
   r.addr = reinterpret_cast<uint64_t>(&value);  // KVM reads RegBytes(id) bytes; little-endian keeps narrow values in place
+  if (ioctl(core_.lock()->fd(), KVM_SET_ONE_REG, &r) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_SET_ONE_REG", "set register " + std::to_string(id));
+  return env.Undefined();
+}
+
+// getRegList() -> bigint[]: KVM_GET_REG_LIST, every register id this vCPU
+// has (core, system, FP/SIMD, timer, firmware pseudo-registers), in KVM's order.
+Napi::Value Vcpu::GetRegList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  int fd = core_.lock()->fd();
+  kvm_reg_list probe{};
+  probe.n = 0;
+  // The first call fails with E2BIG and says how many ids there are.
+  if (ioctl(fd, KVM_GET_REG_LIST, &probe) == 0) return Napi::Array::New(env, 0);
+  if (errno != E2BIG) return ThrowErrno(env, errno, "ioctl", "KVM_GET_REG_LIST", "get register list size");
+  // The kernel caps the list far below this; a larger count would be a kernel bug, not a reason to allocate.
+  if (probe.n > 65536) return ThrowUsage(env, "KVM_GET_REG_LIST reported " + std::to_string(probe.n) + " registers");
+  uint64_t n = probe.n;
+  std::unique_ptr<uint64_t[]> mem(new uint64_t[n + 1]);
+  auto* list = reinterpret_cast<kvm_reg_list*>(mem.get());
+  list->n = n;
+  if (ioctl(fd, KVM_GET_REG_LIST, list) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_GET_REG_LIST", "get register list");
+  Napi::Array out = Napi::Array::New(env, list->n);
+  for (uint64_t i = 0; i < list->n; i++) out.Set(static_cast<uint32_t>(i), Big(env, list->reg[i]));
+  return out;
+}
+
+namespace {
+// The widest register KVM_REG ids can name (KVM_REG_SIZE_U2048).
+constexpr uint32_t kMaxRegBytes = 256;
+}  // namespace
+
+// getOneRegBytes(id: bigint) -> Uint8Array of the register's width (from the
+// id), for registers of any width (the 128-bit FP/SIMD vregs among them).
+Napi::Value Vcpu::GetOneRegBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  uint64_t id;
+  if (!GetU64(info[0], &id)) return ThrowUsage(env, "register id must be a bigint");
+  uint32_t n = RegBytes(id);
+  if (n > kMaxRegBytes) return ThrowUsage(env, "register id " + std::to_string(id) + " has an invalid size field");
+  alignas(16) uint8_t buf[kMaxRegBytes] = {};
+  kvm_one_reg r{};
+  r.id = id;
+  r.addr = reinterpret_cast<uint64_t>(buf);
+  if (ioctl(core_.lock()->fd(), KVM_GET_ONE_REG, &r) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_GET_ONE_REG", "get register " + std::to_string(id));
+  return Napi::Buffer<uint8_t>::Copy(env, buf, n);
+}
+
+// setOneRegBytes(id: bigint, bytes: Uint8Array): the bytes must be exactly the id's width.
+Napi::Value Vcpu::SetOneRegBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!Usable(env, true)) return env.Undefined();
+  uint64_t id;
+  if (!GetU64(info[0], &id)) return ThrowUsage(env, "register id must be a bigint");
+  uint32_t n = RegBytes(id);
+  if (n > kMaxRegBytes) return ThrowUsage(env, "register id " + std::to_string(id) + " has an invalid size field");
+  if (!info[1].IsTypedArray() && !info[1].IsBuffer()) return ThrowUsage(env, "register value must be a Uint8Array");
+  Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
+  if (a.ByteLength() != n) return ThrowUsage(env, "register id " + std::to_string(id) + " is " + std::to_string(n) + " bytes wide; the value has " + std::to_string(a.ByteLength()));
+  alignas(16) uint8_t buf[kMaxRegBytes] = {};
+  std::memcpy(buf, a.Data(), n);
+  kvm_one_reg r{};
+  r.id = id;
+  r.addr = reinterpret_cast<uint64_t>(buf);
   if (ioctl(core_.lock()->fd(), KVM_SET_ONE_REG, &r) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_SET_ONE_REG", "set register " + std::to_string(id));
   return env.Undefined();
 }

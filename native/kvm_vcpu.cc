@@ -21,6 +21,9 @@ Napi::Function Vcpu::Init(Napi::Env env) {
                                      InstanceMethod("armVcpuInit", &Vcpu::ArmVcpuInit),
                                      InstanceMethod("getOneReg", &Vcpu::GetOneReg),
                                      InstanceMethod("setOneReg", &Vcpu::SetOneReg),
+                                     InstanceMethod("getRegList", &Vcpu::GetRegList),
+                                     InstanceMethod("getOneRegBytes", &Vcpu::GetOneRegBytes),
+                                     InstanceMethod("setOneRegBytes", &Vcpu::SetOneRegBytes),
 #endif
 #if defined(__x86_64__)
                                      InstanceMethod("getRegs", &Vcpu::GetRegs),

@@ -45,6 +45,7 @@ Napi::Function Vm::Init(Napi::Env env) {
                          InstanceMethod("createDevice", &Vm::CreateDevice),
                          InstanceMethod("setDeviceAttr", &Vm::SetDeviceAttr),
                          InstanceMethod("hasDeviceAttr", &Vm::HasDeviceAttr),
+                         InstanceMethod("getDeviceAttr", &Vm::GetDeviceAttr),
 #endif
                          InstanceMethod("createIrqchip", &Vm::CreateIrqchip),
                          InstanceMethod("enableCap", &Vm::EnableCap),

@@ -105,6 +105,7 @@ class Vm : public Napi::ObjectWrap<Vm> {
   Napi::Value CreateDevice(const Napi::CallbackInfo& info);
   Napi::Value SetDeviceAttr(const Napi::CallbackInfo& info);
   Napi::Value HasDeviceAttr(const Napi::CallbackInfo& info);
+  Napi::Value GetDeviceAttr(const Napi::CallbackInfo& info);
 #endif
   Napi::Value CreateIrqchip(const Napi::CallbackInfo& info);
   Napi::Value EnableCap(const Napi::CallbackInfo& info);
@@ -162,6 +163,9 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
   Napi::Value ArmVcpuInit(const Napi::CallbackInfo& info);
   Napi::Value GetOneReg(const Napi::CallbackInfo& info);
   Napi::Value SetOneReg(const Napi::CallbackInfo& info);
+  Napi::Value GetRegList(const Napi::CallbackInfo& info);
+  Napi::Value GetOneRegBytes(const Napi::CallbackInfo& info);
+  Napi::Value SetOneRegBytes(const Napi::CallbackInfo& info);
 #endif
 #if defined(__x86_64__)
   Napi::Value GetRegs(const Napi::CallbackInfo& info);

@@ -4,8 +4,10 @@
  * preferred target and PSCI 0.2 (secondaries powered off, the guest starts
  * them with PSCI CPU_ON), an in-kernel GICv3 through KVM_CREATE_DEVICE,
  * register access through KVM_GET/SET_ONE_REG and SPI injection through
- * KVM_IRQ_LINE. Everything else a partition does is the neutral core's
- * (partition-core.ts).
+ * KVM_IRQ_LINE, and snapshots of all of it (saveState/restoreState: every
+ * register KVM_GET_REG_LIST names, the MP state, the GICv3 through
+ * kvm-arm64-vgic.ts). Everything else a partition does is the neutral
+ * core's (partition-core.ts).
  * It chooses no addresses of its own: callers pass the GIC frames.
  * Spec: Linux Documentation/virt/kvm/api.rst 4.82-4.84, devices/arm-vgic-v3.rst.
  */
@@ -13,6 +15,8 @@ import { HypervisorUnavailableError, NodevmmError } from '../errors';
 import { hex } from '../util/bytes';
 import {
   arm64CoreRegId,
+  arm64RegBytes,
+  describeArm64Reg,
   KVM_ARM_VCPU_POWER_OFF,
   KVM_ARM_VCPU_PSCI_0_2,
   KVM_DEV_ARM_VGIC_CTRL_INIT,
@@ -21,11 +25,15 @@ import {
   KVM_DEV_TYPE_ARM_VGIC_V3,
   KVM_VGIC_V3_ADDR_TYPE_DIST,
   KVM_VGIC_V3_ADDR_TYPE_REDIST,
+  KVM_REG_ARM_PTIMER_CNT,
+  KVM_REG_ARM_TIMER_CNT,
   kvmArmSpiIrq,
   MPIDR_EL1,
   type Arm64CoreReg,
   type Arm64CoreRegs,
 } from './arm64-regs';
+import type { Arm64PartitionState, Arm64RegValue, Arm64VcpuState } from './arm64-state';
+import { restoreVgicV3, saveVgicV3, type VgicAttrs } from './kvm-arm64-vgic';
 import { KvmBackend, openKvmVm, type KvmVcpuRunner } from './kvm-backend';
 import { native, nativeBinding, type NativeVcpu, type NativeVm } from './native';
 import { PartitionCore } from './partition-core';
@@ -38,12 +46,16 @@ export interface NativeArm64Vm extends NativeVm {
   createDevice(type: number): number;
   setDeviceAttr(fd: number, group: number, attr: number | bigint, value?: number | bigint): void;
   hasDeviceAttr(fd: number, group: number, attr: number | bigint): boolean;
+  getDeviceAttr(fd: number, group: number, attr: number | bigint): bigint;
 }
 
 export interface NativeArm64Vcpu extends NativeVcpu {
   armVcpuInit(target: number, featureBits: number[]): void;
   getOneReg(id: bigint): bigint;
   setOneReg(id: bigint, value: bigint): void;
+  getRegList(): bigint[];
+  getOneRegBytes(id: bigint): Uint8Array;
+  setOneRegBytes(id: bigint, value: Uint8Array): void;
 }
 
 export interface KvmArm64PartitionOptions {
@@ -61,6 +73,8 @@ export class KvmArm64Vcpu implements VirtualProcessor {
   constructor(
     readonly index: number,
     readonly runner: KvmVcpuRunner,
+    /** KVM_ARM_VCPU_INIT's target and feature bits for this vCPU. */
+    readonly init: { target: number; features: readonly number[] },
   ) {}
   get native(): NativeArm64Vcpu {
     return this.runner.native as NativeArm64Vcpu;
@@ -71,10 +85,60 @@ export class KvmArm64Vcpu implements VirtualProcessor {
   getCoreReg(name: Arm64CoreReg): bigint {
     return native(() => this.native.getOneReg(arm64CoreRegId(name)));
   }
+
+  /** Every register KVM lists for this vCPU, its MP state and init choice (the vCPU out of KVM_RUN). */
+  saveState(): Arm64VcpuState {
+    const v = this.native;
+    const mpState = native(() => v.getMpState());
+    const regs = native(() => v.getRegList()).map((id): Arm64RegValue => ({ id, value: arm64RegBytes(id) <= 8 ? native(() => v.getOneReg(id)) : native(() => v.getOneRegBytes(id)) }));
+    return { target: this.init.target, features: [...this.init.features], mpState, regs };
+  }
+
+  /**
+   * Put a saved state on this vCPU, which was initialised the same way and
+   * has never run. Registers go in their saved order, except the counters
+   * (KVM_REG_ARM_TIMER_CNT, KVM_REG_ARM_PTIMER_CNT), which go after the
+   * rest: writing one sets the VM's counter offset, and the timers' control
+   * and compare values it is measured against must be in place first (QEMU
+   * too writes the virtual counter last). The MP state goes last: it says
+   * whether a secondary the guest had started with PSCI runs.
+   * A register this host's vCPU does not list is refused by name; one the
+   * snapshot lacks (a newer kernel's) keeps its reset value.
+   */
+  restoreState(s: Arm64VcpuState): void {
+    const v = this.native;
+    const fail = (what: string, e?: unknown): never => {
+      throw new NodevmmError('ERR_SNAPSHOT_RESTORE', `vcpu ${this.index}: ${what}${e ? `: ${(e as Error).message}` : ''}`, e ? { cause: e } : undefined);
+    };
+    if (s.target !== this.init.target) fail(`the snapshot's vcpu was kvm target ${s.target} and this host's is ${this.init.target}: restore on a host with the same cpu`);
+    const sameFeatures = s.features.length === this.init.features.length && s.features.every((f) => this.init.features.includes(f));
+    if (!sameFeatures) fail(`the snapshot's vcpu was initialised with features [${s.features.join(', ')}] and this one with [${this.init.features.join(', ')}]`);
+    const known = new Set(native(() => v.getRegList()));
+    for (const r of s.regs) if (!known.has(r.id)) fail(`the snapshot has ${describeArm64Reg(r.id)}, which this host's kvm does not list`);
+    const counters = (r: Arm64RegValue) => r.id === KVM_REG_ARM_TIMER_CNT || r.id === KVM_REG_ARM_PTIMER_CNT;
+    for (const r of [...s.regs.filter((r) => !counters(r)), ...s.regs.filter(counters)]) {
+      try {
+        if (typeof r.value === 'bigint') {
+          if (arm64RegBytes(r.id) > 8) fail(`${describeArm64Reg(r.id)} is ${arm64RegBytes(r.id)} bytes wide and the snapshot holds a number for it`);
+          native(() => v.setOneReg(r.id, r.value as bigint));
+        } else {
+          native(() => v.setOneRegBytes(r.id, r.value as Uint8Array));
+        }
+      } catch (e) {
+        if (e instanceof NodevmmError && e.code === 'ERR_SNAPSHOT_RESTORE') throw e;
+        fail(`kvm refused the saved ${describeArm64Reg(r.id)}`, e);
+      }
+    }
+    try {
+      native(() => v.setMpState(s.mpState));
+    } catch (e) {
+      fail(`kvm refused the saved mp state ${s.mpState}`, e);
+    }
+  }
 }
 
 /** vCPUs initialised for PSCI 0.2 and the GICv3 at the frames given, on a fresh VM. */
-function kvmArm64Backend(opts: KvmArm64PartitionOptions): { backend: KvmBackend<KvmArm64Vcpu>; target: number } {
+function kvmArm64Backend(opts: KvmArm64PartitionOptions): { backend: KvmBackend<KvmArm64Vcpu>; target: number; gicFd: number } {
   const binding = nativeBinding();
   if (binding.arch !== 'aarch64') {
     throw new HypervisorUnavailableError('ERR_ARCH', `the arm64 kvm backend needs an aarch64 host; this addon was built for ${binding.arch}`);
@@ -85,9 +149,9 @@ function kvmArm64Backend(opts: KvmArm64PartitionOptions): { backend: KvmBackend<
     const target = native(() => vm.armPreferredTarget()).target;
     const vcpus: KvmArm64Vcpu[] = [];
     for (let i = 0; i < opts.vcpus; i++) {
-      const v = new KvmArm64Vcpu(i, new NativeVcpuRunner(native(() => vm.createVcpu(i)), kvm.ringEntries));
       // Secondaries wait powered off until the guest's PSCI CPU_ON names them.
       const features = i === 0 ? [KVM_ARM_VCPU_PSCI_0_2] : [KVM_ARM_VCPU_PSCI_0_2, KVM_ARM_VCPU_POWER_OFF];
+      const v = new KvmArm64Vcpu(i, new NativeVcpuRunner(native(() => vm.createVcpu(i)), kvm.ringEntries), { target, features });
       native(() => v.native.armVcpuInit(target, features));
       vcpus.push(v);
     }
@@ -97,9 +161,9 @@ function kvmArm64Backend(opts: KvmArm64PartitionOptions): { backend: KvmBackend<
       native(() => vm.setDeviceAttr(gic, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V3_ADDR_TYPE_DIST, opts.gicDistributor));
       native(() => vm.setDeviceAttr(gic, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_VGIC_V3_ADDR_TYPE_REDIST, opts.gicRedistributor));
       native(() => vm.setDeviceAttr(gic, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT));
-    } finally {
-      // The device belongs to the VM from now on; its fd is only a handle.
+    } catch (e) {
       binding.closeFd(gic);
+      throw e;
     }
     const backend = new KvmBackend(kvm, {
       vcpus,
@@ -109,7 +173,7 @@ function kvmArm64Backend(opts: KvmArm64PartitionOptions): { backend: KvmBackend<
       irqLine: (spi, level) => native(() => vm.irqLine(kvmArmSpiIrq(spi), level)),
       stopSite: (i) => ({ at: `pc ${hex(vcpus[i]!.getCoreReg('pc'))}` }),
     });
-    return { backend, target };
+    return { backend, target, gicFd: gic };
   } catch (e) {
     vm.destroy();
     throw e;
@@ -120,11 +184,66 @@ function kvmArm64Backend(opts: KvmArm64PartitionOptions): { backend: KvmBackend<
 export class KvmArm64Partition extends PartitionCore<KvmArm64Vcpu, KvmBackend<KvmArm64Vcpu>> implements Arm64Partition {
   /** KVM_ARM_PREFERRED_TARGET's answer, used for every vCPU. */
   readonly target: number;
+  /**
+   * The VGIC's device fd, kept for its state (snapshots) and closed before
+   * the VM in destroy(): it holds a reference on the VM, so the VM's
+   * teardown stays on the closer thread destroy() hands the VM fd to.
+   */
+  private gicFd: number;
 
   constructor(opts: KvmArm64PartitionOptions) {
-    const { backend, target } = kvmArm64Backend(opts);
-    super(backend, opts.dispatchSpinUs);
+    const { backend, target, gicFd } = kvmArm64Backend(opts);
+    try {
+      super(backend, opts.dispatchSpinUs);
+    } catch (e) {
+      backend.binding.closeFd(gicFd);
+      throw e;
+    }
     this.target = target;
+    this.gicFd = gicFd;
+  }
+
+  override destroy(): void {
+    if (this.gicFd >= 0 && !this.destroyed) {
+      this.backend.binding.closeFd(this.gicFd);
+      this.gicFd = -1;
+    }
+    super.destroy();
+  }
+
+  private vgicAttrs(): VgicAttrs {
+    const vm = this.backend.vm as NativeArm64Vm;
+    const fd = this.gicFd;
+    return {
+      get: (group, attr) => native(() => vm.getDeviceAttr(fd, group, attr)),
+      set: (group, attr, value) => native(() => vm.setDeviceAttr(fd, group, attr, value)),
+    };
+  }
+
+  /**
+   * The hypervisor's whole state of this partition (RAM apart: writeRamTo):
+   * every vCPU (MP state, then each register KVM_GET_REG_LIST names), then
+   * the GICv3 (kvm-arm64-vgic.ts). Only on a paused or never-started
+   * partition; anything else throws VmStateError.
+   */
+  saveState(): Arm64PartitionState {
+    this.assertQuiet('snapshot');
+    const vcpus = this.vcpus.map((v) => v.saveState());
+    const gic = saveVgicV3(this.vgicAttrs(), this.vcpus.map((v) => this.mpidr(v.index)));
+    return { arch: 'aarch64', gic, vcpus };
+  }
+
+  /**
+   * Put a saved state on this partition before it ever runs (its RAM comes
+   * from addRam's privateFile): each vCPU first (its MPIDR is what the
+   * GIC's per-CPU registers are addressed by), then the GIC.
+   */
+  restoreState(state: Arm64PartitionState): void {
+    this.assertAlive('restore');
+    if (!this.neverStarted) throw new NodevmmError('ERR_VM_STATE', 'a snapshot can only be restored into a partition that has never run');
+    if (state.vcpus.length !== this.vcpus.length) throw new NodevmmError('ERR_SNAPSHOT_RESTORE', `the snapshot has ${state.vcpus.length} vcpus and this partition ${this.vcpus.length}`);
+    state.vcpus.forEach((s, i) => this.vcpus[i]!.restoreState(s));
+    restoreVgicV3(this.vgicAttrs(), this.vcpus.map((v) => this.mpidr(v.index)), state.gic);
   }
 
   /** Raw access for advanced users. */

@@ -8,6 +8,7 @@
 import type { EventEmitter } from 'node:events';
 import type { GuestBuffer, GuestMemory } from '../memory/guest-memory';
 import type { Arm64CoreReg, Arm64CoreRegs } from './arm64-regs';
+import type { Arm64PartitionState } from './arm64-state';
 import type { IoBus } from './io-bus';
 import type { X86CpuidEntry, X86Msr, X86PartitionState, X86Regs, X86Sregs } from './x86-state';
 
@@ -247,4 +248,10 @@ export interface Arm64Partition extends Partition, PartitionIo {
   getCoreReg(vcpu: number, name: Arm64CoreReg): bigint;
   /** The MPIDR the hypervisor gave a vCPU (the device tree's cpu `reg`). */
   mpidr(vcpu: number): bigint;
+  /** The hypervisor's state of a paused (or never started) partition, RAM apart (KvmArm64Partition.saveState). */
+  saveState(): Arm64PartitionState;
+  /** Put a saved state on a partition that never ran (KvmArm64Partition.restoreState). */
+  restoreState(state: Arm64PartitionState): void;
+  /** Each RAM region into its own file, zero pages as holes (PartitionCore.writeRamTo). */
+  writeRamTo(fds: readonly number[]): number;
 }

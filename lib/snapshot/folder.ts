@@ -12,7 +12,9 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SnapshotError } from '../errors';
+import type { Arm64PartitionState } from '../hv/arm64-state';
 import type { X86PartitionState } from '../hv/x86-state';
+import { checkArm64PartitionState } from './arm64-state';
 import { stateFromJson, stateToJson } from './codec';
 import { MANIFEST_FILE, parseManifest, serializeManifest, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_VERSION, type SnapshotFile, type SnapshotManifest } from './manifest';
 import { checkX86PartitionState } from './x86-state';
@@ -26,7 +28,7 @@ export type SnapshotDescription = Pick<SnapshotManifest, 'nodevmmVersion' | 'arc
 
 export interface SnapshotParts {
   description: SnapshotDescription;
-  hypervisor: X86PartitionState;
+  hypervisor: X86PartitionState | Arm64PartitionState;
   devices: Record<string, unknown>;
   /** The guest's RAM regions, in the order writeMemory fills them. */
   memory: Array<{ gpa: number; size: number }>;
@@ -97,7 +99,8 @@ export async function writeSnapshotFolder(dir: string, parts: SnapshotParts): Pr
 export interface SnapshotContents {
   dir: string;
   manifest: SnapshotManifest;
-  hypervisor: X86PartitionState;
+  /** Its `arch` is the manifest's. */
+  hypervisor: X86PartitionState | Arm64PartitionState;
   devices: Record<string, unknown>;
   /** Each RAM region with the path of its file. */
   memory: Array<{ path: string; gpa: number; size: number }>;
@@ -150,9 +153,9 @@ export async function readSnapshotFolder(dir: string, opts: { verifyMemory?: boo
     if (size !== f.size) throw new SnapshotError(`snapshot file ${p} is ${size} bytes, the manifest says ${f.size}: it was truncated or replaced`, { file: p });
   }
   const listed = (name: string) => manifest.files.find((f) => f.name === name)!;
-  if (manifest.arch !== 'x86_64') throw new SnapshotError(`${mp}: restoring ${manifest.arch} snapshots is not implemented yet (x86_64 only)`, { file: mp, field: 'arch' });
   const hvFile = path.join(dir, manifest.components.hypervisor);
-  const hypervisor = checkX86PartitionState(stateFromJson(readListed(dir, listed(manifest.components.hypervisor)), hvFile), hvFile);
+  const hvState = stateFromJson(readListed(dir, listed(manifest.components.hypervisor)), hvFile);
+  const hypervisor = manifest.arch === 'aarch64' ? checkArm64PartitionState(hvState, hvFile) : checkX86PartitionState(hvState, hvFile);
   const devFile = path.join(dir, manifest.components.devices);
   const devices = stateFromJson(readListed(dir, listed(manifest.components.devices)), devFile);
   if (devices === null || typeof devices !== 'object' || Array.isArray(devices)) throw new SnapshotError(`${devFile}: the top level must be an object`, { file: devFile });

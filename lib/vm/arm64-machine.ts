@@ -13,12 +13,13 @@ import { loadLinuxDirectArm64 } from '../arch/aarch64/linux-direct';
 import { arm64RamRanges, gicRedistributorRange, GIC_DIST_START, PL011_SIZE, PL061_SIZE, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_SPIS, VIRTIO_MMIO_START } from '../arch/aarch64/layout';
 import { Pl011 } from '../devices/pl011';
 import { Pl061 } from '../devices/pl061';
-import { NodevmmError } from '../errors';
 import { BatchingSink } from '../devices/serial-sinks';
 import type { IrqLine } from '../devices/types';
 import { openHypervisor } from '../hv/hypervisor';
+import type { Arm64PartitionState } from '../hv/arm64-state';
 import type { Arm64Partition } from '../hv/partition';
 import type { ComPort, ResolvedVmConfig } from './config';
+import { NodevmmError } from '../errors';
 import { assertVcpusStill, DEFAULT_QUIESCE_MS, phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
 import { StateReader } from '../devices/device-state';
 import { attachPartitionVirtio, virtioSlots, type AttachedVirtio, type VirtioSlotPlacement } from './virtio-devices';
@@ -49,7 +50,20 @@ function spiLine(partition: Arm64Partition, spi: number): IrqLine {
   };
 }
 
-export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hooks: MachineHooks): Arm64Machine {
+/**
+ * Build the machine from a snapshot instead of a boot: RAM is the
+ * snapshot's files mapped copy-on-write (no kernel or device tree written),
+ * and the partition gets the saved vCPU and GIC state where a boot would
+ * set the boot vCPU's registers. The caller then restores the device models' state.
+ */
+export interface Arm64MachineRestore {
+  /** An open fd of each RAM region's file, in arm64RamRanges(cfg.memory) order (the caller closes them after the build). */
+  ramFds: readonly number[];
+  hypervisor: Arm64PartitionState;
+}
+
+export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages | undefined, hooks: MachineHooks, restore?: Arm64MachineRestore): Arm64Machine {
+  if (!images && !restore) throw new NodevmmError('ERR_CONFIG', 'an arm64 vm boots a kernel Image: give kernel');
   const { timings, phase } = phaseTimer();
 
   // 1. Partition: vCPUs and the GIC (the CPU count is checked against the redistributor space first).
@@ -66,22 +80,29 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
   try {
     phase('partition');
     // 2. RAM from 1 GiB up to the MMIO gap, the rest above 4 GiB.
-    for (const r of arm64RamRanges(cfg.memory)) partition.addRam({ gpa: r.gpa, size: r.size, name: `ram@${r.gpa.toString(16)}` });
+    arm64RamRanges(cfg.memory).forEach((r, i) => {
+      const file = restore ? { privateFile: restore.ramFds[i]! } : {};
+      partition.addRam({ gpa: r.gpa, size: r.size, name: `ram@${r.gpa.toString(16)}`, ...file });
+    });
     phase('memory');
 
     // 3. Kernel, initrd and the device tree, which lists the same virtio slots the bus gets below.
+    // Restored: nothing to load, the kernel and its device tree are in the snapshot's RAM.
     const slots = virtioSlots(cfg, ARM64_VIRTIO_PLACEMENT);
     const mpidrs = partition.vcpus.map((v) => partition.mpidr(v.index));
-    // createVm reads an arm64 kernel whole (elfKernelFile is for x86_64 ELF kernels only).
-    if (!(images.kernel instanceof Uint8Array)) throw new NodevmmError('ERR_CONFIG', 'an arm64 vm boots a kernel Image given as bytes or a path read whole');
-    const boot = loadLinuxDirectArm64(partition.memory, {
-      kernel: images.kernel,
-      ...(images.initrd ? { initrd: images.initrd } : {}),
-      cmdline: cfg.cmdline,
-      cpuMpidrs: mpidrs,
-      memoryBytes: cfg.memory,
-      virtioMmio: slots.map((s) => ({ base: s.base, size: s.size, spi: s.irq })),
-    });
+    const load = (loaded: BootImages) => {
+      // createVm reads an arm64 kernel whole (elfKernelFile is for x86_64 ELF kernels only).
+      if (!(loaded.kernel instanceof Uint8Array)) throw new NodevmmError('ERR_CONFIG', 'an arm64 vm boots a kernel Image given as bytes or a path read whole');
+      return loadLinuxDirectArm64(partition.memory, {
+        kernel: loaded.kernel,
+        ...(loaded.initrd ? { initrd: loaded.initrd } : {}),
+        cmdline: cfg.cmdline,
+        cpuMpidrs: mpidrs,
+        memoryBytes: cfg.memory,
+        virtioMmio: slots.map((s) => ({ base: s.base, size: s.size, spi: s.irq })),
+      });
+    };
+    const boot = images && !restore ? load(images) : undefined;
     phase('load');
 
     // 4. Devices, where the device tree says they are. Both PL011s are always there; a port the config turns off gets no host end.
@@ -104,8 +125,13 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages, hoo
     phase('devices');
 
     // 5. The boot vCPU enters the kernel with X0 = DTB; secondaries wait for PSCI CPU_ON.
-    const r = boot.bootRegs;
-    partition.setCoreRegs(0, { pc: r.pc, x0: r.x0, x1: 0n, x2: 0n, x3: 0n, pstate: r.pstate });
+    // Restored: every vCPU's registers and MP state, then the GIC, as they were saved.
+    if (restore) {
+      partition.restoreState(restore.hypervisor);
+    } else {
+      const r = boot!.bootRegs;
+      partition.setCoreRegs(0, { pc: r.pc, x0: r.x0, x1: 0n, x2: 0n, x3: 0n, pstate: r.pstate });
+    }
     phase('vcpus');
 
     const hex = (v: bigint | number) => `0x${v.toString(16)}`;

@@ -5,13 +5,17 @@
  * and what restoreVm(dir) checks before it builds a machine from them (the
  * format, the files, the CPU, the RAM layout, the config with overrides).
  * The format itself is lib/snapshot's; the order of a restore is
- * buildX86Machine's (partition state, then devices).
+ * buildX86Machine's or buildArm64Machine's (partition state, then devices).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NodevmmError, SnapshotError } from '../errors';
+import { arm64RamRanges } from '../arch/aarch64/layout';
 import { ramRangesFor } from '../arch/x86_64/layout';
-import type { X86Partition } from '../hv/partition';
+import { MIDR_EL1 } from '../hv/arm64-regs';
+import type { Arm64PartitionState } from '../hv/arm64-state';
+import { openHypervisor } from '../hv/hypervisor';
+import type { Arm64Partition, X86Partition } from '../hv/partition';
 import type { X86CpuidEntry, X86PartitionState } from '../hv/x86-state';
 import { cpuVendor, readSnapshotFolder, writeSnapshotFolder, type SnapshotContents, type SnapshotManifest } from '../snapshot/index';
 import { resolveVmConfig, type ComPort, type DiskConfig, type ResolvedVmConfig, type VmConfig } from './config';
@@ -53,7 +57,6 @@ export interface RestoreOverrides {
  * could trace to the snapshot.
  */
 export function refuseUnsaveable(cfg: ResolvedVmConfig, machine: Machine): void {
-  if (cfg.arch !== 'x86_64') throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `snapshots of ${cfg.arch} vms are not implemented yet (x86_64 only)`);
   if (cfg.vsock) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', 'a vm with vsock cannot be snapshotted: its connections and queues live in the host kernel (vhost-vsock), which cannot save them');
   if (cfg.shares.length) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `a vm with virtio-fs shares cannot be snapshotted: the open files and the FUSE session live in virtiofsd (share ${JSON.stringify(cfg.shares[0]!.tag)})`);
 }
@@ -116,17 +119,28 @@ export async function saveVmSnapshot(dir: string, cfg: ResolvedVmConfig, machine
   overlays.forEach((o, i) => {
     if (o && o.map.allocated > 0) throw new NodevmmError('ERR_SNAPSHOT_UNSUPPORTED', `disk ${i} (${cfg.disks[i]!.path}) has written to its temporary overlay, which a snapshot does not keep: snapshot a vm whose disks write their image, and restore clones with overlay: 'temp'`);
   });
-  const p = machine.partition as X86Partition;
   const devices: DevicesFile = { machine: machine.snapshotDevices(), vm: own };
+  const common = { nodevmmVersion: nodevmmVersion(), config: snapshotConfig(cfg) as Record<string, unknown> };
+  if (cfg.arch === 'aarch64') {
+    const p = machine.partition as Arm64Partition;
+    const hypervisor: Arm64PartitionState = p.saveState();
+    return writeSnapshotFolder(dir, {
+      description: { ...common, arch: 'aarch64', host: { hypervisor: 'kvm', cpuModel: hostCpuModel(), cpuVendor: arm64CpuVendor(hypervisor) } },
+      hypervisor,
+      devices: devices as unknown as Record<string, unknown>,
+      memory: arm64RamRanges(cfg.memory).map((r) => ({ gpa: r.gpa, size: r.size })),
+      writeMemory: (fds) => p.writeRamTo(fds),
+    });
+  }
+  const p = machine.partition as X86Partition;
   const hypervisor: X86PartitionState = p.saveState();
   const guestCpuid: X86CpuidEntry[] = hypervisor.vcpus[0]!.cpuid;
   const memory = ramRangesFor(cfg.memory).map((r) => ({ gpa: r.gpa, size: r.size }));
   return writeSnapshotFolder(dir, {
     description: {
-      nodevmmVersion: nodevmmVersion(),
+      ...common,
       arch: 'x86_64',
       host: { hypervisor: 'kvm', cpuModel: hostCpuModel(), cpuVendor: cpuVendor(guestCpuid) },
-      config: snapshotConfig(cfg) as Record<string, unknown>,
       guestCpuid,
     },
     hypervisor,
@@ -134,6 +148,12 @@ export async function saveVmSnapshot(dir: string, cfg: ResolvedVmConfig, machine
     memory,
     writeMemory: (fds) => p.writeRamTo(fds),
   });
+}
+
+/** arm64's counterpart of the CPUID vendor: MIDR_EL1 as vCPU 0 saw it (implementer, part number, revision). */
+function arm64CpuVendor(s: Arm64PartitionState): string {
+  const midr = s.vcpus[0]!.regs.find((r) => r.id === MIDR_EL1)?.value;
+  return typeof midr === 'bigint' ? `MIDR_EL1 0x${midr.toString(16)}` : 'unknown';
 }
 
 /** A snapshot read, checked and ready to build a machine from. */
@@ -152,6 +172,9 @@ export interface LoadedSnapshot {
 export async function loadVmSnapshot(dir: string, overrides: RestoreOverrides = {}): Promise<LoadedSnapshot> {
   const contents = await readSnapshotFolder(dir, { verifyMemory: !!overrides.verifyMemory });
   const m = contents.manifest;
+  // A guest's state is its architecture's: registers, interrupt controller and kernel cannot move to another.
+  const here = openHypervisor().arch;
+  if (m.arch !== here) throw new SnapshotError(`${path.join(dir, 'manifest.json')}: the snapshot is of an ${m.arch} vm and this host runs ${here} vms: restore it on an ${m.arch} host`, { file: path.join(dir, 'manifest.json'), field: 'arch' });
   const stored = m.config as VmConfig;
   const cfg: VmConfig = { ...stored };
   // The guest's memory holds its kernel: a restored VM loads no image. The config check wants one named.
@@ -181,7 +204,7 @@ export async function loadVmSnapshot(dir: string, overrides: RestoreOverrides = 
     throw new SnapshotError(`${path.join(dir, 'manifest.json')}: the snapshot's config does not resolve here: ${(e as Error).message}`, { file: path.join(dir, 'manifest.json'), field: 'config' }, { cause: e });
   }
   if (config.vsock || config.shares.length) throw new SnapshotError(`${dir}: the snapshot's config has vsock or shares, which snapshots do not save`, { file: path.join(dir, 'manifest.json'), field: 'config' });
-  const want = ramRangesFor(config.memory);
+  const want = config.arch === 'aarch64' ? arm64RamRanges(config.memory) : ramRangesFor(config.memory);
   const have = contents.memory;
   if (want.length !== have.length || want.some((r, i) => r.gpa !== have[i]!.gpa || r.size !== have[i]!.size)) {
     throw new SnapshotError(`${path.join(dir, 'manifest.json')}: memory regions do not match the ${config.memory} bytes of RAM the config gives`, { file: path.join(dir, 'manifest.json'), field: 'memory' });

@@ -326,13 +326,19 @@ export class Vm extends EventEmitter<VmEvents> {
     this.timings = m.timings;
   }
 
-  /** The machine of a snapshot: hypervisor state and RAM in buildX86Machine, then every device model's state. */
+  /** The machine of a snapshot: hypervisor state and RAM in buildX86Machine or buildArm64Machine, then every device model's state. */
   private buildRestored(snap: LoadedSnapshot, hooks: Parameters<typeof buildX86Machine>[2]): Machine {
     const fds: number[] = [];
     let m: Machine | undefined;
     try {
       for (const r of snap.contents.memory) fds.push(openSync(r.path, 'r'));
-      m = buildX86Machine(this.config, undefined, hooks, undefined, { ramFds: fds, hypervisor: snap.contents.hypervisor, guestCpuid: snap.contents.manifest.guestCpuid });
+      const hv = snap.contents.hypervisor;
+      if (hv.arch === 'aarch64') {
+        const { buildArm64Machine } = require('./arm64-machine') as typeof import('./arm64-machine');
+        m = buildArm64Machine(this.config, undefined, hooks, { ramFds: fds, hypervisor: hv });
+      } else {
+        m = buildX86Machine(this.config, undefined, hooks, undefined, { ramFds: fds, hypervisor: hv, guestCpuid: snap.contents.manifest.guestCpuid });
+      }
       m.restoreDevices(snap.machineDevices);
       return m;
     } catch (e) {

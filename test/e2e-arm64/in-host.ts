@@ -9,7 +9,12 @@
  *              host reset(); a guest `reboot -f` (PSCI SYSTEM_RESET); shutdown() by the power key
  *   devices:   virtio-blk, -rng, -console, -net on a TAP, -vsock with exec over it;
  *              a guest reboot with onReset 'stop' ends it as 'reset'
+ *   snapshotTiny: a hand-made two-vCPU guest snapshotted mid-computation and restored twice at once
+ *              (snapshot-tiny.ts; partitions, not the public API)
+ *   snapshotDebian: vm.snapshot of a 2-vCPU guest mid-work, restoreVm in a new process, two clones
+ *              (snapshot-debian.ts)
  * Each part prints one line `ARM64-RESULT <name> <json>`; a part that throws prints its error there.
+ * `--only NAME[,NAME]` runs just those parts (a quick run of one part while working on it).
  */
 import { spawnSync } from 'node:child_process';
 import { execFile } from 'node:child_process';
@@ -21,10 +26,14 @@ import { createVm, type StopReason, type Vm } from '../../lib/index';
 import { agentCmdline, withVm } from '../../lib/testing/index';
 import { buildTestInitramfs, GUEST_MARKERS } from '../../lib/initramfs/initramfs';
 import { arm64GuestModules, findArm64Artifacts } from '../../lib/testing/arm64-kvm-host';
+import { snapshotDebian } from './snapshot-debian';
+import { snapshotTiny } from './snapshot-tiny';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(__dirname, '..', '..', '..');
-const agentBinary = process.argv[2];
+const onlyAt = process.argv.indexOf('--only');
+const only = onlyAt >= 0 ? new Set((process.argv[onlyAt + 1] ?? '').split(',')) : undefined;
+const agentBinary = process.argv.slice(2).find((a, i, all) => !a.startsWith('--') && all[i - 1] !== '--only');
 const a = findArm64Artifacts();
 if (!a) throw new Error('arm64 artifacts not visible inside the host (NODEVMM_CACHE)');
 const artifacts = a;
@@ -47,6 +56,8 @@ function report(name: string, value: unknown): void {
 }
 
 async function part(name: string, fn: () => Promise<Record<string, unknown>>): Promise<void> {
+  if (only && !only.has(name)) return;
+  step(`part ${name}`);
   const t0 = Date.now();
   try {
     report(name, { ...(await fn()), ms: Date.now() - t0 });
@@ -184,8 +195,11 @@ async function main(): Promise<void> {
   const modules = arm64GuestModules(artifacts);
   const busybox = new Uint8Array(fs.readFileSync(artifacts.busybox));
   const plain = buildTestInitramfs({ busybox, modules });
-  report('cli', cli(plain));
+  await part('snapshotTiny', snapshotTiny);
+  if (!only || only.has('cli')) report('cli', cli(plain));
   await part('lifecycle', lifecycle);
+  await part('snapshotDebian', () => snapshotDebian(artifacts.image, plain, step, tee));
+  if (only && !only.has('devices')) return;
   if (!agentBinary) report('devices', { error: 'no vsock agent binary given' });
   else {
     const withAgent = buildTestInitramfs({ busybox, modules, extraFiles: [{ path: '/bin/nodevmm-vsock-agent', data: new Uint8Array(fs.readFileSync(agentBinary)), mode: 0o755 }] });
