@@ -417,7 +417,7 @@ async function passtBench() {
     const guestArgs = (cmd) => ['--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmd, '-m', '512M', '-p', '1', ...ONE_UART];
     const qemuArgs = (cmd) => ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmd];
     const vmms = {
-      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', ...guestArgs(viaPasst), '--net', `user,hostfwd=${FWD},mac=${mac}`, ...(TRACE ? ['--trace'] : [])]), VM_MS, onOutput),
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, ...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', ...guestArgs(viaPasst), '--net', `user,hostfwd=${FWD},mac=${mac}`, ...(TRACE ? ['--trace'] : [])]), VM_MS, onOutput),
       qemu: async (onOutput) => {
         const socket = path.join(dir, 'passt.sock');
         fs.rmSync(socket, { force: true });
@@ -436,7 +436,7 @@ async function passtBench() {
     const rows = { nodevmm: [], qemu: [], tap: [] };
     const mbit = (r) => (r.bytes * 8) / (r.ms / 1000) / 1e6;
     for (let i = 0; i < RUNS; i++) {
-      for (const who of ['nodevmm', 'qemu', 'tap']) {
+      for (const who of ONLY ? [ONLY] : ['nodevmm', 'qemu', 'tap']) {
         let before = { received: received.length, sent: sent.length };
         let ok = false;
         let markers = {};
@@ -477,6 +477,10 @@ async function passtBench() {
       if (!pairs.length) return console.log(`  ${label.padEnd(34)} ${names[0]} vs ${names[1]}: no run where both completed`);
       spreadLine({ [names[0]]: pairs.map((p) => p[0]), [names[1]]: pairs.map((p) => p[1]) }, undefined, 2, names)(label, (v) => v, 'Mbit/s');
     };
+    if (ONLY) {
+      for (const [label, k] of [['TCP guest to host', 'toHost'], ['TCP host to guest', 'toGuest']]) console.log(`  ${label.padEnd(34)} ${ONLY}: ${rows[ONLY].map((r) => r[k]?.toFixed(2) ?? '-').join(' ')} Mbit/s`);
+      return;
+    }
     compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP guest to host', (r) => r.toHost);
     compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP host to guest', (r) => r.toGuest);
     compare('nodevmm', 'tap', ['nodevmm-passt', 'nodevmm-tap'], 'TCP guest to host', (r) => r.toHost);
