@@ -403,6 +403,8 @@ async function passtBench() {
         'sleep 100000 | nc -l -p 5202 >/tmp/tg & ncpid=$!',
         'sleep 0.5; echo GUEST-LISTENING=1',
         `n=$(timeout 120 head -c ${bytes} <&3 | wc -c); kill $ncpid 2>/dev/null; echo GUEST-TOGUEST-BYTES=$n`,
+        // The NIC's interrupts over both passes (how many times the driver was called), per VMM.
+        'echo "GUEST-IRQS=$(grep virtio /proc/interrupts | tr -s \' \' | tr \'\\n\' \';\')"',
         'sleep 1; echo GUEST-BENCH-DONE=1',
       ].join('\n');
       return `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
@@ -459,6 +461,7 @@ async function passtBench() {
           rows[who].push({});
           continue;
         }
+        if (markers.IRQS) console.log(`  (${who} run ${i + 1}: guest interrupts ${markers.IRQS})`);
         // The peer's report of the guest's close may trail the VM's exit by a moment.
         for (let k = 0; k < 50 && sent.length === before.sent; k++) await new Promise((res) => setTimeout(res, 20));
         const r = received[before.received];
