@@ -293,7 +293,7 @@ async function netBench() {
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const mac = '52:54:00:12:34:56';
     const vmms = {
-      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), VM_MS, onOutput),
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), 900_000, onOutput),
       qemu: (onOutput) => run('ip', inNs(['qemu-system-x86_64', '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no,vnet_hdr=on`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), 900_000, onOutput),
     };
     const rows = { nodevmm: [], qemu: [] };
@@ -394,10 +394,18 @@ async function passtBench() {
         `ip link set eth0 up; ip addr add ${addr}/24 dev eth0; ip route add default via ${gw}`,
         settle,
         `dd if=/dev/zero bs=64k count=${MIB * 16} 2>/dev/null | timeout 120 nc ${gw} 5201; echo GUEST-TOHOST-EXIT=$?`,
-        // Host to guest: listen, say so (the script then tells the peer to send), read to EOF; bounded, so a
-        // transfer that stalls is reported (GUEST-TOGUEST-EXIT=143) instead of holding the VM.
-        '(timeout 120 nc -l -p 5202 >/dev/null; echo GUEST-TOGUEST-EXIT=$?) & sleep 0.5; echo GUEST-LISTENING=1; wait',
-        'echo GUEST-BENCH-DONE=1',
+        // Host to guest, ended by byte count in the guest: passt does not carry the peer's half-close to a
+        // guest whose nc has half-closed first (busybox nc shuts down its write side at its stdin's end), so
+        // nc's stdin is a pipe that never ends, its output goes through a FIFO (held open read-write here so
+        // nc's open does not wait for a reader) to head -c N, and once head has all N bytes the guest kills
+        // nc, whose close the peer times. Bounded, so a stalled transfer is reported, not waited for.
+        'mkfifo /tmp/tg; exec 3<>/tmp/tg',
+        'sleep 100000 | nc -l -p 5202 >/tmp/tg & ncpid=$!',
+        'sleep 0.5; echo GUEST-LISTENING=1',
+        `n=$(timeout 120 head -c ${bytes} <&3 | wc -c); kill $ncpid 2>/dev/null; echo GUEST-TOGUEST-BYTES=$n`,
+        // The NIC's interrupts over both passes (how many times the driver was called), per VMM.
+        'echo "GUEST-IRQS=$(grep virtio /proc/interrupts | tr -s \' \' | tr \'\\n\' \';\')"',
+        'sleep 1; echo GUEST-BENCH-DONE=1',
       ].join('\n');
       return `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     };
@@ -411,7 +419,7 @@ async function passtBench() {
     const guestArgs = (cmd) => ['--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmd, '-m', '512M', '-p', '1', ...ONE_UART];
     const qemuArgs = (cmd) => ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmd];
     const vmms = {
-      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', ...guestArgs(viaPasst), '--net', `user,hostfwd=${FWD},mac=${mac}`, ...(TRACE ? ['--trace'] : [])]), VM_MS, onOutput),
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, ...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', ...guestArgs(viaPasst), '--net', `user,hostfwd=${FWD},mac=${mac}`, ...(TRACE ? ['--trace'] : [])]), VM_MS, onOutput),
       qemu: async (onOutput) => {
         const socket = path.join(dir, 'passt.sock');
         fs.rmSync(socket, { force: true });
@@ -430,15 +438,16 @@ async function passtBench() {
     const rows = { nodevmm: [], qemu: [], tap: [] };
     const mbit = (r) => (r.bytes * 8) / (r.ms / 1000) / 1e6;
     for (let i = 0; i < RUNS; i++) {
-      for (const who of ['nodevmm', 'qemu', 'tap']) {
+      for (const who of ONLY ? [ONLY] : ['nodevmm', 'qemu', 'tap']) {
         let before = { received: received.length, sent: sent.length };
         let ok = false;
+        let markers = {};
         // The emulated host's guests occasionally die in early boot (docs/testing.md): up to two tries.
         for (let tries = 0; tries < 2 && !ok; tries++) {
           before = { received: received.length, sent: sent.length };
           try {
             let asked = false;
-            await vmms[who]((text) => {
+            markers = await vmms[who]((text) => {
               if (asked || !text.includes('GUEST-LISTENING=1')) return;
               asked = true;
               receiver.stdin.write(`${bytes} ${target[who]}\n`);
@@ -452,11 +461,15 @@ async function passtBench() {
           rows[who].push({});
           continue;
         }
+        if (markers.IRQS) console.log(`  (${who} run ${i + 1}: guest interrupts ${markers.IRQS})`);
+        // The peer's report of the guest's close may trail the VM's exit by a moment.
+        for (let k = 0; k < 50 && sent.length === before.sent; k++) await new Promise((res) => setTimeout(res, 20));
         const r = received[before.received];
-        const s = sent[before.sent];
+        const got = Number(markers['TOGUEST-BYTES']);
+        const s = got === bytes ? sent[before.sent] : undefined;
         // A direction that did not complete is left out of that direction's figures and said.
-        if (!r) console.log(`  (${who} run ${i + 1}: the peer received no complete transfer from the guest)`);
-        if (!s) console.log(`  (${who} run ${i + 1}: the guest did not read a complete transfer from the peer)`);
+        if (!r) console.log(`  (${who} run ${i + 1}: the peer received no complete transfer from the guest; guest nc exit ${markers['TOHOST-EXIT']})`);
+        if (!s) console.log(`  (${who} run ${i + 1}: the guest read ${markers['TOGUEST-BYTES'] ?? 'no count'} of ${bytes} bytes from the peer${sent[before.sent] ? '' : ', and the peer saw no close'})`);
         rows[who].push({ toHost: r ? mbit(r) : undefined, toGuest: s ? mbit(s) : undefined });
       }
     }
@@ -467,6 +480,10 @@ async function passtBench() {
       if (!pairs.length) return console.log(`  ${label.padEnd(34)} ${names[0]} vs ${names[1]}: no run where both completed`);
       spreadLine({ [names[0]]: pairs.map((p) => p[0]), [names[1]]: pairs.map((p) => p[1]) }, undefined, 2, names)(label, (v) => v, 'Mbit/s');
     };
+    if (ONLY) {
+      for (const [label, k] of [['TCP guest to host', 'toHost'], ['TCP host to guest', 'toGuest']]) console.log(`  ${label.padEnd(34)} ${ONLY}: ${rows[ONLY].map((r) => r[k]?.toFixed(2) ?? '-').join(' ')} Mbit/s`);
+      return;
+    }
     compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP guest to host', (r) => r.toHost);
     compare('nodevmm', 'qemu', ['nodevmm-passt', 'qemu-passt'], 'TCP host to guest', (r) => r.toGuest);
     compare('nodevmm', 'tap', ['nodevmm-passt', 'nodevmm-tap'], 'TCP guest to host', (r) => r.toHost);

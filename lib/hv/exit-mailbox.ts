@@ -230,7 +230,7 @@ export class ControlBlock {
     const sharedWord = (i: number): SharedWord => ({
       load: () => Atomics.load(u32, i),
       store: (v) => void Atomics.store(u32, i, v),
-      or: (bits) => void Atomics.or(u32, i, bits),
+      or: (bits) => Atomics.or(u32, i, bits),
       and: (mask) => void Atomics.and(u32, i, mask),
     });
     return {

@@ -47,7 +47,8 @@ export interface IoRegistrationOptions {
 export interface SharedWord {
   load(): number;
   store(value: number): void;
-  or(bits: number): void;
+  /** Sets `bits`; returns the value before (one atomic fetch-or where the word is shared). */
+  or(bits: number): number;
   and(mask: number): void;
 }
 
@@ -60,7 +61,9 @@ export function localWord(): SharedWord {
       v = x >>> 0;
     },
     or: (bits) => {
+      const before = v;
       v = (v | bits) >>> 0;
+      return before;
     },
     and: (mask) => {
       v = (v & mask) >>> 0;

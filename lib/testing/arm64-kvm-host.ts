@@ -177,6 +177,56 @@ export function ensureArm64Artifacts(opts: { dir?: string; onProgress?: (m: stri
   return a;
 }
 
+/**
+ * The helpers nodevmm starts for shares and user networking, which the arm64
+ * host's userland lacks: QEMU's C virtiofsd (qemu-system-common) and the
+ * libraries it links, passt, and util-linux for a setpriv with --pdeathsig
+ * (the host's is busybox's, which lib/util/helper-process.ts cannot use).
+ */
+export const ARM64_HELPER_PACKAGES = ['qemu-system-common', 'libseccomp2', 'libcap-ng0', 'libglib2.0-0', 'libnuma1', 'libpcre2-8-0', 'util-linux', 'passt'];
+/** The helper executables inside the unpacked root, by the name they get in the host's PATH. */
+const ARM64_HELPERS = { virtiofsd: 'usr/lib/qemu/virtiofsd', setpriv: 'usr/bin/setpriv', passt: 'usr/bin/passt' } as const;
+
+/** Where ensureArm64Helpers unpacks the helpers (its root/ holds them). */
+export function arm64HelpersDir(): string {
+  return path.join(guestCacheRoot(), 'arm64-virtiofsd');
+}
+
+/** The arm64 helpers, downloaded (apt-get download) and unpacked once into `dir`; returns `dir`. */
+export function ensureArm64Helpers(dir = arm64HelpersDir()): string {
+  if (Object.values(ARM64_HELPERS).every((f) => fs.existsSync(path.join(dir, 'root', f)))) return dir;
+  const debs = path.join(dir, 'debs');
+  fs.mkdirSync(debs, { recursive: true });
+  execFileSync('apt-get', ['download', ...ARM64_HELPER_PACKAGES.map((p) => `${p}:arm64`)], { cwd: debs, stdio: ['ignore', 'pipe', 'pipe'] });
+  for (const deb of fs.readdirSync(debs).filter((f) => f.endsWith('.deb'))) execFileSync('dpkg-deb', ['-x', path.join(debs, deb), path.join(dir, 'root')]);
+  const missing = Object.values(ARM64_HELPERS).filter((f) => !fs.existsSync(path.join(dir, 'root', f)));
+  if (missing.length) throw new NodevmmError('ERR_ARM64_ARTIFACTS', `the arm64 helpers in ${dir} lack ${missing.join(', ')} after download`);
+  return dir;
+}
+
+/**
+ * Shell lines (for runInArm64KvmHost) that make the helpers in `dir` (as
+ * this machine sees it) the host's virtiofsd, passt and setpriv, then run
+ * `command` from `cwd`. Each helper is a wrapper that finds its libraries
+ * with LD_LIBRARY_PATH, so node keeps the host's own. The host's root is
+ * the initramfs (rootfs), on which the kernel refuses pivot_root, and
+ * virtiofsd's namespace sandbox pivot_roots into the shared directory: so a
+ * recursive bind of / is moved over / and the command runs chrooted into it
+ * (what switch_root does; the process is then not "chrooted" for the
+ * kernel's user-namespace check either, which passt's sandbox needs).
+ */
+export function arm64HelpersShell(dir: string, cwd: string, command: string): string {
+  const root = `/host${dir}/root`;
+  const libs = `${root}/lib/aarch64-linux-gnu:${root}/usr/lib/aarch64-linux-gnu`;
+  const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  return [
+    'mkdir -p /usr/local/bin',
+    ...Object.entries(ARM64_HELPERS).map(([name, file]) => `printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' ${quote(libs)} ${quote(`${root}/${file}`)} > /usr/local/bin/${name} && chmod +x /usr/local/bin/${name}`),
+    'mkdir -p /newroot && mount -o rbind / /newroot && cd /newroot && mount -o move . / || echo "ARM64-HELPERS-ROOT-FAILED"',
+    `exec chroot . /bin/sh -c ${quote(`cd ${cwd} && export PATH=/usr/local/bin:$PATH && ${command}`)}`,
+  ].join('\n');
+}
+
 /** Debian ships vmlinuz as Image.gz on some releases and as a flat Image on others: return the flat Image. */
 export function flatImage(vmlinuz: Uint8Array): Uint8Array {
   if (vmlinuz[0] === 0x1f && vmlinuz[1] === 0x8b) return new Uint8Array(gunzipSync(vmlinuz));

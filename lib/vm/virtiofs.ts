@@ -76,6 +76,15 @@ export function virtiofsdArgs(flavour: 'rust' | 'qemu', dir: string, socket: str
 }
 
 /**
+ * Bind the directory ($0) over itself, then make that bind read-only with a
+ * remount of its own: the kernel ignores MS_RDONLY on the bind itself, and
+ * only util-linux's mount adds the remount for `--bind -o ro`; busybox's
+ * (the emulated arm64 host's, Alpine's) left the share writable. A failed
+ * step stops the chain: no daemon, a share that does not open.
+ */
+export const READ_ONLY_BIND_SCRIPT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"';
+
+/**
  * The command line that starts virtiofsd for `spec`: the daemon itself, or
  * through `unshare` and a shell that bind-mounts the directory read-only
  * first (read-only shares; any share without root).
@@ -84,7 +93,7 @@ export function virtiofsdCommand(exe: string, flavour: 'rust' | 'qemu', spec: Sh
   const daemon = [...virtiofsdArgs(flavour, spec.path, socket)];
   if (!spec.readOnly && isRoot) return { command: exe, args: daemon };
   // $0 is the directory, "$@" the daemon's command line; the bind mount lives only in this namespace.
-  const script = spec.readOnly ? 'mount --bind -o ro "$0" "$0" && exec "$@"' : 'exec "$@"';
+  const script = spec.readOnly ? READ_ONLY_BIND_SCRIPT : 'exec "$@"';
   return { command: 'unshare', args: [...(isRoot ? [] : ['--map-root-user']), '--mount', '--', '/bin/sh', '-c', script, spec.path, exe, ...daemon] };
 }
 

@@ -3,14 +3,15 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { findArm64Artifacts, runInArm64KvmHost } from '../../lib/testing/arm64-kvm-host';
+import { arm64HelpersShell, ensureArm64Helpers, findArm64Artifacts, runInArm64KvmHost } from '../../lib/testing/arm64-kvm-host';
 
 // The arm64 proof: one emulated arm64 KVM host (QEMU TCG, virt with EL2) runs
 // in-host.ts, which drives nodevmm through its public entry points as a user
 // would: `nodevmm run` with 2 vCPUs; withVm with expect, exec('uname -m') over
 // ttyAMA1, pause/resume/diagnose, a host reset, shutdown() by the GPIO power key; createVm with
 // virtio-blk, -rng, -console, -net (TAP) and -vsock (exec over vsock), ended by
-// a guest reboot with onReset 'stop'; and a hand-made two-vCPU guest
+// a guest reboot with onReset 'stop'; virtio-fs with a writable and a read-only
+// share; a hand-made two-vCPU guest
 // snapshotted mid-computation and restored twice at once (snapshot-tiny.ts);
 // vm.snapshot of a Debian guest mid-work, restoreVm in a new process and two
 // clones (snapshot-debian.ts). Needs qemu-system-aarch64, the
@@ -27,12 +28,21 @@ const missing = [
   artifacts ? undefined : 'arm64 artifacts (node scripts/arm64-kvm-host.js)',
   spawnSync(crossGcc, ['--version']).status === 0 ? undefined : `${crossGcc} (apt-get install gcc-aarch64-linux-gnu)`,
 ].filter(Boolean);
+// virtiofsd, passt and a setpriv for the host (downloaded once with apt-get download).
+let helpers: string | undefined;
+if (!missing.length) {
+  try {
+    helpers = ensureArm64Helpers();
+  } catch (e) {
+    missing.push(`the arm64 helpers (virtiofsd, passt, setpriv: ${(e as Error).message.split('\n')[0]})`);
+  }
+}
 const maybe = missing.length ? test.skip : test;
 if (missing.length) console.log(`e2e-arm64 skipped: missing ${missing.join(', ')}`);
 
 type Result = Record<string, unknown> & { error?: string; ms?: number };
 
-maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and virtio blk/rng/console/net/vsock', async (t) => {
+maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and virtio blk/rng/console/net/vsock/fs', async (t) => {
   // One test drives the whole emulated host: longer than ava's default 5 min of silence.
   t.timeout(1_560_000);
   // The guest's vsock agent, static for aarch64, where the host sees it (this machine's / is its /host).
@@ -43,7 +53,7 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
   t.is(cc.status, 0, cc.stderr);
   const cache = path.dirname(artifacts!.dir);
   const run = (timeoutMs: number) =>
-    runInArm64KvmHost(`node dist/test/e2e-arm64/in-host.js /host${agent}`, {
+    runInArm64KvmHost(arm64HelpersShell(helpers!, root, `node dist/test/e2e-arm64/in-host.js /host${agent}`), {
       timeoutMs,
       projectDir: root,
       artifacts: artifacts!,
@@ -141,4 +151,22 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
   t.true(stats.rxPackets >= 3 && stats.txPackets >= 3, JSON.stringify(stats));
   // blk, net, vsock, rng, console on SPIs 16-20 (INTIDs 48-52), each edge-rising from the device tree.
   t.deepEqual(d.irqs, ['48:Edge', '49:Edge', '50:Edge', '51:Edge', '52:Edge']);
+
+  // virtio-fs: a virtiofsd per share while the VM ran, none after.
+  const sh = results.shares!;
+  t.is(sh.error, undefined);
+  t.like(sh, {
+    stop: 'poweroff',
+    mountRw: '1',
+    mountRo: '1',
+    read: 'written-by-the-host',
+    wrote: '1',
+    written: 'written-by-the-guest',
+    roRead: 'read-only',
+    roTouch: '1',
+    roCreated: false,
+    umount: '1',
+    daemonsLeft: 0,
+  });
+  t.true((sh.daemons as number) >= 2, `a virtiofsd per share while the VM ran (found ${String(sh.daemons)})`);
 });

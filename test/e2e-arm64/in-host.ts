@@ -9,6 +9,7 @@
  *              host reset(); a guest `reboot -f` (PSCI SYSTEM_RESET); shutdown() by the power key
  *   devices:   virtio-blk, -rng, -console, -net on a TAP, -vsock with exec over it;
  *              a guest reboot with onReset 'stop' ends it as 'reset'
+ *   shares:    virtio-fs, a writable and a read-only share (virtiofsd), read, write, EROFS
  *   snapshotTiny: a hand-made two-vCPU guest snapshotted mid-computation and restored twice at once
  *              (snapshot-tiny.ts; partitions, not the public API)
  *   snapshotDebian: vm.snapshot of a 2-vCPU guest mid-work, restoreVm in a new process, two clones
@@ -191,6 +192,96 @@ async function devices(initrd: Uint8Array): Promise<Record<string, unknown>> {
   }
 }
 
+/** Live virtiofsd processes serving a directory under `dir`. */
+function virtiofsdPids(dir: string): number[] {
+  const pids: number[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+      if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) continue;
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+      if (argv.some((a) => /virtiofsd$/.test(a)) && argv.some((a) => a.includes(dir))) pids.push(Number(pid));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+const SHARE_HOST_TEXT = 'written-by-the-host';
+const SHARE_GUEST_TEXT = 'written-by-the-guest';
+
+/**
+ * virtio-fs: a writable and a read-only share (a virtiofsd each, the helpers boot.test.ts put in
+ * PATH); the guest mounts both, reads a file the host wrote, writes one the host then reads, and
+ * fails to write into the read-only one; the daemons are gone once the VM stopped.
+ */
+async function shares(initrd: Uint8Array): Promise<Record<string, unknown>> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm64-shares-'));
+  const rw = path.join(dir, 'rw');
+  const ro = path.join(dir, 'ro');
+  fs.mkdirSync(rw);
+  fs.mkdirSync(ro);
+  fs.writeFileSync(path.join(rw, 'from-host'), SHARE_HOST_TEXT);
+  fs.writeFileSync(path.join(ro, 'ro.txt'), 'read-only');
+  const script = [
+    'mkdir -p /mnt/rw /mnt/ro',
+    'mount -t virtiofs data /mnt/rw && echo GUEST-MOUNT-RW=1',
+    'mount -t virtiofs config /mnt/ro && echo GUEST-MOUNT-RO=1',
+    'echo "GUEST-READ=$(cat /mnt/rw/from-host)"',
+    `printf '${SHARE_GUEST_TEXT}' > /mnt/rw/from-guest && sync && echo GUEST-WROTE=1`,
+    'echo "GUEST-RO-READ=$(cat /mnt/ro/ro.txt)"',
+    'touch /mnt/ro/nope 2>/dev/null; echo "GUEST-RO-TOUCH=$?"',
+    'umount /mnt/rw /mnt/ro && echo GUEST-UMOUNT=1',
+  ].join('\n');
+  const vm = await createVm({
+    kernel: artifacts.image,
+    initrd,
+    memory: '256M',
+    cmdline: `quiet nodevmm.cmd=${Buffer.from(script).toString('base64')}`,
+    shares: [
+      { path: rw, tag: 'data' },
+      { path: ro, tag: 'config', readOnly: true },
+    ],
+  });
+  tee(vm);
+  try {
+    step('shares: start');
+    await vm.start();
+    const daemons = virtiofsdPids(dir).length;
+    const stop = await vm.waitForStop();
+    const log = vm.serial(1).log();
+    const marker = (k: string) => new RegExp(`^GUEST-${k}=(.*)$`, 'm').exec(log.replace(/\r/g, ''))?.[1]?.trim();
+    let written: string | null = null;
+    try {
+      written = fs.readFileSync(path.join(rw, 'from-guest'), 'latin1');
+    } catch {}
+    // The daemons are stopped with the VM (SIGTERM, SIGKILL after a grace period): bounded wait.
+    let left = -1;
+    for (let i = 0; i < 100 && left !== 0; i++) {
+      left = virtiofsdPids(dir).length;
+      if (left) await new Promise((r) => setTimeout(r, 50));
+    }
+    return {
+      stop: stop.reason,
+      mountRw: marker('MOUNT-RW'),
+      mountRo: marker('MOUNT-RO'),
+      read: marker('READ'),
+      wrote: marker('WROTE'),
+      written,
+      roRead: marker('RO-READ'),
+      roTouch: marker('RO-TOUCH'),
+      roCreated: fs.existsSync(path.join(ro, 'nope')),
+      umount: marker('UMOUNT'),
+      daemons,
+      daemonsLeft: left,
+    };
+  } finally {
+    await vm.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const modules = arm64GuestModules(artifacts);
   const busybox = new Uint8Array(fs.readFileSync(artifacts.busybox));
@@ -199,6 +290,7 @@ async function main(): Promise<void> {
   if (!only || only.has('cli')) report('cli', cli(plain));
   await part('lifecycle', lifecycle);
   await part('snapshotDebian', () => snapshotDebian(artifacts.image, plain, step, tee));
+  await part('shares', () => shares(plain));
   if (only && !only.has('devices')) return;
   if (!agentBinary) report('devices', { error: 'no vsock agent binary given' });
   else {

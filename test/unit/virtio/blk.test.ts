@@ -1,7 +1,7 @@
 import test from 'ava';
 import * as fs from 'node:fs';
 import { BLK_S, BLK_T, VirtioBlk, VIRTIO_BLK_F_RO, type BlockBackend } from '../../../lib/devices/virtio/blk';
-import { REG } from '../../../lib/devices/virtio/mmio';
+import { INT_USED_BUFFER, REG } from '../../../lib/devices/virtio/mmio';
 import { bounceFileBackend } from '../../../lib/devices/virtio/blk-backends';
 import { GuestMemory } from '../../../lib/memory/guest-memory';
 import { FakeDriver, RAM, type FakeQueue } from './driver';
@@ -204,7 +204,8 @@ test('requests of one kick that complete at once raise one interrupt for the kic
   );
   for (const r of reads) t.deepEqual(d.mem.read(r.data, 512), content.subarray(r.sector * 512, (r.sector + 1) * 512));
   t.is(d.irq.pulses, 1);
-  // The next kick's request gets its own interrupt.
+  // The next kick's request gets its own interrupt, once the driver ACKed the first.
+  d.w(REG.interruptAck, INT_USED_BUFFER);
   offerRead(d, q, 5);
   d.kick(q);
   t.is(d.takeUsed(q).length, 1);

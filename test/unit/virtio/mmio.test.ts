@@ -56,7 +56,7 @@ test('a used buffer raises the level interrupt until the driver acknowledges it'
   t.is(d.r(REG.interruptStatus), 0);
 });
 
-test('edge-triggered: each used buffer is one pulse and sets InterruptStatus in the shared word that native code reads and ACKs', (t) => {
+test('edge-triggered: a used buffer is a pulse unless the bit is still unACKed, and sets InterruptStatus in the shared word that native code reads and ACKs', (t) => {
   const d = new FakeDriver(new VirtioRng(), { trigger: 'edge' });
   const regs = d.t.interruptStatusRegisters;
   t.deepEqual(regs, { read: REG.interruptStatus, ack: REG.interruptAck });
@@ -69,7 +69,9 @@ test('edge-triggered: each used buffer is one pulse and sets InterruptStatus in 
     d.kick(q);
   }
   t.is(d.takeUsed(q).length, 2);
-  t.is(d.irq.pulses, 2); // the second raise is an edge too, though the bit was still set
+  // The second used buffer came while the first edge's bit was still set (not ACKed): the
+  // driver's handler, which ACKs before it looks at the rings, will see both; no second edge.
+  t.is(d.irq.pulses, 1);
   t.false(d.irq.level);
   t.is(word.load(), INT_USED_BUFFER);
   // What the vCPU thread does with an ACK, and the JS path agree on the word.
@@ -77,6 +79,8 @@ test('edge-triggered: each used buffer is one pulse and sets InterruptStatus in 
   t.is(d.r(REG.interruptStatus), 0);
   d.offer(q, d.chain(q, [{ gpa: d.alloc(16), len: 16, write: true }]));
   d.kick(q);
+  // After the ACK the next used buffer is an edge again.
+  t.is(d.irq.pulses, 2);
   t.is(d.r(REG.interruptStatus), INT_USED_BUFFER);
   d.w(REG.interruptAck, INT_USED_BUFFER);
   t.is(word.load(), 0);

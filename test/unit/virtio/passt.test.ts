@@ -181,6 +181,36 @@ test.serial('frames to a peer that reads nothing are refused once the bound is r
   t.is(b.counters.txRefused, 1);
 });
 
+test.serial('frames written in one turn leave together at its end, and the peer gets each whole and in order', async (t) => {
+  const FRAMES = 40;
+  // Counts the frames it reads and how many reads they took; reports once all arrived.
+  const helper = peer(`
+    const net = require('net'); const s = new net.Socket({ fd: 3 });
+    let buf = Buffer.alloc(0), frames = 0, reads = 0, ok = true;
+    s.on('data', (d) => { reads++; buf = Buffer.concat([buf, d]);
+      while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) { const len = buf.readUInt32BE(0); if (len !== 1000 + frames || buf[4] !== (frames & 255)) ok = false; frames++; buf = buf.subarray(4 + len); }
+      if (frames === ${FRAMES}) process.stderr.write(JSON.stringify({ ok, reads }) + '\\n'); });
+    setInterval(() => {}, 1000);`);
+  const b = PasstBackend.attach(helper);
+  t.teardown(() => b.close());
+  let expected = 0;
+  for (let i = 0; i < FRAMES; i++) {
+    t.is(b.writev([new Uint8Array(1000 + i).fill(i & 255)]), 1000 + i);
+    expected += 4 + 1000 + i;
+  }
+  // Nothing reached the kernel yet: the whole turn's frames wait for one write.
+  t.is(b.unsentBytes, expected);
+  t.is(b.counters.txFrames, FRAMES);
+  await new Promise((r) => setImmediate(r));
+  t.is(b.unsentBytes, 0);
+  const deadline = Date.now() + 10_000;
+  while (!/\}/.test(helper.stderrTail())) {
+    if (Date.now() > deadline) return t.fail(`the peer did not get ${FRAMES} frames: ${helper.stderrTail()}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  t.true((JSON.parse(helper.stderrTail()) as { ok: boolean }).ok, helper.stderrTail());
+});
+
 test.serial('a peer that exits while open is one sentence through onFailure, with its stderr', async (t) => {
   const helper = peer('process.stderr.write("No external routable interface for IPv4\\n"); process.exit(1);');
   const b = PasstBackend.attach(helper);

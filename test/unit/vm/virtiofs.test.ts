@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { nativeBinding } from '../../../lib/hv/native';
 import { VHOST_USER_PROTOCOL_F_REPLY_ACK } from '../../../lib/devices/virtio/vhost-user';
-import { findVirtiofsd, virtiofsdCommand, VirtiofsShare } from '../../../lib/vm/virtiofs';
+import { findVirtiofsd, READ_ONLY_BIND_SCRIPT, virtiofsdCommand, VirtiofsShare } from '../../../lib/vm/virtiofs';
 
 function skipReason(): string | undefined {
   if (!findVirtiofsd()) return 'virtiofsd is not installed (apt-get install virtiofsd, or qemu-system-common)';
@@ -169,7 +169,7 @@ test('read-only shares and shares without root go through unshare and a read-onl
   const ro = virtiofsdCommand('/usr/lib/qemu/virtiofsd', 'qemu', spec, '/run/s.sock', true);
   t.is(ro.command, 'unshare');
   t.deepEqual(ro.args.slice(0, 4), ['--mount', '--', '/bin/sh', '-c']);
-  t.is(ro.args[4], 'mount --bind -o ro "$0" "$0" && exec "$@"');
+  t.is(ro.args[4], READ_ONLY_BIND_SCRIPT);
   t.deepEqual(ro.args.slice(5, 7), ['/srv/data', '/usr/lib/qemu/virtiofsd']);
   t.true(ro.args.includes('source=/srv/data'));
   const user = virtiofsdCommand('/usr/libexec/virtiofsd', 'rust', { ...spec, readOnly: false }, '/run/s.sock', false);
@@ -178,3 +178,35 @@ test('read-only shares and shares without root go through unshare and a read-onl
   const plain = virtiofsdCommand('/usr/lib/qemu/virtiofsd', 'qemu', { ...spec, readOnly: false }, '/run/s.sock', true);
   t.is(plain.command, '/usr/lib/qemu/virtiofsd');
 });
+
+/** A directory of `mount` -> busybox, for PATH: the mount of the emulated arm64 host (and Alpine). */
+function busyboxMountDir(): string | undefined {
+  const busybox = ['/usr/bin/busybox', '/bin/busybox'].find((p) => fs.existsSync(p));
+  if (!busybox || spawnSync('unshare', ['--mount', '--map-root-user', 'true']).status !== 0) return undefined;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bbmount-'));
+  fs.symlinkSync(busybox, path.join(dir, 'mount'));
+  return dir;
+}
+
+for (const [name, mountDir] of [['util-linux', undefined], ['busybox', busyboxMountDir()]] as const) {
+  const missing = name === 'busybox' && !mountDir;
+  (missing ? test.skip : test.serial)(`a read-only share's bind refuses writes with ${name}'s mount (the daemon runs only behind it)`, (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-ro-share-'));
+    t.teardown(() => {
+      fs.rmSync(dir, { recursive: true, force: true });
+      if (mountDir) fs.rmSync(mountDir, { recursive: true, force: true });
+    });
+    fs.writeFileSync(path.join(dir, 'kept'), 'kept');
+    const c = virtiofsdCommand('/usr/lib/qemu/virtiofsd', 'qemu', { path: dir, tag: 't', readOnly: true }, '/run/s.sock', process.getuid?.() === 0);
+    const at = c.args.indexOf('-c');
+    // The script as nodevmm runs it, with a writer in the daemon's place.
+    const writer = ['/bin/sh', '-c', 'echo x > "$1/new" 2>/dev/null; echo "create=$?"; echo y >> "$1/kept" 2>/dev/null; echo "append=$?"', 'writer', dir];
+    const env = { ...process.env, PATH: mountDir ? `${mountDir}:${process.env.PATH}` : process.env.PATH };
+    const r = spawnSync(c.command, [...c.args.slice(0, at + 3), ...writer], { encoding: 'utf8', env });
+    t.is(r.status, 0, r.stderr);
+    t.regex(r.stdout, /create=[1-9]/);
+    t.regex(r.stdout, /append=[1-9]/);
+    t.false(fs.existsSync(path.join(dir, 'new')));
+    t.is(fs.readFileSync(path.join(dir, 'kept'), 'utf8'), 'kept');
+  });
+}
