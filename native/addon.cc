@@ -52,6 +52,7 @@ Napi::Value Layout(const Napi::CallbackInfo& info) {
   o.Set("vcpuSharedSize", sizeof(VcpuShared));
   o.Set("controlNotifyPending", offsetof(VmControl, notify_pending));
   o.Set("controlEventCount", offsetof(VmControl, event_count));
+  o.Set("controlNotifiedAt", offsetof(VmControl, notified_ns));
   o.Set("controlUnclaimedReads", offsetof(VmControl, unclaimed_reads));
   o.Set("controlUnclaimedWrites", offsetof(VmControl, unclaimed_writes));
   o.Set("controlShadow", offsetof(VmControl, shadow));

@@ -83,12 +83,14 @@ enum NotifyState : int32_t {
 struct alignas(64) VmControl {
   std::atomic<int32_t> notify_pending;   // 0: NotifyState
   std::atomic<int32_t> event_count;      // events queued for takeEvents()
-  uint32_t pad0[14];
+  std::atomic<uint64_t> notified_ns;     // 8: steady clock (ns) when a vCPU last woke JS
+  uint32_t pad0[12];
   std::atomic<uint64_t> unclaimed_reads; // 64
   std::atomic<uint64_t> unclaimed_writes;// 72
   uint32_t pad1[12];
   uint8_t shadow[4096];                  // 128: register shadows written by JS
 };
+static_assert(offsetof(VmControl, notified_ns) == 8, "control layout");
 static_assert(offsetof(VmControl, unclaimed_reads) == 64, "control layout");
 static_assert(offsetof(VmControl, shadow) == 128, "control layout");
 

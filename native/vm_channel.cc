@@ -1,5 +1,6 @@
 #include "vm_channel.h"
 
+#include <chrono>
 #include <cstring>
 
 namespace nodevmm {
@@ -31,6 +32,15 @@ bool VmChannel::SetNotify(Napi::Env env, Napi::Function fn, std::string* err) {
   return true;
 }
 
+// When the wakeup left, on the clock process.hrtime() reads (CLOCK_MONOTONIC
+// on Linux): JS grows its polling window when an exit came soon after it went
+// idle, and it must judge that by when the exit happened, not by when the
+// event loop got round to it (which alone can exceed the window).
+void VmChannel::StampWakeup() {
+  uint64_t ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+  control_->notified_ns.store(ns, std::memory_order_relaxed);
+}
+
 void VmChannel::Notify() {
   if (!has_tsfn_) return;
   // Look before the exchange: while JS polls it keeps the flag set and reads
@@ -41,6 +51,7 @@ void VmChannel::Notify() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (control_->notify_pending.load(std::memory_order_relaxed) == kNotifyOwed) return;
   if (control_->notify_pending.exchange(kNotifyOwed, std::memory_order_acq_rel) != kNotifyOwed) {
+    StampWakeup();
     tsfn_.NonBlockingCall();
   }
 }
@@ -53,6 +64,7 @@ void VmChannel::NotifyPosted() {
   // overwriting it with kNotifyOwed would keep the next exit from waking JS.
   int32_t expected = kNotifyIdle;
   if (control_->notify_pending.compare_exchange_strong(expected, kNotifyOwed, std::memory_order_acq_rel)) {
+    StampWakeup();
     tsfn_.NonBlockingCall();
   }
 }

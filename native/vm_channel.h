@@ -57,6 +57,7 @@ class VmChannel {
   void Abandon();
 
  private:
+  void StampWakeup();
   std::shared_ptr<VmControl> control_;
   RouteTable routes_;
   std::mutex events_mu_;

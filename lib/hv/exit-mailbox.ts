@@ -42,6 +42,7 @@ export interface SharedPageLayout {
   vcpuSharedSize: number;
   controlNotifyPending: number;
   controlEventCount: number;
+  controlNotifiedAt: number;
   controlUnclaimedReads: number;
   controlUnclaimedWrites: number;
   controlShadow: number;
@@ -65,6 +66,7 @@ const EXPECTED: Partial<SharedPageLayout> = {
   postedWriteSize: 24,
   controlNotifyPending: 0,
   controlEventCount: 4,
+  controlNotifiedAt: 8,
   controlUnclaimedReads: 64,
   controlUnclaimedWrites: 72,
   controlShadow: 128,
@@ -213,6 +215,10 @@ export class ControlBlock {
   /** Lifecycle events (paused, exited) wait in the backend's queue. */
   get eventsQueued(): boolean {
     return Atomics.load(this.i32, 1) !== 0;
+  }
+  /** When a vCPU last sent JS a wakeup (process.hrtime.bigint()'s clock on Linux; 0n before the first). */
+  get notifiedAt(): bigint {
+    return this.dv.getBigUint64(8, true);
   }
   get unclaimedReads(): bigint {
     return this.dv.getBigUint64(64, true);

@@ -256,6 +256,12 @@ test('a pause leaves no posted-write timer behind: after resume the first posted
   p.destroy();
 });
 
+/** A vCPU's wakeup as native VmChannel::Notify sends it: stamped with the time it left. */
+function wake(b: FakeBackend): void {
+  new DataView(b.control).setBigUint64(8, process.hrtime.bigint(), true);
+  b.notify();
+}
+
 /** A core whose subclass hands EOI exits on, as an x86 backend's localApicBus.onEoi does. */
 class EoiCore extends PartitionCore<VirtualProcessor, FakeBackend> {
   onEoi(fn: (vector: number) => void): void {
@@ -284,27 +290,57 @@ test('an EOI exit (mailbox kind 3) reaches the EOI handler with its vector, touc
   p.destroy();
 });
 
-test('the polling window halves after each poll that finds no exit, down to none, and exits are still answered', (t) => {
+test('the polling window halves after each exit whose wakeup came later than a full window after going idle, down to none, and exits are still answered', (t) => {
   const { p, b } = partition(1, 32);
   const seen: number[] = [];
   p.pio.register(0x10, 1, { name: 'dev', read: () => 0, write: (_o, _s, v) => void seen.push(v) });
   p.start();
   const r = b.runners[0]!;
   const windows = [p.stats().pollWindowNs];
-  // A poll cut short by the dispatch turn's end (the test preempted for over a turn on a
-  // loaded machine) leaves the window as it was, so a step may repeat; none may grow.
+  // The first dispatch has no idle time to judge by, so a step may repeat; none may grow.
   for (let i = 0; i < 40 && windows.at(-1)! > 0; i++) {
     // Each exit comes more than a full window after the dispatcher went idle (a notification
     // sooner than that would have been caught by polling, and grows the window back).
     const later = process.hrtime.bigint() + 100_000n;
     while (process.hrtime.bigint() < later);
     r.exit(EXIT_KIND_PIO, true, 1, 0x10, seen.length);
-    b.notify(); // answers, then polls for the window and finds nothing more
+    wake(b); // answers, then polls for the window and finds nothing more
     windows.push(p.stats().pollWindowNs);
   }
   const steps = windows.filter((w, i) => i === 0 || w !== windows[i - 1]);
   t.deepEqual(steps, [32000, 16000, 8000, 4000, 2000, 1000, 0], `windows seen: ${windows.join(' ')}`);
   t.deepEqual(seen, [...Array(windows.length - 1).keys()]);
+  p.destroy();
+});
+
+test('a polling window that shrank to none grows back when the vCPU sent its wakeup soon after JS went idle, however late the event loop runs the dispatch', (t) => {
+  const { p, b } = partition(1, 32);
+  p.pio.register(0x10, 1, { name: 'dev', read: () => 0, write: () => {} });
+  p.start();
+  const r = b.runners[0]!;
+  const spin = (ns: bigint) => {
+    const until = process.hrtime.bigint() + ns;
+    while (process.hrtime.bigint() < until);
+  };
+  // Shrink the window to none: exits long after each idle, their wakeups sent late too.
+  for (let i = 0; i < 40 && p.stats().pollWindowNs > 0; i++) {
+    spin(100_000n);
+    r.exit(EXIT_KIND_PIO, true, 1, 0x10, i);
+    wake(b);
+  }
+  t.is(p.stats().pollWindowNs, 0);
+  // Now each exit's wakeup leaves 2 us after JS went idle, but the dispatch runs 100 us later
+  // (an event loop slow to wake): the window grows back all the same.
+  const windows: number[] = [];
+  for (let i = 0; i < 8; i++) {
+    spin(2_000n);
+    r.exit(EXIT_KIND_PIO, true, 1, 0x10, i);
+    new DataView(b.control).setBigUint64(8, process.hrtime.bigint(), true); // the wakeup leaves now
+    spin(100_000n);
+    b.notify();
+    windows.push(p.stats().pollWindowNs);
+  }
+  t.true(windows.includes(32000), `windows seen: ${windows.join(' ')}`);
   p.destroy();
 });
 
