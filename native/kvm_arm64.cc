@@ -134,20 +134,40 @@ Napi::Value Vcpu::ArmVcpuInit(const Napi::CallbackInfo& info) {
 namespace {
 // Register width encoded in a KVM_REG id (api.rst 4.68): 1 << size field bytes.
 uint32_t RegBytes(uint64_t id) { return 1u << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT); }
+
+// The widest register KVM_REG ids can name (KVM_REG_SIZE_U2048).
+constexpr uint32_t kMaxRegBytes = 256;
+
+// A register id from JS no wider than `max_bytes`; false with the JS error thrown.
+bool RegIdFromJs(Napi::Env env, Napi::Value v, uint32_t max_bytes, uint64_t* id) {
+  if (!GetU64(v, id)) {
+    ThrowUsage(env, "register id must be a bigint");
+    return false;
+  }
+  if (RegBytes(*id) > max_bytes) {
+    ThrowUsage(env, "register id " + std::to_string(*id) + (max_bytes == 8 ? " is wider than 64 bits" : " has an invalid size field"));
+    return false;
+  }
+  return true;
+}
+
+// KVM_GET_ONE_REG or KVM_SET_ONE_REG with the register's bytes at `buf`; false with the JS error thrown.
+bool OneReg(Napi::Env env, int fd, bool set, uint64_t id, void* buf) {
+  kvm_one_reg r{};
+  r.id = id;
+  r.addr = reinterpret_cast<uint64_t>(buf);
+  if (ioctl(fd, set ? KVM_SET_ONE_REG : KVM_GET_ONE_REG, &r) == 0) return true;
+  ThrowErrno(env, errno, "ioctl", set ? "KVM_SET_ONE_REG" : "KVM_GET_ONE_REG", std::string(set ? "set" : "get") + " register " + std::to_string(id));
+  return false;
+}
 }  // namespace
 
 // getOneReg(id: bigint) -> bigint, for registers up to 64 bits wide.
 Napi::Value Vcpu::GetOneReg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
-  uint64_t id;
-  if (!GetU64(info[0], &id)) return ThrowUsage(env, "register id must be a bigint");
-  if (RegBytes(id) > 8) return ThrowUsage(env, "register id " + std::to_string(id) + " is wider than 64 bits");
-  uint64_t value = 0;
-  kvm_one_reg r{};
-  r.id = id;
-  r.addr = reinterpret_cast<uint64_t>(&value);
-  if (ioctl(core_.lock()->fd(), KVM_GET_ONE_REG, &r) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_GET_ONE_REG", "get register " + std::to_string(id));
+  uint64_t id, value = 0;
+  if (!RegIdFromJs(env, info[0], 8, &id) || !OneReg(env, core_.lock()->fd(), false, id, &value)) return env.Undefined();
   return Big(env, value);
 }
 
@@ -156,12 +176,10 @@ Napi::Value Vcpu::SetOneReg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
   uint64_t id, value;
-  if (!GetU64(info[0], &id) || !GetU64(info[1], &value)) return ThrowUsage(env, "register id and value must be bigints");
-  if (RegBytes(id) > 8) return ThrowUsage(env, "register id " + std::to_string(id) + " is wider than 64 bits");
-  kvm_one_reg r{};
-  r.id = id;
-  r.addr = reinterpret_cast<uint64_t>(&value);  // KVM reads RegBytes(id) bytes; little-endian keeps narrow values in place
-  if (ioctl(core_.lock()->fd(), KVM_SET_ONE_REG, &r) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_SET_ONE_REG", "set register " + std::to_string(id));
+  if (!RegIdFromJs(env, info[0], 8, &id)) return env.Undefined();
+  if (!GetU64(info[1], &value)) return ThrowUsage(env, "register value must be a bigint");
+  // KVM reads RegBytes(id) bytes; little-endian keeps narrow values in place.
+  OneReg(env, core_.lock()->fd(), true, id, &value);
   return env.Undefined();
 }
 
@@ -188,26 +206,15 @@ Napi::Value Vcpu::GetRegList(const Napi::CallbackInfo& info) {
   return out;
 }
 
-namespace {
-// The widest register KVM_REG ids can name (KVM_REG_SIZE_U2048).
-constexpr uint32_t kMaxRegBytes = 256;
-}  // namespace
-
 // getOneRegBytes(id: bigint) -> Uint8Array of the register's width (from the
 // id), for registers of any width (the 128-bit FP/SIMD vregs among them).
 Napi::Value Vcpu::GetOneRegBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
   uint64_t id;
-  if (!GetU64(info[0], &id)) return ThrowUsage(env, "register id must be a bigint");
-  uint32_t n = RegBytes(id);
-  if (n > kMaxRegBytes) return ThrowUsage(env, "register id " + std::to_string(id) + " has an invalid size field");
   alignas(16) uint8_t buf[kMaxRegBytes] = {};
-  kvm_one_reg r{};
-  r.id = id;
-  r.addr = reinterpret_cast<uint64_t>(buf);
-  if (ioctl(core_.lock()->fd(), KVM_GET_ONE_REG, &r) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_GET_ONE_REG", "get register " + std::to_string(id));
-  return Napi::Buffer<uint8_t>::Copy(env, buf, n);
+  if (!RegIdFromJs(env, info[0], kMaxRegBytes, &id) || !OneReg(env, core_.lock()->fd(), false, id, buf)) return env.Undefined();
+  return Napi::Buffer<uint8_t>::Copy(env, buf, RegBytes(id));
 }
 
 // setOneRegBytes(id: bigint, bytes: Uint8Array): the bytes must be exactly the id's width.
@@ -215,18 +222,14 @@ Napi::Value Vcpu::SetOneRegBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!Usable(env, true)) return env.Undefined();
   uint64_t id;
-  if (!GetU64(info[0], &id)) return ThrowUsage(env, "register id must be a bigint");
+  if (!RegIdFromJs(env, info[0], kMaxRegBytes, &id)) return env.Undefined();
   uint32_t n = RegBytes(id);
-  if (n > kMaxRegBytes) return ThrowUsage(env, "register id " + std::to_string(id) + " has an invalid size field");
   if (!info[1].IsTypedArray() && !info[1].IsBuffer()) return ThrowUsage(env, "register value must be a Uint8Array");
   Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
   if (a.ByteLength() != n) return ThrowUsage(env, "register id " + std::to_string(id) + " is " + std::to_string(n) + " bytes wide; the value has " + std::to_string(a.ByteLength()));
   alignas(16) uint8_t buf[kMaxRegBytes] = {};
   std::memcpy(buf, a.Data(), n);
-  kvm_one_reg r{};
-  r.id = id;
-  r.addr = reinterpret_cast<uint64_t>(buf);
-  if (ioctl(core_.lock()->fd(), KVM_SET_ONE_REG, &r) < 0) return ThrowErrno(env, errno, "ioctl", "KVM_SET_ONE_REG", "set register " + std::to_string(id));
+  OneReg(env, core_.lock()->fd(), true, id, buf);
   return env.Undefined();
 }
 
