@@ -7,7 +7,6 @@
  * hand back the boot CPU state.
  */
 import { randomBytes } from 'node:crypto';
-import { NodevmmError } from '../errors';
 import { parseIgvm } from '../igvm/parse';
 import { planIgvmLoad, type IgvmLoadPlan } from '../loader/igvm/plan';
 import type { IgvmFile } from '../igvm/model';

@@ -6,7 +6,6 @@
  */
 import { NodevmmError } from '../errors';
 import type { VhostVsockOps } from '../devices/virtio/vsock';
-import type { NotifyOps } from '../hv/partition';
 import { vhostHostOps, type VhostHostOps } from '../hv/host-ops';
 
 export const VHOST_VSOCK_PATH = '/dev/vhost-vsock';

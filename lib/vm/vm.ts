@@ -19,7 +19,6 @@ import { ConfigError, FormatError, NodevmmError, VmStateError } from '../errors'
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Partition, PartitionIo, PartitionStats, VcpuStop } from '../hv/partition';
-import { EXIT_KIND_PIO } from '../hv/exit-mailbox';
 import { COM_PORTS, guestTty, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import type { ExecOptions, ExecResult } from './exec';
 import { elfKernelFile, readImageFile } from './image-files';

@@ -29,7 +29,6 @@ import { loadLinuxDirectX86, type LinuxDirectX86Result } from '../loader/linux-d
 import { alignUp, GiB } from '../util/bytes';
 import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
-import type { SerialPort } from './serial-port';
 import { attachPartitionVirtio, virtioSlots, type AttachedVirtio } from './virtio-devices';
 import { assertVcpusStill, DEFAULT_QUIESCE_MS, phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
 import { StateReader } from '../devices/device-state';

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { createVm } from '../../lib/vm/vm';
 import { withVm } from '../../lib/testing/harness';
 import { cachedImageCount } from '../../lib/vm/image-files';
-import { kvmSkipReason, processResources, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
+import { kvmSkipReason, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
 import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 import { ConfigError } from '../../lib/errors';
 

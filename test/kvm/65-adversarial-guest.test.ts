@@ -10,7 +10,7 @@
  */
 import test from 'ava';
 import { KvmPartition } from '../../lib/hv/kvm-partition';
-import { kvmSkipReason, processResources, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
+import { kvmSkipReason, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
 import { asm, assemble, setupLongMode } from '../../lib/testing/tiny-guests';
 import { MiB } from '../../lib/util/bytes';
 

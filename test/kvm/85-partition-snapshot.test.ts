@@ -12,7 +12,7 @@ import { KvmPartition } from '../../lib/hv/kvm-partition';
 import { cpuIncompatibility } from '../../lib/snapshot';
 import type { X86PartitionState } from '../../lib/hv/x86-state';
 import { attachCountingDevice, COUNTING_ACCUMULATOR, CountingDevice, loadCountingGuest } from '../../lib/testing/counting-guest';
-import { diffResourceDetail, kvmSkipReason, processResourceDetail, processResources, settledProcessResources, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
+import { diffResourceDetail, kvmSkipReason, processResourceDetail, settledProcessResources, X86_KVM_PAGES } from '../../lib/testing/kvm-test-helpers';
 import { MiB } from '../../lib/util/bytes';
 import { tempDir } from '../temp-dir';
 

@@ -3,7 +3,6 @@
  * parameter): dtc must read it without a warning, and fdtget must find the
  * CPUs, memory with its IGVM type, the command line, COM1 and the entropy.
  */
-import test from 'ava';
 import { buildIgvmHostDeviceTree } from '../../../lib/loader/igvm/host-device-tree';
 import { MemoryMapEntryType } from '../../../lib/igvm/defs';
 import { decompile, fdtget } from '../fdt/dtc-tools';
