@@ -26,12 +26,14 @@ const PAUSE_AT = 23;
 const VCPUS = 2;
 const RAM = 2 * 2 ** 20;
 /**
- * How long the original stays paused before it is saved. Its virtual counter runs on meanwhile, so
- * the saved counter is at least this far from 0, where a fresh VM's starts: a restore that lost the
- * counter would show the guest time going back (the withoutCounters control), however long the
- * restore itself took.
+ * How long the original waits, made but not started, before it runs. Its virtual counter runs from
+ * the vCPU's creation, so every value the guest reads (and keeps in x21 to compare the next one
+ * with) is at least this far from 0, where a fresh VM's counter starts: a restore that lost the
+ * counters shows the guest time going back (the withoutCounters control) unless the restore itself
+ * took longer than this. (A pause after the guest's last read did not do that: the read before the
+ * snapshot stayed small, and a slow restore in a loaded host outgrew it, CI 2026-12-07.)
  */
-const PAUSED_MS = 2000;
+const PAUSED_MS = 4000;
 /** A run that has not reported in this long is stuck: fail with what it reported so far. */
 const RUN_TIMEOUT_MS = 120_000;
 
@@ -93,10 +95,10 @@ async function snapshotMidway(dir: string): Promise<Saved> {
         reached();
       }
     });
+    await new Promise((r) => setTimeout(r, PAUSED_MS));
     const finished = run(p, dev, done);
     await atPause;
     await paused;
-    await new Promise((r) => setTimeout(r, PAUSED_MS));
     // Through the file format's codec and shape check, as a snapshot on disk goes.
     const file = path.join(dir, 'hv.json');
     fs.writeFileSync(file, stateToJson(p.saveState()));
