@@ -52,9 +52,7 @@ export interface HostRam {
   readonly hostAddress: bigint;
   /** The memfd behind the mapping at offset 0 (another process may map it: vhost-user); -1 once released. */
   readonly fd: number;
-  /** The RAM as ArrayBuffers, in order (one when it fits). */
-  views(): ArrayBuffer[];
-  /** One ArrayBuffer over [offset, offset+length) of the RAM. */
+  /** One ArrayBuffer over [offset, offset+length) of the RAM (RamSlots makes them per piece, on first touch). */
   view(offset: number, length: number): ArrayBuffer;
   advise(what: 'hugepage'): void;
   /** Its bytes into regular file `fd` from offset 0, zero pages left as holes; returns the bytes written. */

@@ -62,7 +62,7 @@ export class ExitDispatcher {
   get pollWindowNs(): number {
     return this.pollNs;
   }
-  /** When the last dispatch went idle (hrtime ns), 0n before the first. */
+  /** When the last dispatch went idle (hrtime ns); 0n before the first and once the next dispatch has judged its wakeup by it. */
   private idleSince = 0n;
   private redispatchScheduled = false;
   private watchdog: NodeJS.Timeout | undefined;

@@ -63,9 +63,6 @@ class FakeRam implements HostRam {
   constructor(readonly size: number) {
     this.buffer = new ArrayBuffer(size);
   }
-  views(): ArrayBuffer[] {
-    return [this.buffer];
-  }
   view(offset: number, length: number): ArrayBuffer {
     if (offset !== 0 || length !== this.size) throw new Error('the fake ram has one view, of all of it');
     return this.buffer;
