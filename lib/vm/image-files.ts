@@ -18,7 +18,7 @@
 import { closeSync, fstatSync, openSync, readSync, type BigIntStats } from 'node:fs';
 import type * as FsPromises from 'node:fs/promises';
 import { NodevmmError } from '../errors';
-import type { KernelFile, KernelFileHandle } from '../loader/kernel';
+import { detectKernelFormat, type KernelFile, type KernelFileHandle } from '../loader/kernel';
 import { fileError } from '../util/file-errors';
 
 const cache = new Map<string, WeakRef<Uint8Array>>();
@@ -69,20 +69,14 @@ export async function readImageFile(path: string): Promise<Uint8Array> {
  * Throws fileError when the file cannot be opened.
  */
 export function elfKernelFile(path: string): KernelFile | undefined {
-  let fd: number;
+  const h = openKernelFile(path);
   try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    throw fileError('kernel', path, e);
-  }
-  try {
+    if (h.size < 4) return undefined;
     const magic = new Uint8Array(4);
-    const n = readSync(fd, magic, 0, 4, 0);
-    if (n < 4 || magic[0] !== 0x7f || magic[1] !== 0x45 || magic[2] !== 0x4c || magic[3] !== 0x46) return undefined;
-  } catch (e) {
-    throw fileError('kernel', path, e);
+    h.readInto(0, magic);
+    if (detectKernelFormat(magic).format !== 'elf') return undefined;
   } finally {
-    closeSync(fd);
+    h.close();
   }
   return { open: () => openKernelFile(path) };
 }
@@ -106,7 +100,12 @@ function openKernelFile(path: string): KernelFileHandle {
     readInto(position: number, target: Uint8Array): void {
       let done = 0;
       while (done < target.length) {
-        const n = readSync(fd, target, done, target.length - done, position + done);
+        let n: number;
+        try {
+          n = readSync(fd, target, done, target.length - done, position + done);
+        } catch (e) {
+          throw fileError('kernel', path, e);
+        }
         if (n === 0) {
           throw new NodevmmError('ERR_KERNEL_FILE_CHANGED', `kernel file ${path} ended at byte ${position + done} of the ${size} it had when opened: it changed while it was loaded`);
         }

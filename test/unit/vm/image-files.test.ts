@@ -103,4 +103,7 @@ test('elfKernelFile: an ELF stays a file read where asked, anything else is read
   h.close();
   const gone = t.throws(() => elfKernelFile(path.join(dir, 'missing')), { instanceOf: NodevmmError });
   t.regex(gone.message, /kernel file .*missing does not exist/);
+  // A directory opens on Linux; reading it is what fails, and says so in one sentence too.
+  const isDir = t.throws(() => elfKernelFile(dir), { instanceOf: NodevmmError });
+  t.regex(isDir.message, /kernel file .* is a directory/);
 });
