@@ -54,6 +54,9 @@ export class SerialPort extends Duplex {
   private waiters = new Set<() => void>();
   private target: SerialInputTarget | undefined;
   private pendingInput: { bytes: Uint8Array; cb: (e?: Error | null) => void } | undefined;
+  /** pumpInput() is on the stack; a room report meanwhile sets pumpAgain instead of re-entering. */
+  private pumping = false;
+  private pumpAgain = false;
   totalBytes = 0;
   /** Characters expect() has handed to the pattern matcher, in all (a work counter for tests). */
   expectScannedChars = 0;
@@ -104,14 +107,29 @@ export class SerialPort extends Duplex {
   }
 
   private pumpInput(): void {
-    const p = this.pendingInput;
-    if (!p || !this.target) return;
-    const n = this.target.enqueue(p.bytes);
-    if (n === p.bytes.length) {
-      this.pendingInput = undefined;
-      p.cb();
-    } else {
-      p.bytes = p.bytes.subarray(n);
+    // A target may report room from inside enqueue() (the virtio console
+    // hands bytes to the guest's buffers at once and says so): that call
+    // must not enqueue the same bytes again nor complete the write twice.
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpAgain = false;
+        const p = this.pendingInput;
+        if (!p || !this.target) return;
+        const n = this.target.enqueue(p.bytes);
+        if (n === p.bytes.length) {
+          this.pendingInput = undefined;
+          p.cb();
+          return;
+        }
+        p.bytes = p.bytes.subarray(n);
+      } while (this.pumpAgain);
+    } finally {
+      this.pumping = false;
     }
   }
 
