@@ -23,7 +23,9 @@
  *   node scripts/bench-snapshot.js [--samples N]
  *
  * `linux`: the Debian guest of test/e2e/snapshot.test.ts (256 MiB, the test
- * initramfs, the exec agent on COM2), in the emulated KVM host:
+ * initramfs) with the exec agent on the virtio console as withVm's default
+ * guest has it (`--agent com2`: on the UART, one byte per exit), in the
+ * emulated KVM host:
  *
  *  1. cold boot to the first `exec` in this process, and restore (restoreVm)
  *     to the first `exec` in this process, interleaved, with the phases of
@@ -35,7 +37,7 @@
  *     each page among the processes mapping it, so pages shared copy-on-write
  *     count once; Rss beside it counts a page once per mapping.
  *
- *   flock /tmp/nodevmm-e2e.lock node scripts/kvm-host.js --timeout 2400 -- node scripts/bench-snapshot.js linux [--runs N]
+ *   flock /tmp/nodevmm-e2e.lock node scripts/kvm-host.js --timeout 2400 -- node scripts/bench-snapshot.js linux [--runs N] [--agent hvc0|com2]
  */
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -47,7 +49,7 @@ const { kvmSkipReason, X86_KVM_PAGES } = require('../dist/lib/testing/kvm-test-h
 const { attachCountingDevice, CountingDevice, loadCountingGuest, writeCountingGuest } = require('../dist/lib/testing/counting-guest');
 const { tinyPvhKernel } = require('../dist/lib/testing/tiny-pvh');
 const { createVm, restoreVm } = require('../dist/lib/vm/vm');
-const { flag, numberOption } = require('./lib/options');
+const { flag, numberOption, stringOption } = require('./lib/options');
 
 const SAMPLES = numberOption('--samples', 30);
 const MiB = 1024 * 1024;
@@ -264,9 +266,15 @@ async function settledMemoryKiB() {
 
 async function linux() {
   const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
-  const { AGENT_CMDLINE } = require('../dist/lib/testing/harness');
+  const { agentCmdline } = require('../dist/lib/testing/harness');
   const a = await ensureGuestArtifacts({ arch: 'x86_64' });
-  const config = (memory) => ({ kernel: a.vmlinuz, initrd: a.testInitramfs, cmdline: `${AGENT_CMDLINE} nodevmm.shell=1`, memory });
+  // The exec agent on the virtio console, as withVm's default guest has it (--agent com2: on the UART).
+  const agentPort = stringOption('--agent') ?? 'hvc0';
+  if (agentPort !== 'hvc0' && agentPort !== 'com2') {
+    console.error(`bench-snapshot: --agent ${agentPort}: give hvc0 or com2`);
+    process.exit(2);
+  }
+  const config = (memory) => ({ kernel: a.vmlinuz, initrd: a.testInitramfs, cmdline: `${agentCmdline('x86_64', agentPort)} nodevmm.shell=1`, memory, virtioConsole: agentPort === 'hvc0' });
   const EXEC = { timeoutMs: 600_000 };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-bench-snapshot-'));
   const keepAlive = setInterval(() => {}, 1000);
@@ -304,7 +312,7 @@ async function linux() {
     return { snap, coldMs: c.ms, warmExecMs };
   };
   try {
-    console.log(`bench-snapshot linux: Debian ${a.kernelVersion} + test initramfs, 1 vCPU, in ${os.cpus()[0].model} (${os.cpus().length} cpus, kernel ${os.release()}), ${RUNS} runs`);
+    console.log(`bench-snapshot linux: Debian ${a.kernelVersion} + test initramfs, 1 vCPU, in ${os.cpus()[0].model} (${os.cpus().length} cpus, kernel ${os.release()}), ${RUNS} runs, exec agent on ${agentPort}`);
     const small = await prepare('256M', 'snap-256m');
     const big = flag('--no-4g') ? undefined : await prepare('4G', 'snap-4g');
     const du = (d) => fs.readdirSync(d).reduce((n, f) => n + fs.statSync(path.join(d, f)).blocks * 512, 0) / MiB;

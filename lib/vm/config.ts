@@ -10,6 +10,9 @@ import { GiB, MiB } from '../util/bytes';
 export type BootProtocol = 'auto' | 'linux64' | 'pvh';
 export type ComPort = 'com1' | 'com2' | 'com3' | 'com4';
 export const COM_PORTS: readonly ComPort[] = ['com1', 'com2', 'com3', 'com4'];
+/** Where a shell for exec() can listen: a serial port, or the virtio console (the guest's hvc0, `virtioConsole: true`). */
+export type AgentPort = ComPort | 'hvc0';
+export const AGENT_PORTS: readonly AgentPort[] = [...COM_PORTS, 'hvc0'];
 /** The guest architecture: always the host's (KVM runs guests of its own architecture only). */
 export type Arch = 'x86_64' | 'aarch64';
 
@@ -47,6 +50,23 @@ export function guestTty(arch: Arch, port: ComPort): string {
   const i = p.serialPorts.indexOf(port);
   if (i < 0) throw new ConfigError([{ path: `serial.${port}`, message: `${arch} machines have no ${port} (they have ${p.serialPorts.join(', ')})` }]);
   return `${p.ttyPrefix}${i}`;
+}
+
+/** The guest's name for an agent port: `ttyS1` (x86_64) or `ttyAMA1` (arm64) for com2, `hvc0` for the virtio console. */
+export function agentTty(arch: Arch, port: AgentPort): string {
+  return port === 'hvc0' ? 'hvc0' : guestTty(arch, port);
+}
+
+/**
+ * The port whose guest tty `cmdline` names for the test initramfs's exec
+ * agent (`nodevmm.agent=TTY`), if it names one this machine has; the
+ * virtio console only when the config has it.
+ */
+export function agentPortInCmdline(arch: Arch, cmdline: string, virtioConsole: boolean): AgentPort | undefined {
+  const tty = /(?:^|\s)nodevmm\.agent=(\S+)/.exec(cmdline)?.[1];
+  if (tty === undefined) return undefined;
+  if (tty === 'hvc0') return virtioConsole ? 'hvc0' : undefined;
+  return ARCH_PROFILES[arch].serialPorts.find((c) => guestTty(arch, c) === tty);
 }
 
 export interface VmConfig {

@@ -18,14 +18,14 @@ import { openHypervisor } from '../hv/hypervisor';
 import type { Arm64Partition, X86Partition } from '../hv/partition';
 import type { X86CpuidEntry, X86PartitionState } from '../hv/x86-state';
 import { cpuVendor, readSnapshotFolder, writeSnapshotFolder, type SnapshotContents, type SnapshotManifest } from '../snapshot/index';
-import { resolveVmConfig, type ComPort, type DiskConfig, type ResolvedVmConfig, type VmConfig } from './config';
+import { AGENT_PORTS, resolveVmConfig, type AgentPort, type DiskConfig, type ResolvedVmConfig, type VmConfig } from './config';
 import type { Machine } from './machine';
 import type { OverlayDisk } from './virtio-devices';
 
 /** The VM's own state beside the machine's: what exec needs to know about the guest's agent. */
 export interface VmOwnState {
   /** Ports whose exec agent had announced itself: exec on a restored VM does not wait for an announcement that already happened. */
-  agentReady: ComPort[];
+  agentReady: AgentPort[];
 }
 
 /** What devices.json holds. */
@@ -216,6 +216,6 @@ export async function loadVmSnapshot(dir: string, overrides: RestoreOverrides = 
   const d = contents.devices as Partial<DevicesFile>;
   if (!d.machine || typeof d.machine !== 'object' || Array.isArray(d.machine)) throw new SnapshotError(`${devFile}: machine must be an object`, { file: devFile, field: 'machine' });
   const ready = d.vm?.agentReady;
-  if (!Array.isArray(ready) || ready.some((p) => !['com1', 'com2', 'com3', 'com4'].includes(p as string))) throw new SnapshotError(`${devFile}: vm.agentReady must be a list of com ports`, { file: devFile, field: 'vm.agentReady' });
+  if (!Array.isArray(ready) || ready.some((p) => !AGENT_PORTS.includes(p as AgentPort))) throw new SnapshotError(`${devFile}: vm.agentReady must be a list of ports from ${AGENT_PORTS.join(', ')}`, { file: devFile, field: 'vm.agentReady' });
   return { config, contents, machineDevices: d.machine, own: { agentReady: ready } };
 }

@@ -19,7 +19,7 @@ import { ConfigError, FormatError, NodevmmError, VmStateError } from '../errors'
 import { fileError } from '../util/file-errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Partition, PartitionIo, PartitionStats, VcpuStop } from '../hv/partition';
-import { COM_PORTS, guestTty, resolveVmConfig, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
+import { agentPortInCmdline, agentTty, COM_PORTS, resolveVmConfig, type AgentPort, type ComPort, type ResolvedVmConfig, type VmConfig } from './config';
 import type { ExecOptions, ExecResult } from './exec';
 import { elfKernelFile, readImageFile } from './image-files';
 import type { KernelFile } from '../loader/kernel';
@@ -103,7 +103,7 @@ export class Vm extends EventEmitter<VmEvents> {
   /** Overlays of disks with one (`overlay: 'temp'` or a kept overlay's path), per disk index: opened at start, kept across guest reboots (they are the disk's content), closed at stop. */
   private overlays: Array<OverlayDisk | undefined> = [];
   /** Per port: resolves once this boot's exec agent said it is ready. */
-  private agentReady = new Map<ComPort, Promise<unknown>>();
+  private agentReady = new Map<AgentPort, Promise<unknown>>();
   /** Open host-side vsock connections and listeners: closed when the VM stops. */
   private readonly vsockHandles = new Set<VsockStream | VsockServer>();
   /** Where the images came from, for error messages. */
@@ -362,7 +362,8 @@ export class Vm extends EventEmitter<VmEvents> {
     if (this._state !== 'paused') throw new VmStateError('snapshot', this._state);
     const m = this.machine!;
     const { AGENT_READY } = execModule();
-    const agentReady = (Object.keys(this.ports) as ComPort[]).filter((c) => this.ports[c]!.log().includes(AGENT_READY));
+    const agentReady: AgentPort[] = (Object.keys(this.ports) as ComPort[]).filter((c) => this.ports[c]!.log().includes(AGENT_READY));
+    if (this.hvc?.log().includes(AGENT_READY)) agentReady.push('hvc0');
     return snapshots().saveVmSnapshot(dir, this.config, m, this.overlays, { agentReady });
   }
 
@@ -394,7 +395,7 @@ export class Vm extends EventEmitter<VmEvents> {
     const restored = this.restoring;
     this.restoring = undefined;
     // The agent announced itself before the snapshot: exec does not wait for it again.
-    if (restored) for (const c of restored.own.agentReady) if (this.ports[c]) this.agentReady.set(c, Promise.resolve());
+    if (restored) for (const c of restored.own.agentReady) if (c === 'hvc0' ? this.hvc : this.ports[c]) this.agentReady.set(c, Promise.resolve());
     this.boots++;
     this.machine!.partition.start();
     this.setState('running');
@@ -529,22 +530,24 @@ export class Vm extends EventEmitter<VmEvents> {
 
   /**
    * Run a shell command in the guest: over vsock when the config names the
-   * guest agent's port (vsock.agentPort) and no serial port is asked for,
-   * else through a shell on a serial port (default com2, the agent port).
+   * guest agent's port (vsock.agentPort) and no port is asked for, else
+   * through a shell on `opts.port`: a serial port or hvc0 (the virtio
+   * console). Without one, the port the kernel command line gives the test
+   * initramfs's agent (`nodevmm.agent=hvc0`, `=ttyS1`, ...), else com2.
    */
   exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
     assertAllowed('exec', this._state);
     const agentPort = this.config.vsock?.agentPort;
     if (agentPort !== undefined && opts.port === undefined) return (require('./vsock-exec') as typeof import('./vsock-exec')).execOverVsock(() => this.vsockConnect(agentPort), agentPort, command, opts.timeoutMs);
-    const name = opts.port ?? 'com2';
-    const port = this.serial(name);
+    const name = opts.port ?? agentPortInCmdline(this.config.arch, this.config.cmdline, this.config.virtioConsole) ?? 'com2';
+    const port = name === 'hvc0' ? this.virtioConsole() : this.serial(name);
     // Wait (once per boot) for the agent's ready line before the first command.
     let ready = this.agentReady.get(name);
     if (!ready) {
       const timeoutMs = opts.timeoutMs ?? 30_000;
       ready = port.expect(execModule().AGENT_READY, { timeoutMs }).catch((e: Error) => {
         this.agentReady.delete(name);
-        throw new NodevmmError('ERR_EXEC_NO_AGENT', `exec: no agent answered on ${name} within ${timeoutMs} ms (boot the guest with an agent shell on that port, e.g. the test initramfs with nodevmm.agent=${guestTty(this.config.arch, name)})`, { cause: e });
+        throw new NodevmmError('ERR_EXEC_NO_AGENT', `exec: no agent answered on ${name} within ${timeoutMs} ms (boot the guest with an agent shell on that port, e.g. the test initramfs with nodevmm.agent=${agentTty(this.config.arch, name)})`, { cause: e });
       });
       this.agentReady.set(name, ready);
     }

@@ -7,7 +7,7 @@
 import test from 'ava';
 import { parseRunArgs } from '../../../lib/cli/args';
 import { ConfigError } from '../../../lib/errors';
-import { ARCH_PROFILES, DEFAULTS, guestTty, hostArch, resolveVmConfig } from '../../../lib/vm/config';
+import { agentPortInCmdline, ARCH_PROFILES, DEFAULTS, guestTty, hostArch, resolveVmConfig } from '../../../lib/vm/config';
 import type { VcpuStop } from '../../../lib/hv/partition';
 import { Vm } from '../../../lib/vm/vm';
 import { agentCmdline } from '../../../lib/testing/harness';
@@ -76,6 +76,19 @@ test('the guest names of the serial ports follow the architecture', (t) => {
   // The test init's exec agent goes where the guest calls COM2.
   t.is(agentCmdline('x86_64'), 'nodevmm.agent=ttyS1');
   t.is(agentCmdline('aarch64'), 'nodevmm.agent=ttyAMA1');
+  t.is(agentCmdline('aarch64', 'hvc0'), 'nodevmm.agent=hvc0');
+});
+
+test("exec's default port is the one the command line gives the agent, the virtio console only when configured", (t) => {
+  t.is(agentPortInCmdline('x86_64', 'panic=-1 nodevmm.agent=ttyS1 nodevmm.shell=1', false), 'com2');
+  t.is(agentPortInCmdline('x86_64', 'nodevmm.agent=ttyS3', false), 'com4');
+  t.is(agentPortInCmdline('aarch64', 'quiet nodevmm.agent=ttyAMA1', false), 'com2');
+  t.is(agentPortInCmdline('x86_64', 'nodevmm.agent=hvc0', true), 'hvc0');
+  // Not there: exec falls back to com2 (and says no agent answered there).
+  t.is(agentPortInCmdline('x86_64', 'nodevmm.agent=hvc0', false), undefined);
+  t.is(agentPortInCmdline('aarch64', 'nodevmm.agent=ttyAMA3', false), undefined);
+  t.is(agentPortInCmdline('x86_64', 'xnodevmm.agent=ttyS0 console=ttyS0', false), undefined);
+  t.is(agentPortInCmdline('x86_64', 'panic=-1', true), undefined);
 });
 
 /** A Vm that never started (no KVM needed): its vCPU-stop mapping is the one a running arm64 guest goes through. */
