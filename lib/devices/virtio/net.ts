@@ -8,8 +8,11 @@
  * backend's readiness and stops while the guest has no receive buffers (the
  * kernel queues or drops, and counts, on its side) until the guest kicks
  * receiveq. Offloads (checksum, TSO) are offered only when the backend
- * passes virtio-net headers through (a TAP with IFF_VNET_HDR).
- * Not here: MRG_RXBUF, multiqueue, the control queue, MTU, announce.
+ * passes virtio-net headers through (a TAP with IFF_VNET_HDR), and with them
+ * mergeable receive buffers (MRG_RXBUF, §5.1.6.3.2): a 64 KiB TSO frame then
+ * spreads over the guest's page-sized buffers, as QEMU's virtio-net does,
+ * instead of each buffer being a 19-page chain ready for the largest frame.
+ * Not here: multiqueue, the control queue, MTU, announce.
  */
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
@@ -25,6 +28,7 @@ export const VIRTIO_NET_F_GUEST_TSO6 = 8n;
 export const VIRTIO_NET_F_HOST_TSO4 = 11n;
 export const VIRTIO_NET_F_HOST_TSO6 = 12n;
 export const VIRTIO_NET_F_MAC = 5n;
+export const VIRTIO_NET_F_MRG_RXBUF = 15n;
 export const VIRTIO_NET_F_STATUS = 16n;
 export const VIRTIO_NET_S_LINK_UP = 1;
 /** struct virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers. */
@@ -40,7 +44,13 @@ const RX = 0;
 const TX = 1;
 
 const OFFLOAD_FEATURES =
-  (1n << VIRTIO_NET_F_CSUM) | (1n << VIRTIO_NET_F_GUEST_CSUM) | (1n << VIRTIO_NET_F_GUEST_TSO4) | (1n << VIRTIO_NET_F_GUEST_TSO6) | (1n << VIRTIO_NET_F_HOST_TSO4) | (1n << VIRTIO_NET_F_HOST_TSO6);
+  (1n << VIRTIO_NET_F_CSUM) |
+  (1n << VIRTIO_NET_F_GUEST_CSUM) |
+  (1n << VIRTIO_NET_F_GUEST_TSO4) |
+  (1n << VIRTIO_NET_F_GUEST_TSO6) |
+  (1n << VIRTIO_NET_F_HOST_TSO4) |
+  (1n << VIRTIO_NET_F_HOST_TSO6) |
+  (1n << VIRTIO_NET_F_MRG_RXBUF);
 
 /** Where packets go and come from: a TAP fd in production, an in-memory pair in tests. */
 export interface NetBackend {
@@ -65,7 +75,7 @@ export interface VirtioNetOptions {
   /** Six bytes. */
   mac: Uint8Array;
   queueSize?: number;
-  /** Offer checksum and TSO offloads when the backend passes headers (default true). */
+  /** Offer checksum and TSO offloads, and mergeable receive buffers, when the backend passes headers (default true). */
   offloads?: boolean;
 }
 
@@ -94,6 +104,25 @@ interface IoPlan {
 /** Below the kernel's IOV_MAX (1024), with room for the overflow tail. */
 const MAX_IOVECS = 1000;
 
+/**
+ * A received packet longer than its first buffer, waiting for more of the
+ * guest's mergeable buffers (§5.1.6.4.2): its first `placed` bytes are in
+ * `first` and `more`, the rest still at `placed - firstRoom` in the overflow
+ * buffer. Nothing of it is in the used ring until all of it is placed, and
+ * no other packet is read meanwhile (the overflow buffer holds its tail).
+ */
+interface PartialPacket {
+  first: VirtqChain;
+  /** Bytes of the first chain the packet filled (header included). */
+  firstWritten: number;
+  /** Packet bytes that went into the first chain (the overflow holds what follows). */
+  firstRoom: number;
+  more: Array<{ head: number; written: number }>;
+  /** Packet bytes (as the backend gave them) placed so far, and in all. */
+  placed: number;
+  length: number;
+}
+
 export class VirtioNet implements VirtioDevice {
   readonly name = 'net';
   readonly deviceId = VIRTIO_ID_NET;
@@ -105,6 +134,10 @@ export class VirtioNet implements VirtioDevice {
   private ctx: VirtioActivation | undefined;
   /** A receive buffer taken from the ring while no packet was waiting: used by the next packet. */
   private heldRx: VirtqChain | undefined;
+  /** A packet spanning several mergeable buffers whose tail waits for the guest to post more. */
+  private partial: PartialPacket | undefined;
+  /** VIRTIO_NET_F_MRG_RXBUF was negotiated. */
+  private mergeable = false;
   private readsPaused = false;
   /** The tail of every receive readv: catches a packet longer than the guest's buffer, so it is counted and dropped whole. */
   private readonly overflow = new Uint8Array(MAX_PACKET_BYTES);
@@ -143,9 +176,11 @@ export class VirtioNet implements VirtioDevice {
   activate(ctx: VirtioActivation): void {
     this.ctx = ctx;
     this.heldRx = undefined;
+    this.partial = undefined;
+    const f = ctx.features;
+    const has = (bit: bigint) => (f & (1n << bit)) !== 0n;
+    this.mergeable = has(VIRTIO_NET_F_MRG_RXBUF);
     if (this.backend.vnetHdr) {
-      const f = ctx.features;
-      const has = (bit: bigint) => (f & (1n << bit)) !== 0n;
       // The TAP may hand us partial checksums and GSO frames only when the guest takes them.
       let flags = 0;
       if (has(VIRTIO_NET_F_GUEST_CSUM)) {
@@ -163,6 +198,7 @@ export class VirtioNet implements VirtioDevice {
   reset(): void {
     this.ctx = undefined;
     this.heldRx = undefined;
+    this.partial = undefined;
     this.pauseReads();
   }
 
@@ -184,15 +220,17 @@ export class VirtioNet implements VirtioDevice {
   /**
    * The MAC the guest was told, for a snapshot. A receive buffer held
    * while no packet was waiting goes back to the ring (nothing was written
-   * into it), so the saved last_avail_idx is before it. Packets in the
-   * backend stay there: the backend is the host's, not the snapshot's.
+   * into it), so the saved last_avail_idx is before it; so do the buffers
+   * of a packet still waiting for more of them (the packet is lost, as on a
+   * wire). Packets in the backend stay there: the backend is the host's,
+   * not the snapshot's.
    */
   saveState(_active: boolean): Record<string, unknown> {
     const q = this.ctx?.queues[RX];
-    if (this.heldRx && q) {
-      q.unpop();
-      this.heldRx = undefined;
-    }
+    if (q && this.heldRx) q.unpop();
+    if (q && this.partial) q.unpop(1 + this.partial.more.length);
+    this.heldRx = undefined;
+    this.partial = undefined;
     return { mac: formatMac(this.config.subarray(0, 6)) };
   }
 
@@ -228,6 +266,16 @@ export class VirtioNet implements VirtioDevice {
     let delivered = 0;
     try {
       for (let i = 0; i < BATCH; i++) {
+        if (this.partial) {
+          if (!this.placeRest(ctx.memory, q, this.partial)) {
+            // The packet's tail waits for more buffers: no other packet is read meanwhile.
+            this.pauseReads();
+            break;
+          }
+          this.partial = undefined;
+          delivered++;
+          continue;
+        }
         const chain = this.heldRx ?? this.popRx(q);
         if (!chain) {
           // No buffers: wait for the guest's kick rather than spin on a readable fd.
@@ -240,6 +288,7 @@ export class VirtioNet implements VirtioDevice {
           this.heldRx = chain;
           break;
         }
+        if (this.partial) continue;
         q.pushUsed(chain.head, n);
         delivered++;
       }
@@ -259,9 +308,14 @@ export class VirtioNet implements VirtioDevice {
     return q.pop();
   }
 
-  /** Read one packet into a receive chain; bytes written into it, or -1 when no packet was waiting. */
+  /**
+   * Read one packet into a receive chain; bytes written into it, or -1 when
+   * no packet was waiting. A packet longer than the chain, with mergeable
+   * buffers, becomes `this.partial` (placed by placeRest) and the bytes
+   * returned are the first chain's share.
+   */
   private receiveInto(mem: GuestMemory, chain: VirtqChain): number {
-    if (chain.writableBytes < VIRTIO_NET_HDR_BYTES) throw new VirtioQueueError(`receive buffer ${chain.head} has ${chain.writableBytes} writable bytes, less than the ${VIRTIO_NET_HDR_BYTES}-byte virtio-net header`);
+    checkRxChain(chain);
     const hdr = this.backend.vnetHdr;
     // Without backend headers the packet lands after a header we write ourselves.
     // No packet is longer than MAX_PACKET_BYTES: room beyond it is never
@@ -282,6 +336,14 @@ export class VirtioNet implements VirtioDevice {
     if (n < 0) return -1;
     const room = Math.min(chain.writableBytes - (hdr ? 0 : VIRTIO_NET_HDR_BYTES), MAX_PACKET_BYTES);
     copyBounces(mem, plan, Math.min(n, room));
+    if (n > room && this.mergeable && n - room <= this.overflow.length) {
+      // The rest goes into the guest's next buffers (placeRest); the header's
+      // num_buffers is written once it is known.
+      if (!hdr) scatter(mem, chain.writable, 0, this.zeroHeader);
+      const firstWritten = hdr ? room : room + VIRTIO_NET_HDR_BYTES;
+      this.partial = { first: chain, firstWritten, firstRoom: room, more: [], placed: room, length: n };
+      return firstWritten;
+    }
     if (n > room) {
       // Longer than the guest's buffer: hand it back empty, which the driver counts as a length error.
       this.stats.rxTooBig++;
@@ -294,6 +356,44 @@ export class VirtioNet implements VirtioDevice {
     this.stats.rxPackets++;
     this.stats.rxBytes += total - VIRTIO_NET_HDR_BYTES;
     return total;
+  }
+
+  /**
+   * Place the rest of a packet into the guest's next receive buffers; true
+   * once all of it is in and its buffers are in the used ring (all at once:
+   * the driver reads num_buffers from the first and expects the others
+   * there, §5.1.6.4.2), false when the ring ran out first (placeRest goes on
+   * after the guest's kick). A guest whose whole ring cannot hold the
+   * packet gets every buffer back empty and the packet is counted as too
+   * big: the walk is bounded by the queue size.
+   */
+  private placeRest(mem: GuestMemory, q: SplitQueue, p: PartialPacket): boolean {
+    while (p.placed < p.length) {
+      if (1 + p.more.length >= q.size) {
+        q.pushUsed(p.first.head, 0, false);
+        for (const m of p.more) q.pushUsed(m.head, 0, false);
+        q.publishUsed();
+        this.stats.rxTooBig++;
+        return true;
+      }
+      const chain = this.popRx(q);
+      if (!chain) return false;
+      checkRxChain(chain);
+      const from = p.placed - p.firstRoom;
+      const take = Math.min(chain.writableBytes, p.length - p.placed);
+      scatter(mem, chain.writable, 0, this.overflow.subarray(from, from + take));
+      p.more.push({ head: chain.head, written: take });
+      p.placed += take;
+    }
+    // §5.1.6.4: num_buffers counts every buffer the packet used.
+    const buffers = 1 + p.more.length;
+    scatter(mem, p.first.writable, NUM_BUFFERS_OFFSET, Uint8Array.of(buffers & 0xff, buffers >> 8));
+    q.pushUsed(p.first.head, p.firstWritten, false);
+    for (const m of p.more) q.pushUsed(m.head, m.written, false);
+    q.publishUsed();
+    this.stats.rxPackets++;
+    this.stats.rxBytes += this.backend.vnetHdr ? p.length - VIRTIO_NET_HDR_BYTES : p.length;
+    return true;
   }
 
   private drainTx(): void {
@@ -339,6 +439,11 @@ export class VirtioNet implements VirtioDevice {
       this.stats.lastBackendError = (e as Error).message;
     }
   }
+}
+
+/** §5.1.6.3.1: every receive buffer has room for at least the header (the first one holds it). */
+function checkRxChain(chain: VirtqChain): void {
+  if (chain.writableBytes < VIRTIO_NET_HDR_BYTES) throw new VirtioQueueError(`receive buffer ${chain.head} has ${chain.writableBytes} writable bytes, less than the ${VIRTIO_NET_HDR_BYTES}-byte virtio-net header`);
 }
 
 /**
