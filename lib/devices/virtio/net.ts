@@ -84,6 +84,8 @@ export interface VirtioNetStats {
   rxBytes: number;
   /** Packets longer than the guest buffer that took them (the guest gets a 0-byte buffer back and counts a length error). */
   rxTooBig: number;
+  /** Packets spread over more than one mergeable receive buffer (MRG_RXBUF). */
+  rxMerged: number;
   txPackets: number;
   txBytes: number;
   /** Guest packets the backend refused (would block, or rejected with an error). */
@@ -128,7 +130,7 @@ export class VirtioNet implements VirtioDevice {
   readonly deviceId = VIRTIO_ID_NET;
   readonly features: bigint;
   readonly queueMaxSizes: readonly number[];
-  readonly stats: VirtioNetStats = { rxPackets: 0, rxBytes: 0, rxTooBig: 0, txPackets: 0, txBytes: 0, txDropped: 0, txTooBig: 0, lastBackendError: undefined };
+  readonly stats: VirtioNetStats = { rxPackets: 0, rxBytes: 0, rxTooBig: 0, rxMerged: 0, txPackets: 0, txBytes: 0, txDropped: 0, txTooBig: 0, lastBackendError: undefined };
   private readonly backend: NetBackend;
   private readonly config = new Uint8Array(10);
   private ctx: VirtioActivation | undefined;
@@ -392,6 +394,7 @@ export class VirtioNet implements VirtioDevice {
     for (const m of p.more) q.pushUsed(m.head, m.written, false);
     q.publishUsed();
     this.stats.rxPackets++;
+    this.stats.rxMerged++;
     this.stats.rxBytes += this.backend.vnetHdr ? p.length - VIRTIO_NET_HDR_BYTES : p.length;
     return true;
   }

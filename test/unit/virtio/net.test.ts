@@ -380,6 +380,7 @@ test('rx with mergeable buffers: a packet longer than one buffer spreads over th
   const got = Buffer.concat([d.mem.read(bufs[0]!, 1024), d.mem.read(bufs[1]!, 1024), d.mem.read(bufs[2]!, 464)]);
   t.deepEqual(got.subarray(12), Buffer.from(frame(2500, 5)));
   t.is(nic.stats.rxPackets, 1);
+  t.is(nic.stats.rxMerged, 1);
   t.is(nic.stats.rxBytes, 2500);
   // A short packet takes one buffer, num_buffers 1.
   backend.arrive(tapPacket(100, 6));
