@@ -25,7 +25,7 @@
  * 5-40 ms each. The warm-up passes are timed too and printed as "cold" rows,
  * so the cost of the warm-up stays visible.
  *
- *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js net [--runs N] [--mib N] [--to-guest-mib N]
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js net [--runs N] [--mib N] [--to-guest-mib N] [--only nodevmm|qemu]
  *
  * net: TCP throughput both ways. The script makes a network namespace with a
  * persistent TAP (10.0.2.1/24) and runs both VMMs and a Node peer inside it.
@@ -318,7 +318,7 @@ async function netBench() {
     const rows = { nodevmm: [], qemu: [] };
     const mbit = (r) => (r.bytes * 8) / (r.ms / 1000) / 1e6;
     for (let i = 0; i < RUNS; i++) {
-      for (const who of ['nodevmm', 'qemu']) {
+      for (const who of ONLY ? [ONLY] : ['nodevmm', 'qemu']) {
         let before = { received: received.length, sent: sent.length };
         let markers;
         // The emulated host's guests occasionally die in early boot (docs/testing.md): up to two tries.
@@ -341,13 +341,15 @@ async function netBench() {
         console.log(`  (${who} run ${i + 1}: guest interrupts after guest-to-host ${markers['IRQS-TOHOST']} after host-to-guest ${markers.IRQS}; host-to-guest frames ${markers['RX-FRAMES']}, vCPU ${cpuShare(markers['CPU-TOGUEST'])})`);
         const r = received[before.received];
         const s = sent[before.sent];
-        if (r && s) rows[who].push({ toHost: mbit(r), toGuest: mbit(s) });
-        else console.log(`  (${who} run: the peer got no complete transfer ${r ? 'to' : 'from'} the guest)`);
+        if (r && s) {
+          rows[who].push({ toHost: mbit(r), toGuest: mbit(s) });
+          console.log(`  (${who} run ${i + 1}: guest to host ${mbit(r).toFixed(2)} Mbit/s, host to guest ${mbit(s).toFixed(2)} Mbit/s)`);
+        } else console.log(`  (${who} run: the peer got no complete transfer ${r ? 'to' : 'from'} the guest)`);
       }
     }
     console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio on a TAP (vnet_hdr), 512 MiB guest, 1 vCPU, ${MIB} MiB guest to host and ${TO_GUEST_MIB} MiB host to guest over TCP (busybox nc), ${RUNS} interleaved runs, min / median / max`);
-    if (!rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
-    const line = spreadLine(rows, undefined, 2);
+    if (ONLY ? !rows[ONLY]?.length : !rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
+    const line = spreadLine(rows, ONLY, 2);
     line('TCP guest to host', (r) => r.toHost, 'Mbit/s');
     line('TCP host to guest', (r) => r.toGuest, 'Mbit/s');
   } finally {
