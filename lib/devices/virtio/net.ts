@@ -107,22 +107,21 @@ interface IoPlan {
 const MAX_IOVECS = 1000;
 
 /**
- * A received packet longer than its first buffer, waiting for more of the
- * guest's mergeable buffers (§5.1.6.4.2): its first `placed` bytes are in
- * `first` and `more`, the rest still at `placed - firstRoom` in the overflow
- * buffer. Nothing of it is in the used ring until all of it is placed, and
- * no other packet is read meanwhile (the overflow buffer holds its tail).
+ * A received packet longer than the mergeable buffers the guest had posted
+ * (§5.1.6.4.2): `chains` hold what was read straight into them, the rest is
+ * in the overflow buffer from `tailAt` for `tail` bytes and goes into the
+ * buffers the guest posts next. Nothing of it is in the used ring until all
+ * of it is placed, and no other packet is read meanwhile (the overflow
+ * buffer holds its tail).
  */
 interface PartialPacket {
+  /** The first buffer (its header gets num_buffers), and every buffer filled so far with its bytes. */
   first: VirtqChain;
-  /** Bytes of the first chain the packet filled (header included). */
-  firstWritten: number;
-  /** Packet bytes that went into the first chain (the overflow holds what follows). */
-  firstRoom: number;
-  more: Array<{ head: number; written: number }>;
-  /** Packet bytes (as the backend gave them) placed so far, and in all. */
-  placed: number;
-  length: number;
+  chains: Array<{ head: number; written: number }>;
+  tailAt: number;
+  tail: number;
+  /** Frame bytes (without the header), for the counters. */
+  frameBytes: number;
 }
 
 export class VirtioNet implements VirtioDevice {
@@ -136,6 +135,14 @@ export class VirtioNet implements VirtioDevice {
   private ctx: VirtioActivation | undefined;
   /** A receive buffer taken from the ring while no packet was waiting: used by the next packet. */
   private heldRx: VirtqChain | undefined;
+  /**
+   * Mergeable buffers taken from the ring, not yet used (oldest first):
+   * enough for the largest packet when the guest has posted that many, so
+   * a packet is read straight into them; what it leaves stays for the next.
+   */
+  private held: VirtqChain[] = [];
+  /** Writable bytes of `held`. */
+  private heldBytes = 0;
   /** A packet spanning several mergeable buffers whose tail waits for the guest to post more. */
   private partial: PartialPacket | undefined;
   /** VIRTIO_NET_F_MRG_RXBUF was negotiated. */
@@ -177,8 +184,7 @@ export class VirtioNet implements VirtioDevice {
 
   activate(ctx: VirtioActivation): void {
     this.ctx = ctx;
-    this.heldRx = undefined;
-    this.partial = undefined;
+    this.dropHeld();
     const f = ctx.features;
     const has = (bit: bigint) => (f & (1n << bit)) !== 0n;
     this.mergeable = has(VIRTIO_NET_F_MRG_RXBUF);
@@ -199,9 +205,15 @@ export class VirtioNet implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
-    this.heldRx = undefined;
-    this.partial = undefined;
+    this.dropHeld();
     this.pauseReads();
+  }
+
+  private dropHeld(): void {
+    this.heldRx = undefined;
+    this.held = [];
+    this.heldBytes = 0;
+    this.partial = undefined;
   }
 
   /** Stop for good: the VM is going away. The backend is closed by its owner. */
@@ -229,10 +241,10 @@ export class VirtioNet implements VirtioDevice {
    */
   saveState(_active: boolean): Record<string, unknown> {
     const q = this.ctx?.queues[RX];
-    if (q && this.heldRx) q.unpop();
-    if (q && this.partial) q.unpop(1 + this.partial.more.length);
-    this.heldRx = undefined;
-    this.partial = undefined;
+    // The buffers not in the used ring are the last ones taken, in order: rewinding gives back exactly them.
+    const taken = (this.heldRx ? 1 : 0) + this.held.length + (this.partial?.chains.length ?? 0);
+    if (q && taken) q.unpop(taken);
+    this.dropHeld();
     return { mac: formatMac(this.config.subarray(0, 6)) };
   }
 
@@ -268,30 +280,13 @@ export class VirtioNet implements VirtioDevice {
     let delivered = 0;
     try {
       for (let i = 0; i < BATCH; i++) {
-        if (this.partial) {
-          if (!this.placeRest(ctx.memory, q, this.partial)) {
-            // The packet's tail waits for more buffers: no other packet is read meanwhile.
-            this.pauseReads();
-            break;
-          }
-          this.partial = undefined;
-          delivered++;
-          continue;
-        }
-        const chain = this.heldRx ?? this.popRx(q);
-        if (!chain) {
-          // No buffers: wait for the guest's kick rather than spin on a readable fd.
+        const r = this.mergeable ? this.receiveMerged(ctx.memory, q) : this.receiveOne(ctx.memory, q);
+        if (r === 'no-buffers') {
+          // Wait for the guest's kick rather than spin on a readable fd.
           this.pauseReads();
           break;
         }
-        this.heldRx = undefined;
-        const n = this.receiveInto(ctx.memory, chain);
-        if (n < 0) {
-          this.heldRx = chain;
-          break;
-        }
-        if (this.partial) continue;
-        q.pushUsed(chain.head, n);
+        if (r === 'no-packet') break;
         delivered++;
       }
     } catch (e) {
@@ -302,6 +297,82 @@ export class VirtioNet implements VirtioDevice {
     if (delivered) ctx.usedBuffers(RX);
   }
 
+  /** One packet into one receive buffer (no MRG_RXBUF). */
+  private receiveOne(mem: GuestMemory, q: SplitQueue): 'done' | 'no-packet' | 'no-buffers' {
+    const chain = this.heldRx ?? this.popRx(q);
+    if (!chain) return 'no-buffers';
+    this.heldRx = undefined;
+    const n = this.receiveInto(mem, chain);
+    if (n < 0) {
+      this.heldRx = chain;
+      return 'no-packet';
+    }
+    q.pushUsed(chain.head, n);
+    return 'done';
+  }
+
+  /**
+   * One packet into as many mergeable buffers as it needs (§5.1.6.4.2).
+   * The device first holds buffers for the largest packet (as many as the
+   * guest has posted) and reads the packet straight into them; the ones it
+   * did not need stay held for the next packet. A packet longer than what
+   * the guest had posted continues in placeRest.
+   */
+  private receiveMerged(mem: GuestMemory, q: SplitQueue): 'done' | 'no-packet' | 'no-buffers' {
+    if (this.partial) {
+      if (!this.placeRest(mem, q, this.partial)) return 'no-buffers';
+      this.partial = undefined;
+      return 'done';
+    }
+    const hdr = this.backend.vnetHdr;
+    const skip = hdr ? 0 : VIRTIO_NET_HDR_BYTES;
+    // Bounded by the queue size (each chain is one available entry) and by the largest packet.
+    while (this.heldBytes - skip < MAX_PACKET_BYTES && this.held.length < q.size) {
+      const chain = this.popRx(q);
+      if (!chain) break;
+      checkRxChain(chain);
+      this.held.push(chain);
+      this.heldBytes += chain.writableBytes;
+    }
+    const first = this.held[0];
+    if (!first) return 'no-buffers';
+    let segs = first.writable;
+    if (this.held.length > 1) {
+      segs = [];
+      for (const c of this.held) for (const seg of c.writable) segs.push(seg);
+    }
+    const plan = planSegments(mem, segs, skip, true, MAX_PACKET_BYTES);
+    plan.buffers.push(this.overflow);
+    let n: number;
+    try {
+      n = this.backend.readv(plan.buffers);
+    } catch (e) {
+      // A failing read would fail again on every readiness callback: stop until the guest kicks receiveq.
+      this.stats.lastBackendError = (e as Error).message;
+      this.pauseReads();
+      return 'no-packet';
+    }
+    if (n < 0) return 'no-packet';
+    const room = Math.min(this.heldBytes - skip, MAX_PACKET_BYTES);
+    copyBounces(mem, plan, Math.min(n, room));
+    if (!hdr) scatter(mem, first.writable, 0, this.zeroHeader);
+    // The buffers the packet's bytes (with the header) landed in, in order.
+    const chains: Array<{ head: number; written: number }> = [];
+    let left = Math.min(n, room) + skip;
+    while (left > 0) {
+      const c = this.held[chains.length]!;
+      const written = Math.min(c.writableBytes, left);
+      chains.push({ head: c.head, written });
+      left -= written;
+    }
+    for (let i = 0; i < chains.length; i++) this.heldBytes -= this.held[i]!.writableBytes;
+    this.held.splice(0, chains.length);
+    const p: PartialPacket = { first, chains, tailAt: 0, tail: Math.max(0, n - room), frameBytes: hdr ? n - VIRTIO_NET_HDR_BYTES : n };
+    if (this.placeRest(mem, q, p)) return 'done';
+    this.partial = p;
+    return 'no-buffers';
+  }
+
   /** Next receive buffer, asking for a kick when there is none (and looking once more after asking). */
   private popRx(q: SplitQueue): VirtqChain | undefined {
     const chain = q.pop();
@@ -310,12 +381,7 @@ export class VirtioNet implements VirtioDevice {
     return q.pop();
   }
 
-  /**
-   * Read one packet into a receive chain; bytes written into it, or -1 when
-   * no packet was waiting. A packet longer than the chain, with mergeable
-   * buffers, becomes `this.partial` (placed by placeRest) and the bytes
-   * returned are the first chain's share.
-   */
+  /** Read one packet into a receive chain; bytes written into it, or -1 when no packet was waiting. */
   private receiveInto(mem: GuestMemory, chain: VirtqChain): number {
     checkRxChain(chain);
     const hdr = this.backend.vnetHdr;
@@ -338,14 +404,6 @@ export class VirtioNet implements VirtioDevice {
     if (n < 0) return -1;
     const room = Math.min(chain.writableBytes - (hdr ? 0 : VIRTIO_NET_HDR_BYTES), MAX_PACKET_BYTES);
     copyBounces(mem, plan, Math.min(n, room));
-    if (n > room && this.mergeable && n - room <= this.overflow.length) {
-      // The rest goes into the guest's next buffers (placeRest); the header's
-      // num_buffers is written once it is known.
-      if (!hdr) scatter(mem, chain.writable, 0, this.zeroHeader);
-      const firstWritten = hdr ? room : room + VIRTIO_NET_HDR_BYTES;
-      this.partial = { first: chain, firstWritten, firstRoom: room, more: [], placed: room, length: n };
-      return firstWritten;
-    }
     if (n > room) {
       // Longer than the guest's buffer: hand it back empty, which the driver counts as a length error.
       this.stats.rxTooBig++;
@@ -354,26 +412,26 @@ export class VirtioNet implements VirtioDevice {
     const total = hdr ? n : n + VIRTIO_NET_HDR_BYTES;
     if (!hdr) scatter(mem, chain.writable, 0, this.zeroHeader);
     // num_buffers is 1 without MRG_RXBUF (§5.1.6.4); a TAP leaves those two bytes untouched.
-    scatter(mem, chain.writable, NUM_BUFFERS_OFFSET, Uint8Array.of(1, 0));
+    writeNumBuffers(mem, chain, 1);
     this.stats.rxPackets++;
     this.stats.rxBytes += total - VIRTIO_NET_HDR_BYTES;
     return total;
   }
 
   /**
-   * Place the rest of a packet into the guest's next receive buffers; true
-   * once all of it is in and its buffers are in the used ring (all at once:
-   * the driver reads num_buffers from the first and expects the others
-   * there, §5.1.6.4.2), false when the ring ran out first (placeRest goes on
-   * after the guest's kick). A guest whose whole ring cannot hold the
-   * packet gets every buffer back empty and the packet is counted as too
-   * big: the walk is bounded by the queue size.
+   * Place what is left of a packet (its tail in the overflow buffer) into
+   * the guest's next receive buffers; true once all of it is in and its
+   * buffers are in the used ring (all at once: the driver reads num_buffers
+   * from the first and expects the others there, §5.1.6.4.2), false when
+   * the ring ran out first (placeRest goes on after the guest's kick). A
+   * guest whose whole ring cannot hold the packet gets every buffer back
+   * empty and the packet is counted as too big: the walk is bounded by the
+   * queue size.
    */
   private placeRest(mem: GuestMemory, q: SplitQueue, p: PartialPacket): boolean {
-    while (p.placed < p.length) {
-      if (1 + p.more.length >= q.size) {
-        q.pushUsed(p.first.head, 0, false);
-        for (const m of p.more) q.pushUsed(m.head, 0, false);
+    while (p.tail > 0) {
+      if (p.chains.length >= q.size) {
+        for (const c of p.chains) q.pushUsed(c.head, 0, false);
         q.publishUsed();
         this.stats.rxTooBig++;
         return true;
@@ -381,21 +439,20 @@ export class VirtioNet implements VirtioDevice {
       const chain = this.popRx(q);
       if (!chain) return false;
       checkRxChain(chain);
-      const from = p.placed - p.firstRoom;
-      const take = Math.min(chain.writableBytes, p.length - p.placed);
-      scatter(mem, chain.writable, 0, this.overflow.subarray(from, from + take));
-      p.more.push({ head: chain.head, written: take });
-      p.placed += take;
+      const take = Math.min(chain.writableBytes, p.tail);
+      scatter(mem, chain.writable, 0, this.overflow.subarray(p.tailAt, p.tailAt + take));
+      p.chains.push({ head: chain.head, written: take });
+      p.tailAt += take;
+      p.tail -= take;
     }
     // §5.1.6.4: num_buffers counts every buffer the packet used.
-    const buffers = 1 + p.more.length;
-    scatter(mem, p.first.writable, NUM_BUFFERS_OFFSET, Uint8Array.of(buffers & 0xff, buffers >> 8));
-    q.pushUsed(p.first.head, p.firstWritten, false);
-    for (const m of p.more) q.pushUsed(m.head, m.written, false);
+    const buffers = p.chains.length;
+    writeNumBuffers(mem, p.first, buffers);
+    for (const c of p.chains) q.pushUsed(c.head, c.written, false);
     q.publishUsed();
     this.stats.rxPackets++;
-    this.stats.rxMerged++;
-    this.stats.rxBytes += this.backend.vnetHdr ? p.length - VIRTIO_NET_HDR_BYTES : p.length;
+    if (buffers > 1) this.stats.rxMerged++;
+    this.stats.rxBytes += p.frameBytes;
     return true;
   }
 
@@ -442,6 +499,13 @@ export class VirtioNet implements VirtioDevice {
       this.stats.lastBackendError = (e as Error).message;
     }
   }
+}
+
+/** The header's num_buffers field (little-endian), in place when the first segment holds the whole header. */
+function writeNumBuffers(mem: GuestMemory, chain: VirtqChain, buffers: number): void {
+  const seg = chain.writable[0]!;
+  if (seg.length >= VIRTIO_NET_HDR_BYTES) mem.writeU16(seg.gpa + NUM_BUFFERS_OFFSET, buffers);
+  else scatter(mem, chain.writable, NUM_BUFFERS_OFFSET, Uint8Array.of(buffers & 0xff, buffers >> 8));
 }
 
 /** §5.1.6.3.1: every receive buffer has room for at least the header (the first one holds it). */

@@ -451,3 +451,28 @@ test('a snapshot while a packet waits for more mergeable buffers gives all its b
   const saved = d.t.snapshot();
   t.deepEqual(saved.queues[0]?.ring, { lastAvail: 0, usedIdx: 0, signalledUsed: 0 }, 'both given back: the restored device takes them again');
 });
+
+test('rx with mergeable buffers: the packet is read straight into every buffer the device holds; the ones it did not fill serve the next packets, and a snapshot gives them back', (t) => {
+  const { backend, d, rx } = setup({ vnetHdr: true, features: MRG });
+  const bufs = Array.from({ length: 8 }, () => postRx(d, rx, 1024));
+  d.kick(rx);
+  const offered: number[][] = [];
+  const readv = backend.readv.bind(backend);
+  backend.readv = (buffers) => {
+    offered.push(buffers.map((b) => b.length));
+    return readv(buffers);
+  };
+  backend.arrive(tapPacket(2500, 13));
+  // Eight guest buffers (views of guest memory, no copy) and the overflow tail.
+  t.deepEqual(offered[0], [1024, 1024, 1024, 1024, 1024, 1024, 1024, 1024, MAX_PACKET_BYTES]);
+  t.deepEqual(d.takeUsed(rx), [
+    [0, 1024],
+    [1, 1024],
+    [2, 464],
+  ]);
+  t.deepEqual(Buffer.concat([d.mem.read(bufs[0]! + 12, 1012), d.mem.read(bufs[1]!, 1024), d.mem.read(bufs[2]!, 464)]), Buffer.from(frame(2500, 13)));
+  backend.arrive(tapPacket(30, 14));
+  t.deepEqual(d.takeUsed(rx), [[3, 42]], 'the next packet goes into the next held buffer');
+  t.deepEqual(offered[1], [1024, 1024, 1024, 1024, 1024, MAX_PACKET_BYTES], 'the five buffers still held');
+  t.deepEqual(d.t.snapshot().queues[0]?.ring, { lastAvail: 4, usedIdx: 4, signalledUsed: 4 }, 'the four held buffers go back to the ring');
+});
