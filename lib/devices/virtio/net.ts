@@ -353,6 +353,15 @@ export class VirtioNet implements VirtioDevice {
       return 'no-packet';
     }
     if (n < 0) return 'no-packet';
+    if (n + skip > MAX_PACKET_BYTES) {
+      // Longer than any frame: the first buffer goes back empty (the driver counts a length error).
+      this.held.shift();
+      this.heldBytes -= first.writableBytes;
+      q.pushUsed(first.head, 0);
+      this.stats.rxTooBig++;
+      return 'done';
+    }
+    // A packet longer than this has all the held buffers, and its tail is in the overflow buffer.
     const room = Math.min(this.heldBytes - skip, MAX_PACKET_BYTES);
     copyBounces(mem, plan, Math.min(n, room));
     if (!hdr) scatter(mem, first.writable, 0, this.zeroHeader);

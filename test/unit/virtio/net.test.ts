@@ -476,3 +476,18 @@ test('rx with mergeable buffers: the packet is read straight into every buffer t
   t.deepEqual(offered[1], [1024, 1024, 1024, 1024, 1024, MAX_PACKET_BYTES], 'the five buffers still held');
   t.deepEqual(d.t.snapshot().queues[0]?.ring, { lastAvail: 4, usedIdx: 4, signalledUsed: 4 }, 'the four held buffers go back to the ring');
 });
+
+test('rx with mergeable buffers: a packet longer than any frame gives its first buffer back empty and is counted; the device goes on', (t) => {
+  const { backend, nic, d, rx } = setup({ vnetHdr: true, features: MRG, queueSize: 32 });
+  for (let i = 0; i < 20; i++) postRx(d, rx, 4096);
+  d.kick(rx);
+  backend.arrive(new Uint8Array(MAX_PACKET_BYTES + 100));
+  t.deepEqual(d.takeUsed(rx), [[0, 0]]);
+  t.is(nic.stats.rxTooBig, 1);
+  backend.arrive(tapPacket(5000, 15));
+  t.deepEqual(d.takeUsed(rx), [
+    [1, 4096],
+    [2, 5012 - 4096],
+  ]);
+  t.is(d.r(REG.status) & STATUS.needsReset, 0);
+});
