@@ -11,7 +11,8 @@
  * passes virtio-net headers through (a TAP with IFF_VNET_HDR), and with them
  * mergeable receive buffers (MRG_RXBUF, §5.1.6.3.2): a 64 KiB TSO frame then
  * spreads over the guest's page-sized buffers, as QEMU's virtio-net does,
- * instead of each buffer being a 19-page chain ready for the largest frame.
+ * instead of each buffer being an 18-page chain ready for the largest frame
+ * (~18 MiB of guest RAM per ring; docs/benchmarks.md has what it saves).
  * Not here: multiqueue, the control queue, MTU, announce.
  */
 import type { VirtioActivation, VirtioDevice } from './mmio';
