@@ -25,7 +25,7 @@
  * 5-40 ms each. The warm-up passes are timed too and printed as "cold" rows,
  * so the cost of the warm-up stays visible.
  *
- *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js net [--runs N] [--mib N]
+ *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js net [--runs N] [--mib N] [--to-guest-mib N] [--only nodevmm|qemu]
  *
  * net: TCP throughput both ways. The script makes a network namespace with a
  * persistent TAP (10.0.2.1/24) and runs both VMMs and a Node peer inside it.
@@ -33,7 +33,10 @@
  * peer, which times first byte to last. Host to guest: the guest listens
  * with busybox nc (output to /dev/null), the peer connects, sends N MiB and
  * half-closes, and times its connect to the guest's close (nc closes once it
- * has read everything). QEMU: -netdev tap (vnet_hdr) with virtio-net-device.
+ * has read everything); --to-guest-mib sets that amount apart (default
+ * --mib). Each run also prints the guest's NIC interrupts after each pass,
+ * the frames it received host to guest and its vCPU's busy share over that
+ * pass. QEMU: -netdev tap (vnet_hdr) with virtio-net-device.
  * Needs root (ip netns, ip tuntap).
  *
  *   node scripts/kvm-host.js --timeout 1800 -- node scripts/bench-virtio.js passt [--runs N] [--mib N]
@@ -71,6 +74,8 @@ const VERBOSE = flag('--verbose');
 const NODE_ARGS = (process.env.NODEVMM_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
 const MIB = numberOption('--mib', mode === 'net' || mode === 'passt' ? 4 : 256);
 const WARMUP_MIB = numberOption('--warmup-mib', 64);
+/** net: MiB sent host to guest (default --mib); that direction is ~10x faster, so a longer pass steadies it. */
+const TO_GUEST_MIB = numberOption('--to-guest-mib', MIB);
 /** nodevmm's serial ports as QEMU's command line has them: COM1 on stdio, no COM2-COM4. */
 const ONE_UART = ['--com1', 'stdio', '--com2', 'none', '--com3', 'none', '--com4', 'none'];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -249,6 +254,16 @@ process.stdin.on('data', (d) => {
 });
 `;
 
+/** "cpu user nice system idle iowait irq softirq ...;cpu ..." (two /proc/stat lines) as the busy share and where it went. */
+function cpuShare(text) {
+  const [a, b] = (text ?? '').split(';').map((l) => l.trim().split(/\s+/).slice(1, 8).map(Number));
+  if (!a || !b || a.length < 7 || b.length < 7) return 'unknown';
+  const d = b.map((v, i) => v - a[i]);
+  const total = d.reduce((x, y) => x + y, 0) || 1;
+  const pct = (v) => `${Math.round((100 * v) / total)}%`;
+  return `busy ${pct(total - d[3] - d[4])} (user ${pct(d[0] + d[1])}, system ${pct(d[2])}, irq ${pct(d[5])}, softirq ${pct(d[6])}) over ${total} ticks`;
+}
+
 async function netBench() {
   const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
   const a = await ensureGuestArtifacts({ arch: 'x86_64' });
@@ -267,6 +282,7 @@ async function netBench() {
     sh(['ip', ...inNs(['ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap])]);
     sh(['ip', ...inNs(['ip', 'link', 'set', tap, 'up'])]);
     const bytes = MIB * 2 ** 20;
+    const toGuestBytes = TO_GUEST_MIB * 2 ** 20;
     receiver = spawn('ip', inNs([process.execPath, '-e', PEER, String(bytes), '10.0.2.1']), { stdio: ['pipe', 'pipe', 'inherit'] });
     const received = [];
     const sent = [];
@@ -286,41 +302,57 @@ async function netBench() {
       'ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0',
       'i=0; while ! ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && [ $i -lt 30 ]; do i=$((i+1)); done',
       `dd if=/dev/zero bs=64k count=${MIB * 16} 2>/dev/null | nc 10.0.2.1 5201`,
+      // The NIC's interrupts after each pass, and what the guest received (frames as the driver handed them up).
+      'irqs() { grep virtio /proc/interrupts | tr -s \' \' | tr \'\\n\' \';\'; }',
+      'echo "GUEST-IRQS-TOHOST=$(irqs)"; rx0=$(cat /sys/class/net/eth0/statistics/rx_packets); cpu0=$(head -1 /proc/stat)',
       // Host to guest: listen, say so (the script then tells the peer to send), read to EOF.
       '(nc -l -p 5202 >/dev/null) & sleep 0.5; echo GUEST-LISTENING=1; wait',
+      'cpu1=$(head -1 /proc/stat); echo "GUEST-IRQS=$(irqs)"; echo "GUEST-RX-FRAMES=$(($(cat /sys/class/net/eth0/statistics/rx_packets) - rx0))"',
+      // The vCPU's time over the host-to-guest pass (/proc/stat's first line before and after, in ticks).
+      'echo "GUEST-CPU-TOGUEST=$cpu0;$cpu1"',
       'echo GUEST-BENCH-DONE=1',
     ].join('\n');
     const cmdline = `console=ttyS0 panic=-1 nodevmm.cmd=${Buffer.from(script).toString('base64')}`;
     const mac = '52:54:00:12:34:56';
     const vmms = {
-      nodevmm: (onOutput) => run('ip', inNs([process.execPath, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), 900_000, onOutput),
+      nodevmm: (onOutput) => run('ip', inNs([process.execPath, ...NODE_ARGS, path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', a.vmlinuz, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART, '--net', `tap:${tap},mac=${mac}`]), 900_000, onOutput),
       qemu: (onOutput) => run('ip', inNs(['qemu-system-x86_64', '-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', a.vmlinuz, '-initrd', a.testInitramfs, '-append', cmdline, '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no,vnet_hdr=on`, '-device', `virtio-net-device,netdev=n0,mac=${mac}`]), 900_000, onOutput),
     };
     const rows = { nodevmm: [], qemu: [] };
     const mbit = (r) => (r.bytes * 8) / (r.ms / 1000) / 1e6;
     for (let i = 0; i < RUNS; i++) {
-      for (const who of ['nodevmm', 'qemu']) {
-        const before = { received: received.length, sent: sent.length };
-        try {
-          let asked = false;
-          await vmms[who]((text) => {
-            if (asked || !text.includes('GUEST-LISTENING=1')) return;
-            asked = true;
-            receiver.stdin.write(`${bytes} 10.0.2.15 5202\n`);
-          });
-        } catch (e) {
-          console.log(`  (${who} run failed: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
-          continue;
+      for (const who of ONLY ? [ONLY] : ['nodevmm', 'qemu']) {
+        let before = { received: received.length, sent: sent.length };
+        let markers;
+        // The emulated host's guests occasionally die in early boot (docs/testing.md): up to two tries.
+        for (let tries = 0; tries < 2 && !markers; tries++) {
+          before = { received: received.length, sent: sent.length };
+          try {
+            let asked = false;
+            markers = await vmms[who]((text) => {
+              if (asked || !text.includes('GUEST-LISTENING=1')) return;
+              asked = true;
+              receiver.stdin.write(`${toGuestBytes} 10.0.2.15 5202\n`);
+            });
+          } catch (e) {
+            console.log(`  (${who} run failed${tries < 1 ? ' and is repeated' : ''}: ${e.message.split('\n').slice(0, 8).join('\n    | ')})`);
+          }
         }
+        if (!markers) continue;
+        // The peer's report of the guest's close may trail the VM's exit by a moment.
+        for (let k = 0; k < 50 && sent.length === before.sent; k++) await new Promise((res) => setTimeout(res, 20));
+        console.log(`  (${who} run ${i + 1}: guest interrupts after guest-to-host ${markers['IRQS-TOHOST']} after host-to-guest ${markers.IRQS}; host-to-guest frames ${markers['RX-FRAMES']}, vCPU ${cpuShare(markers['CPU-TOGUEST'])})`);
         const r = received[before.received];
         const s = sent[before.sent];
-        if (r && s) rows[who].push({ toHost: mbit(r), toGuest: mbit(s) });
-        else console.log(`  (${who} run: the peer got no complete transfer ${r ? 'to' : 'from'} the guest)`);
+        if (r && s) {
+          rows[who].push({ toHost: mbit(r), toGuest: mbit(s) });
+          console.log(`  (${who} run ${i + 1}: guest to host ${mbit(r).toFixed(2)} Mbit/s, host to guest ${mbit(s).toFixed(2)} Mbit/s)`);
+        } else console.log(`  (${who} run: the peer got no complete transfer ${r ? 'to' : 'from'} the guest)`);
       }
     }
-    console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio on a TAP (vnet_hdr), 512 MiB guest, 1 vCPU, ${MIB} MiB each way over TCP (busybox nc), ${RUNS} interleaved runs, min / median / max`);
-    if (!rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
-    const line = spreadLine(rows, undefined, 2);
+    console.log(`Debian ${a.kernelVersion}, virtio-net over virtio-mmio on a TAP (vnet_hdr), 512 MiB guest, 1 vCPU, ${MIB} MiB guest to host and ${TO_GUEST_MIB} MiB host to guest over TCP (busybox nc), ${RUNS} interleaved runs, min / median / max`);
+    if (ONLY ? !rows[ONLY]?.length : !rows.nodevmm.length || !rows.qemu.length) throw new Error('no successful runs for one of the VMMs');
+    const line = spreadLine(rows, ONLY, 2);
     line('TCP guest to host', (r) => r.toHost, 'Mbit/s');
     line('TCP host to guest', (r) => r.toGuest, 'Mbit/s');
   } finally {

@@ -105,6 +105,10 @@ e2e('a guest on a TAP pings the host and back, 4 MiB cross TCP each way intact, 
   t.true(res.hostAddressKept, 'the TAP kept its host address across the reboot');
   t.is(res.tunFds, 0, 'no /dev/net/tun fd left open after the VM stopped');
   t.true(res.tapGone, 'the TAP went away with its fd');
+  // /sys/.../features: one character per feature bit, bit 0 first.
+  t.is(res.features[15], '1', 'the guest took mergeable receive buffers (VIRTIO_NET_F_MRG_RXBUF)');
+  t.true(Number(res.stats.rxMerged) > 0, 'TSO frames from the host spread over several mergeable buffers');
+  t.is(res.rxErrors, '0 0', 'no receive length errors or receive errors in the guest');
   t.log(`guest ping: ${res.guestPing.trim().split('\n').slice(-1)[0]}`);
   t.log(`host ping: ${res.hostPing.trim().split('\n').slice(-1)[0]}`);
   t.log(`device counters: ${JSON.stringify(res.stats)}; guest Tcp: ${res.tcp}`);

@@ -8,8 +8,12 @@
  * backend's readiness and stops while the guest has no receive buffers (the
  * kernel queues or drops, and counts, on its side) until the guest kicks
  * receiveq. Offloads (checksum, TSO) are offered only when the backend
- * passes virtio-net headers through (a TAP with IFF_VNET_HDR).
- * Not here: MRG_RXBUF, multiqueue, the control queue, MTU, announce.
+ * passes virtio-net headers through (a TAP with IFF_VNET_HDR), and with them
+ * mergeable receive buffers (MRG_RXBUF, §5.1.6.3.2): a 64 KiB TSO frame then
+ * spreads over the guest's page-sized buffers, as QEMU's virtio-net does,
+ * instead of each buffer being an 18-page chain ready for the largest frame
+ * (~18 MiB of guest RAM per ring; docs/benchmarks.md has what it saves).
+ * Not here: multiqueue, the control queue, MTU, announce.
  */
 import type { VirtioActivation, VirtioDevice } from './mmio';
 import { readConfigBytes } from './mmio';
@@ -25,6 +29,7 @@ export const VIRTIO_NET_F_GUEST_TSO6 = 8n;
 export const VIRTIO_NET_F_HOST_TSO4 = 11n;
 export const VIRTIO_NET_F_HOST_TSO6 = 12n;
 export const VIRTIO_NET_F_MAC = 5n;
+export const VIRTIO_NET_F_MRG_RXBUF = 15n;
 export const VIRTIO_NET_F_STATUS = 16n;
 export const VIRTIO_NET_S_LINK_UP = 1;
 /** struct virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers. */
@@ -40,7 +45,13 @@ const RX = 0;
 const TX = 1;
 
 const OFFLOAD_FEATURES =
-  (1n << VIRTIO_NET_F_CSUM) | (1n << VIRTIO_NET_F_GUEST_CSUM) | (1n << VIRTIO_NET_F_GUEST_TSO4) | (1n << VIRTIO_NET_F_GUEST_TSO6) | (1n << VIRTIO_NET_F_HOST_TSO4) | (1n << VIRTIO_NET_F_HOST_TSO6);
+  (1n << VIRTIO_NET_F_CSUM) |
+  (1n << VIRTIO_NET_F_GUEST_CSUM) |
+  (1n << VIRTIO_NET_F_GUEST_TSO4) |
+  (1n << VIRTIO_NET_F_GUEST_TSO6) |
+  (1n << VIRTIO_NET_F_HOST_TSO4) |
+  (1n << VIRTIO_NET_F_HOST_TSO6) |
+  (1n << VIRTIO_NET_F_MRG_RXBUF);
 
 /** Where packets go and come from: a TAP fd in production, an in-memory pair in tests. */
 export interface NetBackend {
@@ -65,7 +76,7 @@ export interface VirtioNetOptions {
   /** Six bytes. */
   mac: Uint8Array;
   queueSize?: number;
-  /** Offer checksum and TSO offloads when the backend passes headers (default true). */
+  /** Offer checksum and TSO offloads, and mergeable receive buffers, when the backend passes headers (default true). */
   offloads?: boolean;
 }
 
@@ -74,6 +85,8 @@ export interface VirtioNetStats {
   rxBytes: number;
   /** Packets longer than the guest buffer that took them (the guest gets a 0-byte buffer back and counts a length error). */
   rxTooBig: number;
+  /** Packets spread over more than one mergeable receive buffer (MRG_RXBUF). */
+  rxMerged: number;
   txPackets: number;
   txBytes: number;
   /** Guest packets the backend refused (would block, or rejected with an error). */
@@ -94,17 +107,47 @@ interface IoPlan {
 /** Below the kernel's IOV_MAX (1024), with room for the overflow tail. */
 const MAX_IOVECS = 1000;
 
+/**
+ * A received packet longer than the mergeable buffers the guest had posted
+ * (§5.1.6.4.2): `chains` hold what was read straight into them, the rest is
+ * in the overflow buffer from `tailAt` for `tail` bytes and goes into the
+ * buffers the guest posts next. Nothing of it is in the used ring until all
+ * of it is placed, and no other packet is read meanwhile (the overflow
+ * buffer holds its tail).
+ */
+interface PartialPacket {
+  /** The first buffer (its header gets num_buffers), and every buffer filled so far with its bytes. */
+  first: VirtqChain;
+  chains: Array<{ head: number; written: number }>;
+  tailAt: number;
+  tail: number;
+  /** Frame bytes (without the header), for the counters. */
+  frameBytes: number;
+}
+
 export class VirtioNet implements VirtioDevice {
   readonly name = 'net';
   readonly deviceId = VIRTIO_ID_NET;
   readonly features: bigint;
   readonly queueMaxSizes: readonly number[];
-  readonly stats: VirtioNetStats = { rxPackets: 0, rxBytes: 0, rxTooBig: 0, txPackets: 0, txBytes: 0, txDropped: 0, txTooBig: 0, lastBackendError: undefined };
+  readonly stats: VirtioNetStats = { rxPackets: 0, rxBytes: 0, rxTooBig: 0, rxMerged: 0, txPackets: 0, txBytes: 0, txDropped: 0, txTooBig: 0, lastBackendError: undefined };
   private readonly backend: NetBackend;
   private readonly config = new Uint8Array(10);
   private ctx: VirtioActivation | undefined;
   /** A receive buffer taken from the ring while no packet was waiting: used by the next packet. */
   private heldRx: VirtqChain | undefined;
+  /**
+   * Mergeable buffers taken from the ring, not yet used (oldest first):
+   * enough for the largest packet when the guest has posted that many, so
+   * a packet is read straight into them; what it leaves stays for the next.
+   */
+  private held: VirtqChain[] = [];
+  /** Writable bytes of `held`. */
+  private heldBytes = 0;
+  /** A packet spanning several mergeable buffers whose tail waits for the guest to post more. */
+  private partial: PartialPacket | undefined;
+  /** VIRTIO_NET_F_MRG_RXBUF was negotiated. */
+  private mergeable = false;
   private readsPaused = false;
   /** The tail of every receive readv: catches a packet longer than the guest's buffer, so it is counted and dropped whole. */
   private readonly overflow = new Uint8Array(MAX_PACKET_BYTES);
@@ -142,10 +185,11 @@ export class VirtioNet implements VirtioDevice {
 
   activate(ctx: VirtioActivation): void {
     this.ctx = ctx;
-    this.heldRx = undefined;
+    this.dropHeld();
+    const f = ctx.features;
+    const has = (bit: bigint) => (f & (1n << bit)) !== 0n;
+    this.mergeable = has(VIRTIO_NET_F_MRG_RXBUF);
     if (this.backend.vnetHdr) {
-      const f = ctx.features;
-      const has = (bit: bigint) => (f & (1n << bit)) !== 0n;
       // The TAP may hand us partial checksums and GSO frames only when the guest takes them.
       let flags = 0;
       if (has(VIRTIO_NET_F_GUEST_CSUM)) {
@@ -162,8 +206,15 @@ export class VirtioNet implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
-    this.heldRx = undefined;
+    this.dropHeld();
     this.pauseReads();
+  }
+
+  private dropHeld(): void {
+    this.heldRx = undefined;
+    this.held = [];
+    this.heldBytes = 0;
+    this.partial = undefined;
   }
 
   /** Stop for good: the VM is going away. The backend is closed by its owner. */
@@ -184,15 +235,17 @@ export class VirtioNet implements VirtioDevice {
   /**
    * The MAC the guest was told, for a snapshot. A receive buffer held
    * while no packet was waiting goes back to the ring (nothing was written
-   * into it), so the saved last_avail_idx is before it. Packets in the
-   * backend stay there: the backend is the host's, not the snapshot's.
+   * into it), so the saved last_avail_idx is before it; so do the buffers
+   * of a packet still waiting for more of them (the packet is lost, as on a
+   * wire). Packets in the backend stay there: the backend is the host's,
+   * not the snapshot's.
    */
   saveState(_active: boolean): Record<string, unknown> {
     const q = this.ctx?.queues[RX];
-    if (this.heldRx && q) {
-      q.unpop();
-      this.heldRx = undefined;
-    }
+    // The buffers not in the used ring are the last ones taken, in order: rewinding gives back exactly them.
+    const taken = (this.heldRx ? 1 : 0) + this.held.length + (this.partial?.chains.length ?? 0);
+    if (q && taken) q.unpop(taken);
+    this.dropHeld();
     return { mac: formatMac(this.config.subarray(0, 6)) };
   }
 
@@ -228,19 +281,13 @@ export class VirtioNet implements VirtioDevice {
     let delivered = 0;
     try {
       for (let i = 0; i < BATCH; i++) {
-        const chain = this.heldRx ?? this.popRx(q);
-        if (!chain) {
-          // No buffers: wait for the guest's kick rather than spin on a readable fd.
+        const r = this.mergeable ? this.receiveMerged(ctx.memory, q) : this.receiveOne(ctx.memory, q);
+        if (r === 'no-buffers') {
+          // Wait for the guest's kick rather than spin on a readable fd.
           this.pauseReads();
           break;
         }
-        this.heldRx = undefined;
-        const n = this.receiveInto(ctx.memory, chain);
-        if (n < 0) {
-          this.heldRx = chain;
-          break;
-        }
-        q.pushUsed(chain.head, n);
+        if (r === 'no-packet') break;
         delivered++;
       }
     } catch (e) {
@@ -249,6 +296,91 @@ export class VirtioNet implements VirtioDevice {
       return;
     }
     if (delivered) ctx.usedBuffers(RX);
+  }
+
+  /** One packet into one receive buffer (no MRG_RXBUF). */
+  private receiveOne(mem: GuestMemory, q: SplitQueue): 'done' | 'no-packet' | 'no-buffers' {
+    const chain = this.heldRx ?? this.popRx(q);
+    if (!chain) return 'no-buffers';
+    this.heldRx = undefined;
+    const n = this.receiveInto(mem, chain);
+    if (n < 0) {
+      this.heldRx = chain;
+      return 'no-packet';
+    }
+    q.pushUsed(chain.head, n);
+    return 'done';
+  }
+
+  /**
+   * One packet into as many mergeable buffers as it needs (§5.1.6.4.2).
+   * The device first holds buffers for the largest packet (as many as the
+   * guest has posted) and reads the packet straight into them; the ones it
+   * did not need stay held for the next packet. A packet longer than what
+   * the guest had posted continues in placeRest.
+   */
+  private receiveMerged(mem: GuestMemory, q: SplitQueue): 'done' | 'no-packet' | 'no-buffers' {
+    if (this.partial) {
+      if (!this.placeRest(mem, q, this.partial)) return 'no-buffers';
+      this.partial = undefined;
+      return 'done';
+    }
+    const hdr = this.backend.vnetHdr;
+    const skip = hdr ? 0 : VIRTIO_NET_HDR_BYTES;
+    // Bounded by the queue size (each chain is one available entry) and by the largest packet.
+    while (this.heldBytes - skip < MAX_PACKET_BYTES && this.held.length < q.size) {
+      const chain = this.popRx(q);
+      if (!chain) break;
+      checkRxChain(chain);
+      this.held.push(chain);
+      this.heldBytes += chain.writableBytes;
+    }
+    const first = this.held[0];
+    if (!first) return 'no-buffers';
+    let segs = first.writable;
+    if (this.held.length > 1) {
+      segs = [];
+      for (const c of this.held) for (const seg of c.writable) segs.push(seg);
+    }
+    const plan = planSegments(mem, segs, skip, true, MAX_PACKET_BYTES);
+    plan.buffers.push(this.overflow);
+    let n: number;
+    try {
+      n = this.backend.readv(plan.buffers);
+    } catch (e) {
+      // A failing read would fail again on every readiness callback: stop until the guest kicks receiveq.
+      this.stats.lastBackendError = (e as Error).message;
+      this.pauseReads();
+      return 'no-packet';
+    }
+    if (n < 0) return 'no-packet';
+    if (n + skip > MAX_PACKET_BYTES) {
+      // Longer than any frame: the first buffer goes back empty (the driver counts a length error).
+      this.held.shift();
+      this.heldBytes -= first.writableBytes;
+      q.pushUsed(first.head, 0);
+      this.stats.rxTooBig++;
+      return 'done';
+    }
+    // A packet longer than this has all the held buffers, and its tail is in the overflow buffer.
+    const room = Math.min(this.heldBytes - skip, MAX_PACKET_BYTES);
+    copyBounces(mem, plan, Math.min(n, room));
+    if (!hdr) scatter(mem, first.writable, 0, this.zeroHeader);
+    // The buffers the packet's bytes (with the header) landed in, in order.
+    const chains: Array<{ head: number; written: number }> = [];
+    let left = Math.min(n, room) + skip;
+    while (left > 0) {
+      const c = this.held[chains.length]!;
+      const written = Math.min(c.writableBytes, left);
+      chains.push({ head: c.head, written });
+      left -= written;
+    }
+    for (let i = 0; i < chains.length; i++) this.heldBytes -= this.held[i]!.writableBytes;
+    this.held.splice(0, chains.length);
+    const p: PartialPacket = { first, chains, tailAt: 0, tail: Math.max(0, n - room), frameBytes: hdr ? n - VIRTIO_NET_HDR_BYTES : n };
+    if (this.placeRest(mem, q, p)) return 'done';
+    this.partial = p;
+    return 'no-buffers';
   }
 
   /** Next receive buffer, asking for a kick when there is none (and looking once more after asking). */
@@ -261,7 +393,7 @@ export class VirtioNet implements VirtioDevice {
 
   /** Read one packet into a receive chain; bytes written into it, or -1 when no packet was waiting. */
   private receiveInto(mem: GuestMemory, chain: VirtqChain): number {
-    if (chain.writableBytes < VIRTIO_NET_HDR_BYTES) throw new VirtioQueueError(`receive buffer ${chain.head} has ${chain.writableBytes} writable bytes, less than the ${VIRTIO_NET_HDR_BYTES}-byte virtio-net header`);
+    checkRxChain(chain);
     const hdr = this.backend.vnetHdr;
     // Without backend headers the packet lands after a header we write ourselves.
     // No packet is longer than MAX_PACKET_BYTES: room beyond it is never
@@ -290,10 +422,48 @@ export class VirtioNet implements VirtioDevice {
     const total = hdr ? n : n + VIRTIO_NET_HDR_BYTES;
     if (!hdr) scatter(mem, chain.writable, 0, this.zeroHeader);
     // num_buffers is 1 without MRG_RXBUF (§5.1.6.4); a TAP leaves those two bytes untouched.
-    scatter(mem, chain.writable, NUM_BUFFERS_OFFSET, Uint8Array.of(1, 0));
+    writeNumBuffers(mem, chain, 1);
     this.stats.rxPackets++;
     this.stats.rxBytes += total - VIRTIO_NET_HDR_BYTES;
     return total;
+  }
+
+  /**
+   * Place what is left of a packet (its tail in the overflow buffer) into
+   * the guest's next receive buffers; true once all of it is in and its
+   * buffers are in the used ring (all at once: the driver reads num_buffers
+   * from the first and expects the others there, §5.1.6.4.2), false when
+   * the ring ran out first (placeRest goes on after the guest's kick). A
+   * guest whose whole ring cannot hold the packet gets every buffer back
+   * empty and the packet is counted as too big: the walk is bounded by the
+   * queue size.
+   */
+  private placeRest(mem: GuestMemory, q: SplitQueue, p: PartialPacket): boolean {
+    while (p.tail > 0) {
+      if (p.chains.length >= q.size) {
+        for (const c of p.chains) q.pushUsed(c.head, 0, false);
+        q.publishUsed();
+        this.stats.rxTooBig++;
+        return true;
+      }
+      const chain = this.popRx(q);
+      if (!chain) return false;
+      checkRxChain(chain);
+      const take = Math.min(chain.writableBytes, p.tail);
+      scatter(mem, chain.writable, 0, this.overflow.subarray(p.tailAt, p.tailAt + take));
+      p.chains.push({ head: chain.head, written: take });
+      p.tailAt += take;
+      p.tail -= take;
+    }
+    // §5.1.6.4: num_buffers counts every buffer the packet used.
+    const buffers = p.chains.length;
+    writeNumBuffers(mem, p.first, buffers);
+    for (const c of p.chains) q.pushUsed(c.head, c.written, false);
+    q.publishUsed();
+    this.stats.rxPackets++;
+    if (buffers > 1) this.stats.rxMerged++;
+    this.stats.rxBytes += p.frameBytes;
+    return true;
   }
 
   private drainTx(): void {
@@ -339,6 +509,18 @@ export class VirtioNet implements VirtioDevice {
       this.stats.lastBackendError = (e as Error).message;
     }
   }
+}
+
+/** The header's num_buffers field (little-endian), in place when the first segment holds the whole header. */
+function writeNumBuffers(mem: GuestMemory, chain: VirtqChain, buffers: number): void {
+  const seg = chain.writable[0]!;
+  if (seg.length >= VIRTIO_NET_HDR_BYTES) mem.writeU16(seg.gpa + NUM_BUFFERS_OFFSET, buffers);
+  else scatter(mem, chain.writable, NUM_BUFFERS_OFFSET, Uint8Array.of(buffers & 0xff, buffers >> 8));
+}
+
+/** §5.1.6.3.1: every receive buffer has room for at least the header (the first one holds it). */
+function checkRxChain(chain: VirtqChain): void {
+  if (chain.writableBytes < VIRTIO_NET_HDR_BYTES) throw new VirtioQueueError(`receive buffer ${chain.head} has ${chain.writableBytes} writable bytes, less than the ${VIRTIO_NET_HDR_BYTES}-byte virtio-net header`);
 }
 
 /**

@@ -163,11 +163,12 @@ export class SplitQueue {
   }
 
   /**
-   * Give back the chain the last pop() took, unused: the next pop() takes it
-   * again. Only for the chain popped last (a device holding one spare buffer).
+   * Give back the `count` chains the last pops took, unused (none of them
+   * pushed): the next pops take them again. For a device holding spare
+   * buffers it has not written to the used ring (a snapshot rewinds them).
    */
-  unpop(): void {
-    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+  unpop(count = 1): void {
+    this.lastAvail = (this.lastAvail - count) & 0xffff;
   }
 
   /** The descriptor table (checked to lie in RAM at construction); re-made if its memory went away. */
@@ -290,15 +291,25 @@ export class SplitQueue {
     }
   }
 
-  /** Return a chain to the driver with `written` bytes placed in its writable segments. */
-  pushUsed(head: number, written: number): void {
+  /**
+   * Return a chain to the driver with `written` bytes placed in its writable
+   * segments. With `publish` false the element is written but the used index
+   * is not moved: the driver sees it with the next publishUsed() (several
+   * elements that must appear together, as one packet's buffers).
+   */
+  pushUsed(head: number, written: number, publish = true): void {
     const slot = this.usedIdx % this.size;
     const at = this.layout.usedGpa + 4 + 8 * slot;
     this.mem.writeU32(at, head);
     this.mem.writeU32(at + 4, written);
-    // The element must be visible before the index: x86 keeps stores in order, and
-    // the typed-array stores above are not reordered past this one by V8.
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    if (publish) this.publishUsed();
+  }
+
+  /** Make every element pushed so far visible to the driver (write the used index). */
+  publishUsed(): void {
+    // The elements must be visible before the index: x86 keeps stores in order, and
+    // the typed-array stores before this one are not reordered past it by V8.
     this.mem.writeU16(this.layout.usedGpa + 2, this.usedIdx);
   }
 

@@ -8,6 +8,7 @@ import {
   VIRTIO_NET_F_GUEST_CSUM,
   VIRTIO_NET_F_GUEST_TSO4,
   VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_F_STATUS,
   VIRTIO_NET_HDR_BYTES,
   VirtioNet,
@@ -348,4 +349,145 @@ test('a receive chain of 1001 aliased 64 KiB descriptors gets no bounce buffer t
   for (const bytes of offered) t.true(bytes <= 2 * MAX_PACKET_BYTES, `readv offered ${bytes} bytes`);
   t.deepEqual(d.takeUsed(rx), [[0, 1500 + VIRTIO_NET_HDR_BYTES]]);
   t.deepEqual(d.mem.read(data + VIRTIO_NET_HDR_BYTES, 1500), p);
+});
+
+const MRG = NO_OFFLOADS | (1n << VIRTIO_NET_F_MRG_RXBUF);
+
+/** A TAP packet: its virtio-net header (num_buffers left as the TAP leaves it) and `len` frame bytes. */
+function tapPacket(len: number, seed = 1): Uint8Array {
+  return Buffer.concat([Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xee, 0xee), frame(len, seed)]);
+}
+
+test('mergeable receive buffers are offered with the offloads (backend headers) only', (t) => {
+  t.not(new VirtioNet({ backend: new FakeBackend(true), mac: MAC }).features & (1n << VIRTIO_NET_F_MRG_RXBUF), 0n);
+  t.is(new VirtioNet({ backend: new FakeBackend(false), mac: MAC }).features & (1n << VIRTIO_NET_F_MRG_RXBUF), 0n);
+  t.is(new VirtioNet({ backend: new FakeBackend(true), mac: MAC, offloads: false }).features & (1n << VIRTIO_NET_F_MRG_RXBUF), 0n);
+});
+
+test('rx with mergeable buffers: a packet longer than one buffer spreads over the next ones, num_buffers counts them, and all appear in the used ring at once', (t) => {
+  const { backend, nic, d, rx } = setup({ vnetHdr: true, features: MRG });
+  const bufs = [0, 1, 2, 3].map(() => postRx(d, rx, 1024));
+  d.kick(rx);
+  const packet = tapPacket(2500, 5);
+  backend.arrive(packet);
+  // 2512 bytes: 1024 + 1024 + 464.
+  t.deepEqual(d.takeUsed(rx), [
+    [0, 1024],
+    [1, 1024],
+    [2, 464],
+  ]);
+  t.deepEqual([...d.mem.read(bufs[0]!, 12)], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0], 'num_buffers 3');
+  const got = Buffer.concat([d.mem.read(bufs[0]!, 1024), d.mem.read(bufs[1]!, 1024), d.mem.read(bufs[2]!, 464)]);
+  t.deepEqual(got.subarray(12), Buffer.from(frame(2500, 5)));
+  t.is(nic.stats.rxPackets, 1);
+  t.is(nic.stats.rxMerged, 1);
+  t.is(nic.stats.rxBytes, 2500);
+  // A short packet takes one buffer, num_buffers 1.
+  backend.arrive(tapPacket(100, 6));
+  t.deepEqual(d.takeUsed(rx), [[3, 112]]);
+  t.is(d.mem.readU16(bufs[3]! + 10), 1);
+});
+
+test('rx with mergeable buffers: when the ring runs out mid-packet nothing is used until the guest posts more; no other packet is read meanwhile', (t) => {
+  const { backend, d, rx } = setup({ vnetHdr: true, features: MRG });
+  const first = postRx(d, rx, 1024);
+  d.kick(rx);
+  backend.arrive(tapPacket(1500, 7));
+  backend.inbound.push(tapPacket(20, 8));
+  t.deepEqual(d.takeUsed(rx), [], 'the first buffer is not shown alone: the driver would look for num_buffers of them');
+  t.true(backend.paused, 'waiting for buffers, not reading');
+  t.is(backend.inbound.length, 1, 'the next packet stays with the backend');
+  const second = postRx(d, rx, 1024);
+  const third = postRx(d, rx, 1024);
+  d.kick(rx);
+  t.deepEqual(d.takeUsed(rx), [
+    [0, 1024],
+    [1, 1512 - 1024],
+    [2, 32],
+  ]);
+  t.is(d.mem.readU16(first + 10), 2);
+  t.deepEqual(Buffer.concat([d.mem.read(first + 12, 1012), d.mem.read(second, 488)]), Buffer.from(frame(1500, 7)));
+  t.deepEqual(d.mem.read(third + 12, 20), frame(20, 8));
+  t.is(d.mem.readU16(third + 10), 1);
+});
+
+test('rx with mergeable buffers: a ring too small for a packet gets every buffer back empty and the packet is counted too big', (t) => {
+  const { backend, nic, d, rx } = setup({ vnetHdr: true, features: MRG, queueSize: 4 });
+  for (let i = 0; i < 4; i++) postRx(d, rx, 16);
+  d.kick(rx);
+  backend.arrive(tapPacket(1000, 9));
+  t.deepEqual(d.takeUsed(rx), [
+    [0, 0],
+    [1, 0],
+    [2, 0],
+    [3, 0],
+  ]);
+  t.is(nic.stats.rxTooBig, 1);
+  t.is(nic.stats.rxPackets, 0);
+  t.is(d.r(REG.status) & STATUS.needsReset, 0);
+  postRx(d, rx, 1024);
+  d.kick(rx);
+  backend.arrive(tapPacket(50, 10));
+  t.deepEqual(d.takeUsed(rx), [[0, 62]]);
+});
+
+test('rx with mergeable buffers: a later buffer smaller than the header puts the device in needs-reset', (t) => {
+  const { backend, d, rx } = setup({ vnetHdr: true, features: MRG });
+  postRx(d, rx, 64);
+  postRx(d, rx, 8);
+  d.kick(rx);
+  backend.arrive(tapPacket(200, 11));
+  t.is(d.r(REG.status) & STATUS.needsReset, STATUS.needsReset);
+  t.regex(d.t.lastError ?? '', /8 writable bytes, less than the 12-byte/);
+});
+
+test('a snapshot while a packet waits for more mergeable buffers gives all its buffers back to the ring', (t) => {
+  const { backend, d, rx } = setup({ vnetHdr: true, features: MRG });
+  postRx(d, rx, 1024);
+  postRx(d, rx, 1024);
+  d.kick(rx);
+  backend.arrive(tapPacket(3000, 12));
+  t.deepEqual(d.takeUsed(rx), [], 'both buffers are taken by the packet, which waits for a third');
+  const saved = d.t.snapshot();
+  t.deepEqual(saved.queues[0]?.ring, { lastAvail: 0, usedIdx: 0, signalledUsed: 0 }, 'both given back: the restored device takes them again');
+});
+
+test('rx with mergeable buffers: the packet is read straight into every buffer the device holds; the ones it did not fill serve the next packets, and a snapshot gives them back', (t) => {
+  const { backend, d, rx } = setup({ vnetHdr: true, features: MRG });
+  const bufs = Array.from({ length: 8 }, () => postRx(d, rx, 1024));
+  d.kick(rx);
+  const offered: number[][] = [];
+  const readv = backend.readv.bind(backend);
+  backend.readv = (buffers) => {
+    offered.push(buffers.map((b) => b.length));
+    return readv(buffers);
+  };
+  backend.arrive(tapPacket(2500, 13));
+  // Eight guest buffers (views of guest memory, no copy) and the overflow tail.
+  t.deepEqual(offered[0], [1024, 1024, 1024, 1024, 1024, 1024, 1024, 1024, MAX_PACKET_BYTES]);
+  t.deepEqual(d.takeUsed(rx), [
+    [0, 1024],
+    [1, 1024],
+    [2, 464],
+  ]);
+  t.deepEqual(Buffer.concat([d.mem.read(bufs[0]! + 12, 1012), d.mem.read(bufs[1]!, 1024), d.mem.read(bufs[2]!, 464)]), Buffer.from(frame(2500, 13)));
+  backend.arrive(tapPacket(30, 14));
+  t.deepEqual(d.takeUsed(rx), [[3, 42]], 'the next packet goes into the next held buffer');
+  t.deepEqual(offered[1], [1024, 1024, 1024, 1024, 1024, MAX_PACKET_BYTES], 'the five buffers still held');
+  t.deepEqual(d.t.snapshot().queues[0]?.ring, { lastAvail: 4, usedIdx: 4, signalledUsed: 4 }, 'the four held buffers go back to the ring');
+});
+
+test('rx with mergeable buffers: a packet longer than any frame gives its first buffer back empty and is counted; the device goes on', (t) => {
+  const { backend, nic, d, rx } = setup({ vnetHdr: true, features: MRG, queueSize: 32 });
+  for (let i = 0; i < 20; i++) postRx(d, rx, 4096);
+  d.kick(rx);
+  backend.arrive(new Uint8Array(MAX_PACKET_BYTES + 100));
+  t.deepEqual(d.takeUsed(rx), [[0, 0]]);
+  t.is(nic.stats.rxTooBig, 1);
+  backend.arrive(tapPacket(5000, 15));
+  t.deepEqual(d.takeUsed(rx), [
+    [1, 4096],
+    [2, 5012 - 4096],
+  ]);
+  t.is(d.r(REG.status) & STATUS.needsReset, 0);
 });
