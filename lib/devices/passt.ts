@@ -154,14 +154,35 @@ export function passtAddressArgs(table: string | undefined): string[] {
   return ['--interface', l.templateInterface, '--address', l.address, '--netmask', String(l.prefixLength), '--gateway', l.gateway, '--mac-addr', l.mac];
 }
 
-/** This network namespace's IPv4 route table (the one passt will see), or undefined without /proc. */
-function readRouteTable(): string | undefined {
+/**
+ * The user passt runs as when started by root: passt itself drops from root
+ * (in the initial user namespace) to "nobody", looked up by name, and exits
+ * where no user database has one (a minimal container, the emulated arm64
+ * KVM host: "getpwnam: No such file or directory"). Given numerically, no
+ * lookup is needed; 65534 is nobody and nogroup on Debian, Fedora and Alpine.
+ */
+export const PASST_ROOT_RUNAS = '65534:65534';
+
+/**
+ * passt's --runas for a process with effective uid `euid` whose
+ * /proc/self/uid_map reads `uidMap`: PASST_ROOT_RUNAS where passt would
+ * switch to nobody (root, and the uid map is the initial namespace's
+ * identity map), nothing otherwise (passt keeps the user; a uid 65534 that
+ * a user namespace does not map could not be switched to).
+ */
+export function passtRunAsArgs(euid: number | undefined, uidMap: string | undefined): string[] {
+  const initial = uidMap !== undefined && /^\s*0\s+0\s+4294967295\s*$/.test(uidMap);
+  return euid === 0 && initial ? ['--runas', PASST_ROOT_RUNAS] : [];
+}
+
+function readProcFile(file: string): string | undefined {
   try {
-    return fs.readFileSync('/proc/net/route', 'latin1');
+    return fs.readFileSync(file, 'latin1');
   } catch {
     return undefined;
   }
 }
+
 
 export interface OpenPasstOptions {
   forward?: readonly PortForward[];
@@ -216,12 +237,15 @@ export class PasstBackend implements NetBackend {
   /**
    * Start passt for one NIC: the guest gets the host's addresses, or
    * PASST_NO_ROUTE_LAYOUT's where this network namespace has no IPv4 default
-   * route. Throws a one-sentence NodevmmError when passt is missing.
+   * route; started by root, passt runs as PASST_ROOT_RUNAS. Throws a
+   * one-sentence NodevmmError when passt is missing.
    */
   static open(opts: OpenPasstOptions = {}): PasstBackend {
     const args = [
       ...['--foreground', '--stderr', '--quiet', '--one-off', '--fd', '3', '--mtu', String(PASST_GUEST_MTU)],
-      ...passtAddressArgs(readRouteTable()),
+      // This network namespace's IPv4 routes, the ones passt sees.
+      ...passtAddressArgs(readProcFile('/proc/net/route')),
+      ...passtRunAsArgs(process.geteuid?.(), readProcFile('/proc/self/uid_map')),
       ...passtForwardArgs(opts.forward ?? []),
       ...(opts.extraArgs ?? []),
     ];

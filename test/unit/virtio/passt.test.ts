@@ -2,8 +2,9 @@
  * User networking: the stream framing (random chunking against the frames
  * sent), the bounded queues in both directions against a real socket peer,
  * `--net user,...` and `net: [{ user }]` parsing, real passt answering a DHCP
- * DISCOVER through the backend (where passt can start: it needs an interface
- * with a default route), and helpers (and passt) dying with a SIGKILLed Node.
+ * DISCOVER through the backend (on this host, in a network namespace without
+ * routes, and as root without a user database that knows nobody), and
+ * helpers (and passt) dying with a SIGKILLed Node.
  */
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
@@ -14,7 +15,7 @@ import * as path from 'node:path';
 import { ConfigError } from '../../../lib/errors';
 import { parseNetFlag, parseRunArgs } from '../../../lib/cli/args';
 import { resolveVmConfig } from '../../../lib/vm/config';
-import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, hasIpv4DefaultRoute, MAX_FRAME_BYTES, PasstBackend, passtAddressArgs, passtForwardArgs, RX_QUEUE_MAX_BYTES, RX_QUEUE_MAX_FRAMES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
+import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, hasIpv4DefaultRoute, MAX_FRAME_BYTES, PasstBackend, passtAddressArgs, passtForwardArgs, passtRunAsArgs, RX_QUEUE_MAX_BYTES, RX_QUEUE_MAX_FRAMES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
 import { findExecutable, spawnHelper } from '../../../lib/util/helper-process';
 
 function randomInt(n: number): number {
@@ -366,10 +367,11 @@ const nsSkip = userNamespaceSkipReason();
 const inFreshNamespace = nsSkip ? test.skip : test.serial;
 if (nsSkip) test.skip(`passt in a namespace without routes skipped: ${nsSkip}`, () => {});
 
-inFreshNamespace('passt on a host without a default route (a fresh network namespace) still starts and offers 10.0.2.15 via 10.0.2.2', async (t) => {
-  const mac = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x57);
-  // A child Node in a network namespace of its own (only a loopback, no routes) opens the backend
-  // and prints passt's reply to a DISCOVER, or why there is none.
+/**
+ * What passt answers to a DHCPDISCOVER from `mac`, with the backend opened by a child Node that
+ * `wrapper` (a command line ending where node's argv begins) runs in namespaces of its own.
+ */
+async function dhcpReplyInChild(wrapper: string[], mac: Uint8Array): Promise<{ reply?: Buffer; output: string }> {
   const script = `
     const { PasstBackend } = require(${JSON.stringify(path.join(__dirname, '../../../lib/devices/passt.js'))});
     const b = PasstBackend.open();
@@ -384,27 +386,66 @@ inFreshNamespace('passt on a host without a default route (a fresh network names
     });
     b.writev([Buffer.from(${JSON.stringify(Buffer.from(dhcpDiscover(mac)).toString('hex'))}, 'hex')]);
     setTimeout(() => done('FAIL no reply within 20 s'), 20000);`;
-  const r = await new Promise<{ stdout: string; stderr: string }>((resolve) => {
-    const c = spawn('unshare', ['-rn', process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const output = await new Promise<string>((resolve) => {
+    const c = spawn(wrapper[0]!, [...wrapper.slice(1), process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const timer = setTimeout(() => c.kill('SIGKILL'), 60_000);
     c.on('close', () => {
       clearTimeout(timer);
-      resolve({ stdout, stderr });
+      resolve(out.trim());
     });
   });
-  const m = /^REPLY ([0-9a-f]+)$/m.exec(r.stdout);
-  if (!m) return t.fail(`no DHCP reply from passt in a namespace without routes: ${r.stdout.trim()} ${r.stderr.trim()}`);
-  const reply = dhcpReply(Buffer.from(m[1]!, 'hex'));
+  const m = /^REPLY ([0-9a-f]+)$/m.exec(output);
+  return { reply: m ? Buffer.from(m[1]!, 'hex') : undefined, output };
+}
+
+inFreshNamespace('passt on a host without a default route (a fresh network namespace) still starts and offers 10.0.2.15 via 10.0.2.2', async (t) => {
+  const mac = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x57);
+  // A network namespace of its own: only a loopback, no routes.
+  const r = await dhcpReplyInChild(['unshare', '-rn'], mac);
+  if (!r.reply) return t.fail(`no DHCP reply from passt in a namespace without routes: ${r.output}`);
+  const reply = dhcpReply(r.reply);
   t.deepEqual(reply.to, [...mac]);
   t.deepEqual(reply.type, [2]);
   t.is(reply.yiaddr, '10.0.2.15');
   t.is(reply.mask, '255.255.255.0');
   t.is(reply.router, '10.0.2.2');
   t.is(reply.from, '9a:55:9a:55:9a:55', "passt's own MAC, since lo has none");
+});
+
+test('started by root in the initial user namespace, passt is told a numeric user; elsewhere it keeps its own', (t) => {
+  const initial = '         0          0 4294967295\n';
+  t.deepEqual(passtRunAsArgs(0, initial), ['--runas', '65534:65534']);
+  t.deepEqual(passtRunAsArgs(1000, initial), [], 'an ordinary user: passt stays that user');
+  // Root of a user namespace (unshare -r maps one uid): 65534 is not mapped there.
+  t.deepEqual(passtRunAsArgs(0, '         0       1000          1\n'), []);
+  t.deepEqual(passtRunAsArgs(0, undefined), []);
+  t.deepEqual(passtRunAsArgs(undefined, initial), []);
+});
+
+function noUserDatabaseSkipReason(): string | undefined {
+  if (passtSkip) return passtSkip;
+  if (process.geteuid?.() !== 0) return 'needs root (to hide the user database in a mount namespace, and for passt to drop from root)';
+  if (!/^\s*0\s+0\s+4294967295\s*$/.test(fs.readFileSync('/proc/self/uid_map', 'latin1'))) return 'not in the initial user namespace';
+  if (!findExecutable('unshare')) return 'unshare (util-linux) is not installed';
+  return undefined;
+}
+const noDbSkip = noUserDatabaseSkipReason();
+const asRootWithoutNobody = noDbSkip ? test.skip : test.serial;
+if (noDbSkip) test.skip(`passt as root without a user database skipped: ${noDbSkip}`, () => {});
+
+asRootWithoutNobody('passt started by root where no user database knows "nobody" (a minimal container) still starts and answers DHCP', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-nopasswd-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // A mount namespace where /etc/passwd is empty and NSS reads only files (systemd's NSS module would make up nobody).
+  fs.writeFileSync(path.join(dir, 'passwd'), '');
+  fs.writeFileSync(path.join(dir, 'nsswitch.conf'), 'passwd: files\ngroup: files\n');
+  const hide = `mount --bind ${dir}/passwd /etc/passwd && mount --bind ${dir}/nsswitch.conf /etc/nsswitch.conf && exec "$@"`;
+  const r = await dhcpReplyInChild(['unshare', '-m', 'sh', '-c', hide, 'sh'], Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x58));
+  if (!r.reply) return t.fail(`no DHCP reply from passt without a user database: ${r.output}`);
+  t.deepEqual(dhcpReply(r.reply).type, [2]);
 });
 
 /** Whether process `pid` is gone (or a zombie: dead, waiting to be reaped by init). */
