@@ -183,7 +183,6 @@ function readProcFile(file: string): string | undefined {
   }
 }
 
-
 export interface OpenPasstOptions {
   forward?: readonly PortForward[];
   /** The passt executable (name in PATH, or a path). Default "passt". */
