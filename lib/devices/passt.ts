@@ -16,6 +16,7 @@
  * passt exits when its socket hangs up (--one-off), which the kernel does
  * when this process dies however it dies; see lib/util/helper-process.ts.
  */
+import * as fs from 'node:fs';
 import type { Socket } from 'node:net';
 import { NodevmmError } from '../errors';
 import { spawnHelper, type HelperProcess } from '../util/helper-process';
@@ -117,6 +118,71 @@ export function passtForwardArgs(forwards: readonly PortForward[]): string[] {
   return args;
 }
 
+/**
+ * What the guest gets when this network namespace has no IPv4 default route
+ * (an offline machine, a fresh namespace, the emulated arm64 KVM host):
+ * passt copies the guest's address, gateway and its own MAC from the
+ * interface with the default route and exits without one ("No external
+ * routable interface for IPv4"), so nodevmm names them instead: QEMU's
+ * user-networking layout, and the MAC newer passt uses when it has no
+ * template. The loopback interface stands in as the template passt insists
+ * on (`-i lo`); none of its addresses are used.
+ */
+export const PASST_NO_ROUTE_LAYOUT = { address: '10.0.2.15', prefixLength: 24, gateway: '10.0.2.2', mac: '9a:55:9a:55:9a:55', templateInterface: 'lo' } as const;
+
+/** Whether `table` (the text of /proc/net/route: a header, then one route a line) has an IPv4 default route that is up. */
+export function hasIpv4DefaultRoute(table: string): boolean {
+  return table
+    .split('\n')
+    .slice(1)
+    .some((line) => {
+      // Iface Destination Gateway Flags RefCnt Use Metric Mask ...: all hex, in the kernel's byte order.
+      const f = line.trim().split(/\s+/);
+      return f.length >= 8 && f[1] === '00000000' && f[7] === '00000000' && (parseInt(f[3]!, 16) & 0x1) !== 0;
+    });
+}
+
+/**
+ * passt's address arguments for a host whose route table is `table`: none
+ * when it has an IPv4 default route (passt copies that interface's, as
+ * documented), PASST_NO_ROUTE_LAYOUT otherwise. `undefined` (the table could
+ * not be read) leaves the choice to passt.
+ */
+export function passtAddressArgs(table: string | undefined): string[] {
+  if (table === undefined || hasIpv4DefaultRoute(table)) return [];
+  const l = PASST_NO_ROUTE_LAYOUT;
+  return ['--interface', l.templateInterface, '--address', l.address, '--netmask', String(l.prefixLength), '--gateway', l.gateway, '--mac-addr', l.mac];
+}
+
+/**
+ * The user passt runs as when started by root: passt itself drops from root
+ * (in the initial user namespace) to "nobody", looked up by name, and exits
+ * where no user database has one (a minimal container, the emulated arm64
+ * KVM host: "getpwnam: No such file or directory"). Given numerically, no
+ * lookup is needed; 65534 is nobody and nogroup on Debian, Fedora and Alpine.
+ */
+export const PASST_ROOT_RUNAS = '65534:65534';
+
+/**
+ * passt's --runas for a process with effective uid `euid` whose
+ * /proc/self/uid_map reads `uidMap`: PASST_ROOT_RUNAS where passt would
+ * switch to nobody (root, and the uid map is the initial namespace's
+ * identity map), nothing otherwise (passt keeps the user; a uid 65534 that
+ * a user namespace does not map could not be switched to).
+ */
+export function passtRunAsArgs(euid: number | undefined, uidMap: string | undefined): string[] {
+  const initial = uidMap !== undefined && /^\s*0\s+0\s+4294967295\s*$/.test(uidMap);
+  return euid === 0 && initial ? ['--runas', PASST_ROOT_RUNAS] : [];
+}
+
+function readProcFile(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'latin1');
+  } catch {
+    return undefined;
+  }
+}
+
 export interface OpenPasstOptions {
   forward?: readonly PortForward[];
   /** The passt executable (name in PATH, or a path). Default "passt". */
@@ -158,16 +224,30 @@ export class PasstBackend implements NetBackend {
     this.socket = socket;
     helper.onUnexpectedExit = (message) => this.fail(message);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (e) => this.fail(`the socket to ${helper.name} failed: ${e.message}`));
+    // The hang-up (or, when passt exits with our frames unread, ECONNRESET) usually comes just
+    // before the exit: give the exit (with its status and stderr) a moment to be the reason.
+    const afterExit = (otherwise: string) => setTimeout(() => this.fail(helper.exited ? helper.exitMessage() : otherwise), 200).unref();
+    socket.on('error', (e) => afterExit(`the socket to ${helper.name} failed: ${e.message}`));
     socket.on('close', () => {
-      // The hang-up usually comes just before the exit: give the exit (with its status and stderr) a moment to be the reason.
-      if (!this.closed) setTimeout(() => this.fail(helper.exited ? helper.exitMessage() : `${helper.name} (pid ${helper.pid ?? '?'}) closed its socket`), 200).unref();
+      if (!this.closed) afterExit(`${helper.name} (pid ${helper.pid ?? '?'}) closed its socket`);
     });
   }
 
-  /** Start passt for one NIC. Throws a one-sentence NodevmmError when passt is missing. */
+  /**
+   * Start passt for one NIC: the guest gets the host's addresses, or
+   * PASST_NO_ROUTE_LAYOUT's where this network namespace has no IPv4 default
+   * route; started by root, passt runs as PASST_ROOT_RUNAS. Throws a
+   * one-sentence NodevmmError when passt is missing.
+   */
   static open(opts: OpenPasstOptions = {}): PasstBackend {
-    const args = ['--foreground', '--stderr', '--quiet', '--one-off', '--fd', '3', '--mtu', String(PASST_GUEST_MTU), ...passtForwardArgs(opts.forward ?? []), ...(opts.extraArgs ?? [])];
+    const args = [
+      ...['--foreground', '--stderr', '--quiet', '--one-off', '--fd', '3', '--mtu', String(PASST_GUEST_MTU)],
+      // This network namespace's IPv4 routes, the ones passt sees.
+      ...passtAddressArgs(readProcFile('/proc/net/route')),
+      ...passtRunAsArgs(process.geteuid?.(), readProcFile('/proc/self/uid_map')),
+      ...passtForwardArgs(opts.forward ?? []),
+      ...(opts.extraArgs ?? []),
+    ];
     const helper = spawnHelper({ name: 'passt', command: opts.command ?? 'passt', args, installHint: 'apt-get install passt', extraStdio: ['pipe'] });
     return PasstBackend.attach(helper);
   }

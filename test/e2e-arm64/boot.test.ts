@@ -11,7 +11,9 @@ import { arm64HelpersShell, ensureArm64Helpers, findArm64Artifacts, runInArm64Kv
 // ttyAMA1, pause/resume/diagnose, a host reset, shutdown() by the GPIO power key; createVm with
 // virtio-blk, -rng, -console, -net (TAP) and -vsock (exec over vsock), ended by
 // a guest reboot with onReset 'stop'; virtio-fs with a writable and a read-only
-// share; a hand-made two-vCPU guest
+// share; user networking on passt in a host without a default route
+// (user-net.ts); two VMs on one base image with temporary overlays
+// (overlays.ts); a hand-made two-vCPU guest
 // snapshotted mid-computation and restored twice at once (snapshot-tiny.ts);
 // vm.snapshot of a Debian guest mid-work, restoreVm in a new process and two
 // clones (snapshot-debian.ts). Needs qemu-system-aarch64, the
@@ -42,7 +44,7 @@ if (missing.length) console.log(`e2e-arm64 skipped: missing ${missing.join(', ')
 
 type Result = Record<string, unknown> & { error?: string; ms?: number };
 
-maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and virtio blk/rng/console/net/vsock/fs', async (t) => {
+maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, virtio blk/rng/console/net/vsock/fs, user networking, shared-base overlays', async (t) => {
   // One test drives the whole emulated host: longer than ava's default 5 min of silence.
   t.timeout(1_560_000);
   // The guest's vsock agent, static for aarch64, where the host sees it (this machine's / is its /host).
@@ -169,4 +171,32 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, and
     daemonsLeft: 0,
   });
   t.true((sh.daemons as number) >= 2, `a virtiofsd per share while the VM ran (found ${String(sh.daemons)})`);
+
+  // User networking: the host has no default route, so nodevmm gave passt QEMU's layout; DHCP,
+  // the host's loopback through the gateway, the forward into the guest; one passt, none after.
+  const u = results.userNet!;
+  t.is(u.error, undefined);
+  t.like(u, { hostHadDefaultRoute: false, lease: '10.0.2.15 255.255.255.0 10.0.2.2 1500', pageMatches: true, forwarded: 'hello from the guest', passt: 1, passtLeft: 0 });
+  const ns = u.netStats as { rxPackets: number; txPackets: number };
+  t.true(ns.rxPackets >= 3 && ns.txPackets >= 3, JSON.stringify(ns));
+
+  // Two VMs at once on one read-only base, each through a temporary overlay: each reads the base,
+  // keeps its own writes (the same sector holds each VM's own mark), the base never changes, and
+  // the overlays are gone with the VMs.
+  const o = results.overlays!;
+  t.is(o.error, undefined);
+  t.like(o, {
+    baseRead: ['arm64-base-pattern', 'arm64-base-pattern'],
+    marks: ['vm-0-mark', 'vm-1-mark'],
+    dataOk: [true, true],
+    whileRunning: { baseUnchanged: true, overlayDirEntries: 0 },
+    stops: ['poweroff', 'poweroff'],
+    overlaysLeft: 0,
+    overlayDirEntries: 0,
+    baseUnchanged: true,
+    baseMarkSector: '00'.repeat(16),
+  });
+  const held = (o.whileRunning as { overlays: number[] }).overlays;
+  t.is(held.length, 2, 'one open overlay per VM while they run');
+  t.true(held.every((bytes) => bytes >= 4 << 20), `each overlay holds its VM's 4 MiB: ${held.join(', ')} bytes allocated`);
 });

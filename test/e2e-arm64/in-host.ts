@@ -10,6 +10,9 @@
  *   devices:   virtio-blk, -rng, -console, -net on a TAP, -vsock with exec over it;
  *              a guest reboot with onReset 'stop' ends it as 'reset'
  *   shares:    virtio-fs, a writable and a read-only share (virtiofsd), read, write, EROFS
+ *   userNet:   user networking on passt: DHCP, the host's loopback through the gateway, a forward
+ *              (user-net.ts)
+ *   overlays:  two VMs at once on one read-only base image with temporary overlays (overlays.ts)
  *   snapshotTiny: a hand-made two-vCPU guest snapshotted mid-computation and restored twice at once
  *              (snapshot-tiny.ts; partitions, not the public API)
  *   snapshotDebian: vm.snapshot of a 2-vCPU guest mid-work, restoreVm in a new process, two clones
@@ -27,8 +30,10 @@ import { createVm, type StopReason, type Vm } from '../../lib/index';
 import { agentCmdline, withVm } from '../../lib/testing/index';
 import { buildTestInitramfs, GUEST_MARKERS } from '../../lib/initramfs/initramfs';
 import { arm64GuestModules, findArm64Artifacts } from '../../lib/testing/arm64-kvm-host';
+import { overlays } from './overlays';
 import { snapshotDebian } from './snapshot-debian';
 import { snapshotTiny } from './snapshot-tiny';
+import { userNet } from './user-net';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -291,6 +296,8 @@ async function main(): Promise<void> {
   await part('lifecycle', lifecycle);
   await part('snapshotDebian', () => snapshotDebian(artifacts.image, plain, step, tee));
   await part('shares', () => shares(plain));
+  await part('userNet', () => userNet(step, tee));
+  await part('overlays', () => overlays(artifacts.image, plain, step, tee));
   if (only && !only.has('devices')) return;
   if (!agentBinary) report('devices', { error: 'no vsock agent binary given' });
   else {

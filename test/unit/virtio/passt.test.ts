@@ -2,11 +2,12 @@
  * User networking: the stream framing (random chunking against the frames
  * sent), the bounded queues in both directions against a real socket peer,
  * `--net user,...` and `net: [{ user }]` parsing, real passt answering a DHCP
- * DISCOVER through the backend (where passt can start: it needs an interface
- * with a default route), and helpers (and passt) dying with a SIGKILLed Node.
+ * DISCOVER through the backend (on this host, in a network namespace without
+ * routes, and as root without a user database that knows nobody), and
+ * helpers (and passt) dying with a SIGKILLed Node.
  */
 import test from 'ava';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -14,7 +15,7 @@ import * as path from 'node:path';
 import { ConfigError } from '../../../lib/errors';
 import { parseNetFlag, parseRunArgs } from '../../../lib/cli/args';
 import { resolveVmConfig } from '../../../lib/vm/config';
-import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, MAX_FRAME_BYTES, PasstBackend, passtForwardArgs, RX_QUEUE_MAX_BYTES, RX_QUEUE_MAX_FRAMES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
+import { copyFrameInto, encodeFrame, FrameDecoder, FrameStreamError, hasIpv4DefaultRoute, MAX_FRAME_BYTES, PasstBackend, passtAddressArgs, passtForwardArgs, passtRunAsArgs, RX_QUEUE_MAX_BYTES, RX_QUEUE_MAX_FRAMES, TX_QUEUE_MAX_BYTES } from '../../../lib/devices/passt';
 import { findExecutable, spawnHelper } from '../../../lib/util/helper-process';
 
 function randomInt(n: number): number {
@@ -59,6 +60,26 @@ test('copyFrameInto fills buffers in order and reports the whole length', (t) =>
 
 test('passt forward arguments', (t) => {
   t.deepEqual(passtForwardArgs([{ protocol: 'tcp', hostPort: 8080, guestPort: 80 }, { protocol: 'udp', hostPort: 5353, guestPort: 53, hostAddress: '127.0.0.1' }]), ['-t', '8080:80', '-u', '127.0.0.1/5353:53']);
+});
+
+// /proc/net/route as the kernel prints it (this machine's eth0; the hex fields are in network byte order).
+const ROUTES_HEADER = 'Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT                                                       ';
+const ROUTE_DEFAULT = 'eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0                                                                               ';
+const ROUTE_SUBNET = 'eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0                                                                               ';
+
+test('passt is given QEMU\'s user-network layout only where the host has no IPv4 default route', (t) => {
+  const table = (...lines: string[]) => [ROUTES_HEADER, ...lines, ''].join('\n');
+  t.true(hasIpv4DefaultRoute(table(ROUTE_DEFAULT, ROUTE_SUBNET)));
+  t.deepEqual(passtAddressArgs(table(ROUTE_DEFAULT, ROUTE_SUBNET)), [], 'passt copies the host interface');
+  const fallback = ['--interface', 'lo', '--address', '10.0.2.15', '--netmask', '24', '--gateway', '10.0.2.2', '--mac-addr', '9a:55:9a:55:9a:55'];
+  // A namespace without routes prints nothing at all, not even the header.
+  t.deepEqual(passtAddressArgs(''), fallback);
+  t.deepEqual(passtAddressArgs(table(ROUTE_SUBNET)), fallback, 'a subnet route is no default route');
+  // A default route that is down (no RTF_UP) does not count.
+  t.deepEqual(passtAddressArgs(table(ROUTE_DEFAULT.replace('0003', '0002'))), fallback);
+  // /0 destination with a /24 mask is not a default route.
+  t.deepEqual(passtAddressArgs(table(ROUTE_DEFAULT.replace(/00000000(\t0\t0\t0\s*)$/, '00FFFFFF$1'))), fallback);
+  t.deepEqual(passtAddressArgs(undefined), [], 'without /proc passt decides');
 });
 
 test('--net user[,hostfwd=...][,mac=] becomes config; malformed values say what is expected', (t) => {
@@ -219,6 +240,16 @@ test.serial('a peer that exits while open is one sentence through onFailure, wit
   t.regex(msg, /^test-peer \(pid \d+\) exited with status 1: No external routable interface for IPv4$/);
 });
 
+test.serial('a peer that exits with our frames unread is its exit and stderr, not the socket\'s ECONNRESET', async (t) => {
+  // passt that fails its start-up never reads the guest's first frames; the kernel then resets our end.
+  const helper = peer('process.stderr.write("External interface not usable\\n"); setTimeout(() => process.exit(1), 300);');
+  const b = PasstBackend.attach(helper);
+  t.teardown(() => b.close());
+  b.writev([new Uint8Array(100)]);
+  const msg = await new Promise<string>((r) => (b.onFailure = r));
+  t.regex(msg, /^test-peer \(pid \d+\) exited with status 1: External interface not usable$/);
+});
+
 test.serial('passt refused its user namespace says where that happens', async (t) => {
   const helper = peer('process.stderr.write("Couldn\'t create user namespace: Operation not permitted\\n"); process.exit(1);');
   const b = PasstBackend.attach(helper);
@@ -235,11 +266,6 @@ test('a missing passt binary is one sentence naming the package', (t) => {
 function passtSkipReason(): string | undefined {
   if (!findExecutable('passt')) return 'passt is not installed';
   if (!findExecutable('setpriv')) return 'setpriv is not installed';
-  try {
-    if (!execFileSync('ip', ['route', 'show', 'default'], { encoding: 'utf8' }).trim()) return 'passt needs an interface with a default route as its template, and this host has none';
-  } catch {
-    return 'iproute2 (ip) is not installed';
-  }
   return undefined;
 }
 const passtSkip = passtSkipReason();
@@ -276,6 +302,37 @@ function dhcpDiscover(mac: Uint8Array): Uint8Array {
   return Buffer.concat([eth, ip, udp, bootp]);
 }
 
+/** The fields of a DHCP reply frame (Ethernet, IPv4, UDP, BOOTP) the tests check. */
+function dhcpReply(frame: Buffer) {
+  const bootp = frame.subarray(42);
+  const opts = bootp.subarray(240);
+  const opt = (code: number) => {
+    for (let i = 0; i < opts.length && opts[i] !== 255; ) {
+      if (opts[i] === 0) {
+        i++;
+        continue;
+      }
+      if (opts[i] === code) return [...opts.subarray(i + 2, i + 2 + opts[i + 1]!)];
+      i += 2 + opts[i + 1]!;
+    }
+    return undefined;
+  };
+  return {
+    to: [...frame.subarray(0, 6)],
+    from: [...frame.subarray(6, 12)].map((b) => b.toString(16).padStart(2, '0')).join(':'),
+    xid: bootp.readUInt32BE(4),
+    yiaddr: [...bootp.subarray(16, 20)].join('.'),
+    // Option 53 (message type), 1 (subnet mask), 3 (router), 26 (MTU).
+    type: opt(53),
+    mask: opt(1)?.join('.'),
+    router: opt(3)?.slice(0, 4).join('.'),
+    mtu: opt(26),
+  };
+}
+
+/** Whether `frame` is IPv4 UDP from port 67: passt's DHCP server. */
+const isDhcpReply = (f: Buffer) => f.readUInt16BE(12) === 0x0800 && f[23] === 17 && f.readUInt16BE(34) === 67;
+
 withPasst('real passt answers a DHCPDISCOVER through the backend with an offer', async (t) => {
   const b = PasstBackend.open();
   t.teardown(() => b.close());
@@ -286,30 +343,109 @@ withPasst('real passt answers a DHCPDISCOVER through the backend with an offer',
     b.watch(() => {
       for (let n = b.readv([buf]); n >= 0; n = b.readv([buf])) {
         const f = Buffer.from(buf.subarray(0, n));
-        // IPv4, UDP, from port 67: passt's DHCP server.
-        if (f.readUInt16BE(12) === 0x0800 && f[23] === 17 && f.readUInt16BE(34) === 67) resolve(f);
+        if (isDhcpReply(f)) resolve(f);
       }
     });
     b.writev([dhcpDiscover(mac)]);
   });
-  t.deepEqual([...offer.subarray(0, 6)], [...mac], 'to our MAC');
-  const bootp = offer.subarray(42);
-  t.is(bootp.readUInt32BE(4), 0x1234_5678, 'same transaction');
-  const yiaddr = [...bootp.subarray(16, 20)].join('.');
-  t.not(yiaddr, '0.0.0.0');
-  // Option 53 (message type) = 2 (offer), option 26 (MTU) = 1500.
-  const opts = bootp.subarray(240);
-  const opt = (code: number) => {
-    for (let i = 0; i < opts.length && opts[i] !== 255; ) {
-      if (opts[i] === 0) { i++; continue; }
-      if (opts[i] === code) return opts.subarray(i + 2, i + 2 + opts[i + 1]!);
-      i += 2 + opts[i + 1]!;
-    }
-    return undefined;
-  };
-  t.deepEqual([...(opt(53) ?? [])], [2]);
-  t.deepEqual([...(opt(26) ?? [])], [1500 >> 8, 1500 & 255]);
-  t.log(`passt offered ${yiaddr}`);
+  const r = dhcpReply(offer);
+  t.deepEqual(r.to, [...mac], 'to our MAC');
+  t.is(r.xid, 0x1234_5678, 'same transaction');
+  t.not(r.yiaddr, '0.0.0.0');
+  t.deepEqual(r.type, [2], 'an offer');
+  t.deepEqual(r.mtu, [1500 >> 8, 1500 & 255]);
+  t.log(`passt offered ${r.yiaddr}`);
+});
+
+function userNamespaceSkipReason(): string | undefined {
+  if (passtSkip) return passtSkip;
+  if (!findExecutable('unshare')) return 'unshare (util-linux) is not installed';
+  if (spawnSync('unshare', ['-rn', 'true']).status !== 0) return 'the kernel refuses this process a user namespace';
+  return undefined;
+}
+const nsSkip = userNamespaceSkipReason();
+const inFreshNamespace = nsSkip ? test.skip : test.serial;
+if (nsSkip) test.skip(`passt in a namespace without routes skipped: ${nsSkip}`, () => {});
+
+/**
+ * What passt answers to a DHCPDISCOVER from `mac`, with the backend opened by a child Node that
+ * `wrapper` (a command line ending where node's argv begins) runs in namespaces of its own.
+ */
+async function dhcpReplyInChild(wrapper: string[], mac: Uint8Array): Promise<{ reply?: Buffer; output: string }> {
+  const script = `
+    const { PasstBackend } = require(${JSON.stringify(path.join(__dirname, '../../../lib/devices/passt.js'))});
+    const b = PasstBackend.open();
+    const done = (line) => { console.log(line); b.close(); process.exit(0); };
+    b.onFailure = (m) => done('FAIL ' + m);
+    const buf = new Uint8Array(2048);
+    b.watch(() => {
+      for (let n = b.readv([buf]); n >= 0; n = b.readv([buf])) {
+        const f = Buffer.from(buf.subarray(0, n));
+        if (f.readUInt16BE(12) === 0x0800 && f[23] === 17 && f.readUInt16BE(34) === 67) done('REPLY ' + f.toString('hex'));
+      }
+    });
+    b.writev([Buffer.from(${JSON.stringify(Buffer.from(dhcpDiscover(mac)).toString('hex'))}, 'hex')]);
+    setTimeout(() => done('FAIL no reply within 20 s'), 20000);`;
+  const output = await new Promise<string>((resolve) => {
+    const c = spawn(wrapper[0]!, [...wrapper.slice(1), process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const timer = setTimeout(() => c.kill('SIGKILL'), 60_000);
+    c.on('close', () => {
+      clearTimeout(timer);
+      resolve(out.trim());
+    });
+  });
+  const m = /^REPLY ([0-9a-f]+)$/m.exec(output);
+  return { reply: m ? Buffer.from(m[1]!, 'hex') : undefined, output };
+}
+
+inFreshNamespace('passt on a host without a default route (a fresh network namespace) still starts and offers 10.0.2.15 via 10.0.2.2', async (t) => {
+  const mac = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x57);
+  // A network namespace of its own: only a loopback, no routes.
+  const r = await dhcpReplyInChild(['unshare', '-rn'], mac);
+  if (!r.reply) return t.fail(`no DHCP reply from passt in a namespace without routes: ${r.output}`);
+  const reply = dhcpReply(r.reply);
+  t.deepEqual(reply.to, [...mac]);
+  t.deepEqual(reply.type, [2]);
+  t.is(reply.yiaddr, '10.0.2.15');
+  t.is(reply.mask, '255.255.255.0');
+  t.is(reply.router, '10.0.2.2');
+  t.is(reply.from, '9a:55:9a:55:9a:55', "passt's own MAC, since lo has none");
+});
+
+test('started by root in the initial user namespace, passt is told a numeric user; elsewhere it keeps its own', (t) => {
+  const initial = '         0          0 4294967295\n';
+  t.deepEqual(passtRunAsArgs(0, initial), ['--runas', '65534:65534']);
+  t.deepEqual(passtRunAsArgs(1000, initial), [], 'an ordinary user: passt stays that user');
+  // Root of a user namespace (unshare -r maps one uid): 65534 is not mapped there.
+  t.deepEqual(passtRunAsArgs(0, '         0       1000          1\n'), []);
+  t.deepEqual(passtRunAsArgs(0, undefined), []);
+  t.deepEqual(passtRunAsArgs(undefined, initial), []);
+});
+
+function noUserDatabaseSkipReason(): string | undefined {
+  if (passtSkip) return passtSkip;
+  if (process.geteuid?.() !== 0) return 'needs root (to hide the user database in a mount namespace, and for passt to drop from root)';
+  if (!/^\s*0\s+0\s+4294967295\s*$/.test(fs.readFileSync('/proc/self/uid_map', 'latin1'))) return 'not in the initial user namespace';
+  if (!findExecutable('unshare')) return 'unshare (util-linux) is not installed';
+  return undefined;
+}
+const noDbSkip = noUserDatabaseSkipReason();
+const asRootWithoutNobody = noDbSkip ? test.skip : test.serial;
+if (noDbSkip) test.skip(`passt as root without a user database skipped: ${noDbSkip}`, () => {});
+
+asRootWithoutNobody('passt started by root where no user database knows "nobody" (a minimal container) still starts and answers DHCP', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-nopasswd-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // A mount namespace where /etc/passwd is empty and NSS reads only files (systemd's NSS module would make up nobody).
+  fs.writeFileSync(path.join(dir, 'passwd'), '');
+  fs.writeFileSync(path.join(dir, 'nsswitch.conf'), 'passwd: files\ngroup: files\n');
+  const hide = `mount --bind ${dir}/passwd /etc/passwd && mount --bind ${dir}/nsswitch.conf /etc/nsswitch.conf && exec "$@"`;
+  const r = await dhcpReplyInChild(['unshare', '-m', 'sh', '-c', hide, 'sh'], Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x58));
+  if (!r.reply) return t.fail(`no DHCP reply from passt without a user database: ${r.output}`);
+  t.deepEqual(dhcpReply(r.reply).type, [2]);
 });
 
 /** Whether process `pid` is gone (or a zombie: dead, waiting to be reaped by init). */
