@@ -9,7 +9,11 @@
  * arrived beside the guest's own timestamp. Diagnostic only; run it where
  * /dev/kvm runs Linux (inside the emulated KVM host here):
  *
- *   node scripts/kvm-host.js --timeout 600 -- node scripts/diag/boot-exits.js [--image bzimage|pvh] [--cmdline "..."]
+ *   node scripts/kvm-host.js --timeout 600 -- node scripts/diag/boot-exits.js [--image bzimage|pvh] [--cmdline "..."] [--qemu]
+ *
+ * --qemu boots the same kernel, initrd and command line under QEMU microvm
+ * instead (as scripts/bench-boot.js linux does) and prints only its console
+ * lines with their arrival times since QEMU's process started, to compare.
  */
 const path = require('node:path');
 const root = path.resolve(__dirname, '..', '..');
@@ -45,11 +49,33 @@ ExitDispatcher.prototype.applyPosted = function (...a) {
   }
 };
 
+/** QEMU microvm with the same kernel, initrd and command line: its console lines with their arrival times. */
+function qemu(kernel, initrd, cmdline) {
+  const { spawn } = require('node:child_process');
+  const q0 = performance.now();
+  const child = spawn('qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', initrd, '-append', cmdline], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let line = '';
+  child.stdout.on('data', (b) => {
+    line += b.toString('latin1');
+    let i;
+    while ((i = line.indexOf('\n')) >= 0) {
+      console.log(`${((performance.now() - q0) / 1000).toFixed(2).padStart(7)} | ${line.slice(0, i).replace(/\r$/, '')}`);
+      line = line.slice(i + 1);
+    }
+  });
+  return new Promise((resolve) => child.on('close', resolve));
+}
+
 async function main() {
   const a = await ensureGuestArtifacts({ arch: 'x86_64' });
   const image = stringOption('--image') ?? 'bzimage';
   const cmdline = stringOption('--cmdline') ?? 'console=ttyS0 panic=-1';
   const kernel = image === 'pvh' ? a.vmlinux : a.vmlinuz;
+  if (process.argv.includes('--qemu')) {
+    console.log(`boot-exits: QEMU microvm, ${image}, "${cmdline}"`);
+    await qemu(kernel, a.testInitramfs, cmdline);
+    return;
+  }
   const vm = await createVm({ kernel, initrd: a.testInitramfs, cmdline, cmdlineDefaults: false, memory: '512M', vcpus: 1, serial: { com1: true, com2: false, com3: false, com4: false } });
   let line = '';
   const lines = [];
@@ -70,7 +96,11 @@ async function main() {
   for (const [ms, l] of lines) console.log(`${(ms / 1000).toFixed(2).padStart(7)} | ${l}`);
   console.log('accesses that reached JS, by register:');
   for (const [k, n] of [...counts].sort((x, y) => y[1] - x[1])) console.log(`  ${String(n).padStart(7)}  ${k}`);
-  if (stats) console.log(`exits to JS ${stats.exitsToJs}, native ${stats.exitsNative}, posted ${stats.exitsPosted}; JS dispatches ${stats.notifications} (posted-write drains ${stats.postedDrains}, rescues ${stats.rescues})`);
+  const cpu = process.cpuUsage();
+  // The main (JS) thread alone: the process's figure includes the vCPU threads' time in the guest.
+  const [ut, st] = require('node:fs').readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1].split(' ').slice(11, 13).map(Number);
+  console.log(`JS thread CPU: user ${ut * 10} ms, system ${st * 10} ms (clock ticks of 10 ms)`);
+  if (stats) console.log(`exits to JS ${stats.exitsToJs}, native ${stats.exitsNative}, posted ${stats.exitsPosted}; JS dispatches ${stats.notifications} (posted-write drains ${stats.postedDrains}, rescues ${stats.rescues}); process CPU user ${(cpu.user / 1000).toFixed(0)} ms, system ${(cpu.system / 1000).toFixed(0)} ms`);
 }
 main().catch((e) => {
   console.error(`boot-exits: ${e.stack}`);
