@@ -514,7 +514,7 @@ Napi::Value Vm::CreateVcpu(const Napi::CallbackInfo& info) {
   return obj;
 }
 
-// setRoutes([{ kind: 1|2, start, end, mode, postedMask, shadowMask, shadowOffset, readValue }])
+// setRoutes([{ kind: 1|2, start, end, mode, postedMask, shadowMask, shadowOffset, readValue, mirrors? }])
 Napi::Value Vm::SetRoutes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckAlive(env)) return env.Undefined();

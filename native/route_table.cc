@@ -8,7 +8,8 @@ namespace nodevmm {
 
 RouteTable::RouteTable() : routes_(std::make_shared<const std::vector<Route>>()) {}
 
-// [{ kind: 1|2, start, end, mode, postedMask, shadowMask, shadowOffset, readValue, isrRead?, isrAck? }]
+// [{ kind: 1|2, start, end, mode, postedMask, shadowMask, shadowOffset, readValue, isrRead?, isrAck?,
+//    mirrors?: [{ offset, mask }] }]
 bool RouteTable::SetFromJs(Napi::Value value, size_t shadow_size, std::string* err) {
   if (!value.IsArray()) {
     *err = "routes must be an array";
@@ -36,6 +37,24 @@ bool RouteTable::SetFromJs(Napi::Value value, size_t shadow_size, std::string* e
       if ((r.isr_read & 3) || (r.isr_ack & 3) || r.isr_read >= r.end - r.start || r.isr_ack >= r.end - r.start) {
         *err = "route interrupt-status registers must be 4-byte aligned offsets inside the range";
         return false;
+      }
+    }
+    if (o.Get("mirrors").IsArray()) {
+      Napi::Array mirrors = o.Get("mirrors").As<Napi::Array>();
+      for (uint32_t m = 0; m < mirrors.Length(); m++) {
+        if (!mirrors.Get(m).IsObject()) {
+          *err = "route mirrors must be { offset, mask } objects";
+          return false;
+        }
+        Napi::Object mo = mirrors.Get(m).As<Napi::Object>();
+        uint32_t off = mo.Get("offset").ToNumber().Uint32Value();
+        uint32_t mask = mo.Get("mask").ToNumber().Uint32Value();
+        if (off >= 31 || mask > 0xff || !(r.posted_mask & r.shadow_mask & (1u << off))) {
+          *err = "a route mirror must be a posted and shadowed offset below 31 with a byte mask";
+          return false;
+        }
+        r.mirror_mask |= 1u << off;
+        r.mirror_and[off] = static_cast<uint8_t>(mask);
       }
     }
     bool uses_shadow = r.shadow_mask || r.posted_mask || r.isr_read != kNoIsr;

@@ -23,6 +23,13 @@ struct Route {
   uint32_t posted_mask;     // bit n: writes at offset n are posted (queued, not waited for)
   uint32_t shadow_mask;     // bit n: 1-byte reads at offset n come from the shadow page
   uint32_t shadow_offset;   // where this range's shadow bytes start in the shadow page
+  // bit n: a 1-byte write posted at offset n is also stored, ANDed with
+  // mirror_and[n], into shadow byte n, so a shadowed read that follows it
+  // sees it before JS has applied it (registers that read back what was
+  // written). A subset of posted_mask & shadow_mask; wider writes at these
+  // offsets are not posted.
+  uint32_t mirror_mask;
+  uint8_t mirror_and[32];
   uint64_t read_value;      // kRouteConstant: value returned for reads
   // An interrupt-status register pair (virtio-mmio InterruptStatus and
   // InterruptACK) answered here: 4-byte reads at isr_read return the 32-bit

@@ -50,6 +50,14 @@ inline uint8_t LoadAcquire(const uint8_t* p) {
   return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 #endif
 }
+inline void StoreRelease(uint8_t* p, uint8_t v) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  _ReadWriteBarrier();
+  *static_cast<volatile uint8_t*>(p) = v;
+#else
+  __atomic_store_n(p, v, __ATOMIC_RELEASE);
+#endif
+}
 inline uint32_t LoadAcquire(const uint32_t* p) {
 #if defined(_MSC_VER) && !defined(__clang__)
   uint32_t v = *static_cast<const volatile uint32_t*>(p);
@@ -378,7 +386,12 @@ bool VcpuThread::HandleIo(const DecodedExit& x) {
     uint8_t sw = (r->shadow_mask | r->posted_mask) ? LoadAcquire(&ctl->shadow[r->shadow_offset + 31]) : 0;
     if (off < 31) {
       uint32_t bit = 1u << off;
-      if (x.is_write && (r->posted_mask & bit) && (sw & 2)) {
+      if (x.is_write && (r->posted_mask & bit) && (sw & 2) && (x.size == 1 || !(r->mirror_mask & bit))) {
+        // A mirrored register's shadow byte takes the write first: it is
+        // what this vCPU's next read of it returns, and JS, which applies
+        // the write later (or now, if the ring is full), leaves the byte to
+        // the vCPUs while posting is on.
+        if (r->mirror_mask & bit) StoreRelease(&ctl->shadow[r->shadow_offset + off], data[0] & r->mirror_and[off]);
         uint64_t v = 0;
         std::memcpy(&v, data, x.size > 8 ? 8 : x.size);
         if (PostWrite(kind, x.size, x.address, v)) continue;

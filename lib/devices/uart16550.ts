@@ -41,7 +41,7 @@ export const IER_ELSI_BIT = 0x04;
 /** IER: modem status change. */
 export const IER_EDSSI_BIT = 0x08;
 /** IER bits 7:4 are reserved on a 16550A; Linux checks they read 0 (XScale UUE probe). */
-const IER_MASK = 0x0f;
+export const IER_MASK = 0x0f;
 
 /** IIR: no interrupt pending (active low "pending" flag). */
 export const IIR_NO_INT_BIT = 0x01;

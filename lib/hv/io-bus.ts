@@ -33,6 +33,17 @@ export interface IoRegistrationOptions {
   /** Offsets (< 31) whose 1-byte reads are side-effect free and answered from a shadow byte. */
   shadowed?: number[];
   /**
+   * Posted and shadowed offsets of registers that read back what was written
+   * (ANDed with `mask`): a vCPU thread that posts a 1-byte write there also
+   * stores it into the offset's shadow byte, so its next read sees the write
+   * before JS has applied it (wider writes there are not posted). While
+   * posting is on, the vCPU threads own these bytes: the device sets them
+   * only with posting off or just before turning it on, when no write can be
+   * in flight (ShadowBlock.enable). Nothing else may change such a register
+   * while posting is on.
+   */
+  mirrored?: Array<{ offset: number; mask: number }>;
+  /**
    * An interrupt-status register pair answered by the vCPU threads from the
    * block's shared words: 4-byte reads at `read` return `ShadowBlock.word`
    * ORed with `ShadowBlock.held`, 4-byte writes at `ack` clear the bits
@@ -75,7 +86,10 @@ export function localWord(): SharedWord {
 export interface ShadowBlock {
   /** Set the value a 1-byte read at `offset` returns natively. */
   set(offset: number, value: number): void;
-  /** Turn shadows / posting on or off (off while a device's reads depend on posted writes). */
+  /**
+   * Turn shadows / posting on or off (off while a device's reads depend on posted writes).
+   * Mirrored bytes (IoRegistrationOptions.mirrored) are the vCPU threads' while posting is on.
+   */
   enable(shadows: boolean, posting: boolean): void;
   /** The block's first four bytes as one word (the interrupt-status register, when the range has one). */
   word: SharedWord;
@@ -100,6 +114,7 @@ export interface BusRange {
   constant?: number;
   posted: number[];
   shadowed: number[];
+  mirrored: Array<{ offset: number; mask: number }>;
   interruptStatus?: { read: number; ack: number };
   shadow?: ShadowBlock;
   shadowBlock?: number;
@@ -141,11 +156,16 @@ export class IoBus {
     for (const o of [...(opts.posted ?? []), ...(opts.shadowed ?? [])]) {
       if (!Number.isInteger(o) || o < 0 || o >= Math.min(31, length)) throw new NodevmmError('ERR_BUS_RANGE', `posted/shadowed offset ${o} of ${device.name} must be inside the range and below 31`);
     }
+    for (const m of opts.mirrored ?? []) {
+      if (!opts.posted?.includes(m.offset) || !opts.shadowed?.includes(m.offset) || !Number.isInteger(m.mask) || m.mask < 0 || m.mask > 0xff) {
+        throw new NodevmmError('ERR_BUS_RANGE', `mirrored offset ${m.offset} of ${device.name} must be posted and shadowed, with a byte mask (got ${m.mask})`);
+      }
+    }
     const isr = opts.interruptStatus;
     if (isr && [isr.read, isr.ack].some((o) => !Number.isInteger(o) || o < 0 || o % 4 !== 0 || o + 4 > length)) {
       throw new NodevmmError('ERR_BUS_RANGE', `interrupt-status registers of ${device.name} at ${isr.read}/${isr.ack} must be 4-byte aligned offsets inside the range`);
     }
-    const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [], interruptStatus: isr, jsAccesses: 0 };
+    const range: BusRange = { start, length, name: device.name, device, posted: opts.posted ?? [], shadowed: opts.shadowed ?? [], mirrored: opts.mirrored ?? [], interruptStatus: isr, jsAccesses: 0 };
     if ((range.posted.length || range.shadowed.length || isr) && this.routes) {
       const a = this.routes.allocShadow();
       range.shadow = a.shadow;
@@ -158,7 +178,7 @@ export class IoBus {
   /** Claim a range that reads as a constant and ignores writes, answered without JS. */
   registerConstant(start: number, length: number, name: string, value: number): BusRange {
     this.checkFree(start, length, name);
-    const range: BusRange = { start, length, name, constant: value, posted: [], shadowed: [], jsAccesses: 0 };
+    const range: BusRange = { start, length, name, constant: value, posted: [], shadowed: [], mirrored: [], jsAccesses: 0 };
     this.insert(range);
     return range;
   }

@@ -21,6 +21,8 @@ export interface Route {
   shadowMask: number;
   shadowOffset: number;
   readValue?: number | bigint;
+  /** Posted writes the vCPU thread also stores into the shadow byte, ANDed with mask (IoRegistrationOptions.mirrored). */
+  mirrors?: Array<{ offset: number; mask: number }>;
   /** Interrupt-status read / ACK register offsets answered natively from the shadow block's first word. */
   isrRead?: number;
   isrAck?: number;
@@ -92,6 +94,7 @@ export function routesOf(bus: IoBus): Route[] {
       shadowOffset: (r.shadowBlock ?? 0) * SHADOW_BLOCK_SIZE,
       readValue: r.constant ?? 0xffffffff,
     };
+    if (shadowed && r.mirrored.length) route.mirrors = r.mirrored.map((m) => ({ offset: m.offset, mask: m.mask }));
     if (shadowed && r.interruptStatus) {
       route.isrRead = r.interruptStatus.read;
       route.isrAck = r.interruptStatus.ack;

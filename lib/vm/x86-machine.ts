@@ -11,15 +11,13 @@
 import { buildX86AcpiTables, type X86AcpiTables } from '../acpi/x86-tables';
 import { ACPI_PLATFORM, CMOS_RTC, COM_RESOURCES, I8042_COMMAND_PORT, IOAPIC, IOAPIC_PINS, IOAPIC_SIZE, KVM_IDENTITY_MAP_START, KVM_TSS_START, PIT_PORT, PIT_ROUTE, PM_BASE, POST_PORT, SCI_IRQ, SYSTEM_CONTROL_PORT_B, ramAroundFourGiB, ramRangesFor } from '../arch/x86_64/layout';
 import { AcpiPm, ACPI_PM_BLOCK_SIZE } from '../devices/acpi-pm';
-import { CmosRtc } from '../devices/cmos-rtc';
+import { CMOS_INDEX_OFFSET, CmosRtc } from '../devices/cmos-rtc';
 import { I8042Reset } from '../devices/i8042-reset';
 import { BatchingSink } from '../devices/serial-sinks';
 import { Uart16550 } from '../devices/uart16550';
 import { Pit, PIT_PORT_COUNT } from '../devices/irqchip/i8254';
 import { Ioapic, REDIR_MASK_BIT, REDIR_REMOTE_IRR_BIT, REDIR_TRIGGER_LEVEL_BIT } from '../devices/irqchip/ioapic';
 import { NodevmmError } from '../errors';
-import type { IoDevice } from '../devices/types';
-import type { ShadowBlock } from '../hv/io-bus';
 import { openHypervisor } from '../hv/hypervisor';
 import type { X86Irqchip, X86Partition } from '../hv/partition';
 import type { X86CpuidEntry, X86PartitionState, X86VcpuInitState } from '../hv/x86-state';
@@ -29,6 +27,7 @@ import { loadLinuxDirectX86, type LinuxDirectX86Result } from '../loader/linux-d
 import { alignUp, GiB } from '../util/bytes';
 import type { ComPort, ResolvedVmConfig } from './config';
 import { IrqLines } from './irq-lines';
+import { ShadowedUart, uartRegistration } from './shadowed-uart';
 import { attachPartitionVirtio, virtioSlots, type AttachedVirtio } from './virtio-devices';
 import { assertVcpusStill, DEFAULT_QUIESCE_MS, phaseTimer, type BootImages, type Machine, type MachineHooks } from './machine';
 import { StateReader } from '../devices/device-state';
@@ -39,9 +38,6 @@ export type { BootImages, MachineHooks } from './machine';
 export function enabledComPorts(cfg: Pick<ResolvedVmConfig, 'serial'>): ComPort[] {
   return (Object.keys(COM_RESOURCES) as ComPort[]).filter((c) => cfg.serial[c]);
 }
-/** UART registers whose reads have no side effects (IER, LCR, MCR, LSR, SCR): answered natively. */
-const UART_SHADOWED = [1, 3, 4, 5, 7];
-
 export interface X86Machine extends Machine {
   readonly partition: X86Partition;
   pm: AcpiPm;
@@ -49,54 +45,6 @@ export interface X86Machine extends Machine {
   uarts: Partial<Record<ComPort, Uart16550>>;
   acpi: X86AcpiTables;
   boot: LinuxDirectX86Result | undefined;
-}
-
-/**
- * A UART whose side-effect-free registers are mirrored into native shadows after every access.
- * Only what changed is stored: a console writes THR once per byte and changes no shadowed
- * register, and the switch is an atomic store (a fence) each time.
- */
-class ShadowedUart implements IoDevice {
-  readonly name: string;
-  shadow: ShadowBlock | undefined;
-  /** What the shadow block holds now, by offset (-1: not written yet), and its switch (-1: not yet). */
-  private readonly shown = new Int16Array(8).fill(-1);
-  private shownSwitch = -1;
-  constructor(readonly uart: Uart16550) {
-    this.name = uart.name;
-  }
-  refresh(): void {
-    const sh = this.shadow;
-    if (!sh) return;
-    let ok = this.uart.shadowSafe();
-    for (const off of UART_SHADOWED) {
-      const v = this.uart.peek(off);
-      if (v === undefined) ok = false;
-      else if (this.shown[off] !== v) {
-        sh.set(off, v);
-        this.shown[off] = v;
-      }
-    }
-    const on = ok ? 1 : 0;
-    if (this.shownSwitch !== on) {
-      sh.enable(ok, ok);
-      this.shownSwitch = on;
-    }
-  }
-  read(offset: number, size: number): number {
-    const v = this.uart.read(offset, size);
-    this.refresh();
-    return v;
-  }
-  write(offset: number, size: number, value: number): void {
-    this.uart.write(offset, size, value);
-    this.refresh();
-  }
-  enqueue(bytes: Uint8Array): number {
-    const n = this.uart.enqueue(bytes);
-    this.refresh();
-    return n;
-  }
 }
 
 function physAddrBits(): number {
@@ -210,13 +158,11 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
       const port = hooks.serial[c];
       const sink = new BatchingSink((chunk: Uint8Array) => port?.deliver(chunk));
       sinks.push(sink);
-      let shadowed: ShadowedUart | undefined;
       const uart = new Uart16550({ name: c, irq: irqs.line(COM_RESOURCES[c].irq), sink, onRxSpace: () => port?.rxSpace() });
-      shadowed = new ShadowedUart(uart);
-      const range = partition.pio.register(COM_RESOURCES[c].port, 8, shadowed, { posted: [0], shadowed: UART_SHADOWED });
-      shadowed.shadow = range.shadow;
-      shadowed.refresh();
-      const s = shadowed;
+      const postIer = cfg.vcpus === 1;
+      const s = new ShadowedUart(uart, postIer);
+      s.shadow = partition.pio.register(COM_RESOURCES[c].port, 8, s, uartRegistration(postIer)).shadow;
+      s.resync();
       shadowedUarts.push(s);
       port?.attach({ enqueue: (b) => s.enqueue(b) });
       uarts[c] = uart;
@@ -231,7 +177,10 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
     });
     partition.pio.register(PM_BASE, ACPI_PM_BLOCK_SIZE, pm);
     const rtc = new CmosRtc({ irq: irqs.line(CMOS_RTC.irq), memory: ramAroundFourGiB(ram) });
-    partition.pio.register(CMOS_RTC.port, 2, rtc);
+    // The index port's writes are posted: what one selects matters only to the next data-port
+    // access, which goes to JS after every write posted before it (Linux's RTC reads select
+    // an index before each data byte: ~70 writes a boot the vCPU no longer waits for).
+    partition.pio.register(CMOS_RTC.port, 2, rtc, { posted: [CMOS_INDEX_OFFSET] }).shadow?.enable(false, true);
     // Linux's outb_p() delays by writing port 0x80: answer it on the vCPU thread.
     partition.pio.registerConstant(POST_PORT, 1, 'post-code', 0xff);
     partition.pio.register(I8042_COMMAND_PORT, 1, new I8042Reset({ onReset: () => hooks.onReset() }));
@@ -300,7 +249,7 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
         r.done();
         ports.forEach((c, i) => uarts[c]!.restoreState(serialStates[i], c));
         // The native register shadows answer the guest's polling: they must show the restored registers.
-        for (const s of shadowedUarts) s.refresh();
+        for (const s of shadowedUarts) s.resync();
         pm.restoreState(pmState, 'pm');
         rtc.restoreState(rtcState, 'rtc');
         virtio!.restore(virtioState, 'virtio');

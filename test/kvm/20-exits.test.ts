@@ -161,6 +161,31 @@ kvm('posted writes reach the device in order and shadowed reads are answered nat
   t.is(s.exitsToJs, 1n);
 });
 
+kvm('a mirrored posted write reaches its shadow byte before JS applies it; wider writes there are not posted', async (t) => {
+  const p = partition(t);
+  const dev = new Recorder('uart-like', () => 0x77);
+  const range = p.pio.register(0x3f8, 8, dev, { posted: [0, 1], shadowed: [1], mirrored: [{ offset: 1, mask: 0x0f }] });
+  range.shadow!.set(1, 0);
+  range.shadow!.enable(true, true);
+  // mov dx,0x3f9; mov al,0xff; out dx,al; in al,dx; mov [0x700],al; mov al,0x05; out dx,al;
+  // in al,dx; mov [0x701],al; mov ax,0x0102; out dx,ax; in al,dx; mov [0x702],al; hlt
+  setupRealMode(p, [
+    0xba, 0xf9, 0x03, 0xb0, 0xff, 0xee, 0xec, 0xa2, 0x00, 0x07,
+    0xb0, 0x05, 0xee, 0xec, 0xa2, 0x01, 0x07,
+    0xb8, 0x02, 0x01, 0xef, 0xec, 0xa2, 0x02, 0x07, 0xf4,
+  ]);
+  const stop = waitForStop(p);
+  p.start();
+  await stop;
+  t.is(p.memory.readU8(0x700), 0x0f); // the write, masked, from the shadow: the device never saw a read
+  t.is(p.memory.readU8(0x701), 0x05);
+  t.is(p.memory.readU8(0x702), 0x05); // the 2-byte write went to JS and left the shadow byte alone
+  t.deepEqual(dev.log, ['w1@1=ff', 'w1@1=5', 'w2@1=102']);
+  const s = p.stats();
+  t.is(s.exitsPosted, 2n);
+  t.is(s.exitsToJs, 1n);
+});
+
 kvm('an interrupt-status register pair is read and acknowledged natively, held bits stay through an ACK, the rest of the range goes to JS', async (t) => {
   const p = partition(t);
   const dev = new Recorder('virtio-like', () => 0x74726976);

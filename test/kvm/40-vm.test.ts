@@ -10,7 +10,7 @@ import { createVm } from '../../lib/vm/vm';
 import { withVm } from '../../lib/testing/harness';
 import { cachedImageCount } from '../../lib/vm/image-files';
 import { kvmSkipReason, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
-import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
+import { cmosProbeCode, tinyPvhKernel, uartProbeCode } from '../../lib/testing/tiny-pvh';
 import { ConfigError } from '../../lib/errors';
 
 const skip = kvmSkipReason();
@@ -29,6 +29,41 @@ kvm('the tiny PVH kernel prints on COM1 and powers off through the ACPI PM block
   t.is(stop.reason, 'poweroff', stop.message);
   t.is(vm.state, 'stopped');
   t.regex(vm.serial(1).log(), /^HELLO-FROM-PVH\n/);
+});
+
+/** Boot the tiny PVH kernel with a probe before its message; the guest's COM1 output and the exit counters as it stopped. */
+async function probeRun(prelude: number[], vcpus = 1) {
+  const vm = await createVm({ kernel: tinyPvhKernel('\n', { prelude }), boot: 'pvh', memory: '64M', vcpus });
+  let stats: ReturnType<typeof vm.exitStats>;
+  vm.on('state', (s) => s === 'stopping' && (stats = vm.exitStats()));
+  await vm.start();
+  const stop = await vm.waitForStop();
+  return { stop, out: vm.serial(1).log(), stats: stats! };
+}
+
+kvm('COM1 IER writes are posted on one vCPU, and what follows them sees them: IIR reports THRE, IER reads back, the divisor latch is not IER', async (t) => {
+  const { stop, out, stats } = await probeRun(uartProbeCode());
+  t.is(stop.reason, 'poweroff', stop.message);
+  t.is(out, 'BBORO\n');
+  // To JS: the IIR read, the two LCR writes, the divisor-latch write (DLAB set: not posted) and the power-off.
+  t.is(stats.exitsToJs, 5n);
+  t.is(stats.exitsPosted, 2n + 6n); // the two IER writes and six THR bytes
+});
+
+kvm('COM1 IER writes wait for JS on two vCPUs (their posted-write rings are not ordered with each other)', async (t) => {
+  const { stop, out, stats } = await probeRun(uartProbeCode(), 2);
+  t.is(stop.reason, 'poweroff', stop.message);
+  t.is(out, 'BBORO\n');
+  t.is(stats.exitsToJs, 7n);
+  t.is(stats.exitsPosted, 6n);
+});
+
+kvm('CMOS index writes are posted, and the data port reads the register the last one selected', async (t) => {
+  const { stop, out, stats } = await probeRun(cmosProbeCode());
+  t.is(stop.reason, 'poweroff', stop.message);
+  t.is(out, 'HU\n');
+  t.is(stats.exitsToJs, 4n); // the data write, the two data reads, the power-off
+  t.is(stats.exitsPosted, 4n + 3n); // four index writes, three THR bytes
 });
 
 kvm('a VM with a disk, an entropy device and a virtio console attaches them (their models load on first use) and boots', async (t) => {

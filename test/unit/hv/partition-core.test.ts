@@ -364,6 +364,17 @@ test('routes are pushed at start and on every later bus change, with shadow bloc
   t.is(b.routePushes.length, 2);
 });
 
+test('a mirrored register reaches the route table with its mask, and must be posted and shadowed', (t) => {
+  const { p, b } = partition();
+  const dev = { name: 'u', read: () => 0, write: () => {} };
+  p.pio.register(0x3f8, 8, dev, { posted: [0, 1], shadowed: [1, 5], mirrored: [{ offset: 1, mask: 0x0f }] });
+  p.start();
+  t.deepEqual(b.routePushes[0]![0]!.mirrors, [{ offset: 1, mask: 0x0f }]);
+  t.throws(() => p.pio.register(0x2f8, 8, dev, { posted: [1], shadowed: [5], mirrored: [{ offset: 1, mask: 0x0f }] }), { code: 'ERR_BUS_RANGE', message: /mirrored offset 1 of u must be posted and shadowed/ });
+  t.throws(() => p.pio.register(0x2f8, 8, dev, { posted: [1], shadowed: [1], mirrored: [{ offset: 1, mask: 0x100 }] }), { code: 'ERR_BUS_RANGE', message: /byte mask \(got 256\)/ });
+  p.destroy();
+});
+
 test('pause resolves when every vCPU acknowledged it, freezes the clock, and resume restores it', async (t) => {
   const { p, b } = partition(2);
   p.start();
