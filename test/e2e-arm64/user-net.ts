@@ -18,26 +18,11 @@ import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import type { Vm } from '../../lib/index';
 import { withVm } from '../../lib/testing/index';
+import { dhcpLease, guestOk as guest } from '../guest-dhcp';
 
 const run = promisify(execFile);
 const HOST_FORWARD_PORT = 18080;
 const GUEST_PORT = 8080;
-/** busybox udhcpc calls this with the lease in the environment. */
-const UDHCPC_SCRIPT = [
-  '#!/bin/sh',
-  'case "$1" in bound|renew)',
-  '  ifconfig "$interface" "$ip" netmask "$subnet" ${mtu:+mtu $mtu} up',
-  '  route add default gw "$router" dev "$interface"',
-  '  echo "$ip $subnet $router $mtu" > /tmp/lease;;',
-  'esac',
-].join('\n');
-
-async function guest(vm: Vm, command: string, timeoutMs = 60_000): Promise<string> {
-  const r = await vm.exec(command, { timeoutMs });
-  if (r.exitCode !== 0) throw new Error(`guest command ${JSON.stringify(command)} exited ${r.exitCode}: ${r.stdout}`);
-  return r.stdout;
-}
-
 /** Live processes named passt whose parent is this process (passt runs under setpriv, which execs it). */
 function passtPids(): number[] {
   const pids: number[] = [];
@@ -85,10 +70,7 @@ export async function userNet(step: (what: string) => void, tee: (vm: Vm) => voi
       await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
       step('userNet: booted');
       pids = passtPids();
-      await guest(vm, 'i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up');
-      await guest(vm, `printf '%s\\n' ${UDHCPC_SCRIPT.split('\n').map((l) => `'${l.replace(/'/g, `'\\''`)}'`).join(' ')} > /tmp/udhcpc.sh && chmod +x /tmp/udhcpc.sh`);
-      const dhcp = await guest(vm, 'udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/udhcpc.sh 2>&1; cat /tmp/lease', 90_000);
-      const lease = (await guest(vm, 'cat /tmp/lease')).trim();
+      const { dhcp, lease } = await dhcpLease(vm, 20);
       step(`userNet: lease ${lease}`);
       const gateway = lease.split(' ')[2]!;
       const fetched = await guest(vm, `wget -q -O - http://${gateway}:${hostPort}/`);

@@ -15,26 +15,10 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { withVm } from '../../lib/testing/harness';
-import type { Vm } from '../../lib/vm/vm';
+import { dhcpLease, guestOk as guest } from '../guest-dhcp';
 
 const HOST_FORWARD_PORT = 18080;
 const GUEST_PORT = 8080;
-/** busybox udhcpc calls this with the lease in the environment. */
-const UDHCPC_SCRIPT = [
-  '#!/bin/sh',
-  'case "$1" in bound|renew)',
-  '  ifconfig "$interface" "$ip" netmask "$subnet" ${mtu:+mtu $mtu} up',
-  '  route add default gw "$router" dev "$interface"',
-  '  echo "$ip $subnet $router $mtu" > /tmp/lease;;',
-  'esac',
-].join('\n');
-
-async function guest(vm: Vm, command: string, timeoutMs = 60_000): Promise<string> {
-  const r = await vm.exec(command, { timeoutMs });
-  if (r.exitCode !== 0) throw new Error(`guest command ${JSON.stringify(command)} exited ${r.exitCode}: ${r.stdout}`);
-  return r.stdout;
-}
-
 /** PIDs of this process's children (all threads). */
 function children(): number[] {
   const out: number[] = [];
@@ -78,10 +62,7 @@ async function main(): Promise<void> {
   let passtPids: number[] = [];
   const result = await withVm({ log }, { net: [{ user: { forward: [{ hostPort: HOST_FORWARD_PORT, guestPort: GUEST_PORT, hostAddress: '127.0.0.1' }] } }], timeoutMs: 600_000, bootTimeoutMs: 180_000 }, async (vm) => {
     passtPids = children().filter((p) => /passt/.test(comm(p) ?? ''));
-    await guest(vm, 'i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; ip link set eth0 up');
-    await guest(vm, `printf '%s\\n' ${UDHCPC_SCRIPT.split('\n').map((l) => `'${l.replace(/'/g, `'\\''`)}'`).join(' ')} > /tmp/udhcpc.sh && chmod +x /tmp/udhcpc.sh`);
-    const dhcp = await guest(vm, 'udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/udhcpc.sh 2>&1; cat /tmp/lease', 90_000);
-    const lease = (await guest(vm, 'cat /tmp/lease')).trim();
+    const { dhcp, lease } = await dhcpLease(vm, 10);
     const gateway = lease.split(' ')[2]!;
     const fetched = await guest(vm, `wget -q -O - http://${gateway}:${hostPort}/`, 60_000);
     await guest(vm, `mkdir -p /tmp/www && echo "hello from the guest" > /tmp/www/index.html && httpd -p ${GUEST_PORT} -h /tmp/www`);
