@@ -344,15 +344,7 @@ export class VirtioNet implements VirtioDevice {
     }
     const plan = planSegments(mem, segs, skip, true, MAX_PACKET_BYTES);
     plan.buffers.push(this.overflow);
-    let n: number;
-    try {
-      n = this.backend.readv(plan.buffers);
-    } catch (e) {
-      // A failing read would fail again on every readiness callback: stop until the guest kicks receiveq.
-      this.stats.lastBackendError = (e as Error).message;
-      this.pauseReads();
-      return 'no-packet';
-    }
+    const n = this.readPacket(plan.buffers);
     if (n < 0) return 'no-packet';
     if (n + skip > MAX_PACKET_BYTES) {
       // Longer than any frame: the first buffer goes back empty (the driver counts a length error).
@@ -383,6 +375,18 @@ export class VirtioNet implements VirtioDevice {
     return 'no-buffers';
   }
 
+  /** One packet from the backend into `buffers`: its length, or -1 when none waited or the read failed. */
+  private readPacket(buffers: Uint8Array[]): number {
+    try {
+      return this.backend.readv(buffers);
+    } catch (e) {
+      // A failing read would fail again on every readiness callback: stop until the guest kicks receiveq.
+      this.stats.lastBackendError = (e as Error).message;
+      this.pauseReads();
+      return -1;
+    }
+  }
+
   /** Next receive buffer, asking for a kick when there is none (and looking once more after asking). */
   private popRx(q: SplitQueue): VirtqChain | undefined {
     const chain = q.pop();
@@ -402,15 +406,7 @@ export class VirtioNet implements VirtioDevice {
     // catches a longer packet, which is then dropped and counted.
     const plan = planSegments(mem, chain.writable, hdr ? 0 : VIRTIO_NET_HDR_BYTES, true, MAX_PACKET_BYTES);
     plan.buffers.push(this.overflow);
-    let n: number;
-    try {
-      n = this.backend.readv(plan.buffers);
-    } catch (e) {
-      // A failing read would fail again on every readiness callback: stop until the guest kicks receiveq.
-      this.stats.lastBackendError = (e as Error).message;
-      this.pauseReads();
-      return -1;
-    }
+    const n = this.readPacket(plan.buffers);
     if (n < 0) return -1;
     const room = Math.min(chain.writableBytes - (hdr ? 0 : VIRTIO_NET_HDR_BYTES), MAX_PACKET_BYTES);
     copyBounces(mem, plan, Math.min(n, room));
