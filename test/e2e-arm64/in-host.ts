@@ -118,7 +118,8 @@ async function lifecycle(): Promise<Record<string, unknown>> {
     // The guest resets itself (busybox reboot -f: PSCI SYSTEM_RESET); onReset 'restart' boots it again.
     step('lifecycle: guest reboot');
     const resetSeen = new Promise<void>((r) => vm.once('reset', () => r()));
-    vm.serial(2).write('reboot -f\n');
+    // Typed into the agent's shell (withVm's default guest has it on the virtio console): exec would wait for an answer.
+    vm.virtioConsole().write('reboot -f\n');
     await resetSeen;
     await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
     out.bootsAfterGuestReboot = vm.boots;
