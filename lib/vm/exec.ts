@@ -7,6 +7,7 @@
  * interleave at all.
  */
 import { NodevmmError } from '../errors';
+import type { AgentPort } from './config';
 import type { SerialPort } from './serial-port';
 
 export interface ExecOptions {
@@ -17,7 +18,7 @@ export interface ExecOptions {
    * faster where exits are slow). Default: the port the guest's command line
    * names with `nodevmm.agent=` (the test initramfs's agent), else com2.
    */
-  port?: 'com1' | 'com2' | 'com3' | 'com4' | 'hvc0';
+  port?: AgentPort;
 }
 
 export interface ExecResult {
