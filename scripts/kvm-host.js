@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Runs a shell command inside the emulated KVM host (QEMU TCG + SVM, real kvm_amd) and exits with its status.
-// Usage: node scripts/kvm-host.js [--timeout SECONDS] [--retries N] [--quiet] [--smp N] [--memory MiB] [--tcg-single] -- <command...>
+// Usage: node scripts/kvm-host.js [--timeout SECONDS] [--retries N] [--quiet] [--smp N] [--memory MiB] [--tcg-single] [--monitor SOCKET] -- <command...>
 // The command runs with /bin/sh in the current directory; this machine's / is its (read-only) root.
 //
 // --timeout bounds the whole run, retries included (default 600 s). The host gives up at once
@@ -14,7 +14,7 @@ const { ensureGuestArtifacts } = require('../dist/lib/testing/artifacts');
 
 /** No retry starts with less time than this left (a host takes 1-2 min to boot here). */
 const MIN_ATTEMPT_S = 180;
-const USAGE = 'usage: node scripts/kvm-host.js [--timeout SECONDS] [--retries N] [--quiet] [--smp N] [--memory MiB] [--tcg-single] -- <command...>';
+const USAGE = 'usage: node scripts/kvm-host.js [--timeout SECONDS] [--retries N] [--quiet] [--smp N] [--memory MiB] [--tcg-single] [--monitor SOCKET] -- <command...>';
 
 async function main() {
   const argv = process.argv.slice(2);
@@ -41,6 +41,13 @@ async function main() {
   const smp = num('--smp', 1);
   const memoryMiB = num('--memory', 1);
   const tcgThread = flags.includes('--tcg-single') ? 'single' : 'multi';
+  // QEMU's monitor on a unix socket: `info registers` shows where a wedged host's CPU is.
+  const mi = flags.indexOf('--monitor');
+  const monitorSocket = mi < 0 ? undefined : flags[mi + 1];
+  if (mi >= 0 && !monitorSocket) {
+    console.error('kvm-host: --monitor needs the path of a unix socket');
+    process.exit(2);
+  }
   const artifacts = await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => console.error(`[guest-artifacts] ${m}`) });
   const started = Date.now();
   const failures = [];
@@ -54,6 +61,7 @@ async function main() {
         smp,
         memoryMiB,
         tcgThread,
+        monitorSocket,
         onConsole: quiet ? undefined : (text) => process.stdout.write(text),
       });
       console.error(`[kvm-host] exit ${r.exitCode}, host ready in ${(r.bootMs / 1000).toFixed(1)} s, total ${((Date.now() - started) / 1000).toFixed(1)} s, retries ${attempt}${failures.length ? ` (${failures.join('; ')})` : ''}`);

@@ -39,6 +39,11 @@ export interface KvmHostOptions {
    * runs every vCPU in turn: slower, but rules out races in the emulator's multi-threaded mode).
    */
   tcgThread?: 'multi' | 'single';
+  /**
+   * A unix socket for QEMU's human monitor (`socat - UNIX-CONNECT:PATH`, then `info registers`):
+   * where a wedged host's CPU is, when its console says nothing. Default: none.
+   */
+  monitorSocket?: string;
   /** Console text as it arrives (kernel messages and the command's output). */
   onConsole?: (text: string) => void;
   /** How long the host may take to reach its ready marker before the run is abandoned. */
@@ -178,7 +183,7 @@ export async function runInKvmHost(command: string, options: KvmHostOptions): Pr
 }
 
 /** The QEMU command line for the emulated host (exported for docs and debugging). */
-export function qemuArgs(kernel: string, initrd: string, results: string, artifactsDir: string, options: Pick<KvmHostOptions, 'memoryMiB' | 'smp' | 'tcgThread'> & { projectDir?: string }): string[] {
+export function qemuArgs(kernel: string, initrd: string, results: string, artifactsDir: string, options: Pick<KvmHostOptions, 'memoryMiB' | 'smp' | 'tcgThread' | 'monitorSocket'> & { projectDir?: string }): string[] {
   // Under /tmp (which the host's init replaces with a tmpfs) the working directory needs its own share.
   const project = options.projectDir && (options.projectDir === '/tmp' || options.projectDir.startsWith('/tmp/')) ? options.projectDir : undefined;
   const projectArgs = project ? ['-virtfs', `local,path=${project},mount_tag=project,security_model=none,readonly=on,multidevs=remap`] : [];
@@ -192,6 +197,7 @@ export function qemuArgs(kernel: string, initrd: string, results: string, artifa
     '-virtfs', `local,path=${results},mount_tag=results,security_model=none,multidevs=remap`,
     '-virtfs', `local,path=${artifactsDir},mount_tag=artifacts,security_model=none,readonly=on,multidevs=remap`,
     ...projectArgs,
+    ...(options.monitorSocket ? ['-monitor', `unix:${options.monitorSocket},server=on,wait=off`] : []),
   ];
 }
 
