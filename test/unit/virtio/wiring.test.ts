@@ -2,7 +2,10 @@ import test from 'ava';
 import { ConfigError } from '../../../lib/errors';
 import { parseRunArgs } from '../../../lib/cli/args';
 import { resolveVmConfig } from '../../../lib/vm/config';
-import { virtioSlots, openDisk } from '../../../lib/vm/virtio-devices';
+import { attachVirtioDevices, virtioSlots, openDisk } from '../../../lib/vm/virtio-devices';
+import { GuestMemory } from '../../../lib/memory/guest-memory';
+import { IoBus } from '../../../lib/hv/io-bus';
+import { FakeDriver, RAM } from './driver';
 import { IOAPIC_START, MMIO_GAP_START } from '../../../lib/arch/x86_64/layout';
 import { buildX86AcpiTables } from '../../../lib/acpi/x86-tables';
 import { ACPI_PLATFORM } from '../../../lib/arch/x86_64/layout';
@@ -47,4 +50,38 @@ test('--disk PATH[,ro], --rng and --virtio-console become config', (t) => {
 test('openDisk names the file and the reason in one sentence', (t) => {
   t.throws(() => openDisk('/nonexistent/disk.img', false), { message: 'disk image /nonexistent/disk.img does not exist' });
   t.throws(() => openDisk('/tmp', true), { message: 'disk image /tmp is a directory' });
+});
+
+test("the virtio console's kicks are MMIO exits (no ioeventfd): Linux spins, interrupts off, until each transmit buffer comes back, and it is back when the QueueNotify write returns", (t) => {
+  const cfg = { disks: [], rng: true, virtioConsole: true };
+  const slots = virtioSlots(cfg);
+  const asked: number[] = [];
+  const registered: Array<[number, number]> = [];
+  const memory = GuestMemory.anonymous([{ gpa: 0, size: RAM }]);
+  const v = attachVirtioDevices({
+    cfg,
+    slots,
+    memory,
+    mmio: new IoBus('mmio'),
+    irq: () => ({ set: () => {}, pulse: () => {} }),
+    queueNotifier: (base) => {
+      asked.push(base);
+      return (index) => {
+        registered.push([base, index]);
+        return () => {};
+      };
+    },
+  });
+  const rngBase = slots.find((s) => s.device.kind === 'rng')!.base;
+  const consoleSlot = slots.findIndex((s) => s.device.kind === 'console');
+  t.deepEqual(asked, [rngBase], 'only the rng asks for kicks without exits');
+  const d = new FakeDriver(v.transports[consoleSlot]!, {}, memory);
+  d.up([64, 64]);
+  t.deepEqual(registered.filter(([b]) => b !== rngBase), [], 'no queue of the console registered a notifier');
+  const tx = d.queues[1]!;
+  const text = new TextEncoder().encode('GUEST-AGENT-READY\n');
+  d.offer(tx, d.chain(tx, [{ gpa: d.alloc(text.length, text), len: text.length }]));
+  d.kick(tx);
+  t.deepEqual(d.takeUsed(tx), [[0, 0]], 'the transmit buffer is used before the kick returns');
+  v.dispose();
 });
