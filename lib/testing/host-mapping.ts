@@ -14,19 +14,18 @@ export interface HostMapping {
   fields: Record<string, number>;
 }
 
-/** The mapping that starts at `address`, or undefined. */
+/** The mapping that holds `address` (the kernel may have merged it with a like neighbour), or undefined. */
 export function hostMappingAt(address: bigint): HostMapping | undefined {
-  const start = address.toString(16);
   for (const block of fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
     const [head, ...rest] = block.split('\n');
-    const m = /^([0-9a-f]+)-[0-9a-f]+ (\S+) \S+ \S+ \d+\s*(.*)$/.exec(head!);
-    if (!m || m[1] !== start) continue;
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$/.exec(head!);
+    if (!m || address < BigInt(`0x${m[1]}`) || address >= BigInt(`0x${m[2]}`)) continue;
     const fields: Record<string, number> = {};
     for (const line of rest) {
       const f = /^(\w+):\s+(\d+)/.exec(line);
       if (f) fields[f[1]!] = Number(f[2]);
     }
-    return { perms: m[2]!, path: m[3]!.trim(), fields };
+    return { perms: m[3]!, path: m[4]!.trim(), fields };
   }
   return undefined;
 }
