@@ -78,7 +78,8 @@ export class ExitDispatcher {
     private readonly control: ControlBlock,
     spinUs: number,
   ) {
-    this.spinNs = Math.max(0, spinUs * 1000);
+    // Whole nanoseconds: the window becomes a BigInt when it is used.
+    this.spinNs = Math.max(0, Math.round(spinUs * 1000));
     this.pollNs = this.spinNs;
   }
 
@@ -211,7 +212,7 @@ export class ExitDispatcher {
   private adaptWindow(gap: bigint): void {
     if (gap < BigInt(this.spinNs)) {
       if (this.pollNs < this.spinNs) this.pollNs = Math.min(this.spinNs, Math.max(1000, this.pollNs * 2));
-    } else this.pollNs = this.pollNs < 2000 ? 0 : this.pollNs / 2;
+    } else this.pollNs = this.pollNs < 2000 ? 0 : Math.floor(this.pollNs / 2); // whole ns: poll() makes it a BigInt
   }
 
   /**

@@ -310,6 +310,31 @@ test('the polling window halves after each exit whose wakeup came later than a f
   p.destroy();
 });
 
+test('a polling window that is not a power of two halves to whole nanoseconds, and the exits after it are answered (1000 us halved to 7812.5 ns threw in BigInt and stopped the VM with host-error)', (t) => {
+  for (const spinUs of [1000, 50, 12.3456]) {
+    const { p, b } = partition(1, spinUs);
+    const stops: string[] = [];
+    p.on('vcpu-stop', (s: { message: string }) => stops.push(s.message));
+    let answered = 0;
+    p.pio.register(0x10, 1, { name: 'dev', read: () => 0, write: () => void answered++ });
+    p.start();
+    const r = b.runners[0]!;
+    const windows = [p.stats().pollWindowNs];
+    for (let i = 0; i < 40 && windows.at(-1)! > 0; i++) {
+      const later = process.hrtime.bigint() + 2_000_000n; // later than any window: it halves
+      while (process.hrtime.bigint() < later);
+      r.exit(EXIT_KIND_PIO, true, 1, 0x10, i);
+      wake(b);
+      windows.push(p.stats().pollWindowNs);
+    }
+    t.deepEqual(stops, [], `spinUs ${spinUs}: windows seen ${windows.join(' ')}`);
+    t.true(windows.every((w) => Number.isInteger(w)), `spinUs ${spinUs}: windows seen ${windows.join(' ')}`);
+    t.is(windows.at(-1), 0, `spinUs ${spinUs}: windows seen ${windows.join(' ')}`);
+    t.is(answered, windows.length - 1);
+    p.destroy();
+  }
+});
+
 test('a polling window that shrank to none grows back when the vCPU sent its wakeup soon after JS went idle, however late the event loop runs the dispatch', (t) => {
   const { p, b } = partition(1, 32);
   p.pio.register(0x10, 1, { name: 'dev', read: () => 0, write: () => {} });
