@@ -44,8 +44,8 @@ async function main() {
   // QEMU's monitor on a unix socket: `info registers` shows where a wedged host's CPU is.
   const mi = flags.indexOf('--monitor');
   const monitorSocket = mi < 0 ? undefined : flags[mi + 1];
-  if (mi >= 0 && !monitorSocket) {
-    console.error('kvm-host: --monitor needs the path of a unix socket');
+  if (mi >= 0 && (!monitorSocket || monitorSocket.startsWith('--'))) {
+    console.error(`kvm-host: --monitor needs the path of a unix socket, not ${monitorSocket === undefined ? 'nothing' : JSON.stringify(monitorSocket)}`);
     process.exit(2);
   }
   const artifacts = await ensureGuestArtifacts({ arch: 'x86_64', onProgress: (m) => console.error(`[guest-artifacts] ${m}`) });
