@@ -4,7 +4,8 @@
  * Exit-latency benchmark (issue: foundation). For each kind of exit, the
  * same real-mode guest loop runs under nodevmm and under a raw C KVM_RUN
  * loop (scripts/bench/raw-exits.c, compiled here), interleaved, and the
- * medians and ratios are printed. Also: time from `new KvmPartition` to the
+ * medians and ratios are printed, with each round's own ratio (min / median /
+ * max) against the C run beside it. Also: time from `new KvmPartition` to the
  * guest's first exit, beside a C program doing the same steps with raw ioctls
  * (scripts/bench/raw-first-exit.c).
  *
@@ -142,7 +143,7 @@ async function measure(dir) {
     { label: '(d) MMIO write, TypeScript device', mode: 'mmio', variant: { path: 'js' } },
     { label: '(d0) MMIO write, TypeScript device, polling off', mode: 'mmio', variant: { path: 'js', spinUs: 0 } },
   ];
-  console.log(`exit latency: ${N} iterations per run, ${ROUNDS} interleaved rounds, medians; baseline = raw C KVM_RUN loop, same guest`);
+  console.log(`exit latency: ${N} iterations per run, ${ROUNDS} interleaved rounds, medians; baseline = raw C KVM_RUN loop, same guest; "rounds": min / median / max of each round's ratio`);
   console.log(`host: ${os.cpus()[0].model}, ${os.cpus().length} cpus, ${os.release()}, node ${process.version}`);
   const out = [];
   for (const row of rows) {
@@ -150,13 +151,20 @@ async function measure(dir) {
     const c = [];
     const n = [];
     for (let r = 0; r < ROUNDS; r++) {
-      c.push(runC(exe, row.mode));
+      // Which side goes first alternates, so a drift of the host's speed (an exit here
+      // costs ±15 % from one second to the next) does not always favour the same side.
+      if (r % 2 === 0) c.push(runC(exe, row.mode));
       n.push((await runNodevmm(row.mode, row.variant)).ns);
+      if (r % 2 === 1) c.push(runC(exe, row.mode));
     }
     const cm = median(c);
     const nm = median(n);
-    out.push({ label: row.label, nodevmm: nm, c: cm, ratio: nm / cm });
-    console.log(`${row.label.padEnd(62)} nodevmm ${nm.toFixed(0).padStart(6)} ns   raw C ${cm.toFixed(0).padStart(6)} ns   ratio ${(nm / cm).toFixed(2)}x`);
+    // Each round's ratio against the C run beside it: the spread says how far one
+    // ratio of medians can be trusted.
+    const perRound = n.map((x, i) => x / c[i]).sort((a, b) => a - b);
+    const spread = `rounds ${perRound[0].toFixed(2)} / ${median(perRound).toFixed(2)} / ${perRound[perRound.length - 1].toFixed(2)}`;
+    out.push({ label: row.label, nodevmm: nm, c: cm, ratio: nm / cm, perRound });
+    console.log(`${row.label.padEnd(62)} nodevmm ${nm.toFixed(0).padStart(6)} ns   raw C ${cm.toFixed(0).padStart(6)} ns   ratio ${(nm / cm).toFixed(2)}x   ${spread}`);
   }
   if (!FIRST_EXIT) return;
   // Interleaved as above: C, nodevmm, C, nodevmm...; medians of the rounds' medians.

@@ -191,7 +191,7 @@ async function runVm(args: RunArgs): Promise<number> {
       const cpu = process.cpuUsage();
       if (st) {
         process.stderr.write(
-          `nodevmm: exits to JS ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; JS dispatches ${st.notifications} (posted-write drains ${st.postedDrains}, rescues ${st.rescues}); process CPU user ${(cpu.user / 1000).toFixed(0)}ms system ${(cpu.system / 1000).toFixed(0)}ms\n`,
+          `nodevmm: exits to JS ${st.exitsToJs}, native ${st.exitsNative}, posted ${st.exitsPosted}; JS dispatches ${st.notifications} (posted-write drains ${st.postedDrains}, rescues ${st.rescues}); process CPU user ${(cpu.user / 1000).toFixed(0)}ms system ${(cpu.system / 1000).toFixed(0)}ms${jsThreadCpu()}\n`,
         );
       }
     }
@@ -293,3 +293,19 @@ async function bindSerial(vm: Vm, name: ComPort, b: SerialBinding, quit: () => v
       return () => undefined;
   }
 }
+
+/**
+ * The JS thread's own time on a CPU, for --trace: process CPU counts the vCPU threads too
+ * (guest time included), and under an emulator every millisecond the JS thread runs is one
+ * the guest's vCPU may wait for. From the scheduler's per-thread accounting (ns); empty
+ * where the kernel does not provide it.
+ */
+function jsThreadCpu(): string {
+  try {
+    const [runNs] = fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ');
+    return `, JS thread on CPU ${(Number(runNs) / 1e6).toFixed(0)}ms`;
+  } catch {
+    return '';
+  }
+}
+
