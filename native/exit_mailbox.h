@@ -94,8 +94,13 @@ static_assert(offsetof(VmControl, notified_ns) == 8, "control layout");
 static_assert(offsetof(VmControl, unclaimed_reads) == 64, "control layout");
 static_assert(offsetof(VmControl, shadow) == 128, "control layout");
 
-// The per-vCPU shared page: mailbox, then the posted-write ring.
-constexpr uint32_t kRingEntries = 256;
+// The per-vCPU shared pages: mailbox, then the posted-write ring. JS drains
+// the ring on a timer of up to 16 ms while nobody waits on the writes
+// (lib/hv/exit-dispatcher.ts POSTED_LAZY_DRAIN_MS) and is woken when it is
+// half full: 1024 writes cover a console printing a byte every 16 us, and
+// one that prints faster costs a wakeup per 1024 writes, never a wait.
+// 48 KiB per vCPU.
+constexpr uint32_t kRingEntries = 2048;
 struct alignas(64) VcpuShared {
   ExitMailbox mailbox;                 // 0
   std::atomic<uint32_t> ring_head;     // 64, written by the vCPU

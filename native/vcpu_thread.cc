@@ -8,9 +8,18 @@
 #if defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
 #endif
-#if !defined(_WIN32)
+#if defined(_WIN32)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <windows.h>
+#else
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #endif
 
 #include <cstdio>
@@ -76,9 +85,28 @@ inline void FetchAnd(uint32_t* p, uint32_t mask) {
 }
 }  // namespace
 
+namespace {
+// The shared pages (mailbox and posted-write ring, ~48 KiB) straight from the
+// OS, zeroed, and given back to it when the last holder lets go: from malloc,
+// blocks of this size stayed in the allocator's heap after free (300 snapshot
+// restores grew the process by 17 MiB). Falls back to the heap if the OS
+// refuses.
+std::shared_ptr<VcpuShared> NewVcpuShared() {
+#if defined(_WIN32)
+  void* p = VirtualAlloc(nullptr, sizeof(VcpuShared), MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+  if (p) return std::shared_ptr<VcpuShared>(static_cast<VcpuShared*>(p), [](VcpuShared* s) { VirtualFree(s, 0, MEM_RELEASE); });
+#else
+  void* p = mmap(nullptr, sizeof(VcpuShared), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p != MAP_FAILED) return std::shared_ptr<VcpuShared>(static_cast<VcpuShared*>(p), [](VcpuShared* s) { munmap(s, sizeof(VcpuShared)); });
+#endif
+  auto heap = std::make_shared<VcpuShared>();
+  std::memset(static_cast<void*>(heap.get()), 0, sizeof(VcpuShared));
+  return heap;
+}
+}  // namespace
+
 VcpuThread::VcpuThread(VmChannel* channel, VcpuBackend* backend, uint32_t index)
-    : channel_(channel), backend_(backend), index_(index), shared_(std::make_shared<VcpuShared>()) {
-  std::memset(static_cast<void*>(shared_.get()), 0, sizeof(VcpuShared));
+    : channel_(channel), backend_(backend), index_(index), shared_(NewVcpuShared()) {
   shared_->mailbox.vcpu_index = index;
   backend_->SetIoHandler(this);
 }

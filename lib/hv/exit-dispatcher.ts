@@ -7,10 +7,10 @@
  * With a spin window > 0 the dispatcher keeps polling the mailboxes for up to
  * that long after an exit (less while polls find nothing), so back-to-back
  * exits skip the event-loop wakeup. Posted writes need no answer: once a
- * dispatch has applied some, the ring is drained on a timer every
- * POSTED_DRAIN_MS while writes keep coming, and the vCPUs wake JS for them
- * only when it is half full (a console burst costs one wakeup, not one per
- * byte). A 50 ms watchdog rescues work a lost wakeup would strand.
+ * dispatch has applied some, the ring is drained on a timer while writes keep
+ * coming (every POSTED_DRAIN_MS while the guest waits on them, else every
+ * POSTED_LAZY_DRAIN_MS), and the vCPUs wake JS for them only when it is half
+ * full (a console burst costs one wakeup, not one per byte). A 50 ms watchdog rescues work a lost wakeup would strand.
  */
 import { EXIT_KIND_EOI, EXIT_KIND_PIO, type ControlBlock } from './exit-mailbox';
 import type { VcpuRunner } from './backend';
@@ -20,11 +20,25 @@ import type { IoBus } from './io-bus';
 const DISPATCH_TURN_NS = 2_000_000n;
 const WATCHDOG_MS = 50;
 /**
- * How long posted writes may wait in the ring during a burst (ms): the delay a
- * console byte may see on its way out. A wakeup per byte cost the emulated
- * host's console ~0.6 notifications per byte (docs/benchmarks.md, "Real kernel boot").
+ * How long posted writes may wait in the ring during a burst (ms) while the
+ * guest waits for what applying them brings (IoBus.postedAwaited: a UART
+ * transmitting on interrupts gets its next THRE interrupt only once its FIFO's
+ * bytes are applied). A wakeup per byte cost the emulated host's console ~0.6
+ * notifications per byte (docs/benchmarks.md, "Real kernel boot").
  */
 export const POSTED_DRAIN_MS = 1;
+/**
+ * The longest delay when nobody waits (a kernel console printing with its
+ * UART's interrupts off, CMOS index writes): the delay a console byte may see
+ * on its way out during a long burst (the delay starts at POSTED_DRAIN_MS and
+ * doubles while drains keep finding writes). Each drain is an event-loop turn;
+ * under an emulator a turn costs milliseconds of a CPU the guest's vCPU
+ * competes for, and 1 ms drains through a kernel's boot log took half of a
+ * core there (docs/benchmarks.md, "Posted writes drained lazily"). The rings
+ * hold 2048 writes and wake JS when half full, so a guest printing faster than
+ * this still never waits.
+ */
+export const POSTED_LAZY_DRAIN_MS = 16;
 
 /** What the dispatcher works for: the partition's buses and vCPUs, and its answers to events and device failures. */
 export interface DispatchTarget {
@@ -72,6 +86,13 @@ export class ExitDispatcher {
   /** The timer that drains posted writes (NOTIFY_POSTED_LATER), made once and re-armed with refresh(). */
   private postedTimer: NodeJS.Timeout | undefined;
   private postedTimerArmed = false;
+  /** The delay postedTimer was made with (refresh() keeps it). */
+  private postedTimerMs = 0;
+  /** The drain delay while nobody waits on the writes, POSTED_DRAIN_MS..POSTED_LAZY_DRAIN_MS (postedDrainDue). */
+  private lazyDrainMs = POSTED_DRAIN_MS;
+  get postedDrainMs(): number {
+    return this.postedTimerMs;
+  }
 
   constructor(
     private readonly target: DispatchTarget,
@@ -167,17 +188,29 @@ export class ExitDispatcher {
     if (!this.target.destroyed()) this.control.cancelPostedLater();
   }
 
+  /** Arm the drain timer: prompt while a device's guest waits on its posted writes, lazy otherwise. */
   private armPostedDrain(): void {
     if (this.postedTimerArmed) return;
     this.postedTimerArmed = true;
-    if (this.postedTimer) this.postedTimer.refresh();
-    else this.postedTimer = setTimeout(() => this.postedDrainDue(), POSTED_DRAIN_MS).unref();
+    const t = this.target;
+    const ms = t.pio.postedAwaited() || t.mmio.postedAwaited() ? POSTED_DRAIN_MS : this.lazyDrainMs;
+    if (this.postedTimer && this.postedTimerMs === ms) this.postedTimer.refresh();
+    else {
+      if (this.postedTimer) clearTimeout(this.postedTimer);
+      this.postedTimer = setTimeout(() => this.postedDrainDue(), ms).unref();
+      this.postedTimerMs = ms;
+    }
   }
 
   private postedDrainDue(): void {
     if (!this.postedTimerArmed) return;
     this.postedTimerArmed = false;
     this.postedDrains++;
+    // The lazy delay follows the burst: doubled by each drain that finds writes (a boot log
+    // streaming out), halved by one that finds none (the burst ended; its next write wakes JS
+    // at once). A short burst so keeps ~1 ms latency; a flood costs a turn per 16 ms.
+    const found = this.target.runners.some((r) => r.shared.postedQueued());
+    this.lazyDrainMs = found ? Math.min(POSTED_LAZY_DRAIN_MS, this.lazyDrainMs * 2) : Math.max(POSTED_DRAIN_MS, this.lazyDrainMs / 2);
     this.dispatch();
   }
 

@@ -23,6 +23,14 @@ export interface IoDevice {
   /** Read `size` (1, 2, 4 or 8) bytes at offset; return the value (bigint only for size 8). */
   read(offset: number, size: number): number;
   write(offset: number, size: number, value: number): void;
+  /**
+   * For a range with posted offsets: true while the guest waits for something
+   * that applying the posted writes brings (a UART sending on interrupts gets
+   * its next THRE interrupt only then). The dispatcher then applies queued
+   * writes within POSTED_DRAIN_MS, else within POSTED_LAZY_DRAIN_MS
+   * (lib/hv/exit-dispatcher.ts). Without it: never waited on.
+   */
+  postedAwaited?(): boolean;
 }
 
 export type BusKind = 'pio' | 'mmio';
@@ -126,6 +134,8 @@ export class IoBus {
   readonly kind: BusKind;
   private ranges: BusRange[] = [];
   private lastHit: BusRange | undefined;
+  /** The devices of ranges with posted offsets that can say they are waited on (IoDevice.postedAwaited). */
+  private awaitable: IoDevice[] = [];
   unclaimedReads = 0;
   unclaimedWrites = 0;
   /** The partition's route table: told of every change, supplies shadow blocks; absent on pure-JS buses. */
@@ -188,6 +198,7 @@ export class IoBus {
     if (i < 0) return;
     this.ranges.splice(i, 1);
     this.lastHit = undefined;
+    this.noteAwaitable();
     this.routes?.changed();
   }
 
@@ -195,7 +206,18 @@ export class IoBus {
     this.ranges.push(range);
     this.ranges.sort((a, b) => a.start - b.start);
     this.lastHit = undefined;
+    this.noteAwaitable();
     this.routes?.changed();
+  }
+
+  private noteAwaitable(): void {
+    this.awaitable = this.ranges.filter((r) => r.posted.length && r.device?.postedAwaited).map((r) => r.device!);
+  }
+
+  /** True when a device with posted writes says the guest waits on them (IoDevice.postedAwaited). */
+  postedAwaited(): boolean {
+    for (const d of this.awaitable) if (d.postedAwaited!()) return true;
+    return false;
   }
 
   list(): readonly BusRange[] {

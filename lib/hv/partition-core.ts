@@ -264,7 +264,7 @@ export class PartitionCore<V extends VirtualProcessor, B extends PartitionBacken
   }
 
   stats(): PartitionStats {
-    const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.dispatcher.notifications, postedDrains: this.dispatcher.postedDrains, rescues: this.dispatcher.rescues, pollWindowNs: this.dispatcher.pollWindowNs };
+    const s: PartitionStats = { exitsToJs: 0n, exitsNative: 0n, exitsPosted: 0n, unclaimedReads: 0n, unclaimedWrites: 0n, notifications: this.dispatcher.notifications, postedDrains: this.dispatcher.postedDrains, rescues: this.dispatcher.rescues, pollWindowNs: this.dispatcher.pollWindowNs, postedDrainMs: this.dispatcher.postedDrainMs };
     if (this.state === 'destroyed') return s;
     for (const r of this.runners) {
       s.exitsToJs += r.shared.exitsToJs;

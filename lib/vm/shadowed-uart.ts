@@ -16,7 +16,7 @@
  * and the tty stalled. THR is posted on every machine (a swap there reorders
  * output the guest already interleaved).
  */
-import { IER_MASK, LCR_DLAB_BIT, UART_IER_OFFSET, UART_LCR_OFFSET, type Uart16550 } from '../devices/uart16550';
+import { IER_ETBEI_BIT, IER_MASK, LCR_DLAB_BIT, UART_IER_OFFSET, UART_LCR_OFFSET, type Uart16550 } from '../devices/uart16550';
 import type { IoDevice, IoRegistrationOptions, ShadowBlock } from '../hv/io-bus';
 
 /** UART registers whose reads have no side effects (IER, LCR, MCR, LSR, SCR): answered natively. */
@@ -106,6 +106,16 @@ export class ShadowedUart implements IoDevice {
   write(offset: number, size: number, value: number): void {
     this.uart.write(offset, size, value);
     this.refresh();
+  }
+
+  /**
+   * A UART whose THR-empty interrupt is enabled sends on interrupts: its
+   * driver wrote a FIFO's worth and waits for the next THRE interrupt, which
+   * comes once the posted writes reach the model. With it disabled (a kernel
+   * console polls LSR with IER cleared) nothing waits on them.
+   */
+  postedAwaited(): boolean {
+    return ((this.uart.peek(UART_IER_OFFSET) ?? 0) & IER_ETBEI_BIT) !== 0;
   }
 
   enqueue(bytes: Uint8Array): number {

@@ -8,6 +8,7 @@
 import test from 'ava';
 import type { HostRam, PartitionBackend, StopSite, VcpuEvent, VcpuRunner } from '../../../lib/hv/backend';
 import { EXIT_KIND_EOI, EXIT_KIND_MMIO, EXIT_KIND_PIO, MAILBOX_IDLE, MAILBOX_PENDING, NOTIFY_IDLE, NOTIFY_OWED, NOTIFY_POSTED_LATER, VcpuSharedView } from '../../../lib/hv/exit-mailbox';
+import { POSTED_DRAIN_MS, POSTED_LAZY_DRAIN_MS } from '../../../lib/hv/exit-dispatcher';
 import { PartitionCore } from '../../../lib/hv/partition-core';
 import type { NotifyOps, VcpuStop, VirtualProcessor } from '../../../lib/hv/partition';
 import type { Route } from '../../../lib/hv/route-table';
@@ -202,6 +203,48 @@ test('writes a vCPU posts after the drain looked but before its mailbox exit are
   b.notify();
   t.true(raced);
   t.deepEqual(seen, [0, 1, 2, 3, 4]);
+  p.destroy();
+});
+
+test('posted writes nobody waits on drain ever later while a burst streams on; while the device says the guest waits on them, promptly', async (t) => {
+  // A UART sending on interrupts waits for the THRE interrupt that applying its THR writes brings;
+  // a kernel console polling LSR with interrupts off waits on nothing, so during a long burst its
+  // bytes may sit for up to POSTED_LAZY_DRAIN_MS (each drain is an event-loop turn, which an
+  // emulator makes costly). The guest here keeps printing: each applied write posts the next.
+  const { p, b } = partition(1, 0);
+  const seen: number[] = [];
+  const delays: number[] = [];
+  let awaited = false;
+  let floodUntil = 10;
+  const r = b.runners[0]!;
+  const write = (_o: number, _s: number, v: number): void => {
+    seen.push(v);
+    delays.push(p.stats().postedDrainMs);
+    if (v < floodUntil) setImmediate(() => r.post(EXIT_KIND_PIO, 1, 0x3f8, v + 1));
+  };
+  p.pio.register(0x3f8, 8, { name: 'uart', read: () => 0x60, write, postedAwaited: () => awaited }, { posted: [0] });
+  p.start();
+  const until = async (done: () => boolean) => {
+    for (let waited = 0; !done() && waited < 5000; waited += 5) await new Promise((res) => setTimeout(res, 5));
+  };
+  t.is(p.stats().postedDrainMs, 0, 'no drain armed before any posted write');
+  r.post(EXIT_KIND_PIO, 1, 0x3f8, 1);
+  b.notify();
+  t.is(p.stats().postedDrainMs, POSTED_DRAIN_MS, 'a burst starts with the short delay');
+  await until(() => seen.length === 10);
+  t.deepEqual(seen, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  t.is(Math.max(...delays), POSTED_LAZY_DRAIN_MS, `delays ${delays.join(' ')}: doubled up to the lazy bound`);
+  t.true(delays.every((d, i) => i === 0 || d >= delays[i - 1]!), `delays ${delays.join(' ')} never shrink while writes keep coming`);
+  // The device now waits on its writes (THRE interrupts enabled): the next burst drains promptly.
+  await until(() => Atomics.load(new Int32Array(b.control), 0) === NOTIFY_IDLE);
+  awaited = true;
+  floodUntil = 12;
+  r.post(EXIT_KIND_PIO, 1, 0x3f8, 11);
+  b.notify();
+  await until(() => seen.length === 12);
+  t.deepEqual(seen.slice(10), [11, 12], 'in order, across the change of delay');
+  t.is(p.stats().postedDrainMs, POSTED_DRAIN_MS);
+  t.true(POSTED_DRAIN_MS < POSTED_LAZY_DRAIN_MS);
   p.destroy();
 });
 

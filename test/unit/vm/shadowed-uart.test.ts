@@ -96,3 +96,12 @@ test('resync (a restored snapshot) writes IER even while posting is on', (t) => 
   t.is(bytes[IER], 0x03);
   t.is(bytes[31], 3);
 });
+
+test('the guest waits on posted writes while the THR-empty interrupt is enabled (interrupt-driven sending), not while a console polls', (t) => {
+  const { s } = setup();
+  t.false(s.postedAwaited(), 'reset: IER 0');
+  s.write(IER, 1, 0x02); // ETBEI: the driver waits for THRE interrupts
+  t.true(s.postedAwaited());
+  s.write(IER, 1, 0x01); // receive interrupts only, as while a kernel console prints
+  t.false(s.postedAwaited());
+});
