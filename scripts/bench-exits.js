@@ -5,7 +5,9 @@
  * same real-mode guest loop runs under nodevmm and under a raw C KVM_RUN
  * loop (scripts/bench/raw-exits.c, compiled here), interleaved, and the
  * medians and ratios are printed, with each round's own ratio (min / median /
- * max) against the C run beside it. Also: time from `new KvmPartition` to the
+ * max) against the C run beside it. For exits a TypeScript device answers, the
+ * C loop also runs with each exit answered by a second thread (the hand-off
+ * nodevmm's design makes, without JavaScript). Also: time from `new KvmPartition` to the
  * guest's first exit, beside a C program doing the same steps with raw ioctls
  * (scripts/bench/raw-first-exit.c).
  *
@@ -62,8 +64,8 @@ function firstExitC(exe) {
   return Number(r.stdout.toString().trim());
 }
 
-function runC(exe, mode) {
-  const r = spawnSync(exe, [mode, String(N)], { input: Buffer.from(GUESTS[mode]) });
+function runC(exe, mode, handoff = false) {
+  const r = spawnSync(exe, [mode, String(N), ...(handoff ? ['handoff'] : [])], { input: Buffer.from(GUESTS[mode]) });
   if (r.status !== 0) throw new Error(`baseline failed: ${r.stderr}`);
   return Number(r.stdout.toString().trim().split(/\s+/)[2]);
 }
@@ -150,11 +152,16 @@ async function measure(dir) {
     if (ONLY && !ONLY.test(row.label)) continue;
     const c = [];
     const n = [];
+    // For an exit a TypeScript device answers, also the C loop with the same hand-off between
+    // two threads (raw-exits.c "handoff"): what moving an exit to another core costs here.
+    const handoff = row.variant.path === 'js' && row.variant.spinUs === undefined;
+    const h = [];
     for (let r = 0; r < ROUNDS; r++) {
       // Which side goes first alternates, so a drift of the host's speed (an exit here
       // costs ±15 % from one second to the next) does not always favour the same side.
       if (r % 2 === 0) c.push(runC(exe, row.mode));
       n.push((await runNodevmm(row.mode, row.variant)).ns);
+      if (handoff) h.push(runC(exe, row.mode, true));
       if (r % 2 === 1) c.push(runC(exe, row.mode));
     }
     const cm = median(c);
@@ -163,8 +170,12 @@ async function measure(dir) {
     // ratio of medians can be trusted.
     const perRound = n.map((x, i) => x / c[i]).sort((a, b) => a - b);
     const spread = `rounds ${perRound[0].toFixed(2)} / ${median(perRound).toFixed(2)} / ${perRound[perRound.length - 1].toFixed(2)}`;
-    out.push({ label: row.label, nodevmm: nm, c: cm, ratio: nm / cm, perRound });
+    out.push({ label: row.label, nodevmm: nm, c: cm, ratio: nm / cm, perRound, ...(handoff ? { cHandoff: median(h) } : {}) });
     console.log(`${row.label.padEnd(62)} nodevmm ${nm.toFixed(0).padStart(6)} ns   raw C ${cm.toFixed(0).padStart(6)} ns   ratio ${(nm / cm).toFixed(2)}x   ${spread}`);
+    if (handoff) {
+      const hm = median(h);
+      console.log(`${''.padEnd(62)} raw C answering on a second thread ${hm.toFixed(0).padStart(6)} ns (${(hm / cm).toFixed(2)}x the plain loop); nodevmm ${(nm / hm).toFixed(2)}x that`);
+    }
   }
   if (!FIRST_EXIT) return;
   // Interleaved as above: C, nodevmm, C, nodevmm...; medians of the rounds' medians.
