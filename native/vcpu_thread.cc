@@ -8,15 +8,7 @@
 #if defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
 #endif
-#if defined(_WIN32)
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#ifndef NOMINMAX
-#define NOMINMAX
-#endif
-#include <windows.h>
-#else
+#if !defined(_WIN32)
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -26,7 +18,7 @@
 #include <cstring>
 
 #include "vcpu_thread.h"
-#include "wait_word.h"
+#include "wait_word.h"  // on Windows also <windows.h> (VirtualAlloc)
 
 namespace nodevmm {
 
