@@ -75,9 +75,7 @@ inline void FetchAnd(uint32_t* p, uint32_t mask) {
   __atomic_fetch_and(p, mask, __ATOMIC_ACQ_REL);
 #endif
 }
-}  // namespace
 
-namespace {
 // The shared pages (mailbox and posted-write ring, ~48 KiB) straight from the
 // OS, zeroed, and given back to it when the last holder lets go: from malloc,
 // blocks of this size stayed in the allocator's heap after free (300 snapshot

@@ -10,7 +10,8 @@
  * dispatch has applied some, the ring is drained on a timer while writes keep
  * coming (every POSTED_DRAIN_MS while the guest waits on them, else every
  * POSTED_LAZY_DRAIN_MS), and the vCPUs wake JS for them only when it is half
- * full (a console burst costs one wakeup, not one per byte). A 50 ms watchdog rescues work a lost wakeup would strand.
+ * full (a console burst costs one wakeup, not one per byte). A 50 ms watchdog
+ * rescues work a lost wakeup would strand.
  */
 import { EXIT_KIND_EOI, EXIT_KIND_PIO, type ControlBlock } from './exit-mailbox';
 import type { VcpuRunner } from './backend';
