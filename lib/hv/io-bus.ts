@@ -134,8 +134,6 @@ export class IoBus {
   readonly kind: BusKind;
   private ranges: BusRange[] = [];
   private lastHit: BusRange | undefined;
-  /** The devices of ranges with posted offsets that can say they are waited on (IoDevice.postedAwaited). */
-  private awaitable: IoDevice[] = [];
   unclaimedReads = 0;
   unclaimedWrites = 0;
   /** The partition's route table: told of every change, supplies shadow blocks; absent on pure-JS buses. */
@@ -198,7 +196,6 @@ export class IoBus {
     if (i < 0) return;
     this.ranges.splice(i, 1);
     this.lastHit = undefined;
-    this.noteAwaitable();
     this.routes?.changed();
   }
 
@@ -206,17 +203,12 @@ export class IoBus {
     this.ranges.push(range);
     this.ranges.sort((a, b) => a.start - b.start);
     this.lastHit = undefined;
-    this.noteAwaitable();
     this.routes?.changed();
-  }
-
-  private noteAwaitable(): void {
-    this.awaitable = this.ranges.filter((r) => r.posted.length && r.device?.postedAwaited).map((r) => r.device!);
   }
 
   /** True when a device with posted writes says the guest waits on them (IoDevice.postedAwaited). */
   postedAwaited(): boolean {
-    for (const d of this.awaitable) if (d.postedAwaited!()) return true;
+    for (const r of this.ranges) if (r.posted.length && r.device?.postedAwaited?.()) return true;
     return false;
   }
 

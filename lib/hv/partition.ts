@@ -106,7 +106,7 @@ export interface PartitionStats {
   rescues: number;
   /** The dispatcher's polling window now, ns (dispatchSpinUs at most; it shrinks while polls find no exit). */
   pollWindowNs: number;
-  /** The delay of the posted-write drain timer as last armed (ms; 0: never armed): POSTED_DRAIN_MS while a device's guest waits on its posted writes, else POSTED_LAZY_DRAIN_MS. */
+  /** The delay of the posted-write drain timer as last armed (ms; 0: never armed): POSTED_DRAIN_MS while a device's guest waits on its posted writes, else the burst's lazy delay (POSTED_DRAIN_MS doubling up to POSTED_LAZY_DRAIN_MS). */
   postedDrainMs: number;
 }
 
