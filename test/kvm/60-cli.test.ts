@@ -71,3 +71,14 @@ kvm('SIGTERM stops nodevmm run with exit status 143 and SIGINT with 130', async 
   const int = await statusAfter('SIGINT');
   t.is(int.code, 130, int.stderr);
 });
+
+kvm('--trace prints the start-up milestones, the exit counters and the JS thread\'s own CPU time', (t) => {
+  const once = path.join(dir, 'tiny-pvh-poweroff');
+  fs.writeFileSync(once, tinyPvhKernel('CLI-TRACE\n'));
+  const r = spawnSync(process.execPath, [BIN, 'run', '--kernel', once, '--boot', 'pvh', '-m', '64M', '--com1', 'stdio', '--trace'], { timeout: 30_000, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.true(r.stdout.includes('CLI-TRACE'), r.stdout);
+  t.regex(r.stderr, /^nodevmm: since process start: cli \d+ms, images read \d+ms, vm built \d+ms, vcpus running \d+ms$/m);
+  // The scheduler's per-thread run time of the main thread (/proc/self/task/<pid>/schedstat).
+  t.regex(r.stderr, /^nodevmm: exits to JS \d+, native \d+, posted \d+; JS dispatches \d+ \(posted-write drains \d+, rescues \d+\); process CPU user \d+ms system \d+ms, JS thread on CPU \d+ms$/m);
+});
