@@ -18,7 +18,9 @@ const skip = kvmSkipReason();
 const kvm = skip ? test.serial.skip : test.serial;
 if (skip) console.log(`# SKIP kvm tier: ${skip}`);
 
-const MESSAGE = Array.from({ length: 150 }, (_, i) => `line ${String(i).padStart(3, '0')}\n`).join('');
+// Long enough to outlast how late a console flood's bytes may reach JS (posted writes drain every
+// 1-16 ms during a burst, lib/hv/exit-dispatcher.ts): the tests pause the guest part-way through it.
+const MESSAGE = Array.from({ length: 1500 }, (_, i) => `line ${String(i).padStart(3, '0')}\n`).join('');
 
 /** A VM printing MESSAGE, paused once at least `after` bytes of it are out. */
 async function pausedPartWay(after = 300, extra: { disks?: Array<{ path: string }> } = {}): Promise<Vm> {
