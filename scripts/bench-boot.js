@@ -39,6 +39,9 @@
  *     memory and vCPUs; the bzImage (Linux boot protocol) and the vmlinux ELF
  *     extracted from it (PVH entry; QEMU takes it through -kernel too),
  *     interleaved. Each figure: min / median / max and the medians' ratio.
+ *     "kernel clock start" is when the guest's printk clock read 0, after
+ *     process start (for the bzImage: the decompressor included). --against
+ *     DIR also boots another checkout's bin/nodevmm.js in the same rounds.
  */
 const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -58,7 +61,12 @@ const IMAGE = stringOption('--image') ?? 'both';
 const ONE_UART = ['--com1', 'stdio', '--com2', 'none', '--com3', 'none', '--com4', 'none'];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-/** Spawn under /usr/bin/time (for peak RSS); resolve with timings of the first match of `marker` and of exit. */
+/**
+ * Spawn under /usr/bin/time (for peak RSS); resolve with timings of the first match of `marker` and of exit,
+ * and `kernelMs`: when a Linux guest's clock started, after process start (each console line's arrival minus
+ * its printk timestamp, the smallest: lines that waited in the console's backlog arrive later than that).
+ * For a bzImage that includes the decompressor's time in the guest.
+ */
 function timed(cmd, argv, marker, timeoutMs, env = process.env) {
   return new Promise((resolve, reject) => {
     const rssFile = path.join(os.tmpdir(), `nodevmm-bench-rss-${process.pid}-${Math.random().toString(36).slice(2)}`);
@@ -68,9 +76,18 @@ function timed(cmd, argv, marker, timeoutMs, env = process.env) {
     const child = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', rssFile, cmd, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env });
     let out = '';
     let markerMs;
+    let kernelMs = NaN;
+    let scanned = 0;
     const onData = (d) => {
       out += d;
-      if (markerMs === undefined && out.includes(marker)) markerMs = Number(process.hrtime.bigint() - t0) / 1e6;
+      const now = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (markerMs === undefined && out.includes(marker)) markerMs = now;
+      const end = out.lastIndexOf('\n') + 1;
+      for (const m of out.slice(scanned, end).matchAll(/^\[\s*(\d+\.\d+)\]/gm)) {
+        const at = now - Number(m[1]) * 1000;
+        if (!(at >= kernelMs)) kernelMs = at;
+      }
+      if (end > scanned) scanned = end;
     };
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
@@ -93,7 +110,7 @@ function timed(cmd, argv, marker, timeoutMs, env = process.env) {
         fs.rmSync(rssFile);
       } catch {}
       if (markerMs === undefined) return reject(new Error(`${cmd} never printed ${marker} (status ${status}); output tail:\n${out.slice(-2000)}`));
-      resolve({ markerMs, exitMs, rssKiB, userMs, sysMs, status });
+      resolve({ markerMs, exitMs, kernelMs, rssKiB, userMs, sysMs, status });
     });
   });
 }
@@ -216,8 +233,9 @@ async function linux() {
   const images = { bzimage: a.vmlinuz, pvh: a.vmlinux };
   const kinds = IMAGE === 'both' ? ['bzimage', 'pvh'] : [IMAGE];
   if (!kinds.every((k) => k in images)) throw new Error(`--image ${IMAGE}: use bzimage, pvh or both`);
-  const rows = Object.fromEntries(kinds.map((k) => [k, { nodevmm: [], qemu: [] }]));
-  const failures = { nodevmm: 0, qemu: 0 };
+  const againstDir = stringOption('--against');
+  const rows = Object.fromEntries(kinds.map((k) => [k, { nodevmm: [], qemu: [], against: [] }]));
+  const failures = { nodevmm: 0, qemu: 0, against: 0 };
   // Under the emulated KVM host a guest occasionally dies in early boot (docs/testing.md):
   // such a run is counted and reported, and replaced by another, for either VMM.
   const attempt = async (who, cmd, argv) => {
@@ -237,11 +255,13 @@ async function linux() {
   for (let i = 0; i < RUNS; i++) {
     for (const kind of kinds) {
       const kernel = images[kind];
-      rows[kind].nodevmm.push(await attempt('nodevmm', process.execPath, [path.join(root, 'bin', 'nodevmm.js'), 'run', '--kernel', kernel, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART]));
+      const runArgs = ['run', '--kernel', kernel, '--initrd', a.testInitramfs, '--no-default-cmdline', '--cmdline', cmdline, '-m', '512M', '-p', '1', ...ONE_UART];
+      rows[kind].nodevmm.push(await attempt('nodevmm', process.execPath, [path.join(root, 'bin', 'nodevmm.js'), ...runArgs]));
+      if (againstDir) rows[kind].against.push(await attempt('against', process.execPath, [path.join(path.resolve(againstDir), 'bin', 'nodevmm.js'), ...runArgs]));
       rows[kind].qemu.push(await attempt('qemu', 'qemu-system-x86_64', ['-M', 'microvm', '-accel', 'kvm', '-cpu', 'host', '-m', '512M', '-smp', '1', '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot', '-kernel', kernel, '-initrd', a.testInitramfs, '-append', cmdline]));
     }
   }
-  console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}`);
+  console.log(`  failed runs repeated: nodevmm ${failures.nodevmm}, qemu ${failures.qemu}${againstDir ? `, --against ${failures.against}` : ''}`);
   const spread = (xs, digits) => {
     const s = [...xs].sort((x, y) => x - y);
     return `${s[0].toFixed(digits)} / ${median(s).toFixed(digits)} / ${s[s.length - 1].toFixed(digits)}`;
@@ -253,8 +273,13 @@ async function linux() {
       const n = r.nodevmm.map(f);
       const q = r.qemu.map(f);
       console.log(`  ${name.padEnd(24)} nodevmm ${spread(n, digits)} ${unit}   qemu ${spread(q, digits)} ${unit}   ratio ${(median(n) / median(q)).toFixed(2)}x`);
+      if (againstDir) {
+        const o = r.against.map(f);
+        console.log(`  ${''.padEnd(24)} --against ${spread(o, digits)} ${unit}   ratio to qemu ${(median(o) / median(q)).toFixed(2)}x, this checkout to --against ${(median(n) / median(o)).toFixed(2)}x`);
+      }
     };
     line('GUEST-INIT-OK', (x) => x.markerMs, 'ms', 0);
+    line('kernel clock start', (x) => x.kernelMs, 'ms', 0);
     line('exit (after poweroff)', (x) => x.exitMs, 'ms', 0);
     line('peak RSS', (x) => x.rssKiB / 1024, 'MiB', 1);
   }
