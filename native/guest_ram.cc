@@ -59,6 +59,18 @@ void* ReserveAligned(uint64_t size) {
   return reinterpret_cast<void*>(start);
 }
 
+// What every guest RAM mapping is advised: not worth dumping into a core
+// file, and not inherited by a child process. Node starts helpers (passt,
+// virtiofsd, iptables...) with fork: a private mapping (anonymous RAM, a
+// restore's file) would turn copy-on-write in the parent until the child's
+// exec, so the guest's next write to each page would copy it, and a page
+// pinned meanwhile (vhost, O_DIRECT) could part from the one KVM maps. QEMU
+// advises its RAM the same way.
+void AdviseRam(void* p, uint64_t size) {
+  madvise(p, size, MADV_DONTDUMP);
+  madvise(p, size, MADV_DONTFORK);
+}
+
 // Fresh zeroed RAM, or, with private_file >= 0, that file's bytes mapped
 // MAP_PRIVATE (copy-on-write: a snapshot's memory file, which every restore
 // shares until the guest writes). Fresh RAM is a memfd mapped MAP_SHARED
@@ -77,7 +89,7 @@ uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, bool s
       if (at) munmap(at, size);
       return nullptr;
     }
-    madvise(p, size, MADV_DONTDUMP);
+    AdviseRam(p, size);
     return static_cast<uint8_t*>(p);
   }
   if (!shared) {
@@ -92,7 +104,7 @@ uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, bool s
       if (at) munmap(at, size);
       return nullptr;
     }
-    madvise(p, size, MADV_DONTDUMP);
+    AdviseRam(p, size);
     return static_cast<uint8_t*>(p);
   }
   int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
@@ -121,8 +133,7 @@ uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, bool s
     close(fd);
     return nullptr;
   }
-  // Guest RAM is not worth dumping into a core file.
-  madvise(p, size, MADV_DONTDUMP);
+  AdviseRam(p, size);
   *fd_out = fd;
   return static_cast<uint8_t*>(p);
 }

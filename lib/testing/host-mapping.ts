@@ -12,6 +12,8 @@ export interface HostMapping {
   path: string;
   /** smaps fields in kB (Rss, AnonHugePages, ...) and flags (THPeligible) as numbers. */
   fields: Record<string, number>;
+  /** smaps' VmFlags, e.g. "dc" (not copied into a forked child: MADV_DONTFORK), "dd" (not dumped). */
+  vmFlags: string[];
 }
 
 /** The mapping that holds `address` (the kernel may have merged it with a like neighbour), or undefined. */
@@ -21,11 +23,13 @@ export function hostMappingAt(address: bigint): HostMapping | undefined {
     const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$/.exec(head!);
     if (!m || address < BigInt(`0x${m[1]}`) || address >= BigInt(`0x${m[2]}`)) continue;
     const fields: Record<string, number> = {};
+    let vmFlags: string[] = [];
     for (const line of rest) {
       const f = /^(\w+):\s+(\d+)/.exec(line);
       if (f) fields[f[1]!] = Number(f[2]);
+      else if (line.startsWith('VmFlags:')) vmFlags = line.slice('VmFlags:'.length).trim().split(/\s+/);
     }
-    return { perms: m[3]!, path: m[4]!.trim(), fields };
+    return { perms: m[3]!, path: m[4]!.trim(), fields, vmFlags };
   }
   return undefined;
 }

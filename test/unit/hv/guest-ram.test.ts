@@ -99,6 +99,11 @@ test('guest ram is private anonymous memory unless asked to be shared: no fd, no
   t.teardown(() => shared.release());
   t.regex(hostMappingAt(shared.hostAddress)!.path, /^\/memfd:private-test-shared/);
   t.is(hostMappingAt(shared.hostAddress)!.perms, 'rw-s');
+  // Neither is copied into a forked child (Node forks for every helper it spawns) nor dumped.
+  for (const ram of [m!, hostMappingAt(shared.hostAddress)!]) {
+    t.true(ram.vmFlags.includes('dc'), `VmFlags ${ram.vmFlags.join(' ')} without dc (MADV_DONTFORK)`);
+    t.true(ram.vmFlags.includes('dd'), `VmFlags ${ram.vmFlags.join(' ')} without dd (MADV_DONTDUMP)`);
+  }
 });
 
 test("advise('dontneed') frees a range of anonymous ram and leaves zeros", (t) => {
