@@ -9,6 +9,7 @@
 #endif
 #include <windows.h>
 #else
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -58,12 +59,25 @@ void* ReserveAligned(uint64_t size) {
   return reinterpret_cast<void*>(start);
 }
 
-// Fresh memfd-backed RAM (see the constructor); nullptr with *err, *call set.
-// Fresh memfd-backed RAM (see the constructor), or, with private_file >= 0,
-// that file's bytes mapped MAP_PRIVATE (copy-on-write: a snapshot's memory
-// file, which every restore shares until the guest writes); nullptr with
-// *err, *call set.
-uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, int* fd_out, int* err, const char** call) {
+// What every guest RAM mapping is advised: not worth dumping into a core
+// file, and not inherited by a child process. Node starts helpers (passt,
+// virtiofsd, iptables...) with fork: a private mapping (anonymous RAM, a
+// restore's file) would turn copy-on-write in the parent until the child's
+// exec, so the guest's next write to each page would copy it, and a page
+// pinned meanwhile (vhost, O_DIRECT) could part from the one KVM maps. QEMU
+// advises its RAM the same way.
+void AdviseRam(void* p, uint64_t size) {
+  madvise(p, size, MADV_DONTDUMP);
+  madvise(p, size, MADV_DONTFORK);
+}
+
+// Fresh zeroed RAM, or, with private_file >= 0, that file's bytes mapped
+// MAP_PRIVATE (copy-on-write: a snapshot's memory file, which every restore
+// shares until the guest writes). Fresh RAM is a memfd mapped MAP_SHARED
+// when `shared` (*fd_out is the memfd), else private anonymous memory
+// (*fd_out is -1). nullptr with *err, *call set.
+uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, bool shared, int* fd_out, int* err, const char** call) {
+  *fd_out = -1;
   if (private_file >= 0) {
     void* at = ReserveAligned(size);
     // SAFETY: the caller checked private_file is a regular file of at least
@@ -75,8 +89,22 @@ uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, int* f
       if (at) munmap(at, size);
       return nullptr;
     }
-    madvise(p, size, MADV_DONTDUMP);
-    *fd_out = -1;
+    AdviseRam(p, size);
+    return static_cast<uint8_t*>(p);
+  }
+  if (!shared) {
+    void* at = ReserveAligned(size);
+    // SAFETY: `at` is our own PROT_NONE reservation of `size` bytes (or
+    // null: let the kernel choose); fresh anonymous pages replace it.
+    // MAP_NORESERVE: pages exist once touched, nothing is charged up front.
+    void* p = mmap(at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (at ? MAP_FIXED : 0), -1, 0);
+    if (p == MAP_FAILED) {
+      *err = errno;
+      *call = "mmap";
+      if (at) munmap(at, size);
+      return nullptr;
+    }
+    AdviseRam(p, size);
     return static_cast<uint8_t*>(p);
   }
   int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
@@ -105,8 +133,7 @@ uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, int* f
     close(fd);
     return nullptr;
   }
-  // Guest RAM is not worth dumping into a core file.
-  madvise(p, size, MADV_DONTDUMP);
+  AdviseRam(p, size);
   *fd_out = fd;
   return static_cast<uint8_t*>(p);
 }
@@ -121,9 +148,10 @@ void CloseRamFd(int fd) { if (fd >= 0) close(fd); }
 // Windows: committed private memory from VirtualAlloc (zero-filled on first
 // touch; Windows has no overcommit, so the size is charged to the commit
 // limit up front). WHvMapGpaRange maps these very pages into the guest.
-uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, int* fd_out, int* err, const char** call) {
+uint8_t* MapRam(uint64_t size, const std::string& name, int private_file, bool shared, int* fd_out, int* err, const char** call) {
   (void)name;
   (void)private_file;  // refused by the constructor on Windows
+  (void)shared;        // refused by the constructor on Windows
   void* p = VirtualAlloc(nullptr, static_cast<SIZE_T>(size), MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
   if (!p) {
     *err = ENOMEM;
@@ -160,11 +188,14 @@ Napi::Function GuestRam::Init(Napi::Env env) {
                      });
 }
 
-// new GuestRam(size, { name?: string, privateFile?: fd })
+// new GuestRam(size, { name?: string, privateFile?: fd, shared?: boolean })
 //
-// Without privateFile: a memfd mapped MAP_SHARED, so the same pages can be
-// handed to another process (a vhost-user backend such as virtiofsd maps
-// them from the fd), while KVM and JS see them exactly as before. See
+// Plain: private anonymous memory (what the host backs with transparent
+// huge pages under THP "enabled"); fd reads -1.
+//
+// shared: a memfd mapped MAP_SHARED, so the same pages can be handed to
+// another process (a vhost-user backend such as virtiofsd maps them from
+// the fd), while KVM and JS see them exactly as anonymous RAM. See
 // docs/architecture.md, "Guest memory", for what that changes (shmem
 // accounting, THP knob, freeing).
 //
@@ -183,14 +214,24 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
   }
   std::string name = "nodevmm-ram";
   int private_file = -1;
+  bool shared = false;
   if (info.Length() > 1 && info[1].IsObject()) {
     Napi::Object o = info[1].As<Napi::Object>();
     if (o.Get("name").IsString()) name = o.Get("name").As<Napi::String>().Utf8Value();
     if (o.Get("privateFile").IsNumber()) private_file = o.Get("privateFile").As<Napi::Number>().Int32Value();
+    shared = o.Get("shared").ToBoolean().Value();
+  }
+  if (shared && private_file >= 0) {
+    ThrowUsage(env, "guest ram is either shared (a memfd) or a private file mapping, not both");
+    return;
   }
 #if defined(_WIN32)
   if (private_file >= 0) {
     ThrowUsage(env, "guest ram from a file (a snapshot restore) is not supported on Windows");
+    return;
+  }
+  if (shared) {
+    ThrowUsage(env, "guest ram shared with another process (a memfd) is not supported on Windows");
     return;
   }
 #else
@@ -212,12 +253,12 @@ GuestRam::GuestRam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GuestRam>(
 #endif
   int fd = -1, err = 0;
   const char* call = "";
-  uint8_t* p = MapRam(size, name, private_file, &fd, &err, &call);
+  uint8_t* p = MapRam(size, name, private_file, shared, &fd, &err, &call);
   if (!p) {
     ThrowErrno(env, err, call, nullptr, "map guest ram");
     return;
   }
-  private_ = private_file >= 0;
+  backing_ = private_file >= 0 ? Backing::kFile : shared ? Backing::kShared : Backing::kAnonymous;
   memfd_ = fd;
   host_ = p;
   size_ = size;
@@ -380,9 +421,10 @@ Napi::Value GuestRam::Release(const Napi::CallbackInfo& info) {
 }
 
 // advise("dontneed" | "hugepage", offset, length). "dontneed" frees the
-// range and leaves zeros: on a shared memfd mapping MADV_DONTNEED would only
-// drop this process's page-table entries and keep the pages in the file, so
-// it is MADV_REMOVE (a hole punched in the memfd).
+// range and leaves zeros: MADV_DONTNEED on anonymous memory; on a shared
+// memfd mapping MADV_DONTNEED would only drop this process's page-table
+// entries and keep the pages in the file, so there it is MADV_REMOVE (a
+// hole punched in the memfd).
 Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!host_) return ThrowUsage(env, "guest ram was released");
@@ -397,14 +439,18 @@ Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
   // again, which frees the pages and leaves zeros.
   if (what == "dontneed") ReplaceWithZeroPages(host_ + off, len);
 #else
-  int advice = what == "dontneed" ? MADV_REMOVE : MADV_HUGEPAGE;
-  if (private_ && advice == MADV_REMOVE) {
-    // A private file mapping: MADV_DONTNEED would bring the file's bytes
-    // back, MADV_REMOVE is refused. Fresh anonymous pages leave zeros.
-    ReplaceWithZeroPages(host_ + off, len);
-    return env.Undefined();
+  int advice = MADV_HUGEPAGE;
+  if (what == "dontneed") {
+    if (backing_ == Backing::kFile) {
+      // A private file mapping: MADV_DONTNEED would bring the file's bytes
+      // back, MADV_REMOVE is refused. Fresh anonymous pages leave zeros.
+      ReplaceWithZeroPages(host_ + off, len);
+      return env.Undefined();
+    }
+    advice = backing_ == Backing::kShared ? MADV_REMOVE : MADV_DONTNEED;
+  } else if (backing_ == Backing::kFile) {
+    return env.Undefined();  // a regular file's private pages are never huge
   }
-  if (private_ && advice == MADV_HUGEPAGE) return env.Undefined();  // a regular file's private pages are never huge
   if (madvise(host_ + off, len, advice) != 0) return ThrowErrno(env, errno, "madvise", nullptr, "advise guest ram");
 #endif
   return env.Undefined();
@@ -412,10 +458,12 @@ Napi::Value GuestRam::Advise(const Napi::CallbackInfo& info) {
 
 // writeTo(fd) -> bytes written: the RAM's contents into a regular file from
 // offset 0, sparse: pages of zeros are skipped (they read back as zeros
-// from the hole), and on a memfd the holes it already has are not even
-// read (SEEK_DATA/SEEK_HOLE), so a mostly untouched guest saves in time
-// proportional to what it used. The file is sized to the RAM. The caller
-// pauses the vCPUs first: a page written meanwhile may be saved torn.
+// from the hole), and pages never touched are not even read: the memfd's
+// holes (SEEK_DATA/SEEK_HOLE), and on anonymous RAM the pages that are
+// neither in memory nor in swap (/proc/self/pagemap), so a mostly untouched
+// guest saves in time proportional to what it used. The file is sized to
+// the RAM. The caller pauses the vCPUs first: a page written meanwhile may
+// be saved torn.
 Napi::Value GuestRam::WriteTo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!host_) return ThrowUsage(env, "guest ram was released");
@@ -428,17 +476,9 @@ Napi::Value GuestRam::WriteTo(const Napi::CallbackInfo& info) {
   constexpr uint64_t kPage = 4096;
   static const uint8_t kZero[kPage] = {};
   uint64_t written = 0;
-  uint64_t pos = 0;
-  while (pos < size_) {
-    uint64_t end = size_;
-    if (memfd_ >= 0) {
-      off_t d = lseek(memfd_, static_cast<off_t>(pos), SEEK_DATA);
-      if (d < 0) break;  // ENXIO: only holes from here on
-      off_t h = lseek(memfd_, d, SEEK_HOLE);
-      pos = static_cast<uint64_t>(d) & ~(kPage - 1);
-      end = h < 0 ? size_ : std::min<uint64_t>(size_, (static_cast<uint64_t>(h) + kPage - 1) & ~(kPage - 1));
-    }
-    // Within [pos, end): write each run of non-zero pages with one pwrite.
+  // [pos, end), page aligned, into the file: each run of non-zero pages with
+  // one pwrite. false with errno set if a write failed.
+  auto save = [&](uint64_t pos, uint64_t end) {
     uint64_t run = pos;
     for (uint64_t p = pos; p <= end; p += kPage) {
       bool zero = p == end || std::memcmp(host_ + p, kZero, kPage) == 0;
@@ -447,15 +487,56 @@ Napi::Value GuestRam::WriteTo(const Napi::CallbackInfo& info) {
         ssize_t n = pwrite(out, host_ + run, p - run, static_cast<off_t>(run));
         if (n < 0) {
           if (errno == EINTR) continue;
-          return ThrowErrno(env, errno, "pwrite", nullptr, "write guest ram file");
+          return false;
         }
         run += static_cast<uint64_t>(n);
         written += static_cast<uint64_t>(n);
       }
       run = p + kPage;
     }
-    pos = end;
+    return true;
+  };
+  bool ok = true;
+  int pagemap = backing_ == Backing::kAnonymous ? open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC) : -1;
+  if (memfd_ >= 0) {
+    uint64_t pos = 0;
+    while (ok && pos < size_) {
+      off_t d = lseek(memfd_, static_cast<off_t>(pos), SEEK_DATA);
+      if (d < 0) break;  // ENXIO: only holes from here on
+      off_t h = lseek(memfd_, d, SEEK_HOLE);
+      uint64_t start = static_cast<uint64_t>(d) & ~(kPage - 1);
+      uint64_t end = h < 0 ? size_ : std::min<uint64_t>(size_, (static_cast<uint64_t>(h) + kPage - 1) & ~(kPage - 1));
+      ok = save(start, end);
+      pos = end;
+    }
+  } else if (pagemap >= 0) {
+    // One 64-bit entry per page of this process; bit 63: in memory, bit 62:
+    // in swap. Neither: never touched (or freed with MADV_DONTNEED), zeros.
+    constexpr uint64_t kPresent = 1ull << 63, kSwapped = 1ull << 62;
+    constexpr uint64_t kBatch = 512;  // pages per read: 2 MiB of RAM, 4 KiB of entries
+    uint64_t entries[kBatch];
+    const uint64_t first = reinterpret_cast<uintptr_t>(host_) / kPage;
+    for (uint64_t pos = 0; ok && pos < size_; pos += kBatch * kPage) {
+      uint64_t pages = std::min<uint64_t>(kBatch, (size_ - pos) / kPage);
+      ssize_t n = pread(pagemap, entries, pages * sizeof(uint64_t), static_cast<off_t>((first + pos / kPage) * sizeof(uint64_t)));
+      if (n != static_cast<ssize_t>(pages * sizeof(uint64_t))) {
+        ok = save(pos, pos + pages * kPage);  // cannot tell: look at every page
+        continue;
+      }
+      uint64_t i = 0;
+      while (ok && i < pages) {
+        while (i < pages && !(entries[i] & (kPresent | kSwapped))) i++;
+        uint64_t from = i;
+        while (i < pages && (entries[i] & (kPresent | kSwapped))) i++;
+        if (i > from) ok = save(pos + from * kPage, pos + i * kPage);
+      }
+    }
+  } else {
+    ok = save(0, size_);
   }
+  int saved_errno = errno;
+  if (pagemap >= 0) close(pagemap);
+  if (!ok) return ThrowErrno(env, saved_errno, "pwrite", nullptr, "write guest ram file");
   return Napi::Number::New(env, static_cast<double>(written));
 #endif
 }

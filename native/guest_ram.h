@@ -91,8 +91,9 @@ class GuestRam : public Napi::ObjectWrap<GuestRam> {
   uint8_t* host_ = nullptr;
   uint64_t size_ = 0;
   int memfd_ = -1;
-  // A private mapping of a caller's file (a snapshot's memory), not a memfd.
-  bool private_ = false;
+  // What the pages are (see the constructor): each frees and saves them its own way.
+  enum class Backing { kAnonymous, kShared, kFile };
+  Backing backing_ = Backing::kAnonymous;
   // Every view handed out, held until release() detaches it, and the length
   // taken out of V8's external memory count for it (see Views()).
   struct View {

@@ -50,7 +50,7 @@ export interface HostRam {
   readonly size: number;
   /** Where this process maps it (for vhost). */
   readonly hostAddress: bigint;
-  /** The memfd behind the mapping at offset 0 (another process may map it: vhost-user); -1 once released. */
+  /** The memfd behind the mapping at offset 0 when allocated `shared` (another process may map it: vhost-user); -1 otherwise and once released. */
   readonly fd: number;
   /** One ArrayBuffer over [offset, offset+length) of the RAM (RamSlots makes them per piece, on first touch). */
   view(offset: number, length: number): ArrayBuffer;
@@ -98,13 +98,18 @@ export interface PartitionBackend<V = unknown> {
 
   /** The RAM mapped while the partition was made (once: later calls return none); none if the backend maps nothing early. */
   takeEarlyRam?(): EarlyRam[];
-  /** Fresh zeroed RAM (shareable with other processes through `fd`), or `privateFile`'s bytes mapped copy-on-write (not shareable: `fd` is -1). */
-  allocateRam(size: number, opts: { name: string; privateFile?: number }): HostRam;
+  /**
+   * Fresh zeroed RAM (private to this process unless `shared`: then other processes can map it
+   * through `fd`), or `privateFile`'s bytes mapped copy-on-write (not shareable: `fd` is -1).
+   */
+  allocateRam(size: number, opts: { name: string; privateFile?: number; shared?: boolean }): HostRam;
   /**
    * Map `ram` at `gpa` in memory slot `slot`. A backend may finish the mapping in the
    * background and return a Promise for it; the vCPUs then start only once it is done.
+   * `restored`: the RAM holds a snapshot's memory (`privateFile`), which a restore's saved
+   * state refers to right after: map it before returning.
    */
-  mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void | Promise<void>;
+  mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean, restored: boolean): void | Promise<void>;
   /** native/block_io.cc's transfer on the thread pool: op 0 read, 1 write, 2 fdatasync; `segments` as (ram index, offset, length). */
   transfer(op: 0 | 1 | 2, fd: number, position: number, rams: readonly HostRam[], segments: Float64Array, done: (error: Error | null, bytes: number) => void): void;
   /** The same read or write on this thread; -1: would block, -2: the file cannot promise not to. */

@@ -73,7 +73,7 @@ export async function vmClosesSettled(timeoutMs = 10_000, binding: NativeBinding
  */
 export function mapEarlyRam(kvm: KvmVm, ram: readonly RamOptions[]): EarlyRam[] {
   const out: EarlyRam[] = [];
-  const allocator = { allocateRam: (size: number, o: { name: string; privateFile?: number }) => native(() => new kvm.binding.GuestRam(size, o)) };
+  const allocator = { allocateRam: (size: number, o: { name: string; privateFile?: number; shared?: boolean }) => native(() => new kvm.binding.GuestRam(size, o)) };
   try {
     for (const opts of ram) {
       const name = checkRamPlacement(opts, out.map((e) => ({ gpa: e.opts.gpa, size: e.opts.size, name: e.name })));
@@ -133,18 +133,18 @@ export class KvmBackend<V> implements PartitionBackend<V> {
     this.earlyRam = [];
     return e;
   }
-  allocateRam(size: number, opts: { name: string; privateFile?: number }): HostRam {
+  allocateRam(size: number, opts: { name: string; privateFile?: number; shared?: boolean }): HostRam {
     return native(() => new this.binding.GuestRam(size, opts));
   }
   /**
    * Creating a slot makes KVM wait for an SRCU grace period (~4.6 ms on KVM-PVM, where a
    * churning process spent a third of its JS thread there): it runs on the thread pool while
-   * this thread builds the rest of the machine. A snapshot's RAM (a private file mapping, which
-   * has no fd to share: -1) is mapped at once instead: the saved MSRs a restore sets next (PV EOI,
-   * async page faults) make KVM look up their guest pages, which must be in a slot by then.
+   * this thread builds the rest of the machine. A snapshot's RAM (`restored`) is mapped at once
+   * instead: the saved MSRs a restore sets next (PV EOI, async page faults) make KVM look up
+   * their guest pages, which must be in a slot by then.
    */
-  mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean): void | Promise<void> {
-    const background = ram.fd >= 0;
+  mapRam(slot: number, gpa: number, ram: HostRam, readonly: boolean, restored: boolean): void | Promise<void> {
+    const background = !restored;
     return native(() => this.vm.setUserMemoryRegion(slot, gpa, ram as NativeGuestRam, 0, ram.size, { readonly, background }));
   }
   transfer(op: 0 | 1 | 2, fd: number, position: number, rams: readonly HostRam[], segments: Float64Array, done: (error: Error | null, bytes: number) => void): void {

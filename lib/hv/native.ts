@@ -42,7 +42,7 @@ export interface CpuidEntry {
 
 export interface NativeGuestRam {
   readonly size: number;
-  /** The memfd behind the mapping (another process may map it: vhost-user); -1 once released. */
+  /** The memfd behind the mapping when made `shared` (another process may map it: vhost-user); -1 otherwise and once released. */
   readonly fd: number;
   /** Where this process maps the RAM (vhost's memory table wants it); 0n once released. */
   readonly hostAddress: bigint;
@@ -285,8 +285,12 @@ export interface NativeBinding {
   unixSendmsg(fd: number, bytes: Uint8Array, fds: readonly number[], timeoutMs: number): number;
   /** One recvmsg(2) once readable (up to timeoutMs, then ETIMEDOUT): bytes 0 means the peer closed; received fds are the caller's. */
   unixRecvmsg(fd: number, into: Uint8Array, timeoutMs: number): { bytes: number; fds: number[] };
-  /** Guest RAM: a memfd of `size` bytes mapped shared, 2 MiB aligned (native/guest_ram.cc); with `privateFile`, that file mapped private (copy-on-write) instead. */
-  GuestRam: new (size: number, opts?: { name?: string; privateFile?: number }) => NativeGuestRam;
+  /**
+   * Guest RAM of `size` bytes, 2 MiB aligned (native/guest_ram.cc): private anonymous memory;
+   * with `shared`, a memfd mapped shared instead (its `fd` another process can map); with
+   * `privateFile`, that file mapped private (copy-on-write).
+   */
+  GuestRam: new (size: number, opts?: { name?: string; privateFile?: number; shared?: boolean }) => NativeGuestRam;
   Vm: new (type?: number) => NativeVm;
   layout(): NativeLayout;
   /** VM fds a destroy handed to closer threads (native/deferred_close.h) that are not closed yet. */

@@ -65,6 +65,16 @@ export interface RamOptions {
    * caller may close the fd afterwards; the file must not change while mapped.
    */
   privateFile?: number;
+  /**
+   * Back the region with a memfd mapped shared (`ramMappings()[i].fd`), which
+   * another process can map: what a vhost-user device (virtio-fs's
+   * virtiofsd) needs. Default false: private anonymous memory with no fd,
+   * which the host backs with transparent huge pages where THP `enabled`
+   * allows (a memfd is shmem and follows `shmem_enabled` instead, `never` on
+   * most distributions). Not with `privateFile`. Linux only (Windows RAM
+   * never has an fd).
+   */
+  shared?: boolean;
 }
 
 /** A vCPU of any architecture. */
@@ -217,7 +227,7 @@ export interface PartitionIo {
   /** The same done before returning, or -1 if it would block. */
   fileIoNow(op: 'read' | 'write', fd: number, position: number, buffers: readonly GuestBuffer[], nowait: boolean): number;
   fileSync(fd: number): Promise<void>;
-  /** Each RAM region with its address in this process and the memfd behind it at offset 0 (for vhost and vhost-user). */
+  /** Each RAM region with its address in this process (for vhost) and the memfd behind it at offset 0 (for vhost-user; -1 unless added `shared`). */
   ramMappings(): Array<{ gpa: number; size: number; hostAddress: bigint; fd: number }>;
   /** eventfds and their registration with this partition (ioeventfd kicks, irqfd interrupts). */
   notifyOps(): NotifyOps;

@@ -53,7 +53,10 @@ export function checkRamPlacement(opts: RamOptions, taken: Iterable<{ gpa: numbe
 
 /** The backend's host memory for `opts` (checked by checkRamPlacement), asked for transparent huge pages unless `hugepages` is false. */
 export function hostRamFor(backend: Pick<PartitionBackend, 'allocateRam'>, opts: RamOptions, name: string): HostRam {
-  const ram = backend.allocateRam(opts.size, opts.privateFile !== undefined ? { name, privateFile: opts.privateFile } : { name });
+  if (opts.shared && opts.privateFile !== undefined) {
+    throw new NodevmmError('ERR_INVALID_ARG', `guest ram ${name} cannot be both shared (a memfd) and a snapshot's file mapped private (privateFile)`);
+  }
+  const ram = backend.allocateRam(opts.size, opts.privateFile !== undefined ? { name, privateFile: opts.privateFile } : opts.shared ? { name, shared: true } : { name });
   if (opts.hugepages !== false && opts.size >= HUGE_PAGE) {
     try {
       ram.advise('hugepage');
@@ -84,7 +87,7 @@ export class RamSlots {
     const name = checkRamPlacement(opts, this.memory.ranges());
     const ram = hostRamFor(this.backend, opts, name);
     try {
-      const pending = this.backend.mapRam(this.rams.length, opts.gpa, ram, !!opts.readonly);
+      const pending = this.backend.mapRam(this.rams.length, opts.gpa, ram, !!opts.readonly, opts.privateFile !== undefined);
       if (pending) this.mapped = both(this.mapped, pending);
       this.register(opts, name, ram);
     } catch (e) {

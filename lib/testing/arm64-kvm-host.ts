@@ -313,7 +313,7 @@ export function arm64QemuArgs(image: string, initrd: string, results: string, ke
     '-m', `${o.memoryMiB ?? 2048}M`, '-smp', String(o.smp ?? 2),
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-kernel', image, '-initrd', initrd,
-    '-append', `console=ttyAMA0 quiet panic=-1 ${kernelArgs}`,
+    '-append', `console=ttyAMA0 quiet panic=-1 transparent_hugepage=never ${kernelArgs}`,
     '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
     '-virtfs', `local,path=${results},mount_tag=results,security_model=none,multidevs=remap`,
   ];

@@ -81,8 +81,9 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages | un
     phase('partition');
     // 2. RAM from 1 GiB up to the MMIO gap, the rest above 4 GiB.
     arm64RamRanges(cfg.memory).forEach((r, i) => {
-      const file = restore ? { privateFile: restore.ramFds[i]! } : {};
-      partition.addRam({ gpa: r.gpa, size: r.size, name: `ram@${r.gpa.toString(16)}`, ...file });
+      // Shared (a memfd) only where virtiofsd must map it: anonymous RAM gets transparent huge pages.
+      const backing = restore ? { privateFile: restore.ramFds[i]! } : { shared: cfg.shares.length > 0 };
+      partition.addRam({ gpa: r.gpa, size: r.size, name: `ram@${r.gpa.toString(16)}`, ...backing });
     });
     phase('memory');
 

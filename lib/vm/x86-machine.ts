@@ -77,7 +77,9 @@ export function buildX86Machine(cfg: ResolvedVmConfig, images: BootImages | unde
   // 2. RAM below the MMIO gap and above 4 GiB, mapped as the partition is made (X86PartitionOptions.ram: cheaper so on KVM).
   // Computed once here; the loader (E820, boot page tables) and the CMOS take them from here.
   const ram = ramRangesFor(cfg.memory);
-  const ramOptions = ram.map((r, i) => ({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high', ...(restore ? { privateFile: restore.ramFds[i]! } : {}) }));
+  // Shared (a memfd) only where virtiofsd must map it: anonymous RAM gets transparent huge pages.
+  const backing = (i: number) => (restore ? { privateFile: restore.ramFds[i]! } : { shared: cfg.shares.length > 0 });
+  const ramOptions = ram.map((r, i) => ({ gpa: r.gpa, size: r.size, name: r.gpa < 4 * GiB ? 'ram-low' : 'ram-high', ...backing(i) }));
   const partition = hv.createX86Partition({ vcpus: cfg.vcpus, tssAddress: KVM_TSS_START, identityMapAddress: KVM_IDENTITY_MAP_START, irqchip, ram: ramOptions, ...spin });
   const sinks: BatchingSink[] = [];
   let virtio: AttachedVirtio | undefined;

@@ -12,6 +12,7 @@ import { cachedImageCount } from '../../lib/vm/image-files';
 import { kvmSkipReason, settledProcessResources } from '../../lib/testing/kvm-test-helpers';
 import { cmosProbeCode, tinyPvhKernel, uartProbeCode } from '../../lib/testing/tiny-pvh';
 import { ConfigError } from '../../lib/errors';
+import { anonymousThpAvailable, hostMappingAt } from '../../lib/testing/host-mapping';
 
 const skip = kvmSkipReason();
 const kvm = skip ? test.skip : test;
@@ -29,6 +30,23 @@ kvm('the tiny PVH kernel prints on COM1 and powers off through the ACPI PM block
   t.is(stop.reason, 'poweroff', stop.message);
   t.is(vm.state, 'stopped');
   t.regex(vm.serial(1).log(), /^HELLO-FROM-PVH\n/);
+});
+
+kvm('a VM without shares gets private anonymous RAM, which transparent huge pages can back: no memfd', async (t) => {
+  const vm = await createVm({ kernel: tinyPvhKernel('ANON-RAM\n', { powerOff: false }), boot: 'pvh', memory: '64M' });
+  t.teardown(() => vm.kill());
+  await vm.start();
+  await vm.serial(1).expect(/ANON-RAM/, { timeoutMs: 10_000 });
+  const regions = vm.partition.ramMappings();
+  t.true(regions.length > 0);
+  for (const r of regions) {
+    t.is(r.fd, -1, 'no fd for another process to map');
+    const m = hostMappingAt(r.hostAddress);
+    t.is(m?.perms, 'rw-p');
+    t.is(m?.path, '', 'anonymous, not a /memfd: file');
+    // A memfd would be shmem, governed by THP's `shmem_enabled` (never on most hosts) instead.
+    if (anonymousThpAvailable() && m && 'THPeligible' in m.fields) t.is(m.fields.THPeligible, 1);
+  }
 });
 
 /** Boot the tiny PVH kernel with a probe before its message; the guest's COM1 output and the exit counters as it stopped. */

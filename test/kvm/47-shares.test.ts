@@ -15,6 +15,7 @@ import { createVm } from '../../lib/vm/vm';
 import { kvmSkipReason } from '../../lib/testing/kvm-test-helpers';
 import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 import { findVirtiofsd } from '../../lib/vm/virtiofs';
+import { hostMappingAt } from '../../lib/testing/host-mapping';
 
 const skip = kvmSkipReason() ?? (!findVirtiofsd() ? 'virtiofsd is not installed' : spawnSync('unshare', ['--mount', '--pid', '--fork', 'true']).status !== 0 ? 'no namespaces for virtiofsd' : undefined);
 const kvm = skip ? test.skip : test.serial;
@@ -61,6 +62,12 @@ kvm('a VM with two shares runs a virtiofsd per share and stops every one with th
   await vm.start();
   await vm.expect('SHARES');
   t.true(daemonsOf(a!).length > 0 && daemonsOf(b!).length > 0, 'one daemon per share');
+  // virtiofsd maps guest RAM from its fds: with shares the RAM is a memfd mapped shared.
+  for (const r of vm.partition.ramMappings()) {
+    t.true(r.fd >= 0);
+    t.regex(fs.readlinkSync(`/proc/self/fd/${r.fd}`), /^\/memfd:ram-low/);
+    t.is(hostMappingAt(r.hostAddress)?.perms, 'rw-s');
+  }
   await vm.kill();
   t.true(await until(() => daemonsOf(a!).length + daemonsOf(b!).length === 0, 5000), `left: ${[...daemonsOf(a!), ...daemonsOf(b!)].join(', ')}`);
 });

@@ -12,6 +12,7 @@ import { kvmSkipReason } from '../../lib/testing/kvm-test-helpers';
 import { tinyPvhKernel } from '../../lib/testing/tiny-pvh';
 import { withVm } from '../../lib/testing/harness';
 import { createVm, restoreVm, type Vm } from '../../lib/vm/vm';
+import { MiB } from '../../lib/util/bytes';
 import { tempDir } from '../temp-dir';
 
 const skip = kvmSkipReason();
@@ -61,6 +62,24 @@ kvm('a vm snapshotted part-way through its output and restored prints exactly th
     t.is(r.restoredFrom, dir);
     t.is(before + (await rest(r)), MESSAGE);
   }
+});
+
+kvm('a vm on anonymous ram is saved byte for byte, and its restore sees what the original held', async (t) => {
+  const dir = path.join(tempDir(t), 'snap');
+  const vm = await pausedPartWay();
+  t.true(vm.partition.ramMappings().every((r) => r.fd === -1), 'anonymous ram (no shares)');
+  // A page the guest never touches, written while it is paused.
+  const mark = Uint8Array.from({ length: 4096 }, (_, i) => (i * 7 + 3) & 0xff);
+  vm.memory.write(40 * MiB, mark);
+  const before = vm.serial(1).log();
+  await vm.snapshot(dir);
+  const ram = fs.readFileSync(path.join(dir, 'ram-0'));
+  t.is(ram.length, 64 * MiB);
+  t.true(ram.equals(vm.memory.read(0, 64 * MiB)), 'the ram file is the paused guest memory');
+  await vm.kill();
+  const r = await restoreVm(dir);
+  t.deepEqual(r.memory.read(40 * MiB, 4096), mark);
+  t.is(before + (await rest(r)), MESSAGE);
 });
 
 kvm('the original and its clones each finish on their own', async (t) => {

@@ -129,6 +129,9 @@ export class VirtioFs implements VirtioDevice {
       return l;
     });
     const mappings = this.ram();
+    // virtiofsd maps guest RAM from each region's fd: RAM added without `shared` has none.
+    const unshared = mappings.find((m) => m.fd < 0);
+    if (unshared) throw new NodevmmError('ERR_VHOST_USER', `virtio-fs needs guest ram another process can map, and the region at gpa ${hex(unshared.gpa)} has no fd (add it with RamOptions.shared)`);
     // The backend finds each ring through one region's mapping: a ring across two is refused.
     const userAddr = (gpa: number, length: number, what: string): bigint => {
       const m = mappings.find((r) => gpa >= r.gpa && gpa + length <= r.gpa + r.size);

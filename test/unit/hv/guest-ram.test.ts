@@ -5,7 +5,10 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { nativeBinding } from '../../../lib/hv/native';
+import { anonymousThpAvailable, hostMappingAt, pagesInMemoryOrSwap } from '../../../lib/testing/host-mapping';
 
 const b = nativeBinding();
 
@@ -48,8 +51,8 @@ console.log('DONE', lengths.join(','));`;
   t.deepEqual(out.split('\n').filter((l) => l.includes('external memory pressure')), []);
 });
 
-test('guest ram is a memfd that another mapping of the fd sees byte for byte (what a vhost-user backend maps)', (t) => {
-  const r = new b.GuestRam(2 * 1024 * 1024, { name: 'shared-test' });
+test('shared guest ram is a memfd that another mapping of the fd sees byte for byte (what a vhost-user backend maps)', (t) => {
+  const r = new b.GuestRam(2 * 1024 * 1024, { name: 'shared-test', shared: true });
   t.teardown(() => r.release());
   t.true(r.fd >= 0);
   t.regex(fs.readlinkSync(`/proc/self/fd/${r.fd}`), /^\/memfd:shared-test/);
@@ -66,7 +69,7 @@ test('guest ram is a memfd that another mapping of the fd sees byte for byte (wh
 });
 
 test("advise('dontneed') frees a range of the memfd and leaves zeros (MADV_DONTNEED alone would keep the pages in the file)", (t) => {
-  const r = new b.GuestRam(4 * 1024 * 1024);
+  const r = new b.GuestRam(4 * 1024 * 1024, { shared: true });
   t.teardown(() => r.release());
   const u8 = new Uint8Array(r.views()[0]!);
   u8.fill(7, 0, 2 * 1024 * 1024);
@@ -77,4 +80,72 @@ test("advise('dontneed') frees a range of the memfd and leaves zeros (MADV_DONTN
   const back = Buffer.alloc(1);
   fs.readSync(r.fd, back, 0, 1, 4096);
   t.is(back[0], 0);
+});
+
+const MiB = 1024 * 1024;
+
+test('guest ram is private anonymous memory unless asked to be shared: no fd, no file behind the mapping, eligible for transparent huge pages', (t) => {
+  const r = new b.GuestRam(4 * MiB, { name: 'private-test' });
+  t.teardown(() => r.release());
+  t.is(r.fd, -1);
+  r.advise('hugepage');
+  const m = hostMappingAt(r.hostAddress);
+  t.truthy(m, 'the ram is a mapping of its own');
+  t.is(m!.perms, 'rw-p');
+  t.is(m!.path, '');
+  // A memfd is shmem, which THP's `shmem_enabled` (usually never) governs instead.
+  if (anonymousThpAvailable() && 'THPeligible' in m!.fields) t.is(m!.fields.THPeligible, 1);
+  const shared = new b.GuestRam(4 * MiB, { name: 'private-test-shared', shared: true });
+  t.teardown(() => shared.release());
+  t.regex(hostMappingAt(shared.hostAddress)!.path, /^\/memfd:private-test-shared/);
+  t.is(hostMappingAt(shared.hostAddress)!.perms, 'rw-s');
+  // Neither is copied into a forked child (Node forks for every helper it spawns) nor dumped.
+  for (const ram of [m!, hostMappingAt(shared.hostAddress)!]) {
+    t.true(ram.vmFlags.includes('dc'), `VmFlags ${ram.vmFlags.join(' ')} without dc (MADV_DONTFORK)`);
+    t.true(ram.vmFlags.includes('dd'), `VmFlags ${ram.vmFlags.join(' ')} without dd (MADV_DONTDUMP)`);
+  }
+});
+
+test("advise('dontneed') frees a range of anonymous ram and leaves zeros", (t) => {
+  const r = new b.GuestRam(4 * MiB);
+  t.teardown(() => r.release());
+  const u8 = new Uint8Array(r.view(0, 4 * MiB));
+  u8.fill(7, 0, 2 * MiB);
+  u8[3 * MiB] = 5;
+  t.is(pagesInMemoryOrSwap(r.hostAddress, 512), 512);
+  r.advise('dontneed', 0, 2 * MiB);
+  t.is(pagesInMemoryOrSwap(r.hostAddress, 512), 0, 'the pages are gone');
+  t.is(u8[0], 0);
+  t.is(u8[2 * MiB - 1], 0);
+  t.is(u8[3 * MiB], 5, 'the rest is kept');
+});
+
+test('writeTo saves anonymous ram byte for byte into a sparse file without touching the pages the guest never used', (t) => {
+  const r = new b.GuestRam(8 * MiB);
+  t.teardown(() => r.release());
+  const u8 = new Uint8Array(r.view(0, 8 * MiB));
+  u8.set([1, 2, 3], 4096);
+  u8[2 * MiB + 17] = 9;
+  u8.fill(0, 3 * MiB, 3 * MiB + 8192); // touched, but zeros: left as a hole
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-ram-')), 'ram');
+  t.teardown(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }));
+  const fd = fs.openSync(file, 'w');
+  try {
+    t.is(r.writeTo(fd), 2 * 4096);
+  } finally {
+    fs.closeSync(fd);
+  }
+  // [4 MiB, 8 MiB) was never touched: reading it to look for data would have mapped pages there.
+  t.is(pagesInMemoryOrSwap(r.hostAddress + BigInt(4 * MiB), 1024), 0);
+  t.true(fs.statSync(file).blocks * 512 <= 64 * 1024, `${fs.statSync(file).blocks * 512} bytes allocated`);
+  t.true(fs.readFileSync(file).equals(Buffer.from(u8)), 'the file holds the ram byte for byte');
+});
+
+test('guest ram cannot be both shared and a private file mapping', (t) => {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'nodevmm-ram-')), 'ram');
+  t.teardown(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }));
+  fs.writeFileSync(file, Buffer.alloc(4096));
+  const fd = fs.openSync(file, 'r');
+  t.teardown(() => fs.closeSync(fd));
+  t.throws(() => new b.GuestRam(4096, { privateFile: fd, shared: true }), { message: /either shared .* or a private file mapping/ });
 });

@@ -176,6 +176,15 @@ test('a ring outside one RAM region is a guest error (needs-reset) and nothing r
   t.is(f.open.size, 0);
 });
 
+test('guest RAM without an fd (not added shared) cannot go to virtiofsd: needs-reset naming the region, nothing reaches the backend', (t) => {
+  const { f, d } = setup({ ram: [{ gpa: 0, size: RAM, hostAddress: HOST_BASE, fd: -1 }] });
+  d.up([128, 256]);
+  t.truthy(d.r(REG.status) & STATUS.needsReset);
+  t.regex(d.t.lastError ?? '', /virtio-fs needs guest ram another process can map, and the region at gpa 0x0 has no fd/);
+  t.is(f.log.length, 0);
+  t.is(f.open.size, 0);
+});
+
 test('a driver that leaves the request queue disabled gets needs-reset, not a half-started backend', (t) => {
   const { f, d } = setup();
   d.up([64]);

@@ -45,7 +45,7 @@ function fuseRequest(opcode: number, unique: bigint, nodeid: bigint, body: Uint8
 /** A VirtioFs device on a real virtiofsd for `dir`, brought up by a fake driver, with FUSE_INIT done. */
 async function fuseSession(t: import('ava').ExecutionContext, dir: string, readOnly: boolean, existing?: VirtiofsShare) {
   const b = nativeBinding();
-  const ram = new b.GuestRam(RAM);
+  const ram = new b.GuestRam(RAM, { shared: true });
   t.teardown(() => ram.release());
   const mem = new GuestMemory();
   mem.addRegion({ gpa: 0, size: RAM, readonly: false, name: 'ram', views: ram.views().map((buffer) => ({ gpa: 0, buffer })) });

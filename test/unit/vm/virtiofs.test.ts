@@ -82,7 +82,7 @@ real('a share negotiates with virtiofsd, takes a memory table with the RAM memfd
   t.false(fs.existsSync(path.dirname(share.socketPath)), 'the socket and its directory are gone once connected (nothing is left if Node dies)');
   t.true((share.frontend.features & (1n << 32n)) !== 0n, 'VIRTIO_F_VERSION_1');
   t.true(share.frontend.hasProtocolFeature(VHOST_USER_PROTOCOL_F_REPLY_ACK), 'REPLY_ACK agreed, so every set is confirmed');
-  const ram = new (nativeBinding().GuestRam)(2 * 1024 * 1024);
+  const ram = new (nativeBinding().GuestRam)(2 * 1024 * 1024, { shared: true });
   t.teardown(() => ram.release());
   t.notThrows(() => share.frontend.setMemTable([{ gpa: 0, size: ram.size, userAddr: ram.hostAddress, mmapOffset: 0, fd: ram.fd }]));
   const family = [pid, ...descendants(pid)];
