@@ -126,6 +126,7 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, vir
   t.like(l, {
     arch: 'aarch64',
     memory: 256 * 2 ** 20,
+    ramIsMemfd: true,
     unameM: 'aarch64',
     paused: 'paused',
     afterResume: 'resumed',
