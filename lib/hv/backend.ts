@@ -82,6 +82,13 @@ export interface StopSite {
   instructionBytes?: Uint8Array;
 }
 
+/** What `PartitionBackend.allocateRam` is asked for: the region's name, and at most one of `privateFile` (a snapshot's RAM file) and `shared` (a memfd). */
+export interface RamAllocation {
+  name: string;
+  privateFile?: number;
+  shared?: boolean;
+}
+
 export interface PartitionBackend<V = unknown> {
   /** 'kvm': names the hypervisor in messages. */
   readonly name: string;
@@ -102,7 +109,7 @@ export interface PartitionBackend<V = unknown> {
    * Fresh zeroed RAM (private to this process unless `shared`: then other processes can map it
    * through `fd`), or `privateFile`'s bytes mapped copy-on-write (not shareable: `fd` is -1).
    */
-  allocateRam(size: number, opts: { name: string; privateFile?: number; shared?: boolean }): HostRam;
+  allocateRam(size: number, opts: RamAllocation): HostRam;
   /**
    * Map `ram` at `gpa` in memory slot `slot`. A backend may finish the mapping in the
    * background and return a Promise for it; the vCPUs then start only once it is done.

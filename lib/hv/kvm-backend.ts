@@ -7,7 +7,7 @@
  */
 import { NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
-import type { EarlyRam, HostRam, PartitionBackend, StopSite, VcpuEvent } from './backend';
+import type { EarlyRam, HostRam, PartitionBackend, RamAllocation, StopSite, VcpuEvent } from './backend';
 import { checkLayout } from './exit-mailbox';
 import { native, nativeBinding, watchReadable, type NativeBinding, type NativeGuestRam, type NativeVcpu, type NativeVm } from './native';
 import type { NotifyOps, RamOptions, VcpuStop } from './partition';
@@ -73,7 +73,7 @@ export async function vmClosesSettled(timeoutMs = 10_000, binding: NativeBinding
  */
 export function mapEarlyRam(kvm: KvmVm, ram: readonly RamOptions[]): EarlyRam[] {
   const out: EarlyRam[] = [];
-  const allocator = { allocateRam: (size: number, o: { name: string; privateFile?: number; shared?: boolean }) => native(() => new kvm.binding.GuestRam(size, o)) };
+  const allocator = { allocateRam: (size: number, o: RamAllocation) => native(() => new kvm.binding.GuestRam(size, o)) };
   try {
     for (const opts of ram) {
       const name = checkRamPlacement(opts, out.map((e) => ({ gpa: e.opts.gpa, size: e.opts.size, name: e.name })));
@@ -133,7 +133,7 @@ export class KvmBackend<V> implements PartitionBackend<V> {
     this.earlyRam = [];
     return e;
   }
-  allocateRam(size: number, opts: { name: string; privateFile?: number; shared?: boolean }): HostRam {
+  allocateRam(size: number, opts: RamAllocation): HostRam {
     return native(() => new this.binding.GuestRam(size, opts));
   }
   /**

@@ -13,7 +13,7 @@
 import { NodevmmError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import { hex } from '../util/bytes';
-import type { HostRam, PartitionBackend, StopSite, VcpuEvent } from './backend';
+import type { HostRam, PartitionBackend, RamAllocation, StopSite, VcpuEvent } from './backend';
 import { checkLayout } from './exit-mailbox';
 import { native, whpBinding, type CpuidEntry, type NativeGuestRam, type NativeWhpBinding, type NativeWhpPartition, type NativeWhpVcpu, type WhpPartitionNativeOptions } from './native';
 import { PartitionCore } from './partition-core';
@@ -84,7 +84,8 @@ export class WhpBackend implements PartitionBackend<WhpX86Vcpu> {
     }
   }
 
-  allocateRam(size: number, opts: { name: string }): HostRam {
+  // The addon refuses `shared` and `privateFile` on Windows with one sentence (no memfd, no file mapping there).
+  allocateRam(size: number, opts: RamAllocation): HostRam {
     return native(() => new this.binding.GuestRam(size, opts));
   }
   mapRam(_slot: number, gpa: number, ram: HostRam, readonly: boolean): void {
