@@ -8,6 +8,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { nativeBinding } from '../../../lib/hv/native';
+import type { RamAllocation } from '../../../lib/hv/backend';
+import { hostRamFor } from '../../../lib/hv/ram-slots';
+import { NodevmmError } from '../../../lib/errors';
 import { anonymousThpAvailable, hostMappingAt, pagesInMemoryOrSwap } from '../../../lib/testing/host-mapping';
 
 const b = nativeBinding();
@@ -148,4 +151,18 @@ test('guest ram cannot be both shared and a private file mapping', (t) => {
   const fd = fs.openSync(file, 'r');
   t.teardown(() => fs.closeSync(fd));
   t.throws(() => new b.GuestRam(4096, { privateFile: fd, shared: true }), { message: /either shared .* or a private file mapping/ });
+});
+
+test('addRam options that ask for both a memfd and a snapshot file are refused naming the region, before any memory is allocated', (t) => {
+  const asked: RamAllocation[] = [];
+  const backend = { allocateRam: (size: number, o: RamAllocation) => (asked.push(o), new b.GuestRam(size, o)) };
+  const e = t.throws(() => hostRamFor(backend, { gpa: 0, size: 4096, shared: true, privateFile: 3 }, 'ram-low'), { instanceOf: NodevmmError });
+  t.is(e?.code, 'ERR_INVALID_ARG');
+  t.is(e?.message, "guest ram ram-low cannot be both shared (a memfd) and a snapshot's file mapped private (privateFile)");
+  t.deepEqual(asked, []);
+  // Each kind alone is passed on as asked: shared, or plain (anonymous).
+  for (const [opts, expected] of [[{ shared: true }, { name: 'ram-low', shared: true }], [{}, { name: 'ram-low' }]] as const) {
+    hostRamFor(backend, { gpa: 0, size: 4096, ...opts }, 'ram-low').release();
+    t.deepEqual(asked.pop(), expected);
+  }
 });
