@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { arm64HelpersShell, ensureArm64Helpers, findArm64Artifacts, runInArm64KvmHost } from '../../lib/testing/arm64-kvm-host';
+import { nativeCrashReport } from '../../lib/testing/crash-report';
 
 // The arm64 proof: one emulated arm64 KVM host (QEMU TCG, virt with EL2) runs
 // in-host.ts, which drives nodevmm through its public entry points as a user
@@ -63,16 +64,13 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, vir
       env: { NODEVMM_CACHE: `/host${cache}`, NODEVMM_CRASH_REPORT: '1' },
     });
   let r = await run(900_000);
-  // The report's first line is enough: when the fault came from a corrupted heap the backtrace
-  // itself can fault, and node dies before "NODEVMM-CRASH end" (seen 2026-12-07, a core whose
-  // crashing thread was inside the report's backtrace()).
-  const crash = /\nNODEVMM-CRASH signal[^\n]*(?:[^]*?NODEVMM-CRASH end)?/.exec(r.consoleLog);
+  const crash = nativeCrashReport(r.consoleLog);
   if (r.exitCode !== 0 && crash) {
     // Node died of a native fault inside the emulated arm64 host. In that host a fresh VM can run a
     // destroyed VM's guest code (stale translations below nodevmm: docs/linux-direct-arm64.md), which
     // is the one cause of these crashes the evidence points at; the report stays in the log, and the
     // whole proof runs once more in a fresh host, where every assertion below must hold.
-    t.log(`FLAKY: node died of a native fault in the emulated arm64 host; running the proof once more in a fresh host. The report:\n${crash[0].trim()}`);
+    t.log(`FLAKY: node died of a native fault in the emulated arm64 host; running the proof once more in a fresh host. The report:\n${crash}`);
     r = await run(600_000);
   }
   // A crash inside the host leaves a core here: sh scripts/diag/arm64-core-backtrace.sh CORE prints every thread.

@@ -8,6 +8,7 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { nativeCrashReport } from '../../../lib/testing/crash-report';
 
 const nativeJs = path.resolve(__dirname, '..', '..', '..', 'lib', 'hv', 'native.js');
 const crash = `require(${JSON.stringify(nativeJs)}).nativeBinding(); process.kill(process.pid, 'SIGSEGV');`;
@@ -32,4 +33,14 @@ test('without NODEVMM_CRASH_REPORT no handler is installed', (t) => {
   const r = run(false);
   t.is(r.signal, 'SIGSEGV');
   t.notRegex(r.stderr, /NODEVMM-CRASH/);
+});
+
+test('nativeCrashReport finds the whole report in a log, or its first line alone when the process died inside it', (t) => {
+  const r = run(true);
+  const whole = nativeCrashReport(`console before\n${r.stderr}console after\n`);
+  t.regex(whole ?? '', /^NODEVMM-CRASH signal 11 [^\n]*\n[^]*NODEVMM-CRASH end$/);
+  // Cut where a fault inside the report's backtrace would stop it.
+  const cut = r.stderr.slice(0, r.stderr.indexOf('\n', r.stderr.indexOf('NODEVMM-CRASH signal')) + 1) + 'frame';
+  t.regex(nativeCrashReport(cut) ?? '', /^NODEVMM-CRASH signal 11 code -?\d+ addr 0x[0-9a-f]{16} pc 0x[0-9a-f]{16} thread \d+ "node"$/);
+  t.is(nativeCrashReport(run(false).stderr), undefined);
 });
