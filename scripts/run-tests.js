@@ -31,6 +31,19 @@ function log(msg) {
   process.stdout.write(`[run-tests] ${msg}\n`);
 }
 
+/**
+ * Every tier's failed tests, each with the start of what it printed, shown again just above the
+ * summary line: CI keeps a log's tail, and a failure's reason is otherwise thousands of lines up.
+ */
+const FAILURES = [];
+const DIGEST_LINES = 16;
+const DIGEST_WIDTH = 240;
+
+/** The failed tests in TAP output (lib/testing/tap-failures.ts, built before any tier runs). */
+function tapFailures(text) {
+  return require('../dist/lib/testing/tap-failures').tapFailures(text, { lines: DIGEST_LINES, width: DIGEST_WIDTH });
+}
+
 function newestMtime(dir, filter) {
   let newest = 0;
   if (!fs.existsSync(dir)) return newest;
@@ -106,6 +119,8 @@ function runAva(files, env) {
     child.on('close', (status) => {
       clearTimeout(timer);
       const counts = parseTap(out);
+      FAILURES.push(...tapFailures(out));
+      if (status !== 0 && counts.failed === 0) FAILURES.push({ title: `ava exited with status ${status} on ${files.map((f) => path.basename(f)).join(', ')} without a failed test`, detail: [] });
       // A crash before any test ran (a syntax error, a missing module) is a failure, not zero tests.
       if (status !== 0 && counts.failed === 0) counts.failed = 1;
       resolve(counts);
@@ -262,6 +277,7 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
   const quote = (a) => `'${a.replace(/'/g, `'\\''`)}'`;
   const key = (t) => `${path.basename(t.file)}: ${t.title}`;
   const outcome = new Map(); // key -> { file, title, status }, latest attempt wins
+  const digests = new Map(); // key -> what a failed test printed, latest failure wins
   const failedBefore = new Set();
   const reported = new Set(); // files with at least one reported test
   let pending = files; // files with a test still to run or rerun
@@ -313,6 +329,10 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
     log(`${name}: emulated KVM host ready in ${(result.bootMs / 1000).toFixed(1)} s, ava exit ${result.exitCode}, ${(result.durationMs / 1000).toFixed(1)} s in all (attempt ${attempt} of ${E2E_ATTEMPTS})`);
     const tests = tapTests(result.consoleLog, pending);
     tests.forEach(record);
+    for (const f of tapFailures(result.consoleLog)) {
+      const t = tests.find((x) => x.status === 'fail' && f.title.endsWith(x.title));
+      if (t) digests.set(key(t), { title: key(t), detail: f.detail });
+    }
     const failedNow = tests.filter((t) => t.status === 'fail');
     // ava failing without a failed test (a crash, a timeout) is a failure too.
     unexplained = result.exitCode !== 0 && failedNow.length === 0 ? 1 : 0;
@@ -329,8 +349,14 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
     else counts.failed++;
     if (t.status === 'pass' && failedBefore.has(key(t))) flaky.push(key(t));
   }
+  for (const t of outcome.values()) {
+    if (t.status === 'fail') FAILURES.push(digests.get(key(t)) ?? { title: key(t), detail: [] });
+  }
   // A named failure already explains a bad exit; without one, the files still failed.
-  if (counts.failed === 0) counts.failed = unexplained;
+  if (counts.failed === 0 && unexplained) {
+    counts.failed = unexplained;
+    FAILURES.push({ title: `${name}: the emulated KVM host ended without naming a failed test (above: its last attempt)`, detail: [] });
+  }
   return counts;
 
   function record(t) {
@@ -437,6 +463,13 @@ async function main() {
     for (const k of Object.keys(total)) total[k] += counts[k];
   }
   log(`wall time per tier: ${timings.join(', ')}`);
+  if (FAILURES.length) {
+    log(`failed, in short (each in full above):`);
+    for (const f of FAILURES) {
+      log(`  not ok - ${f.title}`);
+      for (const l of f.detail) log(`    ${l}`);
+    }
+  }
   if (notes.length && total.skipped) {
     log('some tests skipped because this machine lacks what they need:');
     for (const n of notes) log(`  ${n}`);

@@ -78,7 +78,15 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, vir
   const results: Record<string, Result> = Object.fromEntries([...r.consoleLog.matchAll(/ARM64-RESULT (\w+) (\{.*\})/g)].map((m) => [m[1]!, JSON.parse(m[2]!) as Result]));
   const times = Object.entries(results).map(([k, v]) => `${k} ${((v.ms ?? 0) / 1000).toFixed(1)} s`);
   t.log(`host ready in ${(r.bootMs / 1000).toFixed(1)} s, total ${(r.durationMs / 1000).toFixed(1)} s; ${times.join(', ')}`);
-  t.is(r.exitCode, 0, r.consoleLog.slice(-3000));
+  // The reason first: CI shows the start of a failure's message (scripts/run-tests.js repeats it at the end).
+  const crashNow = nativeCrashReport(r.consoleLog);
+  const why = [
+    `the proof in the emulated arm64 host exited ${r.exitCode}${crashNow ? `: node died of a native fault: ${crashNow.split('\n')[0]}` : ''}`,
+    ...Object.entries(results).filter(([, v]) => v.error).map(([k, v]) => `${k} failed: ${v.error}`),
+    `parts that reported: ${Object.keys(results).join(', ') || 'none'}; the console's end:`,
+    r.consoleLog.slice(-3000),
+  ].join('\n');
+  t.is(r.exitCode, 0, why);
   for (const [name, v] of Object.entries(results)) t.log(`${name}: ${JSON.stringify(v)}`);
 
   // The tiny guest: the original resumed, a restore and a clone restored at once all report what an
