@@ -376,9 +376,10 @@ async function runE2eGroupInHost(files, { artifacts, started, flaky }) {
 
 /**
  * The arm64 proof runs here, not in the x86 emulated host: its test boots an
- * emulated arm64 KVM host (QEMU TCG) itself. It needs qemu-system-aarch64, the
- * cross-built addon and the arm64 artifacts; the first two are made here when
- * the tools exist, the artifacts are fetched here.
+ * emulated arm64 KVM host (QEMU TCG) itself. It needs qemu-system-aarch64 10 or
+ * newer (lib/testing/arm64-host-qemu.ts), the cross-built addon and the arm64
+ * artifacts; the addon is built here when the tools exist, the artifacts and
+ * (when the system's is older) Debian's backports QEMU are fetched here.
  */
 async function runE2eArm64() {
   const files = testFiles(TIERS['e2e-arm64']);
@@ -398,10 +399,16 @@ async function runE2eArm64() {
     if (r.status !== 0) return { passed: 0, failed: 1, skipped: 0 };
   }
   const { ensureArm64Artifacts } = require('../dist/lib/testing/arm64-kvm-host');
+  const { ensureArm64HostQemu } = require('../dist/lib/testing/arm64-host-qemu');
   try {
     await ensureArm64Artifacts({ onProgress: (m) => log(`arm64 artifacts: ${m}`) });
   } catch (err) {
     return unavailable(files, `arm64 artifacts unavailable: ${err.code || ''} ${err.message}`);
+  }
+  try {
+    log(`arm64 host QEMU: ${ensureArm64HostQemu({ onProgress: (m) => log(`arm64 host QEMU: ${m}`) })}`);
+  } catch (err) {
+    return unavailable(files, err.message);
   }
   return runAva(files);
 }

@@ -8,6 +8,9 @@
  * cross-compiled addon, scripts/cross-build-arm64.sh) over build/.
  * It fetches artifacts with apt-get download / npm pack into
  * ~/.cache/nodevmm/arm64 (ensureArm64Artifacts); it does not build the addon.
+ * QEMU itself must be 10 or newer (arm64-host-qemu.ts: Debian 12's 7.2 runs a
+ * destroyed nested VM's code); ensureArm64HostQemu fetches Debian's backports
+ * build when the system's is older.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -17,6 +20,7 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { NodevmmError } from '../errors';
 import { buildInitramfs, INIT_PRELUDE } from '../initramfs/initramfs';
+import { ensureArm64HostQemu } from './arm64-host-qemu';
 import { guestCacheRoot } from './artifacts';
 import { createHostWatchdog } from './host-watchdog';
 import { DEFAULT_STALL_MS, watchForStall } from './qemu-stall';
@@ -244,6 +248,8 @@ export interface Arm64KvmHostOptions {
   smp?: number;
   onConsole?: (text: string) => void;
   artifacts?: Arm64Artifacts;
+  /** The qemu-system-aarch64 to run (default: ensureArm64HostQemu(), QEMU 10 or newer: arm64-host-qemu.ts says why). */
+  qemu?: string;
   /** Give up on a frozen host: QEMU used no CPU at all for this long (ms; default 90000, 0: never; see qemu-stall.ts). */
   stallMs?: number;
   /** Give up on a host whose kernel panicked or is wedged (see host-watchdog.ts) with ERR_KVM_HOST_DEAD. Default true. */
@@ -308,8 +314,10 @@ poweroff -f
 export function arm64QemuArgs(image: string, initrd: string, results: string, kernelArgs: string, o: Pick<Arm64KvmHostOptions, 'memoryMiB' | 'smp'>): string[] {
   return [
     '-M', 'virt,virtualization=on,gic-version=3', '-accel', 'tcg,thread=multi',
-    // pauth-impdef: QARMA pointer authentication is the slowest part of TCG's -cpu max.
-    '-cpu', 'max,pauth-impdef=on',
+    // pauth-impdef: QARMA pointer authentication is the slowest part of TCG's -cpu max. No SVE or
+    // SME: emulating them slowed QEMU 10's host (a 2-vCPU boot inside it 13.8 s with, 9.8 s without,
+    // 2026-12-07); nodevmm does not give its guests SVE, and the host's node and libc use NEON.
+    '-cpu', 'max,pauth-impdef=on,sve=off,sme=off',
     '-m', `${o.memoryMiB ?? 2048}M`, '-smp', String(o.smp ?? 2),
     '-nodefaults', '-no-user-config', '-nographic', '-serial', 'stdio', '-no-reboot',
     '-kernel', image, '-initrd', initrd,
@@ -327,6 +335,7 @@ function shellQuote(s: string): string {
 export async function runInArm64KvmHost(command: string, o: Arm64KvmHostOptions): Promise<Arm64KvmHostResult> {
   if (!path.isAbsolute(o.projectDir)) throw new NodevmmError('ERR_KVM_HOST_OPTIONS', `arm64-kvm-host: projectDir ${JSON.stringify(o.projectDir)} is not an absolute path`);
   const a = o.artifacts ?? ensureArm64Artifacts();
+  const qemu = o.qemu ?? ensureArm64HostQemu();
   const addon = path.resolve(o.projectDir, o.addonDir ?? 'build-arm64');
   if (!fs.existsSync(path.join(addon, 'Release', 'nodevmm.node'))) {
     throw new NodevmmError('ERR_KVM_HOST_OPTIONS', `arm64-kvm-host: ${addon}/Release/nodevmm.node is missing; run sh scripts/cross-build-arm64.sh first`);
@@ -340,7 +349,7 @@ export async function runInArm64KvmHost(command: string, o: Arm64KvmHostOptions)
     const script = [...Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`), command, ''].join('\n');
     fs.writeFileSync(path.join(results, 'run.sh'), script);
     const kargs = `nodevmm.results=${results} nodevmm.cache=${a.dir} nodevmm.project=${o.projectDir} nodevmm.addon=${addon}`;
-    const r = await runQemu(arm64QemuArgs(a.image, initrd, results, kargs, o), results, o);
+    const r = await runQemu(qemu, arm64QemuArgs(a.image, initrd, results, kargs, o), results, o);
     return { ...r, cores: keepCores(results) };
   } finally {
     fs.rmSync(results, { recursive: true, force: true });
@@ -358,20 +367,20 @@ function keepCores(results: string): string[] {
   });
 }
 
-function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promise<Omit<Arm64KvmHostResult, 'cores'>> {
+function runQemu(qemu: string, args: string[], results: string, o: Arm64KvmHostOptions): Promise<Omit<Arm64KvmHostResult, 'cores'>> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
     let log = '';
     let bootMs: number | undefined;
     let failure: Error | undefined;
-    const child = spawn('qemu-system-aarch64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const tail = () => log.replace(/\r/g, '').trimEnd().split('\n').slice(-40).join('\n');
     const timer = setTimeout(() => {
       failure ??= new NodevmmError('ERR_KVM_HOST_TIMEOUT', `arm64-kvm-host: the run hit its ${o.timeoutMs} ms limit; last console lines:\n${tail()}`);
       child.kill('SIGKILL');
     }, o.timeoutMs);
     const stopWatching = watchForStall(child.pid, o.stallMs ?? DEFAULT_STALL_MS, (idle) => {
-      failure ??= new NodevmmError('ERR_KVM_HOST_STALLED', `arm64-kvm-host: qemu-system-aarch64 used no CPU for ${idle} s: the emulated host is frozen; last console lines:\n${tail()}`);
+      failure ??= new NodevmmError('ERR_KVM_HOST_STALLED', `arm64-kvm-host: ${qemu} used no CPU for ${idle} s: the emulated host is frozen; last console lines:\n${tail()}`);
       child.kill('SIGKILL');
     });
     const watchdog = o.watchdog === false ? undefined : createHostWatchdog();
@@ -396,7 +405,7 @@ function runQemu(args: string[], results: string, o: Arm64KvmHostOptions): Promi
     child.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       stopWatching();
-      reject(new NodevmmError('ERR_KVM_HOST_SPAWN', err.code === 'ENOENT' ? 'arm64-kvm-host: qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)' : `arm64-kvm-host: starting qemu failed: ${err.message}`));
+      reject(new NodevmmError('ERR_KVM_HOST_SPAWN', err.code === 'ENOENT' ? `arm64-kvm-host: ${qemu} is not installed (apt-get install qemu-system-arm)` : `arm64-kvm-host: starting ${qemu} failed: ${err.message}`));
     });
     child.on('close', () => {
       clearTimeout(timer);

@@ -66,10 +66,10 @@ maybe('arm64 through the public API: nodevmm run, withVm lifecycle and exec, vir
   let r = await run(900_000);
   const crash = nativeCrashReport(r.consoleLog);
   if (r.exitCode !== 0 && crash) {
-    // Node died of a native fault inside the emulated arm64 host. In that host a fresh VM can run a
-    // destroyed VM's guest code (stale translations below nodevmm: docs/linux-direct-arm64.md), which
-    // is the one cause of these crashes the evidence points at; the report stays in the log, and the
-    // whole proof runs once more in a fresh host, where every assertion below must hold.
+    // Node died of a native fault inside the emulated arm64 host. The cause every earlier crash
+    // pointed at, QEMU 7.2 running a destroyed nested VM's code, is gone with QEMU 10
+    // (lib/testing/arm64-host-qemu.ts); as the x86 tier does with its emulated host, a crash still
+    // gets one fresh host, printed as FLAKY with its report, where every assertion below must hold.
     t.log(`FLAKY: node died of a native fault in the emulated arm64 host; running the proof once more in a fresh host. The report:\n${crash}`);
     r = await run(600_000);
   }
