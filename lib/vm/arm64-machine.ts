@@ -81,11 +81,8 @@ export function buildArm64Machine(cfg: ResolvedVmConfig, images: BootImages | un
     phase('partition');
     // 2. RAM from 1 GiB up to the MMIO gap, the rest above 4 GiB.
     arm64RamRanges(cfg.memory).forEach((r, i) => {
-      // Always a memfd on arm64, not anonymous RAM as on x86 (docs/linux-direct-arm64.md, "Guest
-      // RAM"): in the only arm64 KVM we can test on, the emulated host, node's heap was corrupted
-      // in far more runs with anonymous RAM than with a memfd (most likely freed guest pages that a
-      // stale translation below nodevmm still reaches). Kept until shown on real arm64.
-      const backing = restore ? { privateFile: restore.ramFds[i]! } : { shared: true };
+      // Shared (a memfd) only where virtiofsd must map it: anonymous RAM gets transparent huge pages.
+      const backing = restore ? { privateFile: restore.ramFds[i]! } : { shared: cfg.shares.length > 0 };
       partition.addRam({ gpa: r.gpa, size: r.size, name: `ram@${r.gpa.toString(16)}`, ...backing });
     });
     phase('memory');

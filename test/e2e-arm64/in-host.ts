@@ -100,7 +100,7 @@ async function lifecycle(): Promise<Record<string, unknown>> {
     step('lifecycle: started');
     await vm.expect(/GUEST-INIT-OK/, { timeoutMs: 120_000 });
     const out: Record<string, unknown> = { arch: vm.config.arch, memory: vm.config.memory };
-    // arm64 RAM is a memfd even without shares (docs/linux-direct-arm64.md, "Guest RAM").
+    // Without shares, anonymous RAM: no region has an fd (docs/linux-direct-arm64.md, "Guest RAM").
     out.ramIsMemfd = vm.partition.ramMappings().every((r) => r.fd >= 0);
     step('lifecycle: booted');
     out.unameM = await sh(vm, 'uname -m');
