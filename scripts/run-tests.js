@@ -140,6 +140,7 @@ function skipped(files, reason) {
 function unavailable(files, reason) {
   if (!process.env.CI) return skipped(files, reason);
   log(`cannot run ${files.length} test file(s): ${reason}`);
+  FAILURES.push({ title: `cannot run ${files.map((f) => path.basename(f)).join(', ')}`, detail: [reason] });
   return { passed: 0, failed: 1, skipped: 0 };
 }
 
@@ -396,7 +397,10 @@ async function runE2eArm64() {
     }
     log(`cross-building the arm64 addon (scripts/cross-build-arm64.sh)${arm64Stale ? ': build-arm64/ is older than native/' : ''}`);
     const r = spawnSync('sh', [path.join(ROOT, 'scripts', 'cross-build-arm64.sh')], { cwd: ROOT, stdio: 'inherit', timeout: 15 * 60 * 1000 });
-    if (r.status !== 0) return { passed: 0, failed: 1, skipped: 0 };
+    if (r.status !== 0) {
+      FAILURES.push({ title: 'cross-building the arm64 addon (scripts/cross-build-arm64.sh)', detail: [`exit status ${r.status} (its output is above)`] });
+      return { passed: 0, failed: 1, skipped: 0 };
+    }
   }
   const { ensureArm64Artifacts } = require('../dist/lib/testing/arm64-kvm-host');
   const { ensureArm64HostQemu } = require('../dist/lib/testing/arm64-host-qemu');

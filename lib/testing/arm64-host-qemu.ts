@@ -4,7 +4,7 @@
  * Debian 12's QEMU 7.2 runs a nested guest's stale code: in its emulated
  * arm64 host a new VM's vCPU, resuming after an exit, ran the instructions a
  * destroyed VM had at that address (scripts/diag/arm64-teardown-stress.js:
- * 11 to 27 such rounds in 400 on 2026-12-07, with MTTCG, with one TCG thread
+ * 10 to 27 such rounds in 400 on 2026-12-07, with MTTCG, with one TCG thread
  * and with KVM in nVHE mode alike), and node inside that host died of heap
  * corruption in about one e2e-arm64 proof in three. Debian's QEMU 10.0
  * (bookworm-backports) ran the same 400 rounds, and 1200 more, with none
