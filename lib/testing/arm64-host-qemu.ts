@@ -6,7 +6,7 @@
  * destroyed VM had at that address (scripts/diag/arm64-teardown-stress.js:
  * 10 to 27 such rounds in 400 on 2026-12-07, with MTTCG, with one TCG thread
  * and with KVM in nVHE mode alike), and node inside that host died of heap
- * corruption in about one e2e-arm64 proof in three. Debian's QEMU 10.0
+ * corruption in 2 of 3 e2e-arm64 proof attempts one evening (CI's too). Debian's QEMU 10.0
  * (bookworm-backports) ran the same 400 rounds, and 1200 more, with none
  * (docs/testing.md, "The arm64 host's QEMU"). So the host runs on QEMU 10 or
  * newer: the system's when it is that new, else Debian's backports build,
